@@ -1,0 +1,1 @@
+//! labelflow-probe: NFLOG groups in, labelled flows out as IPFIX / NetFlow v9 / v5.

@@ -1,0 +1,1 @@
+//! Mapping of `netflow_parser` output (any exporter's v5, v9 or IPFIX) into [`crate::FlowRecord`].

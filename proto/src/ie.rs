@@ -1,0 +1,1 @@
+//! IPFIX information element identifiers used by labelflow (IANA "IPFIX Information Elements").

@@ -1,0 +1,148 @@
+//! The one flow model shared by the probe (what it exports) and the collector (what it decodes
+//! from any exporter).
+
+use std::net::{IpAddr, Ipv4Addr};
+
+/// RFC 5102 / IANA `flowEndReason` (IE 136) values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum EndReason {
+    /// 1: no packet for the idle (inactive) timeout.
+    IdleTimeout,
+    /// 2: the flow lived longer than the active timeout.
+    ActiveTimeout,
+    /// 3: end of flow detected (TCP FIN or RST).
+    EndOfFlow,
+    /// 4: forced end (shutdown, end of a replayed capture).
+    ForcedEnd,
+    /// 5: lack of resources (evicted from a full cache).
+    LackOfResources,
+    /// Any other value seen on the wire.
+    Other(u8),
+}
+
+impl EndReason {
+    pub fn code(self) -> u8 {
+        match self {
+            EndReason::IdleTimeout => 1,
+            EndReason::ActiveTimeout => 2,
+            EndReason::EndOfFlow => 3,
+            EndReason::ForcedEnd => 4,
+            EndReason::LackOfResources => 5,
+            EndReason::Other(n) => n,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Self {
+        match code {
+            1 => EndReason::IdleTimeout,
+            2 => EndReason::ActiveTimeout,
+            3 => EndReason::EndOfFlow,
+            4 => EndReason::ForcedEnd,
+            5 => EndReason::LackOfResources,
+            n => EndReason::Other(n),
+        }
+    }
+}
+
+/// `flowDirection` (IE 61): 0 ingress, 1 egress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub fn code(self) -> u8 {
+        match self {
+            Direction::Ingress => 0,
+            Direction::Egress => 1,
+        }
+    }
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(Direction::Ingress),
+            1 => Some(Direction::Egress),
+            _ => None,
+        }
+    }
+}
+
+/// One flow record, as labelflow exports it and as the collector sees any exporter's record.
+///
+/// Fields a given exporter or format does not carry are `None` / zero. Times are milliseconds
+/// since the UNIX epoch (IPFIX `flowStartMilliseconds` / `flowEndMilliseconds`); decoders of
+/// formats with uptime-relative times (NetFlow v5/v9) convert with the header's clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowRecord {
+    /// IPFIX observation domain id (v9 source id, v5 engine type/id packed as `type << 8 | id`).
+    pub observation_domain: u32,
+    /// NFLOG group the packets came from (`observationPointId`, IE 138).
+    pub group: Option<u32>,
+    /// The group's label (`applicationName`, IE 96), or resolved from `applicationId` (IE 95)
+    /// through the exporter's options records.
+    pub label: Option<String>,
+    pub src_addr: IpAddr,
+    pub dst_addr: IpAddr,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// TCP/UDP/SCTP/UDP-lite ports; 0 for other protocols and non-first fragments.
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// ICMP/ICMPv6 `type << 8 | code` (IE 32 / 139); 0 otherwise.
+    pub icmp_type_code: u16,
+    /// ESP/AH security parameter index (`IPSecSPI`, IE 295).
+    pub ipsec_spi: Option<u32>,
+    pub ingress_if: u32,
+    pub egress_if: u32,
+    /// Octets counted from the IP header's length field.
+    pub bytes: u64,
+    pub packets: u64,
+    /// OR of the TCP flags seen.
+    pub tcp_flags: u8,
+    /// IPv4 ToS / IPv6 traffic class of the first packet.
+    pub tos: u8,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub end_reason: Option<EndReason>,
+    pub direction: Option<Direction>,
+    /// Netfilter mark (ulogd2 netfilter enterprise IE, PEN 21373, element 4).
+    pub mark: Option<u32>,
+    /// Owner of the sending socket (`userName`, IE 371).
+    pub user_name: Option<String>,
+    /// NFLOG prefix (ulogd2 netfilter enterprise IE, PEN 21373, element 3).
+    pub nflog_prefix: Option<String>,
+    /// Packet sampling interval announced by the exporter (1 = every packet).
+    pub sampling_interval: u32,
+}
+
+impl Default for FlowRecord {
+    fn default() -> Self {
+        FlowRecord {
+            observation_domain: 0,
+            group: None,
+            label: None,
+            src_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            dst_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            protocol: 0,
+            src_port: 0,
+            dst_port: 0,
+            icmp_type_code: 0,
+            ipsec_spi: None,
+            ingress_if: 0,
+            egress_if: 0,
+            bytes: 0,
+            packets: 0,
+            tcp_flags: 0,
+            tos: 0,
+            start_ms: 0,
+            end_ms: 0,
+            end_reason: None,
+            direction: None,
+            mark: None,
+            user_name: None,
+            nflog_prefix: None,
+            sampling_interval: 1,
+        }
+    }
+}

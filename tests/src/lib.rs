@@ -1,0 +1,1 @@
+//! Shared kernel lab and end-to-end test helpers.
