@@ -1,1 +1,41 @@
-//! labelflow-collector.
+//! labelflow-collector: receives NetFlow v5/v9 and IPFIX from any exporter, aggregates flows
+//! per label, view, tunnel, host, protocol and port into time buckets, and keeps them in an
+//! embedded SQLite store for reports, a JSON API, Prometheus metrics and graphs.
+//!
+//! ```text
+//!  UDP ──► SessionTable (netflow_parser per exporter+domain, persisted templates)
+//!      ──► convert ──► FlowRecord ──► resolve_label ──► Aggregator (pro-rated buckets)
+//!      ──► Store::commit (one SQLite transaction per batch)
+//!  Reader ──► report::build ──► table / CSV / JSON, HTTP, graph (SVG/PNG)
+//! ```
+//!
+//! The aggregation is plain code with time inside the records:
+//!
+//! ```
+//! use labelflow_collector::aggregate::{Aggregator, Dim};
+//! use labelflow_collector::config::AggConfig;
+//! use labelflow_proto::FlowRecord;
+//!
+//! let mut agg = Aggregator::new(AggConfig::default());
+//! let flow = FlowRecord { bytes: 900, packets: 9, start_ms: 30_000, end_ms: 120_000, ..FlowRecord::default() };
+//! agg.add(&flow, "esp");
+//! let minute: u64 = agg
+//!     .take()
+//!     .iter()
+//!     .filter(|d| d.resolution == 60 && d.dim == Dim::Label)
+//!     .map(|d| d.counters.bytes)
+//!     .sum();
+//! assert_eq!(minute, 900);
+//! ```
+
+pub mod aggregate;
+pub mod config;
+pub mod daemon;
+pub mod graph;
+pub mod http;
+pub mod ingest;
+pub mod net;
+pub mod report;
+pub mod session;
+pub mod store;
+pub mod templates;

@@ -1,1 +1,217 @@
-fn main() {}
+//! labelflow-collector: receive, aggregate, store; report and graph from the store.
+//!
+//! Lifecycle of `run`: tracing, configuration (validated before anything is bound; bad
+//! configuration exits 64), bind, run, wait for SIGINT/SIGTERM, drain (commit open buckets).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use labelflow_collector::config::Config;
+use labelflow_collector::store::Reader;
+use labelflow_collector::{daemon, graph, http, report};
+
+/// sysexits.h EX_USAGE / EX_CONFIG-style exit for a bad configuration.
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(name = "labelflow-collector", version, about = "NetFlow/IPFIX collector: per-label, view, tunnel and host reports")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// TOML configuration file.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// UDP listen address (repeatable); overrides `listen`.
+    #[arg(long)]
+    listen: Vec<SocketAddr>,
+    /// SQLite database; overrides `db`.
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// HTTP address for dashboard, API and /metrics; overrides `http`.
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Validate the configuration and exit (0 valid, 64 invalid).
+    #[arg(long)]
+    check_config: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a report from the database.
+    Report {
+        #[command(flatten)]
+        q: QueryArgs,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Draw a stacked bit/s graph into an SVG or PNG file.
+    Graph {
+        #[command(flatten)]
+        q: QueryArgs,
+        /// Output file; the extension picks the format (.svg or .png).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        width: u32,
+        #[arg(long, default_value_t = 400)]
+        height: u32,
+        #[arg(long)]
+        title: Option<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct QueryArgs {
+    #[arg(long, default_value = "labelflow.db")]
+    db: PathBuf,
+    /// label | view | tunnel | host | protocol | port
+    #[arg(long, default_value = "label")]
+    by: String,
+    /// Output bucket width (humantime, e.g. 5m); default: the finest stored resolution.
+    #[arg(long)]
+    bucket: Option<String>,
+    /// Range ending now (humantime, e.g. 1h). Default 1h.
+    #[arg(long, conflicts_with = "from")]
+    last: Option<String>,
+    /// Range start (RFC 3339 or UNIX seconds).
+    #[arg(long)]
+    from: Option<String>,
+    /// Range end, exclusive (RFC 3339 or UNIX seconds). Default now.
+    #[arg(long, requires = "from")]
+    to: Option<String>,
+    /// Keep the N keys with most bytes; the rest is reported as `other`.
+    #[arg(long)]
+    top: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Some(Command::Report { q, format }) => report_cmd(&q, format),
+        Some(Command::Graph { q, out, width, height, title }) => graph_cmd(&q, &out, (width, height), title),
+        None => return run_cmd(cli.run),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("labelflow-collector: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cmd(args: RunArgs) -> ExitCode {
+    // Configuration: file, then flags on top. Nothing is bound before it is valid.
+    let mut cfg = match &args.config {
+        Some(p) => match Config::load(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("labelflow-collector: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        None => Config::defaults(),
+    };
+    if !args.listen.is_empty() {
+        cfg.listen = args.listen.clone();
+    }
+    if let Some(db) = args.db {
+        cfg.db = db;
+    }
+    if args.http.is_some() {
+        cfg.http = args.http;
+    }
+    if args.check_config {
+        println!("configuration ok");
+        return ExitCode::SUCCESS;
+    }
+    // Bind.
+    let bound = match daemon::bind(&cfg) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("labelflow-collector: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(listen = ?cfg.listen, db = %cfg.db.display(), http = ?cfg.http, "collector running");
+    // Run until SIGINT/SIGTERM, then drain: open buckets are committed before exit.
+    match daemon::run(cfg, bound, shutdown_signal()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("labelflow-collector: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+fn load_report(q: &QueryArgs) -> anyhow::Result<report::Report> {
+    let query = http::parse_query(
+        &q.by,
+        q.bucket.as_deref(),
+        q.last.as_deref(),
+        q.from.as_deref(),
+        q.to.as_deref(),
+        q.top,
+        now_secs(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    if !q.db.exists() {
+        anyhow::bail!("{}: no such database", q.db.display());
+    }
+    let reader = Reader::open(&q.db).with_context(|| format!("opening {}", q.db.display()))?;
+    Ok(report::build(&reader, &query)?)
+}
+
+fn report_cmd(q: &QueryArgs, format: Format) -> anyhow::Result<()> {
+    let r = load_report(q)?;
+    match format {
+        Format::Table => print!("{}", report::to_table(&r)),
+        Format::Csv => print!("{}", report::to_csv(&r)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report::to_json(&r))?),
+    }
+    Ok(())
+}
+
+fn graph_cmd(q: &QueryArgs, out: &std::path::Path, size: (u32, u32), title: Option<String>) -> anyhow::Result<()> {
+    let r = load_report(q)?;
+    let title = title.unwrap_or_else(|| format!("bit/s by {}", q.by));
+    graph::render(&r, &title, out, size)?;
+    Ok(())
+}

@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# labelflow-probe benchmarks, side by side with its peers, in one run (needs root):
+#   (a) replay of a generated capture: labelflow-probe --replay vs softflowd -r (packets/s, peak RSS)
+#   (b) live NFLOG through the lab gateway at increasing trafgen rates: highest rate with zero
+#       loss and CPU% there, labelflow-probe (all groups, one process) vs pmacct uacctd (one
+#       process per group, uacctd_threshold 64)
+#   (c) memory per flow with 1M live flows (replay with long timeouts, peak RSS)
+#
+# Environment: PACKETS (2000000), FLOWS (5000), RATES ("50000 100000 200000 300000 max"),
+# STEP_SECONDS (3), MEM_FLOWS (1000000), BIN_DIR (target/release), SKIP ("" or e.g. "b c"),
+# TOOLS ("labelflow softflowd uacctd": leave one out to skip its rows).
+# Every step is bounded with timeout(1); the whole run stays well under 10 minutes.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN_DIR=${BIN_DIR:-$TARGET/release}
+PACKETS=${PACKETS:-2000000}
+FLOWS=${FLOWS:-5000}
+RATES=${RATES:-"50000 100000 200000 300000 max"}
+STEP_SECONDS=${STEP_SECONDS:-3}
+MEM_FLOWS=${MEM_FLOWS:-1000000}
+SKIP=${SKIP:-}
+TOOLS=${TOOLS:-"labelflow softflowd uacctd"}
+PROBE=$BIN_DIR/labelflow-probe
+LAB=$BIN_DIR/labelflow-lab
+GEN=$BIN_DIR/labelflow-gen-capture
+TIME=/usr/bin/time
+WORK=$(mktemp -d /tmp/labelflow-bench.XXXXXX)
+LABNAME=bench$$
+PIDS=()
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "bench/probe.sh: $*"; exit 1; }
+
+cleanup() {
+    for p in "${PIDS[@]:-}"; do
+        [ -n "$p" ] && kill "$p" 2>/dev/null || true
+    done
+    [ -x "$LAB" ] && "$LAB" down --lab "$LABNAME" >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+[ "$(id -u)" = 0 ] || die "needs root (network namespaces, NFLOG)"
+for t in softflowd uacctd trafgen "$TIME"; do
+    command -v "$t" >/dev/null || die "missing $t (apt-get install softflowd pmacct netsniff-ng time)"
+done
+use() { case " $TOOLS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+if [ ! -x "$LAB" ] || [ ! -x "$GEN" ]; then
+    say "building labelflow-lab and labelflow-gen-capture (release) into $TARGET ..."
+    (cd "$ROOT" && cargo build --release -q -p labelflow-tests --bins)
+fi
+if use labelflow && [ ! -x "$PROBE" ]; then
+    say "building labelflow-probe (release) into $TARGET ..."
+    (cd "$ROOT" && cargo build --release -q -p labelflow-probe --bins)
+fi
+if use labelflow; then
+    [ -x "$PROBE" ] || die "no $PROBE: run cargo build --release --workspace --bins first"
+fi
+
+skip() { case " $SKIP " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
+# `/usr/bin/time -v` report -> "wall_seconds max_rss_kb cpu_percent"
+time_fields() {
+    awk -F': ' '
+        /Elapsed \(wall clock\)/ { n = split($2, t, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + t[i]; wall = s }
+        /Maximum resident set size/ { rss = $2 }
+        /Percent of CPU/ { cpu = $2; sub("%", "", cpu) }
+        END { printf "%s %s %s\n", wall, rss, cpu }' "$1"
+}
+
+# Start a flow sink (decodes IPFIX/v9 with netflow_parser); prints its pid.
+start_sink() { # ns|- addr out
+    # Own stdio: a background job holding the $(...) pipe would block the caller.
+    if [ "$1" = - ]; then
+        "$LAB" sink --bind "$2" --out "$3" </dev/null >/dev/null 2>>"$WORK/sink.err" &
+    else
+        "$LAB" sink --ns "$1" --bind "$2" --out "$3" </dev/null >/dev/null 2>>"$WORK/sink.err" &
+    fi
+    PIDS+=($!)
+    echo $!
+}
+stop_pid() { # pid signal
+    kill -"$2" "$1" 2>/dev/null || true
+    timeout 20 tail --pid="$1" -f /dev/null || { kill -KILL "$1" 2>/dev/null || true; }
+}
+json_num() { # file key -> number (top-level key)
+    sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p" "$1" | head -1
+}
+
+printf '\n== labelflow-probe benchmarks (%s, %s cores) ==\n' "$(uname -r)" "$(nproc)"
+
+# ---------------------------------------------------------------- (a) replay
+if ! skip a; then
+    CAP=$WORK/mix.pcap
+    say "(a) generating $PACKETS packets / $FLOWS flows ..."
+    timeout 120 "$GEN" --packets "$PACKETS" --flows "$FLOWS" --out "$CAP" 2>"$WORK/gen.log" || die "capture generation failed: $(cat "$WORK/gen.log")"
+    printf '\n(a) replay of %s packets, %s flows (%s MB, mixed TCP/UDP/ICMP/ESP, IPv4+IPv6)\n' \
+        "$PACKETS" "$FLOWS" "$(( $(stat -c %s "$CAP") / 1000000 ))"
+    printf '%-18s %12s %10s %12s %10s %12s\n' tool seconds pkts/s peak_RSS_kB flows packets
+    # Warm the page cache so neither tool pays the disk.
+    cat "$CAP" >/dev/null
+
+    if use labelflow; then
+    S=$(start_sink - 127.0.0.1:47391 "$WORK/a-probe.json")
+    timeout 120 "$TIME" -v -o "$WORK/a-probe.time" "$PROBE" --replay "$CAP" --label x \
+        --export ipfix://127.0.0.1:47391 >"$WORK/a-probe.log" 2>&1 || say "labelflow-probe replay failed: $(tail -3 "$WORK/a-probe.log")"
+    stop_pid "$S" TERM
+    read -r w r _ < <(time_fields "$WORK/a-probe.time")
+    printf '%-18s %12s %10s %12s %10s %12s\n' labelflow-probe "$w" "$(awk -v p="$PACKETS" -v w="$w" 'BEGIN{ if (w > 0) printf "%d", p / w; else print "-" }')" "$r" \
+        "$(json_num "$WORK/a-probe.json" flows)" "$(json_num "$WORK/a-probe.json" packets)"
+    fi
+
+    if use softflowd; then
+    S=$(start_sink - 127.0.0.1:47392 "$WORK/a-softflowd.json")
+    # softflowd: no -c (it hangs after the file with it); -v 10 = IPFIX; -d stays in foreground.
+    timeout 120 "$TIME" -v -o "$WORK/a-softflowd.time" softflowd -d -r "$CAP" -v 10 -n 127.0.0.1:47392 \
+        >"$WORK/a-softflowd.log" 2>&1 || say "softflowd failed: $(tail -3 "$WORK/a-softflowd.log")"
+    stop_pid "$S" TERM
+    read -r w r _ < <(time_fields "$WORK/a-softflowd.time")
+    printf '%-18s %12s %10s %12s %10s %12s\n' softflowd "$w" "$(awk -v p="$PACKETS" -v w="$w" 'BEGIN{ if (w > 0) printf "%d", p / w; else print "-" }')" "$r" \
+        "$(json_num "$WORK/a-softflowd.json" flows)" "$(json_num "$WORK/a-softflowd.json" packets)"
+    fi
+    rm -f "$CAP"
+fi
+
+# ---------------------------------------------------------------- (b) live NFLOG
+cpu_ticks() { # pids... -> utime+stime ticks summed
+    local t=0 p
+    for p in "$@"; do
+        if [ -r "/proc/$p/stat" ]; then
+            t=$(( t + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat") ))
+        fi
+    done
+    echo "$t"
+}
+
+# One step: tool (labelflow|uacctd), rate (pps or max). Prints a result row; returns 0 if lossless.
+live_step() {
+    local tool=$1 rate=$2 n pids=() sinks=() outs=() g
+    "$LAB" down --lab "$LABNAME" >/dev/null 2>&1 || true
+    eval "$("$LAB" up --lab "$LABNAME")"
+    "$LAB" trafgen-conf --lab "$LABNAME" >"$WORK/trafgen.cfg"
+    if [ "$tool" = labelflow ]; then
+        sinks+=("$(start_sink "$GW_NS" 127.0.0.1:4739 "$WORK/b-sink.json")"); outs+=("$WORK/b-sink.json")
+        ip netns exec "$GW_NS" "$PROBE" --group 1=esp --group 2=vpn --group 3=other \
+            --export ipfix://127.0.0.1:4739 >"$WORK/b-probe.log" 2>&1 &
+        pids+=($!); PIDS+=($!)
+    else
+        for g in 1 2 3; do
+            sinks+=("$(start_sink "$GW_NS" "127.0.0.1:474$g" "$WORK/b-sink$g.json")"); outs+=("$WORK/b-sink$g.json")
+            cat >"$WORK/uacctd$g.conf" <<EOF
+daemonize: false
+uacctd_group: $g
+uacctd_threshold: 64
+plugins: nfprobe
+nfprobe_receiver: 127.0.0.1:474$g
+nfprobe_version: 10
+aggregate: src_host, dst_host, src_port, dst_port, proto
+EOF
+            ip netns exec "$GW_NS" uacctd -f "$WORK/uacctd$g.conf" >"$WORK/b-uacctd$g.log" 2>&1 &
+            pids+=($!); PIDS+=($!)
+        done
+    fi
+    "$LAB" ready --lab "$LABNAME" --groups 1,2,3 --timeout 10 || { say "$tool did not bind the groups"; return 2; }
+    "$LAB" rules --lab "$LABNAME" --firewall iptables load
+    if [ "$rate" = max ]; then n=1000000; else n=$(( rate * STEP_SECONDS )); fi
+    local t0 c0 t1 c1 rate_arg=()
+    [ "$rate" = max ] || rate_arg=(-b "${rate}pps")
+    c0=$(cpu_ticks "${pids[@]}"); t0=$(date +%s.%N)
+    timeout 60 ip netns exec "$INET_NS" trafgen --no-sock-mem -o eth0 -i "$WORK/trafgen.cfg" -n "$n" -P 1 -q "${rate_arg[@]}" \
+        >"$WORK/trafgen.log" 2>&1 || say "trafgen: $(tail -2 "$WORK/trafgen.log")"
+    t1=$(date +%s.%N); c1=$(cpu_ticks "${pids[@]}")
+    # Let the kernel's flush timer deliver the last partial batches before stopping.
+    "$LAB" drained --lab "$LABNAME" --groups 1,2,3 --timeout 10 || true
+    "$LAB" rules --lab "$LABNAME" --firewall iptables detach
+    local counted exported=0 ignored=0 p
+    counted=$("$LAB" counters --lab "$LABNAME" --firewall iptables | awk '{ s += $2 } END { print s + 0 }')
+    for p in "${pids[@]}"; do
+        if [ "$tool" = labelflow ]; then stop_pid "$p" TERM; else stop_pid "$p" INT; fi
+    done
+    for p in "${sinks[@]}"; do stop_pid "$p" TERM; done
+    for p in "${outs[@]}"; do
+        exported=$(( exported + $(json_num "$p" packets) ))
+        ignored=$(( ignored + $(sed -n 's/.*"ignored":{\([^}]*\)}.*/\1/p' "$p" | tr ',' '\n' | awk -F: '{ s += $2 } END { print s + 0 }') ))
+    done
+    local secs pps cpu
+    secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
+    pps=$(awk -v n="$n" -v s="$secs" 'BEGIN { printf "%d", n / s }')
+    cpu=$(awk -v c="$(( c1 - c0 ))" -v hz="$(getconf CLK_TCK)" -v s="$secs" 'BEGIN { printf "%.1f", 100 * c / hz / s }')
+    printf '%-16s %10s %10s %10s %10s %10s %10s %8s\n' "$tool" "$rate" "$pps" "$counted" "$exported" "$(( counted - exported ))" "$ignored" "$cpu"
+    "$LAB" down --lab "$LABNAME" >/dev/null 2>&1 || true
+    [ "$counted" -gt 0 ] && [ "$counted" = "$exported" ]
+}
+
+if ! skip b; then
+    printf '\n(b) live: trafgen 60-byte frames inet -> gw FORWARD (3 NFLOG groups) -> lan, %ss per step\n' "$STEP_SECONDS"
+    printf '%-16s %10s %10s %10s %10s %10s %10s %8s\n' tool target achieved counted exported lost reported CPU%
+    declare -A BEST BEST_CPU
+    for tool in labelflow uacctd; do
+        use "$tool" || continue
+        BEST[$tool]=none; BEST_CPU[$tool]=-
+        for rate in $RATES; do
+            row=$(live_step "$tool" "$rate") && ok=1 || ok=0
+            printf '%s\n' "$row"
+            if [ "$ok" = 1 ]; then
+                BEST[$tool]=$(awk '{ print $3 }' <<<"$row"); BEST_CPU[$tool]=$(awk '{ print $8 }' <<<"$row")
+            else
+                break
+            fi
+        done
+    done
+    use labelflow && printf '%-16s highest lossless rate %10s pps at %s%% CPU\n' labelflow-probe "${BEST[labelflow]}" "${BEST_CPU[labelflow]}"
+    use uacctd && printf '%-16s highest lossless rate %10s pps at %s%% CPU (3 processes)\n' uacctd "${BEST[uacctd]}" "${BEST_CPU[uacctd]}"
+fi
+
+# ---------------------------------------------------------------- (c) memory per flow
+if ! skip c && use labelflow; then
+    printf '\n(c) memory per live flow (replay, timeouts 1h, one packet per flow)\n'
+    timeout 120 "$GEN" --packets 1000 --flows 1000 --seconds 1 --out "$WORK/small.pcap" 2>/dev/null
+    timeout 180 "$GEN" --packets "$MEM_FLOWS" --flows "$MEM_FLOWS" --seconds 10 --out "$WORK/many.pcap" 2>/dev/null
+    S=$(start_sink - 127.0.0.1:47393 "$WORK/c-sink.json")
+    for f in small many; do
+        timeout 180 "$TIME" -v -o "$WORK/c-$f.time" "$PROBE" --replay "$WORK/$f.pcap" --label x \
+            --active-timeout 1h --inactive-timeout 1h --max-flows $(( MEM_FLOWS * 2 )) \
+            --export ipfix://127.0.0.1:47393 >"$WORK/c-$f.log" 2>&1 || say "replay $f failed: $(tail -3 "$WORK/c-$f.log")"
+    done
+    stop_pid "$S" TERM
+    read -r _ r_small _ < <(time_fields "$WORK/c-small.time")
+    read -r _ r_many _ < <(time_fields "$WORK/c-many.time")
+    printf '%-18s peak RSS %s kB with 1k flows, %s kB with %s flows: %s bytes per flow (flows exported: %s)\n' \
+        labelflow-probe "$r_small" "$r_many" "$MEM_FLOWS" \
+        "$(awk -v a="$r_small" -v b="$r_many" -v n="$MEM_FLOWS" 'BEGIN { if (b > a) printf "%.0f", (b - a) * 1024 / n; else print "-" }')" \
+        "$(json_num "$WORK/c-sink.json" flows)"
+fi

@@ -1,0 +1,431 @@
+//! Aggregation of flow records into time buckets per dimension: pure code, time comes in the
+//! records.
+//!
+//! ```text
+//!  FlowRecord ──► label ──► pro-rate bytes/packets over the base buckets it spans
+//!                              │  (largest-remainder apportioning: sums stay exact)
+//!                              ├─► label, view(s), tunnel, host (in/out), protocol, port
+//!                              └─► the same share added to each coarser rollup bucket
+//!  Aggregator::take() ──► Deltas (what the store adds in one transaction)
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+use labelflow_proto::FlowRecord;
+
+use crate::config::{rule_label, AggConfig, LabelRule};
+
+/// The label of records that carry none and match no rule.
+pub const UNLABELLED: &str = "unlabelled";
+/// Key that absorbs keys beyond the per-bucket bound.
+pub const OTHER: &str = "other";
+
+/// A report dimension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dim {
+    Label,
+    View,
+    Tunnel,
+    Host,
+    Protocol,
+    Port,
+}
+
+impl Dim {
+    pub const ALL: [Dim; 6] = [Dim::Label, Dim::View, Dim::Tunnel, Dim::Host, Dim::Protocol, Dim::Port];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Dim::Label => "label",
+            Dim::View => "view",
+            Dim::Tunnel => "tunnel",
+            Dim::Host => "host",
+            Dim::Protocol => "protocol",
+            Dim::Port => "port",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Dim> {
+        Dim::ALL.into_iter().find(|d| d.name() == s)
+    }
+}
+
+/// Label of a record: labelflow's IEs first (applicationName, or applicationId resolved
+/// through options, then the NFLOG group), then the configured exporter rules.
+pub fn resolve_label<'a>(rec: &'a FlowRecord, exporter: IpAddr, rules: &'a [LabelRule]) -> std::borrow::Cow<'a, str> {
+    if let Some(l) = &rec.label {
+        return l.as_str().into();
+    }
+    if let Some(g) = rec.group {
+        return format!("group{g}").into();
+    }
+    rule_label(rules, exporter, [rec.ingress_if, rec.egress_if])
+        .unwrap_or(UNLABELLED)
+        .into()
+}
+
+/// Split `total` over `weights` in proportion, exactly: the shares sum to `total`.
+///
+/// Largest-remainder method: every part gets the floor of its exact share, and the units
+/// left over go to the parts with the largest remainders (earliest first on ties).
+pub fn apportion(total: u64, weights: &[u64], out: &mut Vec<u64>) {
+    out.clear();
+    let sum: u128 = weights.iter().map(|w| u128::from(*w)).sum();
+    if weights.is_empty() {
+        return;
+    }
+    if sum == 0 {
+        out.extend(std::iter::repeat_n(0, weights.len()));
+        out[0] = total;
+        return;
+    }
+    let mut rems = Vec::with_capacity(weights.len());
+    let mut given = 0u64;
+    for (i, w) in weights.iter().enumerate() {
+        let exact = u128::from(total) * u128::from(*w);
+        let share = (exact / sum) as u64;
+        rems.push((exact % sum, i));
+        out.push(share);
+        given += share;
+    }
+    let mut left = total - given;
+    if left > 0 {
+        rems.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        for (_, i) in rems {
+            if left == 0 {
+                break;
+            }
+            out[i] += 1;
+            left -= 1;
+        }
+    }
+}
+
+/// Counters of one (resolution, bucket, dimension, key).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub bytes: u64,
+    pub packets: u64,
+    pub flows: u64,
+    /// Hosts only: bytes towards / from the host.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl Counters {
+    pub fn add(&mut self, o: &Counters) {
+        self.bytes += o.bytes;
+        self.packets += o.packets;
+        self.flows += o.flows;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+    }
+}
+
+/// A typed key; rendered to text by [`Aggregator::key_text`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Key {
+    Label(u32),
+    View(u32),
+    /// ESP (50) / AH (51) outer flow.
+    Sa { protocol: u8, src: IpAddr, dst: IpAddr, spi: u32 },
+    /// Inner traffic of a configured tunnel (index into the config).
+    Tunnel(u32),
+    Host(IpAddr),
+    Protocol(u8),
+    Port(u8, u16),
+    Other,
+}
+
+/// Where a counter goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Slot {
+    /// Index into the resolutions.
+    pub res: u8,
+    /// Bucket start, seconds since the epoch.
+    pub bucket: i64,
+    pub dim: Dim,
+    pub key: Key,
+}
+
+/// Statistics of the aggregator.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AggStats {
+    pub records: u64,
+    pub excluded_internal: u64,
+    pub folded_keys: u64,
+    pub clamped_durations: u64,
+}
+
+/// Accumulates deltas between commits.
+#[derive(Debug)]
+pub struct Aggregator {
+    cfg: AggConfig,
+    labels: HashMap<String, u32>,
+    label_names: Vec<String>,
+    /// For each label id, the view ids it belongs to.
+    label_views: Vec<Vec<u32>>,
+    view_names: Vec<String>,
+    pending: HashMap<Slot, Counters>,
+    seen: HashMap<(Dim, u8, i64), HashSet<Key>>,
+    weights: Vec<u64>,
+    shares_b: Vec<u64>,
+    shares_p: Vec<u64>,
+    pub stats: AggStats,
+}
+
+/// Per-label totals since start (for `/metrics`), in the order labels were first seen.
+pub type LabelTotals = Vec<(String, u64, u64)>;
+
+impl Aggregator {
+    pub fn new(cfg: AggConfig) -> Aggregator {
+        let view_names = cfg.views.keys().cloned().collect();
+        Aggregator {
+            cfg,
+            labels: HashMap::new(),
+            label_names: Vec::new(),
+            label_views: Vec::new(),
+            view_names,
+            pending: HashMap::new(),
+            seen: HashMap::new(),
+            weights: Vec::new(),
+            shares_b: Vec::new(),
+            shares_p: Vec::new(),
+            stats: AggStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &AggConfig {
+        &self.cfg
+    }
+
+    fn label_id(&mut self, label: &str) -> u32 {
+        if let Some(id) = self.labels.get(label) {
+            return *id;
+        }
+        let id = self.label_names.len() as u32;
+        let views = self
+            .cfg
+            .views
+            .values()
+            .enumerate()
+            .filter(|(_, labels)| labels.iter().any(|l| l == label))
+            .map(|(i, _)| i as u32)
+            .collect();
+        self.labels.insert(label.to_string(), id);
+        self.label_names.push(label.to_string());
+        self.label_views.push(views);
+        id
+    }
+
+    /// Text of a key as stored and reported.
+    pub fn key_text(&self, key: &Key) -> String {
+        match *key {
+            Key::Label(i) => self.label_names[i as usize].clone(),
+            Key::View(i) => self.view_names[i as usize].clone(),
+            Key::Sa { protocol, src, dst, spi } => {
+                let p = if protocol == 51 { "ah" } else { "esp" };
+                format!("{p} {src}>{dst} spi 0x{spi:08x}")
+            }
+            Key::Tunnel(i) => self.cfg.tunnels[i as usize].name.clone(),
+            Key::Host(ip) => ip.to_string(),
+            Key::Protocol(p) => protocol_name(p),
+            Key::Port(p, port) => format!("{}/{port}", protocol_name(p)),
+            Key::Other => OTHER.to_string(),
+        }
+    }
+
+    fn in_networks(&self, ip: IpAddr) -> bool {
+        self.cfg.networks.iter().any(|n| n.contains(ip))
+    }
+
+    /// Add one record under `label`.
+    pub fn add(&mut self, rec: &FlowRecord, label: &str) {
+        self.stats.records += 1;
+        let scale = u64::from(rec.sampling_interval.max(1));
+        let bytes = rec.bytes.saturating_mul(scale);
+        let packets = rec.packets.saturating_mul(scale);
+        let mut start = rec.start_ms.min(rec.end_ms);
+        let end = rec.end_ms.max(rec.start_ms);
+        if end - start > self.cfg.max_flow_duration_ms {
+            start = end - self.cfg.max_flow_duration_ms;
+            self.stats.clamped_durations += 1;
+        }
+
+        // Which keys this record feeds, per dimension.
+        let mut keys: Vec<(Dim, Key, Side)> = Vec::with_capacity(8);
+        let lid = self.label_id(label);
+        keys.push((Dim::Label, Key::Label(lid), Side::Both));
+        for v in &self.label_views[lid as usize] {
+            keys.push((Dim::View, Key::View(*v), Side::Both));
+        }
+        if matches!(rec.protocol, 50 | 51) {
+            keys.push((
+                Dim::Tunnel,
+                Key::Sa {
+                    protocol: rec.protocol,
+                    src: rec.src_addr,
+                    dst: rec.dst_addr,
+                    spi: rec.ipsec_spi.unwrap_or(0),
+                },
+                Side::Both,
+            ));
+        } else if let Some(t) = self.cfg.tunnels.iter().position(|t| {
+            t.subnets.iter().any(|n| n.contains(rec.src_addr) || n.contains(rec.dst_addr))
+        }) {
+            keys.push((Dim::Tunnel, Key::Tunnel(t as u32), Side::Both));
+        }
+        let src_in = self.in_networks(rec.src_addr);
+        let dst_in = self.in_networks(rec.dst_addr);
+        if src_in && dst_in && self.cfg.exclude_internal {
+            self.stats.excluded_internal += 1;
+        } else {
+            if src_in {
+                keys.push((Dim::Host, Key::Host(rec.src_addr), Side::Out));
+            }
+            if dst_in && !(src_in && rec.dst_addr == rec.src_addr) {
+                keys.push((Dim::Host, Key::Host(rec.dst_addr), Side::In));
+            }
+        }
+        keys.push((Dim::Protocol, Key::Protocol(rec.protocol), Side::Both));
+        if matches!(rec.protocol, 6 | 17 | 132 | 136) {
+            let port = service_port(rec.src_port, rec.dst_port);
+            keys.push((Dim::Port, Key::Port(rec.protocol, port), Side::Both));
+        }
+
+        // Pro-rate over the base buckets [start, end] touches.
+        let base_ms = self.cfg.resolutions[0] * 1000;
+        let first = start / base_ms;
+        let last = end / base_ms;
+        self.weights.clear();
+        if first == last {
+            self.weights.push(1);
+        } else {
+            for b in first..=last {
+                let lo = (b * base_ms).max(start);
+                let hi = ((b + 1) * base_ms).min(end);
+                self.weights.push(hi - lo);
+            }
+        }
+        let mut sb = std::mem::take(&mut self.shares_b);
+        let mut sp = std::mem::take(&mut self.shares_p);
+        apportion(bytes, &self.weights, &mut sb);
+        apportion(packets, &self.weights, &mut sp);
+        let flow_bucket = first;
+        for (i, (b, p)) in sb.iter().zip(&sp).enumerate() {
+            let base_bucket = (first + i as u64) * self.cfg.resolutions[0];
+            let flows = u64::from(first + i as u64 == flow_bucket);
+            if *b == 0 && *p == 0 && flows == 0 {
+                continue;
+            }
+            for &(dim, key, side) in &keys {
+                let c = Counters {
+                    bytes: *b,
+                    packets: *p,
+                    flows,
+                    bytes_in: if side == Side::In { *b } else { 0 },
+                    bytes_out: if side == Side::Out { *b } else { 0 },
+                };
+                for res in 0..self.cfg.resolutions.len() {
+                    let r = self.cfg.resolutions[res];
+                    let bucket = (base_bucket / r * r) as i64;
+                    let key = self.bounded(dim, res as u8, bucket, key);
+                    self.pending
+                        .entry(Slot { res: res as u8, bucket, dim, key })
+                        .or_default()
+                        .add(&c);
+                }
+            }
+        }
+        self.shares_b = sb;
+        self.shares_p = sp;
+    }
+
+    /// Fold keys beyond `max_keys_per_bucket` into [`Key::Other`].
+    fn bounded(&mut self, dim: Dim, res: u8, bucket: i64, key: Key) -> Key {
+        if matches!(dim, Dim::Protocol | Dim::View) {
+            return key;
+        }
+        let max = self.cfg.max_keys_per_bucket;
+        let set = self.seen.entry((dim, res, bucket)).or_default();
+        if set.contains(&key) {
+            return key;
+        }
+        if set.len() >= max {
+            self.stats.folded_keys += 1;
+            return Key::Other;
+        }
+        set.insert(key);
+        key
+    }
+
+    /// Forget key-bound bookkeeping of buckets that started before `before` (seconds).
+    pub fn forget_before(&mut self, before: i64) {
+        self.seen.retain(|(_, _, b), _| *b >= before);
+    }
+
+    pub fn pending_slots(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Take the accumulated deltas, rendered for the store.
+    pub fn take(&mut self) -> Vec<Delta> {
+        let pending = std::mem::take(&mut self.pending);
+        pending
+            .into_iter()
+            .map(|(s, c)| Delta {
+                resolution: self.cfg.resolutions[s.res as usize] as i64,
+                bucket: s.bucket,
+                dim: s.dim,
+                key: self.key_text(&s.key),
+                counters: c,
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Both,
+    In,
+    Out,
+}
+
+/// One row's increment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delta {
+    /// Resolution in seconds.
+    pub resolution: i64,
+    pub bucket: i64,
+    pub dim: Dim,
+    pub key: String,
+    pub counters: Counters,
+}
+
+/// The service side of a port pair: the lower non-zero port (servers listen low).
+pub fn service_port(a: u16, b: u16) -> u16 {
+    match (a, b) {
+        (0, p) | (p, 0) => p,
+        (a, b) => a.min(b),
+    }
+}
+
+pub fn protocol_name(p: u8) -> String {
+    match p {
+        1 => "icmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        47 => "gre".into(),
+        50 => "esp".into(),
+        51 => "ah".into(),
+        58 => "icmpv6".into(),
+        132 => "sctp".into(),
+        136 => "udplite".into(),
+        n => n.to_string(),
+    }
+}
+
+#[cfg(test)]
+#[path = "aggregate_tests.rs"]
+mod tests;

@@ -1,0 +1,179 @@
+use super::*;
+use crate::config::{AggConfig, Tunnel};
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+fn rec(start_ms: u64, end_ms: u64, bytes: u64, packets: u64) -> FlowRecord {
+    FlowRecord {
+        src_addr: "192.168.1.10".parse().unwrap(),
+        dst_addr: "198.51.100.7".parse().unwrap(),
+        protocol: 6,
+        src_port: 40000,
+        dst_port: 443,
+        bytes,
+        packets,
+        start_ms,
+        end_ms,
+        ..FlowRecord::default()
+    }
+}
+
+fn sum(deltas: &[Delta], res: i64, dim: Dim) -> Counters {
+    let mut c = Counters::default();
+    for d in deltas.iter().filter(|d| d.resolution == res && d.dim == dim) {
+        c.add(&d.counters);
+    }
+    c
+}
+
+#[test]
+fn apportion_is_exact_and_proportional() {
+    let mut out = Vec::new();
+    apportion(10, &[1, 1, 1], &mut out);
+    assert_eq!(out, vec![4, 3, 3]);
+    apportion(100, &[30_000, 60_000, 10_000], &mut out);
+    assert_eq!(out, vec![30, 60, 10]);
+    apportion(7, &[0, 0], &mut out);
+    assert_eq!(out, vec![7, 0]);
+    apportion(u64::MAX, &[u64::MAX, 1], &mut out);
+    assert_eq!(out.iter().map(|v| u128::from(*v)).sum::<u128>(), u128::from(u64::MAX));
+}
+
+#[test]
+fn flow_spanning_three_minutes_is_prorated() {
+    let mut a = Aggregator::new(AggConfig::default());
+    // 00:00:30 .. 00:02:30: 30 s, 60 s, 30 s of the three minutes.
+    a.add(&rec(30_000, 150_000, 1200, 12), "esp");
+    let d = a.take();
+    let mut per_minute: Vec<(i64, u64)> = d
+        .iter()
+        .filter(|d| d.resolution == 60 && d.dim == Dim::Label)
+        .map(|d| (d.bucket, d.counters.bytes))
+        .collect();
+    per_minute.sort();
+    assert_eq!(per_minute, vec![(0, 300), (60, 600), (120, 300)]);
+    let hour = sum(&d, 3600, Dim::Label);
+    assert_eq!((hour.bytes, hour.packets, hour.flows), (1200, 12, 1));
+}
+
+#[test]
+fn views_tunnels_hosts_ports() {
+    let mut views = BTreeMap::new();
+    views.insert("uplink".to_string(), vec!["esp".to_string(), "other".to_string()]);
+    let cfg = AggConfig {
+        views,
+        tunnels: vec![Tunnel { name: "branch".into(), subnets: vec!["10.2.0.0/16".parse().unwrap()] }],
+        networks: vec!["192.168.1.0/24".parse().unwrap()],
+        ..AggConfig::default()
+    };
+    let mut a = Aggregator::new(cfg);
+    let mut esp = rec(0, 1000, 1000, 10);
+    esp.protocol = 50;
+    esp.ipsec_spi = Some(0x1001);
+    esp.src_port = 0;
+    esp.dst_port = 0;
+    a.add(&esp, "esp");
+    let mut inner = rec(0, 1000, 500, 5);
+    inner.dst_addr = "10.2.3.4".parse().unwrap();
+    a.add(&inner, "decrypted");
+    let mut other = rec(0, 1000, 70, 1);
+    other.dst_addr = "192.168.1.20".parse().unwrap();
+    a.add(&other, "other");
+    let d = a.take();
+    let find = |dim: Dim, key: &str| {
+        d.iter()
+            .find(|x| x.resolution == 60 && x.dim == dim && x.key == key)
+            .map(|x| x.counters)
+            .unwrap_or_default()
+    };
+    assert_eq!(find(Dim::View, "uplink").bytes, 1070);
+    assert_eq!(find(Dim::Tunnel, "esp 192.168.1.10>198.51.100.7 spi 0x00001001").bytes, 1000);
+    assert_eq!(find(Dim::Tunnel, "branch").bytes, 500);
+    let h = find(Dim::Host, "192.168.1.10");
+    assert_eq!((h.bytes_out, h.bytes_in, h.flows), (1570, 0, 3));
+    assert_eq!(find(Dim::Host, "192.168.1.20").bytes_in, 70);
+    assert_eq!(find(Dim::Port, "tcp/443").flows, 2);
+    assert_eq!(find(Dim::Protocol, "esp").bytes, 1000);
+}
+
+#[test]
+fn exclude_internal_skips_hosts_only() {
+    let cfg = AggConfig {
+        networks: vec!["192.168.1.0/24".parse().unwrap()],
+        exclude_internal: true,
+        ..AggConfig::default()
+    };
+    let mut a = Aggregator::new(cfg);
+    let mut r = rec(0, 0, 10, 1);
+    r.dst_addr = "192.168.1.20".parse().unwrap();
+    a.add(&r, "lan");
+    let d = a.take();
+    assert_eq!(sum(&d, 60, Dim::Host), Counters::default());
+    assert_eq!(sum(&d, 60, Dim::Label).bytes, 10);
+    assert_eq!(a.stats.excluded_internal, 1);
+}
+
+#[test]
+fn sampling_scales_counts() {
+    let mut a = Aggregator::new(AggConfig::default());
+    let mut r = rec(0, 0, 100, 2);
+    r.sampling_interval = 10;
+    a.add(&r, "x");
+    let c = sum(&a.take(), 60, Dim::Label);
+    assert_eq!((c.bytes, c.packets, c.flows), (1000, 20, 1));
+}
+
+#[test]
+fn key_bound_folds_into_other() {
+    let cfg = AggConfig {
+        networks: vec!["10.0.0.0/8".parse().unwrap()],
+        max_keys_per_bucket: 2,
+        ..AggConfig::default()
+    };
+    let mut a = Aggregator::new(cfg);
+    for i in 0..5u8 {
+        let mut r = rec(0, 0, 1, 1);
+        r.src_addr = std::net::IpAddr::from([10, 0, 0, i]);
+        a.add(&r, "x");
+    }
+    let d = a.take();
+    let other = d
+        .iter()
+        .find(|x| x.resolution == 60 && x.dim == Dim::Host && x.key == OTHER)
+        .unwrap();
+    assert_eq!(other.counters.bytes, 3);
+    assert_eq!(sum(&d, 60, Dim::Host).bytes, 5);
+}
+
+proptest! {
+    #[test]
+    fn bucket_sums_equal_input_sums(
+        flows in proptest::collection::vec((0u64..3_600_000, 0u64..900_000, 0u64..1u64 << 40, 0u64..1u64 << 30, 1u32..4), 1..40)
+    ) {
+        let mut a = Aggregator::new(AggConfig::default());
+        let (mut tb, mut tp) = (0u64, 0u64);
+        for (start, dur, b, p, s) in &flows {
+            let mut r = rec(*start, start + dur, *b, *p);
+            r.sampling_interval = *s;
+            tb += b * u64::from(*s);
+            tp += p * u64::from(*s);
+            a.add(&r, if start % 2 == 0 { "a" } else { "b" });
+        }
+        let d = a.take();
+        for res in [60, 3600, 86400] {
+            let c = sum(&d, res, Dim::Label);
+            prop_assert_eq!(c.bytes, tb);
+            prop_assert_eq!(c.packets, tp);
+            prop_assert_eq!(c.flows, flows.len() as u64);
+            prop_assert_eq!(sum(&d, res, Dim::Protocol), c);
+        }
+        // Rollups equal the sum of their parts, bucket by bucket.
+        let mut hours: HashMap<(i64, String), Counters> = HashMap::new();
+        for x in d.iter().filter(|x| x.resolution == 60 && x.dim == Dim::Label) {
+            hours.entry((x.bucket / 3600 * 3600, x.key.clone())).or_default().add(&x.counters);
+        }
+        for x in d.iter().filter(|x| x.resolution == 3600 && x.dim == Dim::Label) {
+            prop_assert_eq!(hours[&(x.bucket, x.key.clone())], x.counters);
+        }
+    }
+}

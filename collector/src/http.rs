@@ -1,0 +1,209 @@
+//! HTTP: the dashboard (`/`), the JSON API (`/api/report`), Prometheus text (`/metrics`).
+//!
+//! ```text
+//!  GET /                                  HTML + JS (embedded; graphs drawn as inline SVG)
+//!  GET /api/report?by=label&last=1h&bucket=1m&top=8   same document as `report --format json`
+//!  GET /api/report?by=host&from=RFC3339&to=RFC3339
+//!  GET /metrics                           collector health and per-label counters
+//! ```
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Query as AxQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+
+use crate::aggregate::Dim;
+use crate::ingest::Snapshot;
+use crate::report::{self, Query};
+use crate::session::DecodeError;
+use crate::store::Reader;
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub db: PathBuf,
+    pub metrics: Arc<Mutex<Snapshot>>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(|| async { Html(DASHBOARD) }))
+        .route("/api/report", get(api_report))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReportParams {
+    by: Option<String>,
+    bucket: Option<String>,
+    last: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    top: Option<usize>,
+}
+
+/// Parse report parameters (shared with the CLI): `now` in seconds.
+pub fn parse_query(
+    by: &str,
+    bucket: Option<&str>,
+    last: Option<&str>,
+    from: Option<&str>,
+    to: Option<&str>,
+    top: Option<usize>,
+    now: i64,
+) -> Result<Query, String> {
+    let by = Dim::parse(by).ok_or_else(|| format!("unknown dimension {by:?}"))?;
+    let secs = |s: &str| -> Result<u64, String> {
+        humantime::parse_duration(s).map(|d| d.as_secs()).map_err(|e| format!("{s:?}: {e}"))
+    };
+    let time = |s: &str| -> Result<i64, String> {
+        if let Ok(n) = s.parse::<i64>() {
+            return Ok(n);
+        }
+        humantime::parse_rfc3339_weak(s)
+            .map(|t| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64))
+            .map_err(|e| format!("{s:?}: {e}"))
+    };
+    let bucket = bucket.map(secs).transpose()?;
+    if bucket == Some(0) {
+        return Err("bucket must be at least 1s".into());
+    }
+    let (from, to) = match (last, from, to) {
+        (Some(l), None, None) => (now - secs(l)? as i64, now + 1),
+        (None, Some(f), t) => (time(f)?, t.map(time).transpose()?.unwrap_or(now + 1)),
+        (None, None, None) => (now - 3600, now + 1),
+        _ => return Err("use either last or from/to".into()),
+    };
+    Ok(Query { by, bucket, from, to, top })
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+async fn api_report(State(st): State<AppState>, AxQuery(p): AxQuery<ReportParams>) -> Response {
+    let q = match parse_query(
+        p.by.as_deref().unwrap_or("label"),
+        p.bucket.as_deref(),
+        p.last.as_deref(),
+        p.from.as_deref(),
+        p.to.as_deref(),
+        p.top,
+        now_secs(),
+    ) {
+        Ok(q) => q,
+        Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
+    };
+    let db = st.db.clone();
+    let r = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, String> {
+        let reader = Reader::open(&db).map_err(|e| e.to_string())?;
+        let rep = report::build(&reader, &q).map_err(|e| e.to_string())?;
+        Ok(report::to_json(&rep))
+    })
+    .await;
+    match r {
+        Ok(Ok(v)) => ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response(),
+        Ok(Err(e)) => (StatusCode::BAD_REQUEST, e).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    let snap = st.metrics.lock().map(|s| s.clone()).unwrap_or_default();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render_metrics(&snap),
+    )
+        .into_response()
+}
+
+/// Prometheus text exposition of a snapshot.
+pub fn render_metrics(s: &Snapshot) -> String {
+    let mut o = String::new();
+    let mut counter = |name: &str, help: &str, v: u64| {
+        let _ = write!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n");
+    };
+    let ss = &s.sessions;
+    counter("labelflow_collector_datagrams_total", "Datagrams received.", ss.datagrams);
+    counter("labelflow_collector_flow_records_total", "Flow records decoded.", ss.flow_records);
+    counter("labelflow_collector_options_records_total", "Options data records decoded.", ss.options_records);
+    counter("labelflow_collector_template_records_total", "Template records received.", ss.template_records);
+    counter("labelflow_collector_sequence_gaps_total", "Sequence number discontinuities.", ss.sequence_gaps);
+    counter(
+        "labelflow_collector_sequence_lost_total",
+        "Records (IPFIX, v5) or packets (v9) missing according to sequence numbers.",
+        ss.sequence_lost,
+    );
+    counter("labelflow_collector_sequence_resets_total", "Sequence numbers that went backwards.", ss.sequence_resets);
+    counter("labelflow_collector_evicted_exporters_total", "Exporter scopes evicted from the LRU.", ss.evicted_scopes);
+    counter("labelflow_collector_commits_total", "Store transactions committed.", s.commits);
+    counter("labelflow_collector_commit_errors_total", "Store transactions that failed.", s.commit_errors);
+    counter("labelflow_collector_committed_datagrams_total", "Datagrams whose effect is committed.", s.committed_datagrams);
+    counter("labelflow_collector_receive_errors_total", "Socket receive errors.", s.receive_errors);
+    counter("labelflow_collector_folded_keys_total", "Keys folded into other by the per-bucket bound.", s.aggregation.folded_keys);
+    counter(
+        "labelflow_collector_excluded_internal_total",
+        "Records skipped for hosts because both ends are internal.",
+        s.aggregation.excluded_internal,
+    );
+    let _ = write!(
+        o,
+        "# HELP labelflow_collector_exporters Exporter scopes (address, domain) tracked.\n\
+         # TYPE labelflow_collector_exporters gauge\nlabelflow_collector_exporters {}\n",
+        s.scopes
+    );
+    o.push_str("# HELP labelflow_collector_decode_errors_total Datagrams or sets not decoded, by reason.\n");
+    o.push_str("# TYPE labelflow_collector_decode_errors_total counter\n");
+    for e in DecodeError::ALL {
+        let _ = writeln!(o, "labelflow_collector_decode_errors_total{{reason=\"{}\"}} {}", e.reason(), ss.error(e));
+    }
+    o.push_str("# HELP labelflow_collector_label_bytes_total Bytes per label (sampling applied).\n");
+    o.push_str("# TYPE labelflow_collector_label_bytes_total counter\n");
+    for (l, b, _) in &s.labels {
+        let _ = writeln!(o, "labelflow_collector_label_bytes_total{{label=\"{}\"}} {b}", escape(l));
+    }
+    o.push_str("# HELP labelflow_collector_label_packets_total Packets per label (sampling applied).\n");
+    o.push_str("# TYPE labelflow_collector_label_packets_total counter\n");
+    for (l, _, p) in &s.labels {
+        let _ = writeln!(o, "labelflow_collector_label_packets_total{{label=\"{}\"}} {p}", escape(l));
+    }
+    o
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parsing() {
+        let q = parse_query("tunnel", Some("5m"), Some("1h"), None, None, Some(3), 10_000).unwrap();
+        assert_eq!((q.by, q.bucket, q.from, q.to, q.top), (Dim::Tunnel, Some(300), 6400, 10_001, Some(3)));
+        let q = parse_query("label", None, None, Some("1970-01-01T00:01:00Z"), Some("600"), None, 0).unwrap();
+        assert_eq!((q.from, q.to), (60, 600));
+        assert!(parse_query("nope", None, None, None, None, None, 0).is_err());
+        assert!(parse_query("label", None, Some("1h"), Some("0"), None, None, 0).is_err());
+    }
+
+    #[test]
+    fn metrics_text() {
+        let mut s = Snapshot::default();
+        s.labels.push(("e\"sp".into(), 10, 1));
+        s.sessions.errors[0] = 4;
+        let t = render_metrics(&s);
+        assert!(t.contains("labelflow_collector_label_bytes_total{label=\"e\\\"sp\"} 10"), "{t}");
+        assert!(t.contains("labelflow_collector_decode_errors_total{reason=\"truncated\"} 4"));
+    }
+}

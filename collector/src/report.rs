@@ -1,0 +1,296 @@
+//! Reports: a query over the store regrouped into output buckets, top-N with `other`, and its
+//! renderings (table, CSV, JSON). Pure apart from the [`Reader`] passed in.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use crate::aggregate::{Counters, Dim, OTHER};
+use crate::store::{Reader, Row, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    pub by: Dim,
+    /// Output bucket width in seconds; `None` picks the finest stored resolution that keeps
+    /// the report under [`MAX_BUCKETS`] buckets.
+    pub bucket: Option<u64>,
+    /// Range start and end in seconds since the epoch, `[from, to)`; widened to whole buckets.
+    pub from: i64,
+    pub to: i64,
+    /// Keep the N keys with the most bytes, fold the rest into `other`.
+    pub top: Option<usize>,
+}
+
+/// Most output buckets an automatic choice of bucket width allows.
+pub const MAX_BUCKETS: i64 = 1500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("bucket {0}s is not a multiple of a stored resolution ({1:?})")]
+    Bucket(u64, Vec<i64>),
+    #[error("empty range: from {0} is not before to {1}")]
+    Range(i64, i64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub by: Dim,
+    /// Output bucket width, seconds.
+    pub bucket: i64,
+    pub from: i64,
+    pub to: i64,
+    /// Keys by descending bytes (top N, then `other` if anything was folded).
+    pub keys: Vec<String>,
+    /// Rows by bucket, then key order.
+    pub rows: Vec<Row>,
+    /// Totals per key, in `keys` order.
+    pub totals: Vec<(String, Counters)>,
+    pub total: Counters,
+}
+
+/// Run a query.
+pub fn build(reader: &Reader, q: &Query) -> Result<Report, ReportError> {
+    if q.from >= q.to {
+        return Err(ReportError::Range(q.from, q.to));
+    }
+    let stored = reader.resolutions()?;
+    let (res, bucket) = match q.bucket {
+        Some(b) => {
+            let res = stored
+                .iter()
+                .rev()
+                .find(|r| b as i64 % **r == 0)
+                .copied()
+                .or(if stored.is_empty() { Some(b as i64) } else { None })
+                .ok_or_else(|| ReportError::Bucket(b, stored.clone()))?;
+            (res, b as i64)
+        }
+        None => {
+            let span = q.to - q.from;
+            let res = stored
+                .iter()
+                .find(|r| span / **r <= MAX_BUCKETS)
+                .or(stored.last())
+                .copied()
+                .unwrap_or(60);
+            (res, res)
+        }
+    };
+    let from = q.from.div_euclid(bucket) * bucket;
+    let to = (q.to + bucket - 1).div_euclid(bucket) * bucket;
+    let raw = reader.rows(res, q.by, from, to)?;
+    Ok(assemble(q.by, bucket, from, to, raw, q.top))
+}
+
+/// Regroup stored rows into output buckets and apply top-N. Pure.
+pub fn assemble(by: Dim, bucket: i64, from: i64, to: i64, raw: Vec<Row>, top: Option<usize>) -> Report {
+    let mut per_key: HashMap<String, Counters> = HashMap::new();
+    for r in &raw {
+        per_key.entry(r.key.clone()).or_default().add(&r.counters);
+    }
+    let mut ranked: Vec<(String, Counters)> = per_key.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes).then_with(|| a.0.cmp(&b.0)));
+    let keep: Vec<String> = match top {
+        Some(n) if ranked.len() > n => ranked.iter().take(n).map(|k| k.0.clone()).collect(),
+        _ => ranked.iter().map(|k| k.0.clone()).collect(),
+    };
+    let folded = keep.len() < ranked.len();
+    let mut keys = keep.clone();
+    if folded && !keys.iter().any(|k| k == OTHER) {
+        keys.push(OTHER.to_string());
+    }
+    let order: HashMap<&str, usize> = keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+    let mut grouped: HashMap<(i64, usize), Counters> = HashMap::new();
+    let mut totals = vec![Counters::default(); keys.len()];
+    let mut total = Counters::default();
+    for r in &raw {
+        let idx = order.get(r.key.as_str()).copied().unwrap_or_else(|| order[OTHER]);
+        let b = r.bucket.div_euclid(bucket) * bucket;
+        grouped.entry((b, idx)).or_default().add(&r.counters);
+        totals[idx].add(&r.counters);
+        total.add(&r.counters);
+    }
+    let mut rows: Vec<((i64, usize), Counters)> = grouped.into_iter().collect();
+    rows.sort_by_key(|(k, _)| *k);
+    Report {
+        by,
+        bucket,
+        from,
+        to,
+        rows: rows
+            .into_iter()
+            .map(|((b, i), c)| Row { bucket: b, key: keys[i].clone(), counters: c })
+            .collect(),
+        totals: keys.iter().cloned().zip(totals).collect(),
+        keys,
+        total,
+    }
+}
+
+/// RFC 3339 (UTC, seconds) of a bucket start.
+pub fn rfc3339(secs: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn bits_per_second(bytes: u64, secs: i64) -> f64 {
+    if secs <= 0 {
+        0.0
+    } else {
+        bytes as f64 * 8.0 / secs as f64
+    }
+}
+
+/// JSON document: `{by, bucket_seconds, from, to, rows: [...], totals: [...], total}`.
+pub fn to_json(r: &Report) -> Value {
+    let key_field = r.by.name();
+    let row = |bucket: Option<i64>, key: &str, c: &Counters, secs: i64| {
+        let mut v = json!({
+            key_field: key,
+            "bytes": c.bytes,
+            "packets": c.packets,
+            "flows": c.flows,
+            "bits_per_second": bits_per_second(c.bytes, secs),
+        });
+        if let Some(b) = bucket {
+            v["bucket_start"] = json!(rfc3339(b));
+        }
+        if r.by == Dim::Host {
+            v["bytes_in"] = json!(c.bytes_in);
+            v["bytes_out"] = json!(c.bytes_out);
+        }
+        v
+    };
+    let span = r.to - r.from;
+    json!({
+        "by": key_field,
+        "bucket_seconds": r.bucket,
+        "from": rfc3339(r.from),
+        "to": rfc3339(r.to),
+        "keys": r.keys,
+        "rows": r.rows.iter().map(|x| row(Some(x.bucket), &x.key, &x.counters, r.bucket)).collect::<Vec<_>>(),
+        "totals": r.totals.iter().map(|(k, c)| row(None, k, c, span)).collect::<Vec<_>>(),
+        "total": {"bytes": r.total.bytes, "packets": r.total.packets, "flows": r.total.flows,
+                  "bits_per_second": bits_per_second(r.total.bytes, span)},
+    })
+}
+
+/// CSV with a header row; one line per (bucket, key).
+pub fn to_csv(r: &Report) -> String {
+    let mut s = format!("bucket_start,{},bytes,packets,flows,bytes_in,bytes_out\n", r.by.name());
+    for x in &r.rows {
+        let c = &x.counters;
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{},{},{}",
+            rfc3339(x.bucket),
+            csv_field(&x.key),
+            c.bytes,
+            c.packets,
+            c.flows,
+            c.bytes_in,
+            c.bytes_out
+        );
+    }
+    s
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Human units: 1.5 GB, 12.0 Mbit/s.
+pub fn human(v: f64, unit: &str) -> String {
+    const P: [&str; 6] = ["", "k", "M", "G", "T", "P"];
+    let mut v = v;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < P.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{v:.0} {unit}")
+    } else {
+        format!("{v:.1} {}{unit}", P[i])
+    }
+}
+
+/// Table of totals per key over the range, with average rate, share, and a total line.
+pub fn to_table(r: &Report) -> String {
+    let span = r.to - r.from;
+    let name = r.by.name();
+    let width = r.keys.iter().map(|k| k.len()).max().unwrap_or(0).max(name.len()).max(5);
+    let mut s = format!(
+        "{} .. {} ({}s buckets)\n{:<width$}  {:>10}  {:>10}  {:>12}  {:>8}  {:>6}\n",
+        rfc3339(r.from),
+        rfc3339(r.to),
+        r.bucket,
+        name,
+        "bytes",
+        "packets",
+        "avg rate",
+        "flows",
+        "share",
+    );
+    let share = |b: u64| if r.total.bytes == 0 { 0.0 } else { b as f64 * 100.0 / r.total.bytes as f64 };
+    let mut line = |k: &str, c: &Counters| {
+        let _ = writeln!(
+            s,
+            "{:<width$}  {:>10}  {:>10}  {:>12}  {:>8}  {:>5.1}%",
+            k,
+            human(c.bytes as f64, "B"),
+            human(c.packets as f64, ""),
+            human(bits_per_second(c.bytes, span), "bit/s"),
+            c.flows,
+            share(c.bytes),
+        );
+    };
+    for (k, c) in &r.totals {
+        line(k, c);
+    }
+    line("total", &r.total);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(bucket: i64, key: &str, bytes: u64) -> Row {
+        Row { bucket, key: key.into(), counters: Counters { bytes, packets: 1, flows: 1, ..Counters::default() } }
+    }
+
+    #[test]
+    fn regroups_and_folds_top_n() {
+        let raw = vec![row(0, "a", 100), row(60, "a", 50), row(0, "b", 10), row(0, "c", 20), row(300, "c", 5)];
+        let r = assemble(Dim::Label, 300, 0, 600, raw, Some(1));
+        assert_eq!(r.keys, vec!["a", "other"]);
+        assert_eq!(r.total.bytes, 185);
+        assert_eq!(r.rows.len(), 3);
+        assert_eq!((r.rows[0].bucket, r.rows[0].key.as_str(), r.rows[0].counters.bytes), (0, "a", 150));
+        assert_eq!((r.rows[1].key.as_str(), r.rows[1].counters.bytes), ("other", 30));
+        assert_eq!((r.rows[2].bucket, r.rows[2].counters.bytes), (300, 5));
+        let j = to_json(&r);
+        assert_eq!(j["rows"][0]["bucket_start"], "1970-01-01T00:00:00Z");
+        assert_eq!(j["rows"][0]["label"], "a");
+        assert_eq!(j["totals"][1]["bytes"], 35);
+        let t = to_table(&r);
+        assert!(t.contains("other") && t.contains("total") && t.contains("bit/s"), "{t}");
+        let c = to_csv(&r);
+        assert_eq!(c.lines().nth(1), Some("1970-01-01T00:00:00Z,a,150,2,2,0,0"));
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human(999.0, "B"), "999 B");
+        assert_eq!(human(1_500_000.0, "bit/s"), "1.5 Mbit/s");
+    }
+}

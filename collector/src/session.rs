@@ -1,0 +1,366 @@
+//! Template sessions: one `netflow_parser` decoder and one option context per
+//! (exporter address, observation domain), bounded by an LRU; sequence accounting; reasons
+//! for rejected datagrams.
+//!
+//! `netflow_parser` keys its template cache by template id only, so two exporters (or two
+//! domains of one exporter, RFC 7011 section 3.1) that use the same id would overwrite each
+//! other in a shared decoder. Routing each datagram by the header's address and domain to
+//! its own decoder keeps them apart.
+
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
+
+use labelflow_proto::convert::{convert_packet, ExporterContext, PacketSummary};
+use labelflow_proto::FlowRecord;
+use lru::LruCache;
+use netflow_parser::{NetflowError, NetflowParser};
+
+use crate::templates::{self, TemplateRecord};
+
+/// Exporter scope: where the datagram came from and which observation domain it speaks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ScopeKey {
+    pub exporter: IpAddr,
+    pub domain: u32,
+}
+
+/// Why a datagram (or part of it) was not decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, thiserror::Error)]
+pub enum DecodeError {
+    #[error("shorter than a header")]
+    Truncated,
+    #[error("unsupported version")]
+    Version,
+    #[error("header length disagrees with the datagram")]
+    Length,
+    #[error("malformed message")]
+    Malformed,
+    #[error("decoded output over the limit")]
+    Limit,
+    #[error("data set for an unknown template")]
+    MissingTemplate,
+}
+
+impl DecodeError {
+    pub const ALL: [DecodeError; 6] = [
+        DecodeError::Truncated,
+        DecodeError::Version,
+        DecodeError::Length,
+        DecodeError::Malformed,
+        DecodeError::Limit,
+        DecodeError::MissingTemplate,
+    ];
+
+    /// Stable name for metrics and logs.
+    pub fn reason(self) -> &'static str {
+        match self {
+            DecodeError::Truncated => "truncated",
+            DecodeError::Version => "version",
+            DecodeError::Length => "length",
+            DecodeError::Malformed => "malformed",
+            DecodeError::Limit => "limit",
+            DecodeError::MissingTemplate => "missing_template",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Counters of the session table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    pub datagrams: u64,
+    pub flow_records: u64,
+    pub options_records: u64,
+    pub template_records: u64,
+    /// Indexed by `DecodeError as usize`.
+    pub errors: [u64; 6],
+    /// Sequence discontinuities and the number of records (v5, IPFIX) or packets (v9) they
+    /// imply were lost.
+    pub sequence_gaps: u64,
+    pub sequence_lost: u64,
+    /// Sequence numbers that went backwards (reordering or exporter restart).
+    pub sequence_resets: u64,
+    pub evicted_scopes: u64,
+}
+
+impl SessionStats {
+    pub fn error(&self, e: DecodeError) -> u64 {
+        self.errors[e.index()]
+    }
+}
+
+#[derive(Debug)]
+struct Session {
+    parser: NetflowParser,
+    ctx: ExporterContext,
+    /// Sequence number the next message should carry, when known, per format (v5/v7, v9,
+    /// IPFIX): each format numbers its own stream.
+    next_sequence: [Option<u32>; 3],
+}
+
+/// What one datagram produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ingested {
+    pub scope: ScopeKey,
+    pub summary: PacketSummary,
+    /// The first problem met, if any (the records before it are still delivered).
+    pub error: Option<DecodeError>,
+}
+
+/// All exporter scopes.
+#[derive(Debug)]
+pub struct SessionTable {
+    sessions: LruCache<ScopeKey, Session>,
+    max_templates: NonZeroUsize,
+    pub stats: SessionStats,
+}
+
+impl SessionTable {
+    pub fn new(max_exporters: NonZeroUsize, max_templates: NonZeroUsize) -> SessionTable {
+        SessionTable {
+            sessions: LruCache::new(max_exporters),
+            max_templates,
+            stats: SessionStats::default(),
+        }
+    }
+
+    pub fn scopes(&self) -> usize {
+        self.sessions.len()
+    }
+
+    fn session(&mut self, scope: ScopeKey) -> &mut Session {
+        if !self.sessions.contains(&scope) {
+            let parser = NetflowParser::builder()
+                .with_cache_size(self.max_templates.get())
+                .build()
+                .expect("template cache size is non-zero");
+            let s = Session {
+                parser,
+                ctx: ExporterContext::default(),
+                next_sequence: [None; 3],
+            };
+            if self.sessions.push(scope, s).is_some() {
+                self.stats.evicted_scopes += 1;
+            }
+        }
+        self.sessions.get_mut(&scope).expect("just inserted")
+    }
+
+    /// Replay persisted template records into the scope's decoder.
+    pub fn restore(&mut self, scope: ScopeKey, records: &[TemplateRecord]) {
+        let session = self.session(scope);
+        for r in records {
+            let msg = templates::replay_message(r, scope.domain);
+            let _ = session.parser.parse_bytes(&msg);
+        }
+    }
+
+    /// Decode one datagram from `exporter`, appending flow records to `records` and the
+    /// template records it carried to `templates` (for persistence).
+    pub fn ingest(
+        &mut self,
+        exporter: IpAddr,
+        datagram: &[u8],
+        records: &mut Vec<FlowRecord>,
+        templates: &mut Vec<TemplateRecord>,
+    ) -> Result<Ingested, DecodeError> {
+        self.stats.datagrams += 1;
+        let r = self.ingest_inner(exporter, datagram, records, templates);
+        match &r {
+            Err(e) => self.stats.errors[e.index()] += 1,
+            Ok(i) => {
+                if let Some(e) = i.error {
+                    self.stats.errors[e.index()] += 1;
+                }
+            }
+        }
+        r
+    }
+
+    fn ingest_inner(
+        &mut self,
+        exporter: IpAddr,
+        datagram: &[u8],
+        records: &mut Vec<FlowRecord>,
+        templates: &mut Vec<TemplateRecord>,
+    ) -> Result<Ingested, DecodeError> {
+        let (message, domain) = frame(datagram)?;
+        let scope = ScopeKey { exporter, domain };
+        let session = self.session(scope);
+        let result = session.parser.parse_bytes(message);
+        let mut error = result.error.as_ref().map(classify);
+        let first = records.len();
+        let mut summary = PacketSummary::default();
+        for p in &result.packets {
+            summary = convert_packet(p, &mut session.ctx, records);
+        }
+        if result.packets.is_empty() {
+            return Err(error.unwrap_or(DecodeError::Malformed));
+        }
+        if summary.missing_template_sets > 0 && error.is_none() {
+            error = Some(DecodeError::MissingTemplate);
+        }
+        // Sequence accounting (only for a fully decoded single message).
+        let produced = (records.len() - first) as u32;
+        let stream = match summary.version {
+            9 => 1,
+            10 => 2,
+            _ => 0,
+        };
+        let (gap, reset, next) = sequence_step(session.next_sequence[stream], &summary, produced);
+        session.next_sequence[stream] = next;
+        if summary.version == 9 || summary.version == 10 {
+            templates::extract(message, templates);
+        }
+        self.stats.flow_records += u64::from(produced);
+        self.stats.options_records += u64::from(summary.options_records);
+        self.stats.template_records += u64::from(summary.templates);
+        if let Some(lost) = gap {
+            self.stats.sequence_gaps += 1;
+            self.stats.sequence_lost += u64::from(lost);
+        }
+        if reset {
+            self.stats.sequence_resets += 1;
+        }
+        Ok(Ingested { scope, summary, error })
+    }
+}
+
+/// The message inside a datagram and its observation domain, after header sanity checks.
+fn frame(d: &[u8]) -> Result<(&[u8], u32), DecodeError> {
+    if d.len() < 4 {
+        return Err(DecodeError::Truncated);
+    }
+    let be32 = |at: usize| u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]]);
+    match u16::from_be_bytes([d[0], d[1]]) {
+        10 => {
+            if d.len() < 16 {
+                return Err(DecodeError::Truncated);
+            }
+            // RFC 7011 section 3.1: Length is the total length of the message; one message
+            // per UDP datagram (section 10.3.3).
+            let len = usize::from(u16::from_be_bytes([d[2], d[3]]));
+            if len != d.len() {
+                return Err(DecodeError::Length);
+            }
+            Ok((d, be32(12)))
+        }
+        9 => {
+            if d.len() < 20 {
+                return Err(DecodeError::Truncated);
+            }
+            Ok((d, be32(16)))
+        }
+        5 => {
+            if d.len() < 24 {
+                return Err(DecodeError::Truncated);
+            }
+            let count = usize::from(u16::from_be_bytes([d[2], d[3]]));
+            let len = 24 + 48 * count;
+            if count == 0 || count > 30 || len > d.len() {
+                return Err(DecodeError::Length);
+            }
+            Ok((&d[..len], u32::from(d[20]) << 8 | u32::from(d[21])))
+        }
+        7 => {
+            if d.len() < 24 {
+                return Err(DecodeError::Truncated);
+            }
+            let count = usize::from(u16::from_be_bytes([d[2], d[3]]));
+            let len = 24 + 52 * count;
+            if count == 0 || count > 28 || len > d.len() {
+                return Err(DecodeError::Length);
+            }
+            Ok((&d[..len], 0))
+        }
+        _ => Err(DecodeError::Version),
+    }
+}
+
+fn classify(e: &NetflowError) -> DecodeError {
+    match e {
+        NetflowError::Incomplete { .. } => DecodeError::Truncated,
+        NetflowError::UnsupportedVersion { .. } | NetflowError::FilteredVersion { .. } => {
+            DecodeError::Version
+        }
+        NetflowError::DecodedOutputLimitExceeded { .. } => DecodeError::Limit,
+        _ => DecodeError::Malformed,
+    }
+}
+
+/// One step of sequence tracking: (records lost in a gap, went backwards, next expected).
+///
+/// - NetFlow v5: `flow_sequence` counts flows; the next header carries `seq + count`.
+/// - NetFlow v9 (RFC 3954 section 5.1): counts export packets; next is `seq + 1`.
+/// - IPFIX (RFC 7011 section 3.1): counts data records (options data records included);
+///   next is `seq + records`. Data sets without a template hide their record count, so the
+///   next message is not checked.
+pub fn sequence_step(
+    expected: Option<u32>,
+    s: &PacketSummary,
+    produced: u32,
+) -> (Option<u32>, bool, Option<u32>) {
+    let (mut gap, mut reset) = (None, false);
+    if let Some(exp) = expected {
+        let delta = s.sequence.wrapping_sub(exp);
+        if delta != 0 {
+            if delta < 1 << 31 {
+                gap = Some(delta);
+            } else {
+                reset = true;
+            }
+        }
+    }
+    let next = match s.version {
+        5 | 7 => Some(s.sequence.wrapping_add(produced)),
+        9 => Some(s.sequence.wrapping_add(1)),
+        10 if s.missing_template_sets == 0 => {
+            Some(s.sequence.wrapping_add(produced).wrapping_add(s.options_records))
+        }
+        _ => None,
+    };
+    (gap, reset, next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(version: u16, sequence: u32) -> PacketSummary {
+        PacketSummary { version, sequence, ..PacketSummary::default() }
+    }
+
+    #[test]
+    fn ipfix_sequence_counts_records() {
+        let (gap, reset, next) = sequence_step(None, &summary(10, 100), 5);
+        assert_eq!((gap, reset, next), (None, false, Some(105)));
+        let (gap, _, _) = sequence_step(next, &summary(10, 110), 1);
+        assert_eq!(gap, Some(5));
+        let (gap, reset, _) = sequence_step(Some(110), &summary(10, 100), 1);
+        assert_eq!((gap, reset), (None, true));
+        // Wraps modulo 2^32.
+        let (gap, _, _) = sequence_step(Some(u32::MAX), &summary(10, 1), 1);
+        assert_eq!(gap, Some(2));
+    }
+
+    #[test]
+    fn v9_counts_packets() {
+        let (_, _, next) = sequence_step(None, &summary(9, 7), 30);
+        assert_eq!(next, Some(8));
+    }
+
+    #[test]
+    fn frame_checks_lengths() {
+        assert_eq!(frame(&[0, 10]), Err(DecodeError::Truncated));
+        assert_eq!(frame(&[0, 3, 0, 0]), Err(DecodeError::Version));
+        let mut m = vec![0u8; 16];
+        m[1] = 10;
+        m[3] = 17;
+        assert_eq!(frame(&m), Err(DecodeError::Length));
+        m[3] = 16;
+        assert_eq!(frame(&m).map(|(_, d)| d), Ok(0));
+    }
+}

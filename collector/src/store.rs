@@ -1,0 +1,311 @@
+//! The embedded store: SQLite (bundled), WAL, one transaction per batch of datagrams.
+//!
+//! ```text
+//!  agg(res, dim, bucket, key) -> bytes, packets, flows, bytes_in, bytes_out
+//!  templates(exporter, domain, template_id) -> version, set_id, record
+//! ```
+//!
+//! A batch (aggregate deltas + template records of the same datagrams) is committed in one
+//! transaction with `synchronous = FULL`, so a datagram's effect is either entirely in the
+//! database or not at all, and a committed batch survives the process being killed.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use crate::aggregate::{Counters, Delta, Dim};
+use crate::session::ScopeKey;
+use crate::templates::TemplateRecord;
+
+/// Schema version kept in `PRAGMA user_version`.
+pub const SCHEMA_VERSION: i64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("database schema version {found} is newer than this collector ({SCHEMA_VERSION})")]
+    SchemaTooNew { found: i64 },
+}
+
+/// Read-write handle used by the ingest loop.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    template_cap: usize,
+}
+
+/// A template record to persist, with its scope.
+#[derive(Debug, Clone)]
+pub struct ScopedTemplate {
+    pub scope: ScopeKey,
+    pub record: TemplateRecord,
+}
+
+impl Store {
+    /// Open (creating or migrating) the database. `template_cap` bounds the records kept
+    /// per exporter scope.
+    pub fn open(path: &Path, template_cap: usize) -> Result<Store, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew { found: version });
+        }
+        if version < 1 {
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE IF NOT EXISTS agg (
+                     res INTEGER NOT NULL, dim TEXT NOT NULL, bucket INTEGER NOT NULL,
+                     key TEXT NOT NULL,
+                     bytes INTEGER NOT NULL, packets INTEGER NOT NULL, flows INTEGER NOT NULL,
+                     bytes_in INTEGER NOT NULL, bytes_out INTEGER NOT NULL,
+                     PRIMARY KEY (res, dim, bucket, key)) WITHOUT ROWID;
+                 CREATE TABLE IF NOT EXISTS templates (
+                     exporter TEXT NOT NULL, domain INTEGER NOT NULL,
+                     template_id INTEGER NOT NULL, version INTEGER NOT NULL,
+                     set_id INTEGER NOT NULL, record BLOB NOT NULL, seq INTEGER NOT NULL,
+                     PRIMARY KEY (exporter, domain, template_id));
+                 PRAGMA user_version = 1;
+                 COMMIT;",
+            )?;
+        }
+        Ok(Store { conn, template_cap: template_cap.max(1) })
+    }
+
+    /// Commit one batch atomically.
+    pub fn commit(&mut self, deltas: &[Delta], templates: &[ScopedTemplate]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut up = tx.prepare_cached(
+                "INSERT INTO agg (res, dim, bucket, key, bytes, packets, flows, bytes_in, bytes_out)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (res, dim, bucket, key) DO UPDATE SET
+                   bytes = bytes + excluded.bytes, packets = packets + excluded.packets,
+                   flows = flows + excluded.flows, bytes_in = bytes_in + excluded.bytes_in,
+                   bytes_out = bytes_out + excluded.bytes_out",
+            )?;
+            for d in deltas {
+                let c = &d.counters;
+                up.execute(params![
+                    d.resolution,
+                    d.dim.name(),
+                    d.bucket,
+                    d.key,
+                    c.bytes as i64,
+                    c.packets as i64,
+                    c.flows as i64,
+                    c.bytes_in as i64,
+                    c.bytes_out as i64
+                ])?;
+            }
+            let mut put = tx.prepare_cached(
+                "INSERT INTO templates (exporter, domain, template_id, version, set_id, record, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6,
+                         (SELECT COALESCE(MAX(seq), 0) + 1 FROM templates))
+                 ON CONFLICT (exporter, domain, template_id) DO UPDATE SET
+                   version = excluded.version, set_id = excluded.set_id,
+                   record = excluded.record, seq = excluded.seq
+                 WHERE record != excluded.record OR set_id != excluded.set_id",
+            )?;
+            let mut del = tx.prepare_cached(
+                "DELETE FROM templates WHERE exporter = ?1 AND domain = ?2 AND template_id = ?3",
+            )?;
+            let mut trim = tx.prepare_cached(
+                "DELETE FROM templates WHERE exporter = ?1 AND domain = ?2 AND seq NOT IN
+                   (SELECT seq FROM templates WHERE exporter = ?1 AND domain = ?2
+                    ORDER BY seq DESC LIMIT ?3)",
+            )?;
+            let mut touched = Vec::new();
+            for t in templates {
+                let exporter = t.scope.exporter.to_string();
+                let r = &t.record;
+                if r.is_withdrawal() {
+                    del.execute(params![exporter, t.scope.domain, r.template_id])?;
+                    continue;
+                }
+                let n = put.execute(params![
+                    exporter,
+                    t.scope.domain,
+                    r.template_id,
+                    r.version,
+                    r.set_id,
+                    r.bytes
+                ])?;
+                if n > 0 && !touched.contains(&t.scope) {
+                    touched.push(t.scope);
+                }
+            }
+            for s in touched {
+                trim.execute(params![s.exporter.to_string(), s.domain, self.template_cap as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every persisted template, grouped per scope, oldest first (replay order).
+    pub fn load_templates(&self) -> Result<Vec<(ScopeKey, Vec<TemplateRecord>)>, StoreError> {
+        let mut st = self.conn.prepare(
+            "SELECT exporter, domain, template_id, version, set_id, record FROM templates
+             ORDER BY exporter, domain, seq",
+        )?;
+        let mut out: Vec<(ScopeKey, Vec<TemplateRecord>)> = Vec::new();
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, u32>(1)?,
+                TemplateRecord {
+                    template_id: r.get(2)?,
+                    version: r.get(3)?,
+                    set_id: r.get(4)?,
+                    bytes: r.get(5)?,
+                },
+            ))
+        })?;
+        for row in rows {
+            let (exporter, domain, rec) = row?;
+            let Ok(exporter) = exporter.parse::<IpAddr>() else { continue };
+            let scope = ScopeKey { exporter, domain };
+            match out.last_mut() {
+                Some((s, v)) if *s == scope => v.push(rec),
+                _ => out.push((scope, vec![rec])),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Delete buckets older than each resolution's retention. `now` in seconds.
+    pub fn prune(&mut self, resolutions: &[u64], retention: &[u64], now: i64) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for (res, keep) in resolutions.iter().zip(retention) {
+            n += self.conn.execute(
+                "DELETE FROM agg WHERE res = ?1 AND bucket < ?2",
+                params![*res as i64, now - *keep as i64],
+            )?;
+        }
+        Ok(n)
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+/// Read-only access for reports and HTTP.
+#[derive(Debug)]
+pub struct Reader {
+    conn: Connection,
+}
+
+/// One stored row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub bucket: i64,
+    pub key: String,
+    pub counters: Counters,
+}
+
+impl Reader {
+    pub fn open(path: &Path) -> Result<Reader, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Reader { conn })
+    }
+
+    /// Stored resolutions, finest first.
+    pub fn resolutions(&self) -> Result<Vec<i64>, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT DISTINCT res FROM agg ORDER BY res")?;
+        let v = st.query_map([], |r| r.get(0))?.collect::<Result<Vec<i64>, _>>()?;
+        Ok(v)
+    }
+
+    /// Rows of one resolution and dimension with `from <= bucket < to`.
+    pub fn rows(&self, res: i64, dim: Dim, from: i64, to: i64) -> Result<Vec<Row>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT bucket, key, bytes, packets, flows, bytes_in, bytes_out FROM agg
+             WHERE res = ?1 AND dim = ?2 AND bucket >= ?3 AND bucket < ?4
+             ORDER BY bucket, key",
+        )?;
+        let rows = st
+            .query_map(params![res, dim.name(), from, to], |r| {
+                Ok(Row {
+                    bucket: r.get(0)?,
+                    key: r.get(1)?,
+                    counters: Counters {
+                        bytes: r.get::<_, i64>(2)? as u64,
+                        packets: r.get::<_, i64>(3)? as u64,
+                        flows: r.get::<_, i64>(4)? as u64,
+                        bytes_in: r.get::<_, i64>(5)? as u64,
+                        bytes_out: r.get::<_, i64>(6)? as u64,
+                    },
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Latest bucket start stored (any dimension), if any.
+    pub fn latest_bucket(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT MAX(bucket) FROM agg", [], |r| r.get::<_, Option<i64>>(0))
+            .optional()?
+            .flatten())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delta(key: &str, bytes: u64) -> Delta {
+        Delta {
+            resolution: 60,
+            bucket: 120,
+            dim: Dim::Label,
+            key: key.into(),
+            counters: Counters { bytes, packets: 1, flows: 1, ..Counters::default() },
+        }
+    }
+
+    #[test]
+    fn commits_add_up_and_templates_roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut s = Store::open(&path, 2).unwrap();
+        let scope = ScopeKey { exporter: "10.0.0.1".parse().unwrap(), domain: 3 };
+        let t = |id: u16, b: u8| ScopedTemplate {
+            scope,
+            record: TemplateRecord { version: 10, set_id: 2, template_id: id, bytes: vec![1, b, 0, 1, 0, 8, 0, 4] },
+        };
+        s.commit(&[delta("a", 10)], &[t(256, 0), t(257, 1)]).unwrap();
+        s.commit(&[delta("a", 5), delta("b", 1)], &[t(258, 2)]).unwrap();
+        drop(s);
+        let s = Store::open(&path, 2).unwrap();
+        let loaded = s.load_templates().unwrap();
+        assert_eq!(loaded.len(), 1);
+        let ids: Vec<u16> = loaded[0].1.iter().map(|r| r.template_id).collect();
+        assert_eq!(ids, vec![257, 258], "capped at 2, oldest dropped");
+        let r = Reader::open(&path).unwrap();
+        let rows = r.rows(60, Dim::Label, 0, 1000).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].key.as_str(), rows[0].counters.bytes, rows[0].counters.flows), ("a", 15, 2));
+        assert_eq!(r.resolutions().unwrap(), vec![60]);
+    }
+
+    #[test]
+    fn prune_respects_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("p.db"), 8).unwrap();
+        s.commit(&[delta("a", 1)], &[]).unwrap();
+        assert_eq!(s.prune(&[60], &[60], 150).unwrap(), 0);
+        assert_eq!(s.prune(&[60], &[60], 181).unwrap(), 1);
+    }
+}

@@ -1,0 +1,336 @@
+//! Shared helpers: hand-built IPFIX messages, a pcap writer, a collector process.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_labelflow-collector");
+
+/// A required external program; a missing one fails the test with a clear message.
+pub fn require(program: &str) -> PathBuf {
+    let out = Command::new("sh").arg("-c").arg(format!("command -v {program}")).output().unwrap();
+    assert!(
+        out.status.success(),
+        "this test needs `{program}` on PATH (Debian package providing it); install it and rerun"
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn now_secs() -> u32 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as u32
+}
+
+/// One labelled IPv4 flow for [`ipfix_data`].
+#[derive(Debug, Clone)]
+pub struct Flow {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub protocol: u8,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub spi: u32,
+    pub bytes: u64,
+    pub packets: u64,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub group: u32,
+    pub label: String,
+}
+
+pub const TEMPLATE_ID: u16 = 300;
+
+fn header(out: &mut Vec<u8>, export: u32, seq: u32, domain: u32) {
+    out.extend_from_slice(&10u16.to_be_bytes()); // version 10
+    out.extend_from_slice(&0u16.to_be_bytes()); // length, patched
+    out.extend_from_slice(&export.to_be_bytes()); // export time
+    out.extend_from_slice(&seq.to_be_bytes()); // sequence number
+    out.extend_from_slice(&domain.to_be_bytes()); // observation domain
+}
+
+fn patch_len(out: &mut [u8]) {
+    let n = out.len() as u16;
+    out[2..4].copy_from_slice(&n.to_be_bytes());
+}
+
+/// Template set: labelflow-like record layout (template id [`TEMPLATE_ID`]).
+pub fn ipfix_template(export: u32, seq: u32, domain: u32) -> Vec<u8> {
+    let fields: &[(u16, u16)] = &[
+        (8, 4),        // sourceIPv4Address
+        (12, 4),       // destinationIPv4Address
+        (4, 1),        // protocolIdentifier
+        (7, 2),        // sourceTransportPort
+        (11, 2),       // destinationTransportPort
+        (295, 4),      // IPSecSPI
+        (1, 8),        // octetDeltaCount
+        (2, 8),        // packetDeltaCount
+        (152, 8),      // flowStartMilliseconds
+        (153, 8),      // flowEndMilliseconds
+        (138, 4),      // observationPointId
+        (96, 0xffff),  // applicationName, variable length
+    ];
+    let mut m = Vec::new();
+    header(&mut m, export, seq, domain);
+    let set_len = 4 + 4 + 4 * fields.len();
+    m.extend_from_slice(&2u16.to_be_bytes()); // template set
+    m.extend_from_slice(&(set_len as u16).to_be_bytes());
+    m.extend_from_slice(&TEMPLATE_ID.to_be_bytes());
+    m.extend_from_slice(&(fields.len() as u16).to_be_bytes());
+    for (ie, len) in fields {
+        m.extend_from_slice(&ie.to_be_bytes());
+        m.extend_from_slice(&len.to_be_bytes());
+    }
+    patch_len(&mut m);
+    m
+}
+
+/// Data set with `flows` for [`ipfix_template`].
+pub fn ipfix_data(export: u32, seq: u32, domain: u32, flows: &[Flow]) -> Vec<u8> {
+    let mut m = Vec::new();
+    header(&mut m, export, seq, domain);
+    let set_start = m.len();
+    m.extend_from_slice(&TEMPLATE_ID.to_be_bytes());
+    m.extend_from_slice(&0u16.to_be_bytes());
+    for f in flows {
+        m.extend_from_slice(&f.src.octets());
+        m.extend_from_slice(&f.dst.octets());
+        m.push(f.protocol);
+        m.extend_from_slice(&f.src_port.to_be_bytes());
+        m.extend_from_slice(&f.dst_port.to_be_bytes());
+        m.extend_from_slice(&f.spi.to_be_bytes());
+        m.extend_from_slice(&f.bytes.to_be_bytes());
+        m.extend_from_slice(&f.packets.to_be_bytes());
+        m.extend_from_slice(&f.start_ms.to_be_bytes());
+        m.extend_from_slice(&f.end_ms.to_be_bytes());
+        m.extend_from_slice(&f.group.to_be_bytes());
+        m.push(f.label.len() as u8); // variable-length prefix (< 255)
+        m.extend_from_slice(f.label.as_bytes());
+    }
+    let set_len = (m.len() - set_start) as u16;
+    m[set_start + 2..set_start + 4].copy_from_slice(&set_len.to_be_bytes());
+    patch_len(&mut m);
+    m
+}
+
+pub fn flow(label: &str, bytes: u64, start_ms: u64) -> Flow {
+    Flow {
+        src: Ipv4Addr::new(192, 168, 1, 10),
+        dst: Ipv4Addr::new(198, 51, 100, 7),
+        protocol: 17,
+        src_port: 5000,
+        dst_port: 53,
+        spi: 0,
+        bytes,
+        packets: 1 + bytes / 1000,
+        start_ms,
+        end_ms: start_ms + 500,
+        group: 1,
+        label: label.into(),
+    }
+}
+
+/// A running collector; killed (SIGKILL) on drop if still running.
+pub struct Collector {
+    pub child: Child,
+    pub udp: u16,
+    pub http: u16,
+    pub db: PathBuf,
+}
+
+impl Collector {
+    pub fn start(dir: &Path, db: &Path, udp: u16, extra_config: &str) -> Collector {
+        let http = free_tcp_port();
+        let cfg = dir.join(format!("collector-{udp}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen = [\"127.0.0.1:{udp}\"]\nhttp = \"127.0.0.1:{http}\"\ndb = \"{}\"\n{extra_config}",
+                db.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join(format!("collector-{udp}-{http}.log"))).unwrap();
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn collector");
+        let c = Collector { child, udp, http, db: db.to_path_buf() };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while c.try_get("/metrics").is_none() {
+            assert!(Instant::now() < deadline, "collector did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c
+    }
+
+    pub fn try_get(&self, path: &str) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.http)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let (_, body) = out.split_once("\r\n\r\n")?;
+        Some(body.to_string())
+    }
+
+    pub fn metric(&self, name: &str) -> u64 {
+        let body = self.try_get("/metrics").expect("metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
+            .unwrap_or_else(|| panic!("no metric {name}"))
+    }
+
+    /// Wait (bounded) until `committed_datagrams` reaches `n`.
+    pub fn wait_committed(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let c = self.metric("labelflow_collector_committed_datagrams_total");
+            if c >= n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "only {c} of {n} datagrams committed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn send(&self, sock: &UdpSocket, d: &[u8]) {
+        sock.send_to(d, ("127.0.0.1", self.udp)).unwrap();
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn term(mut self) {
+        let pid = self.child.id() as i32;
+        Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                assert!(st.success(), "collector exited with {st}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "collector did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `report --format json` of the collector binary.
+pub fn report_json(db: &Path, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .arg("report")
+        .arg("--db")
+        .arg(db)
+        .args(["--format", "json"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "report failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Totals (bytes, packets, flows) over all time.
+pub fn all_time_totals(db: &Path, by: &str) -> (u64, u64, u64) {
+    let j = report_json(db, &["--by", by, "--from", "0", "--to", "4102444800", "--bucket", "1d"]);
+    let t = &j["total"];
+    (t["bytes"].as_u64().unwrap(), t["packets"].as_u64().unwrap(), t["flows"].as_u64().unwrap())
+}
+
+/// Write a pcap (Ethernet) of `n` packets: IPv4 TCP/UDP/ICMP and IPv6 UDP, timestamps from
+/// `t0` (seconds) 10 ms apart.
+pub fn write_pcap(path: &Path, n: usize, t0: u32) {
+    let mut f = Vec::new();
+    f.extend_from_slice(&0xa1b2c3d4u32.to_le_bytes()); // magic, microsecond timestamps
+    f.extend_from_slice(&2u16.to_le_bytes()); // version major
+    f.extend_from_slice(&4u16.to_le_bytes()); // version minor
+    f.extend_from_slice(&0i32.to_le_bytes()); // thiszone
+    f.extend_from_slice(&0u32.to_le_bytes()); // sigfigs
+    f.extend_from_slice(&65535u32.to_le_bytes()); // snaplen
+    f.extend_from_slice(&1u32.to_le_bytes()); // LINKTYPE_ETHERNET
+    for i in 0..n {
+        let payload = 10 + (i * 37) % 900;
+        let kind = i % 4;
+        let mut p = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2]; // dst, src MAC
+        let host = (i % 6) as u8 + 1;
+        let peer = (i % 5) as u8 + 1;
+        if kind == 3 {
+            // IPv6 UDP.
+            p.extend_from_slice(&[0x86, 0xdd]);
+            let plen = 8 + payload;
+            p.extend_from_slice(&[0x60, 0, 0, 0]);
+            p.extend_from_slice(&(plen as u16).to_be_bytes());
+            p.extend_from_slice(&[17, 64]);
+            p.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, host]);
+            p.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, peer]);
+            p.extend_from_slice(&(40000 + (i % 3) as u16).to_be_bytes());
+            p.extend_from_slice(&53u16.to_be_bytes());
+            p.extend_from_slice(&(plen as u16).to_be_bytes());
+            p.extend_from_slice(&[0, 0]);
+        } else {
+            p.extend_from_slice(&[0x08, 0x00]);
+            let (proto, l4) = match kind {
+                0 => (6u8, 20usize),
+                1 => (17, 8),
+                _ => (1, 8),
+            };
+            let total = 20 + l4 + payload;
+            p.extend_from_slice(&[0x45, 0]);
+            p.extend_from_slice(&(total as u16).to_be_bytes());
+            p.extend_from_slice(&(i as u16).to_be_bytes()); // id
+            p.extend_from_slice(&[0x40, 0, 64, proto, 0, 0]); // DF, ttl, proto, csum
+            p.extend_from_slice(&[192, 168, 1, host]);
+            p.extend_from_slice(&[198, 51, 100, peer]);
+            match kind {
+                0 => {
+                    p.extend_from_slice(&(40000 + (i % 7) as u16).to_be_bytes());
+                    p.extend_from_slice(&443u16.to_be_bytes());
+                    p.extend_from_slice(&(i as u32).to_be_bytes()); // seq
+                    p.extend_from_slice(&0u32.to_be_bytes()); // ack
+                    p.extend_from_slice(&[0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]); // PSH|ACK
+                }
+                1 => {
+                    p.extend_from_slice(&(50000 + (i % 5) as u16).to_be_bytes());
+                    p.extend_from_slice(&123u16.to_be_bytes());
+                    p.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+                    p.extend_from_slice(&[0, 0]);
+                }
+                _ => {
+                    p.extend_from_slice(&[8, 0, 0, 0]); // echo request
+                    p.extend_from_slice(&(i as u32).to_be_bytes());
+                }
+            }
+        }
+        p.extend(std::iter::repeat_n(0x5a, payload));
+        let ts_us = u64::from(t0) * 1_000_000 + i as u64 * 10_000;
+        f.extend_from_slice(&((ts_us / 1_000_000) as u32).to_le_bytes());
+        f.extend_from_slice(&((ts_us % 1_000_000) as u32).to_le_bytes());
+        f.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        f.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        f.extend_from_slice(&p);
+    }
+    std::fs::write(path, f).unwrap();
+}

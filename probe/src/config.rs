@@ -1,0 +1,695 @@
+//! Probe configuration: TOML file -> [`RawConfig`] (serde, unknown keys rejected) -> validated
+//! [`Config`], with command-line overrides applied in between.
+//!
+//! Every error names the place: `FILE:LINE:COL` for the file, the flag for the command line.
+//!
+//! ```toml
+//! observation_domain = 1
+//! stats_interval = "10s"
+//!
+//! [nflog]
+//! rcvbuf = 8388608          # bytes; SO_RCVBUFFORCE when root
+//! copy_range = 128          # bytes of each packet copied from the kernel
+//! queue_threshold = 64      # packets per netlink batch (the kernel takes the min with the rule's)
+//! flush_timeout = "100ms"   # partial batches are delivered after this
+//!
+//! [[group]]
+//! id = 1
+//! label = "esp"
+//! description = "ESP on the uplink"
+//!
+//! [cache]
+//! max_flows = 1000000
+//! active_timeout = "60s"
+//! idle_timeout = "15s"
+//!
+//! [[export]]
+//! target = "ipfix://192.0.2.10:4739"
+//! mtu = 1400
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::num::NonZeroU32;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::export::Target;
+
+/// Defaults, documented in the README's configuration reference.
+pub mod defaults {
+    use std::time::Duration;
+    pub const OBSERVATION_DOMAIN: u32 = 1;
+    pub const STATS_INTERVAL: Duration = Duration::from_secs(60);
+    pub const RCVBUF: usize = crate::nflog::DEFAULT_RECV_BUFFER;
+    pub const COPY_RANGE: u32 = crate::nflog::DEFAULT_COPY_RANGE;
+    pub const QUEUE_THRESHOLD: u32 = crate::nflog::DEFAULT_QUEUE_THRESHOLD;
+    pub const FLUSH_TIMEOUT: Duration = crate::nflog::DEFAULT_FLUSH_TIMEOUT;
+    pub const MAX_FLOWS: u32 = 1_000_000;
+    pub const ACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+    pub const MTU: usize = 1400;
+    pub const SNDBUF: usize = 4 << 20;
+    pub const TEMPLATE_REFRESH: Duration = Duration::from_secs(60);
+    pub const TEMPLATE_REFRESH_MESSAGES: u32 = 100;
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+}
+
+/// A configuration error, with the place it was found.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// `FILE:LINE:COL`, `--flag`, or empty.
+    pub place: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.place.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.place, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Where a configuration file's text came from, to turn byte spans into `FILE:LINE:COL`.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+impl Source {
+    pub fn place(&self, span: Range<usize>) -> String {
+        let upto = &self.text[..span.start.min(self.text.len())];
+        let line = upto.matches('\n').count() + 1;
+        let col = upto.len() - upto.rfind('\n').map_or(0, |i| i + 1) + 1;
+        format!("{}:{line}:{col}", self.path.display())
+    }
+
+    fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            place: self.place(span),
+            message: message.into(),
+        }
+    }
+}
+
+/// The file as written, before validation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub observation_domain: Option<Spanned<u32>>,
+    pub stats_interval: Option<Spanned<String>>,
+    pub shutdown_grace: Option<Spanned<String>>,
+    #[serde(default)]
+    pub nflog: RawNflog,
+    #[serde(default, rename = "group")]
+    pub groups: Vec<RawGroup>,
+    #[serde(default)]
+    pub cache: RawCache,
+    #[serde(default, rename = "export")]
+    pub exports: Vec<RawExport>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNflog {
+    pub rcvbuf: Option<Spanned<usize>>,
+    pub copy_range: Option<Spanned<u32>>,
+    pub queue_threshold: Option<Spanned<u32>>,
+    pub flush_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGroup {
+    pub id: Spanned<u32>,
+    pub label: Spanned<String>,
+    pub description: Option<String>,
+    pub queue_threshold: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub max_flows: Option<Spanned<u32>>,
+    pub active_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExport {
+    pub target: Spanned<String>,
+    pub mtu: Option<Spanned<usize>>,
+    pub sndbuf: Option<Spanned<usize>>,
+    pub template_refresh: Option<Spanned<String>>,
+    pub template_refresh_messages: Option<Spanned<u32>>,
+}
+
+/// Command-line values that override (or, without a file, make up) the configuration.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--group ID=LABEL`, appended to (or replacing same-id) file groups.
+    pub groups: Vec<String>,
+    /// `--export URL`: when given, replaces the file's exports.
+    pub exports: Vec<String>,
+    pub active_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_flows: Option<u32>,
+    pub rcvbuf: Option<usize>,
+    pub queue_threshold: Option<u32>,
+    pub stats_interval: Option<String>,
+    pub observation_domain: Option<u32>,
+    pub mtu: Option<usize>,
+}
+
+/// One NFLOG group and its label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub id: u16,
+    pub label: String,
+    pub description: String,
+    pub queue_threshold: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nflog {
+    pub rcvbuf: usize,
+    pub copy_range: u32,
+    pub flush_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cache {
+    pub max_flows: NonZeroU32,
+    pub active_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Export {
+    pub target: Target,
+    pub mtu: usize,
+    pub sndbuf: usize,
+    pub template_refresh: Duration,
+    pub template_refresh_messages: u32,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub observation_domain: u32,
+    pub stats_interval: Duration,
+    pub shutdown_grace: Duration,
+    pub nflog: Nflog,
+    /// Sorted by id, ids unique.
+    pub groups: Vec<Group>,
+    pub cache: Cache,
+    pub exports: Vec<Export>,
+}
+
+impl Config {
+    /// The label of `group`, if configured.
+    pub fn label(&self, group: u16) -> Option<&str> {
+        self.groups
+            .iter()
+            .find(|g| g.id == group)
+            .map(|g| g.label.as_str())
+    }
+}
+
+/// Reads and parses `path` (no validation yet).
+pub fn read_file(path: &Path) -> Result<(RawConfig, Source), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        place: path.display().to_string(),
+        message: format!("cannot read configuration: {e}"),
+    })?;
+    let source = Source {
+        path: path.to_path_buf(),
+        text,
+    };
+    let raw = parse(&source)?;
+    Ok((raw, source))
+}
+
+/// Parses the text of `source`.
+pub fn parse(source: &Source) -> Result<RawConfig, ConfigError> {
+    toml::from_str(&source.text).map_err(|e| ConfigError {
+        place: e
+            .span()
+            .map(|s| source.place(s))
+            .unwrap_or_else(|| source.path.display().to_string()),
+        message: e.message().trim().to_string(),
+    })
+}
+
+fn duration(src: Option<&Source>, v: &Spanned<String>) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(v.get_ref()).map_err(|e| {
+        let message = format!("invalid duration {:?}: {e}", v.get_ref());
+        match src {
+            Some(s) => s.error(v.span(), message),
+            None => ConfigError {
+                place: String::new(),
+                message,
+            },
+        }
+    })
+}
+
+fn flag_duration(flag: &str, v: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(v).map_err(|e| ConfigError {
+        place: flag.to_string(),
+        message: format!("invalid duration {v:?}: {e}"),
+    })
+}
+
+fn flag_err(flag: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        place: flag.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Checks a label: it is exported as `applicationName` and used as a report key, so keep it a
+/// short printable token.
+fn check_label(label: &str) -> Result<(), String> {
+    if label.is_empty() {
+        return Err("label is empty".into());
+    }
+    if label.len() > 64 {
+        return Err(format!("label {label:?} is longer than 64 bytes"));
+    }
+    if let Some(c) = label
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "label {label:?} contains {c:?}; use letters, digits, '-', '_' or '.'"
+        ));
+    }
+    Ok(())
+}
+
+fn check_group_id(id: u32) -> Result<u16, String> {
+    u16::try_from(id).map_err(|_| format!("NFLOG group {id} is out of range (0-65535)"))
+}
+
+/// Validates `raw` (from `source`, when it came from a file) with `over` applied.
+pub fn validate(
+    raw: RawConfig,
+    source: Option<&Source>,
+    over: &Overrides,
+) -> Result<Config, ConfigError> {
+    let err = |span: Range<usize>, msg: String| match source {
+        Some(s) => s.error(span, msg),
+        None => ConfigError {
+            place: String::new(),
+            message: msg,
+        },
+    };
+
+    let observation_domain = over
+        .observation_domain
+        .or(raw.observation_domain.map(|v| v.into_inner()))
+        .unwrap_or(defaults::OBSERVATION_DOMAIN);
+    let stats_interval = match (&over.stats_interval, &raw.stats_interval) {
+        (Some(v), _) => flag_duration("--stats-interval", v)?,
+        (None, Some(v)) => duration(source, v)?,
+        (None, None) => defaults::STATS_INTERVAL,
+    };
+    let shutdown_grace = match &raw.shutdown_grace {
+        Some(v) => duration(source, v)?,
+        None => defaults::SHUTDOWN_GRACE,
+    };
+
+    let nflog_threshold = over
+        .queue_threshold
+        .or(raw.nflog.queue_threshold.as_ref().map(|v| *v.get_ref()))
+        .unwrap_or(defaults::QUEUE_THRESHOLD);
+    if nflog_threshold == 0 {
+        let span = raw
+            .nflog
+            .queue_threshold
+            .as_ref()
+            .map_or(0..0, |v| v.span());
+        return Err(err(span, "queue_threshold must be at least 1".into()));
+    }
+    let copy_range = raw
+        .nflog
+        .copy_range
+        .as_ref()
+        .map_or(defaults::COPY_RANGE, |v| *v.get_ref());
+    if copy_range < 40 {
+        let span = raw.nflog.copy_range.as_ref().map_or(0..0, |v| v.span());
+        return Err(err(
+            span,
+            format!("copy_range {copy_range} is too small to hold an IP and a transport header (at least 40; 128 recommended)"),
+        ));
+    }
+    let nflog = Nflog {
+        rcvbuf: over
+            .rcvbuf
+            .or(raw.nflog.rcvbuf.map(|v| v.into_inner()))
+            .unwrap_or(defaults::RCVBUF),
+        copy_range,
+        flush_timeout: match &raw.nflog.flush_timeout {
+            Some(v) => duration(source, v)?,
+            None => defaults::FLUSH_TIMEOUT,
+        },
+    };
+
+    let mut groups: BTreeMap<u16, Group> = BTreeMap::new();
+    for g in &raw.groups {
+        let id = check_group_id(*g.id.get_ref()).map_err(|m| err(g.id.span(), m))?;
+        check_label(g.label.get_ref()).map_err(|m| err(g.label.span(), m))?;
+        let queue_threshold = g
+            .queue_threshold
+            .as_ref()
+            .map_or(nflog_threshold, |v| *v.get_ref());
+        if queue_threshold == 0 {
+            let span = g.queue_threshold.as_ref().map_or(0..0, |v| v.span());
+            return Err(err(span, "queue_threshold must be at least 1".into()));
+        }
+        let group = Group {
+            id,
+            label: g.label.get_ref().clone(),
+            description: g.description.clone().unwrap_or_default(),
+            queue_threshold,
+        };
+        if groups.insert(id, group).is_some() {
+            return Err(err(
+                g.id.span(),
+                format!("NFLOG group {id} is configured twice"),
+            ));
+        }
+    }
+    for spec in &over.groups {
+        let (id, label) = spec
+            .split_once('=')
+            .ok_or_else(|| flag_err("--group", format!("{spec:?}: expected ID=LABEL, e.g. 1=esp")))?;
+        let id: u32 = id
+            .trim()
+            .parse()
+            .map_err(|_| flag_err("--group", format!("{spec:?}: {id:?} is not a group number")))?;
+        let id = check_group_id(id).map_err(|m| flag_err("--group", m))?;
+        let label = label.trim();
+        check_label(label).map_err(|m| flag_err("--group", m))?;
+        let entry = groups.entry(id).or_insert_with(|| Group {
+            id,
+            label: String::new(),
+            description: String::new(),
+            queue_threshold: nflog_threshold,
+        });
+        entry.label = label.to_string();
+    }
+    let mut labels: BTreeMap<&str, u16> = BTreeMap::new();
+    for g in groups.values() {
+        if let Some(other) = labels.insert(&g.label, g.id) {
+            return Err(ConfigError {
+                place: source.map(|s| s.path.display().to_string()).unwrap_or_default(),
+                message: format!(
+                    "label {:?} is used by groups {other} and {}; each group needs its own label",
+                    g.label, g.id
+                ),
+            });
+        }
+    }
+
+    let max_flows = over
+        .max_flows
+        .or(raw.cache.max_flows.as_ref().map(|v| *v.get_ref()))
+        .unwrap_or(defaults::MAX_FLOWS);
+    let max_flows = NonZeroU32::new(max_flows).ok_or_else(|| match &raw.cache.max_flows {
+        Some(v) if over.max_flows.is_none() => err(v.span(), "max_flows must be at least 1".into()),
+        _ => flag_err("--max-flows", "must be at least 1"),
+    })?;
+    let active_timeout = match (&over.active_timeout, &raw.cache.active_timeout) {
+        (Some(v), _) => flag_duration("--active-timeout", v)?,
+        (None, Some(v)) => duration(source, v)?,
+        (None, None) => defaults::ACTIVE_TIMEOUT,
+    };
+    let idle_timeout = match (&over.idle_timeout, &raw.cache.idle_timeout) {
+        (Some(v), _) => flag_duration("--inactive-timeout", v)?,
+        (None, Some(v)) => duration(source, v)?,
+        (None, None) => defaults::IDLE_TIMEOUT,
+    };
+    if active_timeout.is_zero() || idle_timeout.is_zero() {
+        return Err(flag_err(
+            "cache",
+            "active_timeout and idle_timeout must be greater than zero",
+        ));
+    }
+    let cache = Cache {
+        max_flows,
+        active_timeout,
+        idle_timeout,
+    };
+
+    let mut exports = Vec::new();
+    if over.exports.is_empty() {
+        for e in &raw.exports {
+            let target: Target = e
+                .target
+                .get_ref()
+                .parse()
+                .map_err(|m| err(e.target.span(), format!("{m}")))?;
+            let template_refresh = match &e.template_refresh {
+                Some(v) => duration(source, v)?,
+                None => defaults::TEMPLATE_REFRESH,
+            };
+            exports.push(Export {
+                target,
+                mtu: check_mtu(
+                    over.mtu
+                        .or(e.mtu.as_ref().map(|v| *v.get_ref()))
+                        .unwrap_or(defaults::MTU),
+                )
+                .map_err(|m| match &e.mtu {
+                    Some(v) if over.mtu.is_none() => err(v.span(), m),
+                    _ => flag_err("--mtu", m),
+                })?,
+                sndbuf: e.sndbuf.as_ref().map_or(defaults::SNDBUF, |v| *v.get_ref()),
+                template_refresh,
+                template_refresh_messages: e
+                    .template_refresh_messages
+                    .as_ref()
+                    .map_or(defaults::TEMPLATE_REFRESH_MESSAGES, |v| *v.get_ref()),
+            });
+        }
+    } else {
+        for url in &over.exports {
+            let target: Target = url
+                .parse()
+                .map_err(|m| flag_err("--export", format!("{m}")))?;
+            exports.push(Export {
+                target,
+                mtu: check_mtu(over.mtu.unwrap_or(defaults::MTU))
+                    .map_err(|m| flag_err("--mtu", m))?,
+                sndbuf: defaults::SNDBUF,
+                template_refresh: defaults::TEMPLATE_REFRESH,
+                template_refresh_messages: defaults::TEMPLATE_REFRESH_MESSAGES,
+            });
+        }
+    }
+
+    Ok(Config {
+        observation_domain,
+        stats_interval,
+        shutdown_grace,
+        nflog,
+        groups: groups.into_values().collect(),
+        cache,
+        exports,
+    })
+}
+
+fn check_mtu(mtu: usize) -> Result<usize, String> {
+    // An IPFIX message length is a 16-bit field (RFC 7011 section 3.1), and a message must at
+    // least hold its header, a set header and the largest template labelflow sends.
+    if !(512..=65_507).contains(&mtu) {
+        return Err(format!("mtu {mtu} is outside 512..=65507 bytes"));
+    }
+    Ok(mtu)
+}
+
+/// Loads the configuration: file (if any), then flags.
+pub fn load(path: Option<&Path>, over: &Overrides) -> Result<Config, ConfigError> {
+    match path {
+        Some(p) => {
+            let (raw, source) = read_file(p)?;
+            validate(raw, Some(&source), over)
+        }
+        None => validate(RawConfig::default(), None, over),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(text: &str) -> Source {
+        Source {
+            path: PathBuf::from("probe.toml"),
+            text: text.to_string(),
+        }
+    }
+
+    fn load_text(text: &str, over: &Overrides) -> Result<Config, ConfigError> {
+        let s = src(text);
+        let raw = parse(&s)?;
+        validate(raw, Some(&s), over)
+    }
+
+    #[test]
+    fn full_file_is_validated() {
+        let cfg = load_text(
+            r#"
+observation_domain = 7
+stats_interval = "5s"
+[nflog]
+rcvbuf = 1048576
+queue_threshold = 32
+flush_timeout = "50ms"
+[[group]]
+id = 2
+label = "vpn"
+[[group]]
+id = 1
+label = "esp"
+description = "ESP on the uplink"
+queue_threshold = 8
+[cache]
+max_flows = 1000
+active_timeout = "2m"
+idle_timeout = "10s"
+[[export]]
+target = "ipfix://127.0.0.1:4739"
+mtu = 1200
+[[export]]
+target = "netflow5://[::1]:2055"
+"#,
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.observation_domain, 7);
+        assert_eq!(cfg.stats_interval, Duration::from_secs(5));
+        assert_eq!(cfg.nflog.rcvbuf, 1 << 20);
+        assert_eq!(cfg.nflog.flush_timeout, Duration::from_millis(50));
+        assert_eq!(cfg.groups.len(), 2);
+        assert_eq!(cfg.groups[0].id, 1);
+        assert_eq!(cfg.groups[0].queue_threshold, 8);
+        assert_eq!(cfg.groups[1].queue_threshold, 32);
+        assert_eq!(cfg.label(2), Some("vpn"));
+        assert_eq!(cfg.cache.max_flows.get(), 1000);
+        assert_eq!(cfg.cache.active_timeout, Duration::from_secs(120));
+        assert_eq!(cfg.exports.len(), 2);
+        assert_eq!(cfg.exports[0].mtu, 1200);
+        assert_eq!(cfg.exports[1].mtu, defaults::MTU);
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_line() {
+        let e = load_text("[cache]\nmax_flows = 10\nidle = \"1s\"\n", &Overrides::default())
+            .unwrap_err();
+        assert_eq!(e.place, "probe.toml:3:1");
+        assert!(e.message.contains("unknown field `idle`"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_its_line() {
+        let e = load_text(
+            "[cache]\nactive_timeout = \"sixty\"\n",
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.place, "probe.toml:2:18");
+        assert!(e.message.contains("invalid duration"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_group_and_bad_label_are_rejected() {
+        let e = load_text(
+            "[[group]]\nid = 1\nlabel = \"a\"\n[[group]]\nid = 1\nlabel = \"b\"\n",
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.place, "probe.toml:5:6");
+        let e = load_text("[[group]]\nid = 1\nlabel = \"a b\"\n", &Overrides::default())
+            .unwrap_err();
+        assert_eq!(e.place, "probe.toml:3:9");
+        let e = load_text("[[group]]\nid = 70000\nlabel = \"a\"\n", &Overrides::default())
+            .unwrap_err();
+        assert!(e.message.contains("out of range"), "{e}");
+    }
+
+    #[test]
+    fn bad_target_names_its_line() {
+        let e = load_text(
+            "[[export]]\ntarget = \"sflow://127.0.0.1:6343\"\n",
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.place, "probe.toml:2:10");
+    }
+
+    #[test]
+    fn flags_work_without_a_file_and_override_it() {
+        let over = Overrides {
+            groups: vec!["1=esp".into(), "2=vpn".into()],
+            exports: vec!["ipfix://127.0.0.1:4739".into(), "netflow9://127.0.0.1:2055".into()],
+            active_timeout: Some("30s".into()),
+            idle_timeout: Some("5s".into()),
+            max_flows: Some(10),
+            ..Overrides::default()
+        };
+        let cfg = load(None, &over).unwrap();
+        assert_eq!(cfg.groups.len(), 2);
+        assert_eq!(cfg.exports.len(), 2);
+        assert_eq!(cfg.cache.active_timeout, Duration::from_secs(30));
+        assert_eq!(cfg.cache.idle_timeout, Duration::from_secs(5));
+
+        let cfg = load_text(
+            "[[group]]\nid = 1\nlabel = \"a\"\n[cache]\nmax_flows = 5\n",
+            &Overrides {
+                groups: vec!["1=b".into()],
+                max_flows: Some(9),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(cfg.label(1), Some("b"));
+        assert_eq!(cfg.cache.max_flows.get(), 9);
+
+        let e = load(
+            None,
+            &Overrides {
+                groups: vec!["x".into()],
+                ..Overrides::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(e.place, "--group");
+    }
+
+    #[test]
+    fn same_label_twice_is_rejected() {
+        let e = load(
+            None,
+            &Overrides {
+                groups: vec!["1=a".into(), "2=a".into()],
+                ..Overrides::default()
+            },
+        )
+        .unwrap_err();
+        assert!(e.message.contains("used by groups 1 and 2"), "{e}");
+    }
+}

@@ -1,0 +1,213 @@
+//! `UdpExporter`: the IO shell over [`ExportState`]s, one UDP socket per target.
+
+use std::io;
+use std::net::SocketAddr;
+
+use labelflow_proto::FlowRecord;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use super::{ExportConfig, ExportMeta, ExportState, ExportStats, Target};
+
+/// Counters of one target, as the daemon reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetStats {
+    pub target: Target,
+    pub export: ExportStats,
+    /// Datagrams the kernel refused (counted, never fatal).
+    pub send_errors: u64,
+    pub last_send_error: Option<i32>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    target: Target,
+    dest: SockAddr,
+    socket: Socket,
+    state: ExportState,
+    send_errors: u64,
+    last_send_error: Option<i32>,
+}
+
+/// Sends every flow to each configured target in its format.
+#[derive(Debug)]
+pub struct UdpExporter {
+    slots: Vec<Slot>,
+}
+
+fn send(socket: &Socket, dest: &SockAddr, buf: &[u8], errors: &mut u64, last: &mut Option<i32>) {
+    if let Err(e) = socket.send_to(buf, dest) {
+        *errors += 1;
+        *last = e.raw_os_error();
+    }
+}
+
+impl UdpExporter {
+    /// Opens one unconnected UDP socket per target (bound to the wildcard address of the
+    /// target's family), with `send_buffer` octets of send buffer when given.
+    pub fn new(
+        targets: &[Target],
+        cfg: ExportConfig,
+        send_buffer: Option<usize>,
+    ) -> io::Result<Self> {
+        let mut slots = Vec::with_capacity(targets.len());
+        for t in targets {
+            let domain = match t.addr {
+                SocketAddr::V4(_) => Domain::IPV4,
+                SocketAddr::V6(_) => Domain::IPV6,
+            };
+            let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+            if let Some(n) = send_buffer {
+                socket.set_send_buffer_size(n)?;
+            }
+            let any: SocketAddr = match t.addr {
+                SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+                SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+            };
+            socket.bind(&any.into())?;
+            slots.push(Slot {
+                target: *t,
+                dest: t.addr.into(),
+                socket,
+                state: ExportState::new(t.format, cfg),
+                send_errors: 0,
+                last_send_error: None,
+            });
+        }
+        Ok(UdpExporter { slots })
+    }
+
+    pub fn set_meta(&mut self, meta: &ExportMeta) {
+        for s in &mut self.slots {
+            s.state.set_meta(meta.clone());
+        }
+    }
+
+    pub fn push(&mut self, rec: &FlowRecord, now_ms: u64) {
+        for s in &mut self.slots {
+            let Slot {
+                socket,
+                dest,
+                state,
+                send_errors,
+                last_send_error,
+                ..
+            } = s;
+            state.push(rec, now_ms, |b| {
+                send(socket, dest, b, send_errors, last_send_error)
+            });
+        }
+    }
+
+    pub fn tick(&mut self, now_ms: u64) {
+        for s in &mut self.slots {
+            let Slot {
+                socket,
+                dest,
+                state,
+                send_errors,
+                last_send_error,
+                ..
+            } = s;
+            state.tick(now_ms, |b| {
+                send(socket, dest, b, send_errors, last_send_error)
+            });
+        }
+    }
+
+    pub fn flush(&mut self) {
+        for s in &mut self.slots {
+            let Slot {
+                socket,
+                dest,
+                state,
+                send_errors,
+                last_send_error,
+                ..
+            } = s;
+            state.flush(|b| send(socket, dest, b, send_errors, last_send_error));
+        }
+    }
+
+    /// Sends the open messages, then templates and options (current loss counters).
+    pub fn send_options(&mut self, now_ms: u64) {
+        for s in &mut self.slots {
+            let Slot {
+                socket,
+                dest,
+                state,
+                send_errors,
+                last_send_error,
+                ..
+            } = s;
+            state.send_options(now_ms, |b| {
+                send(socket, dest, b, send_errors, last_send_error)
+            });
+        }
+    }
+
+    /// Earliest `tick` deadline over all targets, ms since the epoch.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.state.next_deadline())
+            .min()
+    }
+
+    pub fn stats(&self) -> Vec<TargetStats> {
+        self.slots
+            .iter()
+            .map(|s| TargetStats {
+                target: s.target,
+                export: *s.state.stats(),
+                send_errors: s.send_errors,
+                last_send_error: s.last_send_error,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::time::Duration;
+
+    #[test]
+    fn sends_to_each_target_and_counts_errors() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let port = rx.local_addr().unwrap().port();
+        let targets: Vec<Target> = [
+            format!("ipfix://127.0.0.1:{port}"),
+            format!("netflow5://127.0.0.1:{port}"),
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        let mut ex = UdpExporter::new(&targets, ExportConfig::default(), Some(1 << 20)).unwrap();
+        let rec = FlowRecord {
+            group: Some(1),
+            src_addr: "10.0.0.1".parse().unwrap(),
+            dst_addr: "10.0.0.2".parse().unwrap(),
+            packets: 1,
+            bytes: 60,
+            ..FlowRecord::default()
+        };
+        ex.push(&rec, 1_700_000_000_000);
+        ex.flush();
+        let mut buf = [0u8; 2048];
+        let mut versions = Vec::new();
+        for _ in 0..2 {
+            let n = rx.recv(&mut buf).unwrap();
+            assert!(n >= 24);
+            versions.push(u16::from_be_bytes([buf[0], buf[1]]));
+        }
+        versions.sort();
+        assert_eq!(versions, vec![5, 10]);
+        let st = ex.stats();
+        assert_eq!(st.len(), 2);
+        assert!(st
+            .iter()
+            .all(|s| s.export.messages == 1 && s.export.records == 1 && s.send_errors == 0));
+    }
+}

@@ -1,0 +1,216 @@
+//! Decoding what a probe exported (IPFIX, NetFlow v9) into per-label totals, with
+//! `netflow_parser`: a decoder nobody here wrote, so the checks are independent of
+//! `labelflow-proto`.
+
+use std::collections::BTreeMap;
+
+use netflow_parser::variable_versions::ipfix::lookup::{IANAIPFixField, IPFixField};
+use netflow_parser::variable_versions::ipfix::{FlowSetBody, IPFixFieldPair};
+use netflow_parser::{DataNumber, FieldValue};
+use netflow_parser::{NetflowPacket, NetflowParser};
+
+use crate::rules::Counter;
+
+/// IANA information element numbers used by the checks.
+pub mod ie {
+    pub const OCTET_DELTA_COUNT: u16 = 1;
+    pub const PACKET_DELTA_COUNT: u16 = 2;
+    pub const PROTOCOL_IDENTIFIER: u16 = 4;
+    pub const APPLICATION_NAME: u16 = 96;
+    pub const OBSERVATION_POINT_ID: u16 = 138;
+    pub const IGNORED_PACKET_TOTAL_COUNT: u16 = 164;
+    pub const IPSEC_SPI: u16 = 295;
+}
+
+/// One exported data record, reduced to what the lab checks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub group: Option<u32>,
+    pub label: Option<String>,
+    pub protocol: Option<u8>,
+    pub spi: Option<u32>,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Accumulates everything decoded from a stream of export datagrams.
+#[derive(Debug, Default)]
+pub struct ExportLog {
+    parser: NetflowParser,
+    pub datagrams: u64,
+    /// Datagrams (or their tails) `netflow_parser` could not decode, with the error text.
+    pub errors: Vec<String>,
+    pub flows: Vec<Flow>,
+    /// Latest `ignoredPacketTotalCount` per `observationPointId` scope (options records).
+    pub ignored: BTreeMap<u32, u64>,
+    /// Options records seen (any scope).
+    pub options_records: u64,
+}
+
+impl ExportLog {
+    pub fn new() -> ExportLog {
+        ExportLog::default()
+    }
+
+    /// Decodes one datagram.
+    pub fn feed(&mut self, datagram: &[u8]) {
+        self.datagrams += 1;
+        let result = self.parser.parse_bytes(datagram);
+        if let Some(e) = result.error {
+            self.errors.push(e.to_string());
+        }
+        for packet in result.packets {
+            match packet {
+                NetflowPacket::IPFix(msg) => {
+                    for set in msg.flowsets {
+                        match set.body {
+                            FlowSetBody::Data(d) => {
+                                for rec in &d.fields {
+                                    self.flows.push(flow_of(rec));
+                                }
+                            }
+                            FlowSetBody::OptionsData(d) => {
+                                for rec in &d.fields {
+                                    self.options_records += 1;
+                                    self.options_of(rec);
+                                }
+                            }
+                            FlowSetBody::NoTemplate(info) => {
+                                self.errors.push(format!("data set without template: {info:?}"));
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                NetflowPacket::V9(msg) => {
+                    use netflow_parser::variable_versions::v9::FlowSetBody as V9Body;
+                    for set in msg.flowsets {
+                        if let V9Body::Data(d) = set.body {
+                            for rec in &d.fields {
+                                let pairs: Vec<(u16, &FieldValue)> =
+                                    rec.iter().map(|(f, v)| (u16::from(*f), v)).collect();
+                                self.flows.push(flow_of_numbered(&pairs));
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn options_of(&mut self, rec: &[IPFixFieldPair]) {
+        let pairs = numbered(rec);
+        let scope = pairs
+            .iter()
+            .find(|(n, _)| *n == ie::OBSERVATION_POINT_ID)
+            .and_then(|(_, v)| number(v));
+        let ignored = pairs
+            .iter()
+            .find(|(n, _)| *n == ie::IGNORED_PACKET_TOTAL_COUNT)
+            .and_then(|(_, v)| number(v));
+        if let (Some(group), Some(count)) = (scope, ignored) {
+            // A total counter: the latest report is the highest.
+            let slot = self.ignored.entry(group as u32).or_default();
+            *slot = (*slot).max(count);
+        }
+    }
+
+    /// Packets and bytes per label (flows without a label count under `""`).
+    pub fn totals_by_label(&self) -> BTreeMap<String, Counter> {
+        let mut out = BTreeMap::new();
+        for f in &self.flows {
+            let c: &mut Counter = out.entry(f.label.clone().unwrap_or_default()).or_default();
+            c.packets += f.packets;
+            c.bytes += f.bytes;
+        }
+        out
+    }
+
+    /// Packets and bytes per group (`observationPointId`).
+    pub fn totals_by_group(&self) -> BTreeMap<Option<u32>, Counter> {
+        let mut out = BTreeMap::new();
+        for f in &self.flows {
+            let c: &mut Counter = out.entry(f.group).or_default();
+            c.packets += f.packets;
+            c.bytes += f.bytes;
+        }
+        out
+    }
+
+    /// Packets per ESP SPI (flows with an `IPSecSPI`).
+    pub fn packets_by_spi(&self) -> BTreeMap<u32, u64> {
+        let mut out = BTreeMap::new();
+        for f in &self.flows {
+            if let Some(spi) = f.spi {
+                *out.entry(spi).or_default() += f.packets;
+            }
+        }
+        out
+    }
+}
+
+fn numbered(rec: &[IPFixFieldPair]) -> Vec<(u16, &FieldValue)> {
+    rec.iter()
+        .filter_map(|(f, v)| match f {
+            IPFixField::IANA(x) => iana_number(*x).map(|n| (n, v)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The numbers of the elements the lab reads (the crate's enum has no numeric conversion).
+fn iana_number(f: IANAIPFixField) -> Option<u16> {
+    Some(match f {
+        IANAIPFixField::OctetDeltaCount => ie::OCTET_DELTA_COUNT,
+        IANAIPFixField::PacketDeltaCount => ie::PACKET_DELTA_COUNT,
+        IANAIPFixField::ProtocolIdentifier => ie::PROTOCOL_IDENTIFIER,
+        IANAIPFixField::ApplicationName => ie::APPLICATION_NAME,
+        IANAIPFixField::ObservationPointId => ie::OBSERVATION_POINT_ID,
+        IANAIPFixField::IgnoredPacketTotalCount => ie::IGNORED_PACKET_TOTAL_COUNT,
+        IANAIPFixField::IpSecSPI => ie::IPSEC_SPI,
+        IANAIPFixField::Unknown(n) => n,
+        _ => return None,
+    })
+}
+
+fn flow_of(rec: &[IPFixFieldPair]) -> Flow {
+    flow_of_numbered(&numbered(rec))
+}
+
+fn flow_of_numbered(pairs: &[(u16, &FieldValue)]) -> Flow {
+    let mut f = Flow::default();
+    for (n, v) in pairs {
+        match *n {
+            ie::OCTET_DELTA_COUNT => f.bytes = number(v).unwrap_or(0),
+            ie::PACKET_DELTA_COUNT => f.packets = number(v).unwrap_or(0),
+            ie::PROTOCOL_IDENTIFIER => f.protocol = number(v).map(|p| p as u8),
+            ie::OBSERVATION_POINT_ID => f.group = number(v).map(|g| g as u32),
+            ie::IPSEC_SPI => f.spi = number(v).map(|s| s as u32),
+            ie::APPLICATION_NAME => {
+                if let FieldValue::String(s) = v {
+                    f.label = Some(s.value.trim_end_matches('\0').to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    f
+}
+
+/// An unsigned number of any width (also the protocol, decoded as an enum).
+pub fn number(v: &FieldValue) -> Option<u64> {
+    match v {
+        FieldValue::DataNumber(d) => match d {
+            DataNumber::U8(x) => Some(u64::from(*x)),
+            DataNumber::U16(x) => Some(u64::from(*x)),
+            DataNumber::U24(x) | DataNumber::U32(x) => Some(u64::from(*x)),
+            DataNumber::U64(x) => Some(*x),
+            DataNumber::U128(x) => u64::try_from(*x).ok(),
+            DataNumber::Vec(b) if b.len() <= 8 => Some(b.iter().fold(0u64, |a, x| a << 8 | u64::from(*x))),
+            _ => None,
+        },
+        FieldValue::ProtocolType(p) => Some(u64::from(u8::from(*p))),
+        _ => None,
+    }
+}
