@@ -23,7 +23,7 @@ MEM_FLOWS=${MEM_FLOWS:-1000000}
 SKIP=${SKIP:-}
 TOOLS=${TOOLS:-"labelflow softflowd uacctd"}
 PROBE=$BIN_DIR/labelflow-probe
-LAB=$BIN_DIR/labelflow-lab
+LABBIN=$BIN_DIR/labelflow-lab
 GEN=$BIN_DIR/labelflow-gen-capture
 TIME=/usr/bin/time
 WORK=$(mktemp -d /tmp/labelflow-bench.XXXXXX)
@@ -37,7 +37,7 @@ cleanup() {
     for p in "${PIDS[@]:-}"; do
         [ -n "$p" ] && kill "$p" 2>/dev/null || true
     done
-    [ -x "$LAB" ] && "$LAB" down --lab "$LABNAME" >/dev/null 2>&1 || true
+    [ -x "$LABBIN" ] && "$LABBIN" down --lab "$LABNAME" >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -47,7 +47,7 @@ for t in softflowd uacctd trafgen "$TIME"; do
     command -v "$t" >/dev/null || die "missing $t (apt-get install softflowd pmacct netsniff-ng time)"
 done
 use() { case " $TOOLS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
-if [ ! -x "$LAB" ] || [ ! -x "$GEN" ]; then
+if [ ! -x "$LABBIN" ] || [ ! -x "$GEN" ]; then
     say "building labelflow-lab and labelflow-gen-capture (release) into $TARGET ..."
     (cd "$ROOT" && cargo build --release -q -p labelflow-tests --bins)
 fi
@@ -74,9 +74,9 @@ time_fields() {
 start_sink() { # ns|- addr out
     # Own stdio: a background job holding the $(...) pipe would block the caller.
     if [ "$1" = - ]; then
-        "$LAB" sink --bind "$2" --out "$3" </dev/null >/dev/null 2>>"$WORK/sink.err" &
+        "$LABBIN" sink --bind "$2" --out "$3" </dev/null >/dev/null 2>>"$WORK/sink.err" &
     else
-        "$LAB" sink --ns "$1" --bind "$2" --out "$3" </dev/null >/dev/null 2>>"$WORK/sink.err" &
+        "$LABBIN" sink --ns "$1" --bind "$2" --out "$3" </dev/null >/dev/null 2>>"$WORK/sink.err" &
     fi
     PIDS+=($!)
     echo $!
@@ -139,9 +139,9 @@ cpu_ticks() { # pids... -> utime+stime ticks summed
 # One step: tool (labelflow|uacctd), rate (pps or max). Prints a result row; returns 0 if lossless.
 live_step() {
     local tool=$1 rate=$2 n pids=() sinks=() outs=() g
-    "$LAB" down --lab "$LABNAME" >/dev/null 2>&1 || true
-    eval "$("$LAB" up --lab "$LABNAME")"
-    "$LAB" trafgen-conf --lab "$LABNAME" >"$WORK/trafgen.cfg"
+    "$LABBIN" down --lab "$LABNAME" >/dev/null 2>&1 || true
+    eval "$("$LABBIN" up --lab "$LABNAME")"
+    "$LABBIN" trafgen-conf --lab "$LABNAME" >"$WORK/trafgen.cfg"
     if [ "$tool" = labelflow ]; then
         sinks+=("$(start_sink "$GW_NS" 127.0.0.1:4739 "$WORK/b-sink.json")"); outs+=("$WORK/b-sink.json")
         ip netns exec "$GW_NS" "$PROBE" --group 1=esp --group 2=vpn --group 3=other \
@@ -163,20 +163,22 @@ EOF
             pids+=($!); PIDS+=($!)
         done
     fi
-    "$LAB" ready --lab "$LABNAME" --groups 1,2,3 --timeout 10 || { say "$tool did not bind the groups"; return 2; }
-    "$LAB" rules --lab "$LABNAME" --firewall iptables load
+    "$LABBIN" ready --lab "$LABNAME" --groups 1,2,3 --timeout 10 || { say "$tool did not bind the groups"; return 2; }
+    "$LABBIN" rules --lab "$LABNAME" --firewall iptables load
     if [ "$rate" = max ]; then n=1000000; else n=$(( rate * STEP_SECONDS )); fi
-    local t0 c0 t1 c1 rate_arg=()
+    local t0 c0 t1 t2 c1 rate_arg=()
     [ "$rate" = max ] || rate_arg=(-b "${rate}pps")
     c0=$(cpu_ticks "${pids[@]}"); t0=$(date +%s.%N)
     timeout 60 ip netns exec "$INET_NS" trafgen --no-sock-mem -o eth0 -i "$WORK/trafgen.cfg" -n "$n" -P 1 -q "${rate_arg[@]}" \
         >"$WORK/trafgen.log" 2>&1 || say "trafgen: $(tail -2 "$WORK/trafgen.log")"
-    t1=$(date +%s.%N); c1=$(cpu_ticks "${pids[@]}")
-    # Let the kernel's flush timer deliver the last partial batches before stopping.
-    "$LAB" drained --lab "$LABNAME" --groups 1,2,3 --timeout 10 || true
-    "$LAB" rules --lab "$LABNAME" --firewall iptables detach
+    t1=$(date +%s.%N)
+    # Let the kernel's flush timer deliver the last partial batches before stopping; the
+    # CPU the tools spend on the backlog counts too.
+    "$LABBIN" drained --lab "$LABNAME" --groups 1,2,3 --timeout 10 || true
+    c1=$(cpu_ticks "${pids[@]}"); t2=$(date +%s.%N)
+    "$LABBIN" rules --lab "$LABNAME" --firewall iptables detach
     local counted exported=0 ignored=0 p
-    counted=$("$LAB" counters --lab "$LABNAME" --firewall iptables | awk '{ s += $2 } END { print s + 0 }')
+    counted=$("$LABBIN" counters --lab "$LABNAME" --firewall iptables | awk '{ s += $2 } END { print s + 0 }')
     for p in "${pids[@]}"; do
         if [ "$tool" = labelflow ]; then stop_pid "$p" TERM; else stop_pid "$p" INT; fi
     done
@@ -188,9 +190,9 @@ EOF
     local secs pps cpu
     secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
     pps=$(awk -v n="$n" -v s="$secs" 'BEGIN { printf "%d", n / s }')
-    cpu=$(awk -v c="$(( c1 - c0 ))" -v hz="$(getconf CLK_TCK)" -v s="$secs" 'BEGIN { printf "%.1f", 100 * c / hz / s }')
+    cpu=$(awk -v c="$(( c1 - c0 ))" -v hz="$(getconf CLK_TCK)" -v a="$t0" -v b="$t2" 'BEGIN { printf "%.1f", 100 * c / hz / (b - a) }')
     printf '%-16s %10s %10s %10s %10s %10s %10s %8s\n' "$tool" "$rate" "$pps" "$counted" "$exported" "$(( counted - exported ))" "$ignored" "$cpu"
-    "$LAB" down --lab "$LABNAME" >/dev/null 2>&1 || true
+    "$LABBIN" down --lab "$LABNAME" >/dev/null 2>&1 || true
     [ "$counted" -gt 0 ] && [ "$counted" = "$exported" ]
 }
 

@@ -34,6 +34,24 @@ lf_binaries() {
     LABCLI=$dir/labelflow-lab
 }
 
+# Checks that labelflow-lab has what this example uses (the features listed under "Status" in
+# examples/README.md); arguments: `rules-file`, `counters-all`, `send`, `up-addr`.
+lf_require_lab() {
+    local missing=()
+    for f in "$@"; do
+        case $f in
+            rules-file) "$LABCLI" rules --help | grep -q -- "--file" || missing+=("rules --file") ;;
+            counters-all) "$LABCLI" counters --help | grep -q -- "--all" || missing+=("counters --all") ;;
+            counters-zero) "$LABCLI" counters --help | grep -q -- "--zero" || missing+=("counters --zero") ;;
+            send) "$LABCLI" send --help >/dev/null 2>&1 || missing+=("send") ;;
+            up-addr) "$LABCLI" up --help | grep -q -- "--addr" || missing+=("up --addr") ;;
+        esac
+    done
+    if ((${#missing[@]})); then
+        lf_die "this labelflow-lab lacks: ${missing[*]} (see \"Status\" in examples/README.md)"
+    fi
+}
+
 # Builds the lab (namespaces LAB-inet, LAB-gw, LAB-lan), a work directory, and the cleanup.
 lf_up() {
     WORK=$(mktemp -d "/tmp/labelflow-$EXAMPLE.XXXXXX")
@@ -129,6 +147,7 @@ lf_csv_totals() {
 # stripped before matching, e.g. `labelflow-count:`). Prints a table; returns non-zero on any
 # difference, including a key only one side has.
 lf_compare() {
+    local rc=0
     awk -v strip="$3" '
         FNR == NR { if (index($1, strip) == 1) { k = substr($1, length(strip) + 1); kp[k] += $2; kb[k] += $3 } next }
         { cp[$1] = $2; cb[$1] = $3 }
@@ -142,7 +161,10 @@ lf_compare() {
             }
             for (k in cp) if (!(k in kp)) { printf "%-28s %12s %14s %12d %14d  %s\n", k, "-", "-", cp[k], cb[k], "NOT IN KERNEL"; bad = 1 }
             exit bad
-        }' "$2" "$1"
+        }' "$2" "$1" >"$WORK/compare.out" || rc=$?
+    head -1 "$WORK/compare.out"
+    tail -n +2 "$WORK/compare.out" | sort
+    return "${rc:-0}"
 }
 
 # Prints `PACKETS BYTES` of one kernel counter key ($2) from a counters file ($1); 0 0 if absent.
@@ -151,8 +173,8 @@ lf_kernel() {
 }
 
 # Sums a per-protocol CSV report into `PROTO PACKETS BYTES FLOWS` with PROTO one of tcp, udp,
-# icmp (the report may name protocols or number them).
+# icmp (the report may name protocols or number them; ICMPv6 counts as icmp).
 lf_proto_totals() {
-    lf_csv_totals protocol | awk '{ n = $1; if (n == "6") n = "tcp"; else if (n == "17") n = "udp"; else if (n == "1") n = "icmp";
+    lf_csv_totals protocol | awk '{ n = $1; if (n == "6") n = "tcp"; else if (n == "17") n = "udp"; else if (n == "1" || n == "58" || n == "icmpv6") n = "icmp";
         p[n] += $2; b[n] += $3; f[n] += $4 } END { for (k in p) printf "%s %d %d %d\n", k, p[k], b[k], f[k] }' | sort
 }

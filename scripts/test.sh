@@ -27,8 +27,9 @@ cargo test --workspace --quiet -- --test-threads=2
 echo "== fuzz targets (built on stable, run over their seed corpus)"
 bash scripts/fuzz-smoke.sh
 
-if compgen -G "examples/systemd/*.service" >/dev/null; then
-  echo "== systemd-analyze verify"
-  systemd-analyze verify examples/systemd/*.service
-fi
+echo "== example rules and configs (iptables-restore --test, nft -c, --check-config)"
+bash examples/check-rules.sh
+
+echo "== example systemd units (systemd-analyze verify)"
+bash examples/systemd/verify.sh
 echo "labelflow: all tests passed"

@@ -1,1 +1,90 @@
-fn main() {}
+//! Collector ingest: datagram → decode → label → aggregate, with a cached template.
+
+use std::hint::black_box;
+use std::net::IpAddr;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use labelflow_collector::config::Config;
+use labelflow_collector::ingest::Ingest;
+
+const PER_DATAGRAM: usize = 22;
+
+fn header(seq: u32) -> Vec<u8> {
+    let mut m = Vec::with_capacity(1400);
+    m.extend_from_slice(&[0, 10, 0, 0]); // version 10, length patched
+    m.extend_from_slice(&1_700_000_000u32.to_be_bytes()); // export time
+    m.extend_from_slice(&seq.to_be_bytes()); // sequence
+    m.extend_from_slice(&1u32.to_be_bytes()); // domain
+    m
+}
+
+fn finish(mut m: Vec<u8>) -> Vec<u8> {
+    let n = m.len() as u16;
+    m[2..4].copy_from_slice(&n.to_be_bytes());
+    m
+}
+
+fn template() -> Vec<u8> {
+    let fields: [(u16, u16); 9] = [
+        (8, 4),
+        (12, 4),
+        (4, 1),
+        (7, 2),
+        (11, 2),
+        (1, 8),
+        (2, 8),
+        (152, 8),
+        (96, 0xffff),
+    ];
+    let mut m = header(0);
+    m.extend_from_slice(&2u16.to_be_bytes());
+    m.extend_from_slice(&((8 + 4 * fields.len()) as u16).to_be_bytes());
+    m.extend_from_slice(&[1, 0, 0, fields.len() as u8]); // template 256
+    for (ie, len) in fields {
+        m.extend_from_slice(&ie.to_be_bytes());
+        m.extend_from_slice(&len.to_be_bytes());
+    }
+    finish(m)
+}
+
+fn data(seq: u32) -> Vec<u8> {
+    let mut m = header(seq);
+    m.extend_from_slice(&[1, 0, 0, 0]); // set 256, length patched
+    for k in 0..PER_DATAGRAM {
+        m.extend_from_slice(&[192, 168, 1, k as u8]);
+        m.extend_from_slice(&[198, 51, 100, 7]);
+        m.push(6);
+        m.extend_from_slice(&(40000 + k as u16).to_be_bytes());
+        m.extend_from_slice(&443u16.to_be_bytes());
+        m.extend_from_slice(&1500u64.to_be_bytes());
+        m.extend_from_slice(&3u64.to_be_bytes());
+        m.extend_from_slice(&(1_700_000_000_000u64 + k as u64 * 1000).to_be_bytes());
+        m.push(3);
+        m.extend_from_slice(b"esp");
+    }
+    let len = (m.len() - 16) as u16;
+    m[18..20].copy_from_slice(&len.to_be_bytes());
+    finish(m)
+}
+
+fn ingest(c: &mut Criterion) {
+    let cfg = Config::defaults();
+    let from: IpAddr = "10.0.0.1".parse().unwrap();
+    let mut ing = Ingest::new(&cfg);
+    ing.datagram(from, &template()).unwrap();
+    let d = data(0);
+    let mut g = c.benchmark_group("collector");
+    g.throughput(Throughput::Elements(PER_DATAGRAM as u64));
+    g.bench_function("ingest_datagram_22_records", |b| {
+        b.iter(|| {
+            ing.datagram(from, black_box(&d)).unwrap();
+            if ing.pending_datagrams() >= 1000 {
+                black_box(ing.take_batch());
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, ingest);
+criterion_main!(benches);

@@ -10,6 +10,7 @@
 //! ```
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
 use labelflow_proto::FlowRecord;
@@ -20,6 +21,64 @@ use crate::config::{rule_label, AggConfig, LabelRule};
 pub const UNLABELLED: &str = "unlabelled";
 /// Key that absorbs keys beyond the per-bucket bound.
 pub const OTHER: &str = "other";
+
+/// A fast non-cryptographic hasher for the per-record maps (keys are small typed values,
+/// and the per-bucket key bound limits how many an exporter can create).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FxHasher(u64);
+
+const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FxHasher {
+    #[inline]
+    fn mix(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(FX_SEED);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.mix(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let mut tail = 0u64;
+        for (i, b) in chunks.remainder().iter().enumerate() {
+            tail |= u64::from(*b) << (8 * i);
+        }
+        self.mix(tail);
+    }
+    #[inline]
+    fn write_u8(&mut self, v: u8) {
+        self.mix(u64::from(v));
+    }
+    #[inline]
+    fn write_u16(&mut self, v: u16) {
+        self.mix(u64::from(v));
+    }
+    #[inline]
+    fn write_u32(&mut self, v: u32) {
+        self.mix(u64::from(v));
+    }
+    #[inline]
+    fn write_u64(&mut self, v: u64) {
+        self.mix(v);
+    }
+    #[inline]
+    fn write_usize(&mut self, v: usize) {
+        self.mix(v as u64);
+    }
+    #[inline]
+    fn write_i64(&mut self, v: i64) {
+        self.mix(v as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FxBuild = BuildHasherDefault<FxHasher>;
 
 /// A report dimension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,7 +92,14 @@ pub enum Dim {
 }
 
 impl Dim {
-    pub const ALL: [Dim; 6] = [Dim::Label, Dim::View, Dim::Tunnel, Dim::Host, Dim::Protocol, Dim::Port];
+    pub const ALL: [Dim; 6] = [
+        Dim::Label,
+        Dim::View,
+        Dim::Tunnel,
+        Dim::Host,
+        Dim::Protocol,
+        Dim::Port,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -53,7 +119,11 @@ impl Dim {
 
 /// Label of a record: labelflow's IEs first (applicationName, or applicationId resolved
 /// through options, then the NFLOG group), then the configured exporter rules.
-pub fn resolve_label<'a>(rec: &'a FlowRecord, exporter: IpAddr, rules: &'a [LabelRule]) -> std::borrow::Cow<'a, str> {
+pub fn resolve_label<'a>(
+    rec: &'a FlowRecord,
+    exporter: IpAddr,
+    rules: &'a [LabelRule],
+) -> std::borrow::Cow<'a, str> {
     if let Some(l) = &rec.label {
         return l.as_str().into();
     }
@@ -129,7 +199,12 @@ pub enum Key {
     Label(u32),
     View(u32),
     /// ESP (50) / AH (51) outer flow.
-    Sa { protocol: u8, src: IpAddr, dst: IpAddr, spi: u32 },
+    Sa {
+        protocol: u8,
+        src: IpAddr,
+        dst: IpAddr,
+        spi: u32,
+    },
     /// Inner traffic of a configured tunnel (index into the config).
     Tunnel(u32),
     Host(IpAddr),
@@ -167,8 +242,9 @@ pub struct Aggregator {
     /// For each label id, the view ids it belongs to.
     label_views: Vec<Vec<u32>>,
     view_names: Vec<String>,
-    pending: HashMap<Slot, Counters>,
-    seen: HashMap<(Dim, u8, i64), HashSet<Key>>,
+    pending: HashMap<Slot, Counters, FxBuild>,
+    seen: HashMap<(Dim, i64), HashSet<Key, FxBuild>, FxBuild>,
+    keys: Vec<(Dim, Key, Side)>,
     weights: Vec<u64>,
     shares_b: Vec<u64>,
     shares_p: Vec<u64>,
@@ -187,8 +263,9 @@ impl Aggregator {
             label_names: Vec::new(),
             label_views: Vec::new(),
             view_names,
-            pending: HashMap::new(),
-            seen: HashMap::new(),
+            pending: HashMap::default(),
+            seen: HashMap::default(),
+            keys: Vec::with_capacity(8),
             weights: Vec::new(),
             shares_b: Vec::new(),
             shares_p: Vec::new(),
@@ -224,7 +301,12 @@ impl Aggregator {
         match *key {
             Key::Label(i) => self.label_names[i as usize].clone(),
             Key::View(i) => self.view_names[i as usize].clone(),
-            Key::Sa { protocol, src, dst, spi } => {
+            Key::Sa {
+                protocol,
+                src,
+                dst,
+                spi,
+            } => {
                 let p = if protocol == 51 { "ah" } else { "esp" };
                 format!("{p} {src}>{dst} spi 0x{spi:08x}")
             }
@@ -254,7 +336,8 @@ impl Aggregator {
         }
 
         // Which keys this record feeds, per dimension.
-        let mut keys: Vec<(Dim, Key, Side)> = Vec::with_capacity(8);
+        let mut keys = std::mem::take(&mut self.keys);
+        keys.clear();
         let lid = self.label_id(label);
         keys.push((Dim::Label, Key::Label(lid), Side::Both));
         for v in &self.label_views[lid as usize] {
@@ -272,7 +355,9 @@ impl Aggregator {
                 Side::Both,
             ));
         } else if let Some(t) = self.cfg.tunnels.iter().position(|t| {
-            t.subnets.iter().any(|n| n.contains(rec.src_addr) || n.contains(rec.dst_addr))
+            t.subnets
+                .iter()
+                .any(|n| n.contains(rec.src_addr) || n.contains(rec.dst_addr))
         }) {
             keys.push((Dim::Tunnel, Key::Tunnel(t as u32), Side::Both));
         }
@@ -327,12 +412,19 @@ impl Aggregator {
                     bytes_in: if side == Side::In { *b } else { 0 },
                     bytes_out: if side == Side::Out { *b } else { 0 },
                 };
+                // The key bound is decided in the base bucket; rollups follow it, so a
+                // rollup is always the sum of its base buckets.
+                let key = self.bounded(dim, base_bucket as i64, key);
                 for res in 0..self.cfg.resolutions.len() {
                     let r = self.cfg.resolutions[res];
                     let bucket = (base_bucket / r * r) as i64;
-                    let key = self.bounded(dim, res as u8, bucket, key);
                     self.pending
-                        .entry(Slot { res: res as u8, bucket, dim, key })
+                        .entry(Slot {
+                            res: res as u8,
+                            bucket,
+                            dim,
+                            key,
+                        })
                         .or_default()
                         .add(&c);
                 }
@@ -340,15 +432,16 @@ impl Aggregator {
         }
         self.shares_b = sb;
         self.shares_p = sp;
+        self.keys = keys;
     }
 
     /// Fold keys beyond `max_keys_per_bucket` into [`Key::Other`].
-    fn bounded(&mut self, dim: Dim, res: u8, bucket: i64, key: Key) -> Key {
+    fn bounded(&mut self, dim: Dim, bucket: i64, key: Key) -> Key {
         if matches!(dim, Dim::Protocol | Dim::View) {
             return key;
         }
         let max = self.cfg.max_keys_per_bucket;
-        let set = self.seen.entry((dim, res, bucket)).or_default();
+        let set = self.seen.entry((dim, bucket)).or_default();
         if set.contains(&key) {
             return key;
         }
@@ -362,7 +455,7 @@ impl Aggregator {
 
     /// Forget key-bound bookkeeping of buckets that started before `before` (seconds).
     pub fn forget_before(&mut self, before: i64) {
-        self.seen.retain(|(_, _, b), _| *b >= before);
+        self.seen.retain(|(_, b), _| *b >= before);
     }
 
     pub fn pending_slots(&self) -> usize {

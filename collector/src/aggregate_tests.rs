@@ -20,7 +20,10 @@ fn rec(start_ms: u64, end_ms: u64, bytes: u64, packets: u64) -> FlowRecord {
 
 fn sum(deltas: &[Delta], res: i64, dim: Dim) -> Counters {
     let mut c = Counters::default();
-    for d in deltas.iter().filter(|d| d.resolution == res && d.dim == dim) {
+    for d in deltas
+        .iter()
+        .filter(|d| d.resolution == res && d.dim == dim)
+    {
         c.add(&d.counters);
     }
     c
@@ -36,7 +39,10 @@ fn apportion_is_exact_and_proportional() {
     apportion(7, &[0, 0], &mut out);
     assert_eq!(out, vec![7, 0]);
     apportion(u64::MAX, &[u64::MAX, 1], &mut out);
-    assert_eq!(out.iter().map(|v| u128::from(*v)).sum::<u128>(), u128::from(u64::MAX));
+    assert_eq!(
+        out.iter().map(|v| u128::from(*v)).sum::<u128>(),
+        u128::from(u64::MAX)
+    );
 }
 
 #[test]
@@ -59,10 +65,16 @@ fn flow_spanning_three_minutes_is_prorated() {
 #[test]
 fn views_tunnels_hosts_ports() {
     let mut views = BTreeMap::new();
-    views.insert("uplink".to_string(), vec!["esp".to_string(), "other".to_string()]);
+    views.insert(
+        "uplink".to_string(),
+        vec!["esp".to_string(), "other".to_string()],
+    );
     let cfg = AggConfig {
         views,
-        tunnels: vec![Tunnel { name: "branch".into(), subnets: vec!["10.2.0.0/16".parse().unwrap()] }],
+        tunnels: vec![Tunnel {
+            name: "branch".into(),
+            subnets: vec!["10.2.0.0/16".parse().unwrap()],
+        }],
         networks: vec!["192.168.1.0/24".parse().unwrap()],
         ..AggConfig::default()
     };
@@ -87,7 +99,10 @@ fn views_tunnels_hosts_ports() {
             .unwrap_or_default()
     };
     assert_eq!(find(Dim::View, "uplink").bytes, 1070);
-    assert_eq!(find(Dim::Tunnel, "esp 192.168.1.10>198.51.100.7 spi 0x00001001").bytes, 1000);
+    assert_eq!(
+        find(Dim::Tunnel, "esp 192.168.1.10>198.51.100.7 spi 0x00001001").bytes,
+        1000
+    );
     assert_eq!(find(Dim::Tunnel, "branch").bytes, 500);
     let h = find(Dim::Host, "192.168.1.10");
     assert_eq!((h.bytes_out, h.bytes_in, h.flows), (1570, 0, 3));

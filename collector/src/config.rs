@@ -206,10 +206,7 @@ impl Config {
     /// Parse and validate TOML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .unwrap_or((0, 0));
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
             ConfigError::Syntax {
                 path: origin.to_string(),
                 line,
@@ -253,7 +250,10 @@ impl Config {
         };
         let base = dur("aggregation.bucket", raw.aggregation.bucket.as_ref(), "1m")?;
         if base.as_secs() == 0 || base.subsec_nanos() != 0 {
-            return Err(bad("aggregation.bucket", "must be a whole number of seconds".into()));
+            return Err(bad(
+                "aggregation.bucket",
+                "must be a whole number of seconds".into(),
+            ));
         }
         let mut resolutions = vec![base.as_secs()];
         let rollups = raw
@@ -293,7 +293,8 @@ impl Config {
             "1d",
         )?;
         let net = |key: &str, s: &str| -> Result<IpNet, ConfigError> {
-            s.parse::<IpNet>().map_err(|e| bad(key, format!("{s:?}: {e}")))
+            s.parse::<IpNet>()
+                .map_err(|e| bad(key, format!("{s:?}: {e}")))
         };
         let mut tunnels = Vec::new();
         for t in raw.tunnels {
@@ -305,7 +306,10 @@ impl Config {
                 .iter()
                 .map(|s| net("tunnels.subnets", s))
                 .collect::<Result<_, _>>()?;
-            tunnels.push(Tunnel { name: t.name, subnets });
+            tunnels.push(Tunnel {
+                name: t.name,
+                subnets,
+            });
         }
         let networks = raw
             .hosts
@@ -341,9 +345,17 @@ impl Config {
                 512,
             )?,
             max_metric_labels: raw.limits.max_metric_labels.unwrap_or(64),
-            commit_interval: dur("store.commit_interval", raw.store.commit_interval.as_ref(), "1s")?,
+            commit_interval: dur(
+                "store.commit_interval",
+                raw.store.commit_interval.as_ref(),
+                "1s",
+            )?,
             commit_datagrams: nz("store.commit_datagrams", raw.store.commit_datagrams, 20_000)?,
-            prune_interval: dur("store.prune_interval", raw.store.prune_interval.as_ref(), "5m")?,
+            prune_interval: dur(
+                "store.prune_interval",
+                raw.store.prune_interval.as_ref(),
+                "5m",
+            )?,
             agg: AggConfig {
                 resolutions,
                 retention,
@@ -377,8 +389,7 @@ pub fn rule_label<'a>(rules: &'a [LabelRule], exporter: IpAddr, ifs: [u32; 2]) -
     rules
         .iter()
         .find(|r| {
-            r.exporter.contains(exporter)
-                && r.interface.is_none_or(|i| i == ifs[0] || i == ifs[1])
+            r.exporter.contains(exporter) && r.interface.is_none_or(|i| i == ifs[0] || i == ifs[1])
         })
         .map(|r| r.label.as_str())
 }
@@ -390,7 +401,10 @@ mod tests {
     #[test]
     fn defaults_are_documented_values() {
         let c = Config::defaults();
-        assert_eq!(c.listen, vec!["0.0.0.0:4739".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            c.listen,
+            vec!["0.0.0.0:4739".parse::<SocketAddr>().unwrap()]
+        );
         assert_eq!(c.agg.resolutions, vec![60, 3600, 86400]);
         assert_eq!(c.commit_interval, Duration::from_secs(1));
         assert_eq!(c.max_templates_per_exporter.get(), 512);
@@ -431,7 +445,10 @@ label = "wan"
             rule_label(&c.label_rules, "10.0.0.1".parse().unwrap(), [3, 0]),
             Some("wan")
         );
-        assert_eq!(rule_label(&c.label_rules, "10.0.0.1".parse().unwrap(), [4, 5]), None);
+        assert_eq!(
+            rule_label(&c.label_rules, "10.0.0.1".parse().unwrap(), [4, 5]),
+            None
+        );
     }
 
     #[test]

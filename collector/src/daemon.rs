@@ -84,19 +84,35 @@ pub fn bind(cfg: &Config) -> anyhow::Result<Bound> {
     };
     let store = Store::open(&cfg.db, cfg.max_templates_per_exporter.get())
         .with_context(|| format!("opening {}", cfg.db.display()))?;
-    Ok(Bound { sockets, http, store })
+    Ok(Bound {
+        sockets,
+        http,
+        store,
+    })
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Run until `shutdown` resolves, then stop receiving, commit what was received, return.
-pub fn run(cfg: Config, bound: Bound, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let Bound { sockets, http, store } = bound;
+pub fn run(
+    cfg: Config,
+    bound: Bound,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let Bound {
+        sockets,
+        http,
+        store,
+    } = bound;
     let metrics = Arc::new(Mutex::new(Snapshot::default()));
     let mut ingest = Ingest::new(&cfg);
-    let restored = ingest.restore(&store).context("loading persisted templates")?;
+    let restored = ingest
+        .restore(&store)
+        .context("loading persisted templates")?;
     tracing::info!(templates = restored, "restored persisted templates");
 
     let (tx, rx) = sync_channel::<Datagrams>(CHANNEL);
@@ -117,12 +133,20 @@ pub fn run(cfg: Config, bound: Bound, shutdown: impl Future<Output = ()> + Send 
         let mut tasks = Vec::new();
         for s in sockets {
             let sock = UdpSocket::from_std(s)?;
-            tasks.push(tokio::spawn(receive(sock, tx.clone(), stop_rx.clone(), metrics.clone())));
+            tasks.push(tokio::spawn(receive(
+                sock,
+                tx.clone(),
+                stop_rx.clone(),
+                metrics.clone(),
+            )));
         }
         drop(tx);
         if let Some(l) = http {
             let listener = tokio::net::TcpListener::from_std(l)?;
-            let app = crate::http::router(crate::http::AppState { db: cfg.db.clone(), metrics: metrics.clone() });
+            let app = crate::http::router(crate::http::AppState {
+                db: cfg.db.clone(),
+                metrics: metrics.clone(),
+            });
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {
                 let r = axum::serve(listener, app)
@@ -143,7 +167,9 @@ pub fn run(cfg: Config, bound: Bound, shutdown: impl Future<Output = ()> + Send 
         }
         Ok::<(), anyhow::Error>(())
     })?;
-    worker.join().map_err(|_| anyhow::anyhow!("ingest thread panicked"))??;
+    worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("ingest thread panicked"))??;
     Ok(())
 }
 
@@ -259,6 +285,7 @@ fn ingest_loop(
                         last_commit = Instant::now();
                     }
                 }
+                publish(&ingest, commits);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
@@ -281,7 +308,10 @@ fn ingest_loop(
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "prune failed"),
             }
-            ingest.forget_before(now - (a.max_flow_duration_ms / 1000) as i64 - *a.resolutions.last().unwrap_or(&60) as i64);
+            ingest.forget_before(
+                now - (a.max_flow_duration_ms / 1000) as i64
+                    - *a.resolutions.last().unwrap_or(&60) as i64,
+            );
             last_prune = Some(Instant::now());
         }
     }

@@ -23,9 +23,17 @@ pub fn stacked_series(r: &Report) -> (Vec<i64>, Vec<(String, Vec<f64>)>) {
         .map(|i| r.from + i * r.bucket)
         .collect();
     let pos: HashMap<i64, usize> = buckets.iter().enumerate().map(|(i, b)| (*b, i)).collect();
-    let mut series: Vec<(String, Vec<f64>)> =
-        r.keys.iter().map(|k| (k.clone(), vec![0.0; buckets.len()])).collect();
-    let kpos: HashMap<&str, usize> = r.keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+    let mut series: Vec<(String, Vec<f64>)> = r
+        .keys
+        .iter()
+        .map(|k| (k.clone(), vec![0.0; buckets.len()]))
+        .collect();
+    let kpos: HashMap<&str, usize> = r
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.as_str(), i))
+        .collect();
     for row in &r.rows {
         if let (Some(b), Some(k)) = (pos.get(&row.bucket), kpos.get(row.key.as_str())) {
             series[*k].1[*b] = row.counters.bytes as f64 * 8.0 / r.bucket as f64;
@@ -36,7 +44,11 @@ pub fn stacked_series(r: &Report) -> (Vec<i64>, Vec<(String, Vec<f64>)>) {
 
 /// Write the graph to `out`.
 pub fn render(r: &Report, title: &str, out: &Path, size: (u32, u32)) -> Result<(), GraphError> {
-    let ext = out.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = out
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     match ext.as_str() {
         "svg" => draw(SVGBackend::new(out, size).into_drawing_area(), r, title),
         "png" => draw(BitMapBackend::new(out, size).into_drawing_area(), r, title),
@@ -44,7 +56,11 @@ pub fn render(r: &Report, title: &str, out: &Path, size: (u32, u32)) -> Result<(
     }
 }
 
-fn draw<DB: DrawingBackend>(area: DrawingArea<DB, Shift>, r: &Report, title: &str) -> Result<(), GraphError>
+fn draw<DB: DrawingBackend>(
+    area: DrawingArea<DB, Shift>,
+    r: &Report,
+    title: &str,
+) -> Result<(), GraphError>
 where
     DB::ErrorType: 'static,
 {

@@ -63,14 +63,19 @@ pub fn parse_query(
 ) -> Result<Query, String> {
     let by = Dim::parse(by).ok_or_else(|| format!("unknown dimension {by:?}"))?;
     let secs = |s: &str| -> Result<u64, String> {
-        humantime::parse_duration(s).map(|d| d.as_secs()).map_err(|e| format!("{s:?}: {e}"))
+        humantime::parse_duration(s)
+            .map(|d| d.as_secs())
+            .map_err(|e| format!("{s:?}: {e}"))
     };
     let time = |s: &str| -> Result<i64, String> {
         if let Ok(n) = s.parse::<i64>() {
             return Ok(n);
         }
         humantime::parse_rfc3339_weak(s)
-            .map(|t| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64))
+            .map(|t| {
+                t.duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64)
+            })
             .map_err(|e| format!("{s:?}: {e}"))
     };
     let bucket = bucket.map(secs).transpose()?;
@@ -83,11 +88,19 @@ pub fn parse_query(
         (None, None, None) => (now - 3600, now + 1),
         _ => return Err("use either last or from/to".into()),
     };
-    Ok(Query { by, bucket, from, to, top })
+    Ok(Query {
+        by,
+        bucket,
+        from,
+        to,
+        top,
+    })
 }
 
 fn now_secs() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 async fn api_report(State(st): State<AppState>, AxQuery(p): AxQuery<ReportParams>) -> Response {
@@ -130,26 +143,77 @@ async fn metrics(State(st): State<AppState>) -> Response {
 pub fn render_metrics(s: &Snapshot) -> String {
     let mut o = String::new();
     let mut counter = |name: &str, help: &str, v: u64| {
-        let _ = write!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n");
+        let _ = write!(
+            o,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+        );
     };
     let ss = &s.sessions;
-    counter("labelflow_collector_datagrams_total", "Datagrams received.", ss.datagrams);
-    counter("labelflow_collector_flow_records_total", "Flow records decoded.", ss.flow_records);
-    counter("labelflow_collector_options_records_total", "Options data records decoded.", ss.options_records);
-    counter("labelflow_collector_template_records_total", "Template records received.", ss.template_records);
-    counter("labelflow_collector_sequence_gaps_total", "Sequence number discontinuities.", ss.sequence_gaps);
+    counter(
+        "labelflow_collector_datagrams_total",
+        "Datagrams received.",
+        ss.datagrams,
+    );
+    counter(
+        "labelflow_collector_flow_records_total",
+        "Flow records decoded.",
+        ss.flow_records,
+    );
+    counter(
+        "labelflow_collector_options_records_total",
+        "Options data records decoded.",
+        ss.options_records,
+    );
+    counter(
+        "labelflow_collector_template_records_total",
+        "Template records received.",
+        ss.template_records,
+    );
+    counter(
+        "labelflow_collector_sequence_gaps_total",
+        "Sequence number discontinuities.",
+        ss.sequence_gaps,
+    );
     counter(
         "labelflow_collector_sequence_lost_total",
         "Records (IPFIX, v5) or packets (v9) missing according to sequence numbers.",
         ss.sequence_lost,
     );
-    counter("labelflow_collector_sequence_resets_total", "Sequence numbers that went backwards.", ss.sequence_resets);
-    counter("labelflow_collector_evicted_exporters_total", "Exporter scopes evicted from the LRU.", ss.evicted_scopes);
-    counter("labelflow_collector_commits_total", "Store transactions committed.", s.commits);
-    counter("labelflow_collector_commit_errors_total", "Store transactions that failed.", s.commit_errors);
-    counter("labelflow_collector_committed_datagrams_total", "Datagrams whose effect is committed.", s.committed_datagrams);
-    counter("labelflow_collector_receive_errors_total", "Socket receive errors.", s.receive_errors);
-    counter("labelflow_collector_folded_keys_total", "Keys folded into other by the per-bucket bound.", s.aggregation.folded_keys);
+    counter(
+        "labelflow_collector_sequence_resets_total",
+        "Sequence numbers that went backwards.",
+        ss.sequence_resets,
+    );
+    counter(
+        "labelflow_collector_evicted_exporters_total",
+        "Exporter scopes evicted from the LRU.",
+        ss.evicted_scopes,
+    );
+    counter(
+        "labelflow_collector_commits_total",
+        "Store transactions committed.",
+        s.commits,
+    );
+    counter(
+        "labelflow_collector_commit_errors_total",
+        "Store transactions that failed.",
+        s.commit_errors,
+    );
+    counter(
+        "labelflow_collector_committed_datagrams_total",
+        "Datagrams whose effect is committed.",
+        s.committed_datagrams,
+    );
+    counter(
+        "labelflow_collector_receive_errors_total",
+        "Socket receive errors.",
+        s.receive_errors,
+    );
+    counter(
+        "labelflow_collector_folded_keys_total",
+        "Keys folded into other by the per-bucket bound.",
+        s.aggregation.folded_keys,
+    );
     counter(
         "labelflow_collector_excluded_internal_total",
         "Records skipped for hosts because both ends are internal.",
@@ -164,23 +228,42 @@ pub fn render_metrics(s: &Snapshot) -> String {
     o.push_str("# HELP labelflow_collector_decode_errors_total Datagrams or sets not decoded, by reason.\n");
     o.push_str("# TYPE labelflow_collector_decode_errors_total counter\n");
     for e in DecodeError::ALL {
-        let _ = writeln!(o, "labelflow_collector_decode_errors_total{{reason=\"{}\"}} {}", e.reason(), ss.error(e));
+        let _ = writeln!(
+            o,
+            "labelflow_collector_decode_errors_total{{reason=\"{}\"}} {}",
+            e.reason(),
+            ss.error(e)
+        );
     }
-    o.push_str("# HELP labelflow_collector_label_bytes_total Bytes per label (sampling applied).\n");
+    o.push_str(
+        "# HELP labelflow_collector_label_bytes_total Bytes per label (sampling applied).\n",
+    );
     o.push_str("# TYPE labelflow_collector_label_bytes_total counter\n");
     for (l, b, _) in &s.labels {
-        let _ = writeln!(o, "labelflow_collector_label_bytes_total{{label=\"{}\"}} {b}", escape(l));
+        let _ = writeln!(
+            o,
+            "labelflow_collector_label_bytes_total{{label=\"{}\"}} {b}",
+            escape(l)
+        );
     }
-    o.push_str("# HELP labelflow_collector_label_packets_total Packets per label (sampling applied).\n");
+    o.push_str(
+        "# HELP labelflow_collector_label_packets_total Packets per label (sampling applied).\n",
+    );
     o.push_str("# TYPE labelflow_collector_label_packets_total counter\n");
     for (l, _, p) in &s.labels {
-        let _ = writeln!(o, "labelflow_collector_label_packets_total{{label=\"{}\"}} {p}", escape(l));
+        let _ = writeln!(
+            o,
+            "labelflow_collector_label_packets_total{{label=\"{}\"}} {p}",
+            escape(l)
+        );
     }
     o
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -189,9 +272,30 @@ mod tests {
 
     #[test]
     fn query_parsing() {
-        let q = parse_query("tunnel", Some("5m"), Some("1h"), None, None, Some(3), 10_000).unwrap();
-        assert_eq!((q.by, q.bucket, q.from, q.to, q.top), (Dim::Tunnel, Some(300), 6400, 10_001, Some(3)));
-        let q = parse_query("label", None, None, Some("1970-01-01T00:01:00Z"), Some("600"), None, 0).unwrap();
+        let q = parse_query(
+            "tunnel",
+            Some("5m"),
+            Some("1h"),
+            None,
+            None,
+            Some(3),
+            10_000,
+        )
+        .unwrap();
+        assert_eq!(
+            (q.by, q.bucket, q.from, q.to, q.top),
+            (Dim::Tunnel, Some(300), 6400, 10_001, Some(3))
+        );
+        let q = parse_query(
+            "label",
+            None,
+            None,
+            Some("1970-01-01T00:01:00Z"),
+            Some("600"),
+            None,
+            0,
+        )
+        .unwrap();
         assert_eq!((q.from, q.to), (60, 600));
         assert!(parse_query("nope", None, None, None, None, None, 0).is_err());
         assert!(parse_query("label", None, Some("1h"), Some("0"), None, None, 0).is_err());
@@ -203,7 +307,10 @@ mod tests {
         s.labels.push(("e\"sp".into(), 10, 1));
         s.sessions.errors[0] = 4;
         let t = render_metrics(&s);
-        assert!(t.contains("labelflow_collector_label_bytes_total{label=\"e\\\"sp\"} 10"), "{t}");
+        assert!(
+            t.contains("labelflow_collector_label_bytes_total{label=\"e\\\"sp\"} 10"),
+            "{t}"
+        );
         assert!(t.contains("labelflow_collector_decode_errors_total{reason=\"truncated\"} 4"));
     }
 }

@@ -80,10 +80,15 @@ impl Ingest {
         self.datagrams += 1;
         self.records.clear();
         self.found.clear();
-        let r = self.sessions.ingest(exporter, bytes, &mut self.records, &mut self.found);
+        let r = self
+            .sessions
+            .ingest(exporter, bytes, &mut self.records, &mut self.found);
         if let Ok(i) = &r {
             for t in self.found.drain(..) {
-                self.templates.push(ScopedTemplate { scope: i.scope, record: t });
+                self.templates.push(ScopedTemplate {
+                    scope: i.scope,
+                    record: t,
+                });
             }
             for rec in &self.records {
                 let label = resolve_label(rec, exporter, &self.rules);

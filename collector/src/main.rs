@@ -18,7 +18,11 @@ use labelflow_collector::{daemon, graph, http, report};
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Debug, Parser)]
-#[command(name = "labelflow-collector", version, about = "NetFlow/IPFIX collector: per-label, view, tunnel and host reports")]
+#[command(
+    name = "labelflow-collector",
+    version,
+    about = "NetFlow/IPFIX collector: per-label, view, tunnel and host reports"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -112,7 +116,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Some(Command::Report { q, format }) => report_cmd(&q, format),
-        Some(Command::Graph { q, out, width, height, title }) => graph_cmd(&q, &out, (width, height), title),
+        Some(Command::Graph {
+            q,
+            out,
+            width,
+            height,
+            title,
+        }) => graph_cmd(&q, &out, (width, height), title),
         None => return run_cmd(cli.run),
     };
     match r {
@@ -178,7 +188,9 @@ async fn shutdown_signal() {
 }
 
 fn now_secs() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn load_report(q: &QueryArgs) -> anyhow::Result<report::Report> {
@@ -209,7 +221,12 @@ fn report_cmd(q: &QueryArgs, format: Format) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn graph_cmd(q: &QueryArgs, out: &std::path::Path, size: (u32, u32), title: Option<String>) -> anyhow::Result<()> {
+fn graph_cmd(
+    q: &QueryArgs,
+    out: &std::path::Path,
+    size: (u32, u32),
+    title: Option<String>,
+) -> anyhow::Result<()> {
     let r = load_report(q)?;
     let title = title.unwrap_or_else(|| format!("bit/s by {}", q.by));
     graph::render(&r, &title, out, size)?;

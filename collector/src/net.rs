@@ -25,7 +25,10 @@ impl IpNet {
         if len > max {
             return Err(IpNetError::Length(u16::from(len)));
         }
-        Ok(IpNet { addr: mask(addr, len), len })
+        Ok(IpNet {
+            addr: mask(addr, len),
+            len,
+        })
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
@@ -41,11 +44,19 @@ impl IpNet {
 fn mask(addr: IpAddr, len: u8) -> IpAddr {
     match addr {
         IpAddr::V4(a) => {
-            let m = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+            let m = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len))
+            };
             IpAddr::V4((u32::from(a) & m).into())
         }
         IpAddr::V6(a) => {
-            let m = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len))
+            };
             IpAddr::V6((u128::from(a) & m).into())
         }
     }

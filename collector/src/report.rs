@@ -65,7 +65,11 @@ pub fn build(reader: &Reader, q: &Query) -> Result<Report, ReportError> {
                 .rev()
                 .find(|r| b as i64 % **r == 0)
                 .copied()
-                .or(if stored.is_empty() { Some(b as i64) } else { None })
+                .or(if stored.is_empty() {
+                    Some(b as i64)
+                } else {
+                    None
+                })
                 .ok_or_else(|| ReportError::Bucket(b, stored.clone()))?;
             (res, b as i64)
         }
@@ -87,7 +91,14 @@ pub fn build(reader: &Reader, q: &Query) -> Result<Report, ReportError> {
 }
 
 /// Regroup stored rows into output buckets and apply top-N. Pure.
-pub fn assemble(by: Dim, bucket: i64, from: i64, to: i64, raw: Vec<Row>, top: Option<usize>) -> Report {
+pub fn assemble(
+    by: Dim,
+    bucket: i64,
+    from: i64,
+    to: i64,
+    raw: Vec<Row>,
+    top: Option<usize>,
+) -> Report {
     let mut per_key: HashMap<String, Counters> = HashMap::new();
     for r in &raw {
         per_key.entry(r.key.clone()).or_default().add(&r.counters);
@@ -103,12 +114,19 @@ pub fn assemble(by: Dim, bucket: i64, from: i64, to: i64, raw: Vec<Row>, top: Op
     if folded && !keys.iter().any(|k| k == OTHER) {
         keys.push(OTHER.to_string());
     }
-    let order: HashMap<&str, usize> = keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+    let order: HashMap<&str, usize> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.as_str(), i))
+        .collect();
     let mut grouped: HashMap<(i64, usize), Counters> = HashMap::new();
     let mut totals = vec![Counters::default(); keys.len()];
     let mut total = Counters::default();
     for r in &raw {
-        let idx = order.get(r.key.as_str()).copied().unwrap_or_else(|| order[OTHER]);
+        let idx = order
+            .get(r.key.as_str())
+            .copied()
+            .unwrap_or_else(|| order[OTHER]);
         let b = r.bucket.div_euclid(bucket) * bucket;
         grouped.entry((b, idx)).or_default().add(&r.counters);
         totals[idx].add(&r.counters);
@@ -123,7 +141,11 @@ pub fn assemble(by: Dim, bucket: i64, from: i64, to: i64, raw: Vec<Row>, top: Op
         to,
         rows: rows
             .into_iter()
-            .map(|((b, i), c)| Row { bucket: b, key: keys[i].clone(), counters: c })
+            .map(|((b, i), c)| Row {
+                bucket: b,
+                key: keys[i].clone(),
+                counters: c,
+            })
             .collect(),
         totals: keys.iter().cloned().zip(totals).collect(),
         keys,
@@ -181,7 +203,10 @@ pub fn to_json(r: &Report) -> Value {
 
 /// CSV with a header row; one line per (bucket, key).
 pub fn to_csv(r: &Report) -> String {
-    let mut s = format!("bucket_start,{},bytes,packets,flows,bytes_in,bytes_out\n", r.by.name());
+    let mut s = format!(
+        "bucket_start,{},bytes,packets,flows,bytes_in,bytes_out\n",
+        r.by.name()
+    );
     for x in &r.rows {
         let c = &x.counters;
         let _ = writeln!(
@@ -227,7 +252,14 @@ pub fn human(v: f64, unit: &str) -> String {
 pub fn to_table(r: &Report) -> String {
     let span = r.to - r.from;
     let name = r.by.name();
-    let width = r.keys.iter().map(|k| k.len()).max().unwrap_or(0).max(name.len()).max(5);
+    let width = r
+        .keys
+        .iter()
+        .map(|k| k.len())
+        .max()
+        .unwrap_or(0)
+        .max(name.len())
+        .max(5);
     let mut s = format!(
         "{} .. {} ({}s buckets)\n{:<width$}  {:>10}  {:>10}  {:>12}  {:>8}  {:>6}\n",
         rfc3339(r.from),
@@ -240,7 +272,13 @@ pub fn to_table(r: &Report) -> String {
         "flows",
         "share",
     );
-    let share = |b: u64| if r.total.bytes == 0 { 0.0 } else { b as f64 * 100.0 / r.total.bytes as f64 };
+    let share = |b: u64| {
+        if r.total.bytes == 0 {
+            0.0
+        } else {
+            b as f64 * 100.0 / r.total.bytes as f64
+        }
+    };
     let mut line = |k: &str, c: &Counters| {
         let _ = writeln!(
             s,
@@ -265,25 +303,53 @@ mod tests {
     use super::*;
 
     fn row(bucket: i64, key: &str, bytes: u64) -> Row {
-        Row { bucket, key: key.into(), counters: Counters { bytes, packets: 1, flows: 1, ..Counters::default() } }
+        Row {
+            bucket,
+            key: key.into(),
+            counters: Counters {
+                bytes,
+                packets: 1,
+                flows: 1,
+                ..Counters::default()
+            },
+        }
     }
 
     #[test]
     fn regroups_and_folds_top_n() {
-        let raw = vec![row(0, "a", 100), row(60, "a", 50), row(0, "b", 10), row(0, "c", 20), row(300, "c", 5)];
+        let raw = vec![
+            row(0, "a", 100),
+            row(60, "a", 50),
+            row(0, "b", 10),
+            row(0, "c", 20),
+            row(300, "c", 5),
+        ];
         let r = assemble(Dim::Label, 300, 0, 600, raw, Some(1));
         assert_eq!(r.keys, vec!["a", "other"]);
         assert_eq!(r.total.bytes, 185);
         assert_eq!(r.rows.len(), 3);
-        assert_eq!((r.rows[0].bucket, r.rows[0].key.as_str(), r.rows[0].counters.bytes), (0, "a", 150));
-        assert_eq!((r.rows[1].key.as_str(), r.rows[1].counters.bytes), ("other", 30));
+        assert_eq!(
+            (
+                r.rows[0].bucket,
+                r.rows[0].key.as_str(),
+                r.rows[0].counters.bytes
+            ),
+            (0, "a", 150)
+        );
+        assert_eq!(
+            (r.rows[1].key.as_str(), r.rows[1].counters.bytes),
+            ("other", 30)
+        );
         assert_eq!((r.rows[2].bucket, r.rows[2].counters.bytes), (300, 5));
         let j = to_json(&r);
         assert_eq!(j["rows"][0]["bucket_start"], "1970-01-01T00:00:00Z");
         assert_eq!(j["rows"][0]["label"], "a");
         assert_eq!(j["totals"][1]["bytes"], 35);
         let t = to_table(&r);
-        assert!(t.contains("other") && t.contains("total") && t.contains("bit/s"), "{t}");
+        assert!(
+            t.contains("other") && t.contains("total") && t.contains("bit/s"),
+            "{t}"
+        );
         let c = to_csv(&r);
         assert_eq!(c.lines().nth(1), Some("1970-01-01T00:00:00Z,a,150,2,2,0,0"));
     }

@@ -225,7 +225,11 @@ impl SessionTable {
         if reset {
             self.stats.sequence_resets += 1;
         }
-        Ok(Ingested { scope, summary, error })
+        Ok(Ingested {
+            scope,
+            summary,
+            error,
+        })
     }
 }
 
@@ -317,9 +321,11 @@ pub fn sequence_step(
     let next = match s.version {
         5 | 7 => Some(s.sequence.wrapping_add(produced)),
         9 => Some(s.sequence.wrapping_add(1)),
-        10 if s.missing_template_sets == 0 => {
-            Some(s.sequence.wrapping_add(produced).wrapping_add(s.options_records))
-        }
+        10 if s.missing_template_sets == 0 => Some(
+            s.sequence
+                .wrapping_add(produced)
+                .wrapping_add(s.options_records),
+        ),
         _ => None,
     };
     (gap, reset, next)
@@ -330,7 +336,11 @@ mod tests {
     use super::*;
 
     fn summary(version: u16, sequence: u32) -> PacketSummary {
-        PacketSummary { version, sequence, ..PacketSummary::default() }
+        PacketSummary {
+            version,
+            sequence,
+            ..PacketSummary::default()
+        }
     }
 
     #[test]

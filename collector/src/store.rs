@@ -73,11 +73,18 @@ impl Store {
                  COMMIT;",
             )?;
         }
-        Ok(Store { conn, template_cap: template_cap.max(1) })
+        Ok(Store {
+            conn,
+            template_cap: template_cap.max(1),
+        })
     }
 
     /// Commit one batch atomically.
-    pub fn commit(&mut self, deltas: &[Delta], templates: &[ScopedTemplate]) -> Result<(), StoreError> {
+    pub fn commit(
+        &mut self,
+        deltas: &[Delta],
+        templates: &[ScopedTemplate],
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
             let mut up = tx.prepare_cached(
@@ -140,7 +147,11 @@ impl Store {
                 }
             }
             for s in touched {
-                trim.execute(params![s.exporter.to_string(), s.domain, self.template_cap as i64])?;
+                trim.execute(params![
+                    s.exporter.to_string(),
+                    s.domain,
+                    self.template_cap as i64
+                ])?;
             }
         }
         tx.commit()?;
@@ -168,7 +179,9 @@ impl Store {
         })?;
         for row in rows {
             let (exporter, domain, rec) = row?;
-            let Ok(exporter) = exporter.parse::<IpAddr>() else { continue };
+            let Ok(exporter) = exporter.parse::<IpAddr>() else {
+                continue;
+            };
             let scope = ScopeKey { exporter, domain };
             match out.last_mut() {
                 Some((s, v)) if *s == scope => v.push(rec),
@@ -179,7 +192,12 @@ impl Store {
     }
 
     /// Delete buckets older than each resolution's retention. `now` in seconds.
-    pub fn prune(&mut self, resolutions: &[u64], retention: &[u64], now: i64) -> Result<usize, StoreError> {
+    pub fn prune(
+        &mut self,
+        resolutions: &[u64],
+        retention: &[u64],
+        now: i64,
+    ) -> Result<usize, StoreError> {
         let mut n = 0;
         for (res, keep) in resolutions.iter().zip(retention) {
             n += self.conn.execute(
@@ -221,8 +239,12 @@ impl Reader {
 
     /// Stored resolutions, finest first.
     pub fn resolutions(&self) -> Result<Vec<i64>, StoreError> {
-        let mut st = self.conn.prepare_cached("SELECT DISTINCT res FROM agg ORDER BY res")?;
-        let v = st.query_map([], |r| r.get(0))?.collect::<Result<Vec<i64>, _>>()?;
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT DISTINCT res FROM agg ORDER BY res")?;
+        let v = st
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<i64>, _>>()?;
         Ok(v)
     }
 
@@ -255,7 +277,9 @@ impl Reader {
     pub fn latest_bucket(&self) -> Result<Option<i64>, StoreError> {
         Ok(self
             .conn
-            .query_row("SELECT MAX(bucket) FROM agg", [], |r| r.get::<_, Option<i64>>(0))
+            .query_row("SELECT MAX(bucket) FROM agg", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
             .optional()?
             .flatten())
     }
@@ -271,7 +295,12 @@ mod tests {
             bucket: 120,
             dim: Dim::Label,
             key: key.into(),
-            counters: Counters { bytes, packets: 1, flows: 1, ..Counters::default() },
+            counters: Counters {
+                bytes,
+                packets: 1,
+                flows: 1,
+                ..Counters::default()
+            },
         }
     }
 
@@ -280,13 +309,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         let mut s = Store::open(&path, 2).unwrap();
-        let scope = ScopeKey { exporter: "10.0.0.1".parse().unwrap(), domain: 3 };
+        let scope = ScopeKey {
+            exporter: "10.0.0.1".parse().unwrap(),
+            domain: 3,
+        };
         let t = |id: u16, b: u8| ScopedTemplate {
             scope,
-            record: TemplateRecord { version: 10, set_id: 2, template_id: id, bytes: vec![1, b, 0, 1, 0, 8, 0, 4] },
+            record: TemplateRecord {
+                version: 10,
+                set_id: 2,
+                template_id: id,
+                bytes: vec![1, b, 0, 1, 0, 8, 0, 4],
+            },
         };
-        s.commit(&[delta("a", 10)], &[t(256, 0), t(257, 1)]).unwrap();
-        s.commit(&[delta("a", 5), delta("b", 1)], &[t(258, 2)]).unwrap();
+        s.commit(&[delta("a", 10)], &[t(256, 0), t(257, 1)])
+            .unwrap();
+        s.commit(&[delta("a", 5), delta("b", 1)], &[t(258, 2)])
+            .unwrap();
         drop(s);
         let s = Store::open(&path, 2).unwrap();
         let loaded = s.load_templates().unwrap();
@@ -296,7 +335,14 @@ mod tests {
         let r = Reader::open(&path).unwrap();
         let rows = r.rows(60, Dim::Label, 0, 1000).unwrap();
         assert_eq!(rows.len(), 2);
-        assert_eq!((rows[0].key.as_str(), rows[0].counters.bytes, rows[0].counters.flows), ("a", 15, 2));
+        assert_eq!(
+            (
+                rows[0].key.as_str(),
+                rows[0].counters.bytes,
+                rows[0].counters.flows
+            ),
+            ("a", 15, 2)
+        );
         assert_eq!(r.resolutions().unwrap(), vec![60]);
     }
 

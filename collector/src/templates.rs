@@ -61,7 +61,13 @@ fn walk_sets(d: &[u8], mut at: usize, end: usize, version: u16, out: &mut Vec<Te
     }
 }
 
-fn walk_records(set: &[u8], version: u16, set_id: u16, options: bool, out: &mut Vec<TemplateRecord>) {
+fn walk_records(
+    set: &[u8],
+    version: u16,
+    set_id: u16,
+    options: bool,
+    out: &mut Vec<TemplateRecord>,
+) {
     let mut at = 0;
     // Anything shorter than a minimal record is padding (RFC 7011 section 3.3.1).
     while at + 4 <= set.len() {
@@ -152,7 +158,7 @@ mod tests {
         0x01, 0x00, 0x00, 0x02,             //   template 256, 2 fields
         0x00, 0x08, 0x00, 0x04,             //     sourceIPv4Address, 4
         0x80, 0x04, 0x00, 0x04,             //     enterprise element 4, 4
-        0x00, 0x00, 0x53, 0x9d,             //     PEN 21373
+        0x00, 0x00, 0x53, 0x7d,             //     PEN 21373
         0x00, 0x00, 0x00, 0x00,             //   padding
         0x00, 0x03, 0x00, 0x14,             // options template set, length 20
         0x01, 0x01, 0x00, 0x02, 0x00, 0x01, //   template 257, 2 fields, 1 scope
@@ -166,8 +172,14 @@ mod tests {
         let mut out = Vec::new();
         extract(IPFIX_TEMPLATES, &mut out);
         assert_eq!(out.len(), 2);
-        assert_eq!((out[0].set_id, out[0].template_id, out[0].bytes.len()), (2, 256, 16));
-        assert_eq!((out[1].set_id, out[1].template_id, out[1].bytes.len()), (3, 257, 14));
+        assert_eq!(
+            (out[0].set_id, out[0].template_id, out[0].bytes.len()),
+            (2, 256, 16)
+        );
+        assert_eq!(
+            (out[1].set_id, out[1].template_id, out[1].bytes.len()),
+            (3, 257, 14)
+        );
         let msg = replay_message(&out[0], 7);
         assert_eq!(&msg[..4], &[0, 10, 0, 36]);
         assert_eq!(&msg[12..16], &[0, 0, 0, 7]);
@@ -190,7 +202,12 @@ mod tests {
 
     #[test]
     fn withdrawal_is_recognised() {
-        let r = TemplateRecord { version: 10, set_id: 2, template_id: 256, bytes: vec![1, 0, 0, 0] };
+        let r = TemplateRecord {
+            version: 10,
+            set_id: 2,
+            template_id: 256,
+            bytes: vec![1, 0, 0, 0],
+        };
         assert!(r.is_withdrawal());
     }
 }

@@ -4,9 +4,10 @@
 #
 #   1. labelflow-lab builds the lab: Internet peer (also the tunnel's far end, playing the
 #      remote subnet 10.99.0.0/24), the gateway, a LAN host.
-#   2. rules.iptables (or rules.nft) is loaded in the gateway, with the lab overlay that
+#   2. labelflow-collector and labelflow-probe start in the gateway (probe.toml,
+#      collector.toml); the probe binds its groups.
+#   3. rules.iptables (or rules.nft) is loaded in the gateway, with the lab overlay that
 #      recognises the played decrypted packets by their subnet.
-#   3. labelflow-collector and labelflow-probe start in the gateway (probe.toml, collector.toml).
 #   4. labelflow-lab drives bounded traffic: ESP with several SPIs, tunnel traffic (UDP, TCP,
 #      ICMP, IPv4 and IPv6 in nft), other uplink traffic both ways.
 #   5. The rules are detached (counting and logging stop together), the kernel's counters read,
@@ -17,9 +18,12 @@ EXAMPLE_DIR=$(cd "$(dirname "$0")" && pwd)
 . "$EXAMPLE_DIR/../lib.sh"
 
 lf_binaries
+lf_require_lab rules-file counters-all
 lf_up
-lf_rules
+# The probe binds its groups before the rules exist: a packet counted while no listener is
+# bound would be counted by the kernel and logged to nobody.
 lf_start 1,2,3
+lf_rules
 
 echo "== traffic (labelflow-lab traffic --mix standard, ${REPEAT:-1}x)"
 "$LABCLI" traffic --lab "$LAB" --mix standard --repeat "${REPEAT:-1}"
@@ -77,9 +81,13 @@ read -r rep_esp_p rep_esp_b < <(awk '$1 != "hq" { p += $2; b += $3 } END { print
 printf "%-34s %12s %14s %12s %14s\n" "tunnel hq" "kernel pkts" "kernel bytes" "report pkts" "report bytes"
 printf "%-34s %12d %14d %12d %14d\n" "  on the wire (ESP)" "$hq_esp_p" "$hq_esp_b" "$rep_esp_p" "$rep_esp_b"
 printf "%-34s %12d %14d %12d %14d\n" "  inside (inner packets)" "$hq_in_p" "$hq_in_b" "${rep_in_p:-0}" "${rep_in_b:-0}"
-echo "  encapsulation overhead: $((hq_esp_b - hq_in_b)) bytes (ESP bytes - inner bytes)"
-echo "  (the lab's ESP stream is synthetic and not sized from the inner packets, so this"
-echo "   figure only shows the arithmetic; on a real gateway it is the tunnels' cost)"
+overhead=$((hq_esp_b - hq_in_b))
+if [ "$overhead" -ge 0 ] && [ "$hq_in_b" -gt 0 ]; then
+    awk -v o="$overhead" -v i="$hq_in_b" 'BEGIN { printf "  encapsulation overhead: %d bytes (%.1f %% on top of the inner bytes)\n", o, 100 * o / i }'
+else
+    echo "  encapsulation overhead: ESP bytes - inner bytes = $overhead: not meaningful here (the lab's"
+    echo "  ESP stream is synthetic, inbound only, not sized from the inner packets)"
+fi
 if [ "$rep_esp_p" -ne "$hq_esp_p" ] || [ "$rep_esp_b" -ne "$hq_esp_b" ] ||
    [ "${rep_in_p:-0}" -ne "$hq_in_p" ] || [ "${rep_in_b:-0}" -ne "$hq_in_b" ]; then
     echo "per-tunnel report DIFFERS from the kernel's tunnel:hq counters"; status=1

@@ -21,9 +21,12 @@ INET=192.0.2.1
 BUCKET=5
 
 lf_binaries
+lf_require_lab rules-file counters-all counters-zero send up-addr
 lf_up
-lf_rules
+# The probe binds its groups before the rules exist: a packet counted while no listener is
+# bound would be counted by the kernel and logged to nobody.
 lf_start 1
+lf_rules
 
 send() { "$LABCLI" send --lab "$LAB" "$@"; }
 rfc3339() { date -u -d "@$1" +%Y-%m-%dT%H:%M:%SZ; }
@@ -45,7 +48,9 @@ send tcp  --from lan --src $H1 --to inet --dst $INET:80 --size 1000 --reply 2000
 send tcp  --from inet --src $INET --to lan --dst $H2:22 --size 4000 --reply 4000
 send udp  --from lan --src $H2:40053 --to inet --dst $INET:53 --count 6 --size 40
 send ping --from lan --src $H1 --dst $INET --count 3 --size 56
-send udp  --from lan --src $H1:5000 --to lan --dst 198.51.100.1:5000 --count 5 --size 100
+# Internal: a host to the gateway's LAN address. Not forwarded, so not even seen by the
+# FORWARD rules; between subnets of a network routed here, `subnet:internal` would count it.
+send udp  --from lan --src $H1:5000 --to gw --dst 198.51.100.1:5000 --count 5 --size 100
 b1=$(boundary)
 "$LABCLI" counters --lab "$LAB" --firewall "$FIREWALL" --all --zero >"$WORK/kernel-1.txt"
 

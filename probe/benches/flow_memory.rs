@@ -35,7 +35,10 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         // SAFETY: forwarded contract.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -59,7 +62,7 @@ fn rss_bytes() -> u64 {
 /// Flow `i`: every fourth one IPv6, all distinct.
 fn packet(i: u32) -> Decoded {
     let mut src = [0u8; 16];
-    let v6 = i % 4 == 0;
+    let v6 = i.is_multiple_of(4);
     if v6 {
         src[..2].copy_from_slice(&[0x20, 0x01]);
         src[12..].copy_from_slice(&i.to_be_bytes());
@@ -174,7 +177,9 @@ fn main() {
             .output()
             .expect("run child");
         let text = String::from_utf8_lossy(&out.stdout);
-        let mut it = text.split_whitespace().map(|s| s.parse::<i64>().unwrap_or(0));
+        let mut it = text
+            .split_whitespace()
+            .map(|s| s.parse::<i64>().unwrap_or(0));
         let (heap, rss) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
         println!(
             "{case:>10}: heap {:6.1} bytes/flow, RSS {:6.1} bytes/flow",

@@ -393,9 +393,12 @@ pub fn validate(
         }
     }
     for spec in &over.groups {
-        let (id, label) = spec
-            .split_once('=')
-            .ok_or_else(|| flag_err("--group", format!("{spec:?}: expected ID=LABEL, e.g. 1=esp")))?;
+        let (id, label) = spec.split_once('=').ok_or_else(|| {
+            flag_err(
+                "--group",
+                format!("{spec:?}: expected ID=LABEL, e.g. 1=esp"),
+            )
+        })?;
         let id: u32 = id
             .trim()
             .parse()
@@ -415,7 +418,9 @@ pub fn validate(
     for g in groups.values() {
         if let Some(other) = labels.insert(&g.label, g.id) {
             return Err(ConfigError {
-                place: source.map(|s| s.path.display().to_string()).unwrap_or_default(),
+                place: source
+                    .map(|s| s.path.display().to_string())
+                    .unwrap_or_default(),
                 message: format!(
                     "label {:?} is used by groups {other} and {}; each group needs its own label",
                     g.label, g.id
@@ -598,8 +603,11 @@ target = "netflow5://[::1]:2055"
 
     #[test]
     fn unknown_key_names_file_and_line() {
-        let e = load_text("[cache]\nmax_flows = 10\nidle = \"1s\"\n", &Overrides::default())
-            .unwrap_err();
+        let e = load_text(
+            "[cache]\nmax_flows = 10\nidle = \"1s\"\n",
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert_eq!(e.place, "probe.toml:3:1");
         assert!(e.message.contains("unknown field `idle`"), "{e}");
     }
@@ -623,11 +631,17 @@ target = "netflow5://[::1]:2055"
         )
         .unwrap_err();
         assert_eq!(e.place, "probe.toml:5:6");
-        let e = load_text("[[group]]\nid = 1\nlabel = \"a b\"\n", &Overrides::default())
-            .unwrap_err();
+        let e = load_text(
+            "[[group]]\nid = 1\nlabel = \"a b\"\n",
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert_eq!(e.place, "probe.toml:3:9");
-        let e = load_text("[[group]]\nid = 70000\nlabel = \"a\"\n", &Overrides::default())
-            .unwrap_err();
+        let e = load_text(
+            "[[group]]\nid = 70000\nlabel = \"a\"\n",
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert!(e.message.contains("out of range"), "{e}");
     }
 
@@ -645,7 +659,10 @@ target = "netflow5://[::1]:2055"
     fn flags_work_without_a_file_and_override_it() {
         let over = Overrides {
             groups: vec!["1=esp".into(), "2=vpn".into()],
-            exports: vec!["ipfix://127.0.0.1:4739".into(), "netflow9://127.0.0.1:2055".into()],
+            exports: vec![
+                "ipfix://127.0.0.1:4739".into(),
+                "netflow9://127.0.0.1:2055".into(),
+            ],
             active_timeout: Some("30s".into()),
             idle_timeout: Some("5s".into()),
             max_flows: Some(10),

@@ -110,8 +110,10 @@ impl Exporters {
                 template_every: e.template_refresh_messages,
                 ..ExportConfig::default()
             };
-            let exporter = UdpExporter::new(&[e.target], knobs, Some(e.sndbuf))
-                .with_context(|| format!("cannot open the UDP socket for export to {}", e.target))?;
+            let exporter =
+                UdpExporter::new(&[e.target], knobs, Some(e.sndbuf)).with_context(|| {
+                    format!("cannot open the UDP socket for export to {}", e.target)
+                })?;
             list.push(exporter);
         }
         Ok(Exporters { list, records: 0 })
@@ -262,7 +264,11 @@ pub fn open_source(cfg: &Config) -> anyhow::Result<NflogSocket> {
 /// Runs the live probe until `stop` is set, then drains: unbinds the groups (the kernel
 /// flushes their pending batches), counts the last packets, flushes the cache with end
 /// reason "forced end" and sends the last messages.
-pub fn run_live(cfg: &Config, source: NflogSocket, stop: &AtomicBool) -> anyhow::Result<RunSummary> {
+pub fn run_live(
+    cfg: &Config,
+    source: NflogSocket,
+    stop: &AtomicBool,
+) -> anyhow::Result<RunSummary> {
     let clock = WallClock::start();
     let mut exporters = Exporters::open(cfg)?;
     let labels = cfg.groups.iter().map(|g| (g.id, g.label.clone())).collect();
@@ -295,7 +301,7 @@ pub fn run_live(cfg: &Config, source: NflogSocket, stop: &AtomicBool) -> anyhow:
         source.recv_batch(Some(wait), |meta, payload| {
             // One clock read per 64 packets: the kernel batches anyway, and flow times need
             // millisecond resolution only.
-            if seen % 64 == 0 {
+            if seen.is_multiple_of(64) {
                 packet_now = clock.now_ms();
             }
             seen = seen.wrapping_add(1);
@@ -344,11 +350,14 @@ pub fn run_replay(cfg: &Config, path: &Path, label: Option<&str>) -> anyhow::Res
     const PSEUDO_GROUP: u16 = 0;
     let mut reader = PcapReader::open(path, PSEUDO_GROUP)
         .with_context(|| format!("cannot replay {}", path.display()))?;
-    let mut labels: Vec<(u16, String)> = cfg.groups.iter().map(|g| (g.id, g.label.clone())).collect();
+    let mut labels: Vec<(u16, String)> =
+        cfg.groups.iter().map(|g| (g.id, g.label.clone())).collect();
     let is_nflog = reader.link_type() == crate::replay::linktype::NFLOG;
     if let Some(l) = label {
         if is_nflog {
-            tracing::warn!("--label is ignored for NFLOG captures: their packets carry their group");
+            tracing::warn!(
+                "--label is ignored for NFLOG captures: their packets carry their group"
+            );
         } else {
             labels.retain(|(g, _)| *g != PSEUDO_GROUP);
             labels.push((PSEUDO_GROUP, l.to_string()));

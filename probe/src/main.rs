@@ -158,7 +158,11 @@ fn run_live(cfg: &config::Config) -> anyhow::Result<()> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&stop))?;
     }
-    let groups: Vec<String> = cfg.groups.iter().map(|g| format!("{}={}", g.id, g.label)).collect();
+    let groups: Vec<String> = cfg
+        .groups
+        .iter()
+        .map(|g| format!("{}={}", g.id, g.label))
+        .collect();
     let targets: Vec<String> = cfg.exports.iter().map(|e| e.target.to_string()).collect();
     tracing::info!(groups = ?groups, exports = ?targets, "listening");
     daemon::run_live(cfg, source, &stop)?;

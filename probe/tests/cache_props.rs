@@ -62,7 +62,7 @@ fn packet(flow: u8, len: u16, fin: bool) -> Decoded {
     let mut src = [0u8; 16];
     src[..4].copy_from_slice(&[10, 0, 0, flow]);
     Decoded {
-        version: if flow % 3 == 0 {
+        version: if flow.is_multiple_of(3) {
             IpVersion::V6
         } else {
             IpVersion::V4
@@ -141,7 +141,7 @@ proptest! {
         let mut observed: HashMap<FlowId, (u64, u64)> = HashMap::new();
         let mut exported: HashMap<FlowId, (u64, u64)> = HashMap::new();
         let mut records = 0u64;
-        let mut sink_check = |r: FlowRecord, now: u64, exported: &mut HashMap<FlowId, (u64, u64)>, records: &mut u64| {
+        let sink_check = |r: FlowRecord, now: u64, exported: &mut HashMap<FlowId, (u64, u64)>, records: &mut u64| {
             assert!(r.start_ms <= r.end_ms && r.end_ms <= now, "{r:?} at {now}");
             assert!(r.packets > 0);
             if r.end_reason == Some(EndReason::IdleTimeout) {

@@ -414,7 +414,7 @@ fn duration_ms(d: &netflow_parser::variable_versions::field_value::DurationValue
         // RFC 7011 section 6.1.9/6.1.10: NTP timestamps, seconds since 1900 + fraction.
         D::MicrosNtp { seconds, fraction } | D::NanosNtp { seconds, fraction } => {
             let secs = u64::from(seconds).saturating_sub(NTP_UNIX_OFFSET_SECS);
-            secs * 1000 + (u64::from(fraction) * 1000 >> 32)
+            secs * 1000 + ((u64::from(fraction) * 1000) >> 32)
         }
     }
 }
@@ -550,7 +550,7 @@ impl RecordBuilder {
                     // Seconds (150/151) and milliseconds (152/153) as plain numbers.
                     other => number(other).map(|v| if id <= 151 { v * 1000 } else { v }),
                 };
-                if id % 2 == 0 {
+                if id.is_multiple_of(2) {
                     self.start_abs = ms;
                 } else {
                     self.end_abs = ms;
@@ -568,8 +568,7 @@ impl RecordBuilder {
         if let Some(interval) = self.packet_interval {
             // RFC 5477 section 8.2.2/8.2.3: select `interval` packets, then skip `space`.
             let space = self.packet_space.unwrap_or(0);
-            if interval > 0 {
-                let n = (interval + space) / interval;
+            if let Some(n) = (interval + space).checked_div(interval) {
                 return Some(n.clamp(1, u64::from(u32::MAX)) as u32);
             }
         }

@@ -452,10 +452,10 @@ pub fn decode_flow(rec: &Record<'_>, domain: u32) -> FlowRecord {
         let n = be_uint(v);
         match spec.ie() {
             Ie::ObservationPointId => f.group = Some(n as u32),
-            Ie::ApplicationId => {
-                if f.group.is_none() && v.len() > 1 && v[0] == APP_ENGINE_USER_DEFINED {
-                    f.group = Some(be_uint(&v[1..]) as u32);
-                }
+            Ie::ApplicationId
+                if f.group.is_none() && v.len() > 1 && v[0] == APP_ENGINE_USER_DEFINED =>
+            {
+                f.group = Some(be_uint(&v[1..]) as u32);
             }
             Ie::ApplicationName => f.label = non_empty(v),
             Ie::SourceIpv4Address | Ie::DestinationIpv4Address if v.len() == 4 => {

@@ -76,7 +76,8 @@ impl ExportLog {
                                 }
                             }
                             FlowSetBody::NoTemplate(info) => {
-                                self.errors.push(format!("data set without template: {info:?}"));
+                                self.errors
+                                    .push(format!("data set without template: {info:?}"));
                             }
                             _ => {}
                         }
@@ -138,10 +139,14 @@ impl ExportLog {
         out
     }
 
-    /// Packets per ESP SPI (flows with an `IPSecSPI`).
+    /// Packets per SPI of the ESP and AH flows (other flows may carry `IPSecSPI` 0 when the
+    /// exporter uses one template for every flow).
     pub fn packets_by_spi(&self) -> BTreeMap<u32, u64> {
         let mut out = BTreeMap::new();
         for f in &self.flows {
+            if !matches!(f.protocol, Some(50 | 51)) {
+                continue;
+            }
             if let Some(spi) = f.spi {
                 *out.entry(spi).or_default() += f.packets;
             }
@@ -207,7 +212,9 @@ pub fn number(v: &FieldValue) -> Option<u64> {
             DataNumber::U24(x) | DataNumber::U32(x) => Some(u64::from(*x)),
             DataNumber::U64(x) => Some(*x),
             DataNumber::U128(x) => u64::try_from(*x).ok(),
-            DataNumber::Vec(b) if b.len() <= 8 => Some(b.iter().fold(0u64, |a, x| a << 8 | u64::from(*x))),
+            DataNumber::Vec(b) if b.len() <= 8 => {
+                Some(b.iter().fold(0u64, |a, x| a << 8 | u64::from(*x)))
+            }
             _ => None,
         },
         FieldValue::ProtocolType(p) => Some(u64::from(u8::from(*p))),

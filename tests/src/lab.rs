@@ -92,17 +92,28 @@ impl Lab {
 
     /// Builds a lab with the given prefix (namespaces `PREFIX-inet`, `PREFIX-gw`, `PREFIX-lan`).
     pub fn up_named(prefix: &str) -> Result<Lab, LabError> {
-        if prefix.is_empty() || prefix.len() > 40 || !prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        if prefix.is_empty()
+            || prefix.len() > 40
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
             return Err(LabError::Parse {
                 what: "lab prefix",
                 detail: format!("{prefix:?}: use 1-40 characters [A-Za-z0-9_]"),
             });
         }
         let existing = netns::list()?;
-        if Role::ALL.iter().any(|r| existing.iter().any(|n| *n == format!("{prefix}-{}", r.suffix()))) {
+        if Role::ALL.iter().any(|r| {
+            existing
+                .iter()
+                .any(|n| *n == format!("{prefix}-{}", r.suffix()))
+        }) {
             return Err(LabError::Parse {
                 what: "lab prefix",
-                detail: format!("a lab named {prefix} already exists (labelflow-lab down --lab {prefix})"),
+                detail: format!(
+                    "a lab named {prefix} already exists (labelflow-lab down --lab {prefix})"
+                ),
             });
         }
         // Owned from the first namespace on, so a failure half-way cleans up.
@@ -122,7 +133,9 @@ impl Lab {
             if !existing.contains(&name) {
                 return Err(LabError::Parse {
                     what: "lab",
-                    detail: format!("namespace {name} does not exist (labelflow-lab up --lab {prefix})"),
+                    detail: format!(
+                        "namespace {name} does not exist (labelflow-lab up --lab {prefix})"
+                    ),
                 });
             }
         }
@@ -158,22 +171,40 @@ impl Lab {
     }
 
     /// Runs a command inside a role's namespace; a non-zero exit is an error.
-    pub fn exec(&self, role: Role, prog: &str, args: &[&str]) -> Result<std::process::Output, LabError> {
+    pub fn exec(
+        &self,
+        role: Role,
+        prog: &str,
+        args: &[&str],
+    ) -> Result<std::process::Output, LabError> {
         netns::run(Some(&self.ns(role)), prog, args, None)
     }
 
     /// Runs a command inside a role's namespace with `input` on its stdin.
-    pub fn exec_stdin(&self, role: Role, prog: &str, args: &[&str], input: &str) -> Result<std::process::Output, LabError> {
+    pub fn exec_stdin(
+        &self,
+        role: Role,
+        prog: &str,
+        args: &[&str],
+        input: &str,
+    ) -> Result<std::process::Output, LabError> {
         netns::run(Some(&self.ns(role)), prog, args, Some(input))
     }
 
     /// Interface index of a gateway interface (what NFLOG reports as indev/outdev).
     pub fn gw_ifindex(&self, ifname: &str) -> Result<u32, LabError> {
-        let out = self.exec(Role::Gw, "cat", &[&format!("/sys/class/net/{ifname}/ifindex")])?;
-        String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|_| LabError::Parse {
-            what: "ifindex",
-            detail: String::from_utf8_lossy(&out.stdout).into_owned(),
-        })
+        let out = self.exec(
+            Role::Gw,
+            "cat",
+            &[&format!("/sys/class/net/{ifname}/ifindex")],
+        )?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| LabError::Parse {
+                what: "ifindex",
+                detail: String::from_utf8_lossy(&out.stdout).into_owned(),
+            })
     }
 
     fn build(&self) -> Result<(), LabError> {
@@ -196,28 +227,44 @@ impl Lab {
             )?;
             netns::run(Some(ns), "ip", &["link", "set", "lo", "up"], None)?;
         }
-        self.sysctl(&gw, &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])?;
+        self.sysctl(
+            &gw,
+            &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
+        )?;
 
         // Both ends are created directly inside their namespaces: nothing touches the root one.
         netns::run(
             None,
             "ip",
-            &["link", "add", GW_WAN_IF, "netns", &gw, "type", "veth", "peer", "name", PEER_IF, "netns", &inet],
+            &[
+                "link", "add", GW_WAN_IF, "netns", &gw, "type", "veth", "peer", "name", PEER_IF,
+                "netns", &inet,
+            ],
             None,
         )?;
         netns::run(
             None,
             "ip",
-            &["link", "add", GW_LAN_IF, "netns", &gw, "type", "veth", "peer", "name", PEER_IF, "netns", &lan],
+            &[
+                "link", "add", GW_LAN_IF, "netns", &gw, "type", "veth", "peer", "name", PEER_IF,
+                "netns", &lan,
+            ],
             None,
         )?;
-        for (ns, dev) in [(&inet, PEER_IF), (&gw, GW_WAN_IF), (&gw, GW_LAN_IF), (&lan, PEER_IF)] {
+        for (ns, dev) in [
+            (&inet, PEER_IF),
+            (&gw, GW_WAN_IF),
+            (&gw, GW_LAN_IF),
+            (&lan, PEER_IF),
+        ] {
             // A packet on the link must be one wire packet: no GRO/GSO/TSO merging, and
             // checksums filled in by the stack so captures decode cleanly.
             netns::run(
                 Some(ns),
                 "ethtool",
-                &["-K", dev, "gro", "off", "gso", "off", "tso", "off", "tx", "off", "rx", "off"],
+                &[
+                    "-K", dev, "gro", "off", "gso", "off", "tso", "off", "tx", "off", "rx", "off",
+                ],
                 None,
             )?;
         }
@@ -243,7 +290,12 @@ impl Lab {
             }
             netns::run(Some(ns), "ip", &args, None)?;
         }
-        for (ns, dev) in [(&inet, PEER_IF), (&gw, GW_WAN_IF), (&gw, GW_LAN_IF), (&lan, PEER_IF)] {
+        for (ns, dev) in [
+            (&inet, PEER_IF),
+            (&gw, GW_WAN_IF),
+            (&gw, GW_LAN_IF),
+            (&lan, PEER_IF),
+        ] {
             netns::run(Some(ns), "ip", &["link", "set", dev, "up"], None)?;
         }
         let routes: [(&String, String, IpAddr); 6] = [
@@ -256,7 +308,12 @@ impl Lab {
         ];
         for (ns, dst, via) in &routes {
             let fam = if via.is_ipv6() { "-6" } else { "-4" };
-            netns::run(Some(ns), "ip", &[fam, "route", "add", dst, "via", &via.to_string()], None)?;
+            netns::run(
+                Some(ns),
+                "ip",
+                &[fam, "route", "add", dst, "via", &via.to_string()],
+                None,
+            )?;
         }
         Ok(())
     }
@@ -304,8 +361,12 @@ pub fn delete_prefix(prefix: &str) -> Result<(), LabError> {
 pub fn delete_stale() -> Result<Vec<String>, LabError> {
     let mut removed = Vec::new();
     for name in netns::list()? {
-        let Some(prefix) = name.rsplit_once('-').map(|(p, _)| p.to_owned()) else { continue };
-        let Some(pid) = auto_prefix_pid(&prefix) else { continue };
+        let Some(prefix) = name.rsplit_once('-').map(|(p, _)| p.to_owned()) else {
+            continue;
+        };
+        let Some(pid) = auto_prefix_pid(&prefix) else {
+            continue;
+        };
         if std::path::Path::new(&format!("/proc/{pid}")).exists() || removed.contains(&prefix) {
             continue;
         }

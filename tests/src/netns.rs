@@ -57,9 +57,49 @@ where
     })
 }
 
+/// Like [`in_netns`], with the thread's effective group id set to `egid` (when given) while
+/// `f` runs.
+///
+/// Sockets keep the credentials of their creation in their file (`f_cred`), which is what the
+/// owner matches read (`-m owner --gid-owner`, nft `meta skgid`: the file's fsgid, which
+/// follows the effective gid). glibc's `setegid` changes every thread of the process (POSIX
+/// semantics), so the raw `setresgid` system call is used: it changes the calling thread only.
+pub fn in_netns_as<R, F>(name: &str, egid: Option<u32>, f: F) -> Result<R, LabError>
+where
+    F: FnOnce() -> Result<R, LabError> + Send,
+    R: Send,
+{
+    in_netns(name, || {
+        let Some(gid) = egid else { return f() };
+        // SAFETY: getegid has no preconditions.
+        let previous = unsafe { libc::getegid() };
+        set_thread_egid(gid)?;
+        let result = f();
+        set_thread_egid(previous)?;
+        result
+    })
+}
+
+fn set_thread_egid(gid: u32) -> Result<(), LabError> {
+    let keep = libc::gid_t::MAX; // -1: leave the real and saved ids as they are
+    // SAFETY: setresgid takes three integers; it changes only the calling thread's credentials.
+    let rc = unsafe { libc::syscall(libc::SYS_setresgid, keep, gid, keep) };
+    if rc != 0 {
+        return Err(io(
+            &format!("setresgid(-1, {gid}, -1)"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
 /// A UDP socket bound to `addr` inside the namespace (receive buffer raised to `rcvbuf` bytes
 /// with `SO_RCVBUFFORCE` when given).
-pub fn udp_socket(ns: &str, addr: SocketAddr, rcvbuf: Option<usize>) -> Result<UdpSocket, LabError> {
+pub fn udp_socket(
+    ns: &str,
+    addr: SocketAddr,
+    rcvbuf: Option<usize>,
+) -> Result<UdpSocket, LabError> {
     in_netns(ns, || {
         let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
             .map_err(|e| io("udp socket", e))?;
@@ -73,8 +113,15 @@ pub fn udp_socket(ns: &str, addr: SocketAddr, rcvbuf: Option<usize>) -> Result<U
 }
 
 /// A socket of any kind created inside the namespace.
-pub fn socket(ns: &str, domain: Domain, ty: Type, proto: Option<Protocol>) -> Result<Socket, LabError> {
-    in_netns(ns, || Socket::new(domain, ty, proto).map_err(|e| io("socket", e)))
+pub fn socket(
+    ns: &str,
+    domain: Domain,
+    ty: Type,
+    proto: Option<Protocol>,
+) -> Result<Socket, LabError> {
+    in_netns(ns, || {
+        Socket::new(domain, ty, proto).map_err(|e| io("socket", e))
+    })
 }
 
 /// Raises a socket's receive buffer past `net.core.rmem_max` (root only).
@@ -118,7 +165,12 @@ pub fn spawn(ns: &str, prog: &str, args: &[&str]) -> Result<Child, LabError> {
 
 /// Runs `prog` inside the namespace (or in the current one when `ns` is `None`), feeding it
 /// `stdin`, and returns its output; a non-zero exit is an error carrying its stderr.
-pub fn run(ns: Option<&str>, prog: &str, args: &[&str], stdin: Option<&str>) -> Result<Output, LabError> {
+pub fn run(
+    ns: Option<&str>,
+    prog: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<Output, LabError> {
     let mut cmd = match ns {
         Some(ns) => command(ns, prog, args),
         None => {
@@ -128,14 +180,22 @@ pub fn run(ns: Option<&str>, prog: &str, args: &[&str], stdin: Option<&str>) -> 
         }
     };
     let rendered = render(ns, prog, args);
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| io(&rendered, e))?;
     if let Some(input) = stdin {
         use std::io::Write;
-        let mut pipe = child.stdin.take().ok_or_else(|| io(&rendered, std::io::ErrorKind::BrokenPipe.into()))?;
-        pipe.write_all(input.as_bytes()).map_err(|e| io(&rendered, e))?;
+        let mut pipe = child
+            .stdin
+            .take()
+            .ok_or_else(|| io(&rendered, std::io::ErrorKind::BrokenPipe.into()))?;
+        pipe.write_all(input.as_bytes())
+            .map_err(|e| io(&rendered, e))?;
     }
     let out = child.wait_with_output().map_err(|e| io(&rendered, e))?;
     if !out.status.success() {

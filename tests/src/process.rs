@@ -32,7 +32,11 @@ pub fn find_binary(name: &str) -> Result<PathBuf, LabError> {
     }
     Err(LabError::MissingBinary {
         name: name.to_owned(),
-        searched: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
+        searched: dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
     })
 }
 
@@ -76,12 +80,17 @@ impl Daemon {
     /// Starts `prog ARGS` inside the role's namespace, stdout and stderr captured.
     pub fn start(lab: &Lab, role: Role, prog: &Path, args: &[String]) -> Result<Daemon, LabError> {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let name = prog.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = prog
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let n = DAEMONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let base = std::env::temp_dir().join(format!("{}-{name}-{n}", lab.ns(role)));
         let stdout_path = base.with_extension("out");
         let stderr_path = base.with_extension("err");
-        let file = |p: &Path| std::fs::File::create(p).map_err(|e| io(&format!("create {}", p.display()), e));
+        let file = |p: &Path| {
+            std::fs::File::create(p).map_err(|e| io(&format!("create {}", p.display()), e))
+        };
         let child = netns::command(&lab.ns(role), &prog.to_string_lossy(), &args)
             .stdin(std::process::Stdio::null())
             .stdout(file(&stdout_path)?)
@@ -102,11 +111,18 @@ impl Daemon {
 
     /// Whether it is still running.
     pub fn alive(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Waits (bounded) until `ready` holds, failing early if the daemon exits.
-    pub fn wait_until(&mut self, what: &str, timeout: Duration, mut ready: impl FnMut() -> Result<bool, LabError>) -> Result<(), LabError> {
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut ready: impl FnMut() -> Result<bool, LabError>,
+    ) -> Result<(), LabError> {
         let deadline = Instant::now() + timeout;
         loop {
             if ready()? {
@@ -116,7 +132,10 @@ impl Daemon {
                 let out = self.collect(None)?;
                 return Err(LabError::Daemon {
                     name: self.name.clone(),
-                    detail: format!("exited ({}) before {what}; stderr:\n{}", out.status, out.stderr),
+                    detail: format!(
+                        "exited ({}) before {what}; stderr:\n{}",
+                        out.status, out.stderr
+                    ),
                 });
             }
             if Instant::now() >= deadline {
@@ -159,14 +178,20 @@ impl Daemon {
                 let err = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
                 return Err(LabError::Daemon {
                     name: self.name.clone(),
-                    detail: format!("did not exit within {timeout:?} (killed: {st}); stderr:\n{err}"),
+                    detail: format!(
+                        "did not exit within {timeout:?} (killed: {st}); stderr:\n{err}"
+                    ),
                 });
             }
             std::thread::sleep(Duration::from_millis(20));
         };
         let stdout = std::fs::read_to_string(&self.stdout_path).unwrap_or_default();
         let stderr = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
-        Ok(Stopped { status, stdout, stderr })
+        Ok(Stopped {
+            status,
+            stdout,
+            stderr,
+        })
     }
 }
 
@@ -203,7 +228,8 @@ pub fn start_probe(lab: &Lab, extra: &[String]) -> Result<Daemon, LabError> {
 
 /// Reads every datagram queued on a (collector) socket without blocking.
 pub fn drain_datagrams(sock: &UdpSocket) -> Result<Vec<Vec<u8>>, LabError> {
-    sock.set_nonblocking(true).map_err(|e| io("nonblocking", e))?;
+    sock.set_nonblocking(true)
+        .map_err(|e| io("nonblocking", e))?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 65_536];
     loop {
@@ -218,7 +244,11 @@ pub fn drain_datagrams(sock: &UdpSocket) -> Result<Vec<Vec<u8>>, LabError> {
 /// A UDP collector socket inside the gateway on 127.0.0.1 (ephemeral port), with a 16 MB
 /// receive buffer so nothing the probe sends during a test is dropped.
 pub fn collector_socket(lab: &Lab) -> Result<(UdpSocket, SocketAddr), LabError> {
-    let sock = netns::udp_socket(&lab.gw(), "127.0.0.1:0".parse().expect("literal"), Some(16 << 20))?;
+    let sock = netns::udp_socket(
+        &lab.gw(),
+        "127.0.0.1:0".parse().expect("literal"),
+        Some(16 << 20),
+    )?;
     let addr = sock.local_addr().map_err(|e| io("local_addr", e))?;
     Ok((sock, addr))
 }
@@ -263,7 +293,8 @@ pub fn nflog_group_state(lab: &Lab, group: u16) -> Result<Option<NflogGroupState
     // group portid qlen copy_mode copy_range flush_timeout use
     let Some((portid, queued)) = inst.lines().find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
-        (f.first()?.parse::<u16>().ok()? == group).then(|| Some((f.get(1)?.parse().ok()?, f.get(2)?.parse().ok()?)))?
+        (f.first()?.parse::<u16>().ok()? == group)
+            .then(|| Some((f.get(1)?.parse().ok()?, f.get(2)?.parse().ok()?)))?
     }) else {
         return Ok(None);
     };
@@ -296,7 +327,10 @@ pub fn wait_nflog_drained(lab: &Lab, group: u16, timeout: Duration) -> Result<()
             Some(s) if s.queued == 0 && s.socket_rmem == 0 => return Ok(()),
             None => return Ok(()),
             Some(_) if Instant::now() >= deadline => {
-                return Err(LabError::Timeout(timeout, format!("NFLOG group {group} to drain")))
+                return Err(LabError::Timeout(
+                    timeout,
+                    format!("NFLOG group {group} to drain"),
+                ))
             }
             Some(_) => std::thread::sleep(Duration::from_millis(20)),
         }

@@ -76,7 +76,11 @@ pub type Counters = BTreeMap<String, Counter>;
 
 /// The iptables ruleset for one family (`restore` format). `v6` selects the ip6tables variant.
 pub fn iptables_ruleset(v6: bool) -> String {
-    let remote = if v6 { addr::REMOTE_NET_V6 } else { addr::REMOTE_NET_V4 };
+    let remote = if v6 {
+        addr::REMOTE_NET_V6
+    } else {
+        addr::REMOTE_NET_V4
+    };
     let mut s = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:LF_UPLINK - [0:0]\n");
     for (_, label) in GROUPS {
         s.push_str(&format!(":LF_{} - [0:0]\n", label.to_uppercase()));
@@ -100,8 +104,12 @@ pub fn iptables_ruleset(v6: bool) -> String {
     s.push_str("-A LF_UPLINK -g LF_OTHER\n");
     for (group, label) in GROUPS {
         let chain = format!("LF_{}", label.to_uppercase());
-        s.push_str(&format!("-A {chain} -m comment --comment \"{COUNT_COMMENT}{label}\"\n"));
-        s.push_str(&format!("-A {chain} -j NFLOG --nflog-group {group} --nflog-prefix {label}\n"));
+        s.push_str(&format!(
+            "-A {chain} -m comment --comment \"{COUNT_COMMENT}{label}\"\n"
+        ));
+        s.push_str(&format!(
+            "-A {chain} -j NFLOG --nflog-group {group} --nflog-prefix {label}\n"
+        ));
     }
     s.push_str("COMMIT\n");
     s
@@ -110,7 +118,8 @@ pub fn iptables_ruleset(v6: bool) -> String {
 /// The nftables ruleset (one `inet labelflow` table), equivalent to [`iptables_ruleset`].
 pub fn nft_ruleset() -> String {
     let w = GW_WAN_IF;
-    let mut s = String::from("table inet labelflow\ndelete table inet labelflow\ntable inet labelflow {\n");
+    let mut s =
+        String::from("table inet labelflow\ndelete table inet labelflow\ntable inet labelflow {\n");
     for (_, label) in GROUPS {
         s.push_str(&format!(
             "  chain lf_{label} {{\n    counter comment \"{COUNT_COMMENT}{label}\"\n    log prefix \"{label}\" group {}\n  }}\n",
@@ -196,7 +205,11 @@ pub fn counters(lab: &Lab, fw: Firewall) -> Result<Counters, LabError> {
             }
         }
         Firewall::Nftables => {
-            let o = lab.exec(Role::Gw, "nft", &["-j", "list", "table", "inet", "labelflow"])?;
+            let o = lab.exec(
+                Role::Gw,
+                "nft",
+                &["-j", "list", "table", "inet", "labelflow"],
+            )?;
             for (label, c) in parse_nft_json(&String::from_utf8_lossy(&o.stdout))? {
                 *out.entry(label).or_default() += c;
             }
@@ -210,8 +223,12 @@ pub fn counters(lab: &Lab, fw: Firewall) -> Result<Counters, LabError> {
 pub fn parse_iptables_save(text: &str) -> Result<Vec<(String, Counter)>, LabError> {
     let mut found = Vec::new();
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix('[') else { continue };
-        let Some(pos) = line.find(COUNT_COMMENT) else { continue };
+        let Some(rest) = line.strip_prefix('[') else {
+            continue;
+        };
+        let Some(pos) = line.find(COUNT_COMMENT) else {
+            continue;
+        };
         let bad = || LabError::Parse {
             what: "iptables-save counters",
             detail: line.to_owned(),
@@ -240,10 +257,16 @@ pub fn parse_nft_json(text: &str) -> Result<Vec<(String, Counter)>, LabError> {
         detail: e.to_string(),
     })?;
     let mut found = Vec::new();
-    let items = v["nftables"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let items = v["nftables"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     for item in items {
         let rule = &item["rule"];
-        let Some(label) = rule["comment"].as_str().and_then(|c| c.strip_prefix(COUNT_COMMENT)) else {
+        let Some(label) = rule["comment"]
+            .as_str()
+            .and_then(|c| c.strip_prefix(COUNT_COMMENT))
+        else {
             continue;
         };
         let counter = rule["expr"]
@@ -281,11 +304,25 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                ("esp".to_owned(), Counter { packets: 3, bytes: 252 }),
-                ("other".to_owned(), Counter { packets: 7, bytes: 1234 }),
+                (
+                    "esp".to_owned(),
+                    Counter {
+                        packets: 3,
+                        bytes: 252
+                    }
+                ),
+                (
+                    "other".to_owned(),
+                    Counter {
+                        packets: 7,
+                        bytes: 1234
+                    }
+                ),
             ]
         );
-        assert!(parse_iptables_save("[x:1] -A C -m comment --comment labelflow-count:esp").is_err());
+        assert!(
+            parse_iptables_save("[x:1] -A C -m comment --comment labelflow-count:esp").is_err()
+        );
     }
 
     #[test]
@@ -297,7 +334,16 @@ mod tests {
             {"rule": {"family": "inet", "table": "labelflow", "chain": "lf_vpn", "handle": 5,
               "expr": [{"log": {"prefix": "vpn", "group": 2}}]}}]}"#;
         let got = parse_nft_json(text).unwrap();
-        assert_eq!(got, vec![("vpn".to_owned(), Counter { packets: 5, bytes: 420 })]);
+        assert_eq!(
+            got,
+            vec![(
+                "vpn".to_owned(),
+                Counter {
+                    packets: 5,
+                    bytes: 420
+                }
+            )]
+        );
     }
 
     #[test]

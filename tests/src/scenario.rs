@@ -34,7 +34,13 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// `extra` is appended to the probe's arguments after `--group` and
 /// `--export ipfix://127.0.0.1:PORT`; `exports` are additional `--export` targets.
 /// `during` runs after the traffic, while the probe still runs (e.g. to check it is alive).
-pub fn run_probe<T, D>(lab: &Lab, fw: Firewall, extra: &[String], traffic: T, during: D) -> Result<ProbeRun, LabError>
+pub fn run_probe<T, D>(
+    lab: &Lab,
+    fw: Firewall,
+    extra: &[String],
+    traffic: T,
+    during: D,
+) -> Result<ProbeRun, LabError>
 where
     T: FnOnce(&Lab) -> Result<(), LabError>,
     D: FnOnce(&mut Daemon) -> Result<(), LabError>,

@@ -9,7 +9,10 @@ use labelflow_tests::traffic::{self, Mix};
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "the kernel lab needs root (network namespaces, iptables)");
+    assert_eq!(
+        euid, 0,
+        "the kernel lab needs root (network namespaces, iptables)"
+    );
 }
 
 fn lab_namespaces(prefix: &str) -> Vec<String> {
@@ -36,16 +39,26 @@ fn exact_counts(fw: Firewall) {
     assert_eq!(c["vpn"], sent.vpn_udp, "{}: vpn counter vs sent", fw.name());
     // `other` also sees IPv6 neighbour discovery on the uplink, never less than our UDP.
     assert_eq!(sent.other_udp.packets, 4 * 20);
-    assert!(c["other"].packets >= sent.other_udp.packets, "{c:?} {sent:?}");
+    assert!(
+        c["other"].packets >= sent.other_udp.packets,
+        "{c:?} {sent:?}"
+    );
     assert!(c["other"].bytes >= sent.other_udp.bytes, "{c:?} {sent:?}");
 
     // Detached: more traffic changes nothing.
     traffic::esp(&lab, lab::addr::GW_WAN_V4.into(), &[7], 3, 10).expect("esp");
-    assert_eq!(rules::counters(&lab, fw).expect("counters")["esp"], sent.esp);
+    assert_eq!(
+        rules::counters(&lab, fw).expect("counters")["esp"],
+        sent.esp
+    );
 
     let prefix = lab.prefix().to_owned();
     drop(lab);
-    assert!(lab_namespaces(&prefix).is_empty(), "namespaces left: {:?}", lab_namespaces(&prefix));
+    assert!(
+        lab_namespaces(&prefix).is_empty(),
+        "namespaces left: {:?}",
+        lab_namespaces(&prefix)
+    );
 }
 
 #[test]
@@ -71,8 +84,16 @@ fn standard_mix_reaches_every_group_with_both_firewalls() {
         // TCP (three connections per family, both directions) and ICMP come on top of UDP.
         for (label, udp) in [("vpn", sent.vpn_udp), ("other", sent.other_udp)] {
             let got: Counter = c[label];
-            assert!(got.packets > udp.packets + 60, "{}: {label} {got:?} vs udp {udp:?}", fw.name());
-            assert!(got.bytes > udp.bytes + 3 * Mix::standard().tcp_bytes as u64, "{}: {label} {got:?}", fw.name());
+            assert!(
+                got.packets > udp.packets + 60,
+                "{}: {label} {got:?} vs udp {udp:?}",
+                fw.name()
+            );
+            assert!(
+                got.bytes > udp.bytes + 3 * Mix::standard().tcp_bytes as u64,
+                "{}: {label} {got:?}",
+                fw.name()
+            );
         }
     }
 }
@@ -93,8 +114,14 @@ fn tcp_and_icmp_complete_through_the_gateway() {
     )
     .expect("tcp");
     assert_eq!((up, down), (30_000, 70_000));
-    assert_eq!(traffic::ping(&lab, Role::Lan, LAN_V4.into(), INET_V4.into(), 3, 40).expect("ping"), (3, 3));
-    assert_eq!(traffic::ping(&lab, Role::Inet, INET_V6.into(), LAN_V6.into(), 3, 40).expect("ping6"), (3, 3));
+    assert_eq!(
+        traffic::ping(&lab, Role::Lan, LAN_V4.into(), INET_V4.into(), 3, 40).expect("ping"),
+        (3, 3)
+    );
+    assert_eq!(
+        traffic::ping(&lab, Role::Inet, INET_V6.into(), LAN_V6.into(), 3, 40).expect("ping6"),
+        (3, 3)
+    );
 }
 
 #[test]
@@ -128,7 +155,9 @@ fn stale_labs_of_dead_processes_are_removed() {
     assert!(lab_namespaces(&kept).is_empty());
     // A live process's lab is not stale.
     let mine = Lab::up().expect("lab up");
-    assert!(!lab::delete_stale().expect("delete stale").contains(&mine.prefix().to_owned()));
+    assert!(!lab::delete_stale()
+        .expect("delete stale")
+        .contains(&mine.prefix().to_owned()));
     assert_eq!(lab_namespaces(mine.prefix()).len(), 3);
 }
 
@@ -137,7 +166,10 @@ fn nflog_groups_deliver_to_a_listener_in_the_gateway() {
     // tcpdump (libpcap's NFLOG reader) as an independent listener: it binds the groups and
     // sees the packets the rules log.
     require_root();
-    assert!(labelflow_tests::process::on_path("tcpdump"), "tcpdump is needed for this test");
+    assert!(
+        labelflow_tests::process::on_path("tcpdump"),
+        "tcpdump is needed for this test"
+    );
     let lab = Lab::up().expect("lab up");
     let fw = Firewall::Nftables;
     let dir = std::env::temp_dir().join(format!("{}-nflog.pcap", lab.prefix()));
@@ -146,20 +178,36 @@ fn nflog_groups_deliver_to_a_listener_in_the_gateway() {
         &lab,
         Role::Gw,
         std::path::Path::new("tcpdump"),
-        &["-i".into(), "nflog:1".into(), "-c".into(), "10".into(), "-U".into(), "-w".into(), path.clone()],
+        &[
+            "-i".into(),
+            "nflog:1".into(),
+            "-c".into(),
+            "10".into(),
+            "-U".into(),
+            "-w".into(),
+            path.clone(),
+        ],
     )
     .expect("tcpdump");
-    d.wait_until("binding group 1", std::time::Duration::from_secs(10), || {
-        Ok(labelflow_tests::process::bound_nflog_groups(&lab)?.contains(&1))
-    })
+    d.wait_until(
+        "binding group 1",
+        std::time::Duration::from_secs(10),
+        || Ok(labelflow_tests::process::bound_nflog_groups(&lab)?.contains(&1)),
+    )
     .expect("tcpdump ready");
     rules::load(&lab, fw).expect("rules");
     let sent = traffic::esp(&lab, GW_V4.into(), &[0x42, 0x43], 5, 50).expect("esp");
     rules::detach(&lab, fw).expect("detach");
     // tcpdump exits by itself after 10 packets (the kernel's flush timer, 1 s, delivers a
     // partial batch).
-    let stopped = d.wait(std::time::Duration::from_secs(10)).expect("tcpdump exits after 10 packets");
-    assert!(stopped.stderr.contains("10 packets captured"), "{}", stopped.stderr);
+    let stopped = d
+        .wait(std::time::Duration::from_secs(10))
+        .expect("tcpdump exits after 10 packets");
+    assert!(
+        stopped.stderr.contains("10 packets captured"),
+        "{}",
+        stopped.stderr
+    );
     assert_eq!(rules::counters(&lab, fw).expect("counters")["esp"], sent);
     let _ = std::fs::remove_file(&dir);
 }

@@ -35,27 +35,61 @@ fn exact_per_label(fw: Firewall) {
         |_| Ok(()),
     )
     .unwrap_or_else(|e| panic!("probe run: {e}"));
-    assert!(run.probe.status.success(), "probe exit {}: {}", run.probe.status, run.probe.stderr);
-    assert!(run.export.errors.is_empty(), "decode errors: {:?}", run.export.errors);
-    assert!(!run.export.flows.is_empty(), "no flow exported; probe stderr:\n{}", run.probe.stderr);
+    assert!(
+        run.probe.status.success(),
+        "probe exit {}: {}",
+        run.probe.status,
+        run.probe.stderr
+    );
+    assert!(
+        run.export.errors.is_empty(),
+        "decode errors: {:?}",
+        run.export.errors
+    );
+    assert!(
+        !run.export.flows.is_empty(),
+        "no flow exported; probe stderr:\n{}",
+        run.probe.stderr
+    );
 
     let by_label = run.export.totals_by_label();
     let by_group = run.export.totals_by_group();
     for (group, label) in GROUPS {
         let truth = run.counters[label];
         assert!(truth.packets > 0, "{label}: no traffic counted");
-        assert_eq!(by_label.get(label), Some(&truth), "{}: label {label} vs kernel counter", fw.name());
-        assert_eq!(by_group.get(&Some(u32::from(group))), Some(&truth), "{}: group {group}", fw.name());
+        assert_eq!(
+            by_label.get(label),
+            Some(&truth),
+            "{}: label {label} vs kernel counter",
+            fw.name()
+        );
+        assert_eq!(
+            by_group.get(&Some(u32::from(group))),
+            Some(&truth),
+            "{}: group {group}",
+            fw.name()
+        );
     }
     for f in &run.export.flows {
-        let expect = GROUPS.iter().find(|(g, _)| Some(u32::from(*g)) == f.group).map(|(_, l)| *l);
-        assert_eq!(f.label.as_deref(), expect, "label and group disagree: {f:?}");
+        let expect = GROUPS
+            .iter()
+            .find(|(g, _)| Some(u32::from(*g)) == f.group)
+            .map(|(_, l)| *l);
+        assert_eq!(
+            f.label.as_deref(),
+            expect,
+            "label and group disagree: {f:?}"
+        );
     }
     // ESP flows are split by SPI: every SPI sent is its own flow(s), with its exact count.
     let expected_spis: BTreeMap<u32, u64> = sent.esp_per_spi.iter().copied().collect();
     assert_eq!(run.export.packets_by_spi(), expected_spis);
     assert!(
-        run.export.flows.iter().filter(|f| f.label.as_deref() == Some("esp")).all(|f| f.spi.is_some()),
+        run.export
+            .flows
+            .iter()
+            .filter(|f| f.label.as_deref() == Some("esp"))
+            .all(|f| f.spi.is_some()),
         "an ESP flow without IPSecSPI"
     );
 }
@@ -78,16 +112,27 @@ fn nfdump_totals(file: &std::path::Path) -> (BTreeMap<u32, Counter>, Vec<String>
         .args(["-o", "fmt:%opid %nbnam %sa %da %pkt %byt"])
         .output()
         .expect("run nfdump");
-    assert!(out.status.success(), "nfdump: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "nfdump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut totals: BTreeMap<u32, Counter> = BTreeMap::new();
     let mut lines = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let f: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(f.len(), 6, "unexpected nfdump line {line:?}");
-        let c = totals.entry(f[0].parse().expect("opid")).or_default();
-        c.packets += f[4].parse::<u64>().expect("packets");
-        c.bytes += f[5].parse::<u64>().expect("bytes");
+        // The name may hold spaces ("<no info>"): opid first, packets and bytes last.
+        assert!(f.len() >= 6, "unexpected nfdump line {line:?}");
+        let n = f.len();
+        // nfdump 1.7.1 prints %opid in hex (0x0000000002).
+        let opid = match f[0].strip_prefix("0x") {
+            Some(hex) => u32::from_str_radix(hex, 16),
+            None => f[0].parse(),
+        };
+        let c = totals.entry(opid.expect("opid")).or_default();
+        c.packets += f[n - 2].parse::<u64>().expect("packets");
+        c.bytes += f[n - 1].parse::<u64>().expect("bytes");
         lines.push(line.to_owned());
     }
     (totals, lines)
@@ -96,7 +141,10 @@ fn nfdump_totals(file: &std::path::Path) -> (BTreeMap<u32, Counter>, Vec<String>
 #[test]
 fn nfcapd_reads_the_same_totals() {
     require_root();
-    assert!(process::on_path("nfcapd") && process::on_path("nfdump"), "nfcapd/nfdump (Debian nfdump) are needed");
+    assert!(
+        process::on_path("nfcapd") && process::on_path("nfdump"),
+        "nfcapd/nfdump (Debian nfdump) are needed"
+    );
     let lab = Lab::up().expect("lab up");
     let dir = std::env::temp_dir().join(format!("{}-nfcapd", lab.prefix()));
     std::fs::create_dir_all(&dir).expect("nfcapd dir");
@@ -105,11 +153,24 @@ fn nfcapd_reads_the_same_totals() {
         &lab,
         Role::Gw,
         std::path::Path::new("nfcapd"),
-        &args(&["-w", &dir.to_string_lossy(), "-b", "127.0.0.1", "-p", &port.to_string(), "-t", "3600", "-B", "8000000"]),
+        &args(&[
+            "-w",
+            &dir.to_string_lossy(),
+            "-b",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            "3600",
+            "-B",
+            "8000000",
+        ]),
     )
     .expect("nfcapd");
     nfcapd
-        .wait_until("listening", Duration::from_secs(10), || process::gw_udp_port_bound(&lab, port))
+        .wait_until("listening", Duration::from_secs(10), || {
+            process::gw_udp_port_bound(&lab, port)
+        })
         .expect("nfcapd ready");
 
     let run = run_probe(
@@ -122,24 +183,48 @@ fn nfcapd_reads_the_same_totals() {
     .unwrap_or_else(|e| panic!("probe run: {e}"));
     assert!(run.probe.status.success(), "probe: {}", run.probe.stderr);
     // SIGTERM makes nfcapd close and rename its file.
-    let stopped = nfcapd.stop(libc::SIGTERM, Duration::from_secs(15)).expect("stop nfcapd");
+    let stopped = nfcapd
+        .stop(libc::SIGTERM, Duration::from_secs(15))
+        .expect("stop nfcapd");
     assert!(stopped.status.success(), "nfcapd: {}", stopped.stderr);
     let file = std::fs::read_dir(&dir)
         .expect("read nfcapd dir")
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("nfcapd.2")))
-        .unwrap_or_else(|| panic!("no closed nfcapd file in {}; nfcapd said:\n{}", dir.display(), stopped.stderr));
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("nfcapd.2"))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no closed nfcapd file in {}; nfcapd said:\n{}",
+                dir.display(),
+                stopped.stderr
+            )
+        });
     let (totals, lines) = nfdump_totals(&file);
+    let _ = std::fs::remove_dir_all(&dir);
     for (group, label) in GROUPS {
-        assert_eq!(totals.get(&u32::from(group)), Some(&run.counters[label]), "nfdump group {group} ({label})");
+        assert_eq!(
+            totals.get(&u32::from(group)),
+            Some(&run.counters[label]),
+            "nfdump group {group} ({label})"
+        );
     }
     for line in &lines {
         let f: Vec<&str> = line.split_whitespace().collect();
-        let label = GROUPS.iter().find(|(g, _)| g.to_string() == f[0]).map(|(_, l)| *l);
-        assert_eq!(Some(f[1]), label, "nfdump shows no label for {line:?}");
+        let opid = u32::from_str_radix(f[0].trim_start_matches("0x"), 16).expect("opid");
+        let label = GROUPS
+            .iter()
+            .find(|(g, _)| u32::from(*g) == opid)
+            .map(|(_, l)| *l);
+        let name = f[1..f.len() - 4].join(" ");
+        assert_eq!(
+            Some(name.as_str()),
+            label,
+            "nfdump shows no label (%nbnam) for {line:?}"
+        );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -169,12 +254,29 @@ fn loss_is_exported_as_ignored_packets() {
     )
     .unwrap_or_else(|e| panic!("probe run: {e}"));
     assert!(run.probe.status.success(), "probe: {}", run.probe.stderr);
-    let exported = run.export.totals_by_label().get("esp").copied().unwrap_or_default();
+    let exported = run
+        .export
+        .totals_by_label()
+        .get("esp")
+        .copied()
+        .unwrap_or_default();
     let ignored = run.export.ignored.get(&1).copied().unwrap_or(0);
     let truth = run.counters["esp"];
-    assert!(ignored > 0, "no loss reported (exported {exported:?} of {truth:?}); stderr:\n{}", run.probe.stderr);
-    assert_eq!(exported.packets + ignored, truth.packets, "exported {exported:?} + ignored {ignored} vs kernel {truth:?}");
-    assert_eq!(run.export.packets_by_spi().get(&0x7e57), Some(&3), "the packets after the flood");
+    assert!(
+        ignored > 0,
+        "no loss reported (exported {exported:?} of {truth:?}); stderr:\n{}",
+        run.probe.stderr
+    );
+    assert_eq!(
+        exported.packets + ignored,
+        truth.packets,
+        "exported {exported:?} + ignored {ignored} vs kernel {truth:?}"
+    );
+    assert_eq!(
+        run.export.packets_by_spi().get(&0x7e57),
+        Some(&3),
+        "the packets after the flood"
+    );
 }
 
 #[test]

@@ -11,7 +11,11 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_labelflow-collector");
 
 /// A required external program; a missing one fails the test with a clear message.
 pub fn require(program: &str) -> PathBuf {
-    let out = Command::new("sh").arg("-c").arg(format!("command -v {program}")).output().unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "this test needs `{program}` on PATH (Debian package providing it); install it and rerun"
@@ -20,15 +24,26 @@ pub fn require(program: &str) -> PathBuf {
 }
 
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn now_secs() -> u32 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as u32
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32
 }
 
 /// One labelled IPv4 flow for [`ipfix_data`].
@@ -66,18 +81,18 @@ fn patch_len(out: &mut [u8]) {
 /// Template set: labelflow-like record layout (template id [`TEMPLATE_ID`]).
 pub fn ipfix_template(export: u32, seq: u32, domain: u32) -> Vec<u8> {
     let fields: &[(u16, u16)] = &[
-        (8, 4),        // sourceIPv4Address
-        (12, 4),       // destinationIPv4Address
-        (4, 1),        // protocolIdentifier
-        (7, 2),        // sourceTransportPort
-        (11, 2),       // destinationTransportPort
-        (295, 4),      // IPSecSPI
-        (1, 8),        // octetDeltaCount
-        (2, 8),        // packetDeltaCount
-        (152, 8),      // flowStartMilliseconds
-        (153, 8),      // flowEndMilliseconds
-        (138, 4),      // observationPointId
-        (96, 0xffff),  // applicationName, variable length
+        (8, 4),       // sourceIPv4Address
+        (12, 4),      // destinationIPv4Address
+        (4, 1),       // protocolIdentifier
+        (7, 2),       // sourceTransportPort
+        (11, 2),      // destinationTransportPort
+        (295, 4),     // IPSecSPI
+        (1, 8),       // octetDeltaCount
+        (2, 8),       // packetDeltaCount
+        (152, 8),     // flowStartMilliseconds
+        (153, 8),     // flowEndMilliseconds
+        (138, 4),     // observationPointId
+        (96, 0xffff), // applicationName, variable length
     ];
     let mut m = Vec::new();
     header(&mut m, export, seq, domain);
@@ -167,7 +182,12 @@ impl Collector {
             .stderr(log)
             .spawn()
             .expect("spawn collector");
-        let c = Collector { child, udp, http, db: db.to_path_buf() };
+        let c = Collector {
+            child,
+            udp,
+            http,
+            db: db.to_path_buf(),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while c.try_get("/metrics").is_none() {
             assert!(Instant::now() < deadline, "collector did not come up");
@@ -189,7 +209,11 @@ impl Collector {
     pub fn metric(&self, name: &str) -> u64 {
         let body = self.try_get("/metrics").expect("metrics");
         body.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|r| r.strip_prefix(' '))
+                    .map(|v| v.trim().parse().unwrap())
+            })
             .unwrap_or_else(|| panic!("no metric {name}"))
     }
 
@@ -201,7 +225,10 @@ impl Collector {
             if c >= n {
                 return;
             }
-            assert!(Instant::now() < deadline, "only {c} of {n} datagrams committed");
+            assert!(
+                Instant::now() < deadline,
+                "only {c} of {n} datagrams committed"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -217,14 +244,21 @@ impl Collector {
 
     pub fn term(mut self) {
         let pid = self.child.id() as i32;
-        Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
                 assert!(st.success(), "collector exited with {st}");
                 return;
             }
-            assert!(Instant::now() < deadline, "collector did not stop on SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "collector did not stop on SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -249,15 +283,35 @@ pub fn report_json(db: &Path, args: &[&str]) -> serde_json::Value {
         .args(args)
         .output()
         .unwrap();
-    assert!(out.status.success(), "report failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "report failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Totals (bytes, packets, flows) over all time.
 pub fn all_time_totals(db: &Path, by: &str) -> (u64, u64, u64) {
-    let j = report_json(db, &["--by", by, "--from", "0", "--to", "4102444800", "--bucket", "1d"]);
+    let j = report_json(
+        db,
+        &[
+            "--by",
+            by,
+            "--from",
+            "0",
+            "--to",
+            "4102444800",
+            "--bucket",
+            "1d",
+        ],
+    );
     let t = &j["total"];
-    (t["bytes"].as_u64().unwrap(), t["packets"].as_u64().unwrap(), t["flows"].as_u64().unwrap())
+    (
+        t["bytes"].as_u64().unwrap(),
+        t["packets"].as_u64().unwrap(),
+        t["flows"].as_u64().unwrap(),
+    )
 }
 
 /// Write a pcap (Ethernet) of `n` packets: IPv4 TCP/UDP/ICMP and IPv6 UDP, timestamps from
@@ -284,8 +338,12 @@ pub fn write_pcap(path: &Path, n: usize, t0: u32) {
             p.extend_from_slice(&[0x60, 0, 0, 0]);
             p.extend_from_slice(&(plen as u16).to_be_bytes());
             p.extend_from_slice(&[17, 64]);
-            p.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, host]);
-            p.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, peer]);
+            p.extend_from_slice(&[
+                0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, host,
+            ]);
+            p.extend_from_slice(&[
+                0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, peer,
+            ]);
             p.extend_from_slice(&(40000 + (i % 3) as u16).to_be_bytes());
             p.extend_from_slice(&53u16.to_be_bytes());
             p.extend_from_slice(&(plen as u16).to_be_bytes());

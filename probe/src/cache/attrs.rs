@@ -78,6 +78,7 @@ impl AttrTable {
     }
 
     /// Live entries (distinct attribute combinations in use).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len() - self.free.len()
     }

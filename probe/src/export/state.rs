@@ -86,7 +86,8 @@ pub struct ExportStats {
 enum Writer {
     Ipfix(MessageWriter),
     V9(v9::PacketWriter),
-    V5(v5::PacketWriter, usize),
+    /// Boxed: the v5 packet is a fixed 1464-octet array.
+    V5(Box<v5::PacketWriter>, usize),
 }
 
 /// The exporter of one target: packs records into MTU-bounded messages, interleaves
@@ -114,10 +115,9 @@ impl ExportState {
         let writer = match format {
             Format::Ipfix => Writer::Ipfix(MessageWriter::new(cfg.mtu)),
             Format::NetflowV9 => Writer::V9(v9::PacketWriter::new(cfg.mtu)),
-            Format::NetflowV5 => Writer::V5(
-                v5::PacketWriter::default(),
-                v5::PacketWriter::capacity_for_mtu(cfg.mtu),
-            ),
+            Format::NetflowV5 => {
+                Writer::V5(Box::default(), v5::PacketWriter::capacity_for_mtu(cfg.mtu))
+            }
         };
         ExportState {
             format,

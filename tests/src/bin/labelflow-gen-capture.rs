@@ -16,7 +16,10 @@ use anyhow::{Context, Result};
 use clap::Parser;
 
 #[derive(Parser, Debug)]
-#[command(name = "labelflow-gen-capture", about = "Generate a mixed pcap for replay benchmarks")]
+#[command(
+    name = "labelflow-gen-capture",
+    about = "Generate a mixed pcap for replay benchmarks"
+)]
 struct Cli {
     /// Packets to write.
     #[arg(long, default_value_t = 2_000_000)]
@@ -61,7 +64,7 @@ fn mix64(mut z: u64) -> u64 {
 
 fn flow_spec(i: u64) -> FlowSpec {
     let r = mix64(i);
-    let v6 = r % 4 == 0;
+    let v6 = r.is_multiple_of(4);
     let proto = match (r >> 8) % 20 {
         0..=9 => TCP,
         10..=14 => UDP,
@@ -91,7 +94,10 @@ fn flow_spec(i: u64) -> FlowSpec {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    anyhow::ensure!(cli.flows > 0 && cli.packets > 0, "--flows and --packets must be positive");
+    anyhow::ensure!(
+        cli.flows > 0 && cli.packets > 0,
+        "--flows and --packets must be positive"
+    );
     let file = File::create(&cli.out).with_context(|| format!("create {}", cli.out.display()))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     // pcap global header: magic, version 2.4, thiszone, sigfigs, snaplen, LINKTYPE_ETHERNET.

@@ -21,7 +21,10 @@ use labelflow_tests::rules::{self, Firewall};
 use labelflow_tests::{process, traffic};
 
 #[derive(Parser, Debug)]
-#[command(name = "labelflow-lab", about = "Network-namespace lab for labelflow (needs root)")]
+#[command(
+    name = "labelflow-lab",
+    about = "Network-namespace lab for labelflow (needs root)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -188,7 +191,11 @@ fn run(cli: Cli) -> Result<()> {
             println!("LAN_NS={}", lab.lan());
             lab.keep();
         }
-        Cmd::Rules { lab, firewall, action } => {
+        Cmd::Rules {
+            lab,
+            firewall,
+            action,
+        } => {
             let fw: Firewall = firewall.into();
             if let RulesAction::Show = action {
                 match fw {
@@ -200,7 +207,9 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 return Ok(());
             }
-            let Some(prefix) = lab else { bail!("--lab is required for {action:?}") };
+            let Some(prefix) = lab else {
+                bail!("--lab is required for {action:?}")
+            };
             let lab = Lab::attach(&prefix)?;
             match action {
                 RulesAction::Load => rules::load(&lab, fw)?,
@@ -209,7 +218,11 @@ fn run(cli: Cli) -> Result<()> {
                 RulesAction::Show => {}
             }
         }
-        Cmd::Ready { lab, groups, timeout } => {
+        Cmd::Ready {
+            lab,
+            groups,
+            timeout,
+        } => {
             let lab = Lab::attach(&lab)?;
             let deadline = Instant::now() + Duration::from_secs(timeout);
             loop {
@@ -223,18 +236,33 @@ fn run(cli: Cli) -> Result<()> {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        Cmd::Drained { lab, groups, timeout } => {
+        Cmd::Drained {
+            lab,
+            groups,
+            timeout,
+        } => {
             let lab = Lab::attach(&lab)?;
             for g in groups {
                 process::wait_nflog_drained(&lab, g, Duration::from_secs(timeout))?;
             }
         }
-        Cmd::Traffic { lab, mix, repeat, esp_flood, spi, payload } => {
+        Cmd::Traffic {
+            lab,
+            mix,
+            repeat,
+            esp_flood,
+            spi,
+            payload,
+        } => {
             let lab = Lab::attach(&lab)?;
             if let Some(n) = esp_flood {
-                let spis = spi.iter().map(|s| parse_spi(s)).collect::<Result<Vec<_>>>()?;
+                let spis = spi
+                    .iter()
+                    .map(|s| parse_spi(s))
+                    .collect::<Result<Vec<_>>>()?;
                 let per_spi = n / u32::try_from(spis.len().max(1)).unwrap_or(1);
-                let sent = traffic::esp(&lab, IpAddr::V4(addr::GW_WAN_V4), &spis, per_spi, payload)?;
+                let sent =
+                    traffic::esp(&lab, IpAddr::V4(addr::GW_WAN_V4), &spis, per_spi, payload)?;
                 println!("esp sent {} {}", sent.packets, sent.bytes);
                 return Ok(());
             }
@@ -250,16 +278,31 @@ fn run(cli: Cli) -> Result<()> {
                 total.other_udp += r.other_udp;
             }
             println!("esp sent {} {}", total.esp.packets, total.esp.bytes);
-            println!("vpn-udp received {} {}", total.vpn_udp.packets, total.vpn_udp.bytes);
-            println!("other-udp received {} {}", total.other_udp.packets, total.other_udp.bytes);
+            println!(
+                "vpn-udp received {} {}",
+                total.vpn_udp.packets, total.vpn_udp.bytes
+            );
+            println!(
+                "other-udp received {} {}",
+                total.other_udp.packets, total.other_udp.bytes
+            );
         }
-        Cmd::Counters { lab, firewall, json } => {
+        Cmd::Counters {
+            lab,
+            firewall,
+            json,
+        } => {
             let lab = Lab::attach(&lab)?;
             let counters = rules::counters(&lab, firewall.into())?;
             if json {
                 let obj: serde_json::Map<String, serde_json::Value> = counters
                     .iter()
-                    .map(|(l, c)| (l.clone(), serde_json::json!({"packets": c.packets, "bytes": c.bytes})))
+                    .map(|(l, c)| {
+                        (
+                            l.clone(),
+                            serde_json::json!({"packets": c.packets, "bytes": c.bytes}),
+                        )
+                    })
                     .collect();
                 println!("{}", serde_json::Value::Object(obj));
             } else {
@@ -274,7 +317,9 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", trafgen_conf(&lab)?);
         }
         Cmd::Ns { lab, role } => {
-            let Some(r) = Role::parse(&role) else { bail!("role must be inet, gw or lan, not {role:?}") };
+            let Some(r) = Role::parse(&role) else {
+                bail!("role must be inet, gw or lan, not {role:?}")
+            };
             println!("{}", Lab::attach(&lab)?.ns(r));
         }
         Cmd::Down { lab, stale } => {
@@ -309,7 +354,12 @@ fn sink(ns: Option<&str>, bind: std::net::SocketAddr, out: Option<&std::path::Pa
     use labelflow_tests::{ipfix::ExportLog, netns};
     for sig in [libc::SIGTERM, libc::SIGINT] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(sig, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+        unsafe {
+            libc::signal(
+                sig,
+                on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            )
+        };
     }
     let sock = match ns {
         Some(ns) => netns::udp_socket(ns, bind, Some(32 << 20))?,
@@ -326,7 +376,14 @@ fn sink(ns: Option<&str>, bind: std::net::SocketAddr, out: Option<&std::path::Pa
     loop {
         match sock.recv(&mut buf) {
             Ok(n) => log.feed(&buf[..n]),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
                 if STOP.load(std::sync::atomic::Ordering::SeqCst) {
                     break;
                 }
@@ -334,14 +391,22 @@ fn sink(ns: Option<&str>, bind: std::net::SocketAddr, out: Option<&std::path::Pa
             Err(e) => return Err(e).context("recv"),
         }
     }
-    let total = log.totals_by_group().values().fold(rules::Counter::default(), |mut a, c| {
-        a += *c;
-        a
-    });
+    let total = log
+        .totals_by_group()
+        .values()
+        .fold(rules::Counter::default(), |mut a, c| {
+            a += *c;
+            a
+        });
     let by_group: serde_json::Map<String, serde_json::Value> = log
         .totals_by_group()
         .iter()
-        .map(|(g, c)| (g.map_or("none".to_owned(), |g| g.to_string()), serde_json::json!({"packets": c.packets, "bytes": c.bytes})))
+        .map(|(g, c)| {
+            (
+                g.map_or("none".to_owned(), |g| g.to_string()),
+                serde_json::json!({"packets": c.packets, "bytes": c.bytes}),
+            )
+        })
         .collect();
     let summary = serde_json::json!({
         "datagrams": log.datagrams,
@@ -353,7 +418,8 @@ fn sink(ns: Option<&str>, bind: std::net::SocketAddr, out: Option<&std::path::Pa
         "ignored": log.ignored.iter().map(|(g, n)| (g.to_string(), serde_json::json!(n))).collect::<serde_json::Map<_, _>>(),
     });
     match out {
-        Some(p) => std::fs::write(p, format!("{summary}\n")).with_context(|| format!("write {}", p.display()))?,
+        Some(p) => std::fs::write(p, format!("{summary}\n"))
+            .with_context(|| format!("write {}", p.display()))?,
         None => println!("{summary}"),
     }
     Ok(())
@@ -363,16 +429,37 @@ fn trafgen_conf(lab: &Lab) -> Result<String> {
     let mac = |role: Role, dev: &str| -> Result<[u8; 6]> {
         let out = lab.exec(role, "cat", &[&format!("/sys/class/net/{dev}/address")])?;
         let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        let bytes: Vec<u8> = text.split(':').map(|h| u8::from_str_radix(h, 16)).collect::<Result<_, _>>()?;
-        bytes.try_into().map_err(|_| anyhow::anyhow!("bad MAC {text}"))
+        let bytes: Vec<u8> = text
+            .split(':')
+            .map(|h| u8::from_str_radix(h, 16))
+            .collect::<Result<_, _>>()?;
+        bytes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("bad MAC {text}"))
     };
     let dst = mac(Role::Gw, labelflow_tests::lab::GW_WAN_IF)?;
     let src = mac(Role::Inet, labelflow_tests::lab::PEER_IF)?;
-    let mut conf = String::from("/* labelflow lab: inet -> gw (forward) -> lan, one frame per group */\n");
+    let mut conf =
+        String::from("/* labelflow lab: inet -> gw (forward) -> lan, one frame per group */\n");
     let frames: [(&str, std::net::Ipv4Addr, u8, [u8; 8]); 3] = [
-        ("esp (group 1)", addr::INET_V4, 50, [0, 0, 0x10, 0x01, 0, 0, 0, 1]),
-        ("tunnel udp (group 2)", addr::REMOTE_V4, 17, [0x9c, 0x40, 0x13, 0x88, 0, 0, 0, 0]),
-        ("other udp (group 3)", addr::INET_V4, 17, [0xa0, 0x28, 0x14, 0xe9, 0, 0, 0, 0]),
+        (
+            "esp (group 1)",
+            addr::INET_V4,
+            50,
+            [0, 0, 0x10, 0x01, 0, 0, 0, 1],
+        ),
+        (
+            "tunnel udp (group 2)",
+            addr::REMOTE_V4,
+            17,
+            [0x9c, 0x40, 0x13, 0x88, 0, 0, 0, 0],
+        ),
+        (
+            "other udp (group 3)",
+            addr::INET_V4,
+            17,
+            [0xa0, 0x28, 0x14, 0xe9, 0, 0, 0, 0],
+        ),
     ];
     for (what, saddr, proto, l4) in frames {
         // 14 Ethernet + 20 IPv4 + 8 (UDP header or ESP SPI/seq) + 18 payload = 60 bytes.

@@ -1,0 +1,79 @@
+//! Every scenario under `examples/` run end to end as a user runs it (`examples/NAME/lab.sh`):
+//! lab up, the example's own rules, probe and collector with the example's configs, traffic,
+//! and the collector's report checked against the kernel's counters by the script itself
+//! (it exits non-zero on any difference). Both firewalls: iptables and nftables.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use labelflow_tests::process::find_binary;
+
+fn run_example(name: &str, firewall: &str) {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the kernel lab needs root");
+    let probe = find_binary("labelflow-probe").expect("run `cargo build --workspace --bins` first");
+    let bin_dir = probe.parent().unwrap().to_path_buf();
+    for b in ["labelflow-collector", "labelflow-lab"] {
+        assert!(
+            bin_dir.join(b).is_file(),
+            "{b} missing in {}: run `cargo build --workspace --bins` first",
+            bin_dir.display()
+        );
+    }
+    let script: PathBuf = [env!("CARGO_MANIFEST_DIR"), "..", "examples", name, "lab.sh"]
+        .iter()
+        .collect();
+    let out = Command::new("bash")
+        .arg(&script)
+        .env("LABELFLOW_BIN", &bin_dir)
+        .env("FIREWALL", firewall)
+        .output()
+        .expect("run lab.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains(&format!("example {name}: OK")),
+        "examples/{name}/lab.sh with {firewall} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+}
+
+#[test]
+fn ipsec_gateway_iptables() {
+    run_example("ipsec-gateway", "iptables");
+}
+
+#[test]
+fn ipsec_gateway_nft() {
+    run_example("ipsec-gateway", "nft");
+}
+
+#[test]
+fn app_accounting_iptables() {
+    run_example("app-accounting", "iptables");
+}
+
+#[test]
+fn app_accounting_nft() {
+    run_example("app-accounting", "nft");
+}
+
+#[test]
+fn department_accounting_iptables() {
+    run_example("department-accounting", "iptables");
+}
+
+#[test]
+fn department_accounting_nft() {
+    run_example("department-accounting", "nft");
+}
+
+#[test]
+fn subnet_hosts_iptables() {
+    run_example("subnet-hosts", "iptables");
+}
+
+#[test]
+fn subnet_hosts_nft() {
+    run_example("subnet-hosts", "nft");
+}
