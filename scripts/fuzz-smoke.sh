@@ -8,11 +8,15 @@ cd "$(dirname "$0")/../fuzz"
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
   -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
   -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
-cargo build --quiet --release --bins
+# An explicit --target keeps these flags off build scripts (as cargo-fuzz does).
+host=$(rustc -vV | sed -n 's/^host: //p')
+cargo build --quiet --bins --target "$host"
 for target in $(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v '^labelflow-fuzz$'); do
   seeds="seeds/$target"
-  mkdir -p "$seeds"
+  # New inputs go to the first directory: a scratch corpus, so the seeds stay as committed.
+  scratch="target/corpus/$target"
+  mkdir -p "$scratch"
   echo "fuzz: $target"
-  ./target/release/"$target" -runs=20000 -max_len=4096 "$seeds" >/dev/null 2>"target/$target.log" || {
+  ./target/"$host"/debug/"$target" -runs=20000 -max_len=4096 "$scratch" "$seeds" >/dev/null 2>"target/$target.log" || {
     tail -30 "target/$target.log"; exit 1; }
 done

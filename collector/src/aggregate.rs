@@ -78,7 +78,7 @@ impl Hasher for FxHasher {
     }
 }
 
-type FxBuild = BuildHasherDefault<FxHasher>;
+pub(crate) type FxBuild = BuildHasherDefault<FxHasher>;
 
 /// A report dimension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -140,7 +140,16 @@ pub fn resolve_label<'a>(
 /// Largest-remainder method: every part gets the floor of its exact share, and the units
 /// left over go to the parts with the largest remainders (earliest first on ties).
 pub fn apportion(total: u64, weights: &[u64], out: &mut Vec<u64>) {
+    apportion_with(total, weights, out, &mut Vec::new());
+}
+
+/// [`apportion`] with a caller-kept scratch vector (no allocation once it has grown).
+fn apportion_with(total: u64, weights: &[u64], out: &mut Vec<u64>, rems: &mut Vec<(u128, usize)>) {
     out.clear();
+    if weights.len() == 1 {
+        out.push(total);
+        return;
+    }
     let sum: u128 = weights.iter().map(|w| u128::from(*w)).sum();
     if weights.is_empty() {
         return;
@@ -150,7 +159,7 @@ pub fn apportion(total: u64, weights: &[u64], out: &mut Vec<u64>) {
         out[0] = total;
         return;
     }
-    let mut rems = Vec::with_capacity(weights.len());
+    rems.clear();
     let mut given = 0u64;
     for (i, w) in weights.iter().enumerate() {
         let exact = u128::from(total) * u128::from(*w);
@@ -162,7 +171,7 @@ pub fn apportion(total: u64, weights: &[u64], out: &mut Vec<u64>) {
     let mut left = total - given;
     if left > 0 {
         rems.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        for (_, i) in rems {
+        for &(_, i) in rems.iter() {
             if left == 0 {
                 break;
             }
@@ -213,6 +222,15 @@ pub enum Key {
     Other,
 }
 
+/// A counter of the base resolution; rollups are summed from these at [`Aggregator::take`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct BaseSlot {
+    /// Bucket start, seconds since the epoch.
+    bucket: i64,
+    dim: Dim,
+    key: Key,
+}
+
 /// Where a counter goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Slot {
@@ -237,17 +255,19 @@ pub struct AggStats {
 #[derive(Debug)]
 pub struct Aggregator {
     cfg: AggConfig,
-    labels: HashMap<String, u32>,
+    labels: HashMap<String, u32, FxBuild>,
     label_names: Vec<String>,
     /// For each label id, the view ids it belongs to.
     label_views: Vec<Vec<u32>>,
     view_names: Vec<String>,
-    pending: HashMap<Slot, Counters, FxBuild>,
+    /// Base-resolution deltas since the last take.
+    pending: HashMap<BaseSlot, Counters, FxBuild>,
     seen: HashMap<(Dim, i64), HashSet<Key, FxBuild>, FxBuild>,
     keys: Vec<(Dim, Key, Side)>,
     weights: Vec<u64>,
     shares_b: Vec<u64>,
     shares_p: Vec<u64>,
+    rems: Vec<(u128, usize)>,
     pub stats: AggStats,
 }
 
@@ -259,7 +279,7 @@ impl Aggregator {
         let view_names = cfg.views.keys().cloned().collect();
         Aggregator {
             cfg,
-            labels: HashMap::new(),
+            labels: HashMap::default(),
             label_names: Vec::new(),
             label_views: Vec::new(),
             view_names,
@@ -269,6 +289,7 @@ impl Aggregator {
             weights: Vec::new(),
             shares_b: Vec::new(),
             shares_p: Vec::new(),
+            rems: Vec::new(),
             stats: AggStats::default(),
         }
     }
@@ -395,8 +416,8 @@ impl Aggregator {
         }
         let mut sb = std::mem::take(&mut self.shares_b);
         let mut sp = std::mem::take(&mut self.shares_p);
-        apportion(bytes, &self.weights, &mut sb);
-        apportion(packets, &self.weights, &mut sp);
+        apportion_with(bytes, &self.weights, &mut sb, &mut self.rems);
+        apportion_with(packets, &self.weights, &mut sp, &mut self.rems);
         let flow_bucket = first;
         for (i, (b, p)) in sb.iter().zip(&sp).enumerate() {
             let base_bucket = (first + i as u64) * self.cfg.resolutions[0];
@@ -412,22 +433,23 @@ impl Aggregator {
                     bytes_in: if side == Side::In { *b } else { 0 },
                     bytes_out: if side == Side::Out { *b } else { 0 },
                 };
-                // The key bound is decided in the base bucket; rollups follow it, so a
-                // rollup is always the sum of its base buckets.
-                let key = self.bounded(dim, base_bucket as i64, key);
-                for res in 0..self.cfg.resolutions.len() {
-                    let r = self.cfg.resolutions[res];
-                    let bucket = (base_bucket / r * r) as i64;
-                    self.pending
-                        .entry(Slot {
-                            res: res as u8,
-                            bucket,
-                            dim,
-                            key,
-                        })
-                        .or_default()
-                        .add(&c);
+                // The key bound is decided in the base bucket; rollups are summed from the
+                // base buckets at `take`, so a rollup is always the sum of its parts. A key
+                // already pending in this bucket was admitted by the bound before.
+                let slot = BaseSlot {
+                    bucket: base_bucket as i64,
+                    dim,
+                    key,
+                };
+                if let Some(p) = self.pending.get_mut(&slot) {
+                    p.add(&c);
+                    continue;
                 }
+                let key = self.bounded(dim, slot.bucket, key);
+                self.pending
+                    .entry(BaseSlot { key, ..slot })
+                    .or_default()
+                    .add(&c);
             }
         }
         self.shares_b = sb;
@@ -458,15 +480,31 @@ impl Aggregator {
         self.seen.retain(|(_, b), _| *b >= before);
     }
 
+    /// Base-resolution slots waiting for the next [`Aggregator::take`].
     pub fn pending_slots(&self) -> usize {
         self.pending.len()
     }
 
-    /// Take the accumulated deltas, rendered for the store.
+    /// Take the accumulated deltas (base resolution and every rollup), rendered for the
+    /// store.
     pub fn take(&mut self) -> Vec<Delta> {
         let pending = std::mem::take(&mut self.pending);
-        pending
-            .into_iter()
+        let mut all: HashMap<Slot, Counters, FxBuild> = HashMap::default();
+        all.reserve(pending.len() * self.cfg.resolutions.len());
+        for (s, c) in pending {
+            for (res, r) in self.cfg.resolutions.iter().enumerate() {
+                let r = *r as i64;
+                all.entry(Slot {
+                    res: res as u8,
+                    bucket: s.bucket.div_euclid(r) * r,
+                    dim: s.dim,
+                    key: s.key,
+                })
+                .or_default()
+                .add(&c);
+            }
+        }
+        all.into_iter()
             .map(|(s, c)| Delta {
                 resolution: self.cfg.resolutions[s.res as usize] as i64,
                 bucket: s.bucket,

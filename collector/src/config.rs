@@ -385,7 +385,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// Is `addr` one the exporter rules match? Helper for callers that hold an address.
-pub fn rule_label<'a>(rules: &'a [LabelRule], exporter: IpAddr, ifs: [u32; 2]) -> Option<&'a str> {
+pub fn rule_label(rules: &[LabelRule], exporter: IpAddr, ifs: [u32; 2]) -> Option<&str> {
     rules
         .iter()
         .find(|r| {

@@ -2,22 +2,27 @@
 //! the drain on shutdown.
 //!
 //! ```text
-//!  tokio: recv task per socket ──(batches of datagrams, bounded channel)──► ingest thread
-//!         HTTP (axum)                                                    decode, aggregate,
-//!                                                                        commit every
-//!                                                                        interval / N datagrams
+//!  recv thread per socket ──(batches of datagrams, bounded channel)──► ingest thread
+//!   (blocking recvmmsg,   ◄──────────(emptied batches for reuse)─────   decode, aggregate,
+//!    many datagrams per                                                 commit every
+//!    system call)                                                       interval / N datagrams
+//!  tokio: HTTP (axum), shutdown signal
 //! ```
+//!
+//! Receiving gets its own threads so a burst is taken off the socket at once, whatever the
+//! ingest thread is doing; the bounded channel then absorbs it.
 
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -29,7 +34,44 @@ const BATCH: usize = 256;
 /// Batches in flight between receivers and the ingest thread.
 const CHANNEL: usize = 256;
 
-type Datagrams = Vec<(IpAddr, Vec<u8>)>;
+/// Datagrams received per `recvmmsg` call.
+const SLOTS: usize = 32;
+/// Room for the largest UDP payload.
+const MAX_DATAGRAM: usize = 65536;
+/// How often a blocked receiver looks at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(100);
+/// Emptied batches kept for reuse.
+const SPARE: usize = 16;
+
+/// A batch of datagrams: their bytes back to back, and each one's exporter and end offset.
+#[derive(Debug, Default)]
+struct Datagrams {
+    bytes: Vec<u8>,
+    ends: Vec<(IpAddr, usize)>,
+}
+
+impl Datagrams {
+    fn push(&mut self, from: IpAddr, d: &[u8]) {
+        self.bytes.extend_from_slice(d);
+        self.ends.push((from, self.bytes.len()));
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (IpAddr, &[u8])> + '_ {
+        let mut start = 0;
+        self.ends.iter().map(move |&(from, end)| {
+            let d = &self.bytes[start..end];
+            start = end;
+            (from, d)
+        })
+    }
+}
+
+/// Emptied batches going back from the ingest thread to the receivers.
+type Spares = Arc<Mutex<Vec<Datagrams>>>;
 
 /// Bind one UDP socket with a large receive buffer.
 pub fn bind_udp(addr: SocketAddr, recv_buffer: usize) -> io::Result<StdUdpSocket> {
@@ -116,13 +158,28 @@ pub fn run(
     tracing::info!(templates = restored, "restored persisted templates");
 
     let (tx, rx) = sync_channel::<Datagrams>(CHANNEL);
+    let spares: Spares = Arc::new(Mutex::new(Vec::new()));
     let worker = {
         let cfg = cfg.clone();
         let metrics = metrics.clone();
+        let spares = spares.clone();
         std::thread::Builder::new()
             .name("ingest".into())
-            .spawn(move || ingest_loop(cfg, ingest, store, rx, metrics))?
+            .spawn(move || ingest_loop(cfg, ingest, store, rx, spares, metrics))?
     };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut receivers = Vec::new();
+    for (i, s) in sockets.into_iter().enumerate() {
+        s.set_nonblocking(false)?;
+        s.set_read_timeout(Some(STOP_POLL))?;
+        let (tx, stop, spares, metrics) = (tx.clone(), stop.clone(), spares.clone(), metrics.clone());
+        receivers.push(
+            std::thread::Builder::new()
+                .name(format!("recv{i}"))
+                .spawn(move || receive(&s, &tx, &stop, &spares, &metrics))?,
+        );
+    }
+    drop(tx);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -130,17 +187,6 @@ pub fn run(
         .build()?;
     rt.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let mut tasks = Vec::new();
-        for s in sockets {
-            let sock = UdpSocket::from_std(s)?;
-            tasks.push(tokio::spawn(receive(
-                sock,
-                tx.clone(),
-                stop_rx.clone(),
-                metrics.clone(),
-            )));
-        }
-        drop(tx);
         if let Some(l) = http {
             let listener = tokio::net::TcpListener::from_std(l)?;
             let app = crate::http::router(crate::http::AppState {
@@ -162,57 +208,70 @@ pub fn run(
         shutdown.await;
         tracing::info!("shutting down: draining sockets and committing");
         let _ = stop_tx.send(true);
-        for t in tasks {
-            let _ = t.await;
-        }
         Ok::<(), anyhow::Error>(())
     })?;
+    // Receivers drain what the kernel holds, hand it over and end; then the ingest thread
+    // sees the channel close, commits and ends.
+    stop.store(true, Ordering::Release);
+    for r in receivers {
+        r.join()
+            .map_err(|_| anyhow::anyhow!("receive thread panicked"))?;
+    }
     worker
         .join()
         .map_err(|_| anyhow::anyhow!("ingest thread panicked"))??;
     Ok(())
 }
 
-async fn receive(
-    sock: UdpSocket,
-    tx: SyncSender<Datagrams>,
-    mut stop: watch::Receiver<bool>,
-    metrics: Arc<Mutex<Snapshot>>,
+/// One socket's receive loop: blocking `recvmmsg`, batches handed to the ingest thread
+/// (blocking when it is behind: the socket buffer absorbs bursts meanwhile). After `stop`,
+/// drains what the kernel holds (nothing received is dropped here) and returns.
+fn receive(
+    sock: &StdUdpSocket,
+    tx: &SyncSender<Datagrams>,
+    stop: &AtomicBool,
+    spares: &Spares,
+    metrics: &Mutex<Snapshot>,
 ) {
-    let mut buf = vec![0u8; 65536];
-    let mut batch: Datagrams = Vec::with_capacity(BATCH);
+    let mut ring = MultiRecv::new();
+    let spare = || {
+        spares
+            .lock()
+            .ok()
+            .and_then(|mut s| s.pop())
+            .unwrap_or_default()
+    };
+    let mut batch = spare();
     loop {
-        let stopping = tokio::select! {
-            r = sock.readable() => { if r.is_err() { true } else { false } }
-            _ = stop.changed() => true,
-        };
-        // Drain what the kernel holds (also on shutdown: nothing received is dropped here).
-        loop {
-            match sock.try_recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    batch.push((from.ip().to_canonical(), buf[..n].to_vec()));
-                    if batch.len() >= BATCH {
-                        let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-                        if !send(&tx, full) {
-                            return;
-                        }
+        let stopping = stop.load(Ordering::Acquire);
+        match ring.recv(sock, !stopping) {
+            Ok(n) => {
+                for i in 0..n {
+                    let (from, d) = ring.datagram(i);
+                    batch.push(from, d);
+                }
+                // Fewer than asked for: the socket is drained, hand over what there is.
+                if n < SLOTS || batch.len() >= BATCH {
+                    if tx.send(std::mem::replace(&mut batch, spare())).is_err() {
+                        return;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    if let Ok(mut m) = metrics.lock() {
-                        m.receive_errors += 1;
-                    }
-                    tracing::debug!(error = %e, "recv");
-                    break;
+                continue;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => {
+                if let Ok(mut m) = metrics.lock() {
+                    m.receive_errors += 1;
                 }
+                tracing::debug!(error = %e, "recv");
             }
         }
-        if !batch.is_empty() {
-            let b = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-            if !send(&tx, b) {
-                return;
-            }
+        if batch.len() > 0 && tx.send(std::mem::replace(&mut batch, spare())).is_err() {
+            return;
         }
         if stopping {
             return;
@@ -220,15 +279,85 @@ async fn receive(
     }
 }
 
-/// Hand a batch over, blocking when the ingest thread is behind (the socket buffer absorbs
-/// bursts meanwhile). Runs inside `block_in_place` so the runtime keeps serving HTTP.
-fn send(tx: &SyncSender<Datagrams>, b: Datagrams) -> bool {
-    match tx.try_send(b) {
-        Ok(()) => true,
-        Err(std::sync::mpsc::TrySendError::Full(b)) => {
-            tokio::task::block_in_place(|| tx.send(b).is_ok())
+/// Buffers and headers for `recvmmsg(2)`.
+struct MultiRecv {
+    bufs: Vec<u8>,
+    addrs: Vec<libc::sockaddr_storage>,
+    lens: [usize; SLOTS],
+}
+
+impl MultiRecv {
+    fn new() -> MultiRecv {
+        MultiRecv {
+            bufs: vec![0; SLOTS * MAX_DATAGRAM],
+            // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
+            addrs: vec![unsafe { std::mem::zeroed() }; SLOTS],
+            lens: [0; SLOTS],
         }
-        Err(std::sync::mpsc::TrySendError::Disconnected(_)) => false,
+    }
+
+    /// Receive up to [`SLOTS`] datagrams; `wait` blocks for the first (up to the socket's
+    /// read timeout), otherwise returns `WouldBlock` when none is queued.
+    fn recv(&mut self, sock: &StdUdpSocket, wait: bool) -> io::Result<usize> {
+        // SAFETY: iovec and mmsghdr are plain data; all zeroes is a valid value.
+        let mut iovs: [libc::iovec; SLOTS] = unsafe { std::mem::zeroed() };
+        let mut hdrs: [libc::mmsghdr; SLOTS] = unsafe { std::mem::zeroed() };
+        for (i, chunk) in self.bufs.chunks_exact_mut(MAX_DATAGRAM).enumerate() {
+            iovs[i] = libc::iovec {
+                iov_base: chunk.as_mut_ptr().cast(),
+                iov_len: chunk.len(),
+            };
+            let h = &mut hdrs[i].msg_hdr;
+            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = &mut iovs[i];
+            h.msg_iovlen = 1;
+        }
+        let flags = if wait {
+            libc::MSG_WAITFORONE
+        } else {
+            libc::MSG_DONTWAIT
+        };
+        // SAFETY: every header points into `self.bufs`, `self.addrs` and `iovs`, which
+        // outlive the call; the count matches the array; no timeout pointer.
+        let n = unsafe {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                hdrs.as_mut_ptr(),
+                SLOTS as libc::c_uint,
+                flags,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        for (len, h) in self.lens.iter_mut().zip(&hdrs[..n]) {
+            *len = (h.msg_len as usize).min(MAX_DATAGRAM);
+        }
+        Ok(n)
+    }
+
+    /// Sender address and payload of datagram `i` of the last call.
+    fn datagram(&self, i: usize) -> (IpAddr, &[u8]) {
+        let a = &self.addrs[i];
+        let from = match i32::from(a.ss_family) {
+            libc::AF_INET => {
+                // SAFETY: the family says this storage holds a sockaddr_in.
+                let v4 = unsafe { &*(a as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+                IpAddr::V4(Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)))
+            }
+            libc::AF_INET6 => {
+                // SAFETY: the family says this storage holds a sockaddr_in6.
+                let v6 =
+                    unsafe { &*(a as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+                IpAddr::V6(Ipv6Addr::from(v6.sin6_addr.s6_addr)).to_canonical()
+            }
+            _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        };
+        let at = i * MAX_DATAGRAM;
+        (from, &self.bufs[at..at + self.lens[i]])
     }
 }
 
@@ -237,6 +366,7 @@ fn ingest_loop(
     mut ingest: Ingest,
     mut store: Store,
     rx: Receiver<Datagrams>,
+    spares: Spares,
     metrics: Arc<Mutex<Snapshot>>,
 ) -> anyhow::Result<()> {
     let mut limiter = RateLimit::default();
@@ -270,9 +400,9 @@ fn ingest_loop(
     loop {
         let wait = cfg.commit_interval.saturating_sub(last_commit.elapsed());
         match rx.recv_timeout(wait) {
-            Ok(batch) => {
-                for (from, d) in batch {
-                    match ingest.datagram(from, &d) {
+            Ok(mut batch) => {
+                for (from, d) in batch.iter() {
+                    match ingest.datagram(from, d) {
                         Ok(i) => {
                             if let Some(e) = i.error {
                                 log_decode(&mut limiter, from, e);
@@ -286,6 +416,13 @@ fn ingest_loop(
                     }
                 }
                 publish(&ingest, commits);
+                batch.bytes.clear();
+                batch.ends.clear();
+                if let Ok(mut s) = spares.lock() {
+                    if s.len() < SPARE {
+                        s.push(batch);
+                    }
+                }
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {

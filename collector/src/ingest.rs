@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use labelflow_proto::FlowRecord;
 
-use crate::aggregate::{resolve_label, AggStats, Aggregator, Delta, OTHER};
+use crate::aggregate::{resolve_label, AggStats, Aggregator, Delta, FxBuild, OTHER};
 use crate::config::{Config, LabelRule};
 use crate::session::{DecodeError, Ingested, SessionStats, SessionTable};
 use crate::store::{ScopedTemplate, Store, StoreError};
@@ -45,7 +45,7 @@ pub struct Ingest {
     templates: Vec<ScopedTemplate>,
     datagrams: usize,
     labels: Vec<(String, u64, u64)>,
-    label_index: HashMap<String, usize>,
+    label_index: HashMap<String, usize, FxBuild>,
     max_metric_labels: usize,
 }
 
@@ -60,7 +60,7 @@ impl Ingest {
             templates: Vec::new(),
             datagrams: 0,
             labels: Vec::new(),
-            label_index: HashMap::new(),
+            label_index: HashMap::default(),
             max_metric_labels: cfg.max_metric_labels,
         }
     }

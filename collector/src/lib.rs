@@ -30,8 +30,11 @@
 
 pub mod aggregate;
 pub mod config;
+#[cfg(feature = "server")]
 pub mod daemon;
+#[cfg(feature = "server")]
 pub mod graph;
+#[cfg(feature = "server")]
 pub mod http;
 pub mod ingest;
 pub mod net;

@@ -207,6 +207,54 @@ impl Lab {
             })
     }
 
+    /// Adds an address (`IP/LEN`) to a role's veth: `eth0` of the Internet peer or the LAN
+    /// host; on the gateway, the interface (`wan` or `lan`) whose subnet holds the address.
+    pub fn add_addr(&self, role: Role, cidr: &str) -> Result<(), LabError> {
+        let bad = |detail: String| LabError::Parse {
+            what: "address",
+            detail,
+        };
+        let (ip, len) = cidr
+            .split_once('/')
+            .ok_or_else(|| bad(format!("{cidr:?}: expected IP/LEN")))?;
+        let ip: IpAddr = ip
+            .parse()
+            .map_err(|_| bad(format!("{cidr:?}: bad IP address")))?;
+        let max = if ip.is_ipv6() { 128 } else { 32 };
+        if !len.parse::<u8>().is_ok_and(|l| l <= max) {
+            return Err(bad(format!("{cidr:?}: bad prefix length")));
+        }
+        let dev = match role {
+            Role::Inet | Role::Lan => PEER_IF,
+            Role::Gw => {
+                use addr::*;
+                let same_net = |a: IpAddr, bits: u32| match (a, ip) {
+                    (IpAddr::V4(a), IpAddr::V4(b)) => {
+                        u32::from(a) >> (32 - bits) == u32::from(b) >> (32 - bits)
+                    }
+                    (IpAddr::V6(a), IpAddr::V6(b)) => {
+                        u128::from(a) >> (128 - bits) == u128::from(b) >> (128 - bits)
+                    }
+                    _ => false,
+                };
+                if same_net(GW_WAN_V4.into(), 24) || same_net(GW_WAN_V6.into(), 64) {
+                    GW_WAN_IF
+                } else if same_net(GW_LAN_V4.into(), 24) || same_net(GW_LAN_V6.into(), 64) {
+                    GW_LAN_IF
+                } else {
+                    return Err(bad(format!(
+                        "{cidr}: not in the subnet of the gateway's wan or lan interface"
+                    )));
+                }
+            }
+        };
+        let mut args = vec!["addr", "add", cidr, "dev", dev];
+        if ip.is_ipv6() {
+            args.push("nodad");
+        }
+        self.exec(role, "ip", &args).map(|_| ())
+    }
+
     fn build(&self) -> Result<(), LabError> {
         let (inet, gw, lan) = (self.inet(), self.gw(), self.lan());
         for ns in [&inet, &gw, &lan] {

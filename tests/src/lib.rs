@@ -6,6 +6,8 @@
 //!   process::start_probe(&lab, ..)  ── labelflow-probe inside PREFIX-gw
 //!   traffic::run_mix(&lab, &Mix::standard())  ── ESP (SPIs), tunnel and other traffic
 //!   rules::detach(..); rules::counters(..)  ── the kernel's own per-group counters
+//!   ruleset::load_files(..); ruleset::all_counters(..)  ── an example's own rules, every counter
+//!   tunnel::run_ipsec_mix(..)  ── tunnel traffic paired with its ESP packets
 //!   ipfix::ExportLog  ── what the probe exported, decoded by netflow_parser
 //! ```
 //!
@@ -28,8 +30,10 @@ pub mod lab;
 pub mod netns;
 pub mod process;
 pub mod rules;
+pub mod ruleset;
 pub mod scenario;
 pub mod traffic;
+pub mod tunnel;
 
 use std::time::Duration;
 

@@ -82,7 +82,7 @@ where
 
 fn set_thread_egid(gid: u32) -> Result<(), LabError> {
     let keep = libc::gid_t::MAX; // -1: leave the real and saved ids as they are
-    // SAFETY: setresgid takes three integers; it changes only the calling thread's credentials.
+                                 // SAFETY: setresgid takes three integers; it changes only the calling thread's credentials.
     let rc = unsafe { libc::syscall(libc::SYS_setresgid, keep, gid, keep) };
     if rc != 0 {
         return Err(io(

@@ -11,11 +11,14 @@ use crate::LabError;
 
 /// Finds a binary built in the same target directory as the running executable
 /// (`target/debug/deps/test-xxxx` or `target/debug/labelflow-lab` -> `target/debug/NAME`).
-/// `LABELFLOW_BIN_DIR` overrides the directory.
+/// `LABELFLOW_BIN` (the variable the example scripts read) overrides the directory;
+/// `LABELFLOW_BIN_DIR` is accepted as an older name of it.
 pub fn find_binary(name: &str) -> Result<PathBuf, LabError> {
     let mut dirs = Vec::new();
-    if let Some(dir) = std::env::var_os("LABELFLOW_BIN_DIR") {
-        dirs.push(PathBuf::from(dir));
+    for var in ["LABELFLOW_BIN", "LABELFLOW_BIN_DIR"] {
+        if let Some(dir) = std::env::var_os(var).filter(|d| !d.is_empty()) {
+            dirs.push(PathBuf::from(dir));
+        }
     }
     if let Ok(exe) = std::env::current_exe() {
         let mut dir = exe.parent().map(Path::to_path_buf);

@@ -476,11 +476,7 @@ pub fn run_mix(lab: &Lab, mix: &Mix) -> Result<MixReport, LabError> {
 
 /// The tunnel part of a mix: the remote subnet talks to the LAN host (UDP both ways, TCP and
 /// ICMP if the mix has them, IPv4 and IPv6). Returns the UDP part (what arrived).
-pub(crate) fn tunnel_traffic(
-    lab: &Lab,
-    mix: &Mix,
-    mss: Option<u32>,
-) -> Result<Counter, LabError> {
+pub(crate) fn tunnel_traffic(lab: &Lab, mix: &Mix, mss: Option<u32>) -> Result<Counter, LabError> {
     use addr::*;
     let sa = |ip: IpAddr, port: u16| SocketAddr::new(ip, port);
     let mut vpn_udp = Counter::default();

@@ -108,7 +108,11 @@ pub fn classify(pkt: &[u8]) -> Option<InnerPacket> {
             } else {
                 return None;
             };
-            Some(InnerPacket { way, v6: false, len })
+            Some(InnerPacket {
+                way,
+                v6: false,
+                len,
+            })
         }
         6 if pkt.len() >= 40 => {
             let len = 40 + u64::from(u16::from_be_bytes([pkt[4], pkt[5]]));
@@ -203,7 +207,10 @@ fn open_capture(lab: &Lab) -> Result<Socket, LabError> {
             )
         };
         if rc != 0 {
-            return Err(io("bind packet socket to wan", std::io::Error::last_os_error()));
+            return Err(io(
+                "bind packet socket to wan",
+                std::io::Error::last_os_error(),
+            ));
         }
         Ok(sock)
     })?;
@@ -305,11 +312,7 @@ impl Sa {
     }
 }
 
-fn send_esp(
-    lab: &Lab,
-    sas: &TunnelSas,
-    packets: &[InnerPacket],
-) -> Result<TunnelReport, LabError> {
+fn send_esp(lab: &Lab, sas: &TunnelSas, packets: &[InnerPacket]) -> Result<TunnelReport, LabError> {
     use addr::*;
     // [inbound v4, outbound v4, inbound v6, outbound v6]. The raw ESP sockets in the Internet
     // peer also receive the outbound ESP: with a raw socket for the protocol, the kernel does
@@ -355,7 +358,10 @@ fn send_esp(
                 Err(e) => return Err(io("esp recv", e)),
             };
             // SAFETY: `recv` initialised the first `n` bytes.
-            let data: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
+            let data: Vec<u8> = buf[..n]
+                .iter()
+                .map(|b| unsafe { b.assume_init() })
+                .collect();
             // IPv4 raw sockets deliver the IP header; IPv6 ones do not.
             let esp = if v6 {
                 &data[..]

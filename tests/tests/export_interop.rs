@@ -230,10 +230,10 @@ fn through_nfcapd(name: &str, datagrams: &[Vec<u8>], fmt: &str) -> Vec<String> {
 }
 
 fn nfdump_case(name: &str, format: Format, v4_only: bool, fmt: &str, expect: &[&str]) {
-    if !have("nfcapd") || !have("nfdump") {
-        println!("SKIP {name}: nfcapd/nfdump not installed (apt-get install nfdump)");
-        return;
-    }
+    assert!(
+        have("nfcapd") && have("nfdump"),
+        "nfcapd/nfdump not installed (apt-get install nfdump): scripts/deps.sh installs it"
+    );
     let dgrams = export(format, &flows(v4_only));
     let mut lines = through_nfcapd(name, &dgrams, fmt);
     lines.sort();
@@ -255,10 +255,10 @@ fn nfdump_version() -> String {
 /// that version only, with the evidence printed.
 #[test]
 fn ipfix_into_nfcapd_shows_group_label_and_counters() {
-    if !have("nfcapd") || !have("nfdump") {
-        println!("SKIP ipfix: nfcapd/nfdump not installed (apt-get install nfdump)");
-        return;
-    }
+    assert!(
+        have("nfcapd") && have("nfdump"),
+        "nfcapd/nfdump not installed (apt-get install nfdump): scripts/deps.sh installs it"
+    );
     let recs = flows(false);
     let dgrams = export(Format::Ipfix, &recs);
     let lines = through_nfcapd("ipfix", &dgrams, "fmt:%opid %nbnam %sa %da %pkt %byt");
@@ -377,10 +377,10 @@ fn write_pcap(path: &Path, port: u16, datagrams: &[Vec<u8>]) {
 }
 
 fn tshark_case(name: &str, format: Format, v4_only: bool, must_contain: &[&str]) {
-    if !have("tshark") {
-        println!("SKIP {name}: tshark not installed (apt-get install tshark)");
-        return;
-    }
+    assert!(
+        have("tshark"),
+        "tshark not installed (apt-get install tshark): scripts/deps.sh installs it"
+    );
     let dir = scratch(name);
     let pcap = dir.join("export.pcap");
     let port = 4739;

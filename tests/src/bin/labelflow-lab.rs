@@ -9,6 +9,16 @@
 //! labelflow-lab counters --lab demo --firewall nft
 //! labelflow-lab down --lab demo
 //! ```
+//!
+//! An example's own ruleset and traffic:
+//!
+//! ```text
+//! labelflow-lab up --lab ex --addr lan=198.51.100.3/24
+//! labelflow-lab rules --lab ex --firewall nft --file rules.nft --file lab-overlay.nft load
+//! labelflow-lab send --lab ex udp --from lan --src 198.51.100.2:4000 --to inet --dst 192.0.2.1:53 --count 5
+//! labelflow-lab counters --lab ex --firewall nft --all --zero
+//! labelflow-lab rules --lab ex --firewall nft --file rules.nft detach
+//! ```
 
 use std::net::IpAddr;
 use std::process::ExitCode;
@@ -18,7 +28,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use labelflow_tests::lab::{addr, delete_prefix, delete_stale, Lab, Role};
 use labelflow_tests::rules::{self, Firewall};
-use labelflow_tests::{process, traffic};
+use labelflow_tests::traffic::{Sender, TcpExchange};
+use labelflow_tests::{process, ruleset, traffic, tunnel};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -47,9 +58,10 @@ impl From<Fw> for Firewall {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum RulesAction {
-    /// Load the labelflow ruleset (counters start at zero).
+    /// Load the labelflow ruleset, or the --file rulesets in order (counters start at zero).
     Load,
-    /// Empty the base chains: counting and logging stop, counters stay readable.
+    /// Empty the base chains (of the --file rulesets: those they declare or hook into):
+    /// counting and logging stop, counters stay readable.
     Detach,
     /// Remove the ruleset.
     Unload,
@@ -63,6 +75,21 @@ enum MixName {
     Standard,
     /// Only ESP and UDP (counters equal what was sent).
     Exact,
+    /// An IPsec gateway: the standard mix's tunnel traffic with each packet also sent as its
+    /// ESP packet (tunnel mode, AES-GCM sizes) in the same direction, no other ESP; and the
+    /// standard mix's other traffic.
+    Ipsec,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SendKind {
+    /// --count datagrams of --size bytes, one at a time, each awaited at the receiver (a
+    /// --size above the MTU leaves the sender fragmented).
+    Udp,
+    /// One connection: --size bytes up, --reply bytes down, then both close.
+    Tcp,
+    /// --count echo requests with --size payload bytes, each reply awaited.
+    Ping,
 }
 
 #[derive(Subcommand, Debug)]
@@ -75,6 +102,10 @@ enum Cmd {
         /// Also load the ruleset.
         #[arg(long, value_enum)]
         rules: Option<Fw>,
+        /// An extra address on a role's veth, ROLE=IP/LEN (repeatable); on the gateway, the
+        /// interface whose subnet holds the address.
+        #[arg(long, value_name = "ROLE=IP/LEN")]
+        addr: Vec<String>,
     },
     /// Load, detach, unload or show the labelflow ruleset in the gateway.
     Rules {
@@ -82,6 +113,11 @@ enum Cmd {
         lab: Option<String>,
         #[arg(long, value_enum, default_value = "iptables")]
         firewall: Fw,
+        /// A ruleset file instead of the lab's own (repeatable, loaded in order: iptables, the
+        /// first with `iptables-restore`, the next with `--noflush`; files named *ip6tables*
+        /// go to ip6tables-restore; nft, `nft -f` each).
+        #[arg(long)]
+        file: Vec<std::path::PathBuf>,
         #[arg(value_enum)]
         action: RulesAction,
     },
@@ -132,6 +168,49 @@ enum Cmd {
         firewall: Fw,
         #[arg(long)]
         json: bool,
+        /// Every commented counter of any ruleset, `KEY PACKETS BYTES`, summed per key:
+        /// iptables and ip6tables rules of every table (key: the comment); nft named counters
+        /// (the comment, else the name), rules with a comment and an anonymous counter, and
+        /// set elements with counters (`SET:ELEMENT`). Whitespace in a key becomes `_`.
+        #[arg(long)]
+        all: bool,
+        /// Zero the counters once read (with --all): nft named and rule counters are read
+        /// from their own reset (nothing lost); iptables is read then zeroed per table, and
+        /// counted nft sets are flushed after reading (a few milliseconds' window each).
+        #[arg(long, requires = "all")]
+        zero: bool,
+    },
+    /// One bounded exchange between two roles; prints what was sent and received, and fails
+    /// if anything did not arrive.
+    Send {
+        #[arg(long)]
+        lab: String,
+        #[arg(value_enum)]
+        kind: SendKind,
+        /// Role that sends (inet, gw, lan).
+        #[arg(long)]
+        from: String,
+        /// Source IP[:PORT] (an address of the `from` role; port 0 or none: any).
+        #[arg(long)]
+        src: String,
+        /// Role that receives (udp and tcp).
+        #[arg(long)]
+        to: Option<String>,
+        /// Destination IP[:PORT] (udp and tcp need the port; IPv6 with a port: [IP]:PORT).
+        #[arg(long)]
+        dst: String,
+        #[arg(long, default_value_t = 1)]
+        count: u16,
+        /// UDP/ICMP payload bytes per packet; TCP bytes the client sends.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// TCP bytes the server answers.
+        #[arg(long, default_value_t = 0)]
+        reply: usize,
+        /// Create the sender's sockets with this effective group id (what `-m owner
+        /// --gid-owner` and nft `meta skgid` match).
+        #[arg(long)]
+        gid: Option<u32>,
     },
     /// Receive flow export (IPFIX / NetFlow v9) on a UDP port until SIGTERM/SIGINT, then
     /// print a JSON summary (datagrams, flows, packets, bytes, per group, ignored packets).
@@ -175,13 +254,24 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Up { lab, rules: fw } => {
+        Cmd::Up {
+            lab,
+            rules: fw,
+            addr: extra,
+        } => {
             let lab = match lab {
                 Some(p) => Lab::up_named(&p)?,
                 // Not the automatic `lf<pid>n<k>` form: `down --stale` would take it for an
                 // orphan once this command exits.
                 None => Lab::up_named(&format!("lab{}", std::process::id()))?,
             };
+            for a in &extra {
+                let (role, cidr) = a
+                    .split_once('=')
+                    .with_context(|| format!("--addr {a:?}: expected ROLE=IP/LEN"))?;
+                lab.add_addr(parse_role(role)?, cidr)
+                    .with_context(|| format!("--addr {a}"))?;
+            }
             if let Some(fw) = fw {
                 rules::load(&lab, fw.into())?;
             }
@@ -194,9 +284,24 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Rules {
             lab,
             firewall,
+            file,
             action,
         } => {
             let fw: Firewall = firewall.into();
+            if !file.is_empty() {
+                let Some(prefix) = lab else {
+                    bail!("--lab is required for {action:?}")
+                };
+                let lab = Lab::attach(&prefix)?;
+                match action {
+                    RulesAction::Load => ruleset::load_files(&lab, fw, &file)?,
+                    RulesAction::Detach => ruleset::detach_files(&lab, fw, &file)?,
+                    RulesAction::Unload | RulesAction::Show => {
+                        bail!("{action:?} is for the lab's own ruleset: leave out --file")
+                    }
+                }
+                return Ok(());
+            }
             if let RulesAction::Show = action {
                 match fw {
                     Firewall::Iptables => {
@@ -269,6 +374,31 @@ fn run(cli: Cli) -> Result<()> {
             let mix = match mix {
                 MixName::Standard => traffic::Mix::standard(),
                 MixName::Exact => traffic::Mix::exact(),
+                MixName::Ipsec => {
+                    let sas = tunnel::TunnelSas::default();
+                    let mut total = tunnel::IpsecMixReport::default();
+                    for _ in 0..repeat {
+                        let r = tunnel::run_ipsec_mix(&lab, &traffic::Mix::standard(), &sas)?;
+                        total.tunnel.inner_in += r.tunnel.inner_in;
+                        total.tunnel.inner_out += r.tunnel.inner_out;
+                        total.tunnel.esp_in += r.tunnel.esp_in;
+                        total.tunnel.esp_out += r.tunnel.esp_out;
+                        total.vpn_udp += r.vpn_udp;
+                        total.other_udp += r.other_udp;
+                    }
+                    let t = &total.tunnel;
+                    for (what, c) in [
+                        ("tunnel inner in", t.inner_in),
+                        ("tunnel inner out", t.inner_out),
+                        ("tunnel esp in", t.esp_in),
+                        ("tunnel esp out", t.esp_out),
+                        ("vpn-udp received", total.vpn_udp),
+                        ("other-udp received", total.other_udp),
+                    ] {
+                        println!("{what} {} {}", c.packets, c.bytes);
+                    }
+                    return Ok(());
+                }
             };
             let mut total = traffic::MixReport::default();
             for _ in 0..repeat {
@@ -291,9 +421,15 @@ fn run(cli: Cli) -> Result<()> {
             lab,
             firewall,
             json,
+            all,
+            zero,
         } => {
             let lab = Lab::attach(&lab)?;
-            let counters = rules::counters(&lab, firewall.into())?;
+            let counters = if all {
+                ruleset::all_counters(&lab, firewall.into(), zero)?
+            } else {
+                rules::counters(&lab, firewall.into())?
+            };
             if json {
                 let obj: serde_json::Map<String, serde_json::Value> = counters
                     .iter()
@@ -311,15 +447,75 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+        Cmd::Send {
+            lab,
+            kind,
+            from,
+            src,
+            to,
+            dst,
+            count,
+            size,
+            reply,
+            gid,
+        } => {
+            let lab = Lab::attach(&lab)?;
+            let from = parse_role(&from)?;
+            let sender = match gid {
+                Some(g) => Sender::with_egid(from, g),
+                None => Sender::from(from),
+            };
+            let src = parse_endpoint(&src)?;
+            let dst = parse_endpoint(&dst)?;
+            let to = to.as_deref().map(parse_role).transpose()?;
+            let need_to =
+                || to.with_context(|| format!("{kind:?} needs --to ROLE (the receiving side)"));
+            match kind {
+                SendKind::Udp => {
+                    let got = traffic::udp(&lab, sender, src, need_to()?, dst, count.into(), size)?;
+                    println!("udp sent {count} received {}", got.packets);
+                    if got.packets < u64::from(count) {
+                        bail!("udp: {} of {count} datagrams arrived", got.packets);
+                    }
+                }
+                SendKind::Tcp => {
+                    if dst.port() == 0 {
+                        bail!("tcp needs a destination port (--dst IP:PORT)");
+                    }
+                    let (up, down) = traffic::tcp_exchange(
+                        &lab,
+                        &TcpExchange {
+                            from: sender,
+                            client: src.ip(),
+                            to: need_to()?,
+                            server: dst,
+                            up: size,
+                            down: reply,
+                            mss: None,
+                        },
+                    )?;
+                    println!("tcp up {up} down {down}");
+                    if up != size || down != reply {
+                        bail!("tcp: sent {size} up and {reply} down, received {up} and {down}");
+                    }
+                }
+                SendKind::Ping => {
+                    let (sent, replies) =
+                        traffic::ping(&lab, sender, src.ip(), dst.ip(), count, size)?;
+                    println!("ping sent {sent} replies {replies}");
+                    if replies < sent {
+                        bail!("ping: {replies} of {sent} echo requests answered");
+                    }
+                }
+            }
+        }
         Cmd::Sink { ns, bind, out } => sink(ns.as_deref(), bind, out.as_deref())?,
         Cmd::TrafgenConf { lab } => {
             let lab = Lab::attach(&lab)?;
             print!("{}", trafgen_conf(&lab)?);
         }
         Cmd::Ns { lab, role } => {
-            let Some(r) = Role::parse(&role) else {
-                bail!("role must be inet, gw or lan, not {role:?}")
-            };
+            let r = parse_role(&role)?;
             println!("{}", Lab::attach(&lab)?.ns(r));
         }
         Cmd::Down { lab, stale } => {
@@ -334,6 +530,23 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn parse_role(s: &str) -> Result<Role> {
+    Role::parse(s).with_context(|| format!("role must be inet, gw or lan, not {s:?}"))
+}
+
+/// `IP`, `IP:PORT` or `[IPv6]:PORT` (port 0 when absent).
+fn parse_endpoint(s: &str) -> Result<std::net::SocketAddr> {
+    if let Ok(sa) = s.parse() {
+        return Ok(sa);
+    }
+    let ip: IpAddr = s
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .with_context(|| format!("{s:?}: expected IP, IP:PORT or [IPv6]:PORT"))?;
+    Ok(std::net::SocketAddr::new(ip, 0))
 }
 
 fn parse_spi(s: &str) -> Result<u32> {
