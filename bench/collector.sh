@@ -8,6 +8,8 @@
 # Needs: cargo, nfcapd + nfdump (Debian nfdump), curl.
 set -euo pipefail
 
+field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
+
 cd "$(dirname "$0")/.."
 RECORDS=${RECORDS:-1000010}
 RATES=${RATES:-"5000000 4000000 3200000 2600000 2000000 1600000 1200000 800000"}
@@ -17,8 +19,11 @@ for tool in nfcapd nfdump curl; do
   command -v "$tool" >/dev/null || { echo "bench/collector.sh: needs $tool" >&2; exit 1; }
 done
 
-cargo build --release -p labelflow-collector --bins >&2
-BIN=$CARGO_TARGET_DIR/release
+# BIN=DIR runs prebuilt binaries (e.g. an older build, for before/after figures).
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -p labelflow-collector --bins >&2
+  BIN=$CARGO_TARGET_DIR/release
+fi
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 "$BIN/labelflow-ipfix-gen" generate --records "$RECORDS" --out "$WORK/stream.bin"
@@ -48,10 +53,13 @@ collector_run() {
     --db "$WORK/c.db" 2>"$WORK/c.log" &
   local pid=$!
   until curl -s "http://127.0.0.1:$http/metrics" >/dev/null; do sleep 0.1; done
-  local t0; t0=$(date +%s.%N)
-  "$BIN/labelflow-ipfix-gen" replay --file "$WORK/stream.bin" --to 127.0.0.1:$udp --rate "$rate" >"$WORK/replay.out" &
+  rm -f "$WORK/replay.end"
+  { "$BIN/labelflow-ipfix-gen" replay --file "$WORK/stream.bin" --to 127.0.0.1:$udp --rate "$rate" >"$WORK/replay.out"
+    date +%s.%N >"$WORK/replay.end"; } &
   local rp=$! got=0 prev=-1 still=0 t1
-  # Ingest rate: records / (first datagram sent .. last record decoded).
+  # Ingest rate: records / (first data datagram sent .. last record decoded). The replay
+  # reports how long it sent (after its pause for the template); the tail is how long the
+  # collector took after the replay ended (0 when it was done first; polling grain ~20 ms).
   while :; do
     got=$(metric labelflow_collector_flow_records_total $http)
     t1=$(date +%s.%N)
@@ -64,7 +72,10 @@ collector_run() {
   wait $rp
   local hwm; hwm=$(hwm_kb $pid)
   kill -TERM $pid; wait $pid || true
-  echo "$(cat "$WORK/replay.out") got=$got hwm_kb=$hwm ingest_rate=$(echo "$RECORDS / ($t1 - $t0)" | bc -l)"
+  local out sent tail; out=$(cat "$WORK/replay.out"); sent=$(field seconds "$out")
+  tail=$(echo "$t1 - $(cat "$WORK/replay.end")" | bc -l)
+  [ "$(echo "$tail < 0" | bc -l)" = 1 ] && tail=0
+  echo "$out got=$got hwm_kb=$hwm ingest_rate=$(echo "$RECORDS / ($sent + $tail)" | bc -l)"
 }
 
 nfcapd_run() {
@@ -81,8 +92,6 @@ nfcapd_run() {
   echo "$out got=$got hwm_kb=$hwm"
 }
 
-field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
-
 best() {
   local name=$1 fn=$2 key=$3
   for rate in $RATES; do
@@ -90,8 +99,8 @@ best() {
     local got; got=$(field got "$r")
     echo "$name offered $rate/s: $r" >&2
     if [ "${got:-0}" -ge "$RECORDS" ]; then
-      printf '%-22s %12.0f records/s lossless (%s)  peak RSS %6.1f MB\n' "$name" "$(field "$key" "$r")" "$key" \
-        "$(echo "$(field hwm_kb "$r") / 1024" | bc -l)"
+      printf '%-22s %12.0f records/s lossless (%s; offered %.0f/s)  peak RSS %6.1f MB\n' "$name" \
+        "$(field "$key" "$r")" "$key" "$(field offered_rate "$r")" "$(echo "$(field hwm_kb "$r") / 1024" | bc -l)"
       return
     fi
   done

@@ -191,30 +191,33 @@ EOF
     secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
     pps=$(awk -v n="$n" -v s="$secs" 'BEGIN { printf "%d", n / s }')
     cpu=$(awk -v c="$(( c1 - c0 ))" -v hz="$(getconf CLK_TCK)" -v a="$t0" -v b="$t2" 'BEGIN { printf "%.1f", 100 * c / hz / (b - a) }')
-    printf '%-16s %10s %10s %10s %10s %10s %10s %8s\n' "$tool" "$rate" "$pps" "$counted" "$exported" "$(( counted - exported ))" "$ignored" "$cpu"
+    # CPU time per counted packet: the figure comparable across rates and tools.
+    local us
+    us=$(awk -v c="$(( c1 - c0 ))" -v hz="$(getconf CLK_TCK)" -v n="$counted" 'BEGIN { if (n > 0) printf "%.2f", 1e6 * c / hz / n; else print "-" }')
+    printf '%-16s %10s %10s %10s %10s %10s %10s %8s %8s\n' "$tool" "$rate" "$pps" "$counted" "$exported" "$(( counted - exported ))" "$ignored" "$cpu" "$us"
     "$LABBIN" down --lab "$LABNAME" >/dev/null 2>&1 || true
     [ "$counted" -gt 0 ] && [ "$counted" = "$exported" ]
 }
 
 if ! skip b; then
     printf '\n(b) live: trafgen 60-byte frames inet -> gw FORWARD (3 NFLOG groups) -> lan, %ss per step\n' "$STEP_SECONDS"
-    printf '%-16s %10s %10s %10s %10s %10s %10s %8s\n' tool target achieved counted exported lost reported CPU%
-    declare -A BEST BEST_CPU
+    printf '%-16s %10s %10s %10s %10s %10s %10s %8s %8s\n' tool target achieved counted exported lost reported CPU% us/pkt
+    declare -A BEST BEST_CPU BEST_US
     for tool in labelflow uacctd; do
         use "$tool" || continue
-        BEST[$tool]=none; BEST_CPU[$tool]=-
+        BEST[$tool]=none; BEST_CPU[$tool]=-; BEST_US[$tool]=-
         for rate in $RATES; do
             row=$(live_step "$tool" "$rate") && ok=1 || ok=0
             printf '%s\n' "$row"
             if [ "$ok" = 1 ]; then
-                BEST[$tool]=$(awk '{ print $3 }' <<<"$row"); BEST_CPU[$tool]=$(awk '{ print $8 }' <<<"$row")
+                BEST[$tool]=$(awk '{ print $3 }' <<<"$row"); BEST_CPU[$tool]=$(awk '{ print $8 }' <<<"$row"); BEST_US[$tool]=$(awk '{ print $9 }' <<<"$row")
             else
                 break
             fi
         done
     done
-    use labelflow && printf '%-16s highest lossless rate %10s pps at %s%% CPU\n' labelflow-probe "${BEST[labelflow]}" "${BEST_CPU[labelflow]}"
-    use uacctd && printf '%-16s highest lossless rate %10s pps at %s%% CPU (3 processes)\n' uacctd "${BEST[uacctd]}" "${BEST_CPU[uacctd]}"
+    use labelflow && printf '%-16s highest lossless rate %10s pps at %s%% CPU, %s us CPU per packet\n' labelflow-probe "${BEST[labelflow]}" "${BEST_CPU[labelflow]}" "${BEST_US[labelflow]}"
+    use uacctd && printf '%-16s highest lossless rate %10s pps at %s%% CPU, %s us CPU per packet (3 processes)\n' uacctd "${BEST[uacctd]}" "${BEST_CPU[uacctd]}" "${BEST_US[uacctd]}"
 fi
 
 # ---------------------------------------------------------------- (c) memory per flow

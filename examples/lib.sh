@@ -178,3 +178,20 @@ lf_proto_totals() {
     lf_csv_totals protocol | awk '{ n = $1; if (n == "6") n = "tcp"; else if (n == "17") n = "udp"; else if (n == "1" || n == "58" || n == "icmpv6") n = "icmp";
         p[n] += $2; b[n] += $3; f[n] += $4 } END { for (k in p) printf "%s %d %d %d\n", k, p[k], b[k], f[k] }' | sort
 }
+
+# The demo's last step: serves the run's database (dashboard, JSON API, /metrics) from the
+# root namespace, where a browser can reach it, until Ctrl-C; the EXIT trap then cleans up.
+lf_serve_dashboard() {
+    local http=${DEMO_HTTP:-127.0.0.1:8080}
+    "$COLLECTOR" --config "$EXAMPLE_DIR/collector.toml" --db "$WORK/labelflow.db" \
+        --listen 127.0.0.1:0 --http "$http" >"$WORK/dashboard.log" 2>&1 &
+    COLLECTOR_PID=$!
+    sleep 1
+    kill -0 "$COLLECTOR_PID" 2>/dev/null || { cat "$WORK/dashboard.log" >&2; lf_die "the dashboard did not start (DEMO_HTTP=$http busy?)"; }
+    echo
+    echo "== dashboard: http://$http/   JSON: http://$http/api/report?by=label&last=1h   metrics: http://$http/metrics"
+    echo "   (reports from the shell: $COLLECTOR report --db $WORK/labelflow.db --by tunnel)"
+    echo "   Ctrl-C stops it and removes the lab."
+    trap 'echo; echo "== stopping"; exit 0' INT TERM
+    wait "$COLLECTOR_PID" || true
+}

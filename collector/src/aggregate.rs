@@ -146,9 +146,32 @@ pub fn apportion(total: u64, weights: &[u64], out: &mut Vec<u64>) {
 /// [`apportion`] with a caller-kept scratch vector (no allocation once it has grown).
 fn apportion_with(total: u64, weights: &[u64], out: &mut Vec<u64>, rems: &mut Vec<(u128, usize)>) {
     out.clear();
-    if weights.len() == 1 {
-        out.push(total);
-        return;
+    match *weights {
+        [_] => {
+            out.push(total);
+            return;
+        }
+        // The common case of a flow crossing one bucket boundary, without the sort: at
+        // most one unit is left over, and it goes to the larger remainder (the first on a
+        // tie), as the general method below decides.
+        [w0, w1] if w0 != 0 || w1 != 0 => {
+            let sum = u128::from(w0) + u128::from(w1);
+            let (e0, e1) = (
+                u128::from(total) * u128::from(w0),
+                u128::from(total) * u128::from(w1),
+            );
+            let (mut s0, mut s1) = ((e0 / sum) as u64, (e1 / sum) as u64);
+            if total - s0 - s1 > 0 {
+                if e0 % sum >= e1 % sum {
+                    s0 += 1;
+                } else {
+                    s1 += 1;
+                }
+            }
+            out.extend([s0, s1]);
+            return;
+        }
+        _ => {}
     }
     let sum: u128 = weights.iter().map(|w| u128::from(*w)).sum();
     if weights.is_empty() {
@@ -560,3 +583,59 @@ pub fn protocol_name(p: u8) -> String {
 #[cfg(test)]
 #[path = "aggregate_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+mod apportion_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The general largest-remainder method, without the shortcuts.
+    fn reference(total: u64, weights: &[u64]) -> Vec<u64> {
+        let sum: u128 = weights.iter().map(|w| u128::from(*w)).sum();
+        if sum == 0 {
+            let mut out = vec![0; weights.len()];
+            out[0] = total;
+            return out;
+        }
+        let mut out = Vec::new();
+        let mut rems = Vec::new();
+        for (i, w) in weights.iter().enumerate() {
+            let exact = u128::from(total) * u128::from(*w);
+            out.push((exact / sum) as u64);
+            rems.push((exact % sum, i));
+        }
+        let mut left = total - out.iter().sum::<u64>();
+        rems.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        for (_, i) in rems {
+            if left == 0 {
+                break;
+            }
+            out[i] += 1;
+            left -= 1;
+        }
+        out
+    }
+
+    #[test]
+    fn two_parts_tie_goes_first() {
+        let mut out = Vec::new();
+        apportion(3, &[5, 5], &mut out);
+        assert_eq!(out, vec![2, 1]);
+        apportion(3, &[0, 0], &mut out);
+        assert_eq!(out, vec![3, 0]);
+        apportion(u64::MAX, &[u64::MAX, 1], &mut out);
+        assert_eq!(out, reference(u64::MAX, &[u64::MAX, 1]));
+    }
+
+    proptest! {
+        #[test]
+        fn shortcuts_equal_the_general_method(
+            total in any::<u64>(),
+            weights in proptest::collection::vec(prop_oneof![0u64..3, 0u64..120_000, any::<u64>()], 1..5),
+        ) {
+            let mut out = Vec::new();
+            apportion(total, &weights, &mut out);
+            prop_assert_eq!(out, reference(total, &weights));
+        }
+    }
+}

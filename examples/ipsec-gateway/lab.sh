@@ -26,8 +26,19 @@ lf_up
 lf_start 1,2,3
 lf_rules
 
-echo "== traffic (labelflow-lab traffic --mix ipsec, ${REPEAT:-1}x)"
-"$LABCLI" traffic --lab "$LAB" --mix ipsec --repeat "${REPEAT:-1}"
+if [ "${DEMO:-0}" = 1 ]; then
+    # The one-command demo (scripts/demo.sh): rounds of the same mix for DEMO_SECONDS.
+    echo "== traffic for ${DEMO_SECONDS:-30} s (labelflow-lab traffic --mix ipsec, in rounds)"
+    end=$((SECONDS + ${DEMO_SECONDS:-30})) rounds=0
+    while [ "$SECONDS" -lt "$end" ]; do
+        "$LABCLI" traffic --lab "$LAB" --mix ipsec >/dev/null
+        rounds=$((rounds + 1))
+    done
+    echo "   $rounds round(s) of the mix"
+else
+    echo "== traffic (labelflow-lab traffic --mix ipsec, ${REPEAT:-1}x)"
+    "$LABCLI" traffic --lab "$LAB" --mix ipsec --repeat "${REPEAT:-1}"
+fi
 
 lf_freeze_counters
 lf_stop
@@ -99,3 +110,4 @@ echo
 lf_report --by tunnel --format table || true
 [ $status -eq 0 ] || lf_die "the report differs from the kernel's counters"
 echo "example $EXAMPLE: OK"
+[ "${DEMO:-0}" != 1 ] || lf_serve_dashboard

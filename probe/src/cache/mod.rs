@@ -287,12 +287,14 @@ impl FlowCache {
     /// flows already ended (FIN/RST, evicted), in deadline order.
     pub fn expire(&mut self, now_ms: u64, sink: &mut impl FnMut(FlowRecord)) {
         let now = self.tick(now_ms);
-        self.expire_due(now);
         self.drain_pending(sink);
+        self.expire_due(now, Some(sink));
     }
 
-    /// Ends every flow whose deadline is at or before `now` (an epoch offset).
-    fn expire_due(&mut self, now: u32) {
+    /// Ends every flow whose deadline is at or before `now` (an epoch offset), handing each
+    /// record straight to `sink` (no list of records builds up, however many flows are due),
+    /// or to the pending list without one.
+    fn expire_due(&mut self, now: u32, mut sink: Option<&mut dyn FnMut(FlowRecord)>) {
         let now = u64::from(now);
         loop {
             let idle = self.lists[LRU].tail;
@@ -311,7 +313,14 @@ impl FlowCache {
                 break;
             }
             let hash = self.hasher.hash_one(self.slots[id as usize].key);
-            self.end(id, hash, reason);
+            match sink.as_deref_mut() {
+                Some(sink) => {
+                    let record = self.take(id, hash, reason);
+                    self.stats.exported += 1;
+                    sink(record);
+                }
+                None => self.end(id, hash, reason),
+            }
         }
     }
 
@@ -319,12 +328,14 @@ impl FlowCache {
     /// afterwards and keeps its counters.
     pub fn flush(&mut self, now_ms: u64, sink: &mut impl FnMut(FlowRecord)) {
         self.tick(now_ms);
+        self.drain_pending(sink);
         while self.lists[START].head != NIL {
             let id = self.lists[START].head;
             let hash = self.hasher.hash_one(self.slots[id as usize].key);
-            self.end(id, hash, EndReason::ForcedEnd);
+            let record = self.take(id, hash, EndReason::ForcedEnd);
+            self.stats.exported += 1;
+            sink(record);
         }
-        self.drain_pending(sink);
         self.slots = Vec::new();
         self.index = HashTable::new();
         self.free = NIL;
@@ -365,7 +376,7 @@ impl FlowCache {
     fn rebase(&mut self) {
         let Some(base) = self.base else { return };
         let now = (self.clock - base).min(u64::from(u32::MAX)) as u32;
-        self.expire_due(now);
+        self.expire_due(now, None);
         let shift = match self.slots.get(self.lists[START].head as usize) {
             Some(oldest) => oldest.first,
             None => now,
@@ -434,15 +445,22 @@ impl FlowCache {
         id
     }
 
-    /// Takes a live flow out of the index and the lists into the pending list.
+    /// Takes a live flow out of the index and the lists into the pending list (flows ended
+    /// while observing a packet, where no sink is at hand).
     fn end(&mut self, id: u32, hash: u64, reason: EndReason) {
+        let record = self.take(id, hash, reason);
+        self.pending.push(record);
+    }
+
+    /// Takes a live flow out of the index and the lists; returns its record.
+    fn take(&mut self, id: u32, hash: u64, reason: EndReason) -> FlowRecord {
         if let Ok(e) = self.index.find_entry(hash, |&i| i == id) {
             e.remove();
         }
         self.unlink(LRU, id);
         self.unlink(START, id);
         let slot = self.slots[id as usize];
-        self.pending.push(self.record(&slot, reason));
+        let record = self.record(&slot, reason);
         self.attrs.release(slot.attrs);
         self.slots[id as usize].links[LRU][1] = self.free;
         self.free = id;
@@ -455,6 +473,7 @@ impl FlowCache {
             EndReason::LackOfResources => self.stats.evicted += 1,
             _ => {}
         }
+        record
     }
 
     fn drain_pending(&mut self, sink: &mut impl FnMut(FlowRecord)) {
