@@ -17,7 +17,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -58,6 +58,10 @@ impl Datagrams {
 
     fn len(&self) -> usize {
         self.ends.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty()
     }
 
     fn iter(&self) -> impl Iterator<Item = (IpAddr, &[u8])> + '_ {
@@ -251,11 +255,13 @@ fn receive(
                     let (from, d) = ring.datagram(i);
                     batch.push(from, d);
                 }
-                // Fewer than asked for: the socket is drained, hand over what there is.
-                if n < SLOTS || batch.len() >= BATCH {
-                    if tx.send(std::mem::replace(&mut batch, spare())).is_err() {
-                        return;
-                    }
+                // A full batch goes over, waiting for room if need be. Fewer datagrams than
+                // asked for means the socket is drained: hand over what there is if the
+                // channel has room, else keep filling this batch (the ingest thread is busy
+                // with earlier ones), so that the channel's bound counts full batches.
+                let full = batch.len() >= BATCH;
+                if (full || n < SLOTS) && !hand_over(tx, &mut batch, full, &spare) {
+                    return;
                 }
                 continue;
             }
@@ -273,12 +279,46 @@ fn receive(
                 tracing::debug!(error = %e, "recv");
             }
         }
-        if batch.len() > 0 && tx.send(std::mem::replace(&mut batch, spare())).is_err() {
+        if !hand_over(tx, &mut batch, stopping, &spare) {
             return;
         }
         if stopping {
             return;
         }
+    }
+}
+
+/// Hand `batch` (if not empty) to the ingest thread and start a new one; `wait` blocks
+/// while the channel is full, otherwise a full channel leaves `batch` as it is. False when
+/// the ingest thread is gone.
+fn hand_over(
+    tx: &SyncSender<Datagrams>,
+    batch: &mut Datagrams,
+    wait: bool,
+    spare: &impl Fn() -> Datagrams,
+) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    let b = std::mem::take(batch);
+    let sent = if wait {
+        tx.send(b).map_err(|_| TrySendError::Disconnected(()))
+    } else {
+        tx.try_send(b).map_err(|e| match e {
+            TrySendError::Full(b) => {
+                *batch = b;
+                TrySendError::Full(())
+            }
+            TrySendError::Disconnected(_) => TrySendError::Disconnected(()),
+        })
+    };
+    match sent {
+        Ok(()) => {
+            *batch = spare();
+            true
+        }
+        Err(TrySendError::Full(())) => true,
+        Err(TrySendError::Disconnected(())) => false,
     }
 }
 

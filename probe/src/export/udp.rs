@@ -82,7 +82,8 @@ impl UdpExporter {
         }
     }
 
-    pub fn push(&mut self, rec: &FlowRecord, now_ms: u64) {
+    /// Runs `op` on every target's state with a sink that sends to that target.
+    fn each(&mut self, mut op: impl FnMut(&mut ExportState, &mut dyn FnMut(&[u8]))) {
         for s in &mut self.slots {
             let Slot {
                 socket,
@@ -92,57 +93,27 @@ impl UdpExporter {
                 last_send_error,
                 ..
             } = s;
-            state.push(rec, now_ms, |b| {
+            op(state, &mut |b| {
                 send(socket, dest, b, send_errors, last_send_error)
             });
         }
+    }
+
+    pub fn push(&mut self, rec: &FlowRecord, now_ms: u64) {
+        self.each(|state, sink| state.push(rec, now_ms, sink));
     }
 
     pub fn tick(&mut self, now_ms: u64) {
-        for s in &mut self.slots {
-            let Slot {
-                socket,
-                dest,
-                state,
-                send_errors,
-                last_send_error,
-                ..
-            } = s;
-            state.tick(now_ms, |b| {
-                send(socket, dest, b, send_errors, last_send_error)
-            });
-        }
+        self.each(|state, sink| state.tick(now_ms, sink));
     }
 
     pub fn flush(&mut self) {
-        for s in &mut self.slots {
-            let Slot {
-                socket,
-                dest,
-                state,
-                send_errors,
-                last_send_error,
-                ..
-            } = s;
-            state.flush(|b| send(socket, dest, b, send_errors, last_send_error));
-        }
+        self.each(|state, sink| state.flush(sink));
     }
 
     /// Sends the open messages, then templates and options (current loss counters).
     pub fn send_options(&mut self, now_ms: u64) {
-        for s in &mut self.slots {
-            let Slot {
-                socket,
-                dest,
-                state,
-                send_errors,
-                last_send_error,
-                ..
-            } = s;
-            state.send_options(now_ms, |b| {
-                send(socket, dest, b, send_errors, last_send_error)
-            });
-        }
+        self.each(|state, sink| state.send_options(now_ms, sink));
     }
 
     /// Earliest `tick` deadline over all targets, ms since the epoch.

@@ -26,17 +26,18 @@ pub use stats::{GroupStats, SourceStats};
 /// (ports, TCP flags, ICMP type/code, ESP SPI). The flow pipeline takes byte counts from the
 /// IP header, so the rest of the packet is never needed.
 pub const DEFAULT_COPY_RANGE: u32 = 128;
-/// Default queue threshold (packets per netlink batch). Measured here (veth, 64-byte UDP,
-/// one trafgen worker): 64 delivered 2,000,000 of 2,000,000 at ~151k pps with 0.87 µs of
-/// CPU per packet; 1 cost 2.5 µs per packet (a datagram and a wake-up each) and slowed the
-/// sender to ~73k pps.
-pub const DEFAULT_QUEUE_THRESHOLD: u32 = 64;
+/// Default queue threshold (packets per netlink batch). Measured here (veth, 60-byte frames,
+/// one trafgen worker at its maximum, ~150-165k pps): 1 cost 2.5 µs of probe CPU per packet
+/// (a datagram and a wake-up each) and slowed the sender to ~73k pps; 64 was lossless at
+/// 0.36-0.68 µs per packet (`bench/probe.sh` (b), three groups); 256 lossless at 0.17-0.23 µs.
+/// At low rates the flush timeout, not the threshold, bounds the delay.
+pub const DEFAULT_QUEUE_THRESHOLD: u32 = 256;
 /// Default flush timeout: a partial batch waits at most this long (kernel default: 1 s).
 pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_millis(100);
 /// Default size of the kernel's per-group batch buffer (`NFULA_CFG_NLBUFSIZ`). The kernel's
 /// own default (one page) holds only ~15 messages of 128-byte copies, which would cap the
-/// batch well below the queue threshold. Kernel maximum: 131072.
-pub const DEFAULT_NLBUFSIZ: u32 = 65536;
+/// batch well below the queue threshold; 256 messages of ~250 bytes need the maximum.
+pub const DEFAULT_NLBUFSIZ: u32 = MAX_NLBUFSIZ;
 /// Kernel maximum for `NFULA_CFG_NLBUFSIZ` (`NFULNL_NLBUFSIZ_MAX`... 128 KiB).
 pub const MAX_NLBUFSIZ: u32 = 131_072;
 /// Default socket receive buffer (SO_RCVBUFFORCE when permitted, else SO_RCVBUF capped by
