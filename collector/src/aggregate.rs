@@ -92,6 +92,14 @@ pub enum Dim {
 }
 
 impl Dim {
+    /// Whether the keys of this dimension partition the traffic, so that their sum is the
+    /// total. Views overlap by design (`naive` holds `uplink`), a tunnel's inner traffic and
+    /// its ESP are the same bytes twice, and a flow between two inside hosts counts for both:
+    /// for those a sum would double-count.
+    pub fn is_additive(self) -> bool {
+        matches!(self, Dim::Label | Dim::Protocol | Dim::Port)
+    }
+
     pub const ALL: [Dim; 6] = [
         Dim::Label,
         Dim::View,

@@ -190,6 +190,7 @@ pub fn to_json(r: &Report) -> Value {
     let span = r.to - r.from;
     json!({
         "by": key_field,
+        "additive": r.by.is_additive(),
         "bucket_seconds": r.bucket,
         "from": rfc3339(r.from),
         "to": rfc3339(r.to),
@@ -294,7 +295,14 @@ pub fn to_table(r: &Report) -> String {
     for (k, c) in &r.totals {
         line(k, c);
     }
-    line("total", &r.total);
+    if r.by.is_additive() {
+        line("total", &r.total);
+    } else {
+        let _ = writeln!(
+            s,
+            "(no total: {name} keys overlap, a sum would count some traffic twice; shares are of their sum)"
+        );
+    }
     s
 }
 
@@ -313,6 +321,20 @@ mod tests {
                 ..Counters::default()
             },
         }
+    }
+
+    #[test]
+    fn overlapping_dimensions_get_no_total() {
+        // `naive` holds everything `uplink` does: their sum would double-count.
+        let raw = vec![row(0, "naive", 300), row(0, "uplink", 200)];
+        let r = assemble(Dim::View, 60, 0, 60, raw, None);
+        let t = to_table(&r);
+        assert!(!t.lines().any(|l| l.starts_with("total")), "{t}");
+        assert!(t.contains("no total"), "{t}");
+        assert_eq!(to_json(&r)["additive"], false);
+        let r = assemble(Dim::Label, 60, 0, 60, vec![row(0, "esp", 1)], None);
+        assert_eq!(to_json(&r)["additive"], true);
+        assert!(to_table(&r).lines().any(|l| l.starts_with("total")));
     }
 
     #[test]
