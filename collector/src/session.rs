@@ -6,11 +6,24 @@
 //! domains of one exporter, RFC 7011 section 3.1) that use the same id would overwrite each
 //! other in a shared decoder. Routing each datagram by the header's address and domain to
 //! its own decoder keeps them apart.
+//!
+//! IPFIX messages made only of data sets whose (plain) templates the session already knows
+//! take a zero-copy path: records are read straight from the datagram with
+//! `labelflow_proto::ipfix` and mapped by the same [`RecordBuilder`] rules as the
+//! `netflow_parser` path. Anything else (template or options sets, options templates,
+//! unknown templates, any decode error) sends the whole datagram through `netflow_parser`,
+//! which stays the reference and keeps learning templates and options.
+//!
+//! [`RecordBuilder`]: labelflow_proto::convert::RecordBuilder
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
 
-use labelflow_proto::convert::{convert_packet, ExporterContext, PacketSummary};
+use labelflow_proto::convert::{
+    convert_ipfix_data_set, convert_packet, ExporterContext, PacketSummary,
+};
+use labelflow_proto::ipfix::{Message, Template};
 use labelflow_proto::FlowRecord;
 use lru::LruCache;
 use netflow_parser::{NetflowError, NetflowParser};
@@ -84,6 +97,8 @@ pub struct SessionStats {
     /// Sequence numbers that went backwards (reordering or exporter restart).
     pub sequence_resets: u64,
     pub evicted_scopes: u64,
+    /// Datagrams decoded by the zero-copy IPFIX path (a subset of `datagrams`).
+    pub fast_datagrams: u64,
 }
 
 impl SessionStats {
@@ -99,6 +114,85 @@ struct Session {
     /// Sequence number the next message should carry, when known, per format (v5/v7, v9,
     /// IPFIX): each format numbers its own stream.
     next_sequence: [Option<u32>; 3],
+    /// IPFIX templates for the zero-copy path, learned from the same template records the
+    /// parser saw; `None` marks an id the fast path must not decode (options template,
+    /// template it cannot use).
+    fast: HashMap<u16, Option<Template>>,
+}
+
+impl Session {
+    /// Learn the template records of a message `netflow_parser` has just parsed. When the
+    /// parser reported an error, or the sets cannot be walked, nothing from this message is
+    /// trusted: the ids it names (or all ids) go back to the parser.
+    fn learn_templates(&mut self, message: &[u8], parser_failed: bool, max: usize) {
+        let Ok(msg) = Message::new_checked(message) else {
+            return;
+        };
+        for set in msg.sets() {
+            let Ok(set) = set else {
+                self.fast.clear();
+                return;
+            };
+            if set.is_data() {
+                continue;
+            }
+            for t in set.templates() {
+                let Ok(t) = t else {
+                    self.fast.clear();
+                    return;
+                };
+                if parser_failed || set.is_options_template() || t.is_withdrawal() {
+                    // RFC 7011 section 8.1: a withdrawal (field count 0) removes the id.
+                    self.fast.insert(t.id, None);
+                    continue;
+                }
+                if self.fast.len() >= max && !self.fast.contains_key(&t.id) {
+                    continue;
+                }
+                self.fast.insert(t.id, t.to_template().ok());
+            }
+        }
+    }
+
+    /// Decode a message of data sets with known plain templates, appending its records;
+    /// `None` (and `records` untouched) when the message needs the parser.
+    fn decode_fast(&self, message: &[u8], records: &mut Vec<FlowRecord>) -> Option<PacketSummary> {
+        let first = records.len();
+        let r = self.decode_fast_inner(message, records);
+        if r.is_none() {
+            records.truncate(first);
+        }
+        r
+    }
+
+    fn decode_fast_inner(
+        &self,
+        message: &[u8],
+        records: &mut Vec<FlowRecord>,
+    ) -> Option<PacketSummary> {
+        let msg = Message::new_checked(message).ok()?;
+        let (domain, export) = (msg.domain(), msg.export_time());
+        let mut produced = 0u32;
+        let mut sets = 0;
+        for set in msg.sets() {
+            let set = set.ok()?;
+            if !set.is_data() || !self.parser.has_ipfix_template(set.id) {
+                return None;
+            }
+            let template = self.fast.get(&set.id)?.as_ref()?;
+            produced +=
+                convert_ipfix_data_set(template, set.body, domain, export, &self.ctx, records)
+                    .ok()?;
+            sets += 1;
+        }
+        (sets > 0).then_some(PacketSummary {
+            version: 10,
+            observation_domain: domain,
+            sequence: msg.sequence(),
+            flow_records: produced,
+            ..PacketSummary::default()
+        })
+    }
 }
 
 /// What one datagram produced.
@@ -115,6 +209,7 @@ pub struct Ingested {
 pub struct SessionTable {
     sessions: LruCache<ScopeKey, Session>,
     max_templates: NonZeroUsize,
+    fast_path: bool,
     pub stats: SessionStats,
 }
 
@@ -123,8 +218,15 @@ impl SessionTable {
         SessionTable {
             sessions: LruCache::new(max_exporters),
             max_templates,
+            fast_path: true,
             stats: SessionStats::default(),
         }
+    }
+
+    /// Turn the zero-copy IPFIX path on (the default) or off (every datagram through
+    /// `netflow_parser`); the output is the same either way.
+    pub fn set_fast_path(&mut self, on: bool) {
+        self.fast_path = on;
     }
 
     pub fn scopes(&self) -> usize {
@@ -141,6 +243,7 @@ impl SessionTable {
                 parser,
                 ctx: ExporterContext::default(),
                 next_sequence: [None; 3],
+                fast: HashMap::new(),
             };
             if self.sessions.push(scope, s).is_some() {
                 self.stats.evicted_scopes += 1;
@@ -151,10 +254,12 @@ impl SessionTable {
 
     /// Replay persisted template records into the scope's decoder.
     pub fn restore(&mut self, scope: ScopeKey, records: &[TemplateRecord]) {
+        let max = self.max_templates.get();
         let session = self.session(scope);
         for r in records {
             let msg = templates::replay_message(r, scope.domain);
-            let _ = session.parser.parse_bytes(&msg);
+            let failed = session.parser.parse_bytes(&msg).error.is_some();
+            session.learn_templates(&msg, failed, max);
         }
     }
 
@@ -189,17 +294,33 @@ impl SessionTable {
     ) -> Result<Ingested, DecodeError> {
         let (message, domain) = frame(datagram)?;
         let scope = ScopeKey { exporter, domain };
+        let (fast_path, max) = (self.fast_path, self.max_templates.get());
         let session = self.session(scope);
-        let result = session.parser.parse_bytes(message);
-        let mut error = result.error.as_ref().map(classify);
         let first = records.len();
-        let mut summary = PacketSummary::default();
-        for p in &result.packets {
-            summary = convert_packet(p, &mut session.ctx, records);
-        }
-        if result.packets.is_empty() {
-            return Err(error.unwrap_or(DecodeError::Malformed));
-        }
+        let fast = if fast_path && datagram[..2] == [0, 10] {
+            session.decode_fast(message, records)
+        } else {
+            None
+        };
+        let fast_hit = fast.is_some();
+        let (summary, mut error) = match fast {
+            Some(summary) => (summary, None),
+            None => {
+                let result = session.parser.parse_bytes(message);
+                let error = result.error.as_ref().map(classify);
+                let mut summary = PacketSummary::default();
+                for p in &result.packets {
+                    summary = convert_packet(p, &mut session.ctx, records);
+                }
+                if summary.version == 10 || result.packets.is_empty() {
+                    session.learn_templates(message, error.is_some(), max);
+                }
+                if result.packets.is_empty() {
+                    return Err(error.unwrap_or(DecodeError::Malformed));
+                }
+                (summary, error)
+            }
+        };
         if summary.missing_template_sets > 0 && error.is_none() {
             error = Some(DecodeError::MissingTemplate);
         }
@@ -215,6 +336,7 @@ impl SessionTable {
         if summary.version == 9 || summary.version == 10 {
             templates::extract(message, templates);
         }
+        self.stats.fast_datagrams += u64::from(fast_hit);
         self.stats.flow_records += u64::from(produced);
         self.stats.options_records += u64::from(summary.options_records);
         self.stats.template_records += u64::from(summary.templates);

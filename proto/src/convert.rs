@@ -25,6 +25,7 @@ use netflow_parser::variable_versions::ipfix::{FlowSetBody as IpfixBody, IPFix};
 use netflow_parser::variable_versions::v9::{FlowSetBody as V9Body, ScopeDataField, V9};
 use netflow_parser::{DataNumber, FieldValue, NetflowPacket};
 
+use crate::ipfix::{DecodeError, Template};
 use crate::record::{Direction, EndReason, FlowRecord};
 
 /// The netfilter private enterprise number used by ulogd2 for NFLOG attributes.
@@ -317,6 +318,37 @@ fn convert_ipfix(
     s
 }
 
+/// Convert the data records of one IPFIX data set straight from the message octets with
+/// `template` (a plain template, not an options template), appending them to `out`.
+///
+/// Returns the number of records, or the first decode error; on error `out` is left as it
+/// was, so a caller can decode the message another way.
+pub fn convert_ipfix_data_set(
+    template: &Template,
+    body: &[u8],
+    domain: u32,
+    export_secs: u32,
+    ctx: &ExporterContext,
+    out: &mut Vec<FlowRecord>,
+) -> Result<u32, DecodeError> {
+    let first = out.len();
+    for rec in template.records(body) {
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                out.truncate(first);
+                return Err(e);
+            }
+        };
+        let mut b = RecordBuilder::default();
+        for (spec, bytes) in rec.fields() {
+            b.apply_raw(spec.enterprise.unwrap_or(0), spec.id, bytes);
+        }
+        out.push(b.finish_ipfix(domain, export_secs, ctx));
+    }
+    Ok((out.len() - first) as u32)
+}
+
 /// The IANA element id of a decoded IPFIX field, for the elements this module reads.
 fn iana_id(field: IANAIPFixField) -> Option<u16> {
     use IANAIPFixField as F;
@@ -373,16 +405,39 @@ fn iana_id(field: IANAIPFixField) -> Option<u16> {
     })
 }
 
-/// An unsigned number from any integer-like decoded value (big-endian raw bytes included).
-fn number(value: &FieldValue) -> Option<u64> {
+/// One field value as the mapping rules see it: the octets of an IPFIX data record (the
+/// zero-copy path) or a value `netflow_parser` decoded. Every rule below reads both, so the
+/// two decode paths share one set of mapping rules.
+#[derive(Debug, Clone, Copy)]
+enum Value<'a> {
+    Raw(&'a [u8]),
+    Parsed(&'a FieldValue),
+}
+
+impl<'a> Value<'a> {
+    /// Undecoded octets: the raw value, or what `netflow_parser` left as bytes.
+    fn octets(self) -> Option<&'a [u8]> {
+        match self {
+            Value::Raw(raw) => Some(raw),
+            Value::Parsed(FieldValue::Vec(raw)) => Some(raw),
+            Value::Parsed(_) => None,
+        }
+    }
+}
+
+/// An unsigned number from any integer-like value (big-endian raw bytes included).
+fn number(value: Value<'_>) -> Option<u64> {
     match value {
-        FieldValue::DataNumber(DataNumber::Vec(raw)) | FieldValue::Vec(raw) => be_bytes(raw),
-        FieldValue::DataNumber(n) => n.as_u64(),
-        FieldValue::ProtocolType(p) => Some(u64::from(u8::from(*p))),
-        FieldValue::TcpControlBits(bits, _) => Some(u64::from(u16::from(*bits))),
-        FieldValue::FlowEndReason(r) => Some(u64::from(u8::from(*r))),
-        FieldValue::Duration(d) => Some(duration_ms(d)),
-        _ => None,
+        Value::Raw(raw) => be_bytes(raw),
+        Value::Parsed(FieldValue::DataNumber(DataNumber::Vec(raw)) | FieldValue::Vec(raw)) => {
+            be_bytes(raw)
+        }
+        Value::Parsed(FieldValue::DataNumber(n)) => n.as_u64(),
+        Value::Parsed(FieldValue::ProtocolType(p)) => Some(u64::from(u8::from(*p))),
+        Value::Parsed(FieldValue::TcpControlBits(bits, _)) => Some(u64::from(u16::from(*bits))),
+        Value::Parsed(FieldValue::FlowEndReason(r)) => Some(u64::from(u8::from(*r))),
+        Value::Parsed(FieldValue::Duration(d)) => Some(duration_ms(d)),
+        Value::Parsed(_) => None,
     }
 }
 
@@ -393,16 +448,27 @@ fn be_bytes(raw: &[u8]) -> Option<u64> {
     Some(raw.iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b)))
 }
 
-fn text(value: &FieldValue) -> Option<String> {
+/// Text of a string element: lossy UTF-8 with control characters (the NUL padding of
+/// fixed-width templates included) dropped, as `netflow_parser` cleans its strings.
+fn clean_text(raw: &[u8]) -> String {
+    String::from_utf8_lossy(raw)
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect()
+}
+
+fn text(value: Value<'_>) -> Option<String> {
     match value {
-        FieldValue::String(s) => Some(s.value.clone()),
-        FieldValue::Vec(raw) => {
-            // Variable-length strings may carry trailing NULs from fixed-width templates.
-            let end = raw.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
-            Some(String::from_utf8_lossy(&raw[..end]).into_owned())
-        }
-        _ => None,
+        Value::Parsed(FieldValue::String(s)) => Some(s.value.clone()),
+        other => other.octets().map(clean_text),
     }
+}
+
+/// Milliseconds since the UNIX epoch of an NTP timestamp (RFC 7011 sections 6.1.9/6.1.10:
+/// seconds since 1900 and a binary fraction).
+fn ntp_ms(seconds: u32, fraction: u32) -> u64 {
+    let secs = u64::from(seconds).saturating_sub(NTP_UNIX_OFFSET_SECS);
+    secs * 1000 + ((u64::from(fraction) * 1000) >> 32)
 }
 
 /// Milliseconds since the UNIX epoch of an absolute time value.
@@ -411,50 +477,64 @@ fn duration_ms(d: &netflow_parser::variable_versions::field_value::DurationValue
     match *d {
         D::Seconds { value, .. } => value.saturating_mul(1000),
         D::Millis { value, .. } => value,
-        // RFC 7011 section 6.1.9/6.1.10: NTP timestamps, seconds since 1900 + fraction.
         D::MicrosNtp { seconds, fraction } | D::NanosNtp { seconds, fraction } => {
-            let secs = u64::from(seconds).saturating_sub(NTP_UNIX_OFFSET_SECS);
-            secs * 1000 + ((u64::from(fraction) * 1000) >> 32)
+            ntp_ms(seconds, fraction)
         }
     }
 }
 
-fn ipv4(value: &FieldValue) -> Option<Ipv4Addr> {
+/// `flowStart*`/`flowEnd*` (IE 150–157) in milliseconds since the UNIX epoch.
+fn absolute_ms(id: u16, value: Value<'_>) -> Option<u64> {
     match value {
-        FieldValue::Ip4Addr(a) => Some(*a),
-        FieldValue::Vec(raw) | FieldValue::DataNumber(DataNumber::Vec(raw)) if raw.len() == 4 => {
-            Some(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
-        }
-        FieldValue::DataNumber(DataNumber::U32(n)) => Some(Ipv4Addr::from(*n)),
-        _ => None,
+        Value::Parsed(FieldValue::Duration(d)) => Some(duration_ms(d)),
+        // dateTimeMicroseconds / dateTimeNanoseconds are always 8 octets (RFC 7011 6.1.9).
+        Value::Raw(raw) if id >= 154 && raw.len() == 8 => Some(ntp_ms(
+            u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]),
+            u32::from_be_bytes([raw[4], raw[5], raw[6], raw[7]]),
+        )),
+        // Seconds (150/151) and milliseconds (152/153) as plain numbers.
+        other => number(other).map(|v| if id <= 151 { v.saturating_mul(1000) } else { v }),
     }
 }
 
-fn ipv6(value: &FieldValue) -> Option<Ipv6Addr> {
+fn ipv4(value: Value<'_>) -> Option<Ipv4Addr> {
     match value {
-        FieldValue::Ip6Addr(a) => Some(*a),
-        FieldValue::Vec(raw) if raw.len() == 16 => {
-            let mut b = [0u8; 16];
-            b.copy_from_slice(raw);
-            Some(Ipv6Addr::from(b))
-        }
-        FieldValue::DataNumber(DataNumber::U128(n)) => Some(Ipv6Addr::from(*n)),
-        _ => None,
+        Value::Parsed(FieldValue::Ip4Addr(a)) => Some(*a),
+        Value::Parsed(FieldValue::DataNumber(DataNumber::U32(n))) => Some(Ipv4Addr::from(*n)),
+        Value::Parsed(FieldValue::DataNumber(DataNumber::Vec(raw))) => four(raw),
+        other => other.octets().and_then(four),
     }
 }
 
-fn application(value: &FieldValue) -> Option<ApplicationKey> {
+fn four(raw: &[u8]) -> Option<Ipv4Addr> {
+    <[u8; 4]>::try_from(raw).ok().map(Ipv4Addr::from)
+}
+
+fn ipv6(value: Value<'_>) -> Option<Ipv6Addr> {
     match value {
-        FieldValue::ApplicationId(a) => Some(ApplicationKey {
+        Value::Parsed(FieldValue::Ip6Addr(a)) => Some(*a),
+        Value::Parsed(FieldValue::DataNumber(DataNumber::U128(n))) => Some(Ipv6Addr::from(*n)),
+        other => other
+            .octets()
+            .and_then(|raw| <[u8; 16]>::try_from(raw).ok())
+            .map(Ipv6Addr::from),
+    }
+}
+
+fn application(value: Value<'_>) -> Option<ApplicationKey> {
+    match value {
+        Value::Parsed(FieldValue::ApplicationId(a)) => Some(ApplicationKey {
             engine: a.classification_engine_id,
             selector: a.selector_id.as_ref().and_then(number_dn).unwrap_or(0),
         }),
         // RFC 6759 section 4: one octet engine id, then the selector.
-        FieldValue::Vec(raw) if !raw.is_empty() => Some(ApplicationKey {
-            engine: raw[0],
-            selector: be_bytes(&raw[1..]).unwrap_or(0),
+        other => other.octets().and_then(|raw| {
+            let (&engine, selector) = raw.split_first()?;
+            Some(ApplicationKey {
+                engine,
+                selector: be_bytes(selector).unwrap_or(0),
+            })
         }),
-        _ => None,
     }
 }
 
@@ -466,8 +546,11 @@ fn number_dn(n: &DataNumber) -> Option<u64> {
 }
 
 /// Accumulates one record's fields in any order, then resolves times, labels and sampling.
+///
+/// Both decode paths feed it: [`RecordBuilder::apply_raw`] with the octets of an IPFIX data
+/// record, and the `netflow_parser` path with its decoded values; one mapping per element.
 #[derive(Debug, Default)]
-struct RecordBuilder {
+pub struct RecordBuilder {
     rec: FlowRecord,
     src4: Option<Ipv4Addr>,
     dst4: Option<Ipv4Addr>,
@@ -502,17 +585,39 @@ impl RecordBuilder {
             IPFixField::Enterprise {
                 enterprise_number: NETFILTER_PEN,
                 field_number,
-            } => match *field_number {
-                NETFILTER_IE_MARK => self.rec.mark = number(value).map(|m| m as u32),
-                NETFILTER_IE_PREFIX => self.rec.nflog_prefix = text(value),
-                _ => {}
-            },
+            } => self.apply_enterprise(NETFILTER_PEN, *field_number, Value::Parsed(value)),
             _ => {}
         }
     }
 
-    /// Apply one field by IANA element id (shared by v9 field types and IPFIX IEs).
+    /// Apply one IPFIX field from its value octets (variable-length prefix stripped):
+    /// `enterprise` 0 for IANA elements.
+    pub fn apply_raw(&mut self, enterprise: u32, ie: u16, bytes: &[u8]) {
+        if enterprise == 0 {
+            self.apply_value(ie, Value::Raw(bytes));
+        } else {
+            self.apply_enterprise(enterprise, ie, Value::Raw(bytes));
+        }
+    }
+
+    fn apply_enterprise(&mut self, enterprise: u32, ie: u16, value: Value<'_>) {
+        if enterprise != NETFILTER_PEN {
+            return;
+        }
+        match ie {
+            NETFILTER_IE_MARK => self.rec.mark = number(value).map(|m| m as u32),
+            NETFILTER_IE_PREFIX => self.rec.nflog_prefix = text(value),
+            _ => {}
+        }
+    }
+
+    /// Apply one decoded field by IANA element id (v9 field types and IPFIX IEs).
     fn apply(&mut self, id: u16, value: &FieldValue) {
+        self.apply_value(id, Value::Parsed(value));
+    }
+
+    /// The mapping rules, by IANA element id.
+    fn apply_value(&mut self, id: u16, value: Value<'_>) {
         let n = || number(value);
         match id {
             1 => self.delta_bytes = n(),
@@ -545,11 +650,7 @@ impl RecordBuilder {
             136 => self.rec.end_reason = n().map(|r| EndReason::from_code(r as u8)),
             138 => self.rec.group = n().map(|g| g as u32),
             150..=157 => {
-                let ms = match value {
-                    FieldValue::Duration(d) => Some(duration_ms(d)),
-                    // Seconds (150/151) and milliseconds (152/153) as plain numbers.
-                    other => number(other).map(|v| if id <= 151 { v * 1000 } else { v }),
-                };
+                let ms = absolute_ms(id, value);
                 if id.is_multiple_of(2) {
                     self.start_abs = ms;
                 } else {
@@ -594,6 +695,15 @@ impl RecordBuilder {
                 None => ctx.sampling_interval = Some(rate),
             }
         }
+    }
+
+    /// Resolve an IPFIX data record of a message from `domain` exported at `export_secs`.
+    pub fn finish_ipfix(self, domain: u32, export_secs: u32, ctx: &ExporterContext) -> FlowRecord {
+        let clock = Clock {
+            export_ms: u64::from(export_secs) * 1000,
+            sys_uptime_ms: None,
+        };
+        self.finish(domain, clock, ctx)
     }
 
     fn finish(mut self, domain: u32, clock: Clock, ctx: &ExporterContext) -> FlowRecord {

@@ -1,0 +1,382 @@
+//! The zero-copy IPFIX path against the `netflow_parser` path: the same datagrams through a
+//! session table with the fast path and one without must give the same flow records, the
+//! same per-datagram results and the same counters.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
+use std::num::NonZeroUsize;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use labelflow_collector::session::SessionTable;
+use labelflow_proto::ipfix::MessageWriter;
+use labelflow_proto::template::{self, OptionsRecord};
+use labelflow_proto::{Direction, EndReason, FlowRecord};
+use proptest::prelude::*;
+
+fn table(fast: bool) -> SessionTable {
+    let mut t = SessionTable::new(
+        NonZeroUsize::new(8).unwrap(),
+        NonZeroUsize::new(16).unwrap(),
+    );
+    t.set_fast_path(fast);
+    t
+}
+
+/// Feed every datagram through both tables; returns the fast table's count of datagrams it
+/// decoded itself.
+fn assert_same(datagrams: &[(IpAddr, Vec<u8>)]) -> u64 {
+    let (mut slow, mut fast) = (table(false), table(true));
+    for (i, (from, d)) in datagrams.iter().enumerate() {
+        let (mut rs, mut ts, mut rf, mut tf) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let a = slow.ingest(*from, d, &mut rs, &mut ts);
+        let b = fast.ingest(*from, d, &mut rf, &mut tf);
+        assert_eq!(a, b, "datagram {i}: result");
+        assert_eq!(rs, rf, "datagram {i}: records");
+        assert_eq!(ts, tf, "datagram {i}: template records");
+    }
+    assert_eq!(slow.stats.fast_datagrams, 0);
+    let fast_count = fast.stats.fast_datagrams;
+    let mut f = fast.stats.clone();
+    f.fast_datagrams = 0;
+    assert_eq!(slow.stats, f, "counters");
+    fast_count
+}
+
+fn addr(v6: bool, n: u32) -> IpAddr {
+    if v6 {
+        IpAddr::V6(Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            0,
+            0,
+            0,
+            0,
+            (n >> 16) as u16,
+            n as u16,
+        ))
+    } else {
+        IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | n))
+    }
+}
+
+/// labelflow's own export: templates and options first, then data-only messages.
+fn labelflow_stream(flows: &[FlowRecord], domain: u32, per_message: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut w = MessageWriter::new(65_535);
+    let mut seq = 0u32;
+    w.begin(1_700_000_000, seq, domain);
+    assert!(template::write_templates(&mut w));
+    for (group, name) in [(1u32, "lan"), (2, "esp"), (3, "")] {
+        assert!(OptionsRecord::AppName {
+            group,
+            name: name.into(),
+            description: format!("group {group}"),
+        }
+        .write(&mut w));
+    }
+    assert!(OptionsRecord::Sampling {
+        domain,
+        interval: 1,
+        space: 0,
+    }
+    .write(&mut w));
+    seq += w.data_records();
+    out.push(w.finish().to_vec());
+    for chunk in flows.chunks(per_message) {
+        w.begin(1_700_000_100, seq, domain);
+        for f in chunk {
+            assert!(template::write_flow(&mut w, f));
+        }
+        seq += w.data_records();
+        out.push(w.finish().to_vec());
+    }
+    out
+}
+
+fn sample_flow(i: u32, v6: bool) -> FlowRecord {
+    FlowRecord {
+        observation_domain: 7,
+        group: Some(i % 4),
+        label: i.is_multiple_of(3).then(|| format!("label-{i}")),
+        src_addr: addr(v6, i),
+        dst_addr: addr(v6, i + 1000),
+        protocol: [6, 17, 1, 58, 50][i as usize % 5],
+        src_port: (i * 7) as u16,
+        dst_port: if i % 5 == 2 { 0 } else { 443 },
+        icmp_type_code: if i % 5 == 2 { 0x0800 } else { 0 },
+        ipsec_spi: (i % 5 == 4).then_some(0xdead_0000 | i),
+        ingress_if: i % 3,
+        egress_if: 2,
+        bytes: u64::from(i) * 1500,
+        packets: u64::from(i),
+        tcp_flags: (i % 64) as u8,
+        tos: (i % 256) as u8,
+        start_ms: 1_700_000_000_000 + u64::from(i),
+        end_ms: 1_700_000_050_000 + u64::from(i),
+        end_reason: Some(EndReason::from_code((i % 6) as u8)),
+        direction: [None, Some(Direction::Ingress), Some(Direction::Egress)][i as usize % 3],
+        mark: i.is_multiple_of(2).then_some(i),
+        user_name: (i % 4 == 1).then(|| "www-data".into()),
+        nflog_prefix: (i % 4 == 2).then(|| "WAN:".into()),
+        sampling_interval: 1,
+    }
+}
+
+#[test]
+fn labelflow_export_ipv4_and_ipv6() {
+    let flows: Vec<FlowRecord> = (0..200).map(|i| sample_flow(i, i % 2 == 1)).collect();
+    let from: IpAddr = "192.0.2.1".parse().unwrap();
+    let mut d: Vec<(IpAddr, Vec<u8>)> = labelflow_stream(&flows, 7, 9)
+        .into_iter()
+        .map(|m| (from, m))
+        .collect();
+    // A sequence gap, a replay, a truncated message and a second exporter with its own ids.
+    let n = d.len();
+    d.remove(5);
+    d.push(d[3].clone());
+    let mut cut = d[4].1.clone();
+    cut.truncate(cut.len() - 10);
+    let l = cut.len() as u16;
+    cut[2..4].copy_from_slice(&l.to_be_bytes());
+    d.push((from, cut));
+    let other: IpAddr = "2001:db8::9".parse().unwrap();
+    d.extend(
+        labelflow_stream(&flows[..40], 3, 22)
+            .into_iter()
+            .map(|m| (other, m)),
+    );
+    let fast = assert_same(&d);
+    assert!(
+        fast as usize >= n - 2,
+        "fast path used for {fast} datagrams"
+    );
+}
+
+#[test]
+fn data_before_its_template_falls_back() {
+    let flows: Vec<FlowRecord> = (0..30).map(|i| sample_flow(i, false)).collect();
+    let from: IpAddr = "192.0.2.2".parse().unwrap();
+    let mut msgs = labelflow_stream(&flows, 1, 10);
+    let templates = msgs.remove(0);
+    let mut d: Vec<(IpAddr, Vec<u8>)> = vec![(from, msgs[0].clone())];
+    d.push((from, templates));
+    d.extend(msgs.into_iter().map(|m| (from, m)));
+    assert_eq!(assert_same(&d), 3);
+}
+
+/// Template withdrawal (RFC 7011 section 8.1) and redefinition of an id as an options
+/// template: the fast path must stop using the old template.
+#[test]
+fn withdrawn_and_redefined_templates() {
+    let flows: Vec<FlowRecord> = (0..20).map(|i| sample_flow(i, false)).collect();
+    let from: IpAddr = "192.0.2.3".parse().unwrap();
+    let msgs = labelflow_stream(&flows, 1, 10);
+    #[rustfmt::skip]
+    let withdraw = vec![
+        0x00, 0x0a, 0x00, 0x18, 0x65, 0, 0, 0, 0, 0, 0, 20, 0, 0, 0, 1,
+        0x00, 0x02, 0x00, 0x08, 0x01, 0x00, 0x00, 0x00, // withdraw template 256
+    ];
+    let mut d: Vec<(IpAddr, Vec<u8>)> = msgs.iter().map(|m| (from, m.clone())).collect();
+    d.push((from, withdraw));
+    d.push((from, msgs[1].clone()));
+    d.extend(msgs.iter().map(|m| (from, m.clone())));
+    assert_same(&d);
+}
+
+fn softflowd_ipfix(pcap: &std::path::Path) -> Vec<Vec<u8>> {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let port = sock.local_addr().unwrap().port();
+    let out = Command::new(require("softflowd"))
+        .arg("-r")
+        .arg(pcap)
+        .args(["-n", &format!("127.0.0.1:{port}"), "-v", "10"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    while let Ok(n) = sock.recv(&mut buf) {
+        got.push(buf[..n].to_vec());
+    }
+    got
+}
+
+#[test]
+fn softflowd_ipfix_same_through_both_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("t.pcap");
+    write_pcap(&pcap, 400, 1_700_000_000);
+    let msgs = softflowd_ipfix(&pcap);
+    assert!(msgs.len() > 2, "softflowd sent {} datagrams", msgs.len());
+    let from: IpAddr = "127.0.0.1".parse().unwrap();
+    let d: Vec<(IpAddr, Vec<u8>)> = msgs.into_iter().map(|m| (from, m)).collect();
+    assert!(assert_same(&d) > 0);
+}
+
+fn arb_flow() -> impl Strategy<Value = FlowRecord> {
+    let addrs = prop_oneof![
+        (any::<u32>(), any::<u32>())
+            .prop_map(|(a, b)| (IpAddr::V4(Ipv4Addr::from(a)), IpAddr::V4(Ipv4Addr::from(b)))),
+        (any::<u128>(), any::<u128>())
+            .prop_map(|(a, b)| (IpAddr::V6(Ipv6Addr::from(a)), IpAddr::V6(Ipv6Addr::from(b)))),
+    ];
+    let text = proptest::option::of("[a-zA-Z0-9 :./\u{e9}\u{1}-]{0,40}");
+    (
+        addrs,
+        (any::<u8>(), any::<u16>(), any::<u16>(), any::<u16>()),
+        (
+            proptest::option::of(any::<u32>()),
+            any::<u32>(),
+            any::<u32>(),
+        ),
+        (any::<u64>(), any::<u64>(), any::<u8>(), any::<u8>()),
+        (any::<u64>(), any::<u64>(), 0u8..8, 0u8..3),
+        (
+            proptest::option::of(0u32..6),
+            proptest::option::of(any::<u32>()),
+            text.clone(),
+            text.clone(),
+            text,
+        ),
+    )
+        .prop_map(
+            |(
+                (src_addr, dst_addr),
+                (protocol, src_port, dst_port, icmp_type_code),
+                (ipsec_spi, ingress_if, egress_if),
+                (bytes, packets, tcp_flags, tos),
+                (start_ms, end_ms, reason, dir),
+                (group, mark, label, user_name, nflog_prefix),
+            )| FlowRecord {
+                observation_domain: 0,
+                group,
+                label,
+                src_addr,
+                dst_addr,
+                protocol,
+                src_port,
+                dst_port,
+                icmp_type_code,
+                ipsec_spi,
+                ingress_if,
+                egress_if,
+                bytes,
+                packets,
+                tcp_flags,
+                tos,
+                start_ms,
+                end_ms,
+                end_reason: (reason < 7).then(|| EndReason::from_code(reason)),
+                direction: [None, Some(Direction::Ingress), Some(Direction::Egress)][dir as usize],
+                mark,
+                user_name,
+                nflog_prefix,
+                sampling_interval: 1,
+            },
+        )
+}
+
+proptest! {
+    #[test]
+    fn random_records_same_through_both_paths(
+        flows in proptest::collection::vec(arb_flow(), 1..40),
+        per in 1usize..12,
+        domain in any::<u32>(),
+    ) {
+        let from: IpAddr = "198.51.100.1".parse().unwrap();
+        let d: Vec<(IpAddr, Vec<u8>)> = labelflow_stream(&flows, domain, per)
+            .into_iter()
+            .map(|m| (from, m))
+            .collect();
+        let n = d.len() as u64;
+        prop_assert_eq!(assert_same(&d), n - 1);
+    }
+}
+
+/// Elements labelflow does not send but other exporters do: reduced-size counters, total
+/// counts, seconds and NTP-microsecond times, sysUpTime with systemInitTime, ICMP type and
+/// code apart, a two-octet tcpControlBits, a NUL-padded and control-character name.
+#[test]
+fn other_exporters_elements() {
+    let fields: [(u16, u16); 18] = [
+        (8, 4),
+        (12, 4),
+        (4, 1),
+        (176, 1),
+        (177, 1),
+        (85, 3),
+        (86, 2),
+        (150, 4),
+        (151, 4),
+        (154, 8),
+        (155, 8),
+        (22, 4),
+        (21, 4),
+        (160, 8),
+        (96, 0xffff),
+        (61, 1),
+        (136, 1),
+        (6, 2),
+    ];
+    let header = |seq: u32| {
+        let mut m = vec![0, 10, 0, 0];
+        m.extend_from_slice(&1_700_000_000u32.to_be_bytes());
+        m.extend_from_slice(&seq.to_be_bytes());
+        m.extend_from_slice(&9u32.to_be_bytes());
+        m
+    };
+    let finish = |mut m: Vec<u8>| {
+        let n = m.len() as u16;
+        m[2..4].copy_from_slice(&n.to_be_bytes());
+        m
+    };
+    let mut t = header(0);
+    t.extend_from_slice(&[0, 2]);
+    t.extend_from_slice(&(8 + 4 * fields.len() as u16).to_be_bytes());
+    t.extend_from_slice(&300u16.to_be_bytes());
+    t.extend_from_slice(&(fields.len() as u16).to_be_bytes());
+    for (id, len) in fields {
+        t.extend_from_slice(&id.to_be_bytes());
+        t.extend_from_slice(&len.to_be_bytes());
+    }
+    let record = |i: u8| {
+        let mut r = Vec::new();
+        r.extend_from_slice(&[192, 0, 2, i, 198, 51, 100, i, 1, 8, i % 3]);
+        r.extend_from_slice(&[0, i, 7, 0, i]);
+        r.extend_from_slice(&1_699_999_990u32.to_be_bytes());
+        r.extend_from_slice(&1_699_999_999u32.to_be_bytes());
+        let ntp = 1_699_999_990u64 + 2_208_988_800;
+        r.extend_from_slice(&(ntp as u32).to_be_bytes());
+        r.extend_from_slice(&(u32::from(i) << 24).to_be_bytes());
+        r.extend_from_slice(&((ntp + 5) as u32).to_be_bytes());
+        r.extend_from_slice(&0x8000_0000u32.to_be_bytes());
+        r.extend_from_slice(&(1000u32 * u32::from(i)).to_be_bytes());
+        r.extend_from_slice(&(u32::MAX - 5).to_be_bytes());
+        r.extend_from_slice(&1_699_000_000_000u64.to_be_bytes());
+        let name: &[u8] = if i.is_multiple_of(2) {
+            b"ab\x01c\0\0"
+        } else {
+            b"\xff\xfeweb"
+        };
+        r.push(name.len() as u8);
+        r.extend_from_slice(name);
+        r.extend_from_slice(&[i % 3, i % 6, 0x01, 0x12]);
+        r
+    };
+    let mut d = Vec::new();
+    let from: IpAddr = "203.0.113.5".parse().unwrap();
+    d.push((from, finish(t)));
+    for m in 0..4u8 {
+        let mut msg = header(u32::from(m) * 3);
+        let body: Vec<u8> = (0..3).flat_map(|k| record(m * 3 + k)).collect();
+        msg.extend_from_slice(&300u16.to_be_bytes());
+        msg.extend_from_slice(&(4 + body.len() as u16).to_be_bytes());
+        msg.extend_from_slice(&body);
+        d.push((from, finish(msg)));
+    }
+    assert_eq!(assert_same(&d), 4);
+}
