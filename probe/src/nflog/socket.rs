@@ -195,7 +195,9 @@ fn group_holder(group: u16) -> Option<u32> {
 impl NflogSocket {
     /// Opens the socket, sizes its receive buffer and binds every group (copy mode, sequence
     /// numbers, batching), waiting for the kernel to acknowledge each. Fails on the first
-    /// group the kernel refuses; groups already bound are released when the socket closes.
+    /// group the kernel refuses, after unbinding the groups it had already bound (closing the
+    /// socket releases them too, but not before `open` returns: a caller retrying at once
+    /// could find them still held).
     pub fn open(config: &NflogConfig) -> Result<Self, NflogError> {
         validate(config)?;
         let mut sock = Socket::new(NETLINK_NETFILTER).map_err(NflogError::Socket)?;
@@ -234,8 +236,15 @@ impl NflogSocket {
                 ConfigNla::Timeout(Timeout::from(g.flush_timeout)),
                 ConfigNla::NlBufSiz(g.nlbufsiz),
             ];
-            this.send_config(g.group, Request::Bind, nlas)?;
-            this.wait_acks(config.ack_timeout, None::<fn(&PacketMeta<'_>, &[u8])>)?;
+            let bound = this
+                .send_config(g.group, Request::Bind, nlas)
+                .and_then(|()| {
+                    this.wait_acks(config.ack_timeout, None::<fn(&PacketMeta<'_>, &[u8])>)
+                });
+            if let Err(e) = bound {
+                this.release_bound(g.group, config.ack_timeout);
+                return Err(e);
+            }
             tracing::debug!(
                 group = g.group,
                 copy_range = g.copy_range,
@@ -245,6 +254,25 @@ impl NflogSocket {
             );
         }
         Ok(this)
+    }
+
+    /// Unbinds, best effort, the groups bound before `failed` (configuration order).
+    fn release_bound(&mut self, failed: u16, timeout: Duration) {
+        let bound: Vec<u16> = self
+            .groups
+            .iter()
+            .map(|g| g.group)
+            .take_while(|&g| g != failed)
+            .collect();
+        self.awaiting.clear();
+        self.failures.clear();
+        for group in bound {
+            let unbind = vec![ConfigNla::Cmd(ConfigCmd::Unbind)];
+            if self.send_config(group, Request::Unbind, unbind).is_err() {
+                return;
+            }
+        }
+        let _ = self.wait_acks(timeout, None::<fn(&PacketMeta<'_>, &[u8])>);
     }
 
     /// The netlink port id of the socket (the `portid` column of
