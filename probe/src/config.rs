@@ -49,13 +49,13 @@ pub mod defaults {
     pub const COPY_RANGE: u32 = crate::nflog::DEFAULT_COPY_RANGE;
     pub const QUEUE_THRESHOLD: u32 = crate::nflog::DEFAULT_QUEUE_THRESHOLD;
     pub const FLUSH_TIMEOUT: Duration = crate::nflog::DEFAULT_FLUSH_TIMEOUT;
-    pub const MAX_FLOWS: u32 = 1_000_000;
-    pub const ACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
-    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
-    pub const MTU: usize = 1400;
+    pub const MAX_FLOWS: u32 = crate::cache::DEFAULT_MAX_FLOWS;
+    pub const ACTIVE_TIMEOUT: Duration = crate::cache::DEFAULT_ACTIVE_TIMEOUT;
+    pub const IDLE_TIMEOUT: Duration = crate::cache::DEFAULT_IDLE_TIMEOUT;
+    pub const MTU: usize = crate::export::DEFAULT_MTU;
     pub const SNDBUF: usize = 4 << 20;
-    pub const TEMPLATE_REFRESH: Duration = Duration::from_secs(60);
-    pub const TEMPLATE_REFRESH_MESSAGES: u32 = 100;
+    pub const TEMPLATE_REFRESH: Duration = crate::export::DEFAULT_TEMPLATE_INTERVAL;
+    pub const TEMPLATE_REFRESH_MESSAGES: u32 = crate::export::DEFAULT_TEMPLATE_EVERY;
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 }
 

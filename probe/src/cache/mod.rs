@@ -82,12 +82,19 @@ pub struct CacheConfig {
     pub user_names: UserNameLookup,
 }
 
+/// Default bound on live flows (about 100 MB of cache at 99 bytes per flow).
+pub const DEFAULT_MAX_FLOWS: u32 = 1_000_000;
+/// Default idle (inactive) timeout.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Default active timeout.
+pub const DEFAULT_ACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
-            max_flows: NonZeroU32::new(1 << 20).expect("non-zero"),
-            idle_timeout: Duration::from_secs(15),
-            active_timeout: Duration::from_secs(60),
+            max_flows: NonZeroU32::new(DEFAULT_MAX_FLOWS).expect("non-zero"),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            active_timeout: DEFAULT_ACTIVE_TIMEOUT,
             labels: Vec::new(),
             user_names: system_user_name,
         }

@@ -16,6 +16,9 @@ mod state;
 mod target;
 mod udp;
 
-pub use state::{ExportConfig, ExportMeta, ExportState, ExportStats, GroupMeta, InterfaceMeta};
+pub use state::{
+    ExportConfig, ExportMeta, ExportState, ExportStats, GroupMeta, InterfaceMeta, DEFAULT_MTU,
+    DEFAULT_TEMPLATE_EVERY, DEFAULT_TEMPLATE_INTERVAL,
+};
 pub use target::{Format, Target, TargetError};
 pub use udp::{TargetStats, UdpExporter};

@@ -26,13 +26,20 @@ pub struct ExportConfig {
     pub max_delay: Duration,
 }
 
+/// Default largest datagram payload, octets.
+pub const DEFAULT_MTU: usize = 1400;
+/// Default template and options refresh interval.
+pub const DEFAULT_TEMPLATE_INTERVAL: Duration = Duration::from_secs(60);
+/// Default template and options refresh, in messages.
+pub const DEFAULT_TEMPLATE_EVERY: u32 = 100;
+
 impl Default for ExportConfig {
     fn default() -> Self {
         ExportConfig {
-            mtu: 1400,
+            mtu: DEFAULT_MTU,
             domain: 0,
-            template_interval: Duration::from_secs(60),
-            template_every: 100,
+            template_interval: DEFAULT_TEMPLATE_INTERVAL,
+            template_every: DEFAULT_TEMPLATE_EVERY,
             max_delay: Duration::from_secs(1),
         }
     }
