@@ -15,7 +15,7 @@ use std::net::IpAddr;
 
 use labelflow_proto::FlowRecord;
 
-use crate::config::{rule_label, AggConfig, LabelRule};
+use crate::config::AggConfig;
 
 /// The label of records that carry none and match no rule.
 pub const UNLABELLED: &str = "unlabelled";
@@ -125,24 +125,6 @@ impl Dim {
     }
 }
 
-/// Label of a record: labelflow's IEs first (applicationName, or applicationId resolved
-/// through options, then the NFLOG group), then the configured exporter rules.
-pub fn resolve_label<'a>(
-    rec: &'a FlowRecord,
-    exporter: IpAddr,
-    rules: &'a [LabelRule],
-) -> std::borrow::Cow<'a, str> {
-    if let Some(l) = &rec.label {
-        return l.as_str().into();
-    }
-    if let Some(g) = rec.group {
-        return format!("group{g}").into();
-    }
-    rule_label(rules, exporter, [rec.ingress_if, rec.egress_if])
-        .unwrap_or(UNLABELLED)
-        .into()
-}
-
 /// Split `total` over `weights` in proportion, exactly: the shares sum to `total`.
 ///
 /// Largest-remainder method: every part gets the floor of its exact share, and the units
@@ -224,12 +206,13 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Add `o`; counters saturate rather than wrap (an exporter can claim any count).
     pub fn add(&mut self, o: &Counters) {
-        self.bytes += o.bytes;
-        self.packets += o.packets;
-        self.flows += o.flows;
-        self.bytes_in += o.bytes_in;
-        self.bytes_out += o.bytes_out;
+        self.bytes = self.bytes.saturating_add(o.bytes);
+        self.packets = self.packets.saturating_add(o.packets);
+        self.flows = self.flows.saturating_add(o.flows);
+        self.bytes_in = self.bytes_in.saturating_add(o.bytes_in);
+        self.bytes_out = self.bytes_out.saturating_add(o.bytes_out);
     }
 }
 
@@ -253,15 +236,6 @@ pub enum Key {
     Other,
 }
 
-/// A counter of the base resolution; rollups are summed from these at [`Aggregator::take`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct BaseSlot {
-    /// Bucket start, seconds since the epoch.
-    bucket: i64,
-    dim: Dim,
-    key: Key,
-}
-
 /// Where a counter goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Slot {
@@ -280,6 +254,151 @@ pub struct AggStats {
     pub excluded_internal: u64,
     pub folded_keys: u64,
     pub clamped_durations: u64,
+    /// Records whose label came after the label table was full (counted under `other`).
+    pub folded_labels: u64,
+}
+
+/// Distinct labels the aggregator names; later ones are counted under [`OTHER`]. Labels
+/// are the classes an admin configured (NFLOG groups, label rules), so this is generous;
+/// it bounds what an exporter sending arbitrary `applicationName`s can make us keep.
+pub const MAX_LABELS: usize = 4096;
+
+/// One record reduced to what aggregation needs. `label` is an id from
+/// [`Aggregator::label_id`]; counts are as exported, `sampling` scales them. Ports are those
+/// of TCP, UDP, SCTP and UDP-Lite ([`has_ports`]), 0 for other protocols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    pub label: u32,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub protocol: u8,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub spi: Option<u32>,
+    pub bytes: u64,
+    pub packets: u64,
+    pub sampling: u32,
+    pub start_ms: u64,
+    pub end_ms: u64,
+}
+
+impl Flow {
+    pub fn from_record(rec: &FlowRecord, label: u32) -> Flow {
+        let ports = has_ports(rec.protocol);
+        Flow {
+            label,
+            src: rec.src_addr,
+            dst: rec.dst_addr,
+            protocol: rec.protocol,
+            src_port: if ports { rec.src_port } else { 0 },
+            dst_port: if ports { rec.dst_port } else { 0 },
+            spi: rec.ipsec_spi,
+            bytes: rec.bytes,
+            packets: rec.packets,
+            sampling: rec.sampling_interval,
+            start_ms: rec.start_ms,
+            end_ms: rec.end_ms,
+        }
+    }
+}
+
+/// Counters of the dimensions without in/out split.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Sum {
+    bytes: u64,
+    packets: u64,
+    flows: u64,
+}
+
+impl Sum {
+    #[inline]
+    fn add(&mut self, o: Sum) {
+        self.bytes = self.bytes.saturating_add(o.bytes);
+        self.packets = self.packets.saturating_add(o.packets);
+        self.flows = self.flows.saturating_add(o.flows);
+    }
+
+    fn is_zero(&self) -> bool {
+        *self == Sum::default()
+    }
+
+    fn counters(self) -> Counters {
+        Counters {
+            bytes: self.bytes,
+            packets: self.packets,
+            flows: self.flows,
+            ..Counters::default()
+        }
+    }
+}
+
+/// `Port` keys packed as `protocol << 16 | port`; this one stands for [`Key::Other`].
+const OTHER_PORT: u32 = u32::MAX;
+
+/// The deltas of one base bucket since the last take, laid out for the per-record path:
+/// labels and protocols by index, the open-ended dimensions in hash maps. Views are not
+/// counted per record: a view is a set of labels, so its counters are the sum of its
+/// labels', formed at [`Aggregator::take`].
+#[derive(Debug)]
+struct Bucket {
+    /// Bucket start, seconds since the epoch.
+    start: i64,
+    labels: Vec<Sum>,
+    /// Protocol number → index into `protocols` + 1 (0: not seen in this bucket).
+    protocol_slot: [u16; 256],
+    protocols: Vec<(u8, Sum)>,
+    ports: HashMap<u32, Sum, FxBuild>,
+    tunnels: HashMap<Key, Sum, FxBuild>,
+    hosts: HashMap<Key, Counters, FxBuild>,
+}
+
+impl Bucket {
+    fn new(start: i64) -> Bucket {
+        Bucket {
+            start,
+            labels: Vec::new(),
+            protocol_slot: [0; 256],
+            protocols: Vec::new(),
+            ports: HashMap::default(),
+            tunnels: HashMap::default(),
+            hosts: HashMap::default(),
+        }
+    }
+
+    #[inline]
+    fn protocol(&mut self, p: u8) -> &mut Sum {
+        let slot = &mut self.protocol_slot[usize::from(p)];
+        if *slot == 0 {
+            self.protocols.push((p, Sum::default()));
+            *slot = self.protocols.len() as u16;
+        }
+        &mut self.protocols[usize::from(*slot) - 1].1
+    }
+}
+
+/// The key bound of one (dimension, base bucket): which keys it admitted.
+type Seen = HashMap<(Dim, i64), HashSet<Key, FxBuild>, FxBuild>;
+
+/// Fold keys beyond `max` per (dimension, bucket) into [`Key::Other`]; the first keys seen
+/// keep their name for the bucket's whole life, across commits.
+fn bounded(
+    seen: &mut Seen,
+    stats: &mut AggStats,
+    max: usize,
+    dim: Dim,
+    bucket: i64,
+    key: Key,
+) -> Key {
+    let set = seen.entry((dim, bucket)).or_default();
+    if set.contains(&key) {
+        return key;
+    }
+    if set.len() >= max {
+        stats.folded_keys += 1;
+        return Key::Other;
+    }
+    set.insert(key);
+    key
 }
 
 /// Accumulates deltas between commits.
@@ -291,10 +410,16 @@ pub struct Aggregator {
     /// For each label id, the view ids it belongs to.
     label_views: Vec<Vec<u32>>,
     view_names: Vec<String>,
-    /// Base-resolution deltas since the last take.
-    pending: HashMap<BaseSlot, Counters, FxBuild>,
-    seen: HashMap<(Dim, i64), HashSet<Key, FxBuild>, FxBuild>,
-    keys: Vec<(Dim, Key, Side)>,
+    /// Base buckets with deltas since the last take.
+    pending: Vec<Bucket>,
+    /// Bucket start → index into `pending`.
+    pending_index: HashMap<i64, usize, FxBuild>,
+    /// Index into `pending` of the bucket the last record went to.
+    last: usize,
+    /// The milliseconds [start, end) of the base bucket the last single-bucket record
+    /// fell in.
+    last_range: (u64, u64),
+    seen: Seen,
     weights: Vec<u64>,
     shares_b: Vec<u64>,
     shares_p: Vec<u64>,
@@ -314,9 +439,11 @@ impl Aggregator {
             label_names: Vec::new(),
             label_views: Vec::new(),
             view_names,
-            pending: HashMap::default(),
+            pending: Vec::new(),
+            pending_index: HashMap::default(),
+            last: 0,
+            last_range: (0, 0),
             seen: HashMap::default(),
-            keys: Vec::with_capacity(8),
             weights: Vec::new(),
             shares_b: Vec::new(),
             shares_p: Vec::new(),
@@ -329,9 +456,15 @@ impl Aggregator {
         &self.cfg
     }
 
-    fn label_id(&mut self, label: &str) -> u32 {
+    /// The id of a label, naming it on first sight; past [`MAX_LABELS`] names, new labels
+    /// get the id of [`OTHER`].
+    pub fn label_id(&mut self, label: &str) -> u32 {
         if let Some(id) = self.labels.get(label) {
             return *id;
+        }
+        if self.label_names.len() >= MAX_LABELS - 1 && label != OTHER {
+            self.stats.folded_labels += 1;
+            return self.label_id(OTHER);
         }
         let id = self.label_names.len() as u32;
         let views = self
@@ -346,6 +479,11 @@ impl Aggregator {
         self.label_names.push(label.to_string());
         self.label_views.push(views);
         id
+    }
+
+    /// The name of a label id.
+    pub fn label_name(&self, id: u32) -> &str {
+        &self.label_names[id as usize]
     }
 
     /// Text of a key as stored and reported.
@@ -374,136 +512,173 @@ impl Aggregator {
         self.cfg.networks.iter().any(|n| n.contains(ip))
     }
 
-    /// Add one record under `label`.
+    /// Add one record under `label` (named on first sight).
     pub fn add(&mut self, rec: &FlowRecord, label: &str) {
+        let id = self.label_id(label);
+        self.add_flow(&Flow::from_record(rec, id));
+    }
+
+    /// Index into `pending` of the bucket starting at `start`.
+    #[inline]
+    fn bucket(&mut self, start: i64) -> usize {
+        if self
+            .pending
+            .get(self.last)
+            .is_some_and(|b| b.start == start)
+        {
+            return self.last;
+        }
+        let i = *self.pending_index.entry(start).or_insert_with(|| {
+            self.pending.push(Bucket::new(start));
+            self.pending.len() - 1
+        });
+        self.last = i;
+        i
+    }
+
+    /// Add one record.
+    pub fn add_flow(&mut self, f: &Flow) {
         self.stats.records += 1;
-        let scale = u64::from(rec.sampling_interval.max(1));
-        let bytes = rec.bytes.saturating_mul(scale);
-        let packets = rec.packets.saturating_mul(scale);
-        let mut start = rec.start_ms.min(rec.end_ms);
-        let end = rec.end_ms.max(rec.start_ms);
+        let scale = u64::from(f.sampling.max(1));
+        let bytes = f.bytes.saturating_mul(scale);
+        let packets = f.packets.saturating_mul(scale);
+        let mut start = f.start_ms.min(f.end_ms);
+        let end = f.end_ms.max(f.start_ms);
         if end - start > self.cfg.max_flow_duration_ms {
             start = end - self.cfg.max_flow_duration_ms;
             self.stats.clamped_durations += 1;
         }
-
-        // Which keys this record feeds, per dimension.
-        let mut keys = std::mem::take(&mut self.keys);
-        keys.clear();
-        let lid = self.label_id(label);
-        keys.push((Dim::Label, Key::Label(lid), Side::Both));
-        for v in &self.label_views[lid as usize] {
-            keys.push((Dim::View, Key::View(*v), Side::Both));
+        let base = self.cfg.resolutions[0];
+        // Most records fall in the bucket the previous one fell in: skip the divisions.
+        let (lo, hi) = self.last_range;
+        if start >= lo && end < hi {
+            let share = Sum {
+                bytes,
+                packets,
+                flows: 1,
+            };
+            self.add_share(f, (lo / 1000) as i64, share);
+            return;
         }
-        if matches!(rec.protocol, 50 | 51) {
-            keys.push((
-                Dim::Tunnel,
-                Key::Sa {
-                    protocol: rec.protocol,
-                    src: rec.src_addr,
-                    dst: rec.dst_addr,
-                    spi: rec.ipsec_spi.unwrap_or(0),
-                },
-                Side::Both,
-            ));
-        } else if let Some(t) = self.cfg.tunnels.iter().position(|t| {
-            t.subnets
-                .iter()
-                .any(|n| n.contains(rec.src_addr) || n.contains(rec.dst_addr))
-        }) {
-            keys.push((Dim::Tunnel, Key::Tunnel(t as u32), Side::Both));
-        }
-        let src_in = self.in_networks(rec.src_addr);
-        let dst_in = self.in_networks(rec.dst_addr);
-        if src_in && dst_in && self.cfg.exclude_internal {
-            self.stats.excluded_internal += 1;
-        } else {
-            if src_in {
-                keys.push((Dim::Host, Key::Host(rec.src_addr), Side::Out));
-            }
-            if dst_in && !(src_in && rec.dst_addr == rec.src_addr) {
-                keys.push((Dim::Host, Key::Host(rec.dst_addr), Side::In));
-            }
-        }
-        keys.push((Dim::Protocol, Key::Protocol(rec.protocol), Side::Both));
-        if matches!(rec.protocol, 6 | 17 | 132 | 136) {
-            let port = service_port(rec.src_port, rec.dst_port);
-            keys.push((Dim::Port, Key::Port(rec.protocol, port), Side::Both));
-        }
-
-        // Pro-rate over the base buckets [start, end] touches.
-        let base_ms = self.cfg.resolutions[0] * 1000;
-        let first = start / base_ms;
-        let last = end / base_ms;
-        self.weights.clear();
+        let (first, last) = (start / (base * 1000), end / (base * 1000));
         if first == last {
-            self.weights.push(1);
-        } else {
-            for b in first..=last {
-                let lo = (b * base_ms).max(start);
-                let hi = ((b + 1) * base_ms).min(end);
-                self.weights.push(hi - lo);
-            }
+            let share = Sum {
+                bytes,
+                packets,
+                flows: 1,
+            };
+            self.last_range = (first * base * 1000, (first + 1) * base * 1000);
+            self.add_share(f, (first * base) as i64, share);
+            return;
+        }
+        // Pro-rate over the base buckets [start, end] touches.
+        let base_ms = base * 1000;
+        self.weights.clear();
+        for b in first..=last {
+            let lo = (b * base_ms).max(start);
+            let hi = ((b + 1) * base_ms).min(end);
+            self.weights.push(hi - lo);
         }
         let mut sb = std::mem::take(&mut self.shares_b);
         let mut sp = std::mem::take(&mut self.shares_p);
         apportion_with(bytes, &self.weights, &mut sb, &mut self.rems);
         apportion_with(packets, &self.weights, &mut sp, &mut self.rems);
-        let flow_bucket = first;
         for (i, (b, p)) in sb.iter().zip(&sp).enumerate() {
-            let base_bucket = (first + i as u64) * self.cfg.resolutions[0];
-            let flows = u64::from(first + i as u64 == flow_bucket);
-            if *b == 0 && *p == 0 && flows == 0 {
-                continue;
-            }
-            for &(dim, key, side) in &keys {
-                let c = Counters {
-                    bytes: *b,
-                    packets: *p,
-                    flows,
-                    bytes_in: if side == Side::In { *b } else { 0 },
-                    bytes_out: if side == Side::Out { *b } else { 0 },
-                };
-                // The key bound is decided in the base bucket; rollups are summed from the
-                // base buckets at `take`, so a rollup is always the sum of its parts. A key
-                // already pending in this bucket was admitted by the bound before.
-                let slot = BaseSlot {
-                    bucket: base_bucket as i64,
-                    dim,
-                    key,
-                };
-                if let Some(p) = self.pending.get_mut(&slot) {
-                    p.add(&c);
-                    continue;
-                }
-                let key = self.bounded(dim, slot.bucket, key);
-                self.pending
-                    .entry(BaseSlot { key, ..slot })
-                    .or_default()
-                    .add(&c);
+            // The flow counts once, in the bucket it started in.
+            let share = Sum {
+                bytes: *b,
+                packets: *p,
+                flows: u64::from(i == 0),
+            };
+            if !share.is_zero() {
+                self.add_share(f, ((first + i as u64) * base) as i64, share);
             }
         }
         self.shares_b = sb;
         self.shares_p = sp;
-        self.keys = keys;
     }
 
-    /// Fold keys beyond `max_keys_per_bucket` into [`Key::Other`].
-    fn bounded(&mut self, dim: Dim, bucket: i64, key: Key) -> Key {
-        if matches!(dim, Dim::Protocol | Dim::View) {
-            return key;
-        }
+    /// Add one base bucket's share of a record to every dimension it feeds.
+    #[inline]
+    fn add_share(&mut self, f: &Flow, bucket_start: i64, share: Sum) {
         let max = self.cfg.max_keys_per_bucket;
-        let set = self.seen.entry((dim, bucket)).or_default();
-        if set.contains(&key) {
-            return key;
+        let bi = self.bucket(bucket_start);
+        let hosts = if self.cfg.networks.is_empty() {
+            (false, false)
+        } else {
+            (self.in_networks(f.src), self.in_networks(f.dst))
+        };
+        let tunnel = if matches!(f.protocol, 50 | 51) {
+            Some(Key::Sa {
+                protocol: f.protocol,
+                src: f.src,
+                dst: f.dst,
+                spi: f.spi.unwrap_or(0),
+            })
+        } else {
+            self.cfg
+                .tunnels
+                .iter()
+                .position(|t| {
+                    t.subnets
+                        .iter()
+                        .any(|n| n.contains(f.src) || n.contains(f.dst))
+                })
+                .map(|t| Key::Tunnel(t as u32))
+        };
+        let Aggregator {
+            pending,
+            seen,
+            stats,
+            cfg,
+            ..
+        } = self;
+        let b = &mut pending[bi];
+        let li = f.label as usize;
+        if b.labels.len() <= li {
+            b.labels.resize(li + 1, Sum::default());
         }
-        if set.len() >= max {
-            self.stats.folded_keys += 1;
-            return Key::Other;
+        b.labels[li].add(share);
+        b.protocol(f.protocol).add(share);
+        if has_ports(f.protocol) {
+            let port = service_port(f.src_port, f.dst_port);
+            let packed = u32::from(f.protocol) << 16 | u32::from(port);
+            if let Some(s) = b.ports.get_mut(&packed) {
+                s.add(share);
+            } else {
+                let k = match bounded(
+                    seen,
+                    stats,
+                    max,
+                    Dim::Port,
+                    b.start,
+                    Key::Port(f.protocol, port),
+                ) {
+                    Key::Other => OTHER_PORT,
+                    _ => packed,
+                };
+                b.ports.entry(k).or_default().add(share);
+            }
         }
-        set.insert(key);
-        key
+        if let Some(key) = tunnel {
+            if let Some(s) = b.tunnels.get_mut(&key) {
+                s.add(share);
+            } else {
+                let k = bounded(seen, stats, max, Dim::Tunnel, b.start, key);
+                b.tunnels.entry(k).or_default().add(share);
+            }
+        }
+        let (src_in, dst_in) = hosts;
+        if src_in && dst_in && cfg.exclude_internal {
+            stats.excluded_internal += 1;
+        } else {
+            if src_in {
+                add_host(b, seen, stats, max, Key::Host(f.src), share, Side::Out);
+            }
+            if dst_in && !(src_in && f.dst == f.src) {
+                add_host(b, seen, stats, max, Key::Host(f.dst), share, Side::In);
+            }
+        }
     }
 
     /// Forget key-bound bookkeeping of buckets that started before `before` (seconds).
@@ -511,25 +686,87 @@ impl Aggregator {
         self.seen.retain(|(_, b), _| *b >= before);
     }
 
-    /// Base-resolution slots waiting for the next [`Aggregator::take`].
+    /// Base-resolution counters waiting for the next [`Aggregator::take`].
     pub fn pending_slots(&self) -> usize {
-        self.pending.len()
+        self.pending
+            .iter()
+            .map(|b| {
+                b.labels.iter().filter(|s| !s.is_zero()).count()
+                    + b.protocols.len()
+                    + b.ports.len()
+                    + b.tunnels.len()
+                    + b.hosts.len()
+            })
+            .sum()
+    }
+
+    /// The base-resolution counters of one bucket, keyed as stored (the label bound is
+    /// applied here; views are summed from their labels).
+    fn bucket_slots(&mut self, b: Bucket, out: &mut Vec<(i64, Dim, Key, Counters)>) {
+        let max = self.cfg.max_keys_per_bucket;
+        let t = b.start;
+        let mut views = vec![Sum::default(); self.view_names.len()];
+        for (id, s) in b.labels.iter().enumerate() {
+            if s.is_zero() {
+                continue;
+            }
+            for v in &self.label_views[id] {
+                views[*v as usize].add(*s);
+            }
+            let key = bounded(
+                &mut self.seen,
+                &mut self.stats,
+                max,
+                Dim::Label,
+                t,
+                Key::Label(id as u32),
+            );
+            out.push((t, Dim::Label, key, s.counters()));
+        }
+        for (v, s) in views.into_iter().enumerate() {
+            if !s.is_zero() {
+                out.push((t, Dim::View, Key::View(v as u32), s.counters()));
+            }
+        }
+        for (p, s) in &b.protocols {
+            out.push((t, Dim::Protocol, Key::Protocol(*p), s.counters()));
+        }
+        for (k, s) in b.ports {
+            let key = if k == OTHER_PORT {
+                Key::Other
+            } else {
+                Key::Port((k >> 16) as u8, k as u16)
+            };
+            out.push((t, Dim::Port, key, s.counters()));
+        }
+        for (k, s) in b.tunnels {
+            out.push((t, Dim::Tunnel, k, s.counters()));
+        }
+        for (k, c) in b.hosts {
+            out.push((t, Dim::Host, k, c));
+        }
     }
 
     /// Take the accumulated deltas (base resolution and every rollup), rendered for the
     /// store.
     pub fn take(&mut self) -> Vec<Delta> {
         let pending = std::mem::take(&mut self.pending);
+        self.pending_index.clear();
+        self.last = 0;
+        let mut base = Vec::new();
+        for b in pending {
+            self.bucket_slots(b, &mut base);
+        }
         let mut all: HashMap<Slot, Counters, FxBuild> = HashMap::default();
-        all.reserve(pending.len() * self.cfg.resolutions.len());
-        for (s, c) in pending {
+        all.reserve(base.len() * self.cfg.resolutions.len());
+        for (bucket, dim, key, c) in base {
             for (res, r) in self.cfg.resolutions.iter().enumerate() {
                 let r = *r as i64;
                 all.entry(Slot {
                     res: res as u8,
-                    bucket: s.bucket.div_euclid(r) * r,
-                    dim: s.dim,
-                    key: s.key,
+                    bucket: bucket.div_euclid(r) * r,
+                    dim,
+                    key,
                 })
                 .or_default()
                 .add(&c);
@@ -547,9 +784,33 @@ impl Aggregator {
     }
 }
 
+/// Add a host's share: bytes towards the host count in, bytes from it out.
+fn add_host(
+    b: &mut Bucket,
+    seen: &mut Seen,
+    stats: &mut AggStats,
+    max: usize,
+    key: Key,
+    share: Sum,
+    side: Side,
+) {
+    let c = Counters {
+        bytes: share.bytes,
+        packets: share.packets,
+        flows: share.flows,
+        bytes_in: if side == Side::In { share.bytes } else { 0 },
+        bytes_out: if side == Side::Out { share.bytes } else { 0 },
+    };
+    if let Some(h) = b.hosts.get_mut(&key) {
+        h.add(&c);
+        return;
+    }
+    let k = bounded(seen, stats, max, Dim::Host, b.start, key);
+    b.hosts.entry(k).or_default().add(&c);
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
-    Both,
     In,
     Out,
 }
@@ -563,6 +824,12 @@ pub struct Delta {
     pub dim: Dim,
     pub key: String,
     pub counters: Counters,
+}
+
+/// Whether flows of this IP protocol are counted per port: TCP, UDP, SCTP, UDP-Lite.
+#[inline]
+pub fn has_ports(protocol: u8) -> bool {
+    matches!(protocol, 6 | 17 | 132 | 136)
 }
 
 /// The service side of a port pair: the lower non-zero port (servers listen low).

@@ -5,11 +5,13 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use labelflow_proto::convert::{clean_text, ExporterContext};
+use labelflow_proto::plan::{sampling_of, FlowView};
 use labelflow_proto::FlowRecord;
 
-use crate::aggregate::{resolve_label, AggStats, Aggregator, Delta, FxBuild, OTHER};
-use crate::config::{Config, LabelRule};
-use crate::session::{DecodeError, Ingested, SessionStats, SessionTable};
+use crate::aggregate::{has_ports, AggStats, Aggregator, Delta, Flow, FxBuild, OTHER, UNLABELLED};
+use crate::config::{rule_label, Config, LabelRule};
+use crate::session::{DecodeError, FlowSink, Ingested, SessionStats, SessionTable};
 use crate::store::{ScopedTemplate, Store, StoreError};
 use crate::templates::TemplateRecord;
 
@@ -38,30 +40,179 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct Ingest {
     sessions: SessionTable,
-    agg: Aggregator,
-    rules: Vec<LabelRule>,
-    records: Vec<FlowRecord>,
+    labels: Labels,
     found: Vec<TemplateRecord>,
     templates: Vec<ScopedTemplate>,
     datagrams: usize,
-    labels: Vec<(String, u64, u64)>,
-    label_index: HashMap<String, usize, FxBuild>,
+}
+
+/// Label resolution and the per-label totals of `/metrics`, beside the aggregator.
+#[derive(Debug)]
+struct Labels {
+    agg: Aggregator,
+    rules: Vec<LabelRule>,
+    /// Raw `applicationName` octets → label id (`None`: the name cleans to nothing).
+    by_octets: HashMap<Box<[u8]>, Option<u32>, FxBuild>,
+    /// The last name looked up and its id: exporters tend to send runs of one label.
+    last: (Vec<u8>, Option<u32>),
+    /// NFLOG group → id of its `groupN` label, for records without a name.
+    by_group: HashMap<u32, u32, FxBuild>,
+    /// (label, bytes, packets) since start, bounded; the rest under `other`.
+    totals: Vec<(String, u64, u64)>,
+    /// Label id → index into `totals`.
+    total_of: Vec<u32>,
     max_metric_labels: usize,
+}
+
+/// Entries kept in each label cache; a stream of ever-new names is resolved without caching.
+const LABEL_CACHE: usize = 4096;
+
+impl Labels {
+    /// The label id of a name given as octets (cleaned as every string element is).
+    fn by_octets(&mut self, raw: &[u8]) -> Option<u32> {
+        if self.last.0 == raw {
+            return self.last.1;
+        }
+        let id = match self.by_octets.get(raw) {
+            Some(id) => *id,
+            None => {
+                let text = clean_text(raw);
+                let id = (!text.is_empty()).then(|| self.agg.label_id(&text));
+                if self.by_octets.len() < LABEL_CACHE {
+                    self.by_octets.insert(raw.into(), id);
+                }
+                id
+            }
+        };
+        self.last.0.clear();
+        self.last.0.extend_from_slice(raw);
+        self.last.1 = id;
+        id
+    }
+
+    /// A record's label: its own name, else its NFLOG group, else the exporter rules.
+    fn resolve(
+        &mut self,
+        name: Option<u32>,
+        group: Option<u32>,
+        exporter: IpAddr,
+        ifs: [u32; 2],
+    ) -> u32 {
+        if let Some(id) = name {
+            return id;
+        }
+        if let Some(g) = group {
+            if let Some(id) = self.by_group.get(&g) {
+                return *id;
+            }
+            let id = self.agg.label_id(&format!("group{g}"));
+            if self.by_group.len() < LABEL_CACHE {
+                self.by_group.insert(g, id);
+            }
+            return id;
+        }
+        let label = rule_label(&self.rules, exporter, ifs).unwrap_or(UNLABELLED);
+        self.agg.label_id(label)
+    }
+
+    fn add(&mut self, flow: &Flow) {
+        let id = flow.label as usize;
+        if self.total_of.len() <= id {
+            self.total_of.resize(id + 1, u32::MAX);
+        }
+        if self.total_of[id] == u32::MAX {
+            let name = if self.totals.len() < self.max_metric_labels {
+                self.agg.label_name(flow.label)
+            } else {
+                OTHER
+            };
+            self.total_of[id] = match self.totals.iter().position(|l| l.0 == name) {
+                Some(i) => i as u32,
+                None => {
+                    self.totals.push((name.to_string(), 0, 0));
+                    (self.totals.len() - 1) as u32
+                }
+            };
+        }
+        let scale = u64::from(flow.sampling.max(1));
+        let t = &mut self.totals[self.total_of[id] as usize];
+        t.1 = t.1.saturating_add(flow.bytes.saturating_mul(scale));
+        t.2 = t.2.saturating_add(flow.packets.saturating_mul(scale));
+        self.agg.add_flow(flow);
+    }
+}
+
+/// Hands one datagram's records to the aggregator.
+struct ToAggregator<'a> {
+    labels: &'a mut Labels,
+    exporter: IpAddr,
+}
+
+impl FlowSink for ToAggregator<'_> {
+    fn view(&mut self, v: &FlowView<'_>, ctx: &ExporterContext) {
+        let l = &mut *self.labels;
+        let mut name = v.label().and_then(|raw| l.by_octets(raw));
+        if name.is_none() {
+            if let Some(app) = v.application().and_then(|a| ctx.applications.get(&a)) {
+                name = l.by_octets(app.as_bytes());
+            }
+        }
+        let label = match name {
+            Some(id) => id,
+            None => {
+                let (i, e) = v.interfaces();
+                l.resolve(None, v.group(), self.exporter, [i, e])
+            }
+        };
+        let protocol = v.protocol();
+        // Ports count only for port protocols, where no ICMP rule moves them.
+        let (src_port, dst_port) = if has_ports(protocol) {
+            v.transport_ports()
+        } else {
+            (0, 0)
+        };
+        let (start_ms, end_ms) = v.times();
+        l.add(&Flow {
+            label,
+            src: v.src_addr(),
+            dst: v.dst_addr(),
+            protocol,
+            src_port,
+            dst_port,
+            spi: v.ipsec_spi(),
+            bytes: v.bytes(),
+            packets: v.packets(),
+            sampling: sampling_of(ctx),
+            start_ms,
+            end_ms,
+        });
+    }
+
+    fn record(&mut self, r: FlowRecord) {
+        let l = &mut *self.labels;
+        let name = r.label.as_ref().and_then(|s| l.by_octets(s.as_bytes()));
+        let label = l.resolve(name, r.group, self.exporter, [r.ingress_if, r.egress_if]);
+        l.add(&Flow::from_record(&r, label));
+    }
 }
 
 impl Ingest {
     pub fn new(cfg: &Config) -> Ingest {
         Ingest {
             sessions: SessionTable::new(cfg.max_exporters, cfg.max_templates_per_exporter),
-            agg: Aggregator::new(cfg.agg.clone()),
-            rules: cfg.label_rules.clone(),
-            records: Vec::new(),
+            labels: Labels {
+                agg: Aggregator::new(cfg.agg.clone()),
+                rules: cfg.label_rules.clone(),
+                by_octets: HashMap::default(),
+                last: (Vec::new(), None),
+                by_group: HashMap::default(),
+                totals: Vec::new(),
+                total_of: Vec::new(),
+                max_metric_labels: cfg.max_metric_labels,
+            },
             found: Vec::new(),
             templates: Vec::new(),
             datagrams: 0,
-            labels: Vec::new(),
-            label_index: HashMap::default(),
-            max_metric_labels: cfg.max_metric_labels,
         }
     }
 
@@ -75,48 +226,28 @@ impl Ingest {
         Ok(n)
     }
 
+    /// Turn the zero-copy IPFIX path on (the default) or off; the result is the same.
+    pub fn set_fast_path(&mut self, on: bool) {
+        self.sessions.set_fast_path(on);
+    }
+
     /// Handle one datagram.
     pub fn datagram(&mut self, exporter: IpAddr, bytes: &[u8]) -> Result<Ingested, DecodeError> {
         self.datagrams += 1;
-        self.records.clear();
         self.found.clear();
+        let mut sink = ToAggregator {
+            labels: &mut self.labels,
+            exporter,
+        };
         let r = self
             .sessions
-            .ingest(exporter, bytes, &mut self.records, &mut self.found);
+            .ingest(exporter, bytes, &mut sink, &mut self.found);
         if let Ok(i) = &r {
             for t in self.found.drain(..) {
                 self.templates.push(ScopedTemplate {
                     scope: i.scope,
                     record: t,
                 });
-            }
-            for rec in &self.records {
-                let label = resolve_label(rec, exporter, &self.rules);
-                let scale = u64::from(rec.sampling_interval.max(1));
-                let idx = match self.label_index.get(label.as_ref()) {
-                    Some(i) => *i,
-                    None => {
-                        let name = if self.labels.len() < self.max_metric_labels {
-                            label.to_string()
-                        } else {
-                            OTHER.to_string()
-                        };
-                        let i = match self.labels.iter().position(|l| l.0 == name) {
-                            Some(i) => i,
-                            None => {
-                                self.labels.push((name, 0, 0));
-                                self.labels.len() - 1
-                            }
-                        };
-                        if self.label_index.len() < 4 * self.max_metric_labels.max(16) {
-                            self.label_index.insert(label.to_string(), i);
-                        }
-                        i
-                    }
-                };
-                self.labels[idx].1 += rec.bytes.saturating_mul(scale);
-                self.labels[idx].2 += rec.packets.saturating_mul(scale);
-                self.agg.add(rec, &label);
             }
         }
         r
@@ -129,7 +260,7 @@ impl Ingest {
 
     pub fn take_batch(&mut self) -> Batch {
         let b = Batch {
-            deltas: self.agg.take(),
+            deltas: self.labels.agg.take(),
             templates: std::mem::take(&mut self.templates),
             datagrams: self.datagrams,
         };
@@ -139,18 +270,18 @@ impl Ingest {
 
     /// Forget per-bucket key bookkeeping older than `before` (seconds).
     pub fn forget_before(&mut self, before: i64) {
-        self.agg.forget_before(before);
+        self.labels.agg.forget_before(before);
     }
 
     pub fn aggregator(&self) -> &Aggregator {
-        &self.agg
+        &self.labels.agg
     }
 
     pub fn fill(&self, s: &mut Snapshot) {
         s.sessions = self.sessions.stats.clone();
-        s.aggregation = self.agg.stats.clone();
+        s.aggregation = self.labels.agg.stats.clone();
         s.scopes = self.sessions.scopes();
-        s.labels = self.labels.clone();
+        s.labels = self.labels.totals.clone();
     }
 }
 

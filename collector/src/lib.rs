@@ -3,8 +3,12 @@
 //! embedded SQLite store for reports, a JSON API, Prometheus metrics and graphs.
 //!
 //! ```text
-//!  UDP ──► SessionTable (netflow_parser per exporter+domain, persisted templates)
-//!      ──► convert ──► FlowRecord ──► resolve_label ──► Aggregator (pro-rated buckets)
+//!  UDP ──► SessionTable (per exporter+domain, persisted templates)
+//!      │     ├─ IPFIX data sets of known templates: FlowPlan ──► FlowView (zero-copy)
+//!      │     └─ everything else: netflow_parser ──► convert ──► FlowRecord
+//!      ──► FlowSink: label id (name, options, group, exporter rules) ──► Flow
+//!      ──► Aggregator (pro-rated buckets per label, protocol, port, tunnel, host;
+//!                      views summed from their labels)
 //!      ──► Store::commit (one SQLite transaction per batch)
 //!  Reader ──► report::build ──► table / CSV / JSON, HTTP, graph (SVG/PNG)
 //! ```

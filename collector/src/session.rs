@@ -12,7 +12,9 @@
 //! `labelflow_proto::ipfix` and mapped by the same [`RecordBuilder`] rules as the
 //! `netflow_parser` path. Anything else (template or options sets, options templates,
 //! unknown templates, any decode error) sends the whole datagram through `netflow_parser`,
-//! which stays the reference and keeps learning templates and options.
+//! which stays the reference and keeps learning templates and options. Templates whose
+//! elements allow it are also compiled into a [`FlowPlan`], which hands records on as
+//! borrowed [`FlowView`]s: no allocation per record.
 //!
 //! [`RecordBuilder`]: labelflow_proto::convert::RecordBuilder
 
@@ -24,6 +26,7 @@ use labelflow_proto::convert::{
     convert_ipfix_data_set, convert_packet, ExporterContext, PacketSummary,
 };
 use labelflow_proto::ipfix::{Message, Template};
+use labelflow_proto::plan::{FlowPlan, FlowView};
 use labelflow_proto::FlowRecord;
 use lru::LruCache;
 use netflow_parser::{NetflowError, NetflowParser};
@@ -117,7 +120,9 @@ struct Session {
     /// IPFIX templates for the zero-copy path, learned from the same template records the
     /// parser saw; `None` marks an id the fast path must not decode (options template,
     /// template it cannot use).
-    fast: HashMap<u16, Option<Template>>,
+    fast: HashMap<u16, Option<FastTemplate>>,
+    /// Records of templates without a plan, between checking and handing on.
+    scratch: Vec<FlowRecord>,
 }
 
 impl Session {
@@ -149,27 +154,17 @@ impl Session {
                 if self.fast.len() >= max && !self.fast.contains_key(&t.id) {
                     continue;
                 }
-                self.fast.insert(t.id, t.to_template().ok());
+                self.fast
+                    .insert(t.id, t.to_template().ok().map(FastTemplate::new));
             }
         }
     }
 
-    /// Decode a message of data sets with known plain templates, appending its records;
-    /// `None` (and `records` untouched) when the message needs the parser.
-    fn decode_fast(&self, message: &[u8], records: &mut Vec<FlowRecord>) -> Option<PacketSummary> {
-        let first = records.len();
-        let r = self.decode_fast_inner(message, records);
-        if r.is_none() {
-            records.truncate(first);
-        }
-        r
-    }
-
-    fn decode_fast_inner(
-        &self,
-        message: &[u8],
-        records: &mut Vec<FlowRecord>,
-    ) -> Option<PacketSummary> {
+    /// Decode a message made only of data sets with known plain templates, handing its
+    /// records to `sink`; `None` (and nothing handed on) when the message needs the parser.
+    /// Every set is checked before the first record goes out, so a message is taken either
+    /// whole by this path or whole by the parser.
+    fn decode_fast(&mut self, message: &[u8], sink: &mut impl FlowSink) -> Option<PacketSummary> {
         let msg = Message::new_checked(message).ok()?;
         let (domain, export) = (msg.domain(), msg.export_time());
         let mut produced = 0u32;
@@ -179,19 +174,90 @@ impl Session {
             if !set.is_data() || !self.parser.has_ipfix_template(set.id) {
                 return None;
             }
-            let template = self.fast.get(&set.id)?.as_ref()?;
-            produced +=
-                convert_ipfix_data_set(template, set.body, domain, export, &self.ctx, records)
-                    .ok()?;
+            produced += self.fast.get(&set.id)?.as_ref()?.check(set.body)?;
             sets += 1;
         }
-        (sets > 0).then_some(PacketSummary {
+        if sets == 0 {
+            return None;
+        }
+        for set in msg.sets().flatten() {
+            let Some(Some(t)) = self.fast.get(&set.id) else {
+                continue;
+            };
+            match &t.plan {
+                Some(plan) => {
+                    plan.decode(set.body, domain, export, |v| sink.view(v, &self.ctx));
+                }
+                None => {
+                    self.scratch.clear();
+                    let _ = convert_ipfix_data_set(
+                        &t.template,
+                        set.body,
+                        domain,
+                        export,
+                        &self.ctx,
+                        &mut self.scratch,
+                    );
+                    for r in self.scratch.drain(..) {
+                        sink.record(r);
+                    }
+                }
+            }
+        }
+        Some(PacketSummary {
             version: 10,
             observation_domain: domain,
             sequence: msg.sequence(),
             flow_records: produced,
             ..PacketSummary::default()
         })
+    }
+}
+
+/// Where decoded flow records go: borrowed views from the compiled-template path, owned
+/// records from every other path. Both describe a record the same way
+/// ([`FlowView::to_record`] is what the general path would have produced).
+pub trait FlowSink {
+    fn view(&mut self, view: &FlowView<'_>, ctx: &ExporterContext);
+    fn record(&mut self, record: FlowRecord);
+}
+
+/// Collects every record as an owned [`FlowRecord`].
+impl FlowSink for Vec<FlowRecord> {
+    fn view(&mut self, view: &FlowView<'_>, ctx: &ExporterContext) {
+        self.push(view.to_record(ctx));
+    }
+    fn record(&mut self, record: FlowRecord) {
+        self.push(record);
+    }
+}
+
+/// An IPFIX template the zero-copy path can use, compiled when its elements allow.
+#[derive(Debug)]
+struct FastTemplate {
+    template: Template,
+    plan: Option<FlowPlan>,
+}
+
+impl FastTemplate {
+    fn new(template: Template) -> FastTemplate {
+        let plan = FlowPlan::compile(&template);
+        FastTemplate { template, plan }
+    }
+
+    /// Records in a data set body, or `None` where decoding would fail.
+    fn check(&self, body: &[u8]) -> Option<u32> {
+        match &self.plan {
+            Some(p) => p.check(body).ok().map(|n| n as u32),
+            None => {
+                let mut n = 0u32;
+                for r in self.template.records(body) {
+                    r.ok()?;
+                    n += 1;
+                }
+                Some(n)
+            }
+        }
     }
 }
 
@@ -244,6 +310,7 @@ impl SessionTable {
                 ctx: ExporterContext::default(),
                 next_sequence: [None; 3],
                 fast: HashMap::new(),
+                scratch: Vec::new(),
             };
             if self.sessions.push(scope, s).is_some() {
                 self.stats.evicted_scopes += 1;
@@ -263,17 +330,17 @@ impl SessionTable {
         }
     }
 
-    /// Decode one datagram from `exporter`, appending flow records to `records` and the
-    /// template records it carried to `templates` (for persistence).
+    /// Decode one datagram from `exporter`, handing its flow records to `sink` and appending
+    /// the template records it carried to `templates` (for persistence).
     pub fn ingest(
         &mut self,
         exporter: IpAddr,
         datagram: &[u8],
-        records: &mut Vec<FlowRecord>,
+        sink: &mut impl FlowSink,
         templates: &mut Vec<TemplateRecord>,
     ) -> Result<Ingested, DecodeError> {
         self.stats.datagrams += 1;
-        let r = self.ingest_inner(exporter, datagram, records, templates);
+        let r = self.ingest_inner(exporter, datagram, sink, templates);
         match &r {
             Err(e) => self.stats.errors[e.index()] += 1,
             Ok(i) => {
@@ -289,28 +356,28 @@ impl SessionTable {
         &mut self,
         exporter: IpAddr,
         datagram: &[u8],
-        records: &mut Vec<FlowRecord>,
+        sink: &mut impl FlowSink,
         templates: &mut Vec<TemplateRecord>,
     ) -> Result<Ingested, DecodeError> {
         let (message, domain) = frame(datagram)?;
         let scope = ScopeKey { exporter, domain };
         let (fast_path, max) = (self.fast_path, self.max_templates.get());
         let session = self.session(scope);
-        let first = records.len();
         let fast = if fast_path && datagram[..2] == [0, 10] {
-            session.decode_fast(message, records)
+            session.decode_fast(message, sink)
         } else {
             None
         };
         let fast_hit = fast.is_some();
-        let (summary, mut error) = match fast {
-            Some(summary) => (summary, None),
+        let (summary, mut error, produced) = match fast {
+            Some(summary) => (summary, None, summary.flow_records),
             None => {
                 let result = session.parser.parse_bytes(message);
                 let error = result.error.as_ref().map(classify);
                 let mut summary = PacketSummary::default();
+                session.scratch.clear();
                 for p in &result.packets {
-                    summary = convert_packet(p, &mut session.ctx, records);
+                    summary = convert_packet(p, &mut session.ctx, &mut session.scratch);
                 }
                 if summary.version == 10 || result.packets.is_empty() {
                     session.learn_templates(message, error.is_some(), max);
@@ -318,14 +385,17 @@ impl SessionTable {
                 if result.packets.is_empty() {
                     return Err(error.unwrap_or(DecodeError::Malformed));
                 }
-                (summary, error)
+                let produced = session.scratch.len() as u32;
+                for r in session.scratch.drain(..) {
+                    sink.record(r);
+                }
+                (summary, error, produced)
             }
         };
         if summary.missing_template_sets > 0 && error.is_none() {
             error = Some(DecodeError::MissingTemplate);
         }
         // Sequence accounting (only for a fully decoded single message).
-        let produced = (records.len() - first) as u32;
         let stream = match summary.version {
             9 => 1,
             10 => 2,
@@ -333,7 +403,8 @@ impl SessionTable {
         };
         let (gap, reset, next) = sequence_step(session.next_sequence[stream], &summary, produced);
         session.next_sequence[stream] = next;
-        if summary.version == 9 || summary.version == 10 {
+        // A message the fast path took holds data sets only: no template records to keep.
+        if !fast_hit && (summary.version == 9 || summary.version == 10) {
             templates::extract(message, templates);
         }
         self.stats.fast_datagrams += u64::from(fast_hit);

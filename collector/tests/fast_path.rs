@@ -1,6 +1,7 @@
 //! The zero-copy IPFIX path against the `netflow_parser` path: the same datagrams through a
 //! session table with the fast path and one without must give the same flow records, the
-//! same per-datagram results and the same counters.
+//! same per-datagram results and the same counters; through the whole ingest path (labels,
+//! views, tunnels, hosts, ports), the same aggregates.
 
 mod common;
 
@@ -10,6 +11,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use labelflow_collector::aggregate::Delta;
+use labelflow_collector::config::{Config, Tunnel};
+use labelflow_collector::ingest::Ingest;
 use labelflow_collector::session::SessionTable;
 use labelflow_proto::ipfix::MessageWriter;
 use labelflow_proto::template::{self, OptionsRecord};
@@ -42,7 +46,50 @@ fn assert_same(datagrams: &[(IpAddr, Vec<u8>)]) -> u64 {
     let mut f = fast.stats.clone();
     f.fast_datagrams = 0;
     assert_eq!(slow.stats, f, "counters");
+    assert_same_aggregates(datagrams);
     fast_count
+}
+
+/// The same datagrams through two whole ingest paths, fast path on and off, with views,
+/// tunnels and networks configured: equal deltas and per-label totals.
+fn assert_same_aggregates(datagrams: &[(IpAddr, Vec<u8>)]) {
+    let mut cfg = Config::defaults();
+    // Random times make day-long flows: keep them to a few buckets each.
+    cfg.agg.max_flow_duration_ms = 600_000;
+    cfg.agg.networks = vec![
+        "10.0.0.0/24".parse().unwrap(),
+        "2001:db8::/120".parse().unwrap(),
+    ];
+    cfg.agg.tunnels = vec![Tunnel {
+        name: "branch".into(),
+        subnets: vec!["10.0.3.0/24".parse().unwrap()],
+    }];
+    cfg.agg.views.insert(
+        "some".into(),
+        vec!["label-3".into(), "group1".into(), "lan".into()],
+    );
+    let (mut slow, mut fast) = (Ingest::new(&cfg), Ingest::new(&cfg));
+    slow.set_fast_path(false);
+    for (i, (from, d)) in datagrams.iter().enumerate() {
+        assert_eq!(
+            slow.datagram(*from, d),
+            fast.datagram(*from, d),
+            "datagram {i}"
+        );
+    }
+    let sorted = |ingest: &mut Ingest| {
+        let mut d: Vec<Delta> = ingest.take_batch().deltas;
+        d.sort_by(|a, b| {
+            (a.resolution, a.bucket, a.dim, &a.key).cmp(&(b.resolution, b.bucket, b.dim, &b.key))
+        });
+        d
+    };
+    assert_eq!(sorted(&mut slow), sorted(&mut fast), "aggregates");
+    let (mut a, mut b) = Default::default();
+    slow.fill(&mut a);
+    fast.fill(&mut b);
+    assert_eq!(a.labels, b.labels, "per-label totals");
+    assert_eq!(a.aggregation, b.aggregation, "aggregation counters");
 }
 
 fn addr(v6: bool, n: u32) -> IpAddr {

@@ -450,7 +450,7 @@ fn be_bytes(raw: &[u8]) -> Option<u64> {
 
 /// Text of a string element: lossy UTF-8 with control characters (the NUL padding of
 /// fixed-width templates included) dropped, as `netflow_parser` cleans its strings.
-fn clean_text(raw: &[u8]) -> String {
+pub fn clean_text(raw: &[u8]) -> String {
     String::from_utf8_lossy(raw)
         .chars()
         .filter(|c| !c.is_control())
@@ -466,7 +466,7 @@ fn text(value: Value<'_>) -> Option<String> {
 
 /// Milliseconds since the UNIX epoch of an NTP timestamp (RFC 7011 sections 6.1.9/6.1.10:
 /// seconds since 1900 and a binary fraction).
-fn ntp_ms(seconds: u32, fraction: u32) -> u64 {
+pub(crate) fn ntp_ms(seconds: u32, fraction: u32) -> u64 {
     let secs = u64::from(seconds).saturating_sub(NTP_UNIX_OFFSET_SECS);
     secs * 1000 + ((u64::from(fraction) * 1000) >> 32)
 }
@@ -527,15 +527,18 @@ fn application(value: Value<'_>) -> Option<ApplicationKey> {
             engine: a.classification_engine_id,
             selector: a.selector_id.as_ref().and_then(number_dn).unwrap_or(0),
         }),
-        // RFC 6759 section 4: one octet engine id, then the selector.
-        other => other.octets().and_then(|raw| {
-            let (&engine, selector) = raw.split_first()?;
-            Some(ApplicationKey {
-                engine,
-                selector: be_bytes(selector).unwrap_or(0),
-            })
-        }),
+        other => other.octets().and_then(application_of),
     }
+}
+
+/// `applicationId` from its octets. RFC 6759 section 4: one octet engine id, then the
+/// selector.
+pub(crate) fn application_of(raw: &[u8]) -> Option<ApplicationKey> {
+    let (&engine, selector) = raw.split_first()?;
+    Some(ApplicationKey {
+        engine,
+        selector: be_bytes(selector).unwrap_or(0),
+    })
 }
 
 fn number_dn(n: &DataNumber) -> Option<u64> {

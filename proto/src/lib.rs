@@ -26,6 +26,7 @@ pub mod convert;
 pub mod ie;
 pub mod ipfix;
 mod pack;
+pub mod plan;
 pub mod record;
 pub mod template;
 pub mod v5;

@@ -1,0 +1,603 @@
+//! Compiled IPFIX flow templates: a template's field list turned once into a list of typed
+//! operations, so that each data record is read with fixed steps instead of a per-field
+//! dispatch on element ids.
+//!
+//! ```text
+//!  Template ──FlowPlan::compile──► [Op; fields]        (None: the template needs RecordBuilder)
+//!  data set body ──plan.check──► record count          (RFC 7011 section 3.3.1 padding rule)
+//!                ──plan.decode──► FlowView<'datagram>  (strings borrowed, not yet cleaned)
+//!                                   └─ to_record(ctx) ─► FlowRecord, equal to what
+//!                                                         convert_ipfix_data_set gives
+//! ```
+//!
+//! A plan covers the elements whose meaning does not depend on other records or on exporter
+//! state beyond what [`FlowView::to_record`] applies (applicationId names and the
+//! exporter-wide sampling interval). Templates with sysUpTime-relative times (IE 21/22),
+//! per-record sampling elements (IE 34, 48, 50, 160, 302, 305, 306) or odd field lengths are
+//! left to [`RecordBuilder`](crate::convert::RecordBuilder), which stays the reference: the
+//! plan's rules are tested against it record by record.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::convert::{application_of, clean_text, ntp_ms, ApplicationKey, ExporterContext};
+use crate::ie::{iana, netfilter, PEN_NETFILTER};
+use crate::ipfix::{parse_varlen, Template};
+use crate::record::{Direction, EndReason, FlowRecord};
+
+/// Where one field's value goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Skip,
+    DeltaBytes,
+    DeltaPackets,
+    TotalBytes,
+    TotalPackets,
+    Protocol,
+    Tos,
+    TcpFlags,
+    SrcPort,
+    DstPort,
+    Src4,
+    Dst4,
+    Src6,
+    Dst6,
+    IngressIf,
+    EgressIf,
+    IcmpTypeCode,
+    IcmpType,
+    IcmpCode,
+    Direction,
+    Application,
+    Label,
+    EndReason,
+    Group,
+    /// flowStartSeconds / flowEndSeconds (IE 150/151).
+    StartSecs,
+    EndSecs,
+    /// flowStartMilliseconds / flowEndMilliseconds (IE 152/153).
+    StartMs,
+    EndMs,
+    /// flowStart/EndMicro/Nanoseconds (IE 154–157): NTP timestamps.
+    StartNtp,
+    EndNtp,
+    Spi,
+    UserName,
+    Mark,
+    Prefix,
+}
+
+/// One field of the template: its target and its length (`None`: variable-length).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Op {
+    target: Target,
+    len: Option<u16>,
+}
+
+/// Where the field that sets a slot sits in a record: `fixed` octets of fixed-length fields
+/// and `var` variable-length fields before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Loc {
+    fixed: u16,
+    var: u8,
+    len: Option<u16>,
+    target: Target,
+}
+
+/// Values a record can set; the start and end times each have one slot whatever their unit.
+const SLOTS: usize = 29;
+
+/// Variable-length fields a plan handles per record.
+const MAX_VARLEN: usize = 8;
+
+/// A flow template compiled for direct decoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowPlan {
+    /// For each slot, the last field that sets it: as in `RecordBuilder`, when a template
+    /// repeats an element the later value wins.
+    slots: [Option<Loc>; SLOTS],
+    /// The `fixed` part of each variable-length field's position, in template order.
+    varlen: Vec<u16>,
+    /// Octets of all fixed-length fields.
+    fixed_total: usize,
+    /// Shortest record (variable-length fields counted as one octet).
+    min_len: usize,
+}
+
+/// The positions of one record's variable-length fields.
+#[derive(Debug, Clone, Copy, Default)]
+struct Layout {
+    /// `extra[j]`: octets of the first `j` variable-length fields, prefixes included (a
+    /// checked record is shorter than a 65535-octet message).
+    extra: [u16; MAX_VARLEN + 1],
+    /// Each variable-length field's (prefix octets, value octets).
+    fields: [(u8, u16); MAX_VARLEN],
+}
+
+/// Why a data set body does not split into whole records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed;
+
+/// One data record of a compiled template, read lazily: each accessor reads its field from
+/// the message when asked, by the rules `RecordBuilder` applies (without uptime clocks and
+/// per-record sampling, which a plan never has). Meanings as in [`FlowRecord`]; strings are
+/// the raw octets, cleaned by [`FlowView::to_record`].
+#[derive(Debug, Clone, Copy)]
+pub struct FlowView<'a> {
+    plan: &'a FlowPlan,
+    rec: &'a [u8],
+    lay: Layout,
+    domain: u32,
+    export_ms: u64,
+}
+
+impl<'a> FlowView<'a> {
+    /// The octets of the field that sets `slot`, with the target it was compiled for.
+    #[inline]
+    fn get(&self, slot: Slot) -> Option<(Target, &'a [u8])> {
+        let loc = self.plan.slots[slot as usize]?;
+        let at = usize::from(loc.fixed) + usize::from(self.lay.extra[usize::from(loc.var)]);
+        let value = match loc.len {
+            Some(n) => self.rec.get(at..at + usize::from(n))?,
+            None => {
+                let (head, n) = self.lay.fields[usize::from(loc.var)];
+                let start = at + usize::from(head);
+                self.rec.get(start..start + usize::from(n))?
+            }
+        };
+        Some((loc.target, value))
+    }
+
+    #[inline]
+    fn raw(&self, slot: Slot) -> Option<&'a [u8]> {
+        self.get(slot).map(|(_, v)| v)
+    }
+
+    #[inline]
+    fn num(&self, slot: Slot) -> Option<u64> {
+        self.raw(slot).map(be)
+    }
+
+    #[inline]
+    fn addr(&self, v4: Slot, v6: Slot) -> IpAddr {
+        if let Some(a) = self.raw(v4) {
+            return IpAddr::V4(Ipv4Addr::from(be(a) as u32));
+        }
+        match self.raw(v6).and_then(|a| <[u8; 16]>::try_from(a).ok()) {
+            Some(a) => IpAddr::V6(Ipv6Addr::from(a)),
+            None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        }
+    }
+
+    #[inline]
+    fn time(&self, slot: Slot) -> Option<u64> {
+        self.get(slot).map(|(t, v)| match t {
+            Target::StartSecs | Target::EndSecs => be(v).saturating_mul(1000),
+            Target::StartNtp | Target::EndNtp => ntp(v),
+            _ => be(v),
+        })
+    }
+
+    #[inline]
+    pub fn observation_domain(&self) -> u32 {
+        self.domain
+    }
+
+    #[inline]
+    pub fn group(&self) -> Option<u32> {
+        self.num(Slot::Group).map(|g| g as u32)
+    }
+
+    /// Raw `applicationName` octets.
+    #[inline]
+    pub fn label(&self) -> Option<&'a [u8]> {
+        self.raw(Slot::Label)
+    }
+
+    #[inline]
+    pub fn application(&self) -> Option<ApplicationKey> {
+        self.raw(Slot::Application).and_then(application_of)
+    }
+
+    #[inline]
+    pub fn src_addr(&self) -> IpAddr {
+        self.addr(Slot::Src4, Slot::Src6)
+    }
+
+    #[inline]
+    pub fn dst_addr(&self) -> IpAddr {
+        self.addr(Slot::Dst4, Slot::Dst6)
+    }
+
+    #[inline]
+    pub fn protocol(&self) -> u8 {
+        self.num(Slot::Protocol).unwrap_or(0) as u8
+    }
+
+    /// Source and destination port as the record carries them (for ICMP, see
+    /// [`FlowView::ports`]).
+    #[inline]
+    pub fn transport_ports(&self) -> (u16, u16) {
+        (
+            self.num(Slot::SrcPort).unwrap_or(0) as u16,
+            self.num(Slot::DstPort).unwrap_or(0) as u16,
+        )
+    }
+
+    /// Source port, destination port and ICMP type/code, after the rule that some
+    /// exporters put ICMP type/code in the destination port.
+    #[inline]
+    pub fn ports(&self) -> (u16, u16, u16) {
+        let (src, mut dst) = self.transport_ports();
+        let mut icmp = self.num(Slot::IcmpTypeCode).unwrap_or(0) as u16;
+        let (t, c) = (self.num(Slot::IcmpType), self.num(Slot::IcmpCode));
+        if icmp == 0 && (t.is_some() || c.is_some()) {
+            icmp = u16::from(t.unwrap_or(0) as u8) << 8 | u16::from(c.unwrap_or(0) as u8);
+        }
+        if matches!(self.protocol(), 1 | 58) && icmp == 0 && src == 0 {
+            icmp = dst;
+            dst = 0;
+        }
+        (src, dst, icmp)
+    }
+
+    #[inline]
+    pub fn ipsec_spi(&self) -> Option<u32> {
+        self.num(Slot::Spi).map(|v| v as u32)
+    }
+
+    #[inline]
+    pub fn interfaces(&self) -> (u32, u32) {
+        (
+            self.num(Slot::IngressIf).unwrap_or(0) as u32,
+            self.num(Slot::EgressIf).unwrap_or(0) as u32,
+        )
+    }
+
+    /// Octets: the delta count, else the total count.
+    #[inline]
+    pub fn bytes(&self) -> u64 {
+        self.num(Slot::DeltaBytes)
+            .or_else(|| self.num(Slot::TotalBytes))
+            .unwrap_or(0)
+    }
+
+    #[inline]
+    pub fn packets(&self) -> u64 {
+        self.num(Slot::DeltaPackets)
+            .or_else(|| self.num(Slot::TotalPackets))
+            .unwrap_or(0)
+    }
+
+    /// (start, end) in milliseconds since the UNIX epoch: a missing end is the export
+    /// time, a missing start the end; swapped when reversed.
+    #[inline]
+    pub fn times(&self) -> (u64, u64) {
+        let end = self.time(Slot::End).unwrap_or(self.export_ms);
+        let start = self.time(Slot::Start).unwrap_or(end);
+        (start.min(end), start.max(end))
+    }
+
+    /// The label this record carries itself (`applicationName`, cleaned, non-empty), else
+    /// the name the exporter's options gave its `applicationId`.
+    pub fn label_text(&self, ctx: &ExporterContext) -> Option<String> {
+        self.label()
+            .map(clean_text)
+            .filter(|s| !s.is_empty())
+            .or_else(|| {
+                self.application()
+                    .and_then(|a| ctx.applications.get(&a).cloned())
+            })
+    }
+
+    /// The record as [`crate::convert::convert_ipfix_data_set`] would give it.
+    pub fn to_record(&self, ctx: &ExporterContext) -> FlowRecord {
+        let text = |s: Option<&[u8]>| s.map(clean_text).filter(|s| !s.is_empty());
+        let (src_port, dst_port, icmp_type_code) = self.ports();
+        let (ingress_if, egress_if) = self.interfaces();
+        let (start_ms, end_ms) = self.times();
+        FlowRecord {
+            observation_domain: self.domain,
+            group: self.group(),
+            label: self.label_text(ctx),
+            src_addr: self.src_addr(),
+            dst_addr: self.dst_addr(),
+            protocol: self.protocol(),
+            src_port,
+            dst_port,
+            icmp_type_code,
+            ipsec_spi: self.ipsec_spi(),
+            ingress_if,
+            egress_if,
+            bytes: self.bytes(),
+            packets: self.packets(),
+            tcp_flags: self.num(Slot::TcpFlags).unwrap_or(0) as u8,
+            tos: self.num(Slot::Tos).unwrap_or(0) as u8,
+            start_ms,
+            end_ms,
+            end_reason: self
+                .num(Slot::EndReason)
+                .map(|r| EndReason::from_code(r as u8)),
+            direction: self
+                .num(Slot::Direction)
+                .and_then(|d| Direction::from_code(d as u8)),
+            mark: self.num(Slot::Mark).map(|m| m as u32),
+            user_name: text(self.raw(Slot::UserName)),
+            // As RecordBuilder: an empty prefix stays `Some("")`.
+            nflog_prefix: self.raw(Slot::Prefix).map(clean_text),
+            sampling_interval: sampling_of(ctx),
+        }
+    }
+}
+
+/// The sampling interval that applies to a record announcing none itself.
+pub fn sampling_of(ctx: &ExporterContext) -> u32 {
+    ctx.sampling_interval.unwrap_or(1).max(1)
+}
+
+/// Numeric elements must be 1–8 octets (reduced-size encoding, RFC 7011 section 6.2).
+fn numeric(target: Target, len: u16) -> Option<Op> {
+    ((1..=8).contains(&len)).then_some(Op {
+        target,
+        len: Some(len),
+    })
+}
+
+fn exact(target: Target, len: u16, want: u16) -> Option<Op> {
+    (len == want).then_some(Op {
+        target,
+        len: Some(len),
+    })
+}
+
+/// Any length, variable-length included.
+fn any_len(target: Target, len: u16) -> Op {
+    Op {
+        target,
+        len: (len != crate::ie::VARLEN).then_some(len),
+    }
+}
+
+impl FlowPlan {
+    /// Compile a (non-options) template; `None` when a field needs the general path.
+    pub fn compile(template: &Template) -> Option<FlowPlan> {
+        if template.scope_count != 0 {
+            return None;
+        }
+        let mut ops = Vec::with_capacity(template.fields.len());
+        for f in &template.fields {
+            let len = f.length;
+            let op = match f.enterprise.unwrap_or(0) {
+                0 => match f.id {
+                    iana::OCTET_DELTA_COUNT => numeric(Target::DeltaBytes, len)?,
+                    iana::PACKET_DELTA_COUNT => numeric(Target::DeltaPackets, len)?,
+                    85 => numeric(Target::TotalBytes, len)?,
+                    iana::PACKET_TOTAL_COUNT => numeric(Target::TotalPackets, len)?,
+                    iana::PROTOCOL_IDENTIFIER => numeric(Target::Protocol, len)?,
+                    iana::IP_CLASS_OF_SERVICE => numeric(Target::Tos, len)?,
+                    iana::TCP_CONTROL_BITS => numeric(Target::TcpFlags, len)?,
+                    iana::SOURCE_TRANSPORT_PORT => numeric(Target::SrcPort, len)?,
+                    iana::DESTINATION_TRANSPORT_PORT => numeric(Target::DstPort, len)?,
+                    iana::SOURCE_IPV4_ADDRESS => exact(Target::Src4, len, 4)?,
+                    iana::DESTINATION_IPV4_ADDRESS => exact(Target::Dst4, len, 4)?,
+                    iana::SOURCE_IPV6_ADDRESS => exact(Target::Src6, len, 16)?,
+                    iana::DESTINATION_IPV6_ADDRESS => exact(Target::Dst6, len, 16)?,
+                    iana::INGRESS_INTERFACE => numeric(Target::IngressIf, len)?,
+                    iana::EGRESS_INTERFACE => numeric(Target::EgressIf, len)?,
+                    iana::ICMP_TYPE_CODE_IPV4 | iana::ICMP_TYPE_CODE_IPV6 => {
+                        numeric(Target::IcmpTypeCode, len)?
+                    }
+                    176 | 178 => numeric(Target::IcmpType, len)?,
+                    177 | 179 => numeric(Target::IcmpCode, len)?,
+                    iana::FLOW_DIRECTION => numeric(Target::Direction, len)?,
+                    iana::APPLICATION_ID => any_len(Target::Application, len),
+                    iana::APPLICATION_NAME => any_len(Target::Label, len),
+                    iana::FLOW_END_REASON => numeric(Target::EndReason, len)?,
+                    iana::OBSERVATION_POINT_ID => numeric(Target::Group, len)?,
+                    150 => numeric(Target::StartSecs, len)?,
+                    151 => numeric(Target::EndSecs, len)?,
+                    iana::FLOW_START_MILLISECONDS => numeric(Target::StartMs, len)?,
+                    iana::FLOW_END_MILLISECONDS => numeric(Target::EndMs, len)?,
+                    154 | 156 => exact(Target::StartNtp, len, 8)?,
+                    155 | 157 => exact(Target::EndNtp, len, 8)?,
+                    iana::IPSEC_SPI => numeric(Target::Spi, len)?,
+                    iana::USER_NAME => any_len(Target::UserName, len),
+                    // Uptime-relative times and per-record sampling need RecordBuilder.
+                    21 | 22 | 34 | 48 | 50 | 160 | 302 | 305 | 306 => return None,
+                    _ => any_len(Target::Skip, len),
+                },
+                PEN_NETFILTER => match f.id {
+                    netfilter::MARK => numeric(Target::Mark, len)?,
+                    netfilter::PREFIX => any_len(Target::Prefix, len),
+                    _ => any_len(Target::Skip, len),
+                },
+                _ => any_len(Target::Skip, len),
+            };
+            ops.push(op);
+        }
+        let mut slots = [None; SLOTS];
+        let (mut fixed, mut varlen) = (0usize, Vec::new());
+        for op in &ops {
+            if let Some(slot) = slot_of(op.target) {
+                slots[slot] = Some(Loc {
+                    fixed: u16::try_from(fixed).ok()?,
+                    var: varlen.len() as u8,
+                    len: op.len,
+                    target: op.target,
+                });
+            }
+            match op.len {
+                Some(n) => fixed += usize::from(n),
+                None => varlen.push(u16::try_from(fixed).ok()?),
+            }
+        }
+        if varlen.len() > MAX_VARLEN {
+            return None;
+        }
+        let min_len = fixed + varlen.len();
+        if min_len == 0 {
+            return None;
+        }
+        Some(FlowPlan {
+            slots,
+            varlen,
+            fixed_total: fixed,
+            min_len,
+        })
+    }
+
+    /// Length and layout of the record at the start of `rest` (not checked against
+    /// `rest`'s length). The prefixes are read where `Template::records` reads them.
+    #[inline]
+    fn layout(&self, rest: &[u8]) -> Result<(usize, Layout), Malformed> {
+        let mut lay = Layout::default();
+        let mut extra = 0usize;
+        for (j, fixed) in self.varlen.iter().enumerate() {
+            let at = usize::from(*fixed) + extra;
+            let (head, n) = parse_varlen(&rest[at.min(rest.len())..], at).map_err(|_| Malformed)?;
+            extra += head + n;
+            // Larger than any message: `check` refuses it as longer than the set.
+            let Ok(e) = u16::try_from(extra) else {
+                return Ok((usize::MAX, lay));
+            };
+            lay.fields[j] = (head as u8, n as u16);
+            lay.extra[j + 1] = e;
+        }
+        Ok((self.fixed_total + extra, lay))
+    }
+
+    /// Number of records in a data set body, or `Malformed` where
+    /// [`Template::records`] would report an error. Trailing octets shorter than the
+    /// shortest record are padding (RFC 7011 section 3.3.1).
+    pub fn check(&self, body: &[u8]) -> Result<usize, Malformed> {
+        if self.varlen.is_empty() {
+            return Ok(body.len() / self.fixed_total);
+        }
+        let (mut at, mut count) = (0, 0);
+        while body.len() - at >= self.min_len {
+            let (len, _) = self.layout(&body[at..])?;
+            if len > body.len() - at {
+                return Err(Malformed);
+            }
+            at += len;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Decode the records of a body [`FlowPlan::check`] accepted, calling `each` per record.
+    pub fn decode<'a>(
+        &'a self,
+        body: &'a [u8],
+        domain: u32,
+        export_secs: u32,
+        mut each: impl FnMut(&FlowView<'a>),
+    ) {
+        let export_ms = u64::from(export_secs) * 1000;
+        let mut at = 0;
+        while body.len() - at >= self.min_len {
+            let Ok((len, lay)) = self.layout(&body[at..]) else {
+                return;
+            };
+            let Some(rec) = body.get(at..at.saturating_add(len)) else {
+                return;
+            };
+            at += len;
+            each(&FlowView {
+                plan: self,
+                rec,
+                lay,
+                domain,
+                export_ms,
+            });
+        }
+    }
+}
+
+/// The value slots of a record (see [`SLOTS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    DeltaBytes,
+    DeltaPackets,
+    TotalBytes,
+    TotalPackets,
+    Protocol,
+    Tos,
+    TcpFlags,
+    SrcPort,
+    DstPort,
+    Src4,
+    Dst4,
+    Src6,
+    Dst6,
+    IngressIf,
+    EgressIf,
+    IcmpTypeCode,
+    IcmpType,
+    IcmpCode,
+    Direction,
+    Application,
+    Label,
+    EndReason,
+    Group,
+    Start,
+    End,
+    Spi,
+    UserName,
+    Mark,
+    Prefix,
+}
+
+fn slot_of(t: Target) -> Option<usize> {
+    let s = match t {
+        Target::Skip => return None,
+        Target::DeltaBytes => Slot::DeltaBytes,
+        Target::DeltaPackets => Slot::DeltaPackets,
+        Target::TotalBytes => Slot::TotalBytes,
+        Target::TotalPackets => Slot::TotalPackets,
+        Target::Protocol => Slot::Protocol,
+        Target::Tos => Slot::Tos,
+        Target::TcpFlags => Slot::TcpFlags,
+        Target::SrcPort => Slot::SrcPort,
+        Target::DstPort => Slot::DstPort,
+        Target::Src4 => Slot::Src4,
+        Target::Dst4 => Slot::Dst4,
+        Target::Src6 => Slot::Src6,
+        Target::Dst6 => Slot::Dst6,
+        Target::IngressIf => Slot::IngressIf,
+        Target::EgressIf => Slot::EgressIf,
+        Target::IcmpTypeCode => Slot::IcmpTypeCode,
+        Target::IcmpType => Slot::IcmpType,
+        Target::IcmpCode => Slot::IcmpCode,
+        Target::Direction => Slot::Direction,
+        Target::Application => Slot::Application,
+        Target::Label => Slot::Label,
+        Target::EndReason => Slot::EndReason,
+        Target::Group => Slot::Group,
+        Target::StartSecs | Target::StartMs | Target::StartNtp => Slot::Start,
+        Target::EndSecs | Target::EndMs | Target::EndNtp => Slot::End,
+        Target::Spi => Slot::Spi,
+        Target::UserName => Slot::UserName,
+        Target::Mark => Slot::Mark,
+        Target::Prefix => Slot::Prefix,
+    };
+    Some(s as usize)
+}
+
+/// Big-endian unsigned value of 1–8 octets (the plan guarantees the length).
+#[inline]
+fn be(raw: &[u8]) -> u64 {
+    match raw.len() {
+        1 => u64::from(raw[0]),
+        2 => u64::from(u16::from_be_bytes([raw[0], raw[1]])),
+        4 => u64::from(u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]])),
+        8 => u64::from_be_bytes(raw.try_into().unwrap_or([0; 8])),
+        _ => raw.iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b)),
+    }
+}
+
+fn ntp(raw: &[u8]) -> u64 {
+    ntp_ms(
+        u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]),
+        u32::from_be_bytes([raw[4], raw[5], raw[6], raw[7]]),
+    )
+}
