@@ -146,13 +146,9 @@ fn apportion_with(total: u64, weights: &[u64], out: &mut Vec<u64>, rems: &mut Ve
         // tie), as the general method below decides.
         [w0, w1] if w0 != 0 || w1 != 0 => {
             let sum = u128::from(w0) + u128::from(w1);
-            let (e0, e1) = (
-                u128::from(total) * u128::from(w0),
-                u128::from(total) * u128::from(w1),
-            );
-            let (mut s0, mut s1) = ((e0 / sum) as u64, (e1 / sum) as u64);
+            let ((mut s0, r0), (mut s1, r1)) = (share(total, w0, sum), share(total, w1, sum));
             if total - s0 - s1 > 0 {
-                if e0 % sum >= e1 % sum {
+                if r0 >= r1 {
                     s0 += 1;
                 } else {
                     s1 += 1;
@@ -175,11 +171,10 @@ fn apportion_with(total: u64, weights: &[u64], out: &mut Vec<u64>, rems: &mut Ve
     rems.clear();
     let mut given = 0u64;
     for (i, w) in weights.iter().enumerate() {
-        let exact = u128::from(total) * u128::from(*w);
-        let share = (exact / sum) as u64;
-        rems.push((exact % sum, i));
-        out.push(share);
-        given += share;
+        let (s, r) = share(total, *w, sum);
+        rems.push((r, i));
+        out.push(s);
+        given += s;
     }
     let mut left = total - given;
     if left > 0 {
@@ -192,6 +187,17 @@ fn apportion_with(total: u64, weights: &[u64], out: &mut Vec<u64>, rems: &mut Ve
             left -= 1;
         }
     }
+}
+
+/// `total * w / sum` and its remainder, exactly; in 64-bit arithmetic when it fits (counts
+/// times milliseconds nearly always do), which spares a 128-bit division.
+#[inline]
+fn share(total: u64, w: u64, sum: u128) -> (u64, u128) {
+    if let (Ok(sum), Some(exact)) = (u64::try_from(sum), total.checked_mul(w)) {
+        return (exact / sum, u128::from(exact % sum));
+    }
+    let exact = u128::from(total) * u128::from(w);
+    ((exact / sum) as u64, exact % sum)
 }
 
 /// Counters of one (resolution, bucket, dimension, key).
@@ -376,6 +382,16 @@ impl Bucket {
     }
 }
 
+/// The keys a record feeds in every bucket it spans (label and protocol aside).
+#[derive(Debug, Clone, Copy)]
+struct Targets {
+    /// Service port, for port protocols.
+    port: Option<u16>,
+    tunnel: Option<Key>,
+    src_host: bool,
+    dst_host: bool,
+}
+
 /// The key bound of one (dimension, base bucket): which keys it admitted.
 type Seen = HashMap<(Dim, i64), HashSet<Key, FxBuild>, FxBuild>;
 
@@ -414,8 +430,8 @@ pub struct Aggregator {
     pending: Vec<Bucket>,
     /// Bucket start → index into `pending`.
     pending_index: HashMap<i64, usize, FxBuild>,
-    /// Index into `pending` of the bucket the last record went to.
-    last: usize,
+    /// Indexes into `pending` of the buckets the last shares went to, latest first.
+    last: [usize; 2],
     /// The milliseconds [start, end) of the base bucket the last single-bucket record
     /// fell in.
     last_range: (u64, u64),
@@ -441,7 +457,7 @@ impl Aggregator {
             view_names,
             pending: Vec::new(),
             pending_index: HashMap::default(),
-            last: 0,
+            last: [usize::MAX; 2],
             last_range: (0, 0),
             seen: HashMap::default(),
             weights: Vec::new(),
@@ -521,18 +537,17 @@ impl Aggregator {
     /// Index into `pending` of the bucket starting at `start`.
     #[inline]
     fn bucket(&mut self, start: i64) -> usize {
-        if self
-            .pending
-            .get(self.last)
-            .is_some_and(|b| b.start == start)
-        {
-            return self.last;
+        // Records crossing a boundary alternate between two buckets: look at both.
+        for i in self.last {
+            if self.pending.get(i).is_some_and(|b| b.start == start) {
+                return i;
+            }
         }
         let i = *self.pending_index.entry(start).or_insert_with(|| {
             self.pending.push(Bucket::new(start));
             self.pending.len() - 1
         });
-        self.last = i;
+        self.last = [i, self.last[0]];
         i
     }
 
@@ -557,7 +572,8 @@ impl Aggregator {
                 packets,
                 flows: 1,
             };
-            self.add_share(f, (lo / 1000) as i64, share);
+            let t = self.targets(f);
+            self.add_share(f, &t, (lo / 1000) as i64, share);
             return;
         }
         let (first, last) = (start / (base * 1000), end / (base * 1000));
@@ -568,7 +584,8 @@ impl Aggregator {
                 flows: 1,
             };
             self.last_range = (first * base * 1000, (first + 1) * base * 1000);
-            self.add_share(f, (first * base) as i64, share);
+            let t = self.targets(f);
+            self.add_share(f, &t, (first * base) as i64, share);
             return;
         }
         // Pro-rate over the base buckets [start, end] touches.
@@ -579,6 +596,7 @@ impl Aggregator {
             let hi = ((b + 1) * base_ms).min(end);
             self.weights.push(hi - lo);
         }
+        let t = self.targets(f);
         let mut sb = std::mem::take(&mut self.shares_b);
         let mut sp = std::mem::take(&mut self.shares_p);
         apportion_with(bytes, &self.weights, &mut sb, &mut self.rems);
@@ -591,23 +609,16 @@ impl Aggregator {
                 flows: u64::from(i == 0),
             };
             if !share.is_zero() {
-                self.add_share(f, ((first + i as u64) * base) as i64, share);
+                self.add_share(f, &t, ((first + i as u64) * base) as i64, share);
             }
         }
         self.shares_b = sb;
         self.shares_p = sp;
     }
 
-    /// Add one base bucket's share of a record to every dimension it feeds.
-    #[inline]
-    fn add_share(&mut self, f: &Flow, bucket_start: i64, share: Sum) {
-        let max = self.cfg.max_keys_per_bucket;
-        let bi = self.bucket(bucket_start);
-        let hosts = if self.cfg.networks.is_empty() {
-            (false, false)
-        } else {
-            (self.in_networks(f.src), self.in_networks(f.dst))
-        };
+    /// What a record feeds besides its label and protocol, worked out once per record.
+    fn targets(&mut self, f: &Flow) -> Targets {
+        let port = has_ports(f.protocol).then(|| service_port(f.src_port, f.dst_port));
         let tunnel = if matches!(f.protocol, 50 | 51) {
             Some(Key::Sa {
                 protocol: f.protocol,
@@ -615,6 +626,8 @@ impl Aggregator {
                 dst: f.dst,
                 spi: f.spi.unwrap_or(0),
             })
+        } else if self.cfg.tunnels.is_empty() {
+            None
         } else {
             self.cfg
                 .tunnels
@@ -626,11 +639,33 @@ impl Aggregator {
                 })
                 .map(|t| Key::Tunnel(t as u32))
         };
+        let (mut src_host, mut dst_host) = (false, false);
+        if !self.cfg.networks.is_empty() {
+            let (src_in, dst_in) = (self.in_networks(f.src), self.in_networks(f.dst));
+            if src_in && dst_in && self.cfg.exclude_internal {
+                self.stats.excluded_internal += 1;
+            } else {
+                src_host = src_in;
+                dst_host = dst_in && !(src_in && f.dst == f.src);
+            }
+        }
+        Targets {
+            port,
+            tunnel,
+            src_host,
+            dst_host,
+        }
+    }
+
+    /// Add one base bucket's share of a record to every dimension it feeds.
+    #[inline]
+    fn add_share(&mut self, f: &Flow, t: &Targets, bucket_start: i64, share: Sum) {
+        let max = self.cfg.max_keys_per_bucket;
+        let bi = self.bucket(bucket_start);
         let Aggregator {
             pending,
             seen,
             stats,
-            cfg,
             ..
         } = self;
         let b = &mut pending[bi];
@@ -640,8 +675,7 @@ impl Aggregator {
         }
         b.labels[li].add(share);
         b.protocol(f.protocol).add(share);
-        if has_ports(f.protocol) {
-            let port = service_port(f.src_port, f.dst_port);
+        if let Some(port) = t.port {
             let packed = u32::from(f.protocol) << 16 | u32::from(port);
             if let Some(s) = b.ports.get_mut(&packed) {
                 s.add(share);
@@ -660,7 +694,7 @@ impl Aggregator {
                 b.ports.entry(k).or_default().add(share);
             }
         }
-        if let Some(key) = tunnel {
+        if let Some(key) = t.tunnel {
             if let Some(s) = b.tunnels.get_mut(&key) {
                 s.add(share);
             } else {
@@ -668,16 +702,11 @@ impl Aggregator {
                 b.tunnels.entry(k).or_default().add(share);
             }
         }
-        let (src_in, dst_in) = hosts;
-        if src_in && dst_in && cfg.exclude_internal {
-            stats.excluded_internal += 1;
-        } else {
-            if src_in {
-                add_host(b, seen, stats, max, Key::Host(f.src), share, Side::Out);
-            }
-            if dst_in && !(src_in && f.dst == f.src) {
-                add_host(b, seen, stats, max, Key::Host(f.dst), share, Side::In);
-            }
+        if t.src_host {
+            add_host(b, seen, stats, max, Key::Host(f.src), share, Side::Out);
+        }
+        if t.dst_host {
+            add_host(b, seen, stats, max, Key::Host(f.dst), share, Side::In);
         }
     }
 
@@ -752,7 +781,7 @@ impl Aggregator {
     pub fn take(&mut self) -> Vec<Delta> {
         let pending = std::mem::take(&mut self.pending);
         self.pending_index.clear();
-        self.last = 0;
+        self.last = [usize::MAX; 2];
         let mut base = Vec::new();
         for b in pending {
             self.bucket_slots(b, &mut base);

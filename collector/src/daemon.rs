@@ -1,23 +1,26 @@
-//! The daemon around [`Ingest`]: UDP sockets (tokio), the ingest/commit thread, HTTP, and
-//! the drain on shutdown.
+//! The daemon around [`Ingest`]: UDP sockets, the ingest thread, the store thread, HTTP
+//! (tokio), and the drain on shutdown.
 //!
 //! ```text
-//!  recv thread per socket ──(batches of datagrams, bounded channel)──► ingest thread
-//!   (blocking recvmmsg,   ◄──────────(emptied batches for reuse)─────   decode, aggregate,
-//!    many datagrams per                                                 commit every
-//!    system call)                                                       interval / N datagrams
+//!  UDP sockets ──poll + recvmmsg──► ingest thread ──(one batch of deltas at a time)──► store
+//!                 (many datagrams    decode, label,   handed over only when the store   thread:
+//!                  per system call)  aggregate        thread is idle; meanwhile deltas  SQLite
+//!                                                     keep adding up in the aggregator  commit
 //!  tokio: HTTP (axum), shutdown signal
 //! ```
 //!
-//! Receiving gets its own threads so a burst is taken off the socket at once, whatever the
-//! ingest thread is doing; the bounded channel then absorbs it.
+//! Decoding and aggregating cost well under a microsecond per datagram, so one thread
+//! receives and ingests: no hand-off per datagram, one wake-up per burst, and the socket's
+//! receive buffer absorbs bursts as it does for nfcapd. What can stall (an SQLite commit or
+//! checkpoint) runs on its own thread and never holds up receiving; while it runs, deltas
+//! accumulate in the aggregator and go over as one larger batch.
 
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -26,56 +29,17 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::ingest::{Ingest, RateLimit, Snapshot};
+use crate::ingest::{Batch, Ingest, RateLimit, Snapshot};
 use crate::store::Store;
 
-/// Datagrams handed from a receiver to the ingest thread at once.
-const BATCH: usize = 256;
-/// Batches in flight between receivers and the ingest thread.
-const CHANNEL: usize = 256;
-
 /// Datagrams received per `recvmmsg` call.
-const SLOTS: usize = 32;
+const SLOTS: usize = 64;
 /// Room for the largest UDP payload.
 const MAX_DATAGRAM: usize = 65536;
-/// How often a blocked receiver looks at the stop flag.
-const STOP_POLL: Duration = Duration::from_millis(100);
-/// Emptied batches kept for reuse.
-const SPARE: usize = 16;
-
-/// A batch of datagrams: their bytes back to back, and each one's exporter and end offset.
-#[derive(Debug, Default)]
-struct Datagrams {
-    bytes: Vec<u8>,
-    ends: Vec<(IpAddr, usize)>,
-}
-
-impl Datagrams {
-    fn push(&mut self, from: IpAddr, d: &[u8]) {
-        self.bytes.extend_from_slice(d);
-        self.ends.push((from, self.bytes.len()));
-    }
-
-    fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (IpAddr, &[u8])> + '_ {
-        let mut start = 0;
-        self.ends.iter().map(move |&(from, end)| {
-            let d = &self.bytes[start..end];
-            start = end;
-            (from, d)
-        })
-    }
-}
-
-/// Emptied batches going back from the ingest thread to the receivers.
-type Spares = Arc<Mutex<Vec<Datagrams>>>;
+/// How often a waiting ingest thread looks at the stop flag and the clock.
+const POLL: Duration = Duration::from_millis(100);
+/// How often the ingest thread publishes its counters for `/metrics`.
+const PUBLISH: Duration = Duration::from_millis(250);
 
 /// Bind one UDP socket with a large receive buffer.
 pub fn bind_udp(addr: SocketAddr, recv_buffer: usize) -> io::Result<StdUdpSocket> {
@@ -161,30 +125,28 @@ pub fn run(
         .context("loading persisted templates")?;
     tracing::info!(templates = restored, "restored persisted templates");
 
-    let (tx, rx) = sync_channel::<Datagrams>(CHANNEL);
-    let spares: Spares = Arc::new(Mutex::new(Vec::new()));
-    let worker = {
-        let cfg = cfg.clone();
-        let metrics = metrics.clone();
-        let spares = spares.clone();
+    // Set from hand-over until the store thread has committed the batch.
+    let store_busy = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = sync_channel::<Batch>(1);
+    let storer = {
+        let (cfg, metrics, busy) = (cfg.clone(), metrics.clone(), store_busy.clone());
         std::thread::Builder::new()
-            .name("ingest".into())
-            .spawn(move || ingest_loop(cfg, ingest, store, rx, spares, metrics))?
+            .name("store".into())
+            .spawn(move || store_loop(&cfg, store, &rx, &busy, &metrics))?
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let mut receivers = Vec::new();
-    for (i, s) in sockets.into_iter().enumerate() {
-        s.set_nonblocking(false)?;
-        s.set_read_timeout(Some(STOP_POLL))?;
-        let (tx, stop, spares, metrics) =
-            (tx.clone(), stop.clone(), spares.clone(), metrics.clone());
-        receivers.push(
-            std::thread::Builder::new()
-                .name(format!("recv{i}"))
-                .spawn(move || receive(&s, &tx, &stop, &spares, &metrics))?,
-        );
-    }
-    drop(tx);
+    let worker = {
+        let (cfg, stop, metrics) = (cfg.clone(), stop.clone(), metrics.clone());
+        let busy = store_busy.clone();
+        for s in &sockets {
+            s.set_nonblocking(true)?;
+        }
+        std::thread::Builder::new()
+            .name("ingest".into())
+            .spawn(move || {
+                ingest_loop(&cfg, ingest, &sockets, &tx, &busy, &stop, &metrics);
+            })?
+    };
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -215,110 +177,181 @@ pub fn run(
         let _ = stop_tx.send(true);
         Ok::<(), anyhow::Error>(())
     })?;
-    // Receivers drain what the kernel holds, hand it over and end; then the ingest thread
-    // sees the channel close, commits and ends.
+    // The ingest thread drains what the kernel holds, hands over its last batch and ends;
+    // the store thread then sees the channel close, commits and ends.
     stop.store(true, Ordering::Release);
-    for r in receivers {
-        r.join()
-            .map_err(|_| anyhow::anyhow!("receive thread panicked"))?;
-    }
     worker
         .join()
-        .map_err(|_| anyhow::anyhow!("ingest thread panicked"))??;
+        .map_err(|_| anyhow::anyhow!("ingest thread panicked"))?;
+    storer
+        .join()
+        .map_err(|_| anyhow::anyhow!("store thread panicked"))??;
     Ok(())
 }
 
-/// One socket's receive loop: blocking `recvmmsg`, batches handed to the ingest thread
-/// (blocking when it is behind: the socket buffer absorbs bursts meanwhile). After `stop`,
-/// drains what the kernel holds (nothing received is dropped here) and returns.
-fn receive(
-    sock: &StdUdpSocket,
-    tx: &SyncSender<Datagrams>,
+/// Receive from every socket and ingest, until `stop`; then drain the sockets, hand over
+/// the last batch and return (dropping `tx` tells the store thread to finish).
+fn ingest_loop(
+    cfg: &Config,
+    mut ingest: Ingest,
+    sockets: &[StdUdpSocket],
+    tx: &SyncSender<Batch>,
+    store_busy: &AtomicBool,
     stop: &AtomicBool,
-    spares: &Spares,
     metrics: &Mutex<Snapshot>,
 ) {
     let mut ring = MultiRecv::new();
-    let spare = || {
-        spares
-            .lock()
-            .ok()
-            .and_then(|mut s| s.pop())
-            .unwrap_or_default()
+    let mut limiter = RateLimit::default();
+    let mut receive_errors = 0u64;
+    let mut last_handover = Instant::now();
+    let mut last_publish = Instant::now();
+    let mut last_forget = Instant::now();
+    let mut fds: Vec<libc::pollfd> = sockets
+        .iter()
+        .map(|s| libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let publish = |ingest: &Ingest, receive_errors: u64| {
+        if let Ok(mut m) = metrics.lock() {
+            ingest.fill(&mut m);
+            m.receive_errors = receive_errors;
+        }
     };
-    let mut batch = spare();
     loop {
         let stopping = stop.load(Ordering::Acquire);
-        match ring.recv(sock, !stopping) {
-            Ok(n) => {
-                for i in 0..n {
-                    let (from, d) = ring.datagram(i);
-                    batch.push(from, d);
+        // Take everything queued on every socket; `stopping` makes this the final drain.
+        let mut got = 0;
+        for s in sockets {
+            loop {
+                match ring.recv(s) {
+                    Ok(n) => {
+                        got += n;
+                        for i in 0..n {
+                            let (from, d) = ring.datagram(i);
+                            match ingest.datagram(from, d) {
+                                Ok(r) => {
+                                    if let Some(e) = r.error {
+                                        log_decode(&mut limiter, from, e);
+                                    }
+                                }
+                                Err(e) => log_decode(&mut limiter, from, e),
+                            }
+                        }
+                        if n < SLOTS {
+                            break;
+                        }
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                        ) =>
+                    {
+                        break
+                    }
+                    Err(e) => {
+                        receive_errors += 1;
+                        tracing::debug!(error = %e, "recv");
+                        break;
+                    }
                 }
-                // A full batch goes over, waiting for room if need be. Fewer datagrams than
-                // asked for means the socket is drained: hand over what there is if the
-                // channel has room, else keep filling this batch (the ingest thread is busy
-                // with earlier ones), so that the channel's bound counts full batches.
-                let full = batch.len() >= BATCH;
-                if (full || n < SLOTS) && !hand_over(tx, &mut batch, full, &spare) {
-                    return;
-                }
-                continue;
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => {
-                if let Ok(mut m) = metrics.lock() {
-                    m.receive_errors += 1;
-                }
-                tracing::debug!(error = %e, "recv");
-            }
-        }
-        if !hand_over(tx, &mut batch, stopping, &spare) {
-            return;
         }
         if stopping {
+            publish(&ingest, receive_errors);
+            if ingest.pending_datagrams() > 0 {
+                let _ = tx.send(ingest.take_batch());
+            }
             return;
+        }
+        // Hand the deltas over when due and the store thread is free; otherwise they keep
+        // adding up here and go with the next batch.
+        let due = ingest.pending_datagrams() >= cfg.commit_datagrams.get()
+            || (ingest.pending_datagrams() > 0 && last_handover.elapsed() >= cfg.commit_interval);
+        if due && !store_busy.swap(true, Ordering::AcqRel) {
+            // Counters first, so that `/metrics` never shows more committed datagrams than
+            // received ones.
+            publish(&ingest, receive_errors);
+            last_publish = Instant::now();
+            // The store thread is idle, so the channel has room.
+            if tx.send(ingest.take_batch()).is_err() {
+                return;
+            }
+            last_handover = Instant::now();
+        }
+        if last_publish.elapsed() >= PUBLISH {
+            publish(&ingest, receive_errors);
+            last_publish = Instant::now();
+        }
+        if last_forget.elapsed() >= cfg.prune_interval {
+            let a = &cfg.agg;
+            ingest.forget_before(
+                (now_ms() / 1000) as i64
+                    - (a.max_flow_duration_ms / 1000) as i64
+                    - *a.resolutions.last().unwrap_or(&60) as i64,
+            );
+            last_forget = Instant::now();
+        }
+        if got == 0 {
+            // Nothing queued: sleep until a socket is readable or it is time to look at
+            // the stop flag and the commit clock.
+            let wait = POLL.min(cfg.commit_interval).as_millis() as libc::c_int;
+            // SAFETY: `fds` is a valid array of pollfd of the given length.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait) };
         }
     }
 }
 
-/// Hand `batch` (if not empty) to the ingest thread and start a new one; `wait` blocks
-/// while the channel is full, otherwise a full channel leaves `batch` as it is. False when
-/// the ingest thread is gone.
-fn hand_over(
-    tx: &SyncSender<Datagrams>,
-    batch: &mut Datagrams,
-    wait: bool,
-    spare: &impl Fn() -> Datagrams,
-) -> bool {
-    if batch.is_empty() {
-        return true;
-    }
-    let b = std::mem::take(batch);
-    let sent = if wait {
-        tx.send(b).map_err(|_| TrySendError::Disconnected(()))
-    } else {
-        tx.try_send(b).map_err(|e| match e {
-            TrySendError::Full(b) => {
-                *batch = b;
-                TrySendError::Full(())
+/// Commit batches as they come and prune expired buckets; returns when the ingest thread
+/// has gone and its last batch is committed.
+fn store_loop(
+    cfg: &Config,
+    mut store: Store,
+    rx: &Receiver<Batch>,
+    busy: &AtomicBool,
+    metrics: &Mutex<Snapshot>,
+) -> anyhow::Result<()> {
+    let mut last_prune: Option<Instant> = None;
+    let mut commits = (0u64, 0u64, 0u64);
+    loop {
+        match rx.recv_timeout(POLL) {
+            Ok(batch) => {
+                match store.commit(&batch.deltas, &batch.templates) {
+                    Ok(()) => {
+                        commits.0 += 1;
+                        commits.2 += batch.datagrams as u64;
+                    }
+                    Err(e) => {
+                        commits.1 += 1;
+                        tracing::error!(error = %e, datagrams = batch.datagrams, "commit failed; batch lost");
+                    }
+                }
+                if let Ok(mut m) = metrics.lock() {
+                    m.commits = commits.0;
+                    m.commit_errors = commits.1;
+                    m.committed_datagrams = commits.2;
+                }
+                busy.store(false, Ordering::Release);
             }
-            TrySendError::Disconnected(_) => TrySendError::Disconnected(()),
-        })
-    };
-    match sent {
-        Ok(()) => {
-            *batch = spare();
-            true
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                tracing::info!(commits = commits.0, "ingest drained");
+                return Ok(());
+            }
         }
-        Err(TrySendError::Full(())) => true,
-        Err(TrySendError::Disconnected(())) => false,
+        if last_prune.is_none_or(|p| p.elapsed() >= cfg.prune_interval) {
+            let now = (now_ms() / 1000) as i64;
+            let a = &cfg.agg;
+            match store.prune(&a.resolutions, &a.retention, now) {
+                Ok(n) if n > 0 => tracing::info!(rows = n, "pruned expired buckets"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "prune failed"),
+            }
+            last_prune = Some(Instant::now());
+        }
     }
 }
 
@@ -339,9 +372,8 @@ impl MultiRecv {
         }
     }
 
-    /// Receive up to [`SLOTS`] datagrams; `wait` blocks for the first (up to the socket's
-    /// read timeout), otherwise returns `WouldBlock` when none is queued.
-    fn recv(&mut self, sock: &StdUdpSocket, wait: bool) -> io::Result<usize> {
+    /// Receive up to [`SLOTS`] queued datagrams; `WouldBlock` when none is queued.
+    fn recv(&mut self, sock: &StdUdpSocket) -> io::Result<usize> {
         // SAFETY: iovec and mmsghdr are plain data; all zeroes is a valid value.
         let mut iovs: [libc::iovec; SLOTS] = unsafe { std::mem::zeroed() };
         let mut hdrs: [libc::mmsghdr; SLOTS] = unsafe { std::mem::zeroed() };
@@ -356,11 +388,7 @@ impl MultiRecv {
             h.msg_iov = &mut iovs[i];
             h.msg_iovlen = 1;
         }
-        let flags = if wait {
-            libc::MSG_WAITFORONE
-        } else {
-            libc::MSG_DONTWAIT
-        };
+        let flags = libc::MSG_DONTWAIT;
         // SAFETY: every header points into `self.bufs`, `self.addrs` and `iovs`, which
         // outlive the call; the count matches the array; no timeout pointer.
         let n = unsafe {
@@ -402,117 +430,6 @@ impl MultiRecv {
         };
         let at = i * MAX_DATAGRAM;
         (from, &self.bufs[at..at + self.lens[i]])
-    }
-}
-
-fn ingest_loop(
-    cfg: Config,
-    mut ingest: Ingest,
-    mut store: Store,
-    rx: Receiver<Datagrams>,
-    spares: Spares,
-    metrics: Arc<Mutex<Snapshot>>,
-) -> anyhow::Result<()> {
-    lower_priority(INGEST_NICE);
-    let mut limiter = RateLimit::default();
-    let mut last_commit = Instant::now();
-    let mut last_prune: Option<Instant> = None;
-    let mut commits = (0u64, 0u64, 0u64);
-    let publish = |ingest: &Ingest, commits: (u64, u64, u64)| {
-        if let Ok(mut m) = metrics.lock() {
-            ingest.fill(&mut m);
-            m.commits = commits.0;
-            m.commit_errors = commits.1;
-            m.committed_datagrams = commits.2;
-        }
-    };
-    let commit = |ingest: &mut Ingest, store: &mut Store, commits: &mut (u64, u64, u64)| {
-        if ingest.pending_datagrams() == 0 {
-            return;
-        }
-        let batch = ingest.take_batch();
-        match store.commit(&batch.deltas, &batch.templates) {
-            Ok(()) => {
-                commits.0 += 1;
-                commits.2 += batch.datagrams as u64;
-            }
-            Err(e) => {
-                commits.1 += 1;
-                tracing::error!(error = %e, datagrams = batch.datagrams, "commit failed; batch lost");
-            }
-        }
-    };
-    loop {
-        let wait = cfg.commit_interval.saturating_sub(last_commit.elapsed());
-        match rx.recv_timeout(wait) {
-            Ok(mut batch) => {
-                for (from, d) in batch.iter() {
-                    match ingest.datagram(from, d) {
-                        Ok(i) => {
-                            if let Some(e) = i.error {
-                                log_decode(&mut limiter, from, e);
-                            }
-                        }
-                        Err(e) => log_decode(&mut limiter, from, e),
-                    }
-                    if ingest.pending_datagrams() >= cfg.commit_datagrams.get() {
-                        commit(&mut ingest, &mut store, &mut commits);
-                        last_commit = Instant::now();
-                    }
-                }
-                publish(&ingest, commits);
-                batch.bytes.clear();
-                batch.ends.clear();
-                if let Ok(mut s) = spares.lock() {
-                    if s.len() < SPARE {
-                        s.push(batch);
-                    }
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                commit(&mut ingest, &mut store, &mut commits);
-                publish(&ingest, commits);
-                tracing::info!(commits = commits.0, "ingest drained");
-                return Ok(());
-            }
-        }
-        if last_commit.elapsed() >= cfg.commit_interval {
-            commit(&mut ingest, &mut store, &mut commits);
-            last_commit = Instant::now();
-            publish(&ingest, commits);
-        }
-        if last_prune.is_none_or(|p| p.elapsed() >= cfg.prune_interval) {
-            let now = (now_ms() / 1000) as i64;
-            let a = &cfg.agg;
-            match store.prune(&a.resolutions, &a.retention, now) {
-                Ok(n) if n > 0 => tracing::info!(rows = n, "pruned expired buckets"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "prune failed"),
-            }
-            ingest.forget_before(
-                now - (a.max_flow_duration_ms / 1000) as i64
-                    - *a.resolutions.last().unwrap_or(&60) as i64,
-            );
-            last_prune = Some(Instant::now());
-        }
-    }
-}
-
-/// Niceness of the ingest thread: when the receivers and the ingest thread compete for a
-/// core, the receivers win and move a burst off the socket (into the bounded channel)
-/// before the kernel buffer overflows; the ingest thread catches up afterwards.
-const INGEST_NICE: libc::c_int = 10;
-
-/// Lower the calling thread's scheduling priority (Linux: niceness is per thread).
-fn lower_priority(nice: libc::c_int) {
-    // SAFETY: plain system calls on the calling thread's id.
-    let r = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
-    };
-    if r != 0 {
-        tracing::debug!(error = %io::Error::last_os_error(), "setpriority");
     }
 }
 

@@ -53,8 +53,9 @@ struct Labels {
     rules: Vec<LabelRule>,
     /// Raw `applicationName` octets → label id (`None`: the name cleans to nothing).
     by_octets: HashMap<Box<[u8]>, Option<u32>, FxBuild>,
-    /// The last name looked up and its id: exporters tend to send runs of one label.
-    last: (Vec<u8>, Option<u32>),
+    /// The first short names seen, packed: a record's name is found with a few integer
+    /// comparisons (a deployment has a handful of labels).
+    short: Vec<((u128, u8), Option<u32>)>,
     /// NFLOG group → id of its `groupN` label, for records without a name.
     by_group: HashMap<u32, u32, FxBuild>,
     /// (label, bytes, packets) since start, bounded; the rest under `other`.
@@ -66,12 +67,28 @@ struct Labels {
 
 /// Entries kept in each label cache; a stream of ever-new names is resolved without caching.
 const LABEL_CACHE: usize = 4096;
+/// Names kept in the packed short-name cache.
+const SHORT_NAMES: usize = 16;
+
+/// A name of at most 16 octets as (octets, length), for comparison as integers.
+#[inline]
+fn pack(raw: &[u8]) -> Option<(u128, u8)> {
+    if raw.len() > 16 {
+        return None;
+    }
+    let mut b = [0u8; 16];
+    b[..raw.len()].copy_from_slice(raw);
+    Some((u128::from_le_bytes(b), raw.len() as u8))
+}
 
 impl Labels {
     /// The label id of a name given as octets (cleaned as every string element is).
     fn by_octets(&mut self, raw: &[u8]) -> Option<u32> {
-        if self.last.0 == raw {
-            return self.last.1;
+        let packed = pack(raw);
+        if let Some(p) = packed {
+            if let Some((_, id)) = self.short.iter().find(|(k, _)| *k == p) {
+                return *id;
+            }
         }
         let id = match self.by_octets.get(raw) {
             Some(id) => *id,
@@ -84,9 +101,11 @@ impl Labels {
                 id
             }
         };
-        self.last.0.clear();
-        self.last.0.extend_from_slice(raw);
-        self.last.1 = id;
+        if let Some(p) = packed {
+            if self.short.len() < SHORT_NAMES {
+                self.short.push((p, id));
+            }
+        }
         id
     }
 
@@ -204,7 +223,7 @@ impl Ingest {
                 agg: Aggregator::new(cfg.agg.clone()),
                 rules: cfg.label_rules.clone(),
                 by_octets: HashMap::default(),
-                last: (Vec::new(), None),
+                short: Vec::new(),
                 by_group: HashMap::default(),
                 totals: Vec::new(),
                 total_of: Vec::new(),
