@@ -145,10 +145,14 @@ fn apportion_with(total: u64, weights: &[u64], out: &mut Vec<u64>, rems: &mut Ve
         // most one unit is left over, and it goes to the larger remainder (the first on a
         // tie), as the general method below decides.
         [w0, w1] if w0 != 0 || w1 != 0 => {
+            // The remainders r0 + r1 are a multiple of the sum and each below it: either
+            // both are 0, or r1 = sum - r0 and one unit is left over. One division.
             let sum = u128::from(w0) + u128::from(w1);
-            let ((mut s0, r0), (mut s1, r1)) = (share(total, w0, sum), share(total, w1, sum));
-            if total - s0 - s1 > 0 {
-                if r0 >= r1 {
+            let (mut s0, r0) = share(total, w0, sum);
+            let mut s1 = total - s0;
+            if r0 != 0 {
+                s1 -= 1;
+                if r0 >= sum - r0 {
                     s0 += 1;
                 } else {
                     s1 += 1;
@@ -176,16 +180,27 @@ fn apportion_with(total: u64, weights: &[u64], out: &mut Vec<u64>, rems: &mut Ve
         out.push(s);
         given += s;
     }
-    let mut left = total - given;
-    if left > 0 {
-        rems.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        for &(_, i) in rems.iter() {
-            if left == 0 {
-                break;
+    let left = (total - given) as usize;
+    if left == 0 {
+        return;
+    }
+    if weights.len() <= 8 {
+        // A few parts: pick the largest remainders (earliest on ties) one by one.
+        for _ in 0..left {
+            let mut best = usize::MAX;
+            for (k, &(r, _)) in rems.iter().enumerate() {
+                if r != u128::MAX && (best == usize::MAX || r > rems[best].0) {
+                    best = k;
+                }
             }
-            out[i] += 1;
-            left -= 1;
+            out[rems[best].1] += 1;
+            rems[best].0 = u128::MAX;
         }
+        return;
+    }
+    rems.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    for &(_, i) in rems.iter().take(left) {
+        out[i] += 1;
     }
 }
 
@@ -338,53 +353,20 @@ impl Sum {
     }
 }
 
-/// `Port` keys packed as `protocol << 16 | port`; this one stands for [`Key::Other`].
-const OTHER_PORT: u32 = u32::MAX;
+/// Class of a share: what its label, protocol and port keys are, packed as
+/// `label << 32 | FOLDED_PORT? | protocol << 16 | port` (port 0 for protocols without).
+type Class = u64;
+/// Set in a class whose port was folded into [`Key::Other`] by the key bound.
+const FOLDED_PORT: Class = 1 << 24;
 
-/// The deltas of one base bucket since the last take, laid out for the per-record path:
-/// labels and protocols by index, the open-ended dimensions in hash maps. Views are not
-/// counted per record: a view is a set of labels, so its counters are the sum of its
-/// labels', formed at [`Aggregator::take`].
-#[derive(Debug)]
-struct Bucket {
-    /// Bucket start, seconds since the epoch.
-    start: i64,
-    labels: Vec<Sum>,
-    /// Protocol number → index into `protocols` + 1 (0: not seen in this bucket).
-    protocol_slot: [u16; 256],
-    protocols: Vec<(u8, Sum)>,
-    ports: HashMap<u32, Sum, FxBuild>,
-    tunnels: HashMap<Key, Sum, FxBuild>,
-    hosts: HashMap<Key, Counters, FxBuild>,
-}
-
-impl Bucket {
-    fn new(start: i64) -> Bucket {
-        Bucket {
-            start,
-            labels: Vec::new(),
-            protocol_slot: [0; 256],
-            protocols: Vec::new(),
-            ports: HashMap::default(),
-            tunnels: HashMap::default(),
-            hosts: HashMap::default(),
-        }
-    }
-
-    #[inline]
-    fn protocol(&mut self, p: u8) -> &mut Sum {
-        let slot = &mut self.protocol_slot[usize::from(p)];
-        if *slot == 0 {
-            self.protocols.push((p, Sum::default()));
-            *slot = self.protocols.len() as u16;
-        }
-        &mut self.protocols[usize::from(*slot) - 1].1
-    }
+fn class_of(label: u32, protocol: u8, port: u16) -> Class {
+    Class::from(label) << 32 | Class::from(protocol) << 16 | Class::from(port)
 }
 
 /// The keys a record feeds in every bucket it spans (label and protocol aside).
 #[derive(Debug, Clone, Copy)]
 struct Targets {
+    class: Class,
     /// Service port, for port protocols.
     port: Option<u16>,
     tunnel: Option<Key>,
@@ -426,16 +408,17 @@ pub struct Aggregator {
     /// For each label id, the view ids it belongs to.
     label_views: Vec<Vec<u32>>,
     view_names: Vec<String>,
-    /// Base buckets with deltas since the last take.
-    pending: Vec<Bucket>,
-    /// Bucket start → index into `pending`.
-    pending_index: HashMap<i64, usize, FxBuild>,
-    /// Indexes into `pending` of the buckets the last shares went to, latest first.
-    last: [usize; 2],
+    /// Deltas since the last take, by (base bucket start, class): one lookup per share
+    /// feeds the label, protocol and port dimensions, which [`Aggregator::take`] splits.
+    pending: HashMap<(i64, Class), Sum, FxBuild>,
+    tunnels: HashMap<(i64, Key), Sum, FxBuild>,
+    hosts: HashMap<(i64, Key), Counters, FxBuild>,
     /// The milliseconds [start, end) of the base bucket the last single-bucket record
     /// fell in.
     last_range: (u64, u64),
     seen: Seen,
+    /// (bytes, packets) per label id since start, as of the last take.
+    totals: Vec<(u64, u64)>,
     weights: Vec<u64>,
     shares_b: Vec<u64>,
     shares_p: Vec<u64>,
@@ -455,11 +438,12 @@ impl Aggregator {
             label_names: Vec::new(),
             label_views: Vec::new(),
             view_names,
-            pending: Vec::new(),
-            pending_index: HashMap::default(),
-            last: [usize::MAX; 2],
+            pending: HashMap::default(),
+            tunnels: HashMap::default(),
+            hosts: HashMap::default(),
             last_range: (0, 0),
             seen: HashMap::default(),
+            totals: Vec::new(),
             weights: Vec::new(),
             shares_b: Vec::new(),
             shares_p: Vec::new(),
@@ -495,6 +479,12 @@ impl Aggregator {
         self.label_names.push(label.to_string());
         self.label_views.push(views);
         id
+    }
+
+    /// (bytes, packets) per label id since start, counted up to the last
+    /// [`Aggregator::take`].
+    pub fn label_totals(&self) -> &[(u64, u64)] {
+        &self.totals
     }
 
     /// The name of a label id.
@@ -534,23 +524,6 @@ impl Aggregator {
         self.add_flow(&Flow::from_record(rec, id));
     }
 
-    /// Index into `pending` of the bucket starting at `start`.
-    #[inline]
-    fn bucket(&mut self, start: i64) -> usize {
-        // Records crossing a boundary alternate between two buckets: look at both.
-        for i in self.last {
-            if self.pending.get(i).is_some_and(|b| b.start == start) {
-                return i;
-            }
-        }
-        let i = *self.pending_index.entry(start).or_insert_with(|| {
-            self.pending.push(Bucket::new(start));
-            self.pending.len() - 1
-        });
-        self.last = [i, self.last[0]];
-        i
-    }
-
     /// Add one record.
     pub fn add_flow(&mut self, f: &Flow) {
         self.stats.records += 1;
@@ -583,7 +556,8 @@ impl Aggregator {
                 packets,
                 flows: 1,
             };
-            self.last_range = (first * base * 1000, (first + 1) * base * 1000);
+            // Saturating: an exporter may send times near the end of u64 milliseconds.
+            self.last_range = (first * base * 1000, (first + 1).saturating_mul(base * 1000));
             let t = self.targets(f);
             self.add_share(f, &t, (first * base) as i64, share);
             return;
@@ -593,7 +567,7 @@ impl Aggregator {
         self.weights.clear();
         for b in first..=last {
             let lo = (b * base_ms).max(start);
-            let hi = ((b + 1) * base_ms).min(end);
+            let hi = (b + 1).saturating_mul(base_ms).min(end);
             self.weights.push(hi - lo);
         }
         let t = self.targets(f);
@@ -650,6 +624,7 @@ impl Aggregator {
             }
         }
         Targets {
+            class: class_of(f.label, f.protocol, port.unwrap_or(0)),
             port,
             tunnel,
             src_host,
@@ -659,55 +634,63 @@ impl Aggregator {
 
     /// Add one base bucket's share of a record to every dimension it feeds.
     #[inline]
-    fn add_share(&mut self, f: &Flow, t: &Targets, bucket_start: i64, share: Sum) {
+    fn add_share(&mut self, f: &Flow, t: &Targets, bucket: i64, share: Sum) {
         let max = self.cfg.max_keys_per_bucket;
-        let bi = self.bucket(bucket_start);
-        let Aggregator {
-            pending,
-            seen,
-            stats,
-            ..
-        } = self;
-        let b = &mut pending[bi];
-        let li = f.label as usize;
-        if b.labels.len() <= li {
-            b.labels.resize(li + 1, Sum::default());
-        }
-        b.labels[li].add(share);
-        b.protocol(f.protocol).add(share);
-        if let Some(port) = t.port {
-            let packed = u32::from(f.protocol) << 16 | u32::from(port);
-            if let Some(s) = b.ports.get_mut(&packed) {
-                s.add(share);
-            } else {
-                let k = match bounded(
-                    seen,
-                    stats,
-                    max,
-                    Dim::Port,
-                    b.start,
-                    Key::Port(f.protocol, port),
-                ) {
-                    Key::Other => OTHER_PORT,
-                    _ => packed,
-                };
-                b.ports.entry(k).or_default().add(share);
+        if let Some(s) = self.pending.get_mut(&(bucket, t.class)) {
+            s.add(share);
+        } else {
+            let mut class = t.class;
+            if let Some(port) = t.port {
+                let key = Key::Port(f.protocol, port);
+                if bounded(&mut self.seen, &mut self.stats, max, Dim::Port, bucket, key)
+                    == Key::Other
+                {
+                    class = class_of(f.label, f.protocol, 0) | FOLDED_PORT;
+                }
             }
+            self.pending.entry((bucket, class)).or_default().add(share);
         }
         if let Some(key) = t.tunnel {
-            if let Some(s) = b.tunnels.get_mut(&key) {
+            if let Some(s) = self.tunnels.get_mut(&(bucket, key)) {
                 s.add(share);
             } else {
-                let k = bounded(seen, stats, max, Dim::Tunnel, b.start, key);
-                b.tunnels.entry(k).or_default().add(share);
+                let k = bounded(
+                    &mut self.seen,
+                    &mut self.stats,
+                    max,
+                    Dim::Tunnel,
+                    bucket,
+                    key,
+                );
+                self.tunnels.entry((bucket, k)).or_default().add(share);
             }
         }
-        if t.src_host {
-            add_host(b, seen, stats, max, Key::Host(f.src), share, Side::Out);
+        for (on, ip, side) in [
+            (t.src_host, f.src, Side::Out),
+            (t.dst_host, f.dst, Side::In),
+        ] {
+            if on {
+                self.add_host(bucket, Key::Host(ip), share, side);
+            }
         }
-        if t.dst_host {
-            add_host(b, seen, stats, max, Key::Host(f.dst), share, Side::In);
+    }
+
+    /// Add a host's share: bytes towards the host count in, bytes from it out.
+    fn add_host(&mut self, bucket: i64, key: Key, share: Sum, side: Side) {
+        let c = Counters {
+            bytes: share.bytes,
+            packets: share.packets,
+            flows: share.flows,
+            bytes_in: if side == Side::In { share.bytes } else { 0 },
+            bytes_out: if side == Side::Out { share.bytes } else { 0 },
+        };
+        if let Some(h) = self.hosts.get_mut(&(bucket, key)) {
+            h.add(&c);
+            return;
         }
+        let max = self.cfg.max_keys_per_bucket;
+        let k = bounded(&mut self.seen, &mut self.stats, max, Dim::Host, bucket, key);
+        self.hosts.entry((bucket, k)).or_default().add(&c);
     }
 
     /// Forget key-bound bookkeeping of buckets that started before `before` (seconds).
@@ -717,75 +700,74 @@ impl Aggregator {
 
     /// Base-resolution counters waiting for the next [`Aggregator::take`].
     pub fn pending_slots(&self) -> usize {
-        self.pending
-            .iter()
-            .map(|b| {
-                b.labels.iter().filter(|s| !s.is_zero()).count()
-                    + b.protocols.len()
-                    + b.ports.len()
-                    + b.tunnels.len()
-                    + b.hosts.len()
-            })
-            .sum()
+        self.pending.len() + self.tunnels.len() + self.hosts.len()
     }
 
-    /// The base-resolution counters of one bucket, keyed as stored (the label bound is
-    /// applied here; views are summed from their labels).
-    fn bucket_slots(&mut self, b: Bucket, out: &mut Vec<(i64, Dim, Key, Counters)>) {
-        let max = self.cfg.max_keys_per_bucket;
-        let t = b.start;
-        let mut views = vec![Sum::default(); self.view_names.len()];
-        for (id, s) in b.labels.iter().enumerate() {
-            if s.is_zero() {
-                continue;
+    /// The base-resolution counters since the last take, keyed as stored: classes split
+    /// into labels, protocols and ports; the label bound applied; views summed from their
+    /// labels.
+    fn base_slots(&mut self) -> Vec<(i64, Dim, Key, Counters)> {
+        let mut labels: HashMap<(i64, u32), Sum, FxBuild> = HashMap::default();
+        let mut protocols: HashMap<(i64, u8), Sum, FxBuild> = HashMap::default();
+        let mut ports: HashMap<(i64, Key), Sum, FxBuild> = HashMap::default();
+        for ((bucket, class), s) in std::mem::take(&mut self.pending) {
+            let (label, protocol) = ((class >> 32) as u32, (class >> 16) as u8);
+            labels.entry((bucket, label)).or_default().add(s);
+            protocols.entry((bucket, protocol)).or_default().add(s);
+            if has_ports(protocol) {
+                let key = if class & FOLDED_PORT != 0 {
+                    Key::Other
+                } else {
+                    Key::Port(protocol, class as u16)
+                };
+                ports.entry((bucket, key)).or_default().add(s);
             }
-            for v in &self.label_views[id] {
-                views[*v as usize].add(*s);
+        }
+        let mut out = Vec::new();
+        let mut views: HashMap<(i64, u32), Sum, FxBuild> = HashMap::default();
+        let max = self.cfg.max_keys_per_bucket;
+        for ((bucket, id), s) in labels {
+            let i = id as usize;
+            if self.totals.len() <= i {
+                self.totals.resize(i + 1, (0, 0));
+            }
+            let t = &mut self.totals[i];
+            *t = (t.0.saturating_add(s.bytes), t.1.saturating_add(s.packets));
+            for v in &self.label_views[id as usize] {
+                views.entry((bucket, *v)).or_default().add(s);
             }
             let key = bounded(
                 &mut self.seen,
                 &mut self.stats,
                 max,
                 Dim::Label,
-                t,
-                Key::Label(id as u32),
+                bucket,
+                Key::Label(id),
             );
-            out.push((t, Dim::Label, key, s.counters()));
+            out.push((bucket, Dim::Label, key, s.counters()));
         }
-        for (v, s) in views.into_iter().enumerate() {
-            if !s.is_zero() {
-                out.push((t, Dim::View, Key::View(v as u32), s.counters()));
-            }
+        for ((bucket, v), s) in views {
+            out.push((bucket, Dim::View, Key::View(v), s.counters()));
         }
-        for (p, s) in &b.protocols {
-            out.push((t, Dim::Protocol, Key::Protocol(*p), s.counters()));
+        for ((bucket, p), s) in protocols {
+            out.push((bucket, Dim::Protocol, Key::Protocol(p), s.counters()));
         }
-        for (k, s) in b.ports {
-            let key = if k == OTHER_PORT {
-                Key::Other
-            } else {
-                Key::Port((k >> 16) as u8, k as u16)
-            };
-            out.push((t, Dim::Port, key, s.counters()));
+        for ((bucket, key), s) in ports {
+            out.push((bucket, Dim::Port, key, s.counters()));
         }
-        for (k, s) in b.tunnels {
-            out.push((t, Dim::Tunnel, k, s.counters()));
+        for ((bucket, key), s) in std::mem::take(&mut self.tunnels) {
+            out.push((bucket, Dim::Tunnel, key, s.counters()));
         }
-        for (k, c) in b.hosts {
-            out.push((t, Dim::Host, k, c));
+        for ((bucket, key), c) in std::mem::take(&mut self.hosts) {
+            out.push((bucket, Dim::Host, key, c));
         }
+        out
     }
 
     /// Take the accumulated deltas (base resolution and every rollup), rendered for the
     /// store.
     pub fn take(&mut self) -> Vec<Delta> {
-        let pending = std::mem::take(&mut self.pending);
-        self.pending_index.clear();
-        self.last = [usize::MAX; 2];
-        let mut base = Vec::new();
-        for b in pending {
-            self.bucket_slots(b, &mut base);
-        }
+        let base = self.base_slots();
         let mut all: HashMap<Slot, Counters, FxBuild> = HashMap::default();
         all.reserve(base.len() * self.cfg.resolutions.len());
         for (bucket, dim, key, c) in base {
@@ -811,31 +793,6 @@ impl Aggregator {
             })
             .collect()
     }
-}
-
-/// Add a host's share: bytes towards the host count in, bytes from it out.
-fn add_host(
-    b: &mut Bucket,
-    seen: &mut Seen,
-    stats: &mut AggStats,
-    max: usize,
-    key: Key,
-    share: Sum,
-    side: Side,
-) {
-    let c = Counters {
-        bytes: share.bytes,
-        packets: share.packets,
-        flows: share.flows,
-        bytes_in: if side == Side::In { share.bytes } else { 0 },
-        bytes_out: if side == Side::Out { share.bytes } else { 0 },
-    };
-    if let Some(h) = b.hosts.get_mut(&key) {
-        h.add(&c);
-        return;
-    }
-    let k = bounded(seen, stats, max, Dim::Host, b.start, key);
-    b.hosts.entry(k).or_default().add(&c);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

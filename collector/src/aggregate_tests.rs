@@ -192,3 +192,14 @@ proptest! {
         }
     }
 }
+
+/// Times at the very end of the u64 millisecond range (a fuzzed exporter's) neither
+/// overflow nor lose counts.
+#[test]
+fn times_at_the_end_of_the_range() {
+    let mut a = Aggregator::new(AggConfig::default());
+    a.add(&rec(u64::MAX - 90_000, u64::MAX, 1000, 10), "x");
+    a.add(&rec(u64::MAX, u64::MAX, 7, 1), "x");
+    let c = sum(&a.take(), 60, Dim::Label);
+    assert_eq!((c.bytes, c.packets, c.flows), (1007, 11, 2));
+}

@@ -261,9 +261,10 @@ fn ingest_loop(
             }
         }
         if stopping {
+            let batch = (ingest.pending_datagrams() > 0).then(|| ingest.take_batch());
             publish(&ingest, receive_errors);
-            if ingest.pending_datagrams() > 0 {
-                let _ = tx.send(ingest.take_batch());
+            if let Some(b) = batch {
+                let _ = tx.send(b);
             }
             return;
         }
@@ -272,12 +273,13 @@ fn ingest_loop(
         let due = ingest.pending_datagrams() >= cfg.commit_datagrams.get()
             || (ingest.pending_datagrams() > 0 && last_handover.elapsed() >= cfg.commit_interval);
         if due && !store_busy.swap(true, Ordering::AcqRel) {
-            // Counters first, so that `/metrics` never shows more committed datagrams than
-            // received ones.
+            // Counters first (per-label totals count up to this batch), so that `/metrics`
+            // never shows more committed datagrams than received ones.
+            let batch = ingest.take_batch();
             publish(&ingest, receive_errors);
             last_publish = Instant::now();
             // The store thread is idle, so the channel has room.
-            if tx.send(ingest.take_batch()).is_err() {
+            if tx.send(batch).is_err() {
                 return;
             }
             last_handover = Instant::now();

@@ -58,10 +58,6 @@ struct Labels {
     short: Vec<((u128, u8), Option<u32>)>,
     /// NFLOG group → id of its `groupN` label, for records without a name.
     by_group: HashMap<u32, u32, FxBuild>,
-    /// (label, bytes, packets) since start, bounded; the rest under `other`.
-    totals: Vec<(String, u64, u64)>,
-    /// Label id → index into `totals`.
-    total_of: Vec<u32>,
     max_metric_labels: usize,
 }
 
@@ -134,30 +130,25 @@ impl Labels {
         self.agg.label_id(label)
     }
 
-    fn add(&mut self, flow: &Flow) {
-        let id = flow.label as usize;
-        if self.total_of.len() <= id {
-            self.total_of.resize(id + 1, u32::MAX);
-        }
-        if self.total_of[id] == u32::MAX {
-            let name = if self.totals.len() < self.max_metric_labels {
-                self.agg.label_name(flow.label)
+    /// Per-label (bytes, packets) for `/metrics`: the first `max_metric_labels` labels by
+    /// name, the rest under [`OTHER`].
+    fn metric_totals(&self) -> Vec<(String, u64, u64)> {
+        let mut out: Vec<(String, u64, u64)> = Vec::new();
+        for (id, (bytes, packets)) in self.agg.label_totals().iter().enumerate() {
+            let name = if out.len() < self.max_metric_labels {
+                self.agg.label_name(id as u32)
             } else {
                 OTHER
             };
-            self.total_of[id] = match self.totals.iter().position(|l| l.0 == name) {
-                Some(i) => i as u32,
-                None => {
-                    self.totals.push((name.to_string(), 0, 0));
-                    (self.totals.len() - 1) as u32
+            match out.iter_mut().find(|l| l.0 == name) {
+                Some(l) => {
+                    l.1 = l.1.saturating_add(*bytes);
+                    l.2 = l.2.saturating_add(*packets);
                 }
-            };
+                None => out.push((name.to_string(), *bytes, *packets)),
+            }
         }
-        let scale = u64::from(flow.sampling.max(1));
-        let t = &mut self.totals[self.total_of[id] as usize];
-        t.1 = t.1.saturating_add(flow.bytes.saturating_mul(scale));
-        t.2 = t.2.saturating_add(flow.packets.saturating_mul(scale));
-        self.agg.add_flow(flow);
+        out
     }
 }
 
@@ -183,35 +174,55 @@ impl FlowSink for ToAggregator<'_> {
                 l.resolve(None, v.group(), self.exporter, [i, e])
             }
         };
-        let protocol = v.protocol();
-        // Ports count only for port protocols, where no ICMP rule moves them.
-        let (src_port, dst_port) = if has_ports(protocol) {
-            v.transport_ports()
-        } else {
-            (0, 0)
+        let sampling = sampling_of(ctx);
+        let flow = match v.ipv4() {
+            Some(h) => Flow {
+                label,
+                src: IpAddr::V4(h.src),
+                dst: IpAddr::V4(h.dst),
+                protocol: h.protocol,
+                src_port: if has_ports(h.protocol) { h.src_port } else { 0 },
+                dst_port: if has_ports(h.protocol) { h.dst_port } else { 0 },
+                spi: h.ipsec_spi,
+                bytes: h.bytes,
+                packets: h.packets,
+                sampling,
+                start_ms: h.start_ms,
+                end_ms: h.end_ms,
+            },
+            None => {
+                let protocol = v.protocol();
+                // Ports count only for port protocols, where no ICMP rule moves them.
+                let (src_port, dst_port) = if has_ports(protocol) {
+                    v.transport_ports()
+                } else {
+                    (0, 0)
+                };
+                let (start_ms, end_ms) = v.times();
+                Flow {
+                    label,
+                    src: v.src_addr(),
+                    dst: v.dst_addr(),
+                    protocol,
+                    src_port,
+                    dst_port,
+                    spi: v.ipsec_spi(),
+                    bytes: v.bytes(),
+                    packets: v.packets(),
+                    sampling,
+                    start_ms,
+                    end_ms,
+                }
+            }
         };
-        let (start_ms, end_ms) = v.times();
-        l.add(&Flow {
-            label,
-            src: v.src_addr(),
-            dst: v.dst_addr(),
-            protocol,
-            src_port,
-            dst_port,
-            spi: v.ipsec_spi(),
-            bytes: v.bytes(),
-            packets: v.packets(),
-            sampling: sampling_of(ctx),
-            start_ms,
-            end_ms,
-        });
+        l.agg.add_flow(&flow);
     }
 
     fn record(&mut self, r: FlowRecord) {
         let l = &mut *self.labels;
         let name = r.label.as_ref().and_then(|s| l.by_octets(s.as_bytes()));
         let label = l.resolve(name, r.group, self.exporter, [r.ingress_if, r.egress_if]);
-        l.add(&Flow::from_record(&r, label));
+        l.agg.add_flow(&Flow::from_record(&r, label));
     }
 }
 
@@ -225,8 +236,6 @@ impl Ingest {
                 by_octets: HashMap::default(),
                 short: Vec::new(),
                 by_group: HashMap::default(),
-                totals: Vec::new(),
-                total_of: Vec::new(),
                 max_metric_labels: cfg.max_metric_labels,
             },
             found: Vec::new(),
@@ -300,7 +309,7 @@ impl Ingest {
         s.sessions = self.sessions.stats.clone();
         s.aggregation = self.labels.agg.stats.clone();
         s.scopes = self.sessions.scopes();
-        s.labels = self.labels.totals.clone();
+        s.labels = self.labels.metric_totals();
     }
 }
 

@@ -3,6 +3,7 @@
 //! `convert_ipfix_data_set` gives.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use labelflow_proto::convert::{convert_ipfix_data_set, ApplicationKey, ExporterContext};
 use labelflow_proto::ie::{FieldSpec, PEN_NETFILTER, VARLEN};
@@ -117,7 +118,28 @@ fn assert_same(template: &Template, body: &[u8], ctx: &ExporterContext) -> bool 
         Ok(n) => {
             assert_eq!(reference.ok(), Some(n as u32), "record count");
             let mut got = Vec::new();
-            plan.decode(body, 7, 1_700_000_000, |v| got.push(v.to_record(ctx)));
+            plan.decode(body, 7, 1_700_000_000, |v| {
+                let r = v.to_record(ctx);
+                // The one-read IPv4 fields agree with the record.
+                if let Some(h) = v.ipv4() {
+                    assert_eq!(
+                        (
+                            IpAddr::V4(h.src),
+                            IpAddr::V4(h.dst),
+                            h.protocol,
+                            h.bytes,
+                            h.packets
+                        ),
+                        (r.src_addr, r.dst_addr, r.protocol, r.bytes, r.packets)
+                    );
+                    assert_eq!(
+                        (h.start_ms, h.end_ms, h.ipsec_spi),
+                        (r.start_ms, r.end_ms, r.ipsec_spi)
+                    );
+                    assert_eq!((h.src_port, h.dst_port), v.transport_ports());
+                }
+                got.push(r);
+            });
             assert_eq!(got, want);
         }
         Err(_) => assert!(reference.is_err(), "plan refused a body the reference took"),
