@@ -4,6 +4,8 @@
 # for real coverage-guided runs; this smoke run works on stable.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
+# The fuzz workspace builds into its own target directory, whatever the caller's is.
+export CARGO_TARGET_DIR="$PWD/target"
 # The instrumentation cargo-fuzz adds, minus the sanitizer (which needs nightly).
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
   -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \

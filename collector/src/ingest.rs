@@ -72,9 +72,12 @@ fn pack(raw: &[u8]) -> Option<(u128, u8)> {
     if raw.len() > 16 {
         return None;
     }
-    let mut b = [0u8; 16];
-    b[..raw.len()].copy_from_slice(raw);
-    Some((u128::from_le_bytes(b), raw.len() as u8))
+    // A byte loop: a variable-length copy would be a library call per record.
+    let v = raw
+        .iter()
+        .enumerate()
+        .fold(0u128, |v, (i, b)| v | u128::from(*b) << (8 * i));
+    Some((v, raw.len() as u8))
 }
 
 impl Labels {
