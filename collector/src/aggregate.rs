@@ -416,6 +416,9 @@ pub struct Aggregator {
     /// The milliseconds [start, end) of the base bucket the last single-bucket record
     /// fell in.
     last_range: (u64, u64),
+    /// A base bucket boundary (milliseconds, bucket number) that instants are divided
+    /// from (see [`Aggregator::bucket_of`]).
+    anchor: (u64, u64),
     seen: Seen,
     /// (bytes, packets) per label id since start, as of the last take.
     totals: Vec<(u64, u64)>,
@@ -442,6 +445,7 @@ impl Aggregator {
             tunnels: HashMap::default(),
             hosts: HashMap::default(),
             last_range: (0, 0),
+            anchor: (0, 0),
             seen: HashMap::default(),
             totals: Vec::new(),
             weights: Vec::new(),
@@ -524,6 +528,29 @@ impl Aggregator {
         self.add_flow(&Flow::from_record(rec, id));
     }
 
+    /// The base bucket number of an instant (milliseconds). Divides the offset from a
+    /// recent bucket when it fits 32 bits, which a CPU divides several times faster than
+    /// a full 64-bit epoch timestamp.
+    #[inline]
+    fn bucket_of(&mut self, ms: u64) -> u64 {
+        let base_ms = self.cfg.resolutions[0] * 1000;
+        let (anchor, anchor_bucket) = self.anchor;
+        match ms.checked_sub(anchor) {
+            Some(d) if d <= u64::from(u32::MAX) && base_ms <= u64::from(u32::MAX) => {
+                anchor_bucket + u64::from(d as u32 / base_ms as u32)
+            }
+            _ => {
+                let b = ms / base_ms;
+                // Anchor a little before this instant, so that the flows around it (which
+                // start up to the longest flow earlier) divide the short way.
+                let back = self.cfg.max_flow_duration_ms / base_ms + 1;
+                let a = b.saturating_sub(back);
+                self.anchor = (a * base_ms, a);
+                b
+            }
+        }
+    }
+
     /// Add one record.
     pub fn add_flow(&mut self, f: &Flow) {
         self.stats.records += 1;
@@ -549,7 +576,7 @@ impl Aggregator {
             self.add_share(f, &t, (lo / 1000) as i64, share);
             return;
         }
-        let (first, last) = (start / (base * 1000), end / (base * 1000));
+        let (first, last) = (self.bucket_of(start), self.bucket_of(end));
         if first == last {
             let share = Sum {
                 bytes,

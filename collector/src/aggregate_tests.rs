@@ -203,3 +203,22 @@ fn times_at_the_end_of_the_range() {
     let c = sum(&a.take(), 60, Dim::Label);
     assert_eq!((c.bytes, c.packets, c.flows), (1007, 11, 2));
 }
+
+proptest! {
+    /// The anchored division gives the plain bucket number for any sequence of instants.
+    #[test]
+    fn bucket_of_is_plain_division(
+        times in proptest::collection::vec(prop_oneof![
+            any::<u64>(),
+            1_700_000_000_000u64..1_700_000_000_000 + 10 * 86_400_000,
+            0u64..10_000_000,
+        ], 1..60),
+        base in prop_oneof![Just(60u64), Just(300), Just(1), Just(86_400)],
+    ) {
+        let cfg = AggConfig { resolutions: vec![base], retention: vec![3600], ..AggConfig::default() };
+        let mut a = Aggregator::new(cfg);
+        for t in times {
+            prop_assert_eq!(a.bucket_of(t), t / (base * 1000));
+        }
+    }
+}

@@ -55,7 +55,7 @@ struct Labels {
     by_octets: HashMap<Box<[u8]>, Option<u32>, FxBuild>,
     /// The first short names seen, packed: a record's name is found with a few integer
     /// comparisons (a deployment has a handful of labels).
-    short: Vec<((u128, u8), Option<u32>)>,
+    short: Vec<((u64, u64, u8), Option<u32>)>,
     /// NFLOG group → id of its `groupN` label, for records without a name.
     by_group: HashMap<u32, u32, FxBuild>,
     max_metric_labels: usize,
@@ -68,16 +68,18 @@ const SHORT_NAMES: usize = 16;
 
 /// A name of at most 16 octets as (octets, length), for comparison as integers.
 #[inline]
-fn pack(raw: &[u8]) -> Option<(u128, u8)> {
+fn pack(raw: &[u8]) -> Option<(u64, u64, u8)> {
     if raw.len() > 16 {
         return None;
     }
-    // A byte loop: a variable-length copy would be a library call per record.
-    let v = raw
-        .iter()
-        .enumerate()
-        .fold(0u128, |v, (i, b)| v | u128::from(*b) << (8 * i));
-    Some((v, raw.len() as u8))
+    // Byte loops: a variable-length copy would be a library call per record.
+    let word = |b: &[u8]| {
+        b.iter()
+            .enumerate()
+            .fold(0u64, |v, (i, x)| v | u64::from(*x) << (8 * i))
+    };
+    let (lo, hi) = raw.split_at(raw.len().min(8));
+    Some((word(lo), word(hi), raw.len() as u8))
 }
 
 impl Labels {
