@@ -31,6 +31,19 @@ fn free_udp_port() -> u16 {
         .port()
 }
 
+/// Whether some socket of this network namespace is bound to UDP `port` (IPv4 or IPv6).
+fn udp_port_bound(port: u16) -> bool {
+    let want = format!(":{port:04X}");
+    ["/proc/net/udp", "/proc/net/udp6"].iter().any(|f| {
+        std::fs::read_to_string(f).is_ok_and(|t| {
+            t.lines()
+                .skip(1)
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .any(|local| local.ends_with(&want))
+        })
+    })
+}
+
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("labelflow-interop-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -147,8 +160,9 @@ impl Nfcapd {
                 "-t",
                 "3600",
             ])
+            // Its messages go to a file beside its output, for the failure message.
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("nfcapd.log")).expect("nfcapd log"))
             .spawn()
             .expect("nfcapd starts");
         Nfcapd {
@@ -190,9 +204,10 @@ fn through_nfcapd(name: &str, datagrams: &[Vec<u8>], fmt: &str) -> Vec<String> {
     let dir = scratch(name);
     let port = free_udp_port();
     let nf = Nfcapd::start(&dir, port);
-    // nfcapd binds asynchronously: wait (bounded) until its socket exists.
+    // nfcapd binds asynchronously: wait (bounded) until its socket exists. Looked up in
+    // /proc rather than by binding the port ourselves, which could take it from nfcapd.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while UdpSocket::bind(("127.0.0.1", port)).is_ok() && Instant::now() < deadline {
+    while !udp_port_bound(port) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -204,8 +219,9 @@ fn through_nfcapd(name: &str, datagrams: &[Vec<u8>], fmt: &str) -> Vec<String> {
     let files = nf.stop();
     assert!(
         !files.is_empty(),
-        "nfcapd wrote no file in {}",
-        dir.display()
+        "nfcapd wrote no file in {}; its messages:\n{}",
+        dir.display(),
+        std::fs::read_to_string(dir.join("nfcapd.log")).unwrap_or_default()
     );
     let mut lines = Vec::new();
     for f in files {
