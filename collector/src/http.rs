@@ -49,6 +49,8 @@ pub struct ReportParams {
     from: Option<String>,
     to: Option<String>,
     top: Option<usize>,
+    /// Only these keys, comma-separated.
+    key: Option<String>,
 }
 
 /// Parse report parameters (shared with the CLI): `now` in seconds.
@@ -94,6 +96,7 @@ pub fn parse_query(
         from,
         to,
         top,
+        keys: Vec::new(),
     })
 }
 
@@ -113,7 +116,16 @@ async fn api_report(State(st): State<AppState>, AxQuery(p): AxQuery<ReportParams
         p.top,
         now_secs(),
     ) {
-        Ok(q) => q,
+        Ok(q) => Query {
+            keys: p
+                .key
+                .iter()
+                .flat_map(|k| k.split(','))
+                .filter(|k| !k.is_empty())
+                .map(str::to_string)
+                .collect(),
+            ..q
+        },
         Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
     };
     let db = st.db.clone();

@@ -96,6 +96,10 @@ struct QueryArgs {
     /// Keep the N keys with most bytes; the rest is reported as `other`.
     #[arg(long)]
     top: Option<usize>,
+    /// Only this key (exact name: a label, view, tunnel, host, protocol or port as the
+    /// report shows it); repeat for several.
+    #[arg(long = "key", value_name = "KEY")]
+    keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -205,6 +209,10 @@ fn load_report(q: &QueryArgs) -> anyhow::Result<report::Report> {
         now_secs(),
     )
     .map_err(anyhow::Error::msg)?;
+    let query = report::Query {
+        keys: q.keys.clone(),
+        ..query
+    };
     if !q.db.exists() {
         anyhow::bail!("{}: no such database", q.db.display());
     }

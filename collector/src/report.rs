@@ -21,6 +21,8 @@ pub struct Query {
     pub to: i64,
     /// Keep the N keys with the most bytes, fold the rest into `other`.
     pub top: Option<usize>,
+    /// Only these keys (exact names, e.g. labels `esp` and `vpn`); empty for all.
+    pub keys: Vec<String>,
 }
 
 /// Most output buckets an automatic choice of bucket width allows.
@@ -87,18 +89,23 @@ pub fn build(reader: &Reader, q: &Query) -> Result<Report, ReportError> {
     let from = q.from.div_euclid(bucket) * bucket;
     let to = (q.to + bucket - 1).div_euclid(bucket) * bucket;
     let raw = reader.rows(res, q.by, from, to)?;
-    Ok(assemble(q.by, bucket, from, to, raw, q.top))
+    Ok(assemble(q.by, bucket, from, to, raw, q.top, &q.keys))
 }
 
-/// Regroup stored rows into output buckets and apply top-N. Pure.
+/// Keep the rows of `keys` (all when empty), regroup them into output buckets and apply
+/// top-N. Pure.
 pub fn assemble(
     by: Dim,
     bucket: i64,
     from: i64,
     to: i64,
-    raw: Vec<Row>,
+    mut raw: Vec<Row>,
     top: Option<usize>,
+    keys: &[String],
 ) -> Report {
+    if !keys.is_empty() {
+        raw.retain(|r| keys.contains(&r.key));
+    }
     let mut per_key: HashMap<String, Counters> = HashMap::new();
     for r in &raw {
         per_key.entry(r.key.clone()).or_default().add(&r.counters);
@@ -327,14 +334,24 @@ mod tests {
     fn overlapping_dimensions_get_no_total() {
         // `naive` holds everything `uplink` does: their sum would double-count.
         let raw = vec![row(0, "naive", 300), row(0, "uplink", 200)];
-        let r = assemble(Dim::View, 60, 0, 60, raw, None);
+        let r = assemble(Dim::View, 60, 0, 60, raw, None, &[]);
         let t = to_table(&r);
         assert!(!t.lines().any(|l| l.starts_with("total")), "{t}");
         assert!(t.contains("no total"), "{t}");
         assert_eq!(to_json(&r)["additive"], false);
-        let r = assemble(Dim::Label, 60, 0, 60, vec![row(0, "esp", 1)], None);
+        let r = assemble(Dim::Label, 60, 0, 60, vec![row(0, "esp", 1)], None, &[]);
         assert_eq!(to_json(&r)["additive"], true);
         assert!(to_table(&r).lines().any(|l| l.starts_with("total")));
+    }
+
+    #[test]
+    fn only_the_keys_asked_for() {
+        let raw = vec![row(0, "esp", 100), row(0, "vpn", 40), row(60, "other", 7)];
+        let keys = ["vpn".to_string(), "other".to_string(), "absent".to_string()];
+        let r = assemble(Dim::Label, 60, 0, 120, raw, None, &keys);
+        assert_eq!(r.keys, vec!["vpn", "other"]);
+        assert_eq!(r.total.bytes, 47);
+        assert!(r.rows.iter().all(|x| x.key != "esp"));
     }
 
     #[test]
@@ -346,7 +363,7 @@ mod tests {
             row(0, "c", 20),
             row(300, "c", 5),
         ];
-        let r = assemble(Dim::Label, 300, 0, 600, raw, Some(1));
+        let r = assemble(Dim::Label, 300, 0, 600, raw, Some(1), &[]);
         assert_eq!(r.keys, vec!["a", "other"]);
         assert_eq!(r.total.bytes, 185);
         assert_eq!(r.rows.len(), 3);
