@@ -429,9 +429,6 @@ pub struct Aggregator {
     pub stats: AggStats,
 }
 
-/// Per-label totals since start (for `/metrics`), in the order labels were first seen.
-pub type LabelTotals = Vec<(String, u64, u64)>;
-
 impl Aggregator {
     pub fn new(cfg: AggConfig) -> Aggregator {
         let view_names = cfg.views.keys().cloned().collect();
@@ -723,11 +720,6 @@ impl Aggregator {
     /// Forget key-bound bookkeeping of buckets that started before `before` (seconds).
     pub fn forget_before(&mut self, before: i64) {
         self.seen.retain(|(_, b), _| *b >= before);
-    }
-
-    /// Base-resolution counters waiting for the next [`Aggregator::take`].
-    pub fn pending_slots(&self) -> usize {
-        self.pending.len() + self.tunnels.len() + self.hosts.len()
     }
 
     /// The base-resolution counters since the last take, keyed as stored: classes split

@@ -110,17 +110,9 @@ impl Labels {
         id
     }
 
-    /// A record's label: its own name, else its NFLOG group, else the exporter rules.
-    fn resolve(
-        &mut self,
-        name: Option<u32>,
-        group: Option<u32>,
-        exporter: IpAddr,
-        ifs: [u32; 2],
-    ) -> u32 {
-        if let Some(id) = name {
-            return id;
-        }
+    /// The label of a record without a name of its own: its NFLOG group, else the
+    /// exporter rules.
+    fn unnamed(&mut self, group: Option<u32>, exporter: IpAddr, ifs: [u32; 2]) -> u32 {
         if let Some(g) = group {
             if let Some(id) = self.by_group.get(&g) {
                 return *id;
@@ -172,13 +164,10 @@ impl FlowSink for ToAggregator<'_> {
                 name = l.by_octets(app.as_bytes());
             }
         }
-        let label = match name {
-            Some(id) => id,
-            None => {
-                let (i, e) = v.interfaces();
-                l.resolve(None, v.group(), self.exporter, [i, e])
-            }
-        };
+        let label = name.unwrap_or_else(|| {
+            let (i, e) = v.interfaces();
+            l.unnamed(v.group(), self.exporter, [i, e])
+        });
         let sampling = sampling_of(ctx);
         let flow = match v.ipv4() {
             Some(h) => Flow {
@@ -226,7 +215,8 @@ impl FlowSink for ToAggregator<'_> {
     fn record(&mut self, r: FlowRecord) {
         let l = &mut *self.labels;
         let name = r.label.as_ref().and_then(|s| l.by_octets(s.as_bytes()));
-        let label = l.resolve(name, r.group, self.exporter, [r.ingress_if, r.egress_if]);
+        let label =
+            name.unwrap_or_else(|| l.unnamed(r.group, self.exporter, [r.ingress_if, r.egress_if]));
         l.agg.add_flow(&Flow::from_record(&r, label));
     }
 }

@@ -24,53 +24,30 @@ use crate::ie::{iana, netfilter, PEN_NETFILTER};
 use crate::ipfix::{parse_varlen, Template};
 use crate::record::{Direction, EndReason, FlowRecord};
 
-/// Where one field's value goes.
+/// How a time element counts (IE 150–157); other elements are plain numbers or octets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Target {
-    Skip,
-    DeltaBytes,
-    DeltaPackets,
-    TotalBytes,
-    TotalPackets,
-    Protocol,
-    Tos,
-    TcpFlags,
-    SrcPort,
-    DstPort,
-    Src4,
-    Dst4,
-    Src6,
-    Dst6,
-    IngressIf,
-    EgressIf,
-    IcmpTypeCode,
-    IcmpType,
-    IcmpCode,
-    Direction,
-    Application,
-    Label,
-    EndReason,
-    Group,
-    /// flowStartSeconds / flowEndSeconds (IE 150/151).
-    StartSecs,
-    EndSecs,
-    /// flowStartMilliseconds / flowEndMilliseconds (IE 152/153).
-    StartMs,
-    EndMs,
-    /// flowStart/EndMicro/Nanoseconds (IE 154–157): NTP timestamps.
-    StartNtp,
-    EndNtp,
-    Spi,
-    UserName,
-    Mark,
-    Prefix,
+enum Unit {
+    /// Milliseconds (IE 152/153), or not a time.
+    Plain,
+    /// Seconds (IE 150/151).
+    Secs,
+    /// NTP timestamps (IE 154–157, micro- and nanoseconds).
+    Ntp,
 }
 
-/// One field of the template: its target and its length (`None`: variable-length).
+/// One field of the template: the slot it sets (`None`: skipped), the unit of a time, and
+/// its length (`None`: variable-length).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Op {
-    target: Target,
+    slot: Option<Slot>,
+    unit: Unit,
     len: Option<u16>,
+}
+
+impl Op {
+    fn unit(self, unit: Unit) -> Op {
+        Op { unit, ..self }
+    }
 }
 
 /// Where the field that sets a slot sits in a record: `fixed` octets of fixed-length fields
@@ -80,11 +57,11 @@ struct Loc {
     fixed: u16,
     var: u8,
     len: Option<u16>,
-    target: Target,
+    unit: Unit,
 }
 
-/// Values a record can set; the start and end times each have one slot whatever their unit.
-const SLOTS: usize = 29;
+/// Number of [`Slot`]s.
+const SLOTS: usize = Slot::Prefix as usize + 1;
 
 /// Variable-length fields a plan handles per record.
 const MAX_VARLEN: usize = 8;
@@ -166,9 +143,9 @@ pub struct FlowView<'a> {
 }
 
 impl<'a> FlowView<'a> {
-    /// The octets of the field that sets `slot`, with the target it was compiled for.
+    /// The octets of the field that sets `slot`, with its unit.
     #[inline]
-    fn get(&self, slot: Slot) -> Option<(Target, &'a [u8])> {
+    fn get(&self, slot: Slot) -> Option<(Unit, &'a [u8])> {
         let loc = self.plan.slots[slot as usize]?;
         let at = usize::from(loc.fixed) + usize::from(self.lay.extra[usize::from(loc.var)]);
         let value = match loc.len {
@@ -179,7 +156,7 @@ impl<'a> FlowView<'a> {
                 self.rec.get(start..start + usize::from(n))?
             }
         };
-        Some((loc.target, value))
+        Some((loc.unit, value))
     }
 
     #[inline]
@@ -205,10 +182,10 @@ impl<'a> FlowView<'a> {
 
     #[inline]
     fn time(&self, slot: Slot) -> Option<u64> {
-        self.get(slot).map(|(t, v)| match t {
-            Target::StartSecs | Target::EndSecs => be(v).saturating_mul(1000),
-            Target::StartNtp | Target::EndNtp => ntp(v),
-            _ => be(v),
+        self.get(slot).map(|(unit, v)| match unit {
+            Unit::Secs => be(v).saturating_mul(1000),
+            Unit::Ntp => ntp(v),
+            Unit::Plain => be(v),
         })
     }
 
@@ -342,7 +319,7 @@ impl<'a> FlowView<'a> {
 
     /// The label this record carries itself (`applicationName`, cleaned, non-empty), else
     /// the name the exporter's options gave its `applicationId`.
-    pub fn label_text(&self, ctx: &ExporterContext) -> Option<String> {
+    fn label_text(&self, ctx: &ExporterContext) -> Option<String> {
         self.label()
             .map(clean_text)
             .filter(|s| !s.is_empty())
@@ -398,24 +375,27 @@ pub fn sampling_of(ctx: &ExporterContext) -> u32 {
 }
 
 /// Numeric elements must be 1–8 octets (reduced-size encoding, RFC 7011 section 6.2).
-fn numeric(target: Target, len: u16) -> Option<Op> {
+fn numeric(slot: Slot, len: u16) -> Option<Op> {
     ((1..=8).contains(&len)).then_some(Op {
-        target,
+        slot: Some(slot),
+        unit: Unit::Plain,
         len: Some(len),
     })
 }
 
-fn exact(target: Target, len: u16, want: u16) -> Option<Op> {
+fn exact(slot: Slot, len: u16, want: u16) -> Option<Op> {
     (len == want).then_some(Op {
-        target,
+        slot: Some(slot),
+        unit: Unit::Plain,
         len: Some(len),
     })
 }
 
-/// Any length, variable-length included.
-fn any_len(target: Target, len: u16) -> Op {
+/// Any length, variable-length included; `None` skips the field.
+fn any_len(slot: Option<Slot>, len: u16) -> Op {
     Op {
-        target,
+        slot,
+        unit: Unit::Plain,
         len: (len != crate::ie::VARLEN).then_some(len),
     }
 }
@@ -431,61 +411,61 @@ impl FlowPlan {
             let len = f.length;
             let op = match f.enterprise.unwrap_or(0) {
                 0 => match f.id {
-                    iana::OCTET_DELTA_COUNT => numeric(Target::DeltaBytes, len)?,
-                    iana::PACKET_DELTA_COUNT => numeric(Target::DeltaPackets, len)?,
-                    85 => numeric(Target::TotalBytes, len)?,
-                    iana::PACKET_TOTAL_COUNT => numeric(Target::TotalPackets, len)?,
-                    iana::PROTOCOL_IDENTIFIER => numeric(Target::Protocol, len)?,
-                    iana::IP_CLASS_OF_SERVICE => numeric(Target::Tos, len)?,
-                    iana::TCP_CONTROL_BITS => numeric(Target::TcpFlags, len)?,
-                    iana::SOURCE_TRANSPORT_PORT => numeric(Target::SrcPort, len)?,
-                    iana::DESTINATION_TRANSPORT_PORT => numeric(Target::DstPort, len)?,
-                    iana::SOURCE_IPV4_ADDRESS => exact(Target::Src4, len, 4)?,
-                    iana::DESTINATION_IPV4_ADDRESS => exact(Target::Dst4, len, 4)?,
-                    iana::SOURCE_IPV6_ADDRESS => exact(Target::Src6, len, 16)?,
-                    iana::DESTINATION_IPV6_ADDRESS => exact(Target::Dst6, len, 16)?,
-                    iana::INGRESS_INTERFACE => numeric(Target::IngressIf, len)?,
-                    iana::EGRESS_INTERFACE => numeric(Target::EgressIf, len)?,
+                    iana::OCTET_DELTA_COUNT => numeric(Slot::DeltaBytes, len)?,
+                    iana::PACKET_DELTA_COUNT => numeric(Slot::DeltaPackets, len)?,
+                    85 => numeric(Slot::TotalBytes, len)?,
+                    iana::PACKET_TOTAL_COUNT => numeric(Slot::TotalPackets, len)?,
+                    iana::PROTOCOL_IDENTIFIER => numeric(Slot::Protocol, len)?,
+                    iana::IP_CLASS_OF_SERVICE => numeric(Slot::Tos, len)?,
+                    iana::TCP_CONTROL_BITS => numeric(Slot::TcpFlags, len)?,
+                    iana::SOURCE_TRANSPORT_PORT => numeric(Slot::SrcPort, len)?,
+                    iana::DESTINATION_TRANSPORT_PORT => numeric(Slot::DstPort, len)?,
+                    iana::SOURCE_IPV4_ADDRESS => exact(Slot::Src4, len, 4)?,
+                    iana::DESTINATION_IPV4_ADDRESS => exact(Slot::Dst4, len, 4)?,
+                    iana::SOURCE_IPV6_ADDRESS => exact(Slot::Src6, len, 16)?,
+                    iana::DESTINATION_IPV6_ADDRESS => exact(Slot::Dst6, len, 16)?,
+                    iana::INGRESS_INTERFACE => numeric(Slot::IngressIf, len)?,
+                    iana::EGRESS_INTERFACE => numeric(Slot::EgressIf, len)?,
                     iana::ICMP_TYPE_CODE_IPV4 | iana::ICMP_TYPE_CODE_IPV6 => {
-                        numeric(Target::IcmpTypeCode, len)?
+                        numeric(Slot::IcmpTypeCode, len)?
                     }
-                    176 | 178 => numeric(Target::IcmpType, len)?,
-                    177 | 179 => numeric(Target::IcmpCode, len)?,
-                    iana::FLOW_DIRECTION => numeric(Target::Direction, len)?,
-                    iana::APPLICATION_ID => any_len(Target::Application, len),
-                    iana::APPLICATION_NAME => any_len(Target::Label, len),
-                    iana::FLOW_END_REASON => numeric(Target::EndReason, len)?,
-                    iana::OBSERVATION_POINT_ID => numeric(Target::Group, len)?,
-                    150 => numeric(Target::StartSecs, len)?,
-                    151 => numeric(Target::EndSecs, len)?,
-                    iana::FLOW_START_MILLISECONDS => numeric(Target::StartMs, len)?,
-                    iana::FLOW_END_MILLISECONDS => numeric(Target::EndMs, len)?,
-                    154 | 156 => exact(Target::StartNtp, len, 8)?,
-                    155 | 157 => exact(Target::EndNtp, len, 8)?,
-                    iana::IPSEC_SPI => numeric(Target::Spi, len)?,
-                    iana::USER_NAME => any_len(Target::UserName, len),
+                    176 | 178 => numeric(Slot::IcmpType, len)?,
+                    177 | 179 => numeric(Slot::IcmpCode, len)?,
+                    iana::FLOW_DIRECTION => numeric(Slot::Direction, len)?,
+                    iana::APPLICATION_ID => any_len(Some(Slot::Application), len),
+                    iana::APPLICATION_NAME => any_len(Some(Slot::Label), len),
+                    iana::FLOW_END_REASON => numeric(Slot::EndReason, len)?,
+                    iana::OBSERVATION_POINT_ID => numeric(Slot::Group, len)?,
+                    150 => numeric(Slot::Start, len)?.unit(Unit::Secs),
+                    151 => numeric(Slot::End, len)?.unit(Unit::Secs),
+                    iana::FLOW_START_MILLISECONDS => numeric(Slot::Start, len)?,
+                    iana::FLOW_END_MILLISECONDS => numeric(Slot::End, len)?,
+                    154 | 156 => exact(Slot::Start, len, 8)?.unit(Unit::Ntp),
+                    155 | 157 => exact(Slot::End, len, 8)?.unit(Unit::Ntp),
+                    iana::IPSEC_SPI => numeric(Slot::Spi, len)?,
+                    iana::USER_NAME => any_len(Some(Slot::UserName), len),
                     // Uptime-relative times and per-record sampling need RecordBuilder.
                     21 | 22 | 34 | 48 | 50 | 160 | 302 | 305 | 306 => return None,
-                    _ => any_len(Target::Skip, len),
+                    _ => any_len(None, len),
                 },
                 PEN_NETFILTER => match f.id {
-                    netfilter::MARK => numeric(Target::Mark, len)?,
-                    netfilter::PREFIX => any_len(Target::Prefix, len),
-                    _ => any_len(Target::Skip, len),
+                    netfilter::MARK => numeric(Slot::Mark, len)?,
+                    netfilter::PREFIX => any_len(Some(Slot::Prefix), len),
+                    _ => any_len(None, len),
                 },
-                _ => any_len(Target::Skip, len),
+                _ => any_len(None, len),
             };
             ops.push(op);
         }
         let mut slots = [None; SLOTS];
         let (mut fixed, mut varlen) = (0usize, Vec::new());
         for op in &ops {
-            if let Some(slot) = slot_of(op.target) {
-                slots[slot] = Some(Loc {
+            if let Some(slot) = op.slot {
+                slots[slot as usize] = Some(Loc {
                     fixed: u16::try_from(fixed).ok()?,
                     var: varlen.len() as u8,
                     len: op.len,
-                    target: op.target,
+                    unit: op.unit,
                 });
             }
             match op.len {
@@ -581,29 +561,30 @@ impl FlowPlan {
 /// before any variable-length field, and nothing that would change the result (IPv6
 /// addresses, which the accessors fall back to, are simply not read when IPv4 ones exist).
 fn ipv4_offsets(slots: &[Option<Loc>; SLOTS]) -> Option<Ipv4Offsets> {
-    let at = |slot: Slot, len: u16, target: Option<Target>| -> Option<u16> {
+    // Times must be milliseconds: `Unit::Plain` for every slot read here.
+    let at = |slot: Slot, len: u16| -> Option<u16> {
         let loc = slots[slot as usize]?;
-        (loc.var == 0 && loc.len == Some(len) && target.is_none_or(|t| t == loc.target))
-            .then_some(loc.fixed)
+        (loc.var == 0 && loc.len == Some(len) && loc.unit == Unit::Plain).then_some(loc.fixed)
     };
     Some(Ipv4Offsets {
-        src: at(Slot::Src4, 4, None)?,
-        dst: at(Slot::Dst4, 4, None)?,
-        protocol: at(Slot::Protocol, 1, None)?,
-        src_port: at(Slot::SrcPort, 2, None)?,
-        dst_port: at(Slot::DstPort, 2, None)?,
-        bytes: at(Slot::DeltaBytes, 8, None)?,
-        packets: at(Slot::DeltaPackets, 8, None)?,
-        start: at(Slot::Start, 8, Some(Target::StartMs))?,
-        end: at(Slot::End, 8, Some(Target::EndMs))?,
+        src: at(Slot::Src4, 4)?,
+        dst: at(Slot::Dst4, 4)?,
+        protocol: at(Slot::Protocol, 1)?,
+        src_port: at(Slot::SrcPort, 2)?,
+        dst_port: at(Slot::DstPort, 2)?,
+        bytes: at(Slot::DeltaBytes, 8)?,
+        packets: at(Slot::DeltaPackets, 8)?,
+        start: at(Slot::Start, 8)?,
+        end: at(Slot::End, 8)?,
         spi: match slots[Slot::Spi as usize] {
             None => None,
-            Some(_) => Some(at(Slot::Spi, 4, None)?),
+            Some(_) => Some(at(Slot::Spi, 4)?),
         },
     })
 }
 
-/// The value slots of a record (see [`SLOTS`]).
+/// The values a record can set, one slot each; the start and end times have one slot
+/// whatever their unit ([`Unit`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
     DeltaBytes,
@@ -635,42 +616,6 @@ enum Slot {
     UserName,
     Mark,
     Prefix,
-}
-
-fn slot_of(t: Target) -> Option<usize> {
-    let s = match t {
-        Target::Skip => return None,
-        Target::DeltaBytes => Slot::DeltaBytes,
-        Target::DeltaPackets => Slot::DeltaPackets,
-        Target::TotalBytes => Slot::TotalBytes,
-        Target::TotalPackets => Slot::TotalPackets,
-        Target::Protocol => Slot::Protocol,
-        Target::Tos => Slot::Tos,
-        Target::TcpFlags => Slot::TcpFlags,
-        Target::SrcPort => Slot::SrcPort,
-        Target::DstPort => Slot::DstPort,
-        Target::Src4 => Slot::Src4,
-        Target::Dst4 => Slot::Dst4,
-        Target::Src6 => Slot::Src6,
-        Target::Dst6 => Slot::Dst6,
-        Target::IngressIf => Slot::IngressIf,
-        Target::EgressIf => Slot::EgressIf,
-        Target::IcmpTypeCode => Slot::IcmpTypeCode,
-        Target::IcmpType => Slot::IcmpType,
-        Target::IcmpCode => Slot::IcmpCode,
-        Target::Direction => Slot::Direction,
-        Target::Application => Slot::Application,
-        Target::Label => Slot::Label,
-        Target::EndReason => Slot::EndReason,
-        Target::Group => Slot::Group,
-        Target::StartSecs | Target::StartMs | Target::StartNtp => Slot::Start,
-        Target::EndSecs | Target::EndMs | Target::EndNtp => Slot::End,
-        Target::Spi => Slot::Spi,
-        Target::UserName => Slot::UserName,
-        Target::Mark => Slot::Mark,
-        Target::Prefix => Slot::Prefix,
-    };
-    Some(s as usize)
 }
 
 /// Big-endian unsigned value of 1–8 octets (the plan guarantees the length).
