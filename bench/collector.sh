@@ -2,23 +2,29 @@
 # Collector ingest benchmark: replay a recorded IPFIX stream (>= 1M flow records, 22 per
 # datagram, loopback) at labelflow-collector and at nfcapd, stepping the offered rate down
 # until a run is lossless, and print for both: records/s, peak RSS (VmHWM) and the receiver's
-# CPU time per record.
+# CPU time per record. Several rounds, the two receivers in turn, and the comparison taken
+# from the medians: on a small VM one run of either receiver can be far off its usual figure.
 #
-#   bench/collector.sh                 # RECORDS=1000010 REPEAT=4 RATES="16000000 12000000 ..."
+#   bench/collector.sh                 # RECORDS=1000010 REPEAT=12 ROUNDS=3 RATES="12000000 ..."
 #
 # RECORDS  flow records in the generated stream file
-# REPEAT   passes over the stream per run (a longer offered stream without a bigger file, so
-#          the receive buffers absorb a smaller share; sequence numbers restart each pass, which
-#          labelflow-collector counts as a sequence reset and nfcapd ignores)
+# REPEAT   passes over the stream per run (a longer offered stream without a bigger file: a
+#          run must hold the rate for seconds, not only fit a burst into the receive buffer;
+#          sequence numbers restart each pass, which labelflow-collector counts as a sequence
+#          reset and nfcapd ignores)
+# ROUNDS   rate searches per receiver
 # RATES    offered rates to try, records/s, highest first
 # RCVBUF   UDP receive buffer for both receivers, bytes (before the kernel doubles it)
 # BIN=DIR  prebuilt binaries (e.g. an older build, for before/after figures)
 # GEN=PATH the replay tool, default $BIN/labelflow-ipfix-gen; with an older BIN, pointing GEN at
 #          a current build keeps the sender from being the limit (REPEAT needs a current one)
 #
-# The sender takes one core. On a 2-core machine it can offer only so much, and a receiver
-# that keeps up with it shows no ceiling: such steps are marked "sender-limited". The CPU time
-# the receiver spends per record does not depend on the sender, so it is printed as well.
+# The sender takes one core, and on loopback it also carries every datagram up to the
+# receiving socket. It sends runs of equal-length datagrams as one UDP GSO message, which
+# the kernel splits back into the same datagrams before the receiver (see
+# labelflow-ipfix-gen), so it can offer well over 10M records/s here; a step where it still
+# fell short of its target is marked "sender-limited". The CPU time the receiver spends per
+# record does not depend on the sender, so it is printed as well.
 #
 # Needs: cargo, nfcapd + nfdump (Debian nfdump), curl, bc, ss (iproute2).
 set -euo pipefail
@@ -27,8 +33,9 @@ field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
 
 cd "$(dirname "$0")/.."
 RECORDS=${RECORDS:-1000010}
-REPEAT=${REPEAT:-4}
-RATES=${RATES:-"16000000 12000000 10000000 8000000 6400000 5000000 4000000 3200000 2600000 2000000 1600000 1200000"}
+REPEAT=${REPEAT:-12}
+ROUNDS=${ROUNDS:-3}
+RATES=${RATES:-"12000000 10000000 8000000 7000000 6000000 5000000 4000000 3200000 2600000 2000000 1600000 1200000 800000"}
 RCVBUF=${RCVBUF:-8388608}
 TOTAL=$((RECORDS * REPEAT))
 TICK=$(getconf CLK_TCK)
@@ -84,21 +91,17 @@ collector_run() {
   local pid=$!
   until curl -s "http://127.0.0.1:$http/metrics" >/dev/null; do sleep 0.1; done
   local rb cpu0; rb=$(rcvbuf $udp); cpu0=$(cpu_ticks $pid)
-  local out end
+  local out
   out=$("$GEN" replay --file "$WORK/stream.bin" --to 127.0.0.1:$udp --rate "$rate" "${REPEAT_ARGS[@]}")
-  end=$(date +%s.%N)
-  # Ingest rate: records / (first data datagram sent .. last record decoded). The replay
-  # reports how long it sent (after its pause for the template); the tail is how long the
-  # collector took after the replay ended (one scrape, a few ms, when it was done first;
-  # polling grain ~20 ms). Polled only once the replay is over: a scrape costs the collector
+  # Records counted once the replay is over (the counters are published every 250 ms), until
+  # all are in or the count stops moving. Polled only then: a scrape costs the collector
   # ~0.3 ms of CPU, which at 50/s would add a few per cent to its CPU time per record.
-  local got prev=-1 still=0 t1
+  local got prev=-1 still=0
   while :; do
     got=$(metric labelflow_collector_flow_records_total $http)
-    t1=$(date +%s.%N)
     [ "${got:-0}" -ge "$TOTAL" ] && break
     if [ "$got" = "$prev" ]; then still=$((still + 1)); else still=0; fi
-    [ $still -ge 100 ] && break
+    [ $still -ge 50 ] && break
     prev=$got
     sleep 0.02
   done
@@ -108,9 +111,7 @@ collector_run() {
   until [ "$(committed $http)" = 1 ] || [ $n -ge 25 ]; do sleep 0.2; n=$((n + 1)); done
   local cpu hwm; cpu=$(($(cpu_ticks $pid) - cpu0)); hwm=$(hwm_kb $pid)
   kill -TERM $pid; wait $pid || true
-  local sent tail; sent=$(field seconds "$out"); tail=$(echo "$t1 - $end" | bc -l)
-  echo "$out got=$got hwm_kb=$hwm rcvbuf=$rb cpu_ticks=$cpu" \
-    "ingest_rate=$(echo "$TOTAL / ($sent + $tail)" | bc -l)"
+  echo "$out got=$got hwm_kb=$hwm rcvbuf=$rb cpu_ticks=$cpu"
 }
 
 nfcapd_run() {
@@ -130,10 +131,11 @@ nfcapd_run() {
   echo "$out got=$got hwm_kb=$hwm rcvbuf=$rb cpu_ticks=$cpu"
 }
 
-# The highest lossless step of one receiver: a line for the table, and "name offered cpu_ns
-# per_cpu_s limited" in $WORK/summary for the comparison.
+# The highest lossless step of one receiver: a line for the table, and "name offered
+# per_cpu_s cpu_ns rss_mb limited" in $WORK/summary for the comparison ("name 0" when every
+# step lost records).
 best() {
-  local name=$1 fn=$2 key=$3
+  local name=$1 fn=$2
   for rate in $RATES; do
     local r got offered limited=""
     r=$($fn "$rate"); got=$(field got "$r"); offered=$(field offered_rate "$r")
@@ -143,51 +145,68 @@ best() {
     fi
     echo "$name offered $rate/s: $r${limited:+ $limited}" >&2
     if [ "${got:-0}" -ge "$TOTAL" ]; then
-      local ticks cpu_ns="n/a" per_cpu_s="n/a"
+      local ticks cpu_ns="n/a" per_cpu_s="n/a" rss
       ticks=$(field cpu_ticks "$r")
       if [ "${ticks:-0}" -gt 0 ]; then
         cpu_ns=$(printf '%.1f' "$(echo "$ticks * 1000000000 / $TICK / $got" | bc -l)")
         per_cpu_s=$(printf '%.0f' "$(echo "$got * $TICK / $ticks" | bc -l)")
       fi
-      printf '%-22s %12.0f records/s lossless (%s; offered %.0f/s of %s/s%s)  peak RSS %6.1f MB\n' \
-        "$name" "$(field "$key" "$r")" "$key" "$offered" "$rate" "${limited:+, $limited}" \
-        "$(echo "$(field hwm_kb "$r") / 1024" | bc -l)"
+      rss=$(printf '%.1f' "$(echo "$(field hwm_kb "$r") / 1024" | bc -l)")
+      printf '%-22s %12.0f records/s offered, lossless (target %s/s%s)  peak RSS %6s MB\n' \
+        "$name" "$offered" "$rate" "${limited:+, $limited}" "$rss"
       printf '%-22s %12s records per CPU-second (%s ns CPU per record, %s ticks of 1/%s s)  rcvbuf %s\n' \
         "" "$per_cpu_s" "$cpu_ns" "$ticks" "$TICK" "$(field rcvbuf "$r")"
-      echo "$name $offered $per_cpu_s ${limited:-no}" >>"$WORK/summary"
+      echo "$name $offered $per_cpu_s $cpu_ns $rss ${limited:-no}" >>"$WORK/summary"
       return
     fi
   done
   printf '%-22s lossy at every offered rate (%s)\n' "$name" "$RATES"
+  echo "$name 0 n/a n/a n/a no" >>"$WORK/summary"
 }
 
-best labelflow-collector collector_run ingest_rate
-best nfcapd nfcapd_run offered_rate
+for round in $(seq "$ROUNDS"); do
+  echo "round $round of $ROUNDS:"
+  best labelflow-collector collector_run
+  best nfcapd nfcapd_run
+done
 
-# labelflow/nfcapd. A lossless rate that was sender-limited is only a lower bound for that
-# receiver, so the rate ratio says so; the CPU ratio holds either way.
+# Median (and range) of one column of a receiver's rounds; "n/a" values are left out.
+median() {
+  awk -v n="$1" -v c="$2" '$1 == n && $c != "n/a" { print $c }' "$WORK/summary" | sort -g |
+    awk '{ v[NR] = $1 } END {
+      if (NR == 0) { print "n/a n/a n/a"; exit }
+      m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+      printf "%.1f %.1f %.1f\n", m, v[1], v[NR] }'
+}
+
+# labelflow/nfcapd from the medians over the rounds. A lossless rate that was sender-limited
+# is only a lower bound for that receiver, so the rate ratio says so; the CPU ratio holds
+# either way.
 compare() {
-  local lf nf
-  lf=$(awk '$1 == "labelflow-collector"' "$WORK/summary")
-  nf=$(awk '$1 == "nfcapd"' "$WORK/summary")
-  if [ -z "$lf" ] || [ -z "$nf" ]; then
-    echo "labelflow/nfcapd: n/a (a receiver was lossy at every offered rate)"
-    return
-  fi
-  read -r _ lf_rate lf_cpu lf_lim <<<"$lf"
-  read -r _ nf_rate nf_cpu nf_lim <<<"$nf"
-  local rate_note="" cpu_ratio="n/a"
-  if [ "$lf_lim" != no ] && [ "$nf_lim" != no ]; then
-    rate_note=" (both sender-limited: not a receiver comparison)"
-  elif [ "$lf_lim" != no ]; then
-    rate_note=" (labelflow sender-limited: a lower bound)"
-  elif [ "$nf_lim" != no ]; then
-    rate_note=" (nfcapd sender-limited: an upper bound)"
+  local name lim
+  echo
+  echo "medians over $ROUNDS rounds (range):"
+  for name in labelflow-collector nfcapd; do
+    read -r rate rate_lo rate_hi <<<"$(median $name 2)"
+    read -r cpu cpu_lo cpu_hi <<<"$(median $name 4)"
+    read -r rss _ _ <<<"$(median $name 5)"
+    lim=$(awk -v n=$name '$1 == n && $6 != "no"' "$WORK/summary" | wc -l)
+    printf '%-22s %12.0f records/s lossless (%.0f-%.0f)%s, %s ns CPU per record (%s-%s), peak RSS %s MB\n' \
+      "$name" "$rate" "$rate_lo" "$rate_hi" "$([ "$lim" -gt 0 ] && echo ", sender-limited in $lim")" \
+      "$cpu" "$cpu_lo" "$cpu_hi" "$rss"
+  done
+  local lf_rate nf_rate lf_cpu nf_cpu
+  read -r lf_rate _ <<<"$(median labelflow-collector 2)"
+  read -r nf_rate _ <<<"$(median nfcapd 2)"
+  read -r lf_cpu _ <<<"$(median labelflow-collector 4)"
+  read -r nf_cpu _ <<<"$(median nfcapd 4)"
+  local rate_ratio="n/a (a receiver was lossy at every offered rate)" cpu_ratio="n/a"
+  if [ "$(echo "$lf_rate > 0 && $nf_rate > 0" | bc -l)" = 1 ]; then
+    rate_ratio=$(printf 'x%.2f' "$(echo "$lf_rate / $nf_rate" | bc -l)")
   fi
   if [ "$lf_cpu" != n/a ] && [ "$nf_cpu" != n/a ]; then
-    cpu_ratio=$(printf '%.2f' "$(echo "$lf_cpu / $nf_cpu" | bc -l)")
+    cpu_ratio=$(printf 'x%.2f' "$(echo "$nf_cpu / $lf_cpu" | bc -l)")
   fi
-  printf 'labelflow/nfcapd: lossless offered rate x%.2f%s, records per CPU-second x%s\n' \
-    "$(echo "$lf_rate / $nf_rate" | bc -l)" "$rate_note" "$cpu_ratio"
+  echo "labelflow/nfcapd: lossless offered rate $rate_ratio, records per CPU-second $cpu_ratio"
 }
 compare

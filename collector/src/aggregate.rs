@@ -141,23 +141,9 @@ fn apportion_with(total: u64, weights: &[u64], out: &mut Vec<u64>, rems: &mut Ve
             out.push(total);
             return;
         }
-        // The common case of a flow crossing one bucket boundary, without the sort: at
-        // most one unit is left over, and it goes to the larger remainder (the first on a
-        // tie), as the general method below decides.
+        // The common case of a flow crossing one bucket boundary, without the sort.
         [w0, w1] if w0 != 0 || w1 != 0 => {
-            // The remainders r0 + r1 are a multiple of the sum and each below it: either
-            // both are 0, or r1 = sum - r0 and one unit is left over. One division.
-            let sum = u128::from(w0) + u128::from(w1);
-            let (mut s0, r0) = share(total, w0, sum);
-            let mut s1 = total - s0;
-            if r0 != 0 {
-                s1 -= 1;
-                if r0 >= sum - r0 {
-                    s0 += 1;
-                } else {
-                    s1 += 1;
-                }
-            }
+            let (s0, s1) = split2(total, w0, w1);
             out.extend([s0, s1]);
             return;
         }
@@ -202,6 +188,27 @@ fn apportion_with(total: u64, weights: &[u64], out: &mut Vec<u64>, rems: &mut Ve
     for &(_, i) in rems.iter().take(left) {
         out[i] += 1;
     }
+}
+
+/// [`apportion`] over two parts, not both of weight 0. At most one unit is left over, and it
+/// goes to the larger remainder (the first on a tie), as the general method decides: the
+/// remainders r0 + r1 are a multiple of the sum and each below it, so either both are 0 or
+/// r1 = sum - r0. One division.
+#[inline]
+fn split2(total: u64, w0: u64, w1: u64) -> (u64, u64) {
+    debug_assert!(w0 != 0 || w1 != 0);
+    let sum = u128::from(w0) + u128::from(w1);
+    let (mut s0, r0) = share(total, w0, sum);
+    let mut s1 = total - s0;
+    if r0 != 0 {
+        s1 -= 1;
+        if r0 >= sum - r0 {
+            s0 += 1;
+        } else {
+            s1 += 1;
+        }
+    }
+    (s0, s1)
 }
 
 /// `total * w / sum` and its remainder, exactly; in 64-bit arithmetic when it fits (counts
@@ -363,6 +370,30 @@ fn class_of(label: u32, protocol: u8, port: u16) -> Class {
     Class::from(label) << 32 | Class::from(protocol) << 16 | Class::from(port)
 }
 
+/// Base buckets per row of the pending deltas.
+const ROW: u64 = 8;
+type Row = [Sum; ROW as usize];
+
+/// Division of 32-bit numbers by a fixed 32-bit divisor as one multiplication:
+/// `n / d == (M * n) >> 64` with `M = floor((2^64 - 1) / d) + 1`, exact for every 32-bit `n`
+/// and `d` >= 2 (Lemire, Kaser and Kurz, "Faster remainder by direct computation",
+/// Software: Practice and Experience 49(6), 2019, section 4).
+#[derive(Debug, Clone, Copy)]
+struct Divisor(u64);
+
+impl Divisor {
+    fn new(d: u64) -> Option<Divisor> {
+        (2..=u64::from(u32::MAX))
+            .contains(&d)
+            .then(|| Divisor(u64::MAX / d + 1))
+    }
+
+    #[inline]
+    fn div(self, n: u32) -> u64 {
+        ((u128::from(self.0) * u128::from(n)) >> 64) as u64
+    }
+}
+
 /// The keys a record feeds in every bucket it spans (label and protocol aside).
 #[derive(Debug, Clone, Copy)]
 struct Targets {
@@ -372,6 +403,14 @@ struct Targets {
     tunnel: Option<Key>,
     src_host: bool,
     dst_host: bool,
+}
+
+impl Targets {
+    /// Whether the record feeds a tunnel or a host.
+    #[inline]
+    fn others(&self) -> bool {
+        self.tunnel.is_some() || self.src_host || self.dst_host
+    }
 }
 
 /// The key bound of one (dimension, base bucket): which keys it admitted.
@@ -408,9 +447,12 @@ pub struct Aggregator {
     /// For each label id, the view ids it belongs to.
     label_views: Vec<Vec<u32>>,
     view_names: Vec<String>,
-    /// Deltas since the last take, by (base bucket start, class): one lookup per share
-    /// feeds the label, protocol and port dimensions, which [`Aggregator::take`] splits.
-    pending: HashMap<(i64, Class), Sum, FxBuild>,
+    /// Deltas since the last take, by (base bucket number / [`ROW`], class), one [`Sum`] per
+    /// bucket of the row: one lookup feeds the label, protocol and port dimensions (which
+    /// [`Aggregator::take`] splits) of both shares of a record that crosses one bucket
+    /// boundary, unless the boundary is also a row's. A zero [`Sum`] is a (bucket, class)
+    /// not yet seen since the last take: every share added is non-zero.
+    pending: HashMap<(u64, Class), Row, FxBuild>,
     tunnels: HashMap<(i64, Key), Sum, FxBuild>,
     hosts: HashMap<(i64, Key), Counters, FxBuild>,
     /// The milliseconds [start, end) of the base bucket the last single-bucket record
@@ -419,6 +461,9 @@ pub struct Aggregator {
     /// A base bucket boundary (milliseconds, bucket number) that instants are divided
     /// from (see [`Aggregator::bucket_of`]).
     anchor: (u64, u64),
+    /// The base bucket in milliseconds, and its [`Divisor`] when it fits 32 bits.
+    base_ms: u64,
+    divisor: Option<Divisor>,
     seen: Seen,
     /// (bytes, packets) per label id since start, as of the last take.
     totals: Vec<(u64, u64)>,
@@ -432,6 +477,7 @@ pub struct Aggregator {
 impl Aggregator {
     pub fn new(cfg: AggConfig) -> Aggregator {
         let view_names = cfg.views.keys().cloned().collect();
+        let base_ms = cfg.resolutions[0].saturating_mul(1000);
         Aggregator {
             cfg,
             labels: HashMap::default(),
@@ -443,6 +489,8 @@ impl Aggregator {
             hosts: HashMap::default(),
             last_range: (0, 0),
             anchor: (0, 0),
+            base_ms,
+            divisor: Divisor::new(base_ms),
             seen: HashMap::default(),
             totals: Vec::new(),
             weights: Vec::new(),
@@ -526,26 +574,24 @@ impl Aggregator {
     }
 
     /// The base bucket number of an instant (milliseconds). Divides the offset from a
-    /// recent bucket when it fits 32 bits, which a CPU divides several times faster than
-    /// a full 64-bit epoch timestamp.
+    /// recent bucket when it fits 32 bits, by a multiplication ([`Divisor`]), which is
+    /// several times faster than dividing a full 64-bit epoch timestamp.
     #[inline]
     fn bucket_of(&mut self, ms: u64) -> u64 {
-        let base_ms = self.cfg.resolutions[0] * 1000;
+        let base_ms = self.base_ms;
         let (anchor, anchor_bucket) = self.anchor;
-        match ms.checked_sub(anchor) {
-            Some(d) if d <= u64::from(u32::MAX) && base_ms <= u64::from(u32::MAX) => {
-                anchor_bucket + u64::from(d as u32 / base_ms as u32)
-            }
-            _ => {
-                let b = ms / base_ms;
-                // Anchor a little before this instant, so that the flows around it (which
-                // start up to the longest flow earlier) divide the short way.
-                let back = self.cfg.max_flow_duration_ms / base_ms + 1;
-                let a = b.saturating_sub(back);
-                self.anchor = (a * base_ms, a);
-                b
+        if let (Some(d), Some(div)) = (ms.checked_sub(anchor), self.divisor) {
+            if let Ok(d) = u32::try_from(d) {
+                return anchor_bucket + div.div(d);
             }
         }
+        let b = ms / base_ms;
+        // Anchor a little before this instant, so that the flows around it (which start up
+        // to the longest flow earlier) divide the short way.
+        let back = self.cfg.max_flow_duration_ms / base_ms + 1;
+        let a = b.saturating_sub(back);
+        self.anchor = (a * base_ms, a);
+        b
     }
 
     /// Add one record.
@@ -560,55 +606,66 @@ impl Aggregator {
             start = end - self.cfg.max_flow_duration_ms;
             self.stats.clamped_durations += 1;
         }
-        let base = self.cfg.resolutions[0];
+        let base_ms = self.base_ms;
+        let whole = Sum {
+            bytes,
+            packets,
+            flows: 1,
+        };
         // Most records fall in the bucket the previous one fell in: skip the divisions.
         let (lo, hi) = self.last_range;
         if start >= lo && end < hi {
-            let share = Sum {
-                bytes,
-                packets,
-                flows: 1,
-            };
             let t = self.targets(f);
-            self.add_share(f, &t, (lo / 1000) as i64, share);
+            self.add_share(f, &t, lo / base_ms, whole);
             return;
         }
         let (first, last) = (self.bucket_of(start), self.bucket_of(end));
+        let t = self.targets(f);
         if first == last {
-            let share = Sum {
-                bytes,
-                packets,
+            // Saturating: an exporter may send times near the end of u64 milliseconds.
+            self.last_range = (first * base_ms, (first + 1).saturating_mul(base_ms));
+            self.add_share(f, &t, first, whole);
+            return;
+        }
+        if last == first + 1 {
+            // One boundary crossed: the two weights are the time on either side of it (the
+            // first is never 0: `start` lies before the boundary).
+            let boundary = last * base_ms;
+            let (w0, w1) = (boundary - start, end - boundary);
+            let (b0, b1) = split2(bytes, w0, w1);
+            let (p0, p1) = split2(packets, w0, w1);
+            // The flow counts once, in the bucket it started in.
+            let s0 = Sum {
+                bytes: b0,
+                packets: p0,
                 flows: 1,
             };
-            // Saturating: an exporter may send times near the end of u64 milliseconds.
-            self.last_range = (first * base * 1000, (first + 1).saturating_mul(base * 1000));
-            let t = self.targets(f);
-            self.add_share(f, &t, (first * base) as i64, share);
+            let s1 = Sum {
+                bytes: b1,
+                packets: p1,
+                flows: 0,
+            };
+            self.add_share2(f, &t, first, s0, s1);
             return;
         }
         // Pro-rate over the base buckets [start, end] touches.
-        let base_ms = base * 1000;
         self.weights.clear();
         for b in first..=last {
             let lo = (b * base_ms).max(start);
             let hi = (b + 1).saturating_mul(base_ms).min(end);
             self.weights.push(hi - lo);
         }
-        let t = self.targets(f);
         let mut sb = std::mem::take(&mut self.shares_b);
         let mut sp = std::mem::take(&mut self.shares_p);
         apportion_with(bytes, &self.weights, &mut sb, &mut self.rems);
         apportion_with(packets, &self.weights, &mut sp, &mut self.rems);
         for (i, (b, p)) in sb.iter().zip(&sp).enumerate() {
-            // The flow counts once, in the bucket it started in.
             let share = Sum {
                 bytes: *b,
                 packets: *p,
                 flows: u64::from(i == 0),
             };
-            if !share.is_zero() {
-                self.add_share(f, &t, ((first + i as u64) * base) as i64, share);
-            }
+            self.add_share(f, &t, first + i as u64, share);
         }
         self.shares_b = sb;
         self.shares_p = sp;
@@ -656,24 +713,78 @@ impl Aggregator {
         }
     }
 
-    /// Add one base bucket's share of a record to every dimension it feeds.
+    /// Add one base bucket's share of a record to every dimension it feeds (none for a zero
+    /// share).
     #[inline]
-    fn add_share(&mut self, f: &Flow, t: &Targets, bucket: i64, share: Sum) {
-        let max = self.cfg.max_keys_per_bucket;
-        if let Some(s) = self.pending.get_mut(&(bucket, t.class)) {
-            s.add(share);
-        } else {
-            let mut class = t.class;
-            if let Some(port) = t.port {
-                let key = Key::Port(f.protocol, port);
-                if bounded(&mut self.seen, &mut self.stats, max, Dim::Port, bucket, key)
-                    == Key::Other
-                {
-                    class = class_of(f.label, f.protocol, 0) | FOLDED_PORT;
+    fn add_share(&mut self, f: &Flow, t: &Targets, bucket: u64, share: Sum) {
+        let slot = (bucket % ROW) as usize;
+        match self.pending.get_mut(&(bucket / ROW, t.class)) {
+            Some(row) if !row[slot].is_zero() => row[slot].add(share),
+            _ => self.admit(f, t, bucket, share),
+        }
+        if t.others() {
+            self.add_others(f, t, bucket, share);
+        }
+    }
+
+    /// [`Aggregator::add_share`] of two shares in consecutive buckets: one lookup when both
+    /// buckets are in one row and already seen.
+    #[inline]
+    fn add_share2(&mut self, f: &Flow, t: &Targets, bucket: u64, s0: Sum, s1: Sum) {
+        let slot = (bucket % ROW) as usize;
+        if slot + 1 < ROW as usize {
+            if let Some(row) = self.pending.get_mut(&(bucket / ROW, t.class)) {
+                if !row[slot].is_zero() && !row[slot + 1].is_zero() {
+                    row[slot].add(s0);
+                    row[slot + 1].add(s1);
+                    if t.others() {
+                        self.add_others(f, t, bucket, s0);
+                        self.add_others(f, t, bucket + 1, s1);
+                    }
+                    return;
                 }
             }
-            self.pending.entry((bucket, class)).or_default().add(share);
         }
+        self.add_share(f, t, bucket, s0);
+        self.add_share(f, t, bucket + 1, s1);
+    }
+
+    /// The first share of a (bucket, class) since the last take: the port's key bound
+    /// decides whether the port keeps its name in this bucket.
+    #[cold]
+    fn admit(&mut self, f: &Flow, t: &Targets, bucket: u64, share: Sum) {
+        if share.is_zero() {
+            return;
+        }
+        let mut class = t.class;
+        if let Some(port) = t.port {
+            let key = Key::Port(f.protocol, port);
+            let max = self.cfg.max_keys_per_bucket;
+            let secs = self.bucket_secs(bucket);
+            if bounded(&mut self.seen, &mut self.stats, max, Dim::Port, secs, key) == Key::Other {
+                class = class_of(f.label, f.protocol, 0) | FOLDED_PORT;
+            }
+        }
+        let row = self
+            .pending
+            .entry((bucket / ROW, class))
+            .or_insert([Sum::default(); ROW as usize]);
+        row[(bucket % ROW) as usize].add(share);
+    }
+
+    /// Start of a base bucket, seconds since the epoch.
+    #[inline]
+    fn bucket_secs(&self, bucket: u64) -> i64 {
+        bucket.saturating_mul(self.cfg.resolutions[0]) as i64
+    }
+
+    /// A share's tunnel and hosts.
+    fn add_others(&mut self, f: &Flow, t: &Targets, bucket: u64, share: Sum) {
+        if share.is_zero() {
+            return;
+        }
+        let max = self.cfg.max_keys_per_bucket;
+        let bucket = self.bucket_secs(bucket);
         if let Some(key) = t.tunnel {
             if let Some(s) = self.tunnels.get_mut(&(bucket, key)) {
                 s.add(share);
@@ -729,7 +840,15 @@ impl Aggregator {
         let mut labels: HashMap<(i64, u32), Sum, FxBuild> = HashMap::default();
         let mut protocols: HashMap<(i64, u8), Sum, FxBuild> = HashMap::default();
         let mut ports: HashMap<(i64, Key), Sum, FxBuild> = HashMap::default();
-        for ((bucket, class), s) in std::mem::take(&mut self.pending) {
+        let rows = std::mem::take(&mut self.pending);
+        let cells = rows.into_iter().flat_map(|((row, class), sums)| {
+            (0..ROW).map(move |i| (row * ROW + i, class, sums[i as usize]))
+        });
+        for (bucket, class, s) in cells {
+            if s.is_zero() {
+                continue;
+            }
+            let bucket = self.bucket_secs(bucket);
             let (label, protocol) = ((class >> 32) as u32, (class >> 16) as u8);
             labels.entry((bucket, label)).or_default().add(s);
             protocols.entry((bucket, protocol)).or_default().add(s);

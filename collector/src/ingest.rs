@@ -332,6 +332,31 @@ impl RateLimit {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Equal packs exactly when equal names (the label cache relies on it).
+        #[test]
+        fn pack_is_injective(
+            a in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..=17),
+            b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..=17),
+            flip in 0usize..17,
+        ) {
+            // Also a near miss: `a` with one octet changed.
+            let mut c = a.clone();
+            if let Some(x) = c.get_mut(flip) {
+                *x ^= 1;
+            }
+            for other in [&b, &c, &a] {
+                match (pack(&a), pack(other)) {
+                    (Some(p), Some(q)) => proptest::prop_assert_eq!(p == q, a == *other),
+                    (p, q) => {
+                        proptest::prop_assert_eq!(p.is_none(), a.len() > 16);
+                        proptest::prop_assert_eq!(q.is_none(), other.len() > 16);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn rate_limit_counts_suppressed() {
         let mut r = RateLimit::default();
