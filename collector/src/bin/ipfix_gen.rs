@@ -332,6 +332,7 @@ fn headers(
     iov: &mut [libc::iovec],
     cmsgs: &mut [[u64; CMSG_WORDS]],
 ) -> Vec<libc::mmsghdr> {
+    // SAFETY: CMSG_SPACE only computes a size from its argument.
     let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
     assert!(space <= CMSG_WORDS * 8, "cmsg buffer too small");
     run_list
