@@ -190,6 +190,47 @@ fn apportion_with(total: u64, weights: &[u64], out: &mut Vec<u64>, rems: &mut Ve
     }
 }
 
+/// Most parts [`apportion_small`] takes.
+const SMALL: usize = 8;
+
+/// [`apportion`] into an array, in 64-bit arithmetic, for 1 to [`SMALL`] parts whose weights
+/// sum to a non-zero value that `total` times it fits 64 bits (then every exact share does
+/// too); `false`, with `out` unspecified, otherwise. A flow crossing a few bucket boundaries
+/// takes this path rather than the general one's vectors and 128-bit remainders.
+#[inline]
+fn apportion_small(total: u64, weights: &[u64], out: &mut [u64; SMALL]) -> bool {
+    let n = weights.len();
+    if n == 0 || n > SMALL {
+        return false;
+    }
+    let Some(sum) = weights.iter().try_fold(0u64, |a, w| a.checked_add(*w)) else {
+        return false;
+    };
+    if sum == 0 || total.checked_mul(sum).is_none() {
+        return false;
+    }
+    // A remainder is below `sum`, so u64::MAX marks one already given its unit.
+    let mut rems = [0u64; SMALL];
+    let mut given = 0;
+    for (i, w) in weights.iter().enumerate() {
+        let exact = total * w;
+        out[i] = exact / sum;
+        rems[i] = exact % sum;
+        given += out[i];
+    }
+    for _ in 0..total - given {
+        let mut best = 0;
+        for k in 1..n {
+            if rems[k] != u64::MAX && (rems[best] == u64::MAX || rems[k] > rems[best]) {
+                best = k;
+            }
+        }
+        out[best] += 1;
+        rems[best] = u64::MAX;
+    }
+    true
+}
+
 /// [`apportion`] over two parts, not both of weight 0. At most one unit is left over, and it
 /// goes to the larger remainder (the first on a tie), as the general method decides: the
 /// remainders r0 + r1 are a multiple of the sum and each below it, so either both are 0 or
@@ -649,6 +690,28 @@ impl Aggregator {
             return;
         }
         // Pro-rate over the base buckets [start, end] touches.
+        let parts = last - first + 1;
+        if parts <= SMALL as u64 {
+            let mut w = [0u64; SMALL];
+            for (i, b) in (first..=last).enumerate() {
+                let lo = (b * base_ms).max(start);
+                let hi = (b + 1).saturating_mul(base_ms).min(end);
+                w[i] = hi - lo;
+            }
+            let w = &w[..parts as usize];
+            let (mut sb, mut sp) = ([0u64; SMALL], [0u64; SMALL]);
+            if apportion_small(bytes, w, &mut sb) && apportion_small(packets, w, &mut sp) {
+                for i in 0..w.len() {
+                    let share = Sum {
+                        bytes: sb[i],
+                        packets: sp[i],
+                        flows: u64::from(i == 0),
+                    };
+                    self.add_share(f, &t, first + i as u64, share);
+                }
+                return;
+            }
+        }
         self.weights.clear();
         for b in first..=last {
             let lo = (b * base_ms).max(start);
@@ -672,9 +735,27 @@ impl Aggregator {
     }
 
     /// What a record feeds besides its label and protocol, worked out once per record.
+    #[inline]
     fn targets(&mut self, f: &Flow) -> Targets {
         let port = has_ports(f.protocol).then(|| service_port(f.src_port, f.dst_port));
-        let tunnel = if matches!(f.protocol, 50 | 51) {
+        let class = class_of(f.label, f.protocol, port.unwrap_or(0));
+        let ipsec = matches!(f.protocol, 50 | 51);
+        if !ipsec && self.cfg.tunnels.is_empty() && self.cfg.networks.is_empty() {
+            // Neither a tunnel nor a host to feed: the common case without configuration.
+            return Targets {
+                class,
+                port,
+                tunnel: None,
+                src_host: false,
+                dst_host: false,
+            };
+        }
+        self.targets_of(f, class, port, ipsec)
+    }
+
+    /// [`Aggregator::targets`] where a tunnel or host may be fed.
+    fn targets_of(&mut self, f: &Flow, class: Class, port: Option<u16>, ipsec: bool) -> Targets {
+        let tunnel = if ipsec {
             Some(Key::Sa {
                 protocol: f.protocol,
                 src: f.src,
@@ -705,7 +786,7 @@ impl Aggregator {
             }
         }
         Targets {
-            class: class_of(f.label, f.protocol, port.unwrap_or(0)),
+            class,
             port,
             tunnel,
             src_host,
@@ -1026,15 +1107,32 @@ mod apportion_tests {
         assert_eq!(out, reference(u64::MAX, &[u64::MAX, 1]));
     }
 
+    #[test]
+    fn small_parts_ties_go_first() {
+        let mut out = [0u64; SMALL];
+        assert!(apportion_small(2, &[7, 7, 7], &mut out));
+        assert_eq!(out[..3], [1, 1, 0]);
+        assert!(apportion_small(5, &[1, 2, 1, 2], &mut out));
+        assert_eq!(out[..4], reference(5, &[1, 2, 1, 2])[..]);
+        assert!(!apportion_small(5, &[0, 0], &mut out));
+        assert!(!apportion_small(u64::MAX, &[1, 1], &mut out));
+        assert!(!apportion_small(1, &[1; SMALL + 1], &mut out));
+    }
+
     proptest! {
         #[test]
         fn shortcuts_equal_the_general_method(
-            total in any::<u64>(),
-            weights in proptest::collection::vec(prop_oneof![0u64..3, 0u64..120_000, any::<u64>()], 1..5),
+            total in prop_oneof![any::<u64>(), 0u64..3_000_000, 0u64..10],
+            weights in proptest::collection::vec(prop_oneof![0u64..3, 0u64..120_000, any::<u64>()], 1..10),
         ) {
             let mut out = Vec::new();
             apportion(total, &weights, &mut out);
-            prop_assert_eq!(out, reference(total, &weights));
+            let want = reference(total, &weights);
+            let mut small = [0u64; SMALL];
+            if apportion_small(total, &weights, &mut small) {
+                prop_assert_eq!(&small[..weights.len()], &want[..]);
+            }
+            prop_assert_eq!(out, want);
         }
     }
 }

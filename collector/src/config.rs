@@ -48,6 +48,9 @@ pub struct RawConfig {
     /// Socket receive buffer in bytes. Default 33554432 (32 MiB; the kernel caps it at
     /// `net.core.rmem_max` unless running as root, where SO_RCVBUFFORCE is used).
     pub recv_buffer: Option<usize>,
+    /// UDP receive offload (`UDP_GRO`, Linux 5.0+): the kernel may hand over several
+    /// datagrams of one exporter in one read. Default true.
+    pub udp_gro: Option<bool>,
     #[serde(default)]
     pub limits: RawLimits,
     #[serde(default)]
@@ -140,6 +143,7 @@ pub struct Config {
     pub db: PathBuf,
     pub http: Option<SocketAddr>,
     pub recv_buffer: usize,
+    pub udp_gro: bool,
     pub max_exporters: NonZeroUsize,
     pub max_templates_per_exporter: NonZeroUsize,
     pub max_metric_labels: usize,
@@ -338,6 +342,7 @@ impl Config {
             db: raw.db.unwrap_or_else(|| PathBuf::from("labelflow.db")),
             http,
             recv_buffer: raw.recv_buffer.unwrap_or(32 << 20),
+            udp_gro: raw.udp_gro.unwrap_or(true),
             max_exporters: nz("limits.max_exporters", raw.limits.max_exporters, 1024)?,
             max_templates_per_exporter: nz(
                 "limits.max_templates_per_exporter",

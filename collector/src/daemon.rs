@@ -41,34 +41,47 @@ const POLL: Duration = Duration::from_millis(100);
 /// How often the ingest thread publishes its counters for `/metrics`.
 const PUBLISH: Duration = Duration::from_millis(250);
 
-/// Bind one UDP socket with a large receive buffer.
-pub fn bind_udp(addr: SocketAddr, recv_buffer: usize) -> io::Result<StdUdpSocket> {
+/// `UDP_GRO` (linux/udp.h): receive offload on a UDP socket, Linux 5.0+. Per udp(7), the
+/// socket "may receive multiple datagrams worth of data as a single large buffer, together
+/// with a cmsg(3) that holds the segment size": the stack coalesces consecutive datagrams of
+/// one sender and equal length (the last may be shorter) in its GRO engine, or hands over a
+/// sender's GSO batch unsplit, and the reader cuts the buffer back into the same datagrams.
+const UDP_GRO: libc::c_int = 104;
+
+/// Bind one UDP socket with a large receive buffer, and UDP receive offload when `gro` is
+/// set and the kernel has it (see [`UDP_GRO`]; without it every datagram is its own read).
+pub fn bind_udp(addr: SocketAddr, recv_buffer: usize, gro: bool) -> io::Result<StdUdpSocket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         s.set_only_v6(false).ok();
     }
     // SO_RCVBUFFORCE exceeds net.core.rmem_max when privileged; fall back otherwise.
     if s.set_recv_buffer_size(recv_buffer).is_ok() {
-        set_rcvbuf_force(&s, recv_buffer);
+        set_int(&s, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, recv_buffer);
+    }
+    if gro && !set_int(&s, libc::SOL_UDP, UDP_GRO, 1) {
+        tracing::info!(%addr, error = %io::Error::last_os_error(), "UDP receive offload (GRO) unavailable: one read per datagram");
     }
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     Ok(s.into())
 }
 
-fn set_rcvbuf_force(s: &Socket, size: usize) {
+/// Set an integer socket option; whether the kernel took it.
+fn set_int(s: &Socket, level: libc::c_int, name: libc::c_int, value: usize) -> bool {
     use std::os::fd::AsRawFd;
-    let v: libc::c_int = size.min(i32::MAX as usize / 2) as libc::c_int;
+    let v: libc::c_int = value.min(i32::MAX as usize / 2) as libc::c_int;
     // SAFETY: valid socket fd, pointer to a c_int that lives across the call.
-    let _ = unsafe {
+    let r = unsafe {
         libc::setsockopt(
             s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
+            level,
+            name,
             &v as *const libc::c_int as *const libc::c_void,
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
+    r == 0
 }
 
 /// Everything bound before the run starts.
@@ -82,7 +95,8 @@ pub struct Bound {
 pub fn bind(cfg: &Config) -> anyhow::Result<Bound> {
     let mut sockets = Vec::new();
     for a in &cfg.listen {
-        sockets.push(bind_udp(*a, cfg.recv_buffer).with_context(|| format!("binding UDP {a}"))?);
+        let s = bind_udp(*a, cfg.recv_buffer, cfg.udp_gro);
+        sockets.push(s.with_context(|| format!("binding UDP {a}"))?);
     }
     let http = match cfg.http {
         Some(a) => {
@@ -202,7 +216,7 @@ fn ingest_loop(
 ) {
     let mut ring = MultiRecv::new();
     let mut limiter = RateLimit::default();
-    let mut receive_errors = 0u64;
+    let mut counts = ReceiveCounts::default();
     let mut last_handover = Instant::now();
     let mut last_publish = Instant::now();
     let mut last_forget = Instant::now();
@@ -214,10 +228,11 @@ fn ingest_loop(
             revents: 0,
         })
         .collect();
-    let publish = |ingest: &Ingest, receive_errors: u64| {
+    let publish = |ingest: &Ingest, counts: ReceiveCounts| {
         if let Ok(mut m) = metrics.lock() {
             ingest.fill(&mut m);
-            m.receive_errors = receive_errors;
+            m.receive_errors = counts.errors;
+            m.gro_reads = counts.gro_reads;
         }
     };
     loop {
@@ -230,14 +245,17 @@ fn ingest_loop(
                     Ok(n) => {
                         got += n;
                         for i in 0..n {
-                            let (from, d) = ring.datagram(i);
-                            match ingest.datagram(from, d) {
-                                Ok(r) => {
-                                    if let Some(e) = r.error {
-                                        log_decode(&mut limiter, from, e);
+                            let (from, d, seg) = ring.datagram(i);
+                            counts.gro_reads += u64::from(seg != 0 && d.len() > seg);
+                            for d in segments(d, seg) {
+                                match ingest.datagram(from, d) {
+                                    Ok(r) => {
+                                        if let Some(e) = r.error {
+                                            log_decode(&mut limiter, from, e);
+                                        }
                                     }
+                                    Err(e) => log_decode(&mut limiter, from, e),
                                 }
-                                Err(e) => log_decode(&mut limiter, from, e),
                             }
                         }
                         if n < SLOTS {
@@ -253,7 +271,7 @@ fn ingest_loop(
                         break
                     }
                     Err(e) => {
-                        receive_errors += 1;
+                        counts.errors += 1;
                         tracing::debug!(error = %e, "recv");
                         break;
                     }
@@ -262,7 +280,7 @@ fn ingest_loop(
         }
         if stopping {
             let batch = (ingest.pending_datagrams() > 0).then(|| ingest.take_batch());
-            publish(&ingest, receive_errors);
+            publish(&ingest, counts);
             if let Some(b) = batch {
                 let _ = tx.send(b);
             }
@@ -276,7 +294,7 @@ fn ingest_loop(
             // Counters first (per-label totals count up to this batch), so that `/metrics`
             // never shows more committed datagrams than received ones.
             let batch = ingest.take_batch();
-            publish(&ingest, receive_errors);
+            publish(&ingest, counts);
             last_publish = Instant::now();
             // The store thread is idle, so the channel has room.
             if tx.send(batch).is_err() {
@@ -285,7 +303,7 @@ fn ingest_loop(
             last_handover = Instant::now();
         }
         if last_publish.elapsed() >= PUBLISH {
-            publish(&ingest, receive_errors);
+            publish(&ingest, counts);
             last_publish = Instant::now();
         }
         if last_forget.elapsed() >= cfg.prune_interval {
@@ -357,11 +375,36 @@ fn store_loop(
     }
 }
 
+/// The datagrams in one read: the whole buffer, or with receive offload (`seg`, the segment
+/// size the kernel reported, non-zero) consecutive `seg`-octet datagrams, the last possibly
+/// shorter. An empty datagram is still one (and is counted as malformed).
+fn segments(d: &[u8], seg: usize) -> impl Iterator<Item = &[u8]> {
+    let size = if seg == 0 { d.len().max(1) } else { seg };
+    // `chunks` of an empty slice yields nothing.
+    let empty = d.is_empty().then_some(d);
+    d.chunks(size).chain(empty)
+}
+
+/// Receive-side counters for `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+struct ReceiveCounts {
+    errors: u64,
+    /// Reads that carried several datagrams (UDP receive offload).
+    gro_reads: u64,
+}
+
+/// Control buffer per message: room for the `UDP_GRO` segment size (`CMSG_SPACE(4)`, 24
+/// octets on 64-bit Linux), 8-aligned as `cmsghdr` wants.
+type Control = [u64; 8];
+
 /// Buffers and headers for `recvmmsg(2)`.
 struct MultiRecv {
     bufs: Vec<u8>,
     addrs: Vec<libc::sockaddr_storage>,
+    ctrl: Vec<Control>,
     lens: [usize; SLOTS],
+    /// Segment size of each message read with receive offload, else 0.
+    segs: [usize; SLOTS],
 }
 
 impl MultiRecv {
@@ -370,7 +413,9 @@ impl MultiRecv {
             bufs: vec![0; SLOTS * MAX_DATAGRAM],
             // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
             addrs: vec![unsafe { std::mem::zeroed() }; SLOTS],
+            ctrl: vec![[0; 8]; SLOTS],
             lens: [0; SLOTS],
+            segs: [0; SLOTS],
         }
     }
 
@@ -389,6 +434,8 @@ impl MultiRecv {
             h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_iov = &mut iovs[i];
             h.msg_iovlen = 1;
+            h.msg_control = self.ctrl[i].as_mut_ptr().cast();
+            h.msg_controllen = std::mem::size_of::<Control>();
         }
         let flags = libc::MSG_DONTWAIT;
         // SAFETY: every header points into `self.bufs`, `self.addrs` and `iovs`, which
@@ -406,14 +453,16 @@ impl MultiRecv {
             return Err(io::Error::last_os_error());
         }
         let n = n as usize;
-        for (len, h) in self.lens.iter_mut().zip(&hdrs[..n]) {
-            *len = (h.msg_len as usize).min(MAX_DATAGRAM);
+        for (i, h) in hdrs[..n].iter().enumerate() {
+            self.lens[i] = (h.msg_len as usize).min(MAX_DATAGRAM);
+            self.segs[i] = gro_segment(&h.msg_hdr);
         }
         Ok(n)
     }
 
-    /// Sender address and payload of datagram `i` of the last call.
-    fn datagram(&self, i: usize) -> (IpAddr, &[u8]) {
+    /// Sender address, payload and segment size (0: one datagram) of message `i` of the
+    /// last call.
+    fn datagram(&self, i: usize) -> (IpAddr, &[u8], usize) {
         let a = &self.addrs[i];
         let from = match i32::from(a.ss_family) {
             libc::AF_INET => {
@@ -431,12 +480,50 @@ impl MultiRecv {
             _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         };
         let at = i * MAX_DATAGRAM;
-        (from, &self.bufs[at..at + self.lens[i]])
+        (from, &self.bufs[at..at + self.lens[i]], self.segs[i])
     }
+}
+
+/// The `UDP_GRO` segment size among a received message's control messages, else 0.
+fn gro_segment(h: &libc::msghdr) -> usize {
+    let mut seg = 0;
+    // SAFETY: `h` is a header recvmmsg filled: msg_control points to its control buffer
+    // (still alive in MultiRecv) and msg_controllen says how much of it the kernel wrote,
+    // which is what the CMSG_* walk reads; a UDP_GRO message carries one c_int.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                seg = usize::try_from(v).unwrap_or(0);
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    seg
 }
 
 fn log_decode(limiter: &mut RateLimit, from: IpAddr, e: crate::session::DecodeError) {
     if let Some(suppressed) = limiter.allow(e.reason(), now_ms(), 10_000) {
         tracing::warn!(exporter = %from, reason = e.reason(), suppressed, "datagram not (fully) decoded: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_cut_where_the_sender_did() {
+        let d: Vec<u8> = (0..10).collect();
+        let cut = |seg| segments(&d, seg).collect::<Vec<_>>();
+        assert_eq!(cut(4), [&d[0..4], &d[4..8], &d[8..10]]);
+        assert_eq!(cut(5), [&d[0..5], &d[5..10]]);
+        assert_eq!(cut(0), [&d[..]]);
+        assert_eq!(cut(10), [&d[..]]);
+        assert_eq!(cut(64), [&d[..]]);
+        // An empty datagram is still one, offload or not.
+        assert_eq!(segments(&[], 0).collect::<Vec<_>>(), [&[] as &[u8]]);
+        assert_eq!(segments(&[], 4).count(), 1);
     }
 }

@@ -222,6 +222,11 @@ pub fn render_metrics(s: &Snapshot) -> String {
         s.receive_errors,
     );
     counter(
+        "labelflow_collector_udp_gro_reads_total",
+        "Socket reads that carried several datagrams (UDP receive offload).",
+        s.gro_reads,
+    );
+    counter(
         "labelflow_collector_folded_keys_total",
         "Keys folded into other by the per-bucket bound.",
         s.aggregation.folded_keys,

@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub commit_errors: u64,
     pub committed_datagrams: u64,
     pub receive_errors: u64,
+    /// Reads that carried several datagrams (UDP receive offload).
+    pub gro_reads: u64,
 }
 
 #[derive(Debug)]

@@ -31,6 +31,7 @@ use labelflow_proto::FlowRecord;
 use lru::LruCache;
 use netflow_parser::{NetflowError, NetflowParser};
 
+use crate::aggregate::FxBuild;
 use crate::templates::{self, TemplateRecord};
 
 /// Exporter scope: where the datagram came from and which observation domain it speaks for.
@@ -119,8 +120,9 @@ struct Session {
     next_sequence: [Option<u32>; 3],
     /// IPFIX templates for the zero-copy path, learned from the same template records the
     /// parser saw; `None` marks an id the fast path must not decode (options template,
-    /// template it cannot use).
-    fast: HashMap<u16, Option<FastTemplate>>,
+    /// template it cannot use). Ids are the exporter's own, so a fast unkeyed hash risks
+    /// nothing beyond its own scope.
+    fast: HashMap<u16, Option<FastTemplate>, FxBuild>,
     /// Records of templates without a plan, between checking and handing on.
     scratch: Vec<FlowRecord>,
 }
@@ -273,6 +275,7 @@ pub struct Ingested {
 /// All exporter scopes.
 #[derive(Debug)]
 pub struct SessionTable {
+    /// Keyed by addresses anyone can spoof: the default (keyed, collision-resistant) hasher.
     sessions: LruCache<ScopeKey, Session>,
     max_templates: NonZeroUsize,
     fast_path: bool,
@@ -309,7 +312,7 @@ impl SessionTable {
                 parser,
                 ctx: ExporterContext::default(),
                 next_sequence: [None; 3],
-                fast: HashMap::new(),
+                fast: HashMap::default(),
                 scratch: Vec::new(),
             };
             if self.sessions.push(scope, s).is_some() {

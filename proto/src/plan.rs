@@ -21,7 +21,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::convert::{application_of, clean_text, ntp_ms, ApplicationKey, ExporterContext};
 use crate::ie::{iana, netfilter, PEN_NETFILTER};
-use crate::ipfix::{parse_varlen, Template};
+use crate::ipfix::Template;
 use crate::record::{Direction, EndReason, FlowRecord};
 
 /// How a time element counts (IE 150–157); other elements are plain numbers or octets.
@@ -491,13 +491,12 @@ impl FlowPlan {
 
     /// Length and layout of the record at the start of `rest` (not checked against
     /// `rest`'s length). The prefixes are read where `Template::records` reads them.
-    #[inline]
+    #[inline(always)]
     fn layout(&self, rest: &[u8]) -> Result<(usize, Layout), Malformed> {
         let mut lay = Layout::default();
         let mut extra = 0usize;
         for (j, fixed) in self.varlen.iter().enumerate() {
-            let at = usize::from(*fixed) + extra;
-            let (head, n) = parse_varlen(&rest[at.min(rest.len())..], at).map_err(|_| Malformed)?;
+            let (head, n) = varlen_at(rest, usize::from(*fixed) + extra).ok_or(Malformed)?;
             extra += head + n;
             // Larger than any message: `check` refuses it as longer than the set.
             let Ok(e) = u16::try_from(extra) else {
@@ -509,6 +508,18 @@ impl FlowPlan {
         Ok((self.fixed_total + extra, lay))
     }
 
+    /// Length of the record at the start of `rest`, as [`FlowPlan::layout`] gives it,
+    /// without the layout.
+    #[inline(always)]
+    fn record_len(&self, rest: &[u8]) -> Option<usize> {
+        let mut extra = 0usize;
+        for fixed in &self.varlen {
+            let (head, n) = varlen_at(rest, usize::from(*fixed) + extra)?;
+            extra += head + n;
+        }
+        Some(self.fixed_total + extra)
+    }
+
     /// Number of records in a data set body, or `Malformed` where
     /// [`Template::records`] would report an error. Trailing octets shorter than the
     /// shortest record are padding (RFC 7011 section 3.3.1).
@@ -518,7 +529,7 @@ impl FlowPlan {
         }
         let (mut at, mut count) = (0, 0);
         while body.len() - at >= self.min_len {
-            let (len, _) = self.layout(&body[at..])?;
+            let len = self.record_len(&body[at..]).ok_or(Malformed)?;
             if len > body.len() - at {
                 return Err(Malformed);
             }
@@ -554,6 +565,20 @@ impl FlowPlan {
                 export_ms,
             });
         }
+    }
+}
+
+/// The (prefix octets, value octets) of the variable-length field at `at` (RFC 7011
+/// section 7: one length octet, or 255 and two more); `None` when `rest` ends first. The
+/// same reading as [`crate::ipfix::parse_varlen`], without its error detail.
+#[inline(always)]
+fn varlen_at(rest: &[u8], at: usize) -> Option<(usize, usize)> {
+    match *rest.get(at)? {
+        255 => {
+            let b = rest.get(at + 1..at + 3)?;
+            Some((3, usize::from(u16::from_be_bytes([b[0], b[1]]))))
+        }
+        n => Some((1, usize::from(n))),
     }
 }
 
