@@ -134,10 +134,14 @@ pub fn run(
     } = bound;
     let metrics = Arc::new(Mutex::new(Snapshot::default()));
     let mut ingest = Ingest::new(&cfg);
-    let restored = ingest
+    let (templates, contexts) = ingest
         .restore(&store)
-        .context("loading persisted templates")?;
-    tracing::info!(templates = restored, "restored persisted templates");
+        .context("loading persisted templates and options state")?;
+    tracing::info!(
+        templates,
+        contexts,
+        "restored persisted templates and options state"
+    );
 
     // Set from hand-over until the store thread has committed the batch.
     let store_busy = Arc::new(AtomicBool::new(false));
@@ -339,7 +343,7 @@ fn store_loop(
     loop {
         match rx.recv_timeout(POLL) {
             Ok(batch) => {
-                match store.commit(&batch.deltas, &batch.templates) {
+                match store.commit(&batch.deltas, &batch.templates, &batch.contexts) {
                     Ok(()) => {
                         commits.0 += 1;
                         commits.2 += batch.datagrams as u64;

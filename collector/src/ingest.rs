@@ -11,7 +11,7 @@ use labelflow_proto::FlowRecord;
 
 use crate::aggregate::{has_ports, AggStats, Aggregator, Delta, Flow, FxBuild, OTHER, UNLABELLED};
 use crate::config::{rule_label, Config, LabelRule};
-use crate::session::{DecodeError, FlowSink, Ingested, SessionStats, SessionTable};
+use crate::session::{DecodeError, FlowSink, Ingested, ScopeKey, SessionStats, SessionTable};
 use crate::store::{ScopedTemplate, Store, StoreError};
 use crate::templates::TemplateRecord;
 
@@ -20,6 +20,8 @@ use crate::templates::TemplateRecord;
 pub struct Batch {
     pub deltas: Vec<Delta>,
     pub templates: Vec<ScopedTemplate>,
+    /// Options state (application names, sampling) of the scopes that received options.
+    pub contexts: Vec<(ScopeKey, ExporterContext)>,
     pub datagrams: usize,
 }
 
@@ -241,14 +243,20 @@ impl Ingest {
         }
     }
 
-    /// Replay the templates persisted in `store`; returns how many were loaded.
-    pub fn restore(&mut self, store: &Store) -> Result<usize, StoreError> {
+    /// Replay the templates and options state persisted in `store`; returns how many
+    /// templates and scopes' options states were loaded.
+    pub fn restore(&mut self, store: &Store) -> Result<(usize, usize), StoreError> {
         let mut n = 0;
         for (scope, recs) in store.load_templates()? {
             n += recs.len();
             self.sessions.restore(scope, &recs);
         }
-        Ok(n)
+        let contexts = store.load_contexts()?;
+        let m = contexts.len();
+        for (scope, ctx) in contexts {
+            self.sessions.restore_context(scope, ctx);
+        }
+        Ok((n, m))
     }
 
     /// Turn the zero-copy IPFIX path on (the default) or off; the result is the same.
@@ -287,6 +295,7 @@ impl Ingest {
         let b = Batch {
             deltas: self.labels.agg.take(),
             templates: std::mem::take(&mut self.templates),
+            contexts: self.sessions.take_changed_contexts(),
             datagrams: self.datagrams,
         };
         self.datagrams = 0;

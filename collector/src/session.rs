@@ -279,6 +279,9 @@ pub struct SessionTable {
     sessions: LruCache<ScopeKey, Session>,
     max_templates: NonZeroUsize,
     fast_path: bool,
+    /// Scopes whose options records may have changed their context since the last
+    /// [`SessionTable::take_changed_contexts`].
+    changed: Vec<ScopeKey>,
     pub stats: SessionStats,
 }
 
@@ -288,6 +291,7 @@ impl SessionTable {
             sessions: LruCache::new(max_exporters),
             max_templates,
             fast_path: true,
+            changed: Vec::new(),
             stats: SessionStats::default(),
         }
     }
@@ -333,6 +337,21 @@ impl SessionTable {
         }
     }
 
+    /// Set a scope's options state (application names, sampling) as persisted.
+    pub fn restore_context(&mut self, scope: ScopeKey, ctx: ExporterContext) {
+        self.session(scope).ctx = ctx;
+    }
+
+    /// The options state of every scope whose options records arrived since the last call,
+    /// for persistence (scopes evicted meanwhile are left out).
+    pub fn take_changed_contexts(&mut self) -> Vec<(ScopeKey, ExporterContext)> {
+        let changed = std::mem::take(&mut self.changed);
+        changed
+            .into_iter()
+            .filter_map(|scope| Some((scope, self.sessions.peek(&scope)?.ctx.clone())))
+            .collect()
+    }
+
     /// Decode one datagram from `exporter`, handing its flow records to `sink` and appending
     /// the template records it carried to `templates` (for persistence).
     pub fn ingest(
@@ -372,6 +391,7 @@ impl SessionTable {
             None
         };
         let fast_hit = fast.is_some();
+        let mut options = false;
         let (summary, mut error, produced) = match fast {
             Some(summary) => (summary, None, summary.flow_records),
             None => {
@@ -381,7 +401,9 @@ impl SessionTable {
                 session.scratch.clear();
                 for p in &result.packets {
                     summary = convert_packet(p, &mut session.ctx, &mut session.scratch);
+                    options |= summary.options_records > 0;
                 }
+
                 if summary.version == 10 || result.packets.is_empty() {
                     session.learn_templates(message, error.is_some(), max);
                 }
@@ -420,6 +442,9 @@ impl SessionTable {
         }
         if reset {
             self.stats.sequence_resets += 1;
+        }
+        if options && !self.changed.contains(&scope) {
+            self.changed.push(scope);
         }
         Ok(Ingested {
             scope,

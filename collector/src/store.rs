@@ -3,9 +3,11 @@
 //! ```text
 //!  agg(res, dim, bucket, key) -> bytes, packets, flows, bytes_in, bytes_out
 //!  templates(exporter, domain, template_id) -> version, set_id, record
+//!  contexts(exporter, domain) -> context (JSON: application names, sampling)
 //! ```
 //!
-//! A batch (aggregate deltas + template records of the same datagrams) is committed in one
+//! A batch (aggregate deltas + template records + options state of the same datagrams) is
+//! committed in one
 //! transaction with `synchronous = FULL`, so a datagram's effect is either entirely in the
 //! database or not at all, and a committed batch survives the process being killed.
 
@@ -14,12 +16,16 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use labelflow_proto::convert::{ApplicationKey, ExporterContext};
+use serde::{Deserialize, Serialize};
+
 use crate::aggregate::{Counters, Delta, Dim};
 use crate::session::ScopeKey;
 use crate::templates::TemplateRecord;
 
 /// Schema version kept in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 1;
+/// Version 2 added `contexts`.
+pub const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -34,6 +40,55 @@ pub enum StoreError {
 pub struct Store {
     conn: Connection,
     template_cap: usize,
+}
+
+/// [`ExporterContext`] as stored: maps as lists (JSON object keys are strings only).
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredContext {
+    /// (engine, selector, name) of each `applicationId`.
+    #[serde(default)]
+    applications: Vec<(u8, u64, String)>,
+    #[serde(default)]
+    sampling_interval: Option<u32>,
+    /// (sampler id, interval).
+    #[serde(default)]
+    samplers: Vec<(u64, u32)>,
+    #[serde(default)]
+    system_init_ms: Option<u64>,
+}
+
+impl From<&ExporterContext> for StoredContext {
+    fn from(c: &ExporterContext) -> StoredContext {
+        let mut applications: Vec<_> = c
+            .applications
+            .iter()
+            .map(|(k, v)| (k.engine, k.selector, v.clone()))
+            .collect();
+        applications.sort();
+        let mut samplers: Vec<_> = c.samplers.iter().map(|(k, v)| (*k, *v)).collect();
+        samplers.sort();
+        StoredContext {
+            applications,
+            sampling_interval: c.sampling_interval,
+            samplers,
+            system_init_ms: c.system_init_ms,
+        }
+    }
+}
+
+impl From<StoredContext> for ExporterContext {
+    fn from(s: StoredContext) -> ExporterContext {
+        ExporterContext {
+            applications: s
+                .applications
+                .into_iter()
+                .map(|(engine, selector, name)| (ApplicationKey { engine, selector }, name))
+                .collect(),
+            sampling_interval: s.sampling_interval,
+            samplers: s.samplers.into_iter().collect(),
+            system_init_ms: s.system_init_ms,
+        }
+    }
 }
 
 /// A template record to persist, with its scope.
@@ -73,6 +128,16 @@ impl Store {
                  COMMIT;",
             )?;
         }
+        if version < 2 {
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE IF NOT EXISTS contexts (
+                     exporter TEXT NOT NULL, domain INTEGER NOT NULL, context TEXT NOT NULL,
+                     PRIMARY KEY (exporter, domain));
+                 PRAGMA user_version = 2;
+                 COMMIT;",
+            )?;
+        }
         Ok(Store {
             conn,
             template_cap: template_cap.max(1),
@@ -84,9 +149,20 @@ impl Store {
         &mut self,
         deltas: &[Delta],
         templates: &[ScopedTemplate],
+        contexts: &[(ScopeKey, ExporterContext)],
     ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
+            let mut ctx = tx.prepare_cached(
+                "INSERT INTO contexts (exporter, domain, context) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (exporter, domain) DO UPDATE SET context = excluded.context
+                 WHERE context != excluded.context",
+            )?;
+            for (scope, c) in contexts {
+                let text =
+                    serde_json::to_string(&StoredContext::from(c)).expect("a context serializes");
+                ctx.execute(params![scope.exporter.to_string(), scope.domain, text])?;
+            }
             let mut up = tx.prepare_cached(
                 "INSERT INTO agg (res, dim, bucket, key, bytes, packets, flows, bytes_in, bytes_out)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
@@ -187,6 +263,38 @@ impl Store {
                 Some((s, v)) if *s == scope => v.push(rec),
                 _ => out.push((scope, vec![rec])),
             }
+        }
+        Ok(out)
+    }
+
+    /// Every persisted options state. A row this collector cannot read is skipped with a
+    /// warning: the exporter's next options records restore it.
+    pub fn load_contexts(&self) -> Result<Vec<(ScopeKey, ExporterContext)>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT exporter, domain, context FROM contexts ORDER BY exporter, domain")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, u32>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (exporter, domain, text) = row?;
+            let (Ok(addr), Ok(c)) = (
+                exporter.parse::<IpAddr>(),
+                serde_json::from_str::<StoredContext>(&text),
+            ) else {
+                tracing::warn!(%exporter, domain, "unreadable stored options state skipped");
+                continue;
+            };
+            let scope = ScopeKey {
+                exporter: addr,
+                domain,
+            };
+            out.push((scope, c.into()));
         }
         Ok(out)
     }
@@ -322,16 +430,31 @@ mod tests {
                 bytes: vec![1, b, 0, 1, 0, 8, 0, 4],
             },
         };
-        s.commit(&[delta("a", 10)], &[t(256, 0), t(257, 1)])
+        let mut ctx = ExporterContext::default();
+        ctx.applications.insert(
+            ApplicationKey {
+                engine: 6,
+                selector: 7,
+            },
+            "voip".into(),
+        );
+        ctx.samplers.insert(3, 100);
+        ctx.sampling_interval = Some(4);
+        s.commit(&[delta("a", 10)], &[t(256, 0), t(257, 1)], &[])
             .unwrap();
-        s.commit(&[delta("a", 5), delta("b", 1)], &[t(258, 2)])
-            .unwrap();
+        s.commit(
+            &[delta("a", 5), delta("b", 1)],
+            &[t(258, 2)],
+            &[(scope, ctx.clone())],
+        )
+        .unwrap();
         drop(s);
         let s = Store::open(&path, 2).unwrap();
         let loaded = s.load_templates().unwrap();
         assert_eq!(loaded.len(), 1);
         let ids: Vec<u16> = loaded[0].1.iter().map(|r| r.template_id).collect();
         assert_eq!(ids, vec![257, 258], "capped at 2, oldest dropped");
+        assert_eq!(s.load_contexts().unwrap(), vec![(scope, ctx)]);
         let r = Reader::open(&path).unwrap();
         let rows = r.rows(60, Dim::Label, 0, 1000).unwrap();
         assert_eq!(rows.len(), 2);
@@ -347,10 +470,57 @@ mod tests {
     }
 
     #[test]
+    fn version_1_database_gains_contexts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE agg (
+                     res INTEGER NOT NULL, dim TEXT NOT NULL, bucket INTEGER NOT NULL,
+                     key TEXT NOT NULL,
+                     bytes INTEGER NOT NULL, packets INTEGER NOT NULL, flows INTEGER NOT NULL,
+                     bytes_in INTEGER NOT NULL, bytes_out INTEGER NOT NULL,
+                     PRIMARY KEY (res, dim, bucket, key)) WITHOUT ROWID;
+                 CREATE TABLE templates (
+                     exporter TEXT NOT NULL, domain INTEGER NOT NULL,
+                     template_id INTEGER NOT NULL, version INTEGER NOT NULL,
+                     set_id INTEGER NOT NULL, record BLOB NOT NULL, seq INTEGER NOT NULL,
+                     PRIMARY KEY (exporter, domain, template_id));
+                 INSERT INTO agg VALUES (60, 'label', 120, 'a', 7, 1, 1, 0, 0);
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path, 8).unwrap();
+        let v: i64 = s
+            .connection()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        assert!(s.load_contexts().unwrap().is_empty());
+        s.connection()
+            .execute(
+                "INSERT INTO contexts VALUES ('10.0.0.9', 1, 'not json')",
+                [],
+            )
+            .unwrap();
+        assert!(
+            s.load_contexts().unwrap().is_empty(),
+            "unreadable row skipped"
+        );
+        let rows = Reader::open(&path)
+            .unwrap()
+            .rows(60, Dim::Label, 0, 1000)
+            .unwrap();
+        assert_eq!(rows[0].counters.bytes, 7, "existing data kept");
+    }
+
+    #[test]
     fn prune_respects_retention() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&dir.path().join("p.db"), 8).unwrap();
-        s.commit(&[delta("a", 1)], &[]).unwrap();
+        s.commit(&[delta("a", 1)], &[], &[]).unwrap();
         assert_eq!(s.prune(&[60], &[60], 150).unwrap(), 0);
         assert_eq!(s.prune(&[60], &[60], 181).unwrap(), 1);
     }

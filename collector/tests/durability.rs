@@ -124,3 +124,53 @@ fn sigkill_loses_nothing_committed_and_restart_decodes_immediately() {
         .unwrap();
     assert_eq!(esp["bytes"].as_u64().unwrap() * 2, after);
 }
+
+/// Options state (applicationId → applicationName) commits with the datagrams that carried
+/// it: after SIGKILL and a restart, records that name only their applicationId are labelled
+/// at once, not `unlabelled` until the exporter's next options refresh.
+#[test]
+fn options_state_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("o.db");
+    let port = free_udp_port();
+    let extra = "[store]\ncommit_interval = \"50ms\"\n";
+    let t0_ms = u64::from(now_secs() - 300) * 1000;
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+
+    let c = Collector::start(dir.path(), &db, port, extra);
+    c.send(&sock, &app_templates(now_secs(), 0, 9));
+    c.send(&sock, &app_options(now_secs(), 0, 9, 7, "voip"));
+    c.send(&sock, &app_data(now_secs(), 0, 9, 7, 1000, t0_ms));
+    c.wait_committed(3);
+    c.kill9();
+
+    let c = Collector::start(dir.path(), &db, port, extra);
+    c.send(&sock, &app_data(now_secs(), 1, 9, 7, 500, t0_ms));
+    c.wait_committed(1);
+    c.term();
+    let j = report_json(
+        &db,
+        &[
+            "--by",
+            "label",
+            "--from",
+            "0",
+            "--to",
+            "4102444800",
+            "--bucket",
+            "1d",
+        ],
+    );
+    let totals: Vec<(String, u64)> = j["totals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["label"].as_str().unwrap().to_string(),
+                t["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(totals, vec![("voip".to_string(), 1500)]);
+}

@@ -137,6 +137,91 @@ pub fn ipfix_data(export: u32, seq: u32, domain: u32, flows: &[Flow]) -> Vec<u8>
     m
 }
 
+/// Template of an exporter that names its classes through options (RFC 6759): its data
+/// records carry `applicationId` (engine 6, 4-octet selector) and no name.
+pub const APP_TEMPLATE_ID: u16 = 310;
+/// Options template: scope `applicationId`, value `applicationName`.
+pub const APP_OPTIONS_ID: u16 = 311;
+
+fn set(m: &mut Vec<u8>, id: u16, body: &[u8]) {
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&((4 + body.len()) as u16).to_be_bytes());
+    m.extend_from_slice(body);
+}
+
+fn fields(out: &mut Vec<u8>, fields: &[(u16, u16)]) {
+    for (ie, len) in fields {
+        out.extend_from_slice(&ie.to_be_bytes());
+        out.extend_from_slice(&len.to_be_bytes());
+    }
+}
+
+/// [`APP_TEMPLATE_ID`] and [`APP_OPTIONS_ID`] in one message.
+pub fn app_templates(export: u32, seq: u32, domain: u32) -> Vec<u8> {
+    let mut m = Vec::new();
+    header(&mut m, export, seq, domain);
+    let data: &[(u16, u16)] = &[
+        (8, 4),
+        (12, 4),
+        (4, 1),
+        (1, 8),
+        (2, 8),
+        (152, 8),
+        (153, 8),
+        (95, 5),
+    ];
+    let mut t = Vec::new();
+    t.extend_from_slice(&APP_TEMPLATE_ID.to_be_bytes());
+    t.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    fields(&mut t, data);
+    set(&mut m, 2, &t);
+    let mut o = Vec::new();
+    o.extend_from_slice(&APP_OPTIONS_ID.to_be_bytes());
+    o.extend_from_slice(&2u16.to_be_bytes()); // field count
+    o.extend_from_slice(&1u16.to_be_bytes()); // scope field count
+    fields(&mut o, &[(95, 5), (96, 0xffff)]);
+    set(&mut m, 3, &o);
+    patch_len(&mut m);
+    m
+}
+
+/// An options record naming `applicationId` 6:`selector`.
+pub fn app_options(export: u32, seq: u32, domain: u32, selector: u32, name: &str) -> Vec<u8> {
+    let mut m = Vec::new();
+    header(&mut m, export, seq, domain);
+    let mut r = vec![6];
+    r.extend_from_slice(&selector.to_be_bytes());
+    r.push(name.len() as u8);
+    r.extend_from_slice(name.as_bytes());
+    set(&mut m, APP_OPTIONS_ID, &r);
+    patch_len(&mut m);
+    m
+}
+
+/// One data record of `applicationId` 6:`selector`, 500 ms long.
+pub fn app_data(
+    export: u32,
+    seq: u32,
+    domain: u32,
+    selector: u32,
+    bytes: u64,
+    start_ms: u64,
+) -> Vec<u8> {
+    let mut m = Vec::new();
+    header(&mut m, export, seq, domain);
+    let mut r = Vec::new();
+    r.extend_from_slice(&[192, 168, 1, 10, 198, 51, 100, 7, 17]);
+    r.extend_from_slice(&bytes.to_be_bytes());
+    r.extend_from_slice(&1u64.to_be_bytes());
+    r.extend_from_slice(&start_ms.to_be_bytes());
+    r.extend_from_slice(&(start_ms + 500).to_be_bytes());
+    r.push(6);
+    r.extend_from_slice(&selector.to_be_bytes());
+    set(&mut m, APP_TEMPLATE_ID, &r);
+    patch_len(&mut m);
+    m
+}
+
 pub fn flow(label: &str, bytes: u64, start_ms: u64) -> Flow {
     Flow {
         src: Ipv4Addr::new(192, 168, 1, 10),
