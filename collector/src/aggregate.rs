@@ -594,7 +594,16 @@ impl Aggregator {
                 spi,
             } => {
                 let p = if protocol == 51 { "ah" } else { "esp" };
-                format!("{p} {src}>{dst} spi 0x{spi:08x}")
+                // A configured peer at either end names the tunnel the SA belongs to.
+                let tunnel = self
+                    .cfg
+                    .tunnels
+                    .iter()
+                    .find(|t| t.peers.iter().any(|n| n.contains(src) || n.contains(dst)));
+                match tunnel {
+                    Some(t) => format!("{}: {p} {src}>{dst} spi 0x{spi:08x}", t.name),
+                    None => format!("{p} {src}>{dst} spi 0x{spi:08x}"),
+                }
             }
             Key::Tunnel(i) => self.cfg.tunnels[i as usize].name.clone(),
             Key::Host(ip) => ip.to_string(),

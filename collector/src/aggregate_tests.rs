@@ -71,14 +71,28 @@ fn views_tunnels_hosts_ports() {
     );
     let cfg = AggConfig {
         views,
-        tunnels: vec![Tunnel {
-            name: "branch".into(),
-            subnets: vec!["10.2.0.0/16".parse().unwrap()],
-        }],
+        tunnels: vec![
+            Tunnel {
+                name: "branch".into(),
+                subnets: vec!["10.2.0.0/16".parse().unwrap()],
+                peers: vec![],
+            },
+            Tunnel {
+                name: "hq".into(),
+                subnets: vec![],
+                peers: vec!["203.0.113.0/29".parse().unwrap()],
+            },
+        ],
         networks: vec!["192.168.1.0/24".parse().unwrap()],
         ..AggConfig::default()
     };
     let mut a = Aggregator::new(cfg);
+    // An SA with the hq peer at its far end is named after the tunnel.
+    let mut hq = rec(0, 1000, 300, 3);
+    hq.protocol = 50;
+    hq.ipsec_spi = Some(0x2002);
+    hq.dst_addr = "203.0.113.5".parse().unwrap();
+    a.add(&hq, "esp");
     let mut esp = rec(0, 1000, 1000, 10);
     esp.protocol = 50;
     esp.ipsec_spi = Some(0x1001);
@@ -98,17 +112,25 @@ fn views_tunnels_hosts_ports() {
             .map(|x| x.counters)
             .unwrap_or_default()
     };
-    assert_eq!(find(Dim::View, "uplink").bytes, 1070);
+    assert_eq!(find(Dim::View, "uplink").bytes, 1370);
     assert_eq!(
         find(Dim::Tunnel, "esp 192.168.1.10>198.51.100.7 spi 0x00001001").bytes,
         1000
     );
     assert_eq!(find(Dim::Tunnel, "branch").bytes, 500);
+    assert_eq!(
+        find(
+            Dim::Tunnel,
+            "hq: esp 192.168.1.10>203.0.113.5 spi 0x00002002"
+        )
+        .bytes,
+        300
+    );
     let h = find(Dim::Host, "192.168.1.10");
-    assert_eq!((h.bytes_out, h.bytes_in, h.flows), (1570, 0, 3));
+    assert_eq!((h.bytes_out, h.bytes_in, h.flows), (1870, 0, 4));
     assert_eq!(find(Dim::Host, "192.168.1.20").bytes_in, 70);
     assert_eq!(find(Dim::Port, "tcp/443").flows, 2);
-    assert_eq!(find(Dim::Protocol, "esp").bytes, 1000);
+    assert_eq!(find(Dim::Protocol, "esp").bytes, 1300);
 }
 
 #[test]

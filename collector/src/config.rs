@@ -113,6 +113,10 @@ pub struct RawTunnel {
     /// Inner subnets (either end of a flow inside one of them) that belong to this tunnel.
     #[serde(default)]
     pub subnets: Vec<String>,
+    /// Outer addresses (or networks) of the tunnel's remote end: ESP/AH security associations
+    /// with either end among them are reported under the tunnel's name.
+    #[serde(default)]
+    pub peers: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -188,6 +192,7 @@ impl Default for AggConfig {
 pub struct Tunnel {
     pub name: String,
     pub subnets: Vec<IpNet>,
+    pub peers: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -310,9 +315,15 @@ impl Config {
                 .iter()
                 .map(|s| net("tunnels.subnets", s))
                 .collect::<Result<_, _>>()?;
+            let peers = t
+                .peers
+                .iter()
+                .map(|s| net("tunnels.peers", s))
+                .collect::<Result<_, _>>()?;
             tunnels.push(Tunnel {
                 name: t.name,
                 subnets,
+                peers,
             });
         }
         let networks = raw
@@ -431,6 +442,7 @@ uplink = ["esp", "other"]
 [[tunnels]]
 name = "branch"
 subnets = ["10.2.0.0/16"]
+peers = ["203.0.113.9"]
 [hosts]
 networks = ["192.168.0.0/24"]
 exclude_internal = true
@@ -446,6 +458,7 @@ label = "wan"
         assert_eq!(c.agg.retention, vec![86400, 30 * 86400]);
         assert_eq!(c.agg.views["uplink"], vec!["esp", "other"]);
         assert!(c.agg.exclude_internal);
+        assert_eq!(c.agg.tunnels[0].peers, vec!["203.0.113.9".parse().unwrap()]);
         assert_eq!(
             rule_label(&c.label_rules, "10.0.0.1".parse().unwrap(), [3, 0]),
             Some("wan")

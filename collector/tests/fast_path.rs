@@ -63,6 +63,7 @@ fn assert_same_aggregates(datagrams: &[(IpAddr, Vec<u8>)]) {
     cfg.agg.tunnels = vec![Tunnel {
         name: "branch".into(),
         subnets: vec!["10.0.3.0/24".parse().unwrap()],
+        peers: vec!["10.0.0.0/28".parse().unwrap()],
     }];
     cfg.agg.views.insert(
         "some".into(),
