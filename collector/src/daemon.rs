@@ -4,12 +4,13 @@
 //! ```text
 //!  UDP sockets ──poll + recvmmsg──► ingest thread ──(one batch of deltas at a time)──► store
 //!                 (many datagrams    decode, label,   handed over only when the store   thread:
-//!                  per system call)  aggregate        thread is idle; meanwhile deltas  SQLite
-//!                                                     keep adding up in the aggregator  commit
+//!                  per system call;  aggregate        thread is idle; meanwhile deltas  SQLite
+//!                  with UDP_GRO                       keep adding up in the aggregator  commit
+//!                  several per read)
 //!  tokio: HTTP (axum), shutdown signal
 //! ```
 //!
-//! Decoding and aggregating cost well under a microsecond per datagram, so one thread
+//! Decoding and aggregating cost about a microsecond per full datagram, so one thread
 //! receives and ingests: no hand-off per datagram, one wake-up per burst, and the socket's
 //! receive buffer absorbs bursts as it does for nfcapd. What can stall (an SQLite commit or
 //! checkpoint) runs on its own thread and never holds up receiving; while it runs, deltas
@@ -32,7 +33,7 @@ use crate::config::Config;
 use crate::ingest::{Batch, Ingest, RateLimit, Snapshot};
 use crate::store::Store;
 
-/// Datagrams received per `recvmmsg` call.
+/// Reads per `recvmmsg` call (each one datagram, or with receive offload a batch of them).
 const SLOTS: usize = 64;
 /// Room for the largest UDP payload.
 const MAX_DATAGRAM: usize = 65536;
