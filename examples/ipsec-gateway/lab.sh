@@ -88,8 +88,8 @@ cat "$WORK/tunnels.txt"
 read -r hq_esp_p hq_esp_b < <(lf_kernel "$WORK/kernel.txt" tunnel:hq:esp)
 read -r hq_in_p hq_in_b < <(lf_kernel "$WORK/kernel.txt" tunnel:hq:inner)
 read -r rep_in_p rep_in_b _ < <(awk '$1 == "hq" { print $2, $3, $4 }' "$WORK/tunnels.txt")
-# Every ESP row of the report is an SA of the lab's single peer (tunnel hq).
-read -r rep_esp_p rep_esp_b < <(awk '$1 != "hq" { p += $2; b += $3 } END { printf "%d %d\n", p, b }' "$WORK/tunnels.txt")
+# The SAs the collector names after tunnel hq (its `peers`): their sum is hq on the wire.
+read -r rep_esp_p rep_esp_b < <(awk '$1 ~ /^hq:/ { p += $2; b += $3 } END { printf "%d %d\n", p, b }' "$WORK/tunnels.txt")
 printf "%-34s %12s %14s %12s %14s\n" "tunnel hq" "kernel pkts" "kernel bytes" "report pkts" "report bytes"
 printf "%-34s %12d %14d %12d %14d\n" "  on the wire (ESP)" "$hq_esp_p" "$hq_esp_b" "$rep_esp_p" "$rep_esp_b"
 printf "%-34s %12d %14d %12d %14d\n" "  inside (inner packets)" "$hq_in_p" "$hq_in_b" "${rep_in_p:-0}" "${rep_in_b:-0}"
