@@ -443,8 +443,8 @@ impl MultiRecv {
             h.msg_controllen = std::mem::size_of::<Control>();
         }
         let flags = libc::MSG_DONTWAIT;
-        // SAFETY: every header points into `self.bufs`, `self.addrs` and `iovs`, which
-        // outlive the call; the count matches the array; no timeout pointer.
+        // SAFETY: every header points into `self.bufs`, `self.addrs`, `self.ctrl` and `iovs`,
+        // which outlive the call; the count matches the array; no timeout pointer.
         let n = unsafe {
             libc::recvmmsg(
                 sock.as_raw_fd(),

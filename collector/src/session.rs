@@ -403,7 +403,6 @@ impl SessionTable {
                     summary = convert_packet(p, &mut session.ctx, &mut session.scratch);
                     options |= summary.options_records > 0;
                 }
-
                 if summary.version == 10 || result.packets.is_empty() {
                     session.learn_templates(message, error.is_some(), max);
                 }

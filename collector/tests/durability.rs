@@ -103,26 +103,9 @@ fn sigkill_loses_nothing_committed_and_restart_decodes_immediately() {
     let (after, _, _) = all_time_totals(&db, "label");
     assert_eq!(after, bytes + 20 * per_datagram);
     // The view of esp + other equals the label totals (config-free check of labels).
-    let j = report_json(
-        &db,
-        &[
-            "--by",
-            "label",
-            "--from",
-            "0",
-            "--to",
-            "4102444800",
-            "--bucket",
-            "1d",
-        ],
-    );
-    let esp = j["totals"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["label"] == "esp")
-        .unwrap();
-    assert_eq!(esp["bytes"].as_u64().unwrap() * 2, after);
+    let labels = all_time_bytes(&db, "label", "label");
+    let esp = labels.iter().find(|(l, _)| l == "esp").unwrap();
+    assert_eq!(esp.1 * 2, after);
 }
 
 /// Options state (applicationId → applicationName) commits with the datagrams that carried
@@ -148,29 +131,6 @@ fn options_state_survives_sigkill() {
     c.send(&sock, &app_data(now_secs(), 1, 9, 7, 500, t0_ms));
     c.wait_committed(1);
     c.term();
-    let j = report_json(
-        &db,
-        &[
-            "--by",
-            "label",
-            "--from",
-            "0",
-            "--to",
-            "4102444800",
-            "--bucket",
-            "1d",
-        ],
-    );
-    let totals: Vec<(String, u64)> = j["totals"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            (
-                t["label"].as_str().unwrap().to_string(),
-                t["bytes"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let totals = all_time_bytes(&db, "label", "label");
     assert_eq!(totals, vec![("voip".to_string(), 1500)]);
 }

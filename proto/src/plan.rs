@@ -21,7 +21,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::convert::{application_of, clean_text, ntp_ms, ApplicationKey, ExporterContext};
 use crate::ie::{iana, netfilter, PEN_NETFILTER};
-use crate::ipfix::Template;
+use crate::ipfix::{varlen_at, Template};
 use crate::record::{Direction, EndReason, FlowRecord};
 
 /// How a time element counts (IE 150–157); other elements are plain numbers or octets.
@@ -565,20 +565,6 @@ impl FlowPlan {
                 export_ms,
             });
         }
-    }
-}
-
-/// The (prefix octets, value octets) of the variable-length field at `at` (RFC 7011
-/// section 7: one length octet, or 255 and two more); `None` when `rest` ends first. The
-/// same reading as [`crate::ipfix::parse_varlen`], without its error detail.
-#[inline(always)]
-fn varlen_at(rest: &[u8], at: usize) -> Option<(usize, usize)> {
-    match *rest.get(at)? {
-        255 => {
-            let b = rest.get(at + 1..at + 3)?;
-            Some((3, usize::from(u16::from_be_bytes([b[0], b[1]]))))
-        }
-        n => Some((1, usize::from(n))),
     }
 }
 

@@ -376,9 +376,9 @@ pub fn report_json(db: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// Totals (bytes, packets, flows) over all time.
-pub fn all_time_totals(db: &Path, by: &str) -> (u64, u64, u64) {
-    let j = report_json(
+/// `report --format json --by BY` over all time, in day buckets.
+pub fn all_time_report(db: &Path, by: &str) -> serde_json::Value {
+    report_json(
         db,
         &[
             "--by",
@@ -390,7 +390,27 @@ pub fn all_time_totals(db: &Path, by: &str) -> (u64, u64, u64) {
             "--bucket",
             "1d",
         ],
-    );
+    )
+}
+
+/// (key, bytes) of every row of `totals` in an [`all_time_report`], keyed by `field`.
+pub fn all_time_bytes(db: &Path, by: &str, field: &str) -> Vec<(String, u64)> {
+    all_time_report(db, by)["totals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t[field].as_str().unwrap().to_string(),
+                t["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Totals (bytes, packets, flows) over all time.
+pub fn all_time_totals(db: &Path, by: &str) -> (u64, u64, u64) {
+    let j = all_time_report(db, by);
     let t = &j["total"];
     (
         t["bytes"].as_u64().unwrap(),

@@ -93,23 +93,24 @@ pub fn emit_varlen(out: &mut [u8], value: &[u8]) -> usize {
 
 /// Reads the length prefix of a variable-length field: `(prefix octets, value octets)`.
 pub fn parse_varlen(buf: &[u8], offset: usize) -> Result<(usize, usize), DecodeError> {
-    let first = *buf.first().ok_or(DecodeError::Truncated {
+    varlen_at(buf, 0).ok_or(DecodeError::Truncated {
         what: "variable-length field",
         offset,
-        need: 1,
-        have: 0,
-    })?;
-    if first < 255 {
-        return Ok((1, first as usize));
-    }
-    match buf.get(1..3) {
-        Some(b) => Ok((3, u16::from_be_bytes([b[0], b[1]]) as usize)),
-        None => Err(DecodeError::Truncated {
-            what: "variable-length field",
-            offset,
-            need: 3,
-            have: buf.len(),
-        }),
+        need: if buf.first() == Some(&255) { 3 } else { 1 },
+        have: buf.len(),
+    })
+}
+
+/// [`parse_varlen`] of the field at `at` in `buf`, without the error detail: the prefix is
+/// one length octet, or 255 and two more (RFC 7011 section 7); `None` when `buf` ends first.
+#[inline(always)]
+pub fn varlen_at(buf: &[u8], at: usize) -> Option<(usize, usize)> {
+    match *buf.get(at)? {
+        255 => {
+            let b = buf.get(at + 1..at + 3)?;
+            Some((3, usize::from(u16::from_be_bytes([b[0], b[1]]))))
+        }
+        n => Some((1, usize::from(n))),
     }
 }
 
