@@ -38,6 +38,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::decode::IpsecPorts;
 use crate::export::Target;
 
 /// Defaults, documented in the README's configuration reference.
@@ -117,6 +118,15 @@ pub struct RawConfig {
     pub cache: RawCache,
     #[serde(default, rename = "export")]
     pub exports: Vec<RawExport>,
+    #[serde(default)]
+    pub ipsec: RawIpsec,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIpsec {
+    pub natt_ports: Option<Spanned<Vec<u16>>>,
+    pub ike_ports: Option<Spanned<Vec<u16>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -215,6 +225,8 @@ pub struct Config {
     pub groups: Vec<Group>,
     pub cache: Cache,
     pub exports: Vec<Export>,
+    /// UDP ports decoded as NAT-T ESP and IKE.
+    pub ipsec: IpsecPorts,
 }
 
 impl Config {
@@ -514,7 +526,30 @@ pub fn validate(
         groups: groups.into_values().collect(),
         cache,
         exports,
+        ipsec: ipsec_ports(&raw.ipsec, source)?,
     })
+}
+
+/// `[ipsec] natt_ports` and `ike_ports`: up to [`IpsecPorts::MAX`] non-zero ports each.
+fn ipsec_ports(raw: &RawIpsec, source: Option<&Source>) -> Result<IpsecPorts, ConfigError> {
+    let def = IpsecPorts::DEFAULT;
+    let list = |v: &Option<Spanned<Vec<u16>>>, name: &str, d: &[u16]| match v {
+        None => Ok(d.iter().copied().filter(|p| *p != 0).collect::<Vec<u16>>()),
+        Some(v) if v.get_ref().len() > IpsecPorts::MAX || v.get_ref().contains(&0) => {
+            let msg = format!(
+                "{name} takes at most {} ports, none of them 0",
+                IpsecPorts::MAX
+            );
+            Err(match source {
+                Some(s) => s.error(v.span(), msg),
+                None => flag_err("ipsec", msg),
+            })
+        }
+        Some(v) => Ok(v.get_ref().clone()),
+    };
+    let natt = list(&raw.natt_ports, "natt_ports", &def.natt)?;
+    let ike = list(&raw.ike_ports, "ike_ports", &def.ike)?;
+    Ok(IpsecPorts::new(&natt, &ike).expect("lists checked above"))
 }
 
 fn check_mtu(mtu: usize) -> Result<usize, String> {

@@ -161,6 +161,7 @@ fn cache_config(cfg: &Config, labels: Vec<(u16, String)>) -> CacheConfig {
         idle_timeout: cfg.cache.idle_timeout,
         active_timeout: cfg.cache.active_timeout,
         labels,
+        ipsec_ports: cfg.ipsec,
         ..CacheConfig::default()
     }
 }
