@@ -659,6 +659,21 @@ target = "netflow5://[::1]:2055"
     }
 
     #[test]
+    fn ipsec_ports_default_configure_and_name_a_bad_list() {
+        let cfg = load_text("", &Overrides::default()).unwrap();
+        assert_eq!(cfg.ipsec, IpsecPorts::DEFAULT);
+        let cfg = load_text(
+            "[ipsec]\nnatt_ports = [4500, 14500]\nike_ports = []\n",
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.ipsec, IpsecPorts::new(&[4500, 14500], &[]).unwrap());
+        let e = load_text("[ipsec]\nnatt_ports = [4500, 0]\n", &Overrides::default()).unwrap_err();
+        assert_eq!(e.place, "probe.toml:2:14");
+        assert!(e.message.contains("natt_ports"), "{e}");
+    }
+
+    #[test]
     fn duplicate_group_and_bad_label_are_rejected() {
         let e = load_text(
             "[[group]]\nid = 1\nlabel = \"a\"\n[[group]]\nid = 1\nlabel = \"b\"\n",
