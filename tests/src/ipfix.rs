@@ -155,6 +155,24 @@ impl ExportLog {
     }
 }
 
+impl ExportLog {
+    /// Packets and bytes per SPI of the UDP flows that carry one: UDP-encapsulated ESP
+    /// (RFC 3948), as the probe decodes it on NAT-T ports. Zero means no SPI.
+    pub fn udp_esp_by_spi(&self) -> BTreeMap<u32, Counter> {
+        let mut out: BTreeMap<u32, Counter> = BTreeMap::new();
+        for f in &self.flows {
+            if let (Some(17), Some(spi)) = (f.protocol, f.spi) {
+                if spi != 0 {
+                    let c = out.entry(spi).or_default();
+                    c.packets += f.packets;
+                    c.bytes += f.bytes;
+                }
+            }
+        }
+        out
+    }
+}
+
 fn numbered(rec: &[IPFixFieldPair]) -> Vec<(u16, &FieldValue)> {
     rec.iter()
         .filter_map(|(f, v)| match f {
