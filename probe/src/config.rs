@@ -127,6 +127,7 @@ pub struct RawConfig {
 pub struct RawIpsec {
     pub natt_ports: Option<Spanned<Vec<u16>>>,
     pub ike_ports: Option<Spanned<Vec<u16>>>,
+    pub vici: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -180,6 +181,8 @@ pub struct Overrides {
     pub stats_interval: Option<String>,
     pub observation_domain: Option<u32>,
     pub mtu: Option<usize>,
+    /// `--vici URI`.
+    pub vici: Option<String>,
 }
 
 /// One NFLOG group and its label.
@@ -227,6 +230,8 @@ pub struct Config {
     pub exports: Vec<Export>,
     /// UDP ports decoded as NAT-T ESP and IKE.
     pub ipsec: IpsecPorts,
+    /// strongSwan's vici socket, for tunnel names.
+    pub vici: Option<PathBuf>,
 }
 
 impl Config {
@@ -527,7 +532,35 @@ pub fn validate(
         cache,
         exports,
         ipsec: ipsec_ports(&raw.ipsec, source)?,
+        vici: vici_path(&raw.ipsec, source, over)?,
     })
+}
+
+/// `[ipsec] vici` / `--vici`: `unix://PATH` (the form strongSwan's `swanctl --uri` takes) or
+/// a plain absolute path.
+fn vici_path(
+    raw: &RawIpsec,
+    source: Option<&Source>,
+    over: &Overrides,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let parse = |v: &str| -> Result<PathBuf, String> {
+        let path = v.strip_prefix("unix://").unwrap_or(v);
+        if path.starts_with('/') {
+            Ok(PathBuf::from(path))
+        } else {
+            Err(format!(
+                "vici socket {v:?}: give unix:///PATH or an absolute path (TCP vici is not supported)"
+            ))
+        }
+    };
+    match (&over.vici, &raw.vici) {
+        (Some(v), _) => parse(v).map(Some).map_err(|m| flag_err("--vici", m)),
+        (None, Some(v)) => parse(v.get_ref()).map(Some).map_err(|m| match source {
+            Some(s) => s.error(v.span(), m),
+            None => flag_err("ipsec", m),
+        }),
+        (None, None) => Ok(None),
+    }
 }
 
 /// `[ipsec] natt_ports` and `ike_ports`: up to [`IpsecPorts::MAX`] non-zero ports each.
@@ -671,6 +704,26 @@ target = "netflow5://[::1]:2055"
         let e = load_text("[ipsec]\nnatt_ports = [4500, 0]\n", &Overrides::default()).unwrap_err();
         assert_eq!(e.place, "probe.toml:2:14");
         assert!(e.message.contains("natt_ports"), "{e}");
+        let cfg = load_text(
+            "[ipsec]\nvici = \"unix:///run/charon.vici\"\n",
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.vici, Some(PathBuf::from("/run/charon.vici")));
+        let e = load_text(
+            "[ipsec]\nvici = \"tcp://127.0.0.1:4502\"\n",
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.place, "probe.toml:2:8");
+        let over = Overrides {
+            vici: Some("/tmp/x.vici".into()),
+            ..Overrides::default()
+        };
+        assert_eq!(
+            load_text("", &over).unwrap().vici,
+            Some(PathBuf::from("/tmp/x.vici"))
+        );
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct Flow {
     pub spi: Option<u32>,
     pub packets: u64,
     pub bytes: u64,
+    /// labelflow's `tunnelName` (enterprise element, PEN 32473, id 1).
+    pub tunnel: Option<String>,
 }
 
 /// Accumulates everything decoded from a stream of export datagrams.
@@ -198,7 +200,32 @@ fn iana_number(f: IANAIPFixField) -> Option<u16> {
 }
 
 fn flow_of(rec: &[IPFixFieldPair]) -> Flow {
-    flow_of_numbered(&numbered(rec))
+    let mut f = flow_of_numbered(&numbered(rec));
+    for (field, v) in rec {
+        if let IPFixField::Enterprise {
+            enterprise_number: labelflow_pen::PEN,
+            field_number: labelflow_pen::TUNNEL_NAME,
+        } = field
+        {
+            let raw = match v {
+                FieldValue::String(s) => s.value.clone().into_bytes(),
+                FieldValue::DataNumber(DataNumber::Vec(b)) => b.clone(),
+                FieldValue::Vec(b) => b.clone(),
+                _ => Vec::new(),
+            };
+            let text = String::from_utf8_lossy(&raw)
+                .trim_end_matches('\0')
+                .to_owned();
+            f.tunnel = (!text.is_empty()).then_some(text);
+        }
+    }
+    f
+}
+
+/// labelflow's own enterprise elements (the probe's `proto::ie::labelflow`).
+mod labelflow_pen {
+    pub const PEN: u32 = 32473;
+    pub const TUNNEL_NAME: u16 = 1;
 }
 
 fn flow_of_numbered(pairs: &[(u16, &FieldValue)]) -> Flow {

@@ -169,6 +169,37 @@ impl IpsecPair {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Starts collecting the SA events of the daemon in `role` (see [`SaMonitor`]).
+    pub fn monitor(&self, role: Role) -> Result<SaMonitor, LabError> {
+        use std::io::BufRead;
+        let uri = format!("unix://{}", self.vici(role).display());
+        let mut child = std::process::Command::new("swanctl")
+            .args(["--monitor-sa", "--raw", "--uri", &uri])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| io("spawn swanctl --monitor-sa", e))?;
+        let out = child.stdout.take().ok_or_else(|| LabError::Daemon {
+            name: "swanctl".into(),
+            detail: "no stdout".into(),
+        })?;
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let mut all = sink.lock().unwrap_or_else(|e| e.into_inner());
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+        Ok(SaMonitor {
+            child,
+            lines,
+            reader: Some(reader),
+        })
+    }
+
     /// Every CHILD_SA the daemon in `role` lists now, installed or being deleted.
     pub fn child_sas(&self, role: Role) -> Result<Vec<ChildSa>, LabError> {
         parse_list_sas(&self.swanctl(role, &["--list-sas", "--raw"])?)
@@ -246,27 +277,67 @@ enum Raw {
 }
 
 /// Parses `swanctl --list-sas --raw`: one `list-sa event {IKE {… child-sas {NAME {…}}}}` line
-/// per IKE_SA, then `list-sas reply {}`.
+/// per IKE_SA, then `list-sas reply {}`. Also reads the SA events `swanctl --monitor-sa --raw`
+/// prints (`child-updown event {…}`, `child-rekey event {… {old {…} new {…}}}`): every
+/// section that holds an `spi-in` is a CHILD_SA of the IKE_SA it is nested in.
 pub fn parse_list_sas(text: &str) -> Result<Vec<ChildSa>, LabError> {
     let mut out = Vec::new();
     for line in text.lines() {
-        let Some(body) = line.strip_prefix("list-sa event ") else {
+        let Some((_, body)) = line.split_once(" event ") else {
             continue;
         };
         let mut tokens = tokenize(body).into_iter().peekable();
-        let ikes = section(&mut tokens)?;
-        for (connection, ike) in ikes {
-            let Raw::Section(ike) = ike else { continue };
-            let Some(Raw::Section(children)) = ike.get("child-sas") else {
-                continue;
-            };
-            for child in children.values() {
-                let Raw::Section(c) = child else { continue };
-                out.push(child_sa(&connection, c)?);
+        for (connection, ike) in section(&mut tokens)? {
+            if let Raw::Section(ike) = ike {
+                collect_children(&connection, &ike, &mut out)?;
             }
         }
     }
     Ok(out)
+}
+
+fn collect_children(
+    connection: &str,
+    s: &BTreeMap<String, Raw>,
+    out: &mut Vec<ChildSa>,
+) -> Result<(), LabError> {
+    if s.contains_key("spi-in") {
+        out.push(child_sa(connection, s)?);
+        return Ok(());
+    }
+    for v in s.values() {
+        if let Raw::Section(inner) = v {
+            collect_children(connection, inner, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// `swanctl --monitor-sa --raw` against one daemon: the SA events (with each SA's final
+/// counters when it goes down or is rekeyed) collected in the background. Stops when dropped.
+#[derive(Debug)]
+pub struct SaMonitor {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SaMonitor {
+    /// The CHILD_SAs the events so far described.
+    pub fn child_sas(&self) -> Result<Vec<ChildSa>, LabError> {
+        let text = self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        parse_list_sas(&text)
+    }
+}
+
+impl Drop for SaMonitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
 }
 
 fn child_sa(connection: &str, c: &BTreeMap<String, Raw>) -> Result<ChildSa, LabError> {
@@ -404,6 +475,18 @@ mod tests {
         assert_eq!(sas[1].local_ts, vec!["10.1.0.0/24", "10.1.1.0/24"]);
         assert!(sas[1].remote_ts.is_empty());
         assert!(parse_list_sas("list-sa event {hq {child-sas {x {spi-in=zz}}}}").is_err());
+        // A rekey event nests the old and the new SA one level deeper; up=yes is no IKE_SA.
+        let ev = "child-rekey event {hq {uniqueid=1 child-sas {net-2 {old {name=net \
+            uniqueid=2 spi-in=0000000a spi-out=0000000b bytes-in=10 packets-in=1 bytes-out=20 \
+            packets-out=2} new {name=net uniqueid=3 spi-in=0000000c spi-out=0000000d}}}}}\n\
+            child-updown event {up=yes hq {child-sas {net-4 {name=net uniqueid=4 \
+            spi-in=0000000e spi-out=0000000f}}}}\n";
+        let sas = parse_list_sas(ev).unwrap();
+        let ids: Vec<(u64, u32, u64)> = sas
+            .iter()
+            .map(|s| (s.unique_id, s.spi_in, s.packets_out))
+            .collect();
+        assert_eq!(ids, vec![(3, 0xc, 0), (2, 0xa, 2), (4, 0xe, 0)]);
         assert!(parse_list_sas("list-sa event {hq {a=").is_err());
     }
 }

@@ -13,7 +13,7 @@ use labelflow_tests::lab::{addr, Lab, Role};
 use labelflow_tests::process;
 use labelflow_tests::rules::Counter;
 use labelflow_tests::ruleset::parse_iptables_save_comments;
-use labelflow_tests::strongswan::{ChildSa, IpsecPair, PairConfig};
+use labelflow_tests::strongswan::{ChildSa, IpsecPair, PairConfig, CONNECTION};
 use labelflow_tests::traffic;
 
 /// Accounting on a libipsec gateway: the wire (IKE, NAT-T ESP, keepalives on UDP 500/4500
@@ -48,13 +48,17 @@ fn require_root() {
     assert_eq!(unsafe { libc::geteuid() }, 0, "the kernel lab needs root");
 }
 
-/// Every SA the gateway's charon lists, by unique id, with the highest counters seen.
+/// Every SA the gateway's charon listed or reported in an event, by unique id, with the
+/// highest counters seen for each direction (counters only grow; an SA's final ones come
+/// with the event that takes it down or rekeys it, or from the listing during its delete
+/// delay).
 fn record_sas(seen: &mut BTreeMap<u64, ChildSa>, now: Vec<ChildSa>) {
     for sa in now {
         let e = seen.entry(sa.unique_id).or_insert_with(|| sa.clone());
-        if sa.packets_in + sa.packets_out >= e.packets_in + e.packets_out {
-            *e = sa;
-        }
+        e.bytes_in = e.bytes_in.max(sa.bytes_in);
+        e.packets_in = e.packets_in.max(sa.packets_in);
+        e.bytes_out = e.bytes_out.max(sa.bytes_out);
+        e.packets_out = e.packets_out.max(sa.packets_out);
     }
 }
 
@@ -69,14 +73,23 @@ fn real_ipsec_natt_esp_keyed_per_sa_across_rekeys_and_exact_per_label() {
         },
     )
     .expect("strongSwan pair up");
+    let monitor = pair.monitor(Role::Gw).expect("swanctl --monitor-sa");
     let mut sas = BTreeMap::new();
     record_sas(&mut sas, pair.child_sas(Role::Gw).expect("list SAs"));
     assert!(!sas.is_empty(), "no CHILD_SA after initiate");
 
     let (sock, collector) = process::collector_socket(&lab).expect("collector socket");
-    let mut probe =
-        process::start_probe(&lab, &["--export".into(), format!("ipfix://{collector}")])
-            .expect("probe up");
+    let vici = pair.vici(Role::Gw).display().to_string();
+    let mut probe = process::start_probe(
+        &lab,
+        &[
+            "--export".into(),
+            format!("ipfix://{collector}"),
+            "--vici".into(),
+            format!("unix://{vici}"),
+        ],
+    )
+    .expect("probe up");
     lab.exec_stdin(Role::Gw, "iptables-restore", &[], RULES)
         .expect("load rules");
 
@@ -115,6 +128,7 @@ fn real_ipsec_natt_esp_keyed_per_sa_across_rekeys_and_exact_per_label() {
     lab.exec_stdin(Role::Gw, "iptables-restore", &[], EMPTY_MANGLE)
         .expect("detach rules");
     record_sas(&mut sas, pair.child_sas(Role::Gw).expect("list SAs"));
+    record_sas(&mut sas, monitor.child_sas().expect("SA events"));
     let counters: BTreeMap<String, Counter> =
         parse_iptables_save_comments(&String::from_utf8_lossy(&saved.stdout))
             .expect("counters")
@@ -178,6 +192,28 @@ fn real_ipsec_natt_esp_keyed_per_sa_across_rekeys_and_exact_per_label() {
         esp_wire > 0 && esp_wire < wire.packets,
         "ESP {esp_wire} of {wire:?}"
     );
+    // Named by charon over vici: every wire flow (ESP by SPI, IKE by peer) and every inner
+    // flow (by traffic selector) is the connection's, across rekeys.
+    let unnamed: Vec<_> = export
+        .flows
+        .iter()
+        .filter(|f| matches!(f.label.as_deref(), Some("esp" | "vpn")))
+        .filter(|f| f.tunnel.as_deref() != Some(CONNECTION))
+        .collect();
+    assert!(
+        unnamed.is_empty(),
+        "flows not named {CONNECTION}: {unnamed:?}\nprobe log:\n{}",
+        stopped.stderr
+    );
+    assert!(
+        export
+            .flows
+            .iter()
+            .filter(|f| f.label.as_deref() == Some("other"))
+            .all(|f| f.tunnel.is_none()),
+        "a flow outside the tunnel was named"
+    );
+
     // strongSwan's own SA counters (inner packets, both directions, read while each SA was
     // still listed: a rekeyed SA stays listed for its delete delay) equal the inner label.
     let sa_packets: u64 = sas.values().map(|s| s.packets_in + s.packets_out).sum();

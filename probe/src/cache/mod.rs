@@ -524,6 +524,7 @@ impl FlowCache {
             nflog_prefix: (!a.prefix.is_empty())
                 .then(|| String::from_utf8_lossy(&a.prefix).into_owned()),
             sampling_interval: 1,
+            tunnel: None,
         }
     }
 

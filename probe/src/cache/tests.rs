@@ -112,6 +112,7 @@ fn packets_of_one_flow_make_one_record() {
             user_name: Some("root".into()),
             nflog_prefix: Some("out".into()),
             sampling_interval: 1,
+            tunnel: None,
         }]
     );
     assert!(c.is_empty());
