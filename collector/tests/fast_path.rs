@@ -239,7 +239,7 @@ fn softflowd_ipfix(pcap: &std::path::Path) -> Vec<Vec<u8>> {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let port = sock.local_addr().unwrap().port();
-    let out = Command::new(require("softflowd"))
+    let out = Command::new(require_program("softflowd"))
         .arg("-r")
         .arg(pcap)
         .args(["-n", &format!("127.0.0.1:{port}"), "-v", "10"])

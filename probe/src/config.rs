@@ -26,6 +26,7 @@
 //! [[export]]
 //! target = "ipfix://192.0.2.10:4739"
 //! mtu = 1400
+//! application_id = "rfc6759"  # "varlen" for nfdump 1.7.1 (Debian 12); see AppIdEncoding
 //! ```
 
 use std::collections::BTreeMap;
@@ -39,7 +40,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::decode::IpsecPorts;
-use crate::export::Target;
+use crate::export::{AppIdEncoding, Format, Target};
 
 /// Defaults, documented in the README's configuration reference.
 pub mod defaults {
@@ -164,6 +165,7 @@ pub struct RawExport {
     pub sndbuf: Option<Spanned<usize>>,
     pub template_refresh: Option<Spanned<String>>,
     pub template_refresh_messages: Option<Spanned<u32>>,
+    pub application_id: Option<Spanned<String>>,
 }
 
 /// Command-line values that override (or, without a file, make up) the configuration.
@@ -183,6 +185,8 @@ pub struct Overrides {
     pub mtu: Option<usize>,
     /// `--vici URI`.
     pub vici: Option<String>,
+    /// `--application-id`: for every export target.
+    pub application_id: Option<String>,
 }
 
 /// One NFLOG group and its label.
@@ -215,6 +219,8 @@ pub struct Export {
     pub sndbuf: usize,
     pub template_refresh: Duration,
     pub template_refresh_messages: u32,
+    /// How IPFIX data records carry `applicationId` (`application_id`).
+    pub app_id: AppIdEncoding,
 }
 
 /// The validated configuration.
@@ -505,6 +511,10 @@ pub fn validate(
                     .template_refresh_messages
                     .as_ref()
                     .map_or(defaults::TEMPLATE_REFRESH_MESSAGES, |v| *v.get_ref()),
+                app_id: match &over.application_id {
+                    Some(v) => flag_app_id(v, target)?,
+                    None => app_id(source, &e.application_id, target)?,
+                },
             });
         }
     } else {
@@ -519,6 +529,10 @@ pub fn validate(
                 sndbuf: defaults::SNDBUF,
                 template_refresh: defaults::TEMPLATE_REFRESH,
                 template_refresh_messages: defaults::TEMPLATE_REFRESH_MESSAGES,
+                app_id: match &over.application_id {
+                    Some(v) => flag_app_id(v, target)?,
+                    None => AppIdEncoding::default(),
+                },
             });
         }
     }
@@ -585,6 +599,37 @@ fn ipsec_ports(raw: &RawIpsec, source: Option<&Source>) -> Result<IpsecPorts, Co
     Ok(IpsecPorts::new(&natt, &ike).expect("lists checked above"))
 }
 
+/// `application_id`: `"rfc6759"` (default) or `"varlen"`, the latter for IPFIX targets only
+/// (NetFlow v9 has no variable-length fields; v5 carries no `applicationId`).
+fn parse_app_id(v: &str, target: Target) -> Result<AppIdEncoding, String> {
+    let enc = AppIdEncoding::from_name(v)
+        .ok_or_else(|| format!("application_id {v:?} is neither \"rfc6759\" nor \"varlen\""))?;
+    if enc != AppIdEncoding::Rfc6759 && target.format != Format::Ipfix {
+        return Err(format!(
+            "application_id {v:?} needs an ipfix:// target, not {target}"
+        ));
+    }
+    Ok(enc)
+}
+
+fn app_id(
+    src: Option<&Source>,
+    v: &Option<Spanned<String>>,
+    target: Target,
+) -> Result<AppIdEncoding, ConfigError> {
+    let Some(v) = v else {
+        return Ok(AppIdEncoding::default());
+    };
+    parse_app_id(v.get_ref(), target).map_err(|m| match src {
+        Some(s) => s.error(v.span(), m),
+        None => flag_err("application_id", m),
+    })
+}
+
+fn flag_app_id(v: &str, target: Target) -> Result<AppIdEncoding, ConfigError> {
+    parse_app_id(v, target).map_err(|m| flag_err("--application-id", m))
+}
+
 fn check_mtu(mtu: usize) -> Result<usize, String> {
     // An IPFIX message length is a 16-bit field (RFC 7011 section 3.1), and a message must at
     // least hold its header, a set header and the largest template labelflow sends.
@@ -647,6 +692,7 @@ idle_timeout = "10s"
 [[export]]
 target = "ipfix://127.0.0.1:4739"
 mtu = 1200
+application_id = "varlen"
 [[export]]
 target = "netflow5://[::1]:2055"
 "#,
@@ -667,6 +713,37 @@ target = "netflow5://[::1]:2055"
         assert_eq!(cfg.exports.len(), 2);
         assert_eq!(cfg.exports[0].mtu, 1200);
         assert_eq!(cfg.exports[1].mtu, defaults::MTU);
+        assert_eq!(cfg.exports[0].app_id, AppIdEncoding::Varlen);
+        assert_eq!(cfg.exports[1].app_id, AppIdEncoding::Rfc6759);
+    }
+
+    #[test]
+    fn bad_application_id_names_its_line() {
+        let target = "[[export]]\ntarget = \"ipfix://127.0.0.1:4739\"\n";
+        let e = load_text(
+            &format!("{target}application_id = \"nbar\"\n"),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.place, "probe.toml:3:18");
+        assert!(e.message.contains("neither"), "{e}");
+        let v9 =
+            "[[export]]\ntarget = \"netflow9://127.0.0.1:2055\"\napplication_id = \"varlen\"\n";
+        let e = load_text(v9, &Overrides::default()).unwrap_err();
+        assert_eq!(e.place, "probe.toml:3:18");
+        assert!(e.message.contains("needs an ipfix:// target"), "{e}");
+        let over = Overrides {
+            exports: vec!["netflow5://127.0.0.1:2055".into()],
+            application_id: Some("varlen".into()),
+            ..Overrides::default()
+        };
+        assert_eq!(load(None, &over).unwrap_err().place, "--application-id");
+        let over = Overrides {
+            application_id: Some("varlen".into()),
+            ..Overrides::default()
+        };
+        let cfg = load_text(target, &over).unwrap();
+        assert_eq!(cfg.exports[0].app_id, AppIdEncoding::Varlen);
     }
 
     #[test]

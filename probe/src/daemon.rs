@@ -109,6 +109,7 @@ impl Exporters {
                 domain: cfg.observation_domain,
                 template_interval: e.template_refresh,
                 template_every: e.template_refresh_messages,
+                app_id: e.app_id,
                 ..ExportConfig::default()
             };
             let exporter =

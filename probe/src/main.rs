@@ -77,6 +77,11 @@ struct Cli {
     #[arg(long, value_name = "URI")]
     vici: Option<String>,
 
+    /// How IPFIX data records carry applicationId, for every target: rfc6759 (default;
+    /// nfdump >= 1.7.2, pmacct, Wireshark) or varlen (also nfdump 1.7.1, Debian 12).
+    #[arg(long, value_name = "rfc6759|varlen")]
+    application_id: Option<String>,
+
     /// Validate the configuration, print it, and exit (0 when valid, 64 when not).
     #[arg(long)]
     check_config: bool,
@@ -111,6 +116,7 @@ fn main() -> ExitCode {
         observation_domain: cli.observation_domain,
         mtu: cli.mtu,
         vici: cli.vici.clone(),
+        application_id: cli.application_id.clone(),
     };
     let cfg = match config::load(cli.config.as_deref(), &over) {
         Ok(cfg) => cfg,

@@ -43,13 +43,6 @@ pub fn find_binary(name: &str) -> Result<PathBuf, LabError> {
     })
 }
 
-/// Whether a program is on PATH (for optional peers such as nfcapd).
-pub fn on_path(prog: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(prog).is_file()))
-        .unwrap_or(false)
-}
-
 /// NFLOG groups bound by some listener in the namespace
 /// (`/proc/net/netfilter/nfnetlink_log`, first column).
 pub fn bound_nflog_groups(lab: &Lab) -> Result<Vec<u16>, LabError> {
@@ -254,25 +247,6 @@ pub fn collector_socket(lab: &Lab) -> Result<(UdpSocket, SocketAddr), LabError> 
     )?;
     let addr = sock.local_addr().map_err(|e| io("local_addr", e))?;
     Ok((sock, addr))
-}
-
-/// Whether a UDP port is bound on 127.0.0.1 or any address inside the gateway
-/// (`/proc/net/udp`, local address column `0100007F:PORT` or `00000000:PORT`, hex).
-pub fn gw_udp_port_bound(lab: &Lab, port: u16) -> Result<bool, LabError> {
-    let out = lab.exec(Role::Gw, "cat", &["/proc/net/udp"])?;
-    let want = format!(":{port:04X}");
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .any(|local| local.ends_with(&want)))
-}
-
-/// A UDP port free on 127.0.0.1 inside the gateway (for a daemon that binds it next).
-pub fn free_gw_udp_port(lab: &Lab) -> Result<u16, LabError> {
-    let (sock, addr) = collector_socket(lab)?;
-    drop(sock);
-    Ok(addr.port())
 }
 
 /// Kernel state of one NFLOG group in the gateway (`/proc/net/netfilter/nfnetlink_log`)

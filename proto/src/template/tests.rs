@@ -345,3 +345,53 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn varlen_application_id_differs_only_in_its_length_prefix() {
+    let rec = sample_v4();
+    let len = flow_record_len_with(&rec, AppIdEncoding::Varlen);
+    assert_eq!(len, SAMPLE_V4_RECORD.len() + 1);
+    let mut out = vec![0u8; len];
+    emit_flow_with(&rec, AppIdEncoding::Varlen, &mut out);
+    // observationPointId, then the length octet 5 and the same five octets.
+    assert_eq!(out[..4], SAMPLE_V4_RECORD[..4]);
+    assert_eq!(out[4], 5);
+    assert_eq!(out[5..], SAMPLE_V4_RECORD[4..]);
+    let app_id = FLOW_V4_VARLEN_APP_ID
+        .fields
+        .iter()
+        .find(|f| f.id == iana::APPLICATION_ID)
+        .unwrap();
+    assert!(app_id.is_varlen());
+
+    let mut w = MessageWriter::new(1400);
+    w.begin(1_700_000_000, 0, 9);
+    assert!(write_templates_with(&mut w, AppIdEncoding::Varlen));
+    assert!(write_flow_with(&mut w, &rec, AppIdEncoding::Varlen));
+    let msg = Message::new_checked(w.finish().to_vec()).unwrap();
+    let flows = decode_message(&msg).unwrap();
+    assert_eq!(flows.len(), 1);
+    assert_eq!(flows[0].group, Some(2));
+    assert_eq!(flows[0].bytes, 1400);
+}
+
+#[test]
+fn each_application_name_travels_in_a_set_of_its_own() {
+    let mut w = MessageWriter::new(1400);
+    w.begin(1_700_000_000, 0, 9);
+    for group in [1, 2] {
+        let o = OptionsRecord::AppName {
+            group,
+            name: format!("g{group}"),
+            description: String::new(),
+        };
+        assert!(o.write(&mut w));
+    }
+    let msg = Message::new_checked(w.finish().to_vec()).unwrap();
+    let sets: Vec<_> = msg.sets().map(Result::unwrap).collect();
+    assert_eq!(sets.len(), 2);
+    for s in &sets {
+        assert_eq!(s.id, APP_NAMES_ID);
+        assert_eq!(s.body.len(), APP_NAMES.fixed_record_len().unwrap());
+    }
+}
