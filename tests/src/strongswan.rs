@@ -37,6 +37,10 @@ pub const CHILD: &str = "net";
 const PLUGINS: &str = "random nonce aes sha1 sha2 hmac gmp kdf pem pkcs1 x509 pubkey \
                        socket-default kernel-libipsec kernel-netlink vici updown";
 
+/// Seconds a rekeyed SA stays listed (with its final counters) before charon deletes it:
+/// long enough that a test reads every SA of its run at the end.
+const DELETE_REKEYED_DELAY: u32 = 120;
+
 /// How a pair is set up.
 #[derive(Debug, Clone)]
 pub struct PairConfig {
@@ -173,8 +177,10 @@ impl IpsecPair {
     pub fn monitor(&self, role: Role) -> Result<SaMonitor, LabError> {
         use std::io::BufRead;
         let uri = format!("unix://{}", self.vici(role).display());
-        let mut child = std::process::Command::new("swanctl")
-            .args(["--monitor-sa", "--raw", "--uri", &uri])
+        // Line-buffered: swanctl prints with stdio, which holds a pipe's output back until
+        // its buffer fills, and the events must be readable while the daemon runs.
+        let mut child = std::process::Command::new("stdbuf")
+            .args(["-oL", "swanctl", "--monitor-sa", "--raw", "--uri", &uri])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -241,6 +247,7 @@ fn write(path: &Path, text: &str) -> Result<(), LabError> {
 fn strongswan_conf(vici: &Path) -> String {
     format!(
         "charon {{\n  load = {PLUGINS}\n  install_routes = yes\n  \
+         delete_rekeyed_delay = {DELETE_REKEYED_DELAY}\n  \
          plugins {{\n    vici {{\n      socket = unix://{}\n    }}\n  }}\n  \
          filelog {{\n    stderr {{\n      default = 1\n    }}\n  }}\n}}\n",
         vici.display()
@@ -248,14 +255,25 @@ fn strongswan_conf(vici: &Path) -> String {
 }
 
 fn swanctl_conf(s: &Side, cfg: &PairConfig) -> String {
+    // Only the gateway rekeys (no collisions of two rekeys at once), make-before-break: the
+    // SA lives three rekey intervals, so the new SA is up long before the old one would
+    // expire, and strongSwan reports the old one's final counters with the rekey.
     let rekey = cfg.rekey_time.as_secs().max(1);
+    let lifetimes = if s.role == Role::Gw {
+        format!(
+            "rekey_time = {rekey}s\n        life_time = {}s\n        rand_time = 1s",
+            3 * rekey
+        )
+    } else {
+        format!("rekey_time = 0s\n        life_time = {}s", 30 * rekey)
+    };
     format!(
         "connections {{\n  {CONNECTION} {{\n    version = 2\n    local_addrs = {me}\n    \
          remote_addrs = {peer}\n    encap = yes\n    proposals = aes128-sha256-modp2048\n    \
          local {{\n      auth = psk\n      id = {id}\n    }}\n    \
          remote {{\n      auth = psk\n      id = {peer_id}\n    }}\n    \
          children {{\n      {CHILD} {{\n        local_ts = {lts}\n        remote_ts = {rts}\n        \
-         rekey_time = {rekey}s\n        esp_proposals = aes128-sha256\n        \
+         {lifetimes}\n        esp_proposals = aes128-sha256\n        \
          start_action = none\n      }}\n    }}\n  }}\n}}\n\
          secrets {{\n  ike-lab {{\n    id-1 = gw.lab\n    id-2 = remote.lab\n    \
          secret = \"labelflow-lab-psk\"\n  }}\n}}\n",
@@ -323,6 +341,11 @@ pub struct SaMonitor {
 }
 
 impl SaMonitor {
+    /// The events so far, as swanctl printed them.
+    pub fn text(&self) -> String {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The CHILD_SAs the events so far described.
     pub fn child_sas(&self) -> Result<Vec<ChildSa>, LabError> {
         let text = self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone();

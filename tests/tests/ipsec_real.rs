@@ -26,6 +26,8 @@ const RULES: &str = "*mangle
 :LF_ESP - [0:0]
 :LF_VPN - [0:0]
 :LF_OTHER - [0:0]
+-A PREROUTING -i ipsec0 -m comment --comment vpn:in
+-A POSTROUTING -o ipsec0 -m comment --comment vpn:out
 -A PREROUTING -i wan -p udp -m multiport --ports 500,4500 -g LF_ESP
 -A PREROUTING -i wan -g LF_OTHER
 -A PREROUTING -i ipsec0 -g LF_VPN
@@ -214,21 +216,33 @@ fn real_ipsec_natt_esp_keyed_per_sa_across_rekeys_and_exact_per_label() {
         "a flow outside the tunnel was named"
     );
 
-    // strongSwan's own SA counters (inner packets, both directions, read while each SA was
-    // still listed: a rekeyed SA stays listed for its delete delay) equal the inner label.
-    let sa_packets: u64 = sas.values().map(|s| s.packets_in + s.packets_out).sum();
-    let sa_bytes: u64 = sas.values().map(|s| s.bytes_in + s.bytes_out).sum();
-    let inner = counters["labelflow-count:vpn"];
+    // strongSwan's own SA counters (inner packets), every SA read at the end (rekeyed SAs stay
+    // listed for the delete delay). Inbound, every packet an SA decrypted enters `ipsec0`:
+    // exactly the kernel's count. Outbound, the kernel counts a packet as it is routed into
+    // `ipsec0`, before libipsec encrypts it; libipsec's outbound counters of a rekeyed SA
+    // stop short of what crossed (seen here: up to 3 % of a run's outbound packets), so
+    // outbound only bounds them.
+    let sa_in: (u64, u64) = sas
+        .values()
+        .fold((0, 0), |a, s| (a.0 + s.packets_in, a.1 + s.bytes_in));
+    let sa_out: (u64, u64) = sas
+        .values()
+        .fold((0, 0), |a, s| (a.0 + s.packets_out, a.1 + s.bytes_out));
+    let (k_in, k_out) = (counters["vpn:in"], counters["vpn:out"]);
     eprintln!(
-        "SAs {}, SPIs exported {}, strongSwan inner {sa_packets} packets {sa_bytes} bytes, \
-         kernel vpn {inner:?}, wire {wire:?}",
+        "SAs {}, SPIs exported {}, strongSwan inner in {sa_in:?} out {sa_out:?}, kernel vpn in \
+         {k_in:?} out {k_out:?}, crossed udp {udp:?} pings {pings:?}, wire {wire:?}",
         sas.len(),
         exported.len()
     );
     assert_eq!(
-        (sa_packets, sa_bytes),
-        (inner.packets, inner.bytes),
-        "strongSwan's SA counters against the kernel's inner label"
+        sa_in,
+        (k_in.packets, k_in.bytes),
+        "inbound: SA counters against the kernel; SAs {sas:#?}"
+    );
+    assert!(
+        sa_out.0 > 0 && sa_out.0 <= k_out.packets && sa_out.1 <= k_out.bytes,
+        "outbound: SA {sa_out:?} <= kernel {k_out:?}; SAs {sas:#?}"
     );
     drop(pair);
 }
