@@ -75,19 +75,24 @@ pub struct Stopped {
 impl Daemon {
     /// Starts `prog ARGS` inside the role's namespace, stdout and stderr captured.
     pub fn start(lab: &Lab, role: Role, prog: &Path, args: &[String]) -> Result<Daemon, LabError> {
+        Daemon::start_in(&lab.ns(role), prog, args)
+    }
+
+    /// Starts `prog ARGS` inside the namespace `ns`, stdout and stderr captured.
+    pub fn start_in(ns: &str, prog: &Path, args: &[String]) -> Result<Daemon, LabError> {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let name = prog
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let n = DAEMONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let base = std::env::temp_dir().join(format!("{}-{name}-{n}", lab.ns(role)));
+        let base = std::env::temp_dir().join(format!("{ns}-{name}-{n}"));
         let stdout_path = base.with_extension("out");
         let stderr_path = base.with_extension("err");
         let file = |p: &Path| {
             std::fs::File::create(p).map_err(|e| io(&format!("create {}", p.display()), e))
         };
-        let child = netns::command(&lab.ns(role), &prog.to_string_lossy(), &args)
+        let child = netns::command(ns, &prog.to_string_lossy(), &args)
             .stdin(std::process::Stdio::null())
             .stdout(file(&stdout_path)?)
             .stderr(file(&stderr_path)?)

@@ -44,17 +44,32 @@ const DELETE_REKEYED_DELAY: u32 = 120;
 /// How a pair is set up.
 #[derive(Debug, Clone)]
 pub struct PairConfig {
-    /// CHILD_SA rekey interval (strongSwan `rekey_time`); the SA's life is 10 % longer.
+    /// CHILD_SA rekey interval (strongSwan `rekey_time`) of the initiating ends.
     pub rekey_time: Duration,
+    /// Also a road warrior behind a masquerading NAT (see [`IpsecPair::up`]).
+    pub road_warrior: bool,
 }
 
 impl Default for PairConfig {
     fn default() -> Self {
         PairConfig {
             rekey_time: Duration::from_secs(3600),
+            road_warrior: false,
         }
     }
 }
+
+/// The road warrior's connection name (at the gateway and at the road warrior).
+pub const RW_CONNECTION: &str = "rw";
+/// The road warrior's inner address (its end of the tunnel's traffic selectors).
+pub const RW_INNER: &str = "10.77.0.5";
+/// The NAT's public address: where the gateway sees the road warrior's IKE and ESP come from.
+pub const RW_NAT_PUBLIC: &str = "203.0.113.2";
+/// The Internet peer's address on the NAT's link (its route to the NAT).
+const RW_NAT_GATEWAY: &str = "203.0.113.1";
+/// Namespace suffixes of the road warrior's part of the lab.
+const NAT_SUFFIX: &str = "nat";
+const RW_SUFFIX: &str = "rw";
 
 /// One CHILD_SA as strongSwan lists it. Counters are of the inner (decrypted) packets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,18 +91,43 @@ pub struct ChildSa {
     pub remote_ts: Vec<String>,
 }
 
-/// Two charon daemons, in the Internet peer and the gateway, with one tunnel between the
-/// remote subnet and the LAN. Dropping it stops both daemons.
+/// charon daemons in the Internet peer (site `hq`, remote subnet 10.99.0.0/24) and the
+/// gateway (the LAN 198.51.100.0/24), with the tunnel between them up; optionally a road
+/// warrior (connection `rw`, inner address [`RW_INNER`]) in namespace `PREFIX-rw` behind a
+/// masquerading NAT in `PREFIX-nat`, which reaches the Internet peer over 203.0.113.0/24:
+///
+/// ```text
+///  PREFIX-rw 10.0.77.2 ── 10.0.77.1 PREFIX-nat 203.0.113.2 ── 203.0.113.1 PREFIX-inet ── gw
+///  (lo 10.77.0.5)              MASQUERADE                         forwards
+/// ```
+///
+/// Dropping it stops the daemons and deletes the road warrior's namespaces.
 #[derive(Debug)]
 pub struct IpsecPair {
     dir: PathBuf,
     prefix: String,
-    daemons: Vec<(Role, Daemon)>,
+    /// (peer name, daemon): `inet`, `gw`, `rw`.
+    daemons: Vec<(&'static str, Daemon)>,
+    extra_ns: Vec<String>,
+}
+
+/// One IKE connection as one end configures it.
+struct Conn {
+    name: &'static str,
+    local_addrs: &'static str,
+    remote_addrs: &'static str,
+    local_id: &'static str,
+    remote_id: &'static str,
+    local_ts: &'static str,
+    remote_ts: &'static str,
+    /// This end initiates and rekeys; the other end never rekeys (no collisions).
+    initiator: bool,
 }
 
 impl IpsecPair {
-    /// Starts both daemons, loads their configuration and brings the tunnel up (initiated by
-    /// the gateway). Fails with charon's own log when anything does not come up in time.
+    /// Starts the daemons, loads their configuration and brings the tunnels up (the gateway
+    /// initiates `hq`, the road warrior `rw`). Fails with charon's own log when anything
+    /// does not come up in time.
     pub fn up(lab: &Lab, cfg: &PairConfig) -> Result<IpsecPair, LabError> {
         if !Path::new(CHARON).is_file() {
             return Err(LabError::MissingBinary {
@@ -95,78 +135,194 @@ impl IpsecPair {
                 searched: "Debian strongswan-charon (scripts/deps.sh installs it)".into(),
             });
         }
-        let dir = std::env::temp_dir().join(format!("{}-ipsec", lab.prefix()));
         let mut pair = IpsecPair {
-            dir: dir.clone(),
+            dir: std::env::temp_dir().join(format!("{}-ipsec", lab.prefix())),
             prefix: lab.prefix().to_owned(),
             daemons: Vec::new(),
+            extra_ns: Vec::new(),
         };
-        let gw = Side {
-            role: Role::Gw,
-            me: "192.0.2.2",
-            peer: "192.0.2.1",
-            id: "gw.lab",
-            peer_id: "remote.lab",
+        let hq_gw = Conn {
+            name: CONNECTION,
+            local_addrs: "192.0.2.2",
+            remote_addrs: "192.0.2.1",
+            local_id: "gw.lab",
+            remote_id: "remote.lab",
             local_ts: "198.51.100.0/24",
             remote_ts: crate::lab::addr::REMOTE_NET_V4,
+            initiator: true,
         };
-        let inet = Side {
-            role: Role::Inet,
-            me: "192.0.2.1",
-            peer: "192.0.2.2",
-            id: "remote.lab",
-            peer_id: "gw.lab",
+        let hq_inet = Conn {
+            name: CONNECTION,
+            local_addrs: "192.0.2.1",
+            remote_addrs: "192.0.2.2",
+            local_id: "remote.lab",
+            remote_id: "gw.lab",
             local_ts: crate::lab::addr::REMOTE_NET_V4,
             remote_ts: "198.51.100.0/24",
+            initiator: false,
         };
-        for side in [&inet, &gw] {
-            let d = dir.join(side.role.suffix());
-            std::fs::create_dir_all(&d).map_err(|e| io(&format!("mkdir {}", d.display()), e))?;
-            write(
-                &d.join("strongswan.conf"),
-                &strongswan_conf(&pair.vici(side.role)),
-            )?;
-            write(&d.join("swanctl.conf"), &swanctl_conf(side, cfg))?;
-            let conf = d.join("strongswan.conf");
-            let args = vec![
-                format!("STRONGSWAN_CONF={}", conf.display()),
-                "unshare".into(),
-                "-m".into(),
-                "sh".into(),
-                "-c".into(),
-                format!("mount -t tmpfs none /run && exec {CHARON}"),
-            ];
-            let mut daemon = Daemon::start(lab, side.role, Path::new("/usr/bin/env"), &args)?;
-            let vici = pair.vici(side.role);
-            daemon.wait_until("vici socket", Duration::from_secs(20), || {
-                Ok(std::os::unix::net::UnixStream::connect(&vici).is_ok())
-            })?;
-            pair.daemons.push((side.role, daemon));
-            pair.swanctl(
-                side.role,
-                &[
-                    "--load-all",
-                    "--file",
-                    &d.join("swanctl.conf").to_string_lossy(),
-                ],
-            )?;
+        let rw_gw = Conn {
+            name: RW_CONNECTION,
+            local_addrs: "192.0.2.2",
+            remote_addrs: "%any",
+            local_id: "gw.lab",
+            remote_id: "rw.lab",
+            local_ts: "198.51.100.0/24",
+            remote_ts: "10.77.0.5/32",
+            initiator: false,
+        };
+        let rw_rw = Conn {
+            name: RW_CONNECTION,
+            local_addrs: "%any",
+            remote_addrs: "192.0.2.2",
+            local_id: "rw.lab",
+            remote_id: "gw.lab",
+            local_ts: "10.77.0.5/32",
+            remote_ts: "198.51.100.0/24",
+            initiator: true,
+        };
+        pair.start(&lab.inet(), "inet", &[hq_inet], cfg)?;
+        if cfg.road_warrior {
+            pair.road_warrior_net(lab)?;
+            pair.start(&lab.gw(), "gw", &[hq_gw, rw_gw], cfg)?;
+            let rw_ns = format!("{}-{RW_SUFFIX}", pair.prefix);
+            pair.start(&rw_ns, "rw", &[rw_rw], cfg)?;
+            pair.swanctl_at("rw", &["--initiate", "--child", CHILD, "--timeout", "20"])?;
+        } else {
+            pair.start(&lab.gw(), "gw", &[hq_gw], cfg)?;
         }
-        pair.swanctl(
-            Role::Gw,
-            &["--initiate", "--child", CHILD, "--timeout", "20"],
-        )?;
+        pair.swanctl_at("gw", &["--initiate", "--child", CHILD, "--timeout", "20"])?;
         Ok(pair)
     }
 
-    /// The vici socket of the daemon in `role`.
+    /// Writes the configuration of peer `name`, starts its charon inside `ns` with a private
+    /// `/run`, waits for its vici socket and loads the connections.
+    fn start(
+        &mut self,
+        ns: &str,
+        name: &'static str,
+        conns: &[Conn],
+        cfg: &PairConfig,
+    ) -> Result<(), LabError> {
+        let d = self.dir.join(name);
+        std::fs::create_dir_all(&d).map_err(|e| io(&format!("mkdir {}", d.display()), e))?;
+        let conf = d.join("strongswan.conf");
+        write(&conf, &strongswan_conf(&self.vici_at(name)))?;
+        write(&d.join("swanctl.conf"), &swanctl_conf(conns, cfg))?;
+        let args = vec![
+            format!("STRONGSWAN_CONF={}", conf.display()),
+            "unshare".into(),
+            "-m".into(),
+            "sh".into(),
+            "-c".into(),
+            format!("mount -t tmpfs none /run && exec {CHARON}"),
+        ];
+        let mut daemon = Daemon::start_in(ns, Path::new("/usr/bin/env"), &args)?;
+        let vici = self.vici_at(name);
+        daemon.wait_until("vici socket", Duration::from_secs(20), || {
+            Ok(std::os::unix::net::UnixStream::connect(&vici).is_ok())
+        })?;
+        self.daemons.push((name, daemon));
+        let file = d.join("swanctl.conf");
+        self.swanctl_at(name, &["--load-all", "--file", &file.to_string_lossy()])?;
+        Ok(())
+    }
+
+    /// The road warrior's namespaces, links, addresses, routes and NAT.
+    fn road_warrior_net(&mut self, lab: &Lab) -> Result<(), LabError> {
+        let (nat, rw) = (
+            format!("{}-{NAT_SUFFIX}", self.prefix),
+            format!("{}-{RW_SUFFIX}", self.prefix),
+        );
+        for ns in [&nat, &rw] {
+            netns::run(None, "ip", &["netns", "add", ns], None)?;
+            self.extra_ns.push(ns.clone());
+            netns::run(Some(ns), "ip", &["link", "set", "lo", "up"], None)?;
+        }
+        let inet = lab.inet();
+        let run = |ns: &str, args: &[&str]| netns::run(Some(ns), args[0], &args[1..], None);
+        netns::run(
+            None,
+            "ip",
+            &[
+                "link", "add", "pub0", "netns", &nat, "type", "veth", "peer", "name", "tonat",
+                "netns", &inet,
+            ],
+            None,
+        )?;
+        netns::run(
+            None,
+            "ip",
+            &[
+                "link", "add", "priv0", "netns", &nat, "type", "veth", "peer", "name", "eth0",
+                "netns", &rw,
+            ],
+            None,
+        )?;
+        for (ns, dev, addr) in [
+            (inet.as_str(), "tonat", "203.0.113.1/24"),
+            (nat.as_str(), "pub0", "203.0.113.2/24"),
+            (nat.as_str(), "priv0", "10.0.77.1/24"),
+            (rw.as_str(), "eth0", "10.0.77.2/24"),
+        ] {
+            run(
+                ns,
+                &[
+                    "ethtool", "-K", dev, "gro", "off", "gso", "off", "tso", "off", "tx", "off",
+                    "rx", "off",
+                ],
+            )?;
+            run(ns, &["ip", "addr", "add", addr, "dev", dev])?;
+            run(ns, &["ip", "link", "set", dev, "up"])?;
+        }
+        run(
+            &rw,
+            &["ip", "addr", "add", &format!("{RW_INNER}/32"), "dev", "lo"],
+        )?;
+        run(&rw, &["ip", "route", "add", "default", "via", "10.0.77.1"])?;
+        run(
+            &nat,
+            &["ip", "route", "add", "default", "via", RW_NAT_GATEWAY],
+        )?;
+        run(&nat, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
+        run(
+            &nat,
+            &[
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                "pub0",
+                "-j",
+                "MASQUERADE",
+            ],
+        )?;
+        run(&inet, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
+        run(
+            &lab.gw(),
+            &["ip", "route", "add", "203.0.113.0/24", "via", "192.0.2.1"],
+        )?;
+        Ok(())
+    }
+
+    /// The vici socket of the daemon in `role` (the Internet peer or the gateway).
     pub fn vici(&self, role: Role) -> PathBuf {
-        self.dir
-            .join(format!("{}-{}.vici", self.prefix, role.suffix()))
+        self.vici_at(role.suffix())
+    }
+
+    fn vici_at(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{}-{name}.vici", self.prefix))
     }
 
     /// `swanctl ARGS --uri unix://VICI` against the daemon in `role`.
     pub fn swanctl(&self, role: Role, args: &[&str]) -> Result<String, LabError> {
-        let uri = format!("unix://{}", self.vici(role).display());
+        self.swanctl_at(role.suffix(), args)
+    }
+
+    fn swanctl_at(&self, name: &str, args: &[&str]) -> Result<String, LabError> {
+        let uri = format!("unix://{}", self.vici_at(name).display());
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["--uri", &uri]);
         let out = netns::run(None, "swanctl", &all, None)?;
@@ -211,11 +367,16 @@ impl IpsecPair {
         parse_list_sas(&self.swanctl(role, &["--list-sas", "--raw"])?)
     }
 
-    /// Stops both daemons (SIGTERM), returning the first failure with charon's log.
+    /// Stops the daemons (SIGTERM), returning the first failure with charon's log.
     pub fn down(&mut self) -> Result<(), LabError> {
         let mut first = Ok(());
         for (_, mut d) in self.daemons.drain(..) {
             if let Err(e) = d.stop(libc::SIGTERM, Duration::from_secs(10)) {
+                first = first.and(Err(e));
+            }
+        }
+        for ns in self.extra_ns.drain(..) {
+            if let Err(e) = netns::delete(&ns) {
                 first = first.and(Err(e));
             }
         }
@@ -230,60 +391,58 @@ impl Drop for IpsecPair {
     }
 }
 
-struct Side {
-    role: Role,
-    me: &'static str,
-    peer: &'static str,
-    id: &'static str,
-    peer_id: &'static str,
-    local_ts: &'static str,
-    remote_ts: &'static str,
-}
-
 fn write(path: &Path, text: &str) -> Result<(), LabError> {
     std::fs::write(path, text).map_err(|e| io(&format!("write {}", path.display()), e))
 }
 
 fn strongswan_conf(vici: &Path) -> String {
+    // keep_alive 2 s: NAT-keepalives (RFC 3948 section 2.3) show up within a short test.
     format!(
         "charon {{\n  load = {PLUGINS}\n  install_routes = yes\n  \
-         delete_rekeyed_delay = {DELETE_REKEYED_DELAY}\n  \
+         delete_rekeyed_delay = {DELETE_REKEYED_DELAY}\n  keep_alive = 2s\n  \
          plugins {{\n    vici {{\n      socket = unix://{}\n    }}\n  }}\n  \
          filelog {{\n    stderr {{\n      default = 1\n    }}\n  }}\n}}\n",
         vici.display()
     )
 }
 
-fn swanctl_conf(s: &Side, cfg: &PairConfig) -> String {
-    // Only the gateway rekeys (no collisions of two rekeys at once), make-before-break: the
+fn swanctl_conf(conns: &[Conn], cfg: &PairConfig) -> String {
+    // Only the initiator rekeys (no collisions of two rekeys at once), make-before-break: the
     // SA lives three rekey intervals, so the new SA is up long before the old one would
-    // expire, and strongSwan reports the old one's final counters with the rekey.
+    // expire.
     let rekey = cfg.rekey_time.as_secs().max(1);
-    let lifetimes = if s.role == Role::Gw {
-        format!(
-            "rekey_time = {rekey}s\n        life_time = {}s\n        rand_time = 1s",
-            3 * rekey
-        )
-    } else {
-        format!("rekey_time = 0s\n        life_time = {}s", 30 * rekey)
-    };
-    format!(
-        "connections {{\n  {CONNECTION} {{\n    version = 2\n    local_addrs = {me}\n    \
-         remote_addrs = {peer}\n    encap = yes\n    proposals = aes128-sha256-modp2048\n    \
-         local {{\n      auth = psk\n      id = {id}\n    }}\n    \
-         remote {{\n      auth = psk\n      id = {peer_id}\n    }}\n    \
-         children {{\n      {CHILD} {{\n        local_ts = {lts}\n        remote_ts = {rts}\n        \
-         {lifetimes}\n        esp_proposals = aes128-sha256\n        \
-         start_action = none\n      }}\n    }}\n  }}\n}}\n\
-         secrets {{\n  ike-lab {{\n    id-1 = gw.lab\n    id-2 = remote.lab\n    \
-         secret = \"labelflow-lab-psk\"\n  }}\n}}\n",
-        me = s.me,
-        peer = s.peer,
-        id = s.id,
-        peer_id = s.peer_id,
-        lts = s.local_ts,
-        rts = s.remote_ts,
-    )
+    let mut out = String::from("connections {\n");
+    for c in conns {
+        let lifetimes = if c.initiator {
+            format!(
+                "rekey_time = {rekey}s\n        life_time = {}s\n        rand_time = 1s",
+                3 * rekey
+            )
+        } else {
+            format!("rekey_time = 0s\n        life_time = {}s", 30 * rekey)
+        };
+        out.push_str(&format!(
+            "  {name} {{\n    version = 2\n    local_addrs = {la}\n    remote_addrs = {ra}\n    \
+             encap = yes\n    proposals = aes128-sha256-modp2048\n    \
+             local {{\n      auth = psk\n      id = {lid}\n    }}\n    \
+             remote {{\n      auth = psk\n      id = {rid}\n    }}\n    \
+             children {{\n      {CHILD} {{\n        local_ts = {lts}\n        remote_ts = {rts}\n        \
+             {lifetimes}\n        esp_proposals = aes128-sha256\n        \
+             start_action = none\n      }}\n    }}\n  }}\n",
+            name = c.name,
+            la = c.local_addrs,
+            ra = c.remote_addrs,
+            lid = c.local_id,
+            rid = c.remote_id,
+            lts = c.local_ts,
+            rts = c.remote_ts,
+        ));
+    }
+    out.push_str(
+        "}\nsecrets {\n  ike-lab {\n    id-1 = gw.lab\n    id-2 = remote.lab\n    id-3 = rw.lab\n    \
+         secret = \"labelflow-lab-psk\"\n  }\n}\n",
+    );
+    out
 }
 
 /// A value in swanctl's raw output: `k=v`, `k=[a b]` or `k {…}`.

@@ -1,25 +1,28 @@
-//! labelflow-probe on a gateway running real IPsec: strongSwan negotiates IKEv2 with the
-//! Internet peer, ESP travels inside UDP 4500 (RFC 3948) and is rekeyed every few seconds.
-//! The probe's per-label export equals the kernel's counters, every UDP-encapsulated ESP
-//! flow carries the SPI of an SA strongSwan negotiated, and SAs of several generations
-//! (rekeys) appear. Needs root, Debian's strongswan-charon and the built probe.
+//! labelflow-probe on a gateway running real IPsec: strongSwan negotiates IKEv2 with a site
+//! (`hq`) and with a road warrior behind a masquerading NAT (`rw`); ESP travels inside UDP
+//! 4500 (RFC 3948) and is rekeyed every few seconds. Checked against the kernel's counters
+//! and strongSwan's own: per label, per connection on the wire and inside, per SA.
+//! Needs root, Debian's strongswan-charon and the built probe.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use labelflow_tests::ipfix::ExportLog;
+use labelflow_tests::ipfix::{ExportLog, Flow};
 use labelflow_tests::lab::{addr, Lab, Role};
 use labelflow_tests::process;
 use labelflow_tests::rules::Counter;
 use labelflow_tests::ruleset::parse_iptables_save_comments;
-use labelflow_tests::strongswan::{ChildSa, IpsecPair, PairConfig, CONNECTION};
+use labelflow_tests::strongswan::{
+    ChildSa, IpsecPair, PairConfig, CONNECTION, RW_CONNECTION, RW_INNER,
+};
 use labelflow_tests::traffic;
 
 /// Accounting on a libipsec gateway: the wire (IKE, NAT-T ESP, keepalives on UDP 500/4500
 /// across `wan`) to group 1, the clear text entering and leaving through the TUN device
-/// `ipsec0` to group 2, everything else on `wan` to group 3. Each label chain opens with a
-/// counting rule: the kernel's ground truth.
+/// `ipsec0` to group 2, everything else on `wan` to group 3. Counting-only rules give the
+/// kernel's ground truth: per label, per peer on the wire (`hq` is 192.0.2.1, the road
+/// warrior comes from its NAT's 203.0.113.2), per connection inside (by inner subnet).
 const RULES: &str = "*mangle
 :PREROUTING ACCEPT [0:0]
 :POSTROUTING ACCEPT [0:0]
@@ -34,8 +37,18 @@ const RULES: &str = "*mangle
 -A POSTROUTING -o wan -p udp -m multiport --ports 500,4500 -g LF_ESP
 -A POSTROUTING -o wan -g LF_OTHER
 -A POSTROUTING -o ipsec0 -g LF_VPN
+-A LF_ESP -s 192.0.2.1 -m comment --comment wire:hq
+-A LF_ESP -d 192.0.2.1 -m comment --comment wire:hq
+-A LF_ESP -s 203.0.113.2 -m comment --comment wire:rw
+-A LF_ESP -d 203.0.113.2 -m comment --comment wire:rw
 -A LF_ESP -m comment --comment labelflow-count:esp
 -A LF_ESP -j NFLOG --nflog-group 1
+-A LF_VPN -s 10.99.0.0/24 -m comment --comment inner:hq
+-A LF_VPN -d 10.99.0.0/24 -m comment --comment inner:hq
+-A LF_VPN -s 10.77.0.5 -m comment --comment inner:rw
+-A LF_VPN -d 10.77.0.5 -m comment --comment inner:rw
+-A LF_VPN -i ipsec0 -s 10.99.0.0/24 -m comment --comment inner-in:hq
+-A LF_VPN -i ipsec0 -s 10.77.0.5 -m comment --comment inner-in:rw
 -A LF_VPN -m comment --comment labelflow-count:vpn
 -A LF_VPN -j NFLOG --nflog-group 2
 -A LF_OTHER -m comment --comment labelflow-count:other
@@ -51,9 +64,8 @@ fn require_root() {
 }
 
 /// Every SA the gateway's charon listed or reported in an event, by unique id, with the
-/// highest counters seen for each direction (counters only grow; an SA's final ones come
-/// with the event that takes it down or rekeys it, or from the listing during its delete
-/// delay).
+/// highest counters seen for each direction (counters only grow; rekeyed SAs stay listed for
+/// the delete delay, SAs taken down come with their final counters in the event).
 fn record_sas(seen: &mut BTreeMap<u64, ChildSa>, now: Vec<ChildSa>) {
     for sa in now {
         let e = seen.entry(sa.unique_id).or_insert_with(|| sa.clone());
@@ -64,21 +76,65 @@ fn record_sas(seen: &mut BTreeMap<u64, ChildSa>, now: Vec<ChildSa>) {
     }
 }
 
+fn sum(flows: &[&Flow]) -> Counter {
+    flows.iter().fold(Counter::default(), |mut c, f| {
+        c.packets += f.packets;
+        c.bytes += f.bytes;
+        c
+    })
+}
+
+/// What crossed the tunnels: UDP datagrams and pings from the LAN host to `dst`.
+fn burst(lab: &Lab, dst: IpAddr, to: Role, rw: Option<&str>) -> u64 {
+    let lan = SocketAddr::new(IpAddr::V4(addr::LAN_V4), 40_000);
+    let remote = SocketAddr::new(dst, 5_000);
+    let mut crossed = 0;
+    match rw {
+        // The road warrior's namespace is no lab role: its receiver is bound there directly.
+        Some(ns) => {
+            let rx = labelflow_tests::netns::udp_socket(ns, remote, None).expect("rw socket");
+            rx.set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+            let tx = labelflow_tests::netns::udp_socket(&lab.lan(), lan, None).expect("lan socket");
+            let mut buf = [0u8; 512];
+            for _ in 0..10 {
+                tx.send_to(&[0x5a; 300], remote).expect("send");
+                if rx.recv_from(&mut buf).is_ok() {
+                    crossed += 1;
+                }
+            }
+        }
+        None => {
+            let c = traffic::udp(lab, Role::Lan, lan, to, remote, 20, 300).expect("udp");
+            crossed += c.packets;
+        }
+    }
+    let (_, got) =
+        traffic::ping(lab, Role::Lan, IpAddr::V4(addr::LAN_V4), dst, 2, 56).expect("ping");
+    crossed + got
+}
+
 #[test]
-fn real_ipsec_natt_esp_keyed_per_sa_across_rekeys_and_exact_per_label() {
+fn real_ipsec_site_and_road_warrior_named_exact_per_label_connection_and_sa() {
     require_root();
     let lab = Lab::up().expect("lab up");
     let pair = IpsecPair::up(
         &lab,
         &PairConfig {
             rekey_time: Duration::from_secs(6),
+            road_warrior: true,
         },
     )
-    .expect("strongSwan pair up");
+    .expect("strongSwan pair and road warrior up");
     let monitor = pair.monitor(Role::Gw).expect("swanctl --monitor-sa");
     let mut sas = BTreeMap::new();
     record_sas(&mut sas, pair.child_sas(Role::Gw).expect("list SAs"));
-    assert!(!sas.is_empty(), "no CHILD_SA after initiate");
+    let up: BTreeSet<&str> = sas.values().map(|s| s.connection.as_str()).collect();
+    assert_eq!(
+        up,
+        BTreeSet::from([CONNECTION, RW_CONNECTION]),
+        "CHILD_SAs after initiate"
+    );
 
     let (sock, collector) = process::collector_socket(&lab).expect("collector socket");
     let vici = pair.vici(Role::Gw).display().to_string();
@@ -95,33 +151,19 @@ fn real_ipsec_natt_esp_keyed_per_sa_across_rekeys_and_exact_per_label() {
     lab.exec_stdin(Role::Gw, "iptables-restore", &[], RULES)
         .expect("load rules");
 
-    // 16 s of traffic through the tunnel (LAN host to the remote subnet), across at least two
-    // rekeys at 6 s (strongSwan rekeys up to 10 % early).
-    let lan = SocketAddr::new(IpAddr::V4(addr::LAN_V4), 40_000);
-    let remote = SocketAddr::new(IpAddr::V4(addr::REMOTE_V4), 5_000);
-    let (mut udp, mut pings) = (Counter::default(), (0, 0));
+    // 16 s of traffic through both tunnels, across at least two rekeys of each at 6 s.
+    let rw_ns = format!("{}-rw", lab.prefix());
+    let rw_inner: IpAddr = RW_INNER.parse().expect("literal");
+    let remote = IpAddr::V4(addr::REMOTE_V4);
+    let mut crossed = 0;
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(16) {
-        let c = traffic::udp(&lab, Role::Lan, lan, Role::Inet, remote, 20, 300).expect("udp");
-        udp.packets += c.packets;
-        udp.bytes += c.bytes;
-        let (sent, got) = traffic::ping(
-            &lab,
-            Role::Lan,
-            IpAddr::V4(addr::LAN_V4),
-            IpAddr::V4(addr::REMOTE_V4),
-            2,
-            56,
-        )
-        .expect("ping");
-        pings = (pings.0 + sent, pings.1 + got);
+        crossed += burst(&lab, remote, Role::Inet, None);
+        crossed += burst(&lab, rw_inner, Role::Inet, Some(&rw_ns));
         record_sas(&mut sas, pair.child_sas(Role::Gw).expect("list SAs"));
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(
-        udp.packets > 0 && pings.1 > 0,
-        "nothing crossed the tunnel: {udp:?} {pings:?}"
-    );
+    assert!(crossed > 0, "nothing crossed the tunnels");
 
     // Detach before reading, so that counted and logged are the same packets.
     let saved = lab
@@ -131,11 +173,13 @@ fn real_ipsec_natt_esp_keyed_per_sa_across_rekeys_and_exact_per_label() {
         .expect("detach rules");
     record_sas(&mut sas, pair.child_sas(Role::Gw).expect("list SAs"));
     record_sas(&mut sas, monitor.child_sas().expect("SA events"));
-    let counters: BTreeMap<String, Counter> =
-        parse_iptables_save_comments(&String::from_utf8_lossy(&saved.stdout))
-            .expect("counters")
-            .into_iter()
-            .collect();
+    // Rules with the same comment add up.
+    let mut counters: BTreeMap<String, Counter> = BTreeMap::new();
+    for (k, c) in
+        parse_iptables_save_comments(&String::from_utf8_lossy(&saved.stdout)).expect("counters")
+    {
+        *counters.entry(k).or_default() += c;
+    }
     let stopped = probe
         .stop(libc::SIGTERM, Duration::from_secs(20))
         .expect("probe stop");
@@ -149,100 +193,116 @@ fn real_ipsec_natt_esp_keyed_per_sa_across_rekeys_and_exact_per_label() {
         "decode errors: {:?}",
         export.errors
     );
+    let count = |k: &str| counters.get(k).copied().unwrap_or_default();
 
     // Per label, exactly the kernel's counters.
     let by_label = export.totals_by_label();
-    for label in ["esp", "vpn"] {
-        let truth = counters[&format!("labelflow-count:{label}")];
-        assert!(truth.packets > 0, "{label}: the kernel counted nothing");
+    for label in ["esp", "vpn", "other"] {
+        let truth = count(&format!("labelflow-count:{label}"));
+        assert!(
+            label == "other" || truth.packets > 0,
+            "{label}: the kernel counted nothing"
+        );
         assert_eq!(
             by_label.get(label).copied().unwrap_or_default(),
             truth,
             "{label}"
         );
     }
-    let other = counters["labelflow-count:other"];
-    assert_eq!(
-        by_label.get("other").copied().unwrap_or_default(),
-        other,
-        "other"
-    );
 
-    // Every UDP-encapsulated ESP flow names an SA strongSwan negotiated, and rekeys show as
-    // new SPIs: the gateway's outbound and inbound SPI of at least three generations.
-    let negotiated: BTreeSet<u32> = sas.values().flat_map(|s| [s.spi_in, s.spi_out]).collect();
-    let exported = export.udp_esp_by_spi();
-    let unknown: Vec<String> = exported
-        .keys()
-        .filter(|spi| !negotiated.contains(spi))
-        .map(|spi| format!("{spi:08x}"))
-        .collect();
-    assert!(
-        unknown.is_empty(),
-        "SPIs strongSwan never listed: {unknown:?} (listed {negotiated:x?})"
-    );
-    assert!(
-        sas.len() >= 3 && exported.len() >= 4,
-        "expected two rekeys: {} SAs listed, {} SPIs exported",
-        sas.len(),
-        exported.len()
-    );
-    // ESP is the bulk of the wire label; IKE (rekeys) is the rest of it.
-    let esp_wire: u64 = exported.values().map(|c| c.packets).sum();
-    let wire = counters["labelflow-count:esp"];
-    assert!(
-        esp_wire > 0 && esp_wire < wire.packets,
-        "ESP {esp_wire} of {wire:?}"
-    );
-    // Named by charon over vici: every wire flow (ESP by SPI, IKE by peer) and every inner
-    // flow (by traffic selector) is the connection's, across rekeys.
-    let unnamed: Vec<_> = export
-        .flows
-        .iter()
-        .filter(|f| matches!(f.label.as_deref(), Some("esp" | "vpn")))
-        .filter(|f| f.tunnel.as_deref() != Some(CONNECTION))
-        .collect();
-    assert!(
-        unnamed.is_empty(),
-        "flows not named {CONNECTION}: {unnamed:?}\nprobe log:\n{}",
-        stopped.stderr
-    );
-    assert!(
+    // Named by charon over vici: every wire flow (ESP by SPI, IKE and keepalives by peer) and
+    // every inner flow (by traffic selector), across rekeys; per connection, on the wire and
+    // inside, exactly what the per-peer and per-subnet rules counted.
+    let named = |label: &str, conn: &str| -> Vec<&Flow> {
         export
             .flows
             .iter()
-            .filter(|f| f.label.as_deref() == Some("other"))
-            .all(|f| f.tunnel.is_none()),
-        "a flow outside the tunnel was named"
+            .filter(|f| f.label.as_deref() == Some(label) && f.tunnel.as_deref() == Some(conn))
+            .collect()
+    };
+    for conn in [CONNECTION, RW_CONNECTION] {
+        assert_eq!(
+            sum(&named("esp", conn)),
+            count(&format!("wire:{conn}")),
+            "{conn} on the wire"
+        );
+        assert_eq!(
+            sum(&named("vpn", conn)),
+            count(&format!("inner:{conn}")),
+            "{conn} inside"
+        );
+        assert!(
+            count(&format!("wire:{conn}")).packets > 0,
+            "{conn}: no wire traffic"
+        );
+    }
+    let unnamed: Vec<&Flow> = export
+        .flows
+        .iter()
+        .filter(|f| matches!(f.label.as_deref(), Some("esp" | "vpn")) && f.tunnel.is_none())
+        .collect();
+    assert!(
+        unnamed.is_empty(),
+        "flows without a tunnel: {unnamed:?}\nprobe log:\n{}",
+        stopped.stderr
     );
 
-    // strongSwan's own SA counters (inner packets), every SA read at the end (rekeyed SAs stay
-    // listed for the delete delay). Inbound, every packet an SA decrypted enters `ipsec0`:
-    // exactly the kernel's count. Outbound, the kernel counts a packet as it is routed into
-    // `ipsec0`, before libipsec encrypts it; libipsec's outbound counters of a rekeyed SA
+    // Every UDP-encapsulated ESP flow carries the SPI of an SA strongSwan negotiated for the
+    // connection it is named after; rekeys show as new SPIs.
+    let sa_of: BTreeMap<u32, &str> = sas
+        .values()
+        .flat_map(|s| {
+            [
+                (s.spi_in, s.connection.as_str()),
+                (s.spi_out, s.connection.as_str()),
+            ]
+        })
+        .collect();
+    let mut spis = BTreeSet::new();
+    for f in &export.flows {
+        if let (Some(17), Some(spi)) = (f.protocol, f.spi.filter(|s| *s != 0)) {
+            assert_eq!(
+                sa_of.get(&spi).copied(),
+                f.tunnel.as_deref(),
+                "SPI {spi:08x}: strongSwan's connection against the exported name"
+            );
+            spis.insert(spi);
+        }
+    }
+    let per_conn = |c: &str| sas.values().filter(|s| s.connection == c).count();
+    assert!(
+        per_conn(CONNECTION) >= 3 && per_conn(RW_CONNECTION) >= 3,
+        "expected two rekeys of each: {sas:#?}"
+    );
+
+    // strongSwan's SA counters per connection, inbound (decrypted packets entering ipsec0):
+    // exactly the kernel's count. Outbound the kernel counts a packet as it is routed into
+    // ipsec0, before libipsec encrypts it, and libipsec's outbound counters of a rekeyed SA
     // stop short of what crossed (seen here: up to 3 % of a run's outbound packets), so
     // outbound only bounds them.
-    let sa_in: (u64, u64) = sas
-        .values()
-        .fold((0, 0), |a, s| (a.0 + s.packets_in, a.1 + s.bytes_in));
-    let sa_out: (u64, u64) = sas
-        .values()
-        .fold((0, 0), |a, s| (a.0 + s.packets_out, a.1 + s.bytes_out));
-    let (k_in, k_out) = (counters["vpn:in"], counters["vpn:out"]);
-    eprintln!(
-        "SAs {}, SPIs exported {}, strongSwan inner in {sa_in:?} out {sa_out:?}, kernel vpn in \
-         {k_in:?} out {k_out:?}, crossed udp {udp:?} pings {pings:?}, wire {wire:?}",
-        sas.len(),
-        exported.len()
-    );
-    assert_eq!(
-        sa_in,
-        (k_in.packets, k_in.bytes),
-        "inbound: SA counters against the kernel; SAs {sas:#?}"
-    );
-    assert!(
-        sa_out.0 > 0 && sa_out.0 <= k_out.packets && sa_out.1 <= k_out.bytes,
-        "outbound: SA {sa_out:?} <= kernel {k_out:?}; SAs {sas:#?}"
-    );
+    for conn in [CONNECTION, RW_CONNECTION] {
+        let of = sas.values().filter(|s| s.connection == conn);
+        let sa_in = of
+            .clone()
+            .fold((0, 0), |a, s| (a.0 + s.packets_in, a.1 + s.bytes_in));
+        let sa_out: u64 = of.map(|s| s.packets_out).sum();
+        let k_in = count(&format!("inner-in:{conn}"));
+        let k_all = count(&format!("inner:{conn}"));
+        eprintln!(
+            "{conn}: strongSwan in {sa_in:?} out {sa_out}, kernel in {k_in:?} both {k_all:?}, \
+             wire {:?}",
+            count(&format!("wire:{conn}"))
+        );
+        assert_eq!(
+            sa_in,
+            (k_in.packets, k_in.bytes),
+            "{conn} inbound; SAs {sas:#?}"
+        );
+        assert!(
+            sa_out > 0 && sa_in.0 + sa_out <= k_all.packets,
+            "{conn} outbound"
+        );
+    }
+    eprintln!("SAs {}, SPIs exported {}", sas.len(), spis.len());
     drop(pair);
 }
