@@ -170,6 +170,7 @@ fn sample_flow(i: u32, v6: bool) -> FlowRecord {
         user_name: (i % 4 == 1).then(|| "www-data".into()),
         nflog_prefix: (i % 4 == 2).then(|| "WAN:".into()),
         sampling_interval: 1,
+        tunnel: None,
     }
 }
 
@@ -324,6 +325,7 @@ fn arb_flow() -> impl Strategy<Value = FlowRecord> {
                 user_name,
                 nflog_prefix,
                 sampling_interval: 1,
+                tunnel: None,
             },
         )
 }

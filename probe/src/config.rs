@@ -39,6 +39,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::decode::IpsecPorts;
 use crate::export::{AppIdEncoding, Format, Target};
 
 /// Defaults, documented in the README's configuration reference.
@@ -118,6 +119,16 @@ pub struct RawConfig {
     pub cache: RawCache,
     #[serde(default, rename = "export")]
     pub exports: Vec<RawExport>,
+    #[serde(default)]
+    pub ipsec: RawIpsec,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIpsec {
+    pub natt_ports: Option<Spanned<Vec<u16>>>,
+    pub ike_ports: Option<Spanned<Vec<u16>>>,
+    pub vici: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,6 +185,8 @@ pub struct Overrides {
     pub mtu: Option<usize>,
     /// `--application-id`: for every export target.
     pub application_id: Option<String>,
+    /// `--vici URI`.
+    pub vici: Option<String>,
 }
 
 /// One NFLOG group and its label.
@@ -221,6 +234,10 @@ pub struct Config {
     pub groups: Vec<Group>,
     pub cache: Cache,
     pub exports: Vec<Export>,
+    /// UDP ports decoded as NAT-T ESP and IKE.
+    pub ipsec: IpsecPorts,
+    /// strongSwan's vici socket, for tunnel names.
+    pub vici: Option<PathBuf>,
 }
 
 impl Config {
@@ -528,6 +545,8 @@ pub fn validate(
         groups: groups.into_values().collect(),
         cache,
         exports,
+        ipsec: ipsec_ports(&raw.ipsec, source)?,
+        vici: vici_path(&raw.ipsec, source, over)?,
     })
 }
 
@@ -560,6 +579,55 @@ fn app_id(
 
 fn flag_app_id(v: &str, target: Target) -> Result<AppIdEncoding, ConfigError> {
     parse_app_id(v, target).map_err(|m| flag_err("--application-id", m))
+}
+
+/// `[ipsec] vici` / `--vici`: `unix://PATH` (the form strongSwan's `swanctl --uri` takes) or
+/// a plain absolute path.
+fn vici_path(
+    raw: &RawIpsec,
+    source: Option<&Source>,
+    over: &Overrides,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let parse = |v: &str| -> Result<PathBuf, String> {
+        let path = v.strip_prefix("unix://").unwrap_or(v);
+        if path.starts_with('/') {
+            Ok(PathBuf::from(path))
+        } else {
+            Err(format!(
+                "vici socket {v:?}: give unix:///PATH or an absolute path (TCP vici is not supported)"
+            ))
+        }
+    };
+    match (&over.vici, &raw.vici) {
+        (Some(v), _) => parse(v).map(Some).map_err(|m| flag_err("--vici", m)),
+        (None, Some(v)) => parse(v.get_ref()).map(Some).map_err(|m| match source {
+            Some(s) => s.error(v.span(), m),
+            None => flag_err("ipsec", m),
+        }),
+        (None, None) => Ok(None),
+    }
+}
+
+/// `[ipsec] natt_ports` and `ike_ports`: up to [`IpsecPorts::MAX`] non-zero ports each.
+fn ipsec_ports(raw: &RawIpsec, source: Option<&Source>) -> Result<IpsecPorts, ConfigError> {
+    let def = IpsecPorts::DEFAULT;
+    let list = |v: &Option<Spanned<Vec<u16>>>, name: &str, d: &[u16]| match v {
+        None => Ok(d.iter().copied().filter(|p| *p != 0).collect::<Vec<u16>>()),
+        Some(v) if v.get_ref().len() > IpsecPorts::MAX || v.get_ref().contains(&0) => {
+            let msg = format!(
+                "{name} takes at most {} ports, none of them 0",
+                IpsecPorts::MAX
+            );
+            Err(match source {
+                Some(s) => s.error(v.span(), msg),
+                None => flag_err("ipsec", msg),
+            })
+        }
+        Some(v) => Ok(v.get_ref().clone()),
+    };
+    let natt = list(&raw.natt_ports, "natt_ports", &def.natt)?;
+    let ike = list(&raw.ike_ports, "ike_ports", &def.ike)?;
+    Ok(IpsecPorts::new(&natt, &ike).expect("lists checked above"))
 }
 
 fn check_mtu(mtu: usize) -> Result<usize, String> {
@@ -698,6 +766,41 @@ target = "netflow5://[::1]:2055"
         .unwrap_err();
         assert_eq!(e.place, "probe.toml:2:18");
         assert!(e.message.contains("invalid duration"), "{e}");
+    }
+
+    #[test]
+    fn ipsec_ports_default_configure_and_name_a_bad_list() {
+        let cfg = load_text("", &Overrides::default()).unwrap();
+        assert_eq!(cfg.ipsec, IpsecPorts::DEFAULT);
+        let cfg = load_text(
+            "[ipsec]\nnatt_ports = [4500, 14500]\nike_ports = []\n",
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.ipsec, IpsecPorts::new(&[4500, 14500], &[]).unwrap());
+        let e = load_text("[ipsec]\nnatt_ports = [4500, 0]\n", &Overrides::default()).unwrap_err();
+        assert_eq!(e.place, "probe.toml:2:14");
+        assert!(e.message.contains("natt_ports"), "{e}");
+        let cfg = load_text(
+            "[ipsec]\nvici = \"unix:///run/charon.vici\"\n",
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.vici, Some(PathBuf::from("/run/charon.vici")));
+        let e = load_text(
+            "[ipsec]\nvici = \"tcp://127.0.0.1:4502\"\n",
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.place, "probe.toml:2:8");
+        let over = Overrides {
+            vici: Some("/tmp/x.vici".into()),
+            ..Overrides::default()
+        };
+        assert_eq!(
+            load_text("", &over).unwrap().vici,
+            Some(PathBuf::from("/tmp/x.vici"))
+        );
     }
 
     #[test]

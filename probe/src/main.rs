@@ -76,6 +76,10 @@ struct Cli {
     /// nfdump >= 1.7.2, pmacct, Wireshark) or varlen (also nfdump 1.7.1, Debian 12).
     #[arg(long, value_name = "rfc6759|varlen")]
     application_id: Option<String>,
+    /// strongSwan's vici socket (unix:///run/charon.vici): flows are exported with the name
+    /// of the IKE connection they belong to.
+    #[arg(long, value_name = "URI")]
+    vici: Option<String>,
 
     /// Validate the configuration, print it, and exit (0 when valid, 64 when not).
     #[arg(long)]
@@ -111,6 +115,7 @@ fn main() -> ExitCode {
         observation_domain: cli.observation_domain,
         mtu: cli.mtu,
         application_id: cli.application_id.clone(),
+        vici: cli.vici.clone(),
     };
     let cfg = match config::load(cli.config.as_deref(), &over) {
         Ok(cfg) => cfg,
@@ -170,7 +175,7 @@ fn run_live(cfg: &config::Config) -> anyhow::Result<()> {
         .map(|g| format!("{}={}", g.id, g.label))
         .collect();
     let targets: Vec<String> = cfg.exports.iter().map(|e| e.target.to_string()).collect();
-    tracing::info!(groups = ?groups, exports = ?targets, "listening");
+    tracing::info!(groups = ?groups, exports = ?targets, vici = ?cfg.vici, "listening");
     daemon::run_live(cfg, source, &stop)?;
     tracing::info!("stopped");
     Ok(())

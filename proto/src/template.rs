@@ -2,7 +2,7 @@
 //!
 //! | template | id | contents |
 //! |---|---|---|
-//! | [`FLOW_V4`] | 256 | one IPv4 flow: group, label, 5-tuple, ICMP, SPI, interfaces, counters, times, mark, user, prefix |
+//! | [`FLOW_V4`] | 256 | one IPv4 flow: group, label, 5-tuple, ICMP, SPI, interfaces, counters, times, mark, user, prefix, tunnel |
 //! | [`FLOW_V6`] | 257 | the same for IPv6 |
 //! | [`APP_NAMES`] | 258 | options, scope `observationPointId` (group): `applicationId`, `applicationName`, `applicationDescription` |
 //! | [`INTERFACES`] | 259 | options, scope `ingressInterface`: `interfaceName`, `interfaceDescription` |
@@ -26,7 +26,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::ie::{
-    be_uint, iana, netfilter, FieldSpec, Ie, APP_ENGINE_USER_DEFINED, PEN_NETFILTER, VARLEN,
+    be_uint, iana, labelflow, netfilter, FieldSpec, Ie, APP_ENGINE_USER_DEFINED, PEN_LABELFLOW,
+    PEN_NETFILTER, VARLEN,
 };
 use crate::ipfix::{
     emit_varlen, varlen_size, DecodeError, Message, MessageWriter, Record, Template, TemplateDef,
@@ -127,6 +128,7 @@ macro_rules! flow_fields {
             i(iana::APPLICATION_NAME, VARLEN),
             i(iana::USER_NAME, VARLEN),
             FieldSpec::enterprise(PEN_NETFILTER, netfilter::PREFIX, VARLEN),
+            FieldSpec::enterprise(PEN_LABELFLOW, labelflow::TUNNEL_NAME, VARLEN),
         ]
     };
 }
@@ -280,6 +282,7 @@ pub fn flow_record_len_with(rec: &FlowRecord, app_id: AppIdEncoding) -> usize {
         + varlen_size(opt_str(&rec.label).len().max(1))
         + varlen_size(opt_str(&rec.user_name).len().max(1))
         + varlen_size(opt_str(&rec.nflog_prefix).len().max(1))
+        + varlen_size(opt_str(&rec.tunnel).len().max(1))
 }
 
 struct Out<'a> {
@@ -365,6 +368,7 @@ pub fn emit_flow_with(rec: &FlowRecord, app_id: AppIdEncoding, out: &mut [u8]) {
     o.varlen(opt_str(&rec.label));
     o.varlen(opt_str(&rec.user_name));
     o.varlen(opt_str(&rec.nflog_prefix));
+    o.varlen(opt_str(&rec.tunnel));
 }
 
 /// Writes the data record for `rec` into the writer; false when it does not fit.
@@ -623,6 +627,7 @@ pub fn decode_flow(rec: &Record<'_>, domain: u32) -> FlowRecord {
             Ie::NetfilterMark => f.mark = (n != 0).then_some(n as u32),
             Ie::UserName => f.user_name = non_empty(v),
             Ie::NetfilterPrefix => f.nflog_prefix = non_empty(v),
+            Ie::TunnelName => f.tunnel = non_empty(v),
             _ => {}
         }
     }

@@ -23,6 +23,7 @@ fn sample_v4() -> FlowRecord {
         mark: Some(7),
         user_name: None,
         nflog_prefix: Some("in".into()),
+        tunnel: Some("hq".into()),
         ..FlowRecord::default()
     }
 }
@@ -47,6 +48,7 @@ const SAMPLE_V4_RECORD: &[u8] = &[
     0x03, b'e', b's', b'p',                         // applicationName
     0x01, 0x00,                                     // userName (none): one NUL
     0x02, b'i', b'n',                               // netfilter prefix
+    0x02, b'h', b'q',                               // labelflow tunnelName
 ];
 
 #[test]
@@ -159,8 +161,9 @@ prop_compose! {
         direction in prop::option::of(prop_oneof![Just(Direction::Ingress), Just(Direction::Egress)]),
         mark in prop::option::of(1u32..),
         user_name in arb_string(),
-        nflog_prefix in arb_string(),
+        texts in (arb_string(), arb_string()),
     ) -> FlowRecord {
+        let (nflog_prefix, tunnel) = texts;
         let (src_addr, dst_addr): (IpAddr, IpAddr) = if v6 {
             (Ipv6Addr::from(a).into(), Ipv6Addr::from(b).into())
         } else {
@@ -191,6 +194,7 @@ prop_compose! {
             user_name,
             nflog_prefix,
             sampling_interval: 1,
+            tunnel,
         }
     }
 }
@@ -282,6 +286,7 @@ fn via_netflow_parser(msgs: &[Vec<u8>]) -> Vec<FlowRecord> {
                             (Ie::NetfilterPrefix, FieldValue::Vec(_)) => {
                                 f.nflog_prefix = non_empty(&raw)
                             }
+                            (Ie::TunnelName, FieldValue::Vec(_)) => f.tunnel = non_empty(&raw),
                             (Ie::SourceIpv4Address | Ie::SourceIpv6Address, v) => {
                                 f.src_addr = IpAddr::try_from(v).unwrap()
                             }
