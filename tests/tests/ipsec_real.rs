@@ -59,8 +59,7 @@ COMMIT
 const EMPTY_MANGLE: &str = "*mangle\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n";
 
 fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "the kernel lab needs root");
+    labelflow_testkit::tools::require_root("the kernel lab: network namespaces, strongSwan");
 }
 
 /// Every SA the gateway's charon listed or reported in an event, by unique id, with the
