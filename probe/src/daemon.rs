@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  NflogSocket::recv_batch ─► Pipeline::handle ─► FlowCache
-//!  (or PcapReader)                                   │ expire(now) / flush(now)
+//!  (or CaptureReader)                                   │ expire(now) / flush(now)
 //!                                                    ▼
 //!                                 UdpExporter::push ─► IPFIX / v9 / v5 over UDP
 //!  every template refresh: ExportMeta (labels, interface names, per-group loss) ─► options
@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::export::{ExportConfig, ExportMeta, GroupMeta, InterfaceMeta, TargetStats, UdpExporter};
 use crate::nflog::{GroupConfig, NflogConfig, NflogSocket, SourceStats};
 use crate::pipeline::{Pipeline, PipelineStats};
-use crate::replay::{PcapReader, ReplayStats};
+use crate::replay::{CaptureReader, ReplayStats};
 
 /// Wall-clock milliseconds, from one anchor taken at start and the monotonic clock since.
 /// A wall-clock step (NTP) while running does not bend flow times.
@@ -348,11 +348,11 @@ pub fn run_live(
 /// metadata belong to `label` (pseudo group 0).
 pub fn run_replay(cfg: &Config, path: &Path, label: Option<&str>) -> anyhow::Result<RunSummary> {
     const PSEUDO_GROUP: u16 = 0;
-    let mut reader = PcapReader::open(path, PSEUDO_GROUP)
+    let mut reader = CaptureReader::open(path, PSEUDO_GROUP)
         .with_context(|| format!("cannot replay {}", path.display()))?;
     let mut labels: Vec<(u16, String)> =
         cfg.groups.iter().map(|g| (g.id, g.label.clone())).collect();
-    let is_nflog = reader.link_type() == crate::replay::linktype::NFLOG;
+    let is_nflog = reader.link_type() == Some(crate::replay::linktype::NFLOG);
     if let Some(l) = label {
         if is_nflog {
             tracing::warn!(

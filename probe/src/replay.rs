@@ -1,28 +1,33 @@
-//! Pcap replay: classic pcap files (both byte orders, micro- and nanosecond timestamps) read
-//! into the same `(PacketMeta, payload)` the NFLOG socket produces, with the capture's
-//! timestamps, so the pipeline runs deterministically over a file.
+//! Capture replay: pcap (both byte orders, micro- and nanosecond timestamps) and pcapng
+//! (any section byte order, per-interface `if_tsresol`/`if_tsoffset`) files read into the
+//! same `(PacketMeta, payload)` the NFLOG socket produces, with the capture's timestamps, so
+//! the pipeline runs deterministically over a file.
 //!
 //! ```text
-//!  file ──► 1 MiB reusable buffer ──► record header (16 bytes) ──► link layer
+//!  file ──► memory map (read-only, sequential advice) ──► format::Cursor: pcap records or
+//!  pcapng blocks, as views (no copy) ──► link layer of the record's interface
 //!     LINKTYPE_NFLOG (239)   nflog_hdr + TLVs: group, prefix, mark, uid, ifindex, payload
 //!     ETHERNET (1)           VLAN tags (802.1Q / 802.1ad / 0x9100) skipped
 //!     RAW (101, 12), IPV4 (228), IPV6 (229)
 //!     LINUX_SLL (113), LINUX_SLL2 (276)
-//!  ──► (PacketMeta, payload starting at the IP header)
+//!  ──► (PacketMeta, payload starting at the IP header), both borrowed from the map
 //! ```
 //!
-//! pcapng is not read (the error says how to convert: `editcap -F pcap in.pcapng out.pcap`).
 //! Non-IP records are skipped and counted; a record whose link header is malformed is
 //! skipped and counted; a truncated or corrupt file is an error naming the file and the byte
 //! offset, after every complete record before it was delivered.
 
 use std::fs::File;
-use std::io::{self, Read};
-use std::ops::Range;
+use std::io;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
-use crate::nflog::wire::{self, HeaderOrder};
+use crate::nflog::wire;
 use crate::packet::{PacketMeta, L3};
+
+pub mod format;
+
+use format::{Cursor, FormatError, Record};
 
 /// `LINKTYPE_*` values read (https://www.tcpdump.org/linktypes.html).
 pub mod linktype {
@@ -36,18 +41,6 @@ pub mod linktype {
     pub const NFLOG: u16 = 239;
     pub const LINUX_SLL2: u16 = 276;
 }
-
-const PCAP_MAGIC_MICROS: u32 = 0xa1b2_c3d4;
-const PCAP_MAGIC_NANOS: u32 = 0xa1b2_3c4d;
-const PCAPNG_MAGIC: u32 = 0x0a0d_0d0a;
-const FILE_HEADER_LEN: usize = 24;
-const RECORD_HEADER_LEN: usize = 16;
-/// Read size and initial buffer.
-const CHUNK: usize = 1 << 20;
-/// Largest record accepted when the file's snaplen is smaller (libpcap's own maximum).
-const MAX_RECORD_DEFAULT: u32 = 262_144;
-/// Largest record accepted whatever the snaplen says.
-const MAX_RECORD_HARD: u32 = 16 << 20;
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -64,26 +57,11 @@ pub enum ReplayError {
         #[source]
         source: io::Error,
     },
-    #[error("{path}: pcapng is not supported; convert with `editcap -F pcap IN OUT`")]
-    Pcapng { path: PathBuf },
-    #[error("{path}: not a pcap file (magic {magic:#010x})")]
-    BadMagic { path: PathBuf, magic: u32 },
-    #[error("{path}: unsupported link type {linktype}")]
-    UnsupportedLinkType { path: PathBuf, linktype: u32 },
-    #[error("{path}: truncated at byte {offset}: {what} needs {need} bytes, {have} left")]
-    Truncated {
+    #[error("{path}: {source}")]
+    Format {
         path: PathBuf,
-        offset: u64,
-        what: &'static str,
-        need: usize,
-        have: usize,
-    },
-    #[error("{path}: corrupt at byte {offset}: {what} {value}")]
-    Corrupt {
-        path: PathBuf,
-        offset: u64,
-        what: &'static str,
-        value: u64,
+        #[source]
+        source: FormatError,
     },
 }
 
@@ -94,19 +72,11 @@ pub struct ReplayStats {
     pub records: u64,
     /// Packets delivered.
     pub packets: u64,
-    /// Records that were not IPv4/IPv6 (ARP, LLDP, NFLOG without payload...).
+    /// Records that were not IPv4/IPv6 (ARP, LLDP, NFLOG without payload, unsupported
+    /// link types of other pcapng interfaces...).
     pub non_ip: u64,
     /// Records whose link-layer header was malformed or cut short.
     pub malformed: u64,
-}
-
-/// What a record turned out to hold, as positions in it (the reader's buffer moves on, so
-/// borrowing is deferred until the caller gets the packet).
-#[derive(Debug)]
-struct Located {
-    meta: PacketMeta<'static>,
-    prefix: Range<usize>,
-    payload: Range<usize>,
 }
 
 #[derive(Debug)]
@@ -115,60 +85,199 @@ enum Skip {
     Malformed,
 }
 
-/// A pcap file being read. `next_packet` lends each packet from an internal buffer.
+/// The file's bytes: a read-only memory map, or a buffer (empty files, tests).
 #[derive(Debug)]
-pub struct PcapReader<R> {
-    src: R,
+enum Bytes {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Deref for Bytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+/// A capture file being read. `next_packet` lends each packet straight from the file's
+/// bytes: nothing is copied per packet.
+#[derive(Debug)]
+pub struct CaptureReader {
+    bytes: Bytes,
     path: PathBuf,
-    buf: Vec<u8>,
-    pos: usize,
-    end: usize,
-    /// File offset of `buf[0]`.
-    base: u64,
-    eof: bool,
-    order: HeaderOrder,
-    nanos: bool,
-    linktype: u16,
-    max_record: u32,
+    cursor: Cursor,
+    linktype: Option<u16>,
     pseudo_group: u16,
     stats: ReplayStats,
 }
 
-impl PcapReader<File> {
-    /// Opens `path`. Captures without NFLOG metadata label every packet with `pseudo_group`.
+fn map(file: &File) -> io::Result<Bytes> {
+    if file.metadata()?.len() == 0 {
+        // mmap(2) refuses an empty mapping; an empty file is a truncated header anyway.
+        return Ok(Bytes::Owned(Vec::new()));
+    }
+    // SAFETY: the map is read-only and private to this process. Another process truncating
+    // or rewriting the file while it is replayed could change the bytes under us (or raise
+    // SIGBUS); every read of the map is bounds-checked against the length taken here and
+    // no invariant depends on the bytes staying the same, which is the standard contract
+    // of a read-only file map (ripgrep and git do the same).
+    let map = unsafe { memmap2::MmapOptions::new().map(file)? };
+    // The file is read once, front to back: let the kernel read ahead and drop behind.
+    let _ = map.advise(memmap2::Advice::Sequential);
+    Ok(Bytes::Mapped(map))
+}
+
+impl CaptureReader {
+    /// Opens and maps `path`. Captures without NFLOG metadata label every packet with
+    /// `pseudo_group`.
     pub fn open(path: impl AsRef<Path>, pseudo_group: u16) -> Result<Self, ReplayError> {
         let path = path.as_ref();
-        let f = File::open(path).map_err(|source| ReplayError::Io {
+        let io_err = |source| ReplayError::Io {
             path: path.to_owned(),
             source,
+        };
+        let file = File::open(path).map_err(io_err)?;
+        let bytes = map(&file).map_err(io_err)?;
+        CaptureReader::with_bytes(bytes, path.to_owned(), pseudo_group)
+    }
+
+    /// Reads a capture held in memory. `path` names it in errors.
+    pub fn from_vec(
+        bytes: Vec<u8>,
+        path: impl Into<PathBuf>,
+        pseudo_group: u16,
+    ) -> Result<Self, ReplayError> {
+        CaptureReader::with_bytes(Bytes::Owned(bytes), path.into(), pseudo_group)
+    }
+
+    fn with_bytes(bytes: Bytes, path: PathBuf, pseudo_group: u16) -> Result<Self, ReplayError> {
+        let cursor = match Cursor::start(&bytes) {
+            Ok(c) => c,
+            Err(source) => return Err(ReplayError::Format { path, source }),
+        };
+        let linktype = cursor.first_linktype(&bytes);
+        Ok(CaptureReader {
+            bytes,
+            path,
+            cursor,
+            linktype,
+            pseudo_group,
+            stats: ReplayStats::default(),
+        })
+    }
+
+    /// The capture's link type (`LINKTYPE_*`): of the file (pcap) or of its first interface
+    /// (pcapng; `None` when it declares none).
+    pub fn link_type(&self) -> Option<u16> {
+        self.linktype
+    }
+
+    /// Whether the file is pcapng.
+    pub fn is_pcapng(&self) -> bool {
+        self.cursor.is_pcapng()
+    }
+
+    pub fn stats(&self) -> &ReplayStats {
+        &self.stats
+    }
+
+    /// The next IP packet, or `None` at the end of the file. Errors are final: the file is
+    /// truncated or corrupt at the offset they name.
+    pub fn next_packet(&mut self) -> Option<Result<(PacketMeta<'_>, &[u8]), ReplayError>> {
+        let r = step(
+            &self.bytes,
+            &mut self.cursor,
+            &mut self.stats,
+            self.pseudo_group,
+        )?;
+        Some(r.map_err(|source| ReplayError::Format {
+            path: self.path.clone(),
+            source,
+        }))
+    }
+
+    /// Runs `on_packet` over every packet to the end of the file. The pages of a mapped
+    /// file are unmapped behind the reader as it goes (they stay in the page cache), so the
+    /// resident size stays at [`RELEASE_EVERY`] of the file rather than all of it.
+    pub fn for_each_packet<F>(&mut self, mut on_packet: F) -> Result<&ReplayStats, ReplayError>
+    where
+        F: FnMut(&PacketMeta<'_>, &[u8]),
+    {
+        let map = match &self.bytes {
+            Bytes::Mapped(m) => Some(m),
+            Bytes::Owned(_) => None,
+        };
+        let bytes: &[u8] = &self.bytes;
+        let mut released = 0;
+        let result = loop {
+            match step(bytes, &mut self.cursor, &mut self.stats, self.pseudo_group) {
+                None => break Ok(()),
+                Some(Ok((meta, payload))) => on_packet(&meta, payload),
+                Some(Err(e)) => break Err(e),
+            }
+            if let Some(map) = map {
+                let at = self.cursor.offset();
+                if at - released >= RELEASE_EVERY {
+                    release(map, released, at);
+                    released = at;
+                }
+            }
+        };
+        result.map_err(|source| ReplayError::Format {
+            path: self.path.clone(),
+            source,
         })?;
-        PcapReader::new(f, path, pseudo_group)
+        Ok(&self.stats)
     }
 }
 
-fn range_in(outer: &[u8], inner: &[u8]) -> Range<usize> {
-    let start = (inner.as_ptr() as usize).wrapping_sub(outer.as_ptr() as usize);
-    if inner.is_empty() || start > outer.len() || inner.len() > outer.len() - start {
-        return 0..0;
+/// Bytes read between two releases of the pages behind the reader.
+pub const RELEASE_EVERY: usize = 32 << 20;
+
+/// Unmaps the whole pages of `map[from..to]` (already read).
+fn release(map: &memmap2::Mmap, from: usize, to: usize) {
+    const PAGE: usize = 4096;
+    let start = from.next_multiple_of(PAGE);
+    let end = to / PAGE * PAGE;
+    if end <= start {
+        return;
     }
-    start..start + inner.len()
+    // SAFETY: the map is a private read-only file map and nothing borrows `map[from..to]`
+    // any more (every record before the cursor was handed out and dropped); MADV_DONTNEED
+    // only drops the page-table entries, and a later read would fault the same file
+    // contents back in from the page cache. Failure only leaves the pages mapped.
+    let _ = unsafe {
+        map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+    };
 }
 
-fn detach(m: &PacketMeta<'_>) -> PacketMeta<'static> {
-    PacketMeta {
-        group: m.group,
-        l3: m.l3,
-        hook: m.hook,
-        mark: m.mark,
-        ingress_if: m.ingress_if,
-        egress_if: m.egress_if,
-        phys_ingress_if: m.phys_ingress_if,
-        phys_egress_if: m.phys_egress_if,
-        uid: m.uid,
-        gid: m.gid,
-        prefix: &[],
-        timestamp_ms: m.timestamp_ms,
-        seq: m.seq,
+/// One IP packet from `bytes` at `cursor`, counting what was skipped on the way.
+#[inline]
+fn step<'a>(
+    bytes: &'a [u8],
+    cursor: &mut Cursor,
+    stats: &mut ReplayStats,
+    group: u16,
+) -> Option<Result<Located<'a>, FormatError>> {
+    loop {
+        let rec = match cursor.next(bytes) {
+            Ok(Some(r)) => r,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
+        };
+        stats.records += 1;
+        match locate(&rec, group) {
+            Ok(found) => {
+                stats.packets += 1;
+                return Some(Ok(found));
+            }
+            Err(Skip::NonIp) => stats.non_ip += 1,
+            Err(Skip::Malformed) => stats.malformed += 1,
+        }
     }
 }
 
@@ -192,32 +301,34 @@ fn be16(rec: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*rec.get(at)?, *rec.get(at + 1)?]))
 }
 
-/// Finds the IP packet in one record of link type `linktype`.
-fn locate(linktype: u16, rec: &[u8], order: HeaderOrder, group: u16) -> Result<Located, Skip> {
-    let plain = |l3: L3, start: usize| Located {
-        meta: PacketMeta {
+type Located<'a> = (PacketMeta<'a>, &'a [u8]);
+
+/// Finds the IP packet in one record, by the link type of its interface.
+#[inline]
+fn locate<'a>(record: &Record<'a>, group: u16) -> Result<Located<'a>, Skip> {
+    let rec = record.data;
+    let ts = record.ts_ms;
+    let plain = |l3: L3, start: usize| -> Result<Located<'a>, Skip> {
+        let meta = PacketMeta {
             group,
             l3,
+            timestamp_ms: ts,
             ..PacketMeta::default()
-        },
-        prefix: 0..0,
-        payload: start..rec.len(),
+        };
+        Ok((meta, rec.get(start..).ok_or(Skip::Malformed)?))
     };
-    match linktype {
+    match record.linktype {
         linktype::NFLOG => {
-            let (m, p) = wire::parse_pcap_nflog(rec, order).map_err(|_| Skip::Malformed)?;
+            let (mut meta, p) =
+                wire::parse_pcap_nflog(rec, record.order).map_err(|_| Skip::Malformed)?;
             if p.is_empty() {
                 return Err(Skip::NonIp);
             }
-            let mut meta = detach(&m);
             if meta.l3 == L3::Unknown {
                 meta.l3 = l3_of_nibble(p.first()).ok_or(Skip::NonIp)?;
             }
-            Ok(Located {
-                meta,
-                prefix: range_in(rec, m.prefix),
-                payload: range_in(rec, p),
-            })
+            meta.timestamp_ms = ts;
+            Ok((meta, p))
         }
         linktype::ETHERNET => {
             let mut at = 12;
@@ -227,18 +338,18 @@ fn locate(linktype: u16, rec: &[u8], order: HeaderOrder, group: u16) -> Result<L
                 t = be16(rec, at).ok_or(Skip::Malformed)?;
             }
             let l3 = l3_of_ethertype(t).ok_or(Skip::NonIp)?;
-            Ok(plain(l3, at + 2))
+            plain(l3, at + 2)
         }
         linktype::RAW | linktype::RAW_12 => {
             let l3 = l3_of_nibble(rec.first()).ok_or(Skip::NonIp)?;
-            Ok(plain(l3, 0))
+            plain(l3, 0)
         }
-        linktype::IPV4 => Ok(plain(L3::Ipv4, 0)),
-        linktype::IPV6 => Ok(plain(L3::Ipv6, 0)),
+        linktype::IPV4 => plain(L3::Ipv4, 0),
+        linktype::IPV6 => plain(L3::Ipv6, 0),
         linktype::LINUX_SLL => {
             // packet type, ARPHRD, address length, 8-byte address, protocol (all BE).
             let t = be16(rec, 14).ok_or(Skip::Malformed)?;
-            Ok(plain(l3_of_ethertype(t).ok_or(Skip::NonIp)?, 16))
+            plain(l3_of_ethertype(t).ok_or(Skip::NonIp)?, 16)
         }
         linktype::LINUX_SLL2 => {
             // protocol, reserved, be32 ifindex, ARPHRD, packet type, address length, address.
@@ -251,212 +362,16 @@ fn locate(linktype: u16, rec: &[u8], order: HeaderOrder, group: u16) -> Result<L
             if rec.len() < 20 {
                 return Err(Skip::Malformed);
             }
-            let mut found = plain(l3_of_ethertype(t).ok_or(Skip::NonIp)?, 20);
+            let mut found = plain(l3_of_ethertype(t).ok_or(Skip::NonIp)?, 20)?;
             // PACKET_OUTGOING (4) was sent on the interface; every other type arrived on it.
             if packet_type == 4 {
-                found.meta.egress_if = ifindex;
+                found.0.egress_if = ifindex;
             } else {
-                found.meta.ingress_if = ifindex;
+                found.0.ingress_if = ifindex;
             }
             Ok(found)
         }
         _ => Err(Skip::NonIp),
-    }
-}
-
-impl<R: Read> PcapReader<R> {
-    /// Reads the file header from `src`. `path` names the source in errors.
-    pub fn new(src: R, path: impl Into<PathBuf>, pseudo_group: u16) -> Result<Self, ReplayError> {
-        let mut r = PcapReader {
-            src,
-            path: path.into(),
-            buf: vec![0; CHUNK],
-            pos: 0,
-            end: 0,
-            base: 0,
-            eof: false,
-            order: HeaderOrder::Little,
-            nanos: false,
-            linktype: 0,
-            max_record: MAX_RECORD_DEFAULT,
-            pseudo_group,
-            stats: ReplayStats::default(),
-        };
-        r.fill(FILE_HEADER_LEN, "file header")?;
-        let h = &r.buf[..FILE_HEADER_LEN];
-        let magic_le = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
-        let magic_be = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
-        (r.order, r.nanos) = match (magic_le, magic_be) {
-            (PCAP_MAGIC_MICROS, _) => (HeaderOrder::Little, false),
-            (PCAP_MAGIC_NANOS, _) => (HeaderOrder::Little, true),
-            (_, PCAP_MAGIC_MICROS) => (HeaderOrder::Big, false),
-            (_, PCAP_MAGIC_NANOS) => (HeaderOrder::Big, true),
-            (_, PCAPNG_MAGIC) => return Err(ReplayError::Pcapng { path: r.path }),
-            _ => {
-                return Err(ReplayError::BadMagic {
-                    path: r.path,
-                    magic: magic_be,
-                })
-            }
-        };
-        let snaplen = r.u32_at(16);
-        // The link type is the low 16 bits; the upper bits may carry FCS information.
-        let network = r.u32_at(20);
-        r.linktype = (network & 0xffff) as u16;
-        use linktype::*;
-        if ![
-            ETHERNET, RAW_12, RAW, LINUX_SLL, IPV4, IPV6, NFLOG, LINUX_SLL2,
-        ]
-        .contains(&r.linktype)
-        {
-            return Err(ReplayError::UnsupportedLinkType {
-                path: r.path,
-                linktype: network,
-            });
-        }
-        r.max_record = snaplen.clamp(MAX_RECORD_DEFAULT, MAX_RECORD_HARD);
-        r.pos = FILE_HEADER_LEN;
-        Ok(r)
-    }
-
-    /// The capture's link type (`LINKTYPE_*`).
-    pub fn link_type(&self) -> u16 {
-        self.linktype
-    }
-
-    pub fn stats(&self) -> &ReplayStats {
-        &self.stats
-    }
-
-    fn u32_at(&self, at: usize) -> u32 {
-        let b = [
-            self.buf[at],
-            self.buf[at + 1],
-            self.buf[at + 2],
-            self.buf[at + 3],
-        ];
-        match self.order {
-            HeaderOrder::Big => u32::from_be_bytes(b),
-            _ => u32::from_le_bytes(b),
-        }
-    }
-
-    fn io_err(&self, source: io::Error) -> ReplayError {
-        ReplayError::Io {
-            path: self.path.clone(),
-            source,
-        }
-    }
-
-    /// Makes `need` bytes available at `pos`. `Ok(false)`: clean end of file (nothing left).
-    fn fill(&mut self, need: usize, what: &'static str) -> Result<bool, ReplayError> {
-        if self.end - self.pos >= need {
-            return Ok(true);
-        }
-        if !self.eof {
-            if self.pos > 0 {
-                self.buf.copy_within(self.pos..self.end, 0);
-                self.base += self.pos as u64;
-                self.end -= self.pos;
-                self.pos = 0;
-            }
-            if self.buf.len() < need {
-                self.buf.resize(need.next_power_of_two(), 0);
-            }
-            while self.end < need {
-                let want = (self.buf.len() - self.end).max(need - self.end);
-                match self.src.read(&mut self.buf[self.end..self.end + want]) {
-                    Ok(0) => {
-                        self.eof = true;
-                        break;
-                    }
-                    Ok(n) => self.end += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(self.io_err(e)),
-                }
-            }
-            if self.end - self.pos >= need {
-                return Ok(true);
-            }
-        }
-        let have = self.end - self.pos;
-        if have == 0 && what == "record header" {
-            return Ok(false);
-        }
-        Err(ReplayError::Truncated {
-            path: self.path.clone(),
-            offset: self.base + self.pos as u64,
-            what,
-            need,
-            have,
-        })
-    }
-
-    /// Next record: its position in `buf` and timestamp in ms.
-    fn next_record(&mut self) -> Result<Option<(Range<usize>, u64)>, ReplayError> {
-        if !self.fill(RECORD_HEADER_LEN, "record header")? {
-            return Ok(None);
-        }
-        let at = self.pos;
-        let (sec, frac, incl) = (self.u32_at(at), self.u32_at(at + 4), self.u32_at(at + 8));
-        if incl > self.max_record {
-            return Err(ReplayError::Corrupt {
-                path: self.path.clone(),
-                offset: self.base + at as u64 + 8,
-                what: "record length",
-                value: incl.into(),
-            });
-        }
-        let len = RECORD_HEADER_LEN + incl as usize;
-        self.fill(len, "record")?;
-        let start = self.pos + RECORD_HEADER_LEN;
-        self.pos += len;
-        self.stats.records += 1;
-        let sub_ms = if self.nanos {
-            frac / 1_000_000
-        } else {
-            frac / 1_000
-        };
-        let ts = u64::from(sec) * 1000 + u64::from(sub_ms);
-        Ok(Some((start..start + incl as usize, ts)))
-    }
-
-    /// The next IP packet, or `None` at the end of the file. Errors are final: the file is
-    /// truncated or corrupt at the offset they name.
-    pub fn next_packet(&mut self) -> Option<Result<(PacketMeta<'_>, &[u8]), ReplayError>> {
-        let (rec, found) = loop {
-            let (rec, ts) = match self.next_record() {
-                Ok(Some(r)) => r,
-                Ok(None) => return None,
-                Err(e) => return Some(Err(e)),
-            };
-            let bytes = &self.buf[rec.clone()];
-            match locate(self.linktype, bytes, self.order, self.pseudo_group) {
-                Ok(mut found) => {
-                    found.meta.timestamp_ms = Some(ts);
-                    break (rec, found);
-                }
-                Err(Skip::NonIp) => self.stats.non_ip += 1,
-                Err(Skip::Malformed) => self.stats.malformed += 1,
-            }
-        };
-        self.stats.packets += 1;
-        let bytes = &self.buf[rec];
-        let mut meta = found.meta;
-        meta.prefix = &bytes[found.prefix];
-        Some(Ok((meta, &bytes[found.payload])))
-    }
-
-    /// Runs `on_packet` over every packet to the end of the file.
-    pub fn for_each_packet<F>(&mut self, mut on_packet: F) -> Result<&ReplayStats, ReplayError>
-    where
-        F: FnMut(&PacketMeta<'_>, &[u8]),
-    {
-        while let Some(p) = self.next_packet() {
-            let (meta, payload) = p?;
-            on_packet(&meta, payload);
-        }
-        Ok(&self.stats)
     }
 }
 
