@@ -26,6 +26,7 @@
 //! [[export]]
 //! target = "ipfix://192.0.2.10:4739"
 //! mtu = 1400
+//! max_rate = 50000          # records/s to this target; 0 = unpaced
 //! ```
 
 use std::collections::BTreeMap;
@@ -57,6 +58,7 @@ pub mod defaults {
     pub const TEMPLATE_REFRESH: Duration = crate::export::DEFAULT_TEMPLATE_INTERVAL;
     pub const TEMPLATE_REFRESH_MESSAGES: u32 = crate::export::DEFAULT_TEMPLATE_EVERY;
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+    pub const MAX_RATE: u32 = crate::export::DEFAULT_MAX_RATE;
 }
 
 /// A configuration error, with the place it was found.
@@ -153,6 +155,7 @@ pub struct RawExport {
     pub sndbuf: Option<Spanned<usize>>,
     pub template_refresh: Option<Spanned<String>>,
     pub template_refresh_messages: Option<Spanned<u32>>,
+    pub max_rate: Option<Spanned<u32>>,
 }
 
 /// Command-line values that override (or, without a file, make up) the configuration.
@@ -170,6 +173,8 @@ pub struct Overrides {
     pub stats_interval: Option<String>,
     pub observation_domain: Option<u32>,
     pub mtu: Option<usize>,
+    /// `--max-rate`: records/s for every target (0 = unpaced).
+    pub max_rate: Option<u32>,
 }
 
 /// One NFLOG group and its label.
@@ -202,6 +207,8 @@ pub struct Export {
     pub sndbuf: usize,
     pub template_refresh: Duration,
     pub template_refresh_messages: u32,
+    /// Records per second at most (token bucket, bursts of 10 ms); 0 = unpaced.
+    pub max_rate: u32,
 }
 
 /// The validated configuration.
@@ -488,6 +495,10 @@ pub fn validate(
                     .template_refresh_messages
                     .as_ref()
                     .map_or(defaults::TEMPLATE_REFRESH_MESSAGES, |v| *v.get_ref()),
+                max_rate: over
+                    .max_rate
+                    .or(e.max_rate.as_ref().map(|v| *v.get_ref()))
+                    .unwrap_or(defaults::MAX_RATE),
             });
         }
     } else {
@@ -502,6 +513,7 @@ pub fn validate(
                 sndbuf: defaults::SNDBUF,
                 template_refresh: defaults::TEMPLATE_REFRESH,
                 template_refresh_messages: defaults::TEMPLATE_REFRESH_MESSAGES,
+                max_rate: over.max_rate.unwrap_or(defaults::MAX_RATE),
             });
         }
     }
@@ -643,6 +655,27 @@ target = "netflow5://[::1]:2055"
         )
         .unwrap_err();
         assert!(e.message.contains("out of range"), "{e}");
+    }
+
+    #[test]
+    fn max_rate_per_target_default_and_flag() {
+        let text = "[[export]]\ntarget = \"ipfix://127.0.0.1:4739\"\nmax_rate = 0\n\
+                    [[export]]\ntarget = \"ipfix://127.0.0.1:4740\"\n";
+        let cfg = load_text(text, &Overrides::default()).unwrap();
+        let rates: Vec<u32> = cfg.exports.iter().map(|e| e.max_rate).collect();
+        assert_eq!(rates, [0, defaults::MAX_RATE]);
+        let over = Overrides {
+            max_rate: Some(5_000),
+            ..Overrides::default()
+        };
+        let cfg = load_text(text, &over).unwrap();
+        assert!(cfg.exports.iter().all(|e| e.max_rate == 5_000));
+        let e = load_text(
+            "[[export]]\ntarget = \"ipfix://127.0.0.1:4739\"\nmax_rate = -1\n",
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.place.starts_with("probe.toml:3:"), "{e}");
     }
 
     #[test]

@@ -110,10 +110,9 @@ impl Exporters {
                 template_every: e.template_refresh_messages,
                 ..ExportConfig::default()
             };
-            let exporter =
-                UdpExporter::new(&[e.target], knobs, Some(e.sndbuf)).with_context(|| {
-                    format!("cannot open the UDP socket for export to {}", e.target)
-                })?;
+            let exporter = UdpExporter::new(&[e.target], knobs, Some(e.sndbuf))
+                .with_context(|| format!("cannot open the UDP socket for export to {}", e.target))?
+                .with_max_rate(e.max_rate);
             list.push(exporter);
         }
         Ok(Exporters { list, records: 0 })
@@ -152,6 +151,20 @@ impl Exporters {
 
     fn stats(&self) -> Vec<TargetStats> {
         self.list.iter().flat_map(|e| e.stats()).collect()
+    }
+
+    fn log_pacing(&self) {
+        for t in self.stats() {
+            if t.pacing_waits > 0 {
+                tracing::info!(
+                    target = %t.target,
+                    records = t.export.records,
+                    waits = t.pacing_waits,
+                    waited = ?t.pacing_wait,
+                    "export paced ([[export]] max_rate)"
+                );
+            }
+        }
     }
 }
 
@@ -332,6 +345,7 @@ pub fn run_live(
     pipeline.flush(now, &mut |rec| exporters.push(&rec, now));
     exporters.set_meta(&export_meta(cfg, Some(&final_source)));
     exporters.finish(now);
+    exporters.log_pacing();
     let summary = RunSummary {
         pipeline: pipeline.stats(),
         source: Some(final_source),
@@ -409,6 +423,7 @@ pub fn run_replay(cfg: &Config, path: &Path, label: Option<&str>) -> anyhow::Res
     };
     pipeline.flush(last, &mut |rec| exporters.push(&rec, last));
     exporters.finish(last);
+    exporters.log_pacing();
     Ok(RunSummary {
         pipeline: pipeline.stats(),
         source: None,
