@@ -37,6 +37,8 @@ const BLOCK_EPB: u32 = 6;
 const OPT_END: u16 = 0;
 const OPT_IF_TSRESOL: u16 = 9;
 const OPT_IF_TSOFFSET: u16 = 14;
+/// Largest pcapng block accepted (a packet of the 16 MiB record limit, with room to spare).
+const MAX_BLOCK_LEN: u32 = 32 << 20;
 /// Interfaces kept per section (a hostile file could declare millions).
 const MAX_INTERFACES: usize = 65_536;
 
@@ -61,6 +63,46 @@ pub enum FormatError {
         what: &'static str,
         value: u64,
     },
+}
+
+impl FormatError {
+    /// The same error with its offset moved on by `base` (a window's offset in the file).
+    pub fn shifted(self, base: u64) -> FormatError {
+        match self {
+            FormatError::Truncated {
+                offset,
+                what,
+                need,
+                have,
+            } => FormatError::Truncated {
+                offset: offset + base,
+                what,
+                need,
+                have,
+            },
+            FormatError::Corrupt {
+                offset,
+                what,
+                value,
+            } => FormatError::Corrupt {
+                offset: offset + base,
+                what,
+                value,
+            },
+            other => other,
+        }
+    }
+}
+
+/// What one step of a [`Cursor`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit<'a> {
+    /// A packet.
+    Record(Record<'a>),
+    /// A block that holds no packet (section, interface, statistics...).
+    Other,
+    /// The clean end of the bytes.
+    End,
 }
 
 /// One captured packet, borrowed from the file.
@@ -383,7 +425,7 @@ impl Cursor {
             return Err(truncated(bytes, at, "block header", 8));
         };
         let len_usize = len as usize;
-        if len % 4 != 0 || len_usize < min_len.max(12) {
+        if len % 4 != 0 || len_usize < min_len.max(12) || len > MAX_BLOCK_LEN {
             return Err(FormatError::Corrupt {
                 offset: at as u64 + 4,
                 what: "block total length",
@@ -405,32 +447,88 @@ impl Cursor {
 
     fn next_pcapng<'a>(&mut self, bytes: &'a [u8]) -> Result<Option<Record<'a>>, FormatError> {
         loop {
-            let at = self.pos;
-            if at >= bytes.len() {
-                return Ok(None);
-            }
-            if get::<4>(bytes, at).map(u32::from_be_bytes) == Some(PCAPNG_SHB) {
-                self.section(bytes)?;
-                continue;
-            }
-            let (kind, len) = self.block(bytes, 12)?;
-            // The body, without the two length fields and the type.
-            let body = &bytes[at + 8..at + len - 4];
-            let found = match kind {
-                BLOCK_IDB => {
-                    self.interface(body, at)?;
-                    None
-                }
-                BLOCK_EPB => Some(self.packet(body, at, false)?),
-                BLOCK_PB => Some(self.packet(body, at, true)?),
-                BLOCK_SPB => Some(self.simple_packet(body, at)?),
-                _ => None,
-            };
-            self.pos = at + len;
-            if let Some(r) = found {
-                return Ok(Some(r));
+            match self.next_block(bytes)? {
+                Unit::Record(r) => return Ok(Some(r)),
+                Unit::Other => {}
+                Unit::End => return Ok(None),
             }
         }
+    }
+
+    /// One pcap record or one pcapng block.
+    pub fn next_unit<'a>(&mut self, bytes: &'a [u8]) -> Result<Unit<'a>, FormatError> {
+        match self.kind {
+            Kind::Pcap {
+                nanos,
+                linktype,
+                max_record,
+            } => Ok(match self.next_pcap(bytes, nanos, linktype, max_record)? {
+                Some(r) => Unit::Record(r),
+                None => Unit::End,
+            }),
+            Kind::Pcapng { .. } => self.next_block(bytes),
+        }
+    }
+
+    fn next_block<'a>(&mut self, bytes: &'a [u8]) -> Result<Unit<'a>, FormatError> {
+        let at = self.pos;
+        if at >= bytes.len() {
+            return Ok(Unit::End);
+        }
+        if get::<4>(bytes, at).map(u32::from_be_bytes) == Some(PCAPNG_SHB) {
+            self.section(bytes)?;
+            return Ok(Unit::Other);
+        }
+        let (kind, len) = self.block(bytes, 12)?;
+        // The body, without the two length fields and the type.
+        let body = &bytes[at + 8..at + len - 4];
+        let found = match kind {
+            BLOCK_IDB => {
+                self.interface(body, at)?;
+                None
+            }
+            BLOCK_EPB => Some(self.packet(body, at, false)?),
+            BLOCK_PB => Some(self.packet(body, at, true)?),
+            BLOCK_SPB => Some(self.simple_packet(body, at)?),
+            _ => None,
+        };
+        self.pos = at + len;
+        Ok(found.map_or(Unit::Other, Unit::Record))
+    }
+
+    /// How many bytes from [`offset`](Self::offset) the next record or block takes, as far
+    /// as its header tells (the header's own size when it is not all there). A reader over a
+    /// window of the file makes that many available before [`next_unit`](Self::next_unit);
+    /// lengths past the limits are left for `next_unit` to report as errors.
+    pub fn need(&self, bytes: &[u8]) -> usize {
+        let at = self.pos;
+        match self.kind {
+            Kind::Pcap { max_record, .. } => match u32_at(bytes, at + 8, self.big) {
+                Some(incl) if incl <= max_record => PCAP_RECORD_HEADER_LEN + incl as usize,
+                _ => PCAP_RECORD_HEADER_LEN,
+            },
+            Kind::Pcapng { .. } => {
+                let is_shb = get::<4>(bytes, at).map(u32::from_be_bytes) == Some(PCAPNG_SHB);
+                let big = if is_shb {
+                    match get::<4>(bytes, at + 8).map(u32::from_be_bytes) {
+                        Some(PCAPNG_BYTE_ORDER_MAGIC) => true,
+                        Some(_) => false,
+                        None => return 12,
+                    }
+                } else {
+                    self.big
+                };
+                match u32_at(bytes, at + 4, big) {
+                    Some(len) if (12..=MAX_BLOCK_LEN).contains(&len) => len as usize,
+                    _ => 12,
+                }
+            }
+        }
+    }
+
+    /// The window the cursor reads moved `by` bytes on: positions shift back by as much.
+    pub fn rebase(&mut self, by: usize) {
+        self.pos = self.pos.saturating_sub(by);
     }
 
     fn interfaces(&self) -> &[Interface] {

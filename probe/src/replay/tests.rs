@@ -342,7 +342,7 @@ fn bad_files_are_named_errors() {
 }
 
 #[test]
-fn records_up_to_the_snaplen_and_a_mapped_file() {
+fn records_larger_than_a_read_and_a_file_read_in_chunks() {
     let big_rec = {
         let mut v = V4.to_vec();
         v.resize(3 << 20, 0xee);
@@ -354,6 +354,39 @@ fn records_up_to_the_snaplen_and_a_mapped_file() {
     let mut file = pcap(false, false, 101, &records);
     file[16..20].copy_from_slice(&(4u32 << 20).to_le_bytes()); // snaplen 4 MiB
     let path = std::env::temp_dir().join(format!("labelflow-replay-{}.pcap", std::process::id()));
+    // Records of every size from 1 to 200 bytes past the IP header, so chunk boundaries
+    // fall inside headers and bodies alike.
+    let mut odd: Vec<_> = (0..40_000u32)
+        .map(|i| {
+            let mut v = V4.to_vec();
+            v.resize(28 + (i % 200) as usize, i as u8);
+            (i, 0, v)
+        })
+        .collect();
+    odd.push((40_000, 0, V6.to_vec()));
+    let odd_file = pcap(true, true, 101, &odd);
+    assert!(odd_file.len() > 3 * CHUNK);
+    std::fs::write(&path, &odd_file).unwrap();
+    let mut from_file = Vec::new();
+    let mut r = CaptureReader::open(&path, 1).unwrap();
+    r.for_each_packet(|m, p| from_file.push((detach(m), p.to_vec())))
+        .unwrap();
+    // Cut inside the last record: the error names its offset in the file, not the buffer.
+    let last = odd_file.len() - 16 - V6.len();
+    std::fs::write(&path, &odd_file[..odd_file.len() - 3]).unwrap();
+    let mut r = CaptureReader::open(&path, 1).unwrap();
+    let err = r.for_each_packet(|_, _| {}).unwrap_err();
+    assert!(
+        matches!(err, ReplayError::Format { source: FormatError::Truncated { offset, what: "record", .. }, .. } if offset == last as u64),
+        "{err:?}"
+    );
+    assert_eq!(r.stats().packets, 40_000);
+    let (in_memory, stats) = read_all(odd_file, 1);
+    assert_eq!(stats.packets, 40_001);
+    assert_eq!(from_file.len(), in_memory.len());
+    for (a, b) in from_file.iter().zip(&in_memory) {
+        assert_eq!((&a.0, &a.1), (&b.0, &b.2));
+    }
     std::fs::write(&path, &file).unwrap();
     let mut r = CaptureReader::open(&path, 1).unwrap();
     let mut n = 0;
