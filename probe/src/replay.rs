@@ -108,16 +108,20 @@ impl Window {
             self.eof = true;
             return Ok(0);
         };
+        // Keeps the 4 bytes before `pos`: a pcapng block's trailing length is checked there.
         let pos = pos.min(self.end);
-        if pos > 0 {
-            self.buf.copy_within(pos..self.end, 0);
-            self.end -= pos;
-            self.base += pos as u64;
+        let moved = pos.saturating_sub(4);
+        if moved > 0 {
+            self.buf.copy_within(moved..self.end, 0);
+            self.end -= moved;
+            self.base += moved as u64;
         }
-        if self.buf.len() < need {
-            self.buf.resize(need.next_power_of_two(), 0);
+        // `need` counts from the cursor, which now sits `pos - moved` bytes in.
+        let want = pos - moved + need;
+        if self.buf.len() < want {
+            self.buf.resize(want.next_power_of_two(), 0);
         }
-        while self.end < need {
+        while self.end < want {
             match file.read(&mut self.buf[self.end..]) {
                 Ok(0) => {
                     self.eof = true;
@@ -128,7 +132,7 @@ impl Window {
                 Err(e) => return Err(e),
             }
         }
-        Ok(pos)
+        Ok(moved)
     }
 }
 

@@ -292,8 +292,8 @@ mod tests {
         let st = ex.stats()[0];
         assert_eq!(st.export.records, 100);
         assert!(took >= Duration::from_millis(40), "{took:?}");
-        // One sleep per millisecond of credit, not per record.
+        // Sleeps of at least 1 ms (2 records at this rate), not one per record. (How long
+        // they add up to depends on how long the test thread waited for a CPU besides.)
         assert!((1..=40).contains(&st.pacing_waits), "{st:?}");
-        assert!(st.pacing_wait >= Duration::from_millis(30), "{st:?}");
     }
 }

@@ -264,6 +264,21 @@ fn bad_lengths_are_errors_at_their_offset() {
         ),
         "{err:?}"
     );
+    // The trailing copy of a block in the middle: reported at its offset, after its packet.
+    let mut two = Ng::new(false);
+    two.idb(1, 0, &[]).epb(0, 0, &FRAME).epb(0, 1, &FRAME);
+    let trailer = epb + 32 + FRAME.len().next_multiple_of(4) - 4;
+    two.out[trailer] ^= 8;
+    let (recs, err) = all(&two.out);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(
+        err,
+        Some(FormatError::Corrupt {
+            offset: trailer as u64,
+            what: "block trailing length",
+            value: u64::from((32 + FRAME.len().next_multiple_of(4)) as u32 ^ 8),
+        })
+    );
     // Captured length beyond the block.
     let mut f = ok.clone();
     f[epb + 20] = 200;
