@@ -5,7 +5,7 @@
 use labelflow_probe::nflog::wire::{
     self, HeaderOrder, NlAck, NlMsgIter, NFLOG_PACKET_TYPE, NLMSG_ERROR,
 };
-use labelflow_probe::replay::PcapReader;
+use labelflow_probe::replay::CaptureReader;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = std::hint::black_box(wire::parse_pcap_nflog(data, order));
     }
     // The same bytes as a whole capture file.
-    if let Ok(mut r) = PcapReader::new(data, "fuzz.pcap", 1) {
+    if let Ok(mut r) = CaptureReader::from_vec(data.to_vec(), "fuzz.pcap", 1) {
         while let Some(p) = r.next_packet() {
             if p.is_err() {
                 break;

@@ -27,6 +27,7 @@
 //! target = "ipfix://192.0.2.10:4739"
 //! mtu = 1400
 //! application_id = "rfc6759"  # "varlen" for nfdump 1.7.1 (Debian 12); see AppIdEncoding
+//! max_rate = 50000          # records/s to this target; 0 = unpaced
 //! ```
 
 use std::collections::BTreeMap;
@@ -59,6 +60,7 @@ pub mod defaults {
     pub const TEMPLATE_REFRESH: Duration = crate::export::DEFAULT_TEMPLATE_INTERVAL;
     pub const TEMPLATE_REFRESH_MESSAGES: u32 = crate::export::DEFAULT_TEMPLATE_EVERY;
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+    pub const MAX_RATE: u32 = crate::export::DEFAULT_MAX_RATE;
 }
 
 /// A configuration error, with the place it was found.
@@ -166,6 +168,7 @@ pub struct RawExport {
     pub template_refresh: Option<Spanned<String>>,
     pub template_refresh_messages: Option<Spanned<u32>>,
     pub application_id: Option<Spanned<String>>,
+    pub max_rate: Option<Spanned<u32>>,
 }
 
 /// Command-line values that override (or, without a file, make up) the configuration.
@@ -187,6 +190,8 @@ pub struct Overrides {
     pub application_id: Option<String>,
     /// `--vici URI`.
     pub vici: Option<String>,
+    /// `--max-rate`: records/s for every target (0 = unpaced).
+    pub max_rate: Option<u32>,
 }
 
 /// One NFLOG group and its label.
@@ -221,6 +226,8 @@ pub struct Export {
     pub template_refresh_messages: u32,
     /// How IPFIX data records carry `applicationId` (`application_id`).
     pub app_id: AppIdEncoding,
+    /// Records per second at most (token bucket, bursts of 10 ms); 0 = unpaced.
+    pub max_rate: u32,
 }
 
 /// The validated configuration.
@@ -515,6 +522,10 @@ pub fn validate(
                     Some(v) => flag_app_id(v, target)?,
                     None => app_id(source, &e.application_id, target)?,
                 },
+                max_rate: over
+                    .max_rate
+                    .or(e.max_rate.as_ref().map(|v| *v.get_ref()))
+                    .unwrap_or(defaults::MAX_RATE),
             });
         }
     } else {
@@ -533,6 +544,7 @@ pub fn validate(
                     Some(v) => flag_app_id(v, target)?,
                     None => AppIdEncoding::default(),
                 },
+                max_rate: over.max_rate.unwrap_or(defaults::MAX_RATE),
             });
         }
     }

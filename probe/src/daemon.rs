@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  NflogSocket::recv_batch ─► Pipeline::handle ─► FlowCache
-//!  (or PcapReader)                                   │ expire(now) / flush(now)
+//!  (or CaptureReader)                                   │ expire(now) / flush(now)
 //!                                                    ▼
 //!                                 UdpExporter::push ─► IPFIX / v9 / v5 over UDP
 //!  every template refresh: ExportMeta (labels, interface names, per-group loss) ─► options
@@ -23,7 +23,7 @@ use crate::export::{ExportConfig, ExportMeta, GroupMeta, InterfaceMeta, TargetSt
 use crate::ipsec::ViciWatcher;
 use crate::nflog::{GroupConfig, NflogConfig, NflogSocket, SourceStats};
 use crate::pipeline::{Pipeline, PipelineStats};
-use crate::replay::{PcapReader, ReplayStats};
+use crate::replay::{CaptureReader, ReplayStats};
 
 /// Wall-clock milliseconds, from one anchor taken at start and the monotonic clock since.
 /// A wall-clock step (NTP) while running does not bend flow times.
@@ -112,10 +112,9 @@ impl Exporters {
                 app_id: e.app_id,
                 ..ExportConfig::default()
             };
-            let exporter =
-                UdpExporter::new(&[e.target], knobs, Some(e.sndbuf)).with_context(|| {
-                    format!("cannot open the UDP socket for export to {}", e.target)
-                })?;
+            let exporter = UdpExporter::new(&[e.target], knobs, Some(e.sndbuf))
+                .with_context(|| format!("cannot open the UDP socket for export to {}", e.target))?
+                .with_max_rate(e.max_rate);
             list.push(exporter);
         }
         Ok(Exporters { list, records: 0 })
@@ -154,6 +153,20 @@ impl Exporters {
 
     fn stats(&self) -> Vec<TargetStats> {
         self.list.iter().flat_map(|e| e.stats()).collect()
+    }
+
+    fn log_pacing(&self) {
+        for t in self.stats() {
+            if t.pacing_waits > 0 {
+                tracing::info!(
+                    target = %t.target,
+                    records = t.export.records,
+                    waits = t.pacing_waits,
+                    waited = ?t.pacing_wait,
+                    "export paced ([[export]] max_rate)"
+                );
+            }
+        }
     }
 }
 
@@ -348,6 +361,7 @@ pub fn run_live(
     pipeline.flush(now, &mut |rec| exporters.push(&named(&vici, rec), now));
     exporters.set_meta(&export_meta(cfg, Some(&final_source)));
     exporters.finish(now);
+    exporters.log_pacing();
     let summary = RunSummary {
         pipeline: pipeline.stats(),
         source: Some(final_source),
@@ -364,11 +378,11 @@ pub fn run_live(
 /// metadata belong to `label` (pseudo group 0).
 pub fn run_replay(cfg: &Config, path: &Path, label: Option<&str>) -> anyhow::Result<RunSummary> {
     const PSEUDO_GROUP: u16 = 0;
-    let mut reader = PcapReader::open(path, PSEUDO_GROUP)
+    let mut reader = CaptureReader::open(path, PSEUDO_GROUP)
         .with_context(|| format!("cannot replay {}", path.display()))?;
     let mut labels: Vec<(u16, String)> =
         cfg.groups.iter().map(|g| (g.id, g.label.clone())).collect();
-    let is_nflog = reader.link_type() == crate::replay::linktype::NFLOG;
+    let is_nflog = reader.link_type() == Some(crate::replay::linktype::NFLOG);
     if let Some(l) = label {
         if is_nflog {
             tracing::warn!(
@@ -425,6 +439,7 @@ pub fn run_replay(cfg: &Config, path: &Path, label: Option<&str>) -> anyhow::Res
     };
     pipeline.flush(last, &mut |rec| exporters.push(&rec, last));
     exporters.finish(last);
+    exporters.log_pacing();
     Ok(RunSummary {
         pipeline: pipeline.stats(),
         source: None,

@@ -1,8 +1,8 @@
 //! labelflow-probe: NFLOG groups in, labelled flows out as IPFIX / NetFlow v9 / v5.
 //!
 //! ```text
-//!  NFLOG groups ─► nflog::NflogSocket ─┐
-//!  pcap file    ─► replay::PcapReader ─┴► (PacketMeta, payload) ─► pipeline::Pipeline
+//!  NFLOG groups      ─► nflog::NflogSocket    ─┐
+//!  pcap/pcapng file  ─► replay::CaptureReader ─┴► (PacketMeta, payload) ─► pipeline::Pipeline
 //!                                          (decode ─► cache::FlowCache) ─► FlowRecord
 //!                                       ─► export::UdpExporter (IPFIX / v9 / v5 over UDP)
 //! ```

@@ -80,12 +80,15 @@ struct Cli {
     /// of the IKE connection they belong to.
     #[arg(long, value_name = "URI")]
     vici: Option<String>,
+    /// Flow records per second at most to each export target (0: unpaced).
+    #[arg(long, value_name = "RECORDS")]
+    max_rate: Option<u32>,
 
     /// Validate the configuration, print it, and exit (0 when valid, 64 when not).
     #[arg(long)]
     check_config: bool,
 
-    /// Replay a pcap file (NFLOG, Ethernet, raw IP or Linux cooked link types) through the
+    /// Replay a pcap or pcapng file (NFLOG, Ethernet, raw IP or Linux cooked link types) through the
     /// flow cache and exporters with the capture's timestamps, then exit.
     #[arg(long, value_name = "FILE")]
     replay: Option<PathBuf>,
@@ -116,6 +119,7 @@ fn main() -> ExitCode {
         mtu: cli.mtu,
         application_id: cli.application_id.clone(),
         vici: cli.vici.clone(),
+        max_rate: cli.max_rate,
     };
     let cfg = match config::load(cli.config.as_deref(), &over) {
         Ok(cfg) => cfg,

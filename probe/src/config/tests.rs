@@ -171,6 +171,27 @@ fn duplicate_group_and_bad_label_are_rejected() {
 }
 
 #[test]
+fn max_rate_per_target_default_and_flag() {
+    let text = "[[export]]\ntarget = \"ipfix://127.0.0.1:4739\"\nmax_rate = 0\n\
+                [[export]]\ntarget = \"ipfix://127.0.0.1:4740\"\n";
+    let cfg = load_text(text, &Overrides::default()).unwrap();
+    let rates: Vec<u32> = cfg.exports.iter().map(|e| e.max_rate).collect();
+    assert_eq!(rates, [0, defaults::MAX_RATE]);
+    let over = Overrides {
+        max_rate: Some(5_000),
+        ..Overrides::default()
+    };
+    let cfg = load_text(text, &over).unwrap();
+    assert!(cfg.exports.iter().all(|e| e.max_rate == 5_000));
+    let e = load_text(
+        "[[export]]\ntarget = \"ipfix://127.0.0.1:4739\"\nmax_rate = -1\n",
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(e.place.starts_with("probe.toml:3:"), "{e}");
+}
+
+#[test]
 fn bad_target_names_its_line() {
     let e = load_text(
         "[[export]]\ntarget = \"sflow://127.0.0.1:6343\"\n",

@@ -6,17 +6,20 @@
 //!                 │ and every `template_every` messages (RFC 7011 section 8.4)
 //!                 ├ per-domain sequence numbers (IPFIX: data records, v9: packets, v5: flows)
 //!                 └ partly filled message sent after `max_delay`
-//!  UdpExporter: several ExportStates over socket2 UDP sockets; send errors are counted.
+//!  UdpExporter: several ExportStates over socket2 UDP sockets; send errors are counted;
+//!               each target paced by a Pacer (token bucket, records/s: `max_rate`)
 //! ```
 //!
 //! `ExportState` is pure: time comes in as `now_ms` (wall clock, milliseconds since the
 //! UNIX epoch, read by the caller).
 
+mod pace;
 mod state;
 mod target;
 mod udp;
 
 pub use labelflow_proto::template::AppIdEncoding;
+pub use pace::{Pacer, DEFAULT_MAX_RATE};
 pub use state::{
     ExportConfig, ExportMeta, ExportState, ExportStats, GroupMeta, InterfaceMeta, DEFAULT_MTU,
     DEFAULT_TEMPLATE_EVERY, DEFAULT_TEMPLATE_INTERVAL,

@@ -1,12 +1,19 @@
-//! `UdpExporter`: the IO shell over [`ExportState`]s, one UDP socket per target.
+//! `UdpExporter`: the IO shell over [`ExportState`]s, one UDP socket per target, each
+//! paced by its own [`Pacer`] (records per second) when a rate is set.
+//!
+//! Pacing waits here, in the caller's thread: records are handed to a target's state only
+//! as fast as its bucket allows, so a full message leaves at most `burst` records after the
+//! previous ones. The wait is backpressure on whatever pushes (the cache flush at shutdown,
+//! a burst of expiries); this shell reads the monotonic clock, the bucket itself does not.
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use labelflow_proto::FlowRecord;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use super::{ExportConfig, ExportMeta, ExportState, ExportStats, Target};
+use super::{ExportConfig, ExportMeta, ExportState, ExportStats, Pacer, Target};
 
 /// Counters of one target, as the daemon reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +23,9 @@ pub struct TargetStats {
     /// Datagrams the kernel refused (counted, never fatal).
     pub send_errors: u64,
     pub last_send_error: Option<i32>,
+    /// Times pacing made the exporter wait, and for how long in total.
+    pub pacing_waits: u64,
+    pub pacing_wait: Duration,
 }
 
 #[derive(Debug)]
@@ -26,12 +36,51 @@ struct Slot {
     state: ExportState,
     send_errors: u64,
     last_send_error: Option<i32>,
+    pacer: Option<Pacer>,
+    /// Records granted by the pacer and not yet pushed.
+    credit: u64,
+    pacing_waits: u64,
+    pacing_wait: Duration,
 }
+
+impl Slot {
+    /// Takes one record of credit, waiting for the pacer when there is none.
+    fn pace(&mut self, origin: Instant) {
+        let Some(pacer) = &mut self.pacer else {
+            return;
+        };
+        if self.credit == 0 {
+            loop {
+                let now = origin.elapsed().as_nanos() as u64;
+                match pacer.grant(now) {
+                    Ok(n) => {
+                        self.credit = n;
+                        break;
+                    }
+                    Err(at) => {
+                        // At least 1 ms (never more than a burst: the bucket holds 10 ms):
+                        // one sleep per record would cost a system call per record.
+                        let wait = Duration::from_nanos(at - now).max(MIN_PACING_SLEEP);
+                        self.pacing_waits += 1;
+                        self.pacing_wait += wait;
+                        std::thread::sleep(wait);
+                    }
+                }
+            }
+        }
+        self.credit -= 1;
+    }
+}
+
+/// Shortest pacing sleep.
+const MIN_PACING_SLEEP: Duration = Duration::from_millis(1);
 
 /// Sends every flow to each configured target in its format.
 #[derive(Debug)]
 pub struct UdpExporter {
     slots: Vec<Slot>,
+    /// Origin of the monotonic clock the pacers are driven with.
+    origin: Instant,
 }
 
 fn send(socket: &Socket, dest: &SockAddr, buf: &[u8], errors: &mut u64, last: &mut Option<i32>) {
@@ -71,9 +120,26 @@ impl UdpExporter {
                 state: ExportState::new(t.format, cfg),
                 send_errors: 0,
                 last_send_error: None,
+                pacer: None,
+                credit: 0,
+                pacing_waits: 0,
+                pacing_wait: Duration::ZERO,
             });
         }
-        Ok(UdpExporter { slots })
+        Ok(UdpExporter {
+            slots,
+            origin: Instant::now(),
+        })
+    }
+
+    /// Paces every target at `max_rate` records per second (bursts of 10 ms of the rate);
+    /// 0 sends as fast as records come.
+    pub fn with_max_rate(mut self, max_rate: u32) -> Self {
+        for s in &mut self.slots {
+            s.pacer = (max_rate > 0).then(|| Pacer::with_rate(max_rate));
+            s.credit = 0;
+        }
+        self
     }
 
     pub fn set_meta(&mut self, meta: &ExportMeta) {
@@ -99,8 +165,23 @@ impl UdpExporter {
         }
     }
 
+    /// Adds `rec` to every target, after waiting for each target's pacer.
     pub fn push(&mut self, rec: &FlowRecord, now_ms: u64) {
-        self.each(|state, sink| state.push(rec, now_ms, sink));
+        let origin = self.origin;
+        for s in &mut self.slots {
+            s.pace(origin);
+            let Slot {
+                socket,
+                dest,
+                state,
+                send_errors,
+                last_send_error,
+                ..
+            } = s;
+            state.push(rec, now_ms, |b| {
+                send(socket, dest, b, send_errors, last_send_error)
+            });
+        }
     }
 
     pub fn tick(&mut self, now_ms: u64) {
@@ -132,6 +213,8 @@ impl UdpExporter {
                 export: *s.state.stats(),
                 send_errors: s.send_errors,
                 last_send_error: s.last_send_error,
+                pacing_waits: s.pacing_waits,
+                pacing_wait: s.pacing_wait,
             })
             .collect()
     }
@@ -175,10 +258,42 @@ mod tests {
         }
         versions.sort();
         assert_eq!(versions, vec![5, 10]);
+        assert!(ex.stats().iter().all(|s| s.pacing_waits == 0));
         let st = ex.stats();
         assert_eq!(st.len(), 2);
         assert!(st
             .iter()
             .all(|s| s.export.messages == 1 && s.export.records == 1 && s.send_errors == 0));
+    }
+
+    #[test]
+    fn pacing_spreads_records_at_the_rate() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let target: Target = format!("ipfix://{}", rx.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        // 2000 records/s, bursts of 20: 100 records need at least 40 ms.
+        let mut ex = UdpExporter::new(&[target], ExportConfig::default(), None)
+            .unwrap()
+            .with_max_rate(2_000);
+        let rec = FlowRecord {
+            src_addr: "10.0.0.1".parse().unwrap(),
+            dst_addr: "10.0.0.2".parse().unwrap(),
+            packets: 1,
+            bytes: 60,
+            ..FlowRecord::default()
+        };
+        let start = std::time::Instant::now();
+        for _ in 0..100 {
+            ex.push(&rec, 1_700_000_000_000);
+        }
+        ex.flush();
+        let took = start.elapsed();
+        let st = ex.stats()[0];
+        assert_eq!(st.export.records, 100);
+        assert!(took >= Duration::from_millis(40), "{took:?}");
+        // Sleeps of at least 1 ms (2 records at this rate), not one per record. (How long
+        // they add up to depends on how long the test thread waited for a CPU besides.)
+        assert!((1..=40).contains(&st.pacing_waits), "{st:?}");
     }
 }

@@ -1,6 +1,6 @@
+use super::format::{PCAP_MAGIC_MICROS, PCAP_MAGIC_NANOS};
 use super::*;
 use crate::packet::Hook;
-use std::io::Cursor;
 
 /// IPv4 header (20 bytes, total length 28, UDP 10.0.0.1 -> 10.0.0.2) + UDP header.
 #[rustfmt::skip]
@@ -58,11 +58,15 @@ fn pcap(big: bool, nanos: bool, linktype: u32, records: &[(u32, u32, Vec<u8>)]) 
     f
 }
 
+fn detach(m: &PacketMeta<'_>) -> PacketMeta<'static> {
+    PacketMeta { prefix: &[], ..*m }
+}
+
 /// Delivered packet: metadata (prefix detached), prefix, payload.
 type Delivered = (PacketMeta<'static>, Vec<u8>, Vec<u8>);
 
 fn read_all(file: Vec<u8>, group: u16) -> (Vec<Delivered>, ReplayStats) {
-    let mut r = PcapReader::new(Cursor::new(file), "test.pcap", group).unwrap();
+    let mut r = CaptureReader::from_vec(file, "test.pcap", group).unwrap();
     let mut out = Vec::new();
     r.for_each_packet(|m, p| out.push((detach(m), m.prefix.to_vec(), p.to_vec())))
         .unwrap();
@@ -244,11 +248,11 @@ fn truncated_last_record_is_reported_after_the_rest() {
     );
     let second = 24 + 16 + V4.len();
     file.truncate(file.len() - 3);
-    let mut r = PcapReader::new(Cursor::new(file.clone()), "cut.pcap", 1).unwrap();
+    let mut r = CaptureReader::from_vec(file.clone(), "cut.pcap", 1).unwrap();
     assert!(r.next_packet().unwrap().is_ok());
     let err = r.next_packet().unwrap().unwrap_err();
     assert!(
-        matches!(err, ReplayError::Truncated { offset, what: "record", need: 44, have: 41, .. } if offset == second as u64),
+        matches!(err, ReplayError::Format { source: FormatError::Truncated { offset, what: "record", need: 44, have: 41 }, .. } if offset == second as u64),
         "{err:?}"
     );
     assert!(
@@ -257,13 +261,16 @@ fn truncated_last_record_is_reported_after_the_rest() {
         "{err}"
     );
     file.truncate(second + 5);
-    let mut r = PcapReader::new(Cursor::new(file), "cut.pcap", 1).unwrap();
+    let mut r = CaptureReader::from_vec(file, "cut.pcap", 1).unwrap();
     assert!(r.next_packet().unwrap().is_ok());
     assert!(matches!(
         r.next_packet(),
-        Some(Err(ReplayError::Truncated {
-            what: "record header",
-            have: 5,
+        Some(Err(ReplayError::Format {
+            source: FormatError::Truncated {
+                what: "record header",
+                have: 5,
+                ..
+            },
             ..
         }))
     ));
@@ -271,63 +278,74 @@ fn truncated_last_record_is_reported_after_the_rest() {
 
 #[test]
 fn bad_files_are_named_errors() {
+    let format_err = |r: Result<CaptureReader, ReplayError>| match r {
+        Err(ReplayError::Format { source, .. }) => source,
+        other => panic!("expected a format error, got {other:?}"),
+    };
+    // A pcapng section header whose byte-order magic is wrong.
     let ng = [
-        0x0a, 0x0d, 0x0d, 0x0a, 0x1c, 0, 0, 0, 0x4d, 0x3c, 0x2b, 0x1a,
+        0x0a, 0x0d, 0x0d, 0x0a, 0x1c, 0, 0, 0, 0x4d, 0x3c, 0x2b, 0x1b,
     ]
-    .repeat(2);
+    .repeat(3);
     assert!(matches!(
-        PcapReader::new(Cursor::new(ng), "a", 1),
-        Err(ReplayError::Pcapng { .. })
+        format_err(CaptureReader::from_vec(ng, "a", 1)),
+        FormatError::Corrupt {
+            offset: 8,
+            what: "section byte-order magic",
+            ..
+        }
     ));
     let junk = vec![0x55; 24];
     assert!(matches!(
-        PcapReader::new(Cursor::new(junk), "b", 1),
-        Err(ReplayError::BadMagic { .. })
+        format_err(CaptureReader::from_vec(junk, "b", 1)),
+        FormatError::BadMagic { .. }
     ));
     let other = pcap(false, false, 105, &[]); // 802.11
     assert!(matches!(
-        PcapReader::new(Cursor::new(other), "c", 1),
-        Err(ReplayError::UnsupportedLinkType { linktype: 105, .. })
+        format_err(CaptureReader::from_vec(other, "c", 1)),
+        FormatError::UnsupportedLinkType { linktype: 105 }
     ));
     let short = pcap(false, false, 1, &[])[..10].to_vec();
     assert!(matches!(
-        PcapReader::new(Cursor::new(short), "d", 1),
-        Err(ReplayError::Truncated {
+        format_err(CaptureReader::from_vec(short, "d", 1)),
+        FormatError::Truncated {
             offset: 0,
             what: "file header",
             ..
-        })
+        }
     ));
     let mut huge = pcap(false, false, 1, &[(1, 0, V4.to_vec())]);
     huge[24 + 8..24 + 12].copy_from_slice(&u32::MAX.to_le_bytes());
-    let mut r = PcapReader::new(Cursor::new(huge), "e", 1).unwrap();
-    assert!(matches!(
-        r.next_packet(),
-        Some(Err(ReplayError::Corrupt {
-            offset: 32,
-            what: "record length",
-            ..
-        }))
-    ));
+    let mut r = CaptureReader::from_vec(huge, "e", 1).unwrap();
+    let err = r.next_packet().unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ReplayError::Format {
+                source: FormatError::Corrupt {
+                    offset: 32,
+                    what: "record length",
+                    ..
+                },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "e: corrupt at byte 32: record length 4294967295"
+    );
     let empty = pcap(false, false, 1, &[]);
-    let mut r = PcapReader::new(Cursor::new(empty), "f", 1).unwrap();
+    let mut r = CaptureReader::from_vec(empty, "f", 1).unwrap();
     assert!(r.next_packet().is_none());
 }
 
-/// Hands out at most 7 bytes per read, to exercise refills at every boundary.
-struct Dribble(Cursor<Vec<u8>>);
-impl Read for Dribble {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = buf.len().min(7);
-        self.0.read(&mut buf[..n])
-    }
-}
-
 #[test]
-fn short_reads_and_records_larger_than_the_buffer() {
+fn records_larger_than_a_read_and_a_file_read_in_chunks() {
     let big_rec = {
         let mut v = V4.to_vec();
-        v.resize(CHUNK + 1000, 0xee);
+        v.resize(3 << 20, 0xee);
         v
     };
     let mut records: Vec<_> = (0..50).map(|i| (i, 0, V4.to_vec())).collect();
@@ -335,7 +353,42 @@ fn short_reads_and_records_larger_than_the_buffer() {
     records.push((61, 0, V6.to_vec()));
     let mut file = pcap(false, false, 101, &records);
     file[16..20].copy_from_slice(&(4u32 << 20).to_le_bytes()); // snaplen 4 MiB
-    let mut r = PcapReader::new(Dribble(Cursor::new(file.clone())), "d", 1).unwrap();
+    let path = std::env::temp_dir().join(format!("labelflow-replay-{}.pcap", std::process::id()));
+    // Records of every size from 1 to 200 bytes past the IP header, so chunk boundaries
+    // fall inside headers and bodies alike.
+    let mut odd: Vec<_> = (0..40_000u32)
+        .map(|i| {
+            let mut v = V4.to_vec();
+            v.resize(28 + (i % 200) as usize, i as u8);
+            (i, 0, v)
+        })
+        .collect();
+    odd.push((40_000, 0, V6.to_vec()));
+    let odd_file = pcap(true, true, 101, &odd);
+    assert!(odd_file.len() > 3 * CHUNK);
+    std::fs::write(&path, &odd_file).unwrap();
+    let mut from_file = Vec::new();
+    let mut r = CaptureReader::open(&path, 1).unwrap();
+    r.for_each_packet(|m, p| from_file.push((detach(m), p.to_vec())))
+        .unwrap();
+    // Cut inside the last record: the error names its offset in the file, not the buffer.
+    let last = odd_file.len() - 16 - V6.len();
+    std::fs::write(&path, &odd_file[..odd_file.len() - 3]).unwrap();
+    let mut r = CaptureReader::open(&path, 1).unwrap();
+    let err = r.for_each_packet(|_, _| {}).unwrap_err();
+    assert!(
+        matches!(err, ReplayError::Format { source: FormatError::Truncated { offset, what: "record", .. }, .. } if offset == last as u64),
+        "{err:?}"
+    );
+    assert_eq!(r.stats().packets, 40_000);
+    let (in_memory, stats) = read_all(odd_file, 1);
+    assert_eq!(stats.packets, 40_001);
+    assert_eq!(from_file.len(), in_memory.len());
+    for (a, b) in from_file.iter().zip(&in_memory) {
+        assert_eq!((&a.0, &a.1), (&b.0, &b.2));
+    }
+    std::fs::write(&path, &file).unwrap();
+    let mut r = CaptureReader::open(&path, 1).unwrap();
     let mut n = 0;
     while let Some(p) = r.next_packet() {
         let (m, payload) = p.unwrap();
@@ -353,6 +406,13 @@ fn short_reads_and_records_larger_than_the_buffer() {
         n += 1;
     }
     assert_eq!(n, 52);
+    std::fs::write(&path, b"").unwrap();
+    let err = CaptureReader::open(&path, 1).unwrap_err();
+    assert!(
+        err.to_string().contains("truncated at byte 0: file header"),
+        "{err}"
+    );
+    std::fs::remove_file(&path).unwrap();
     let (pkts, _) = read_all(file, 1);
     assert_eq!(pkts[50].2, big_rec);
 }
