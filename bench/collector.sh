@@ -50,11 +50,11 @@ set -euo pipefail
 field() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
 
 cd "$(dirname "$0")/.."
-RECORDS=${RECORDS:-500000}
+RECORDS=${RECORDS:-250000}
 RUN_SECONDS=${RUN_SECONDS:-2}
 STREAMS=${STREAMS:-"live random backlog exporters softflowd"}
 MODES=${MODES:-"labelflow/gso labelflow/dgram labelflow-no-gro/dgram nfcapd/dgram"}
-LO=${LO:-250000}
+LO=${LO:-100000}
 HI=${HI:-16000000}
 STEPS=${STEPS:-6}
 RCVBUF=${RCVBUF:-8388608}
@@ -97,8 +97,10 @@ hwm_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 # utime + stime of all the process's threads (/proc/PID/stat fields 14 and 15), clock ticks.
 # The command name (field 2) may hold spaces, so fields are counted after its ")".
 cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
-# The receive buffer the kernel actually gave the socket bound to a local UDP port.
+# The receive buffer the kernel actually gave the socket bound to a local UDP port, and the
+# bytes waiting in it.
 rcvbuf() { ss -Huanm "sport = :$1" | sed -n 's/.*rb\([0-9]*\).*/\1/p'; }
+recvq() { ss -Huan "sport = :$1" | awk '{ print $2; exit }'; }
 
 # The stream files: "$WORK/NAME.bin", and in "$WORK/NAME.args" the replay's extra arguments.
 make_stream() {
@@ -144,6 +146,18 @@ send() {
     "${gso[@]}" "${args[@]}"
 }
 
+# SIGTERM, and SIGKILL if the collector has not exited 10 s later (said on stderr).
+stop_collector() {
+  kill -TERM "$1"
+  local n=0
+  while kill -0 "$1" 2>/dev/null && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+  if kill -0 "$1" 2>/dev/null; then
+    echo "labelflow-collector did not exit within 10 s of SIGTERM: killed" >&2
+    kill -KILL "$1"
+  fi
+  wait "$1" || true
+}
+
 collector_run() {
   local stream=$1 rate=$2 sender=$3 gro=$4 udp=47390 http=47391
   rm -f "$WORK"/c.db*
@@ -159,23 +173,28 @@ collector_run() {
   # Records counted once the replay is over (the counters are published every 250 ms), until
   # all are in or the count stops moving. Polled only then: a scrape costs the collector
   # ~0.3 ms of CPU, which at 50/s would add a few per cent to its CPU time per record.
-  local got prev=-1 still=0
-  while :; do
+  # A count that stands still while datagrams wait in the socket is not final (the ingest
+  # thread may be busy taking a large batch); bounded at 30 s.
+  local got prev=-1 still=0 waited=0
+  while [ $waited -lt 1500 ]; do
     got=$(metric labelflow_collector_flow_records_total $http)
     [ "${got:-0}" -ge "$total" ] && break
-    if [ "$got" = "$prev" ]; then still=$((still + 1)); else still=0; fi
+    if [ "$got" = "$prev" ] && [ "$(recvq $udp)" = 0 ]; then still=$((still + 1)); else still=0; fi
     [ $still -ge 50 ] && break
     prev=$got
-    sleep 0.02
+    sleep 0.02; waited=$((waited + 1))
   done
   # CPU time once what was received is committed (commit_interval, 1 s by default), so the
-  # store's share is counted as nfcapd's file writing is; bounded in case a commit lags.
+  # store's share is counted as nfcapd's file writing is; bounded in case a commit lags, and
+  # only for a lossless probe (the only one whose CPU time is reported).
   local n=0
-  until [ "$(committed $http)" = 1 ] || [ $n -ge 50 ]; do sleep 0.2; n=$((n + 1)); done
+  if [ "${got:-0}" -ge "$total" ]; then
+    until [ "$(committed $http)" = 1 ] || [ $n -ge 25 ]; do sleep 0.2; n=$((n + 1)); done
+  fi
   local cpu hwm; cpu=$(($(cpu_ticks $pid) - cpu0)); hwm=$(hwm_kb $pid)
   local note=""
   [ "$(committed $http)" = 1 ] || note=" commit-lagging"
-  kill -TERM $pid; wait $pid || true
+  stop_collector $pid
   echo "$out got=$got hwm_kb=$hwm rcvbuf=$rb cpu_ticks=$cpu$note"
 }
 
@@ -188,6 +207,9 @@ nfcapd_run() {
   local rb cpu0; rb=$(rcvbuf $udp); cpu0=$(cpu_ticks $pid)
   local out
   out=$(send "$stream" "$rate" $udp "$sender")
+  # Until its socket is drained, and a second for the records to reach its file buffers.
+  local n=0
+  until [ "$(recvq $udp)" = 0 ] || [ $n -ge 300 ]; do sleep 0.1; n=$((n + 1)); done
   sleep 1
   # Before SIGTERM: its final flush of the file is not counted (nor the collector's on exit).
   local cpu hwm; cpu=$(($(cpu_ticks $pid) - cpu0)); hwm=$(hwm_kb $pid)

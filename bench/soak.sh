@@ -68,7 +68,15 @@ lf_binaries
 lf_require_lab rules-file counters-all
 lf_up
 TRAFFIC_PID=""
-trap 'rc=$?; soak_traffic_stop; (exit $rc); lf_cleanup' EXIT
+# lf_cleanup takes the exit status from $? and ends with it.
+soak_cleanup() {
+  local rc=$?
+  set +e
+  soak_traffic_stop
+  (exit $rc)
+  lf_cleanup
+}
+trap soak_cleanup EXIT
 
 # The example's probe configuration with templates and options sent only at start and at
 # shutdown (see above), and flows exported after ACTIVE_TIMEOUT / IDLE_TIMEOUT (the lab's
