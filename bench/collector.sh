@@ -35,8 +35,8 @@
 #                     tops out near 280k datagrams/s (~5.5M records/s); a step it could not
 #                     offer is marked "sender-limited"
 #
-# Search: the offered rate is bisected geometrically between LO and HI records/s for STEPS
-# probes; each probe offers ~RUN_SECONDS seconds of the stream (whole passes, sequence numbers
+# Search: LO records/s first, then the offered rate is bisected geometrically between LO and
+# HI for STEPS probes; each probe offers ~RUN_SECONDS seconds of the stream (whole passes, sequence numbers
 # restarting each pass) and is lossless when the receiver counted every flow record sent.
 #
 # Other knobs: RCVBUF (UDP receive buffer, bytes, before the kernel doubles it; capped by
@@ -83,6 +83,7 @@ COLLECTOR_RCVBUF=$((RCVBUF < RMEM_MAX ? RCVBUF : RMEM_MAX))
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
+trap 'exit 130' INT TERM
 touch "$WORK/summary"
 
 metric() { curl -s "http://127.0.0.1:$2/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
@@ -174,9 +175,9 @@ collector_run() {
   # all are in or the count stops moving. Polled only then: a scrape costs the collector
   # ~0.3 ms of CPU, which at 50/s would add a few per cent to its CPU time per record.
   # A count that stands still while datagrams wait in the socket is not final (the ingest
-  # thread may be busy taking a large batch); bounded at 30 s.
+  # thread may be busy taking a large batch); bounded at 10 s.
   local got prev=-1 still=0 waited=0
-  while [ $waited -lt 1500 ]; do
+  while [ $waited -lt 500 ]; do
     got=$(metric labelflow_collector_flow_records_total $http)
     [ "${got:-0}" -ge "$total" ] && break
     if [ "$got" = "$prev" ] && [ "$(recvq $udp)" = 0 ]; then still=$((still + 1)); else still=0; fi
@@ -229,13 +230,14 @@ probe() {
   esac
 }
 
-# The highest lossless rate of mode $1 on stream $2: bisects [LO, HI] geometrically. Appends
-# "stream mode offered cpu_ns rss_mb note" to the summary and prints a table line.
+# The highest lossless rate of mode $1 on stream $2: LO first (a receiver lossy there costs one
+# probe), then [LO, HI] bisected geometrically. Appends "stream mode offered cpu_ns rss_mb
+# note" to the summary and prints a table line.
 search() {
   local mode=$1 stream=$2 lo=$LO hi=$HI best="" limited=""
-  local rate r got total offered
-  for _ in $(seq "$STEPS"); do
-    rate=$(echo "sqrt($lo * $hi)" | bc -l | cut -d. -f1)
+  local rate=$LO r got total offered
+  for step in $(seq 0 "$STEPS"); do
+    [ "$step" -eq 0 ] || rate=$(echo "sqrt($lo * $hi)" | bc -l | cut -d. -f1)
     r=$(probe "$mode" "$stream" "$rate")
     got=$(field got "$r"); total=$(field records "$r"); offered=$(field offered_rate "$r")
     local short=""
@@ -247,14 +249,9 @@ search() {
       lo=$rate
     else
       hi=$rate
+      [ "$step" -gt 0 ] || break
     fi
   done
-  # Nothing lossless yet: the floor itself.
-  if [ -z "$best" ]; then
-    r=$(probe "$mode" "$stream" "$LO")
-    echo "  $stream $mode target $LO/s: $r" >&2
-    [ "$(field got "$r")" -lt "$(field records "$r")" ] || best=$r
-  fi
   if [ -z "$best" ]; then
     printf '  %-24s lossy at %s records/s and above\n' "$mode" "$LO"
     echo "$stream $mode 0 n/a n/a lossy" >>"$WORK/summary"
