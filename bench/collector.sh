@@ -15,8 +15,10 @@
 #   backlog    --shape backlog: the random keys with flow ends spread over an hour of flow
 #              time per million records, in order: at 1M records/s an hour of flow time per
 #              second of sending (a replayed capture, an exporter flushing after an outage)
-#   exporters  the random stream from EXPORTERS exporters at once, each from its own
-#              loopback address (127.0.0.1, 127.0.0.2, ...), interleaved send by send
+#   exporters  a random stream of RECORDS/EXPORTERS records sent by EXPORTERS exporters at
+#              once, each from its own loopback address (127.0.0.1, 127.0.0.2, ...), send by
+#              send in turn: many scopes (sessions, templates, sequence numbers) at once; the
+#              exporters send the same records, so its keys are fewer than the random stream's
 #   softflowd  a third-party exporter's stream: softflowd 1.1 (-r, IPFIX) over a capture of
 #              RECORDS packets of mixed TCP/UDP/ICMP/ESP, IPv4 and IPv6, one flow record per
 #              packet, its times moved to the last quarter hour (editcap -t); recorded once
@@ -271,7 +273,11 @@ started=$SECONDS
 for stream in $STREAMS; do
   make_stream "$stream"
   "$GEN" count --file "$WORK/$stream.bin" >"$WORK/$stream.count"
-  echo "stream $stream: $(cat "$WORK/$stream.count") per pass$(sed 's/^--/, --/' "$WORK/$stream.args")"
+  if [ -s "$WORK/$stream.args" ]; then
+    echo "stream $stream: $(cat "$WORK/$stream.count") per exporter and pass, $(cat "$WORK/$stream.args")"
+  else
+    echo "stream $stream: $(cat "$WORK/$stream.count") per pass"
+  fi
   for mode in $MODES; do
     search "$mode" "$stream"
   done
