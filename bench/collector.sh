@@ -1,64 +1,79 @@
 #!/usr/bin/env bash
-# Collector ingest benchmark: replay a recorded IPFIX stream (>= 1M flow records, 22 per
-# datagram, loopback) at labelflow-collector and at nfcapd, stepping the offered rate down
-# until a run is lossless, and print for both: records/s, peak RSS (VmHWM) and the receiver's
-# CPU time per record. Several rounds, the two receivers in turn, and the comparison taken
-# from the medians: on a small VM one run of either receiver can be far off its usual figure.
+# Collector ingest benchmark: several IPFIX streams, each sent at labelflow-collector and at
+# nfcapd over loopback with the same UDP receive buffer. For every stream and receive mode it
+# searches the highest offered rate the receiver takes without losing a record, and prints
+# that rate, the receiver's CPU time per record and its peak RSS (VmHWM).
 #
-#   bench/collector.sh                 # RECORDS=1000010 REPEAT=12 ROUNDS=3 RATES="16000000 ..."
+#   bench/collector.sh            # one run, ~10-15 minutes on a 2-core VM
+#   STREAMS="random backlog" MODES="labelflow-no-gro/dgram nfcapd/dgram" bench/collector.sh
 #
-# RECORDS  flow records in the generated stream file
-# REPEAT   passes over the stream per run (a longer offered stream without a bigger file: a
-#          run must hold the rate for seconds, not only fit a burst into the receive buffer;
-#          sequence numbers restart each pass, which labelflow-collector counts as a sequence
-#          reset and nfcapd ignores)
-# ROUNDS   rate searches per receiver
-# RATES    offered rates to try, records/s, highest first
-# RCVBUF   UDP receive buffer for both receivers, bytes (before the kernel doubles it)
-# BIN=DIR  prebuilt binaries (e.g. an older build, for before/after figures)
-# GEN=PATH the replay tool, default $BIN/labelflow-ipfix-gen; with an older BIN, pointing GEN at
-#          a current build keeps the sender from being the limit (REPEAT needs a current one)
+# Streams (STREAMS, in this order by default; generated with SEED, RECORDS records a pass):
+#   live       labelflow-ipfix-gen --shape live: four labels, a few hundred hosts and ports,
+#              flows of at most 90 s in the last ten minutes (most records in 2-3 buckets)
+#   random     --shape random: random IPv4 addresses and ports, interface indexes out of a
+#              million (tens of thousands of exporters' worth), 64 observation points, 16 labels
+#   backlog    --shape backlog: the random keys with flow ends spread over an hour of flow
+#              time per million records, in order: at 1M records/s an hour of flow time per
+#              second of sending (a replayed capture, an exporter flushing after an outage)
+#   exporters  a random stream of RECORDS/EXPORTERS records sent by EXPORTERS exporters at
+#              once, each from its own loopback address (127.0.0.1, 127.0.0.2, ...), send by
+#              send in turn: many scopes (sessions, templates, sequence numbers) at once; the
+#              exporters send the same records, so its keys are fewer than the random stream's
+#   softflowd  a third-party exporter's stream: softflowd 1.1 (-r, IPFIX) over a capture of
+#              RECORDS packets of mixed TCP/UDP/ICMP/ESP, IPv4 and IPv6, one flow record per
+#              packet, its times moved to the last quarter hour (editcap -t); recorded once
+#              from the wire (labelflow-ipfix-gen record) and replayed at each rate
 #
-# The sender takes one core, and on loopback it also carries every datagram up to the
-# receiving socket. It sends runs of equal-length datagrams as one UDP GSO message, which
-# the kernel splits back into the same datagrams before the receiver (see
-# labelflow-ipfix-gen), so it can offer well over 10M records/s here; a step where it still
-# fell short of its target is marked "sender-limited". The CPU time the receiver spends per
-# record does not depend on the sender, so it is printed as well.
+# Modes (MODES, RECEIVER/SENDER):
+#   receivers  labelflow         labelflow-collector as configured by default (udp_gro =
+#                                true: a read may carry a batch of one exporter's datagrams)
+#              labelflow-no-gro  udp_gro = false: every datagram its own read, as nfcapd reads
+#              nfcapd            nfcapd 1.7.1 (-B RCVBUF)
+#   senders    gso    runs of equal-length datagrams as one UDP GSO send: the kernel splits
+#                     them before the receiver; with udp_gro the receiver gets them unsplit
+#                     (as a link's GRO merges an exporter's back-to-back datagrams)
+#              dgram  plain sendmmsg, one datagram per message, paced per call: what a real
+#                     link with nothing to merge delivers. Per datagram the loopback sender
+#                     tops out near 280k datagrams/s (~5.5M records/s); a step it could not
+#                     offer is marked "sender-limited"
 #
-# labelflow-collector runs twice. As configured by default (udp_gro = true), the kernel hands
-# each of the sender's GSO batches to it unsplit, up to 64 datagrams per read, and it cuts
-# them apart itself (on a real link the receive path's GRO merges an exporter's consecutive
-# datagrams the same way, as far as they arrive in one NAPI poll). As "labelflow-no-gro"
-# (udp_gro = false) it reads every datagram on its own, as nfcapd does: the like-for-like
-# comparison of the two receivers' own work.
+# Search: LO records/s first, then the offered rate is bisected geometrically between LO and
+# HI for STEPS probes; each probe offers ~RUN_SECONDS seconds of the stream (whole passes, sequence numbers
+# restarting each pass) and is lossless when the receiver counted every flow record sent.
 #
-# Needs: cargo, nfcapd + nfdump (Debian nfdump), curl, bc, ss (iproute2).
+# Other knobs: RCVBUF (UDP receive buffer, bytes, before the kernel doubles it; capped by
+# net.core.rmem_max for nfcapd, so the collector gets the same cap), EXPORTERS (16), SEED (1),
+# BIN=DIR (prebuilt binaries), GEN=PATH (the stream tool).
+#
+# Needs: cargo, nfcapd + nfdump (Debian nfdump), softflowd, editcap (Debian tshark), curl, bc,
+# ss (iproute2).
 set -euo pipefail
 
-field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
+field() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
 
 cd "$(dirname "$0")/.."
-RECORDS=${RECORDS:-1000010}
-REPEAT=${REPEAT:-12}
-ROUNDS=${ROUNDS:-3}
-RATES=${RATES:-"16000000 14000000 12000000 10000000 9000000 8000000 7000000 6000000 5000000 4000000 3200000 2600000 2000000 1600000 1200000 800000"}
+RECORDS=${RECORDS:-250000}
+RUN_SECONDS=${RUN_SECONDS:-2}
+STREAMS=${STREAMS:-"live random backlog exporters softflowd"}
+MODES=${MODES:-"labelflow/gso labelflow/dgram labelflow-no-gro/dgram nfcapd/dgram"}
+LO=${LO:-100000}
+HI=${HI:-16000000}
+STEPS=${STEPS:-6}
 RCVBUF=${RCVBUF:-8388608}
-TOTAL=$((RECORDS * REPEAT))
+EXPORTERS=${EXPORTERS:-16}
+SEED=${SEED:-1}
 TICK=$(getconf CLK_TCK)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
-for tool in nfcapd nfdump curl bc ss; do
+for tool in nfcapd nfdump softflowd editcap curl bc ss; do
   command -v "$tool" >/dev/null || { echo "bench/collector.sh: needs $tool" >&2; exit 1; }
 done
 
 if [ -z "${BIN:-}" ]; then
   cargo build --release -p labelflow-collector --bins >&2
+  cargo build --release -p labelflow-tests --bin labelflow-gen-capture >&2
   BIN=$CARGO_TARGET_DIR/release
 fi
 GEN=${GEN:-$BIN/labelflow-ipfix-gen}
-# Passed only when needed, so that a GEN from before --repeat existed still runs REPEAT=1.
-REPEAT_ARGS=()
-[ "$REPEAT" -ne 1 ] && REPEAT_ARGS=(--repeat "$REPEAT")
 
 # nfcapd -B sets SO_RCVBUF, which the kernel caps at net.core.rmem_max; labelflow-collector
 # run as root uses SO_RCVBUFFORCE, which is not capped. Give the collector the capped size so
@@ -70,9 +85,8 @@ COLLECTOR_RCVBUF=$((RCVBUF < RMEM_MAX ? RCVBUF : RMEM_MAX))
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
+trap 'exit 130' INT TERM
 touch "$WORK/summary"
-"$GEN" generate --records "$RECORDS" --out "$WORK/stream.bin"
-echo "stream: $RECORDS records, $(stat -c %s "$WORK/stream.bin") bytes, sent $REPEAT times per run" >&2
 
 metric() { curl -s "http://127.0.0.1:$2/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 # 1 once every datagram the collector received is committed to its store.
@@ -86,140 +100,205 @@ hwm_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 # utime + stime of all the process's threads (/proc/PID/stat fields 14 and 15), clock ticks.
 # The command name (field 2) may hold spaces, so fields are counted after its ")".
 cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
-# The receive buffer the kernel actually gave the socket bound to a local UDP port.
+# The receive buffer the kernel actually gave the socket bound to a local UDP port, and the
+# bytes waiting in it.
 rcvbuf() { ss -Huanm "sport = :$1" | sed -n 's/.*rb\([0-9]*\).*/\1/p'; }
+recvq() { ss -Huan "sport = :$1" | awk '{ print $2; exit }'; }
+
+# The stream files: "$WORK/NAME.bin", and in "$WORK/NAME.args" the replay's extra arguments.
+make_stream() {
+  local name=$1 file=$WORK/$1.bin
+  : >"$WORK/$name.args"
+  case $name in
+    live | random | backlog)
+      "$GEN" generate --records "$RECORDS" --shape "$name" --seed "$SEED" --out "$file" ;;
+    exporters)
+      # RECORDS in all per pass: each exporter sends its share.
+      "$GEN" generate --records "$(((RECORDS + EXPORTERS - 1) / EXPORTERS))" --shape random \
+        --seed "$((SEED + 1))" --out "$file"
+      echo "--exporters $EXPORTERS" >"$WORK/$name.args" ;;
+    softflowd)
+      # One flow per packet, so one record per packet; softflowd's flow table (8192) fills
+      # and expires the oldest flows as new ones come.
+      "$BIN/labelflow-gen-capture" --packets "$RECORDS" --flows "$RECORDS" --seconds 600 \
+        --out "$WORK/cap0.pcap" >&2
+      editcap -F pcap -t "$(($(date +%s) - 1700000000 - 900))" "$WORK/cap0.pcap" "$WORK/cap.pcap"
+      rm -f "$WORK/cap0.pcap"
+      "$GEN" record --listen 127.0.0.1:47399 --out "$file" --idle 3s >"$WORK/record.out" &
+      local rec=$!
+      until [ -n "$(rcvbuf 47399)" ]; do sleep 0.05; done
+      softflowd -r "$WORK/cap.pcap" -n 127.0.0.1:47399 -v 10 -6 -d -p "$WORK/softflowd.pid" \
+        >"$WORK/softflowd.log" 2>&1
+      wait $rec
+      rm -f "$WORK/cap.pcap" ;;
+    *) echo "bench/collector.sh: unknown stream $name" >&2; exit 1 ;;
+  esac
+}
+
+# Sends stream $1 at rate $2 to 127.0.0.1:$3 with sender $4; prints the replay's summary.
+send() {
+  local per repeat exporters=1 args
+  read -r -a args <"$WORK/$1.args" || true
+  [ "${#args[@]}" -eq 0 ] || exporters=${args[1]}
+  per=$(($(field records "$(cat "$WORK/$1.count")") * exporters))
+  repeat=$(echo "r = $2 * $RUN_SECONDS / $per + 0.5; scale = 0; r / 1" | bc)
+  [ "$repeat" -ge 1 ] || repeat=1
+  local gso=()
+  [ "$4" = gso ] || gso=(--no-gso)
+  "$GEN" replay --file "$WORK/$1.bin" --to "127.0.0.1:$3" --rate "$2" --repeat "$repeat" \
+    "${gso[@]}" "${args[@]}"
+}
+
+# SIGTERM, and SIGKILL if the collector has not exited 10 s later (said on stderr).
+stop_collector() {
+  kill -TERM "$1"
+  local n=0
+  while kill -0 "$1" 2>/dev/null && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+  if kill -0 "$1" 2>/dev/null; then
+    echo "labelflow-collector did not exit within 10 s of SIGTERM: killed" >&2
+    kill -KILL "$1"
+  fi
+  wait "$1" || true
+}
 
 collector_run() {
-  local rate=$1 gro=${2:-true} udp=47390 http=47391
+  local stream=$1 rate=$2 sender=$3 gro=$4 udp=47390 http=47391
   rm -f "$WORK"/c.db*
   printf 'recv_buffer = %s\nudp_gro = %s\n' "$COLLECTOR_RCVBUF" "$gro" >"$WORK/c.toml"
   "$BIN/labelflow-collector" --config "$WORK/c.toml" --listen 127.0.0.1:$udp --http 127.0.0.1:$http \
     --db "$WORK/c.db" 2>"$WORK/c.log" &
   local pid=$!
-  until curl -s "http://127.0.0.1:$http/metrics" >/dev/null; do sleep 0.1; done
+  until curl -s "http://127.0.0.1:$http/metrics" >/dev/null; do sleep 0.05; done
   local rb cpu0; rb=$(rcvbuf $udp); cpu0=$(cpu_ticks $pid)
-  local out
-  out=$("$GEN" replay --file "$WORK/stream.bin" --to 127.0.0.1:$udp --rate "$rate" "${REPEAT_ARGS[@]}")
+  local out total
+  out=$(send "$stream" "$rate" $udp "$sender")
+  total=$(field records "$out")
   # Records counted once the replay is over (the counters are published every 250 ms), until
   # all are in or the count stops moving. Polled only then: a scrape costs the collector
   # ~0.3 ms of CPU, which at 50/s would add a few per cent to its CPU time per record.
-  local got prev=-1 still=0
-  while :; do
+  # A count that stands still while datagrams wait in the socket is not final (the ingest
+  # thread may be busy taking a large batch); bounded at 10 s.
+  local got prev=-1 still=0 waited=0
+  while [ $waited -lt 500 ]; do
     got=$(metric labelflow_collector_flow_records_total $http)
-    [ "${got:-0}" -ge "$TOTAL" ] && break
-    if [ "$got" = "$prev" ]; then still=$((still + 1)); else still=0; fi
+    [ "${got:-0}" -ge "$total" ] && break
+    if [ "$got" = "$prev" ] && [ "$(recvq $udp)" = 0 ]; then still=$((still + 1)); else still=0; fi
     [ $still -ge 50 ] && break
     prev=$got
-    sleep 0.02
+    sleep 0.02; waited=$((waited + 1))
   done
   # CPU time once what was received is committed (commit_interval, 1 s by default), so the
-  # store's share is counted as nfcapd's file writing is; bounded in case a commit fails.
+  # store's share is counted as nfcapd's file writing is; bounded in case a commit lags, and
+  # only for a lossless probe (the only one whose CPU time is reported).
   local n=0
-  until [ "$(committed $http)" = 1 ] || [ $n -ge 25 ]; do sleep 0.2; n=$((n + 1)); done
-  local cpu hwm gro_reads; cpu=$(($(cpu_ticks $pid) - cpu0)); hwm=$(hwm_kb $pid)
-  gro_reads=$(metric labelflow_collector_udp_gro_reads_total $http)
-  kill -TERM $pid; wait $pid || true
-  echo "$out got=$got hwm_kb=$hwm rcvbuf=$rb cpu_ticks=$cpu gro_reads=$gro_reads"
+  if [ "${got:-0}" -ge "$total" ]; then
+    until [ "$(committed $http)" = 1 ] || [ $n -ge 25 ]; do sleep 0.2; n=$((n + 1)); done
+  fi
+  local cpu hwm; cpu=$(($(cpu_ticks $pid) - cpu0)); hwm=$(hwm_kb $pid)
+  local note=""
+  [ "$(committed $http)" = 1 ] || note=" commit-lagging"
+  stop_collector $pid
+  echo "$out got=$got hwm_kb=$hwm rcvbuf=$rb cpu_ticks=$cpu$note"
 }
-# Every datagram its own read, as nfcapd reads them.
-collector_nogro_run() { collector_run "$1" false; }
 
 nfcapd_run() {
-  local rate=$1 udp=47392
+  local stream=$1 rate=$2 sender=$3 udp=47392
   rm -rf "$WORK/nf"; mkdir "$WORK/nf"
   nfcapd -w "$WORK/nf" -b 127.0.0.1 -p $udp -t 3600 -B "$RCVBUF" >/dev/null 2>&1 &
   local pid=$!
-  sleep 1
+  until [ -n "$(rcvbuf $udp)" ]; do sleep 0.05; done
   local rb cpu0; rb=$(rcvbuf $udp); cpu0=$(cpu_ticks $pid)
   local out
-  out=$("$GEN" replay --file "$WORK/stream.bin" --to 127.0.0.1:$udp --rate "$rate" "${REPEAT_ARGS[@]}")
+  out=$(send "$stream" "$rate" $udp "$sender")
+  # Until its socket is drained, and a second for the records to reach its file buffers.
+  local n=0
+  until [ "$(recvq $udp)" = 0 ] || [ $n -ge 300 ]; do sleep 0.1; n=$((n + 1)); done
   sleep 1
   # Before SIGTERM: its final flush of the file is not counted (nor the collector's on exit).
   local cpu hwm; cpu=$(($(cpu_ticks $pid) - cpu0)); hwm=$(hwm_kb $pid)
-  while kill -0 $pid 2>/dev/null; do kill -TERM $pid 2>/dev/null || true; sleep 0.5; done
-  local got; got=$(nfdump -R "$WORK/nf" -N -I | awk '/^Flows:/ {print $2}')
+  while kill -0 $pid 2>/dev/null; do kill -TERM $pid 2>/dev/null || true; sleep 0.2; done
+  local got; got=$(nfdump -R "$WORK/nf" -N -I | awk '/^Flows:/ {s += $2} END {print s + 0}')
   echo "$out got=$got hwm_kb=$hwm rcvbuf=$rb cpu_ticks=$cpu"
 }
 
-# The highest lossless step of one receiver: a line for the table, and "name offered
-# per_cpu_s cpu_ns rss_mb limited" in $WORK/summary for the comparison ("name 0" when every
-# step lost records).
-best() {
-  local name=$1 fn=$2
-  for rate in $RATES; do
-    local r got offered limited=""
-    r=$($fn "$rate"); got=$(field got "$r"); offered=$(field offered_rate "$r")
-    # Well under its target, the sender (not the receiver) set the pace.
-    if [ "$rate" -eq 0 ] || [ "$(echo "$offered < 0.9 * $rate" | bc -l)" = 1 ]; then
-      limited=sender-limited
-    fi
-    echo "$name offered $rate/s: $r${limited:+ $limited}" >&2
-    if [ "${got:-0}" -ge "$TOTAL" ]; then
-      local ticks cpu_ns="n/a" per_cpu_s="n/a" rss
-      ticks=$(field cpu_ticks "$r")
-      if [ "${ticks:-0}" -gt 0 ]; then
-        cpu_ns=$(printf '%.1f' "$(echo "$ticks * 1000000000 / $TICK / $got" | bc -l)")
-        per_cpu_s=$(printf '%.0f' "$(echo "$got * $TICK / $ticks" | bc -l)")
-      fi
-      rss=$(printf '%.1f' "$(echo "$(field hwm_kb "$r") / 1024" | bc -l)")
-      printf '%-22s %12.0f records/s offered, lossless (target %s/s%s)  peak RSS %6s MB\n' \
-        "$name" "$offered" "$rate" "${limited:+, $limited}" "$rss"
-      printf '%-22s %12s records per CPU-second (%s ns CPU per record, %s ticks of 1/%s s)  rcvbuf %s\n' \
-        "" "$per_cpu_s" "$cpu_ns" "$ticks" "$TICK" "$(field rcvbuf "$r")"
-      echo "$name $offered $per_cpu_s $cpu_ns $rss ${limited:-no}" >>"$WORK/summary"
-      return
-    fi
-  done
-  printf '%-22s lossy at every offered rate (%s)\n' "$name" "$RATES"
-  echo "$name 0 n/a n/a n/a no" >>"$WORK/summary"
+# One probe of mode $1 (RECEIVER/SENDER) on stream $2 at rate $3.
+probe() {
+  local receiver=${1%/*} sender=${1#*/}
+  case $receiver in
+    labelflow) collector_run "$2" "$3" "$sender" true ;;
+    labelflow-no-gro) collector_run "$2" "$3" "$sender" false ;;
+    nfcapd) nfcapd_run "$2" "$3" "$sender" ;;
+    *) echo "bench/collector.sh: unknown receiver $receiver" >&2; exit 1 ;;
+  esac
 }
 
-for round in $(seq "$ROUNDS"); do
-  echo "round $round of $ROUNDS:"
-  best labelflow-collector collector_run
-  best labelflow-no-gro collector_nogro_run
-  best nfcapd nfcapd_run
+# The highest lossless rate of mode $1 on stream $2: LO first (a receiver lossy there costs one
+# probe), then [LO, HI] bisected geometrically. Appends "stream mode offered cpu_ns rss_mb
+# note" to the summary and prints a table line.
+search() {
+  local mode=$1 stream=$2 lo=$LO hi=$HI best="" limited=""
+  local rate=$LO r got total offered
+  for step in $(seq 0 "$STEPS"); do
+    [ "$step" -eq 0 ] || rate=$(echo "sqrt($lo * $hi)" | bc -l | cut -d. -f1)
+    r=$(probe "$mode" "$stream" "$rate")
+    got=$(field got "$r"); total=$(field records "$r"); offered=$(field offered_rate "$r")
+    local short=""
+    [ "$(echo "$offered < 0.9 * $rate" | bc -l)" = 1 ] && short=sender-limited
+    echo "  $stream $mode target $rate/s: $r${short:+ $short}" >&2
+    if [ "${got:-0}" -ge "$total" ]; then
+      best=$r
+      if [ -n "$short" ]; then limited=sender-limited; break; fi
+      lo=$rate
+    else
+      hi=$rate
+      [ "$step" -gt 0 ] || break
+    fi
+  done
+  if [ -z "$best" ]; then
+    printf '  %-24s lossy at %s records/s and above\n' "$mode" "$LO"
+    echo "$stream $mode 0 n/a n/a lossy" >>"$WORK/summary"
+    return
+  fi
+  local ticks cpu_ns="n/a" rss
+  ticks=$(field cpu_ticks "$best"); got=$(field got "$best"); offered=$(field offered_rate "$best")
+  [ "${ticks:-0}" -gt 0 ] && cpu_ns=$(printf '%.0f' "$(echo "$ticks * 1000000000 / $TICK / $got" | bc -l)")
+  rss=$(printf '%.1f' "$(echo "$(field hwm_kb "$best") / 1024" | bc -l)")
+  [[ $best == *commit-lagging* ]] && limited="${limited:+$limited,}commit-lagging"
+  printf '  %-24s %10.0f records/s lossless %8s ns CPU/record %7s MB peak RSS  rcvbuf %s%s\n' \
+    "$mode" "$offered" "$cpu_ns" "$rss" "$(field rcvbuf "$best")" "${limited:+  ($limited)}"
+  echo "$stream $mode $offered $cpu_ns $rss ${limited:-ok}" >>"$WORK/summary"
+}
+
+started=$SECONDS
+for stream in $STREAMS; do
+  make_stream "$stream"
+  "$GEN" count --file "$WORK/$stream.bin" >"$WORK/$stream.count"
+  if [ -s "$WORK/$stream.args" ]; then
+    echo "stream $stream: $(cat "$WORK/$stream.count") per exporter and pass, $(cat "$WORK/$stream.args")"
+  else
+    echo "stream $stream: $(cat "$WORK/$stream.count") per pass"
+  fi
+  for mode in $MODES; do
+    search "$mode" "$stream"
+  done
 done
 
-# Median (and range) of one column of a receiver's rounds; "n/a" values are left out.
-median() {
-  awk -v n="$1" -v c="$2" '$1 == n && $c != "n/a" { print $c }' "$WORK/summary" | sort -g |
-    awk '{ v[NR] = $1 } END {
-      if (NR == 0) { print "n/a n/a n/a"; exit }
-      m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-      printf "%.1f %.1f %.1f\n", m, v[1], v[NR] }'
-}
-
-# labelflow/nfcapd from the medians over the rounds. A lossless rate that was sender-limited
-# is only a lower bound for that receiver, so the rate ratio says so; the CPU ratio holds
-# either way.
-compare() {
-  local name lim
-  echo
-  echo "medians over $ROUNDS rounds (range):"
-  for name in labelflow-collector labelflow-no-gro nfcapd; do
-    read -r rate rate_lo rate_hi <<<"$(median $name 2)"
-    read -r cpu cpu_lo cpu_hi <<<"$(median $name 4)"
-    read -r rss _ _ <<<"$(median $name 5)"
-    lim=$(awk -v n=$name '$1 == n && $6 != "no"' "$WORK/summary" | wc -l)
-    printf '%-22s %12.0f records/s lossless (%.0f-%.0f)%s, %s ns CPU per record (%s-%s), peak RSS %s MB\n' \
-      "$name" "$rate" "$rate_lo" "$rate_hi" "$([ "$lim" -gt 0 ] && echo ", sender-limited in $lim")" \
-      "$cpu" "$cpu_lo" "$cpu_hi" "$rss"
+# Per stream: labelflow against nfcapd, each receiver with the sender nfcapd had (per
+# datagram by default) and with GSO where it was measured.
+echo
+echo "labelflow/nfcapd per stream (lossless rate ratio, CPU per record ratio = nfcapd/labelflow, peak RSS ratio):"
+value() { awk -v s="$1" -v m="$2" -v c="$3" '$1 == s && $2 == m { print $c }' "$WORK/summary"; }
+ratio() { if [ -z "$1" ] || [ -z "$2" ] || [ "$1" = n/a ] || [ "$2" = n/a ] || [ "$(echo "$2 == 0" | bc)" = 1 ]; then echo n/a; else printf 'x%.2f' "$(echo "$1 / $2" | bc -l)"; fi; }
+for stream in $STREAMS; do
+  nf=$(awk -v s="$stream" '$1 == s && $2 ~ /^nfcapd\// { print $2; exit }' "$WORK/summary")
+  [ -n "$nf" ] || continue
+  for mode in $MODES; do
+    case $mode in nfcapd/*) continue ;; esac
+    printf '  %-10s %-24s vs %-14s rate %-8s CPU %-8s RSS %-8s %s\n' "$stream" "$mode" "$nf" \
+      "$(ratio "$(value "$stream" "$mode" 3)" "$(value "$stream" "$nf" 3)")" \
+      "$(ratio "$(value "$stream" "$nf" 4)" "$(value "$stream" "$mode" 4)")" \
+      "$(ratio "$(value "$stream" "$mode" 5)" "$(value "$stream" "$nf" 5)")" \
+      "$(value "$stream" "$mode" 6)"
   done
-  local lf lf_rate nf_rate lf_cpu nf_cpu rate_ratio cpu_ratio
-  read -r nf_rate _ <<<"$(median nfcapd 2)"
-  read -r nf_cpu _ <<<"$(median nfcapd 4)"
-  for lf in labelflow-collector labelflow-no-gro; do
-    read -r lf_rate _ <<<"$(median $lf 2)"
-    read -r lf_cpu _ <<<"$(median $lf 4)"
-    rate_ratio="n/a (a receiver was lossy at every offered rate)" cpu_ratio="n/a"
-    if [ "$(echo "$lf_rate > 0 && $nf_rate > 0" | bc -l)" = 1 ]; then
-      rate_ratio=$(printf 'x%.2f' "$(echo "$lf_rate / $nf_rate" | bc -l)")
-    fi
-    if [ "$lf_cpu" != n/a ] && [ "$nf_cpu" != n/a ]; then
-      cpu_ratio=$(printf 'x%.2f' "$(echo "$nf_cpu / $lf_cpu" | bc -l)")
-    fi
-    echo "$lf/nfcapd: lossless offered rate $rate_ratio, records per CPU-second $cpu_ratio"
-  done
-}
-compare
+done
+echo "(one run: $((SECONDS - started)) s)"

@@ -1,6 +1,19 @@
 //! Benchmark stream tool: `generate` writes an IPFIX stream file (each datagram prefixed by
-//! its length as u16 big-endian), `replay` sends it to a collector at a given record rate,
-//! optionally several times over (`--repeat`).
+//! its length as u16 big-endian), `record` writes what another exporter sends (softflowd,
+//! nfreplay) into the same format, `replay` sends a stream file to a collector at a given
+//! record rate, optionally several times over (`--repeat`) and from several exporters at once
+//! (`--exporters`).
+//!
+//! Stream shapes (`generate --shape`, seeded with `--seed`):
+//! - `live`: four labels, a few hundred hosts and ports, flows of at most 90 s ending in the
+//!   last ten minutes: most records fall in the same few buckets.
+//! - `random`: high-cardinality keys: random IPv4 addresses and ports, interface indexes from
+//!   a million (tens of thousands of exporters' worth of interfaces), 64 observation points,
+//!   16 labels; flows of at most 90 s ending in the last ten minutes.
+//! - `backlog`: the same random keys, flow ends spread evenly over `--span` seconds of flow
+//!   time in file order (default an hour per million records: sent at 1M records/s, an hour
+//!   of flow time per second, as a replayed capture or an exporter flushing after an outage
+//!   sends it), flows of up to 5 minutes.
 //!
 //! On loopback the sending core also carries each datagram up the receive path to the
 //! receiving socket, so the sender tops out long before a fast receiver does (~280k
@@ -12,7 +25,10 @@
 //!
 //! ```text
 //! labelflow-ipfix-gen generate --records 1000000 --out stream.bin
+//! labelflow-ipfix-gen generate --records 1000000 --shape backlog --seed 7 --out backlog.bin
 //! labelflow-ipfix-gen replay --file stream.bin --to 127.0.0.1:4739 --rate 2000000
+//! labelflow-ipfix-gen replay --file stream.bin --to 127.0.0.1:4739 --exporters 8 --no-gso
+//! labelflow-ipfix-gen record --listen 127.0.0.1:9995 --out softflowd.bin --idle 2s
 //! ```
 
 use std::collections::HashMap;
@@ -23,12 +39,21 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
-/// Records per datagram (as the nfcapd measurement in LAB.md).
+/// Records per datagram: 22 as nfcapd was first measured; the random shapes' records are
+/// longer (random label names of 6 octets), 20 of them fill a 1400-octet MTU the same way.
 const PER_DATAGRAM: usize = 22;
+const PER_DATAGRAM_RANDOM: usize = 20;
 const TEMPLATE_ID: u16 = 400;
 const LABELS: [&str; 4] = ["esp", "decrypted", "app", "other"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Shape {
+    Live,
+    Random,
+    Backlog,
+}
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -43,6 +68,37 @@ enum Cmd {
         records: usize,
         #[arg(long)]
         out: PathBuf,
+        #[arg(long, value_enum, default_value = "live")]
+        shape: Shape,
+        /// Seed of the random shapes (the same seed always gives the same records, apart
+        /// from times, which are relative to when the file is generated).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Seconds of flow time the backlog shape spreads its records over (default: 3600
+        /// per million records).
+        #[arg(long)]
+        span: Option<u64>,
+    },
+    /// Write the datagrams arriving on a UDP socket to a stream file, until none has come for
+    /// `--idle` (after the first) or `--max` arrived: a stream from another exporter, to
+    /// replay at controlled rates. The first datagram must hold the template(s).
+    Record {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        idle: Duration,
+        /// Bytes of receive buffer (SO_RCVBUFFORCE as root), so a fast exporter is not cut.
+        #[arg(long, default_value_t = 64 << 20)]
+        rcvbuf: usize,
+        #[arg(long, default_value_t = u64::MAX)]
+        max: u64,
+    },
+    /// Print the datagrams and flow records of a stream file (as `replay` counts them).
+    Count {
+        #[arg(long)]
+        file: PathBuf,
     },
     Replay {
         #[arg(long)]
@@ -60,14 +116,20 @@ enum Cmd {
         /// Send datagram by datagram instead of in UDP segmentation offload (GSO) runs.
         #[arg(long)]
         no_gso: bool,
+        /// Send the stream from this many exporters at once, each from its own loopback
+        /// source address (127.0.0.1, 127.0.0.2, ...; loopback targets only), each with the
+        /// template first, their sends interleaved call by call.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=250))]
+        exporters: u8,
     },
 }
 
 fn template(export: u32) -> Vec<u8> {
     // sourceIPv4Address, destinationIPv4Address, protocolIdentifier, sourceTransportPort,
     // destinationTransportPort, octetDeltaCount(8), packetDeltaCount(8),
-    // flowStartMilliseconds, flowEndMilliseconds, observationPointId, applicationName(var)
-    let fields: [(u16, u16); 11] = [
+    // flowStartMilliseconds, flowEndMilliseconds, observationPointId, ingressInterface,
+    // egressInterface, applicationName(var)
+    let fields: [(u16, u16); 13] = [
         (8, 4),
         (12, 4),
         (4, 1),
@@ -78,6 +140,8 @@ fn template(export: u32) -> Vec<u8> {
         (152, 8),
         (153, 8),
         (138, 4),
+        (10, 4),
+        (14, 4),
         (96, 0xffff),
     ];
     let mut m = header(export, 0);
@@ -108,8 +172,120 @@ fn finish(mut m: Vec<u8>) -> Vec<u8> {
     m
 }
 
-fn generate(records: usize, out: &PathBuf) -> anyhow::Result<()> {
+/// SplitMix64 (Steele, Lea, Flood 2014): small, fast, and the same numbers for a seed on
+/// every machine.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0), near enough for a benchmark.
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// One flow record in the template's field order.
+struct Rec<'a> {
+    src: [u8; 4],
+    dst: [u8; 4],
+    protocol: u8,
+    ports: (u16, u16),
+    octets: u64,
+    packets: u64,
+    start_ms: u64,
+    end_ms: u64,
+    point: u32,
+    interfaces: (u32, u32),
+    label: &'a [u8],
+}
+
+impl Rec<'_> {
+    fn put(&self, m: &mut Vec<u8>) {
+        m.extend_from_slice(&self.src);
+        m.extend_from_slice(&self.dst);
+        m.push(self.protocol);
+        m.extend_from_slice(&self.ports.0.to_be_bytes());
+        m.extend_from_slice(&self.ports.1.to_be_bytes());
+        m.extend_from_slice(&self.octets.to_be_bytes());
+        m.extend_from_slice(&self.packets.to_be_bytes());
+        m.extend_from_slice(&self.start_ms.to_be_bytes());
+        m.extend_from_slice(&self.end_ms.to_be_bytes());
+        m.extend_from_slice(&self.point.to_be_bytes());
+        m.extend_from_slice(&self.interfaces.0.to_be_bytes());
+        m.extend_from_slice(&self.interfaces.1.to_be_bytes());
+        m.push(self.label.len() as u8);
+        m.extend_from_slice(self.label);
+    }
+}
+
+/// Labels of the random shapes: all of one length, so that every full datagram has the same
+/// length and the replay can send runs of them with UDP segmentation offload.
+const RANDOM_LABELS: [&[u8; 6]; 16] = [
+    b"app-00", b"app-01", b"app-02", b"app-03", b"app-04", b"app-05", b"app-06", b"app-07",
+    b"app-08", b"app-09", b"app-10", b"app-11", b"app-12", b"app-13", b"app-14", b"app-15",
+];
+
+/// Record `k` of the live shape; `i` is the index of the datagram's first record.
+fn live_record(k: usize, i: usize, base_ms: u64) -> Rec<'static> {
+    let start = base_ms + (k as u64 % 540_000);
+    // By position in the datagram, so that every full datagram has the same length (label
+    // names differ in length).
+    let g = (k - i) % LABELS.len();
+    Rec {
+        src: [192, 168, (k / 250 % 4) as u8, (k % 250) as u8 + 1],
+        dst: [198, 51, 100, (k % 17) as u8],
+        protocol: if k.is_multiple_of(3) { 17 } else { 6 },
+        ports: (30000 + (k % 20000) as u16, [443u16, 53, 80, 22][k % 4]),
+        octets: 100 + (k as u64 % 1400),
+        packets: 1 + (k as u64 % 10),
+        start_ms: start,
+        end_ms: start + (k as u64 % 90_000),
+        point: g as u32 + 1,
+        interfaces: (1, 2),
+        label: LABELS[g].as_bytes(),
+    }
+}
+
+/// A record of random keys ending at `end_ms` and lasting up to `max_ms`.
+fn random_record(rng: &mut Rng, end_ms: u64, max_ms: u64) -> Rec<'static> {
+    let a = rng.next();
+    let b = rng.next();
+    let packets = 1 + rng.below(1000);
+    let duration = rng.below(max_ms + 1);
+    Rec {
+        src: (a as u32).to_be_bytes(),
+        dst: ((a >> 32) as u32).to_be_bytes(),
+        protocol: [6, 17, 6, 17, 6, 1, 50, 17][(b & 7) as usize],
+        ports: ((b >> 8) as u16, (b >> 24) as u16),
+        octets: packets * (40 + rng.below(1461)),
+        packets,
+        start_ms: end_ms.saturating_sub(duration),
+        end_ms,
+        point: 1 + ((b >> 40) & 63) as u32,
+        interfaces: (
+            1 + rng.below(1_000_000) as u32,
+            1 + rng.below(1_000_000) as u32,
+        ),
+        label: RANDOM_LABELS[((b >> 48) & 15) as usize],
+    }
+}
+
+fn generate(
+    records: usize,
+    out: &PathBuf,
+    shape: Shape,
+    seed: u64,
+    span: Option<u64>,
+) -> anyhow::Result<()> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as u32;
+    let now_ms = u64::from(now) * 1000;
     let mut f = std::io::BufWriter::new(
         std::fs::File::create(out).with_context(|| out.display().to_string())?,
     );
@@ -120,33 +296,36 @@ fn generate(records: usize, out: &PathBuf) -> anyhow::Result<()> {
     let t = template(now);
     put(&t)?;
     let base_ms = u64::from(now - 600) * 1000;
+    let span_ms = span.unwrap_or((records as u64).div_ceil(1_000_000).max(1) * 3600) * 1000;
+    // Backlog records end from `span` before the last ten minutes up to them.
+    let backlog_base = now_ms.saturating_sub(600_000 + span_ms);
+    let per = if shape == Shape::Live {
+        PER_DATAGRAM
+    } else {
+        PER_DATAGRAM_RANDOM
+    };
+    let mut rng = Rng(seed);
     let mut i = 0usize;
     let mut seq = 0u32;
     while i < records {
-        let n = PER_DATAGRAM.min(records - i);
+        let n = per.min(records - i);
         let mut m = header(now, seq);
         let set = m.len();
         m.extend_from_slice(&TEMPLATE_ID.to_be_bytes());
         m.extend_from_slice(&0u16.to_be_bytes());
         for k in i..i + n {
-            let host = (k % 250) as u8 + 1;
-            m.extend_from_slice(&[192, 168, (k / 250 % 4) as u8, host]);
-            m.extend_from_slice(&[198, 51, 100, (k % 17) as u8]);
-            m.push(if k % 3 == 0 { 17 } else { 6 });
-            m.extend_from_slice(&(30000 + (k % 20000) as u16).to_be_bytes());
-            m.extend_from_slice(&[443u16, 53, 80, 22][k % 4].to_be_bytes());
-            m.extend_from_slice(&(100 + (k as u64 % 1400)).to_be_bytes());
-            m.extend_from_slice(&(1 + (k as u64 % 10)).to_be_bytes());
-            let start = base_ms + (k as u64 % 540_000);
-            m.extend_from_slice(&start.to_be_bytes());
-            m.extend_from_slice(&(start + (k as u64 % 90_000)).to_be_bytes());
-            // By position in the datagram, so that every full datagram has the same length
-            // (label names differ in length) and the replay can send runs of them with UDP
-            // segmentation offload.
-            let g = (k - i) % LABELS.len();
-            m.extend_from_slice(&(g as u32 + 1).to_be_bytes());
-            m.push(LABELS[g].len() as u8);
-            m.extend_from_slice(LABELS[g].as_bytes());
+            let r = match shape {
+                Shape::Live => live_record(k, i, base_ms),
+                Shape::Random => {
+                    let end = now_ms - rng.below(600_000);
+                    random_record(&mut rng, end, 90_000)
+                }
+                Shape::Backlog => {
+                    let end = backlog_base + k as u64 * span_ms / records as u64;
+                    random_record(&mut rng, end, 300_000)
+                }
+            };
+            r.put(&mut m);
         }
         let len = (m.len() - set) as u16;
         m[set + 2..set + 4].copy_from_slice(&len.to_be_bytes());
@@ -155,6 +334,62 @@ fn generate(records: usize, out: &PathBuf) -> anyhow::Result<()> {
         i += n;
     }
     f.flush()?;
+    Ok(())
+}
+
+/// Writes the datagrams arriving on `listen` to `out` in the stream format.
+fn record(
+    listen: SocketAddr,
+    out: &PathBuf,
+    idle: Duration,
+    rcvbuf: usize,
+    max: u64,
+) -> anyhow::Result<()> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(listen), Type::DGRAM, None)?;
+    s.set_recv_buffer_size(rcvbuf)?;
+    let v = libc::c_int::try_from(rcvbuf).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a valid socket and a pointer to a c_int that outlives the call. Failure (not
+    // root) leaves the buffer set above, capped by net.core.rmem_max.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    s.bind(&listen.into())
+        .with_context(|| format!("binding {listen}"))?;
+    let sock: UdpSocket = s.into();
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(out).with_context(|| out.display().to_string())?,
+    );
+    let mut buf = vec![0u8; 65536];
+    let (mut n, mut bytes) = (0u64, 0u64);
+    // No timeout until the first datagram: the exporter may take a while to start.
+    while n < max {
+        sock.set_read_timeout((n > 0).then_some(idle))?;
+        let len = match sock.recv(&mut buf) {
+            Ok(len) => len,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) => return Err(e.into()),
+        };
+        f.write_all(&(len as u16).to_be_bytes())?;
+        f.write_all(&buf[..len])?;
+        n += 1;
+        bytes += len as u64;
+    }
+    f.flush()?;
+    println!("datagrams={n} bytes={bytes}");
     Ok(())
 }
 
@@ -189,14 +424,16 @@ fn datagrams(data: &[u8]) -> anyhow::Result<Vec<&[u8]>> {
     Ok(out)
 }
 
-/// Field lengths of a template, `None` for a variable-length field (RFC 7011 §7).
-type Layout = Vec<Option<u16>>;
+/// Field lengths of a template, `None` for a variable-length field (RFC 7011 §7), and whether
+/// it is an options template.
+type Layout = (Vec<Option<u16>>, bool);
 
-/// Number of data records in one IPFIX message, learning templates from it on the way.
+/// Number of flow data records in one IPFIX message, learning templates from it on the way.
 ///
 /// The offered rate is only meaningful if it counts what was really sent, and the last datagram
 /// of a stream usually holds fewer records than the others, so the sets are walked rather than
-/// a per-datagram count assumed.
+/// a per-datagram count assumed. Records of options templates (a recorded exporter's own
+/// statistics) are walked but not counted: receivers count flow records apart from them.
 fn data_records(msg: &[u8], templates: &mut HashMap<u16, Layout>) -> anyhow::Result<u64> {
     let be16 = |b: &[u8], at: usize| -> anyhow::Result<u16> {
         let s = b.get(at..at + 2).context("truncated IPFIX message")?;
@@ -218,7 +455,7 @@ fn data_records(msg: &[u8], templates: &mut HashMap<u16, Layout>) -> anyhow::Res
                     let tid = be16(set, p)?;
                     let count = usize::from(be16(set, p + 2)?);
                     p += if id == 3 { 6 } else { 4 };
-                    let mut layout = Layout::with_capacity(count);
+                    let mut layout = Vec::with_capacity(count);
                     for _ in 0..count {
                         let ie = be16(set, p)?;
                         let flen = be16(set, p + 2)?;
@@ -226,11 +463,11 @@ fn data_records(msg: &[u8], templates: &mut HashMap<u16, Layout>) -> anyhow::Res
                         p += if ie & 0x8000 != 0 { 8 } else { 4 };
                         layout.push((flen != 0xffff).then_some(flen));
                     }
-                    templates.insert(tid, layout);
+                    templates.insert(tid, (layout, id == 3));
                 }
             }
             256.. => {
-                let layout = templates
+                let (layout, options) = templates
                     .get(&id)
                     .with_context(|| format!("data set for unknown template {id}"))?;
                 // Padding at the end of a set is shorter than the shortest record.
@@ -248,7 +485,7 @@ fn data_records(msg: &[u8], templates: &mut HashMap<u16, Layout>) -> anyhow::Res
                         };
                     }
                     anyhow::ensure!(p <= set.len(), "record overruns its set");
-                    records += 1;
+                    records += u64::from(!options);
                 }
             }
             _ => {}
@@ -362,7 +599,53 @@ fn headers(
         .collect()
 }
 
-fn replay(file: &PathBuf, to: SocketAddr, rate: u64, repeat: u32, gso: bool) -> anyhow::Result<()> {
+/// The sockets of `exporters` exporters, connected to `to`: one from any address, or one per
+/// loopback source address 127.0.0.1, 127.0.0.2, ...
+fn exporter_sockets(to: SocketAddr, exporters: u8) -> anyhow::Result<Vec<UdpSocket>> {
+    if exporters == 1 {
+        let sock = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+        sock.connect(to)?;
+        return Ok(vec![sock]);
+    }
+    anyhow::ensure!(
+        to.ip().is_loopback() && to.is_ipv4(),
+        "--exporters above 1 sends from 127.0.0.N: the target {to} must be an IPv4 loopback address"
+    );
+    (1..=exporters)
+        .map(|k| {
+            let from = SocketAddr::from(([127, 0, 0, k], 0));
+            let sock = UdpSocket::bind(from).with_context(|| format!("binding {from}"))?;
+            sock.connect(to)?;
+            Ok(sock)
+        })
+        .collect()
+}
+
+/// Where one exporter is in the stream: the pass and the next run to send.
+#[derive(Clone, Copy)]
+struct Cursor {
+    pass: u32,
+    at: usize,
+}
+
+/// The runs `[at, end)` of about [`BATCH`] datagrams starting at `at`.
+fn batch_end(run_list: &[Run], at: usize) -> usize {
+    let (mut end, mut n) = (at, 0);
+    while end < run_list.len() && n < BATCH {
+        n += run_list[end].count;
+        end += 1;
+    }
+    end
+}
+
+fn replay(
+    file: &PathBuf,
+    to: SocketAddr,
+    rate: u64,
+    repeat: u32,
+    gso: bool,
+    exporters: u8,
+) -> anyhow::Result<()> {
     let data = std::fs::read(file).with_context(|| file.display().to_string())?;
     let dgrams = datagrams(&data)?;
     let mut templates = HashMap::new();
@@ -375,15 +658,20 @@ fn replay(file: &PathBuf, to: SocketAddr, rate: u64, repeat: u32, gso: bool) -> 
 
     // Connected, so the messages need no per-message address and the kernel skips the route
     // lookup per datagram.
-    let sock = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
-    sock.connect(to)?;
-    // The template first, and time for it to be taken in.
-    sock.send(template)?;
+    let socks = exporter_sockets(to, exporters)?;
+    // The template first, and time for it to be taken in. Records in the first datagram
+    // (a recorded stream's may carry some) are sent once per exporter and counted.
+    let (mut sent_datagrams, mut sent_records) = (0u64, 0u64);
+    for sock in &socks {
+        sock.send(template)?;
+        sent_datagrams += 1;
+        sent_records += data_records(template, &mut HashMap::new())?;
+    }
     std::thread::sleep(Duration::from_millis(200));
 
     // One iovec per datagram and one mmsghdr per run, built once: a pass over the stream is
     // then a walk over slices of `hdrs`. `iov` and `cmsgs` are never resized, so the pointers
-    // into them stay valid.
+    // into them stay valid. Every exporter sends the same headers, one call at a time.
     let mut iov: Vec<libc::iovec> = body
         .iter()
         .map(|d| libc::iovec {
@@ -397,47 +685,52 @@ fn replay(file: &PathBuf, to: SocketAddr, rate: u64, repeat: u32, gso: bool) -> 
     let mut hdrs = headers(&run_list, body, &mut iov, &mut cmsgs);
 
     let start = Instant::now();
-    let (mut sent_datagrams, mut sent_records) = (0u64, 0u64);
-    for _ in 0..repeat {
-        let mut at = 0;
-        while at < hdrs.len() {
-            // About BATCH datagrams per call, whatever the runs.
-            let mut end = at;
-            let mut n_dgrams = 0;
-            while end < hdrs.len() && n_dgrams < BATCH {
-                n_dgrams += run_list[end].count;
-                end += 1;
+    let mut cursors = vec![Cursor { pass: 0, at: 0 }; socks.len()];
+    let mut first = true;
+    while cursors.iter().any(|c| c.pass < repeat) {
+        // One call per exporter in turn, about BATCH datagrams each, whatever the runs.
+        for (sock, c) in socks.iter().zip(cursors.iter_mut()) {
+            if c.pass >= repeat || hdrs.is_empty() {
+                c.pass = repeat;
+                continue;
             }
-            let n = match send_some(&sock, &mut hdrs[at..end]) {
+            let end = batch_end(&run_list, c.at);
+            let n = match send_some(sock, &mut hdrs[c.at..end]) {
                 Ok(n) => n,
                 // No segmentation offload on this path (EIO: the device cannot checksum it;
                 // EINVAL/ENOPROTOOPT: a kernel before 4.18): send datagram by datagram.
                 Err(e)
                     if gso
+                        && first
                         && matches!(
                             e.raw_os_error(),
                             Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT)
-                        )
-                        && at == 0
-                        && sent_datagrams == 0 =>
+                        ) =>
                 {
                     eprintln!("UDP segmentation offload refused ({e}): one send per datagram");
                     gso = false;
                     run_list = runs(body, counts, false);
                     cmsgs = vec![[0u64; CMSG_WORDS]; run_list.len()];
                     hdrs = headers(&run_list, body, &mut iov, &mut cmsgs);
-                    continue;
+                    break;
                 }
                 Err(e) => return Err(e.into()),
             };
-            for r in &run_list[at..at + n] {
+            first = false;
+            for r in &run_list[c.at..c.at + n] {
                 sent_datagrams += r.count as u64;
                 sent_records += r.records;
             }
-            at += n;
-            // Paced per call: the batch went out at once, the next one waits until the records
-            // sent so far are due at the target rate. A batch is ~1400 records, under 100 µs
-            // at 16M records/s, so the stream stays smooth on the receiver's time scale.
+            c.at += n;
+            if c.at == hdrs.len() {
+                *c = Cursor {
+                    pass: c.pass + 1,
+                    at: 0,
+                };
+            }
+            // Paced per call: the batch went out at once, the next one waits until the
+            // records sent so far are due at the target rate. A batch is ~1400 records, under
+            // 100 µs at 16M records/s, so the stream stays smooth on the receiver's time scale.
             if rate > 0 {
                 let due = Duration::from_secs_f64(sent_records as f64 / rate as f64);
                 while start.elapsed() < due {
@@ -449,25 +742,51 @@ fn replay(file: &PathBuf, to: SocketAddr, rate: u64, repeat: u32, gso: bool) -> 
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "datagrams={} records={} seconds={:.3} offered_rate={:.0} gso={}",
+        "datagrams={} records={} seconds={:.3} offered_rate={:.0} gso={} exporters={}",
         sent_datagrams,
         sent_records,
         secs,
         sent_records as f64 / secs,
-        if gso { "on" } else { "off" }
+        if gso { "on" } else { "off" },
+        socks.len()
     );
     Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
-        Cmd::Generate { records, out } => generate(records, &out),
+        Cmd::Generate {
+            records,
+            out,
+            shape,
+            seed,
+            span,
+        } => generate(records, &out, shape, seed, span),
+        Cmd::Record {
+            listen,
+            out,
+            idle,
+            rcvbuf,
+            max,
+        } => record(listen, &out, idle, rcvbuf, max),
+        Cmd::Count { file } => {
+            let data = std::fs::read(&file).with_context(|| file.display().to_string())?;
+            let mut templates = HashMap::new();
+            let dgrams = datagrams(&data)?;
+            let mut records = 0;
+            for d in &dgrams {
+                records += data_records(d, &mut templates)?;
+            }
+            println!("datagrams={} records={records}", dgrams.len());
+            Ok(())
+        }
         Cmd::Replay {
             file,
             to,
             rate,
             repeat,
             no_gso,
-        } => replay(&file, to, rate, repeat, !no_gso),
+            exporters,
+        } => replay(&file, to, rate, repeat, !no_gso, exporters),
     }
 }
