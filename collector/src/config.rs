@@ -80,6 +80,27 @@ pub struct RawLimits {
     pub max_keys_per_bucket: Option<usize>,
     /// Distinct labels exported as Prometheus series. Default 64.
     pub max_metric_labels: Option<usize>,
+    /// Cells (base bucket × key) pending between commits. Past it the ingest hands the
+    /// batch to the store at once and, if the store is still busy with the previous one,
+    /// waits for it (backpressure: the socket buffer holds what arrives meanwhile) rather
+    /// than grow. Default 32768.
+    pub max_pending_cells: Option<usize>,
+    /// Keys of the per-bucket key bound tracked over all buckets; past it the oldest
+    /// buckets' bookkeeping is forgotten. Default 262144.
+    pub max_tracked_keys: Option<usize>,
+    /// Distinct label names; later ones are counted under `other`. Default 4096.
+    pub max_labels: Option<usize>,
+    /// Longest label name in octets; longer names are cut. Default 128.
+    pub max_label_bytes: Option<usize>,
+    /// Observation domains tracked per exporter address; datagrams for further domains
+    /// are refused (reason `domain_limit`). Default 16.
+    pub max_domains_per_exporter: Option<usize>,
+    /// Application names (options state) kept per exporter scope; later ones are
+    /// ignored. Default 4096.
+    pub max_application_names: Option<usize>,
+    /// Octets of template records awaiting persistence; past it the batch is committed
+    /// early, as for `max_pending_cells`. Default 4194304 (4 MiB).
+    pub max_pending_template_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,8 +123,14 @@ pub struct RawAggregation {
     pub rollups: Option<Vec<String>>,
     /// Retention per resolution, base first. Default `["7d", "90d", "1095d"]`.
     pub retention: Option<Vec<String>>,
-    /// Longer flows have their start clamped to `end - max_flow_duration`. Default `1d`.
+    /// Longer flows have their start clamped to `end - max_flow_duration` (counts kept; reason
+    /// `too_long`). Exporters end long flows at their active timeout (30 min at most by
+    /// common defaults), so a longer record most likely carries a wrong time, and every base
+    /// bucket a record spans costs a row per dimension. Default `1h`.
     pub max_flow_duration: Option<String>,
+    /// Records ending later than this after the receive clock are refused (reason
+    /// `future`): tolerance for exporter clock skew. Default `10m`.
+    pub max_future: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,6 +178,10 @@ pub struct Config {
     pub max_exporters: NonZeroUsize,
     pub max_templates_per_exporter: NonZeroUsize,
     pub max_metric_labels: usize,
+    pub max_pending_cells: NonZeroUsize,
+    pub max_domains_per_exporter: NonZeroUsize,
+    pub max_application_names: usize,
+    pub max_pending_template_bytes: NonZeroUsize,
     pub commit_interval: Duration,
     pub commit_datagrams: NonZeroUsize,
     pub prune_interval: Duration,
@@ -166,7 +197,13 @@ pub struct AggConfig {
     /// Retention in seconds, one per resolution.
     pub retention: Vec<u64>,
     pub max_flow_duration_ms: u64,
+    /// Tolerance for record ends after the receive clock (see the time rule).
+    pub max_future_ms: u64,
     pub max_keys_per_bucket: usize,
+    /// Keys the per-bucket key bound tracks over all buckets.
+    pub max_tracked_keys: usize,
+    pub max_labels: usize,
+    pub max_label_bytes: usize,
     pub views: BTreeMap<String, Vec<String>>,
     pub tunnels: Vec<Tunnel>,
     pub networks: Vec<IpNet>,
@@ -178,8 +215,12 @@ impl Default for AggConfig {
         AggConfig {
             resolutions: vec![60, 3600, 86400],
             retention: vec![7 * 86400, 90 * 86400, 1095 * 86400],
-            max_flow_duration_ms: 86_400_000,
+            max_flow_duration_ms: 3_600_000,
+            max_future_ms: 600_000,
             max_keys_per_bucket: 10_000,
+            max_tracked_keys: 262_144,
+            max_labels: crate::aggregate::MAX_LABELS,
+            max_label_bytes: 128,
             views: BTreeMap::new(),
             tunnels: Vec::new(),
             networks: Vec::new(),
@@ -299,7 +340,7 @@ impl Config {
         let max_flow = dur(
             "aggregation.max_flow_duration",
             raw.aggregation.max_flow_duration.as_ref(),
-            "1d",
+            "1h",
         )?;
         let net = |key: &str, s: &str| -> Result<IpNet, ConfigError> {
             s.parse::<IpNet>()
@@ -361,6 +402,22 @@ impl Config {
                 512,
             )?,
             max_metric_labels: raw.limits.max_metric_labels.unwrap_or(64),
+            max_pending_cells: nz(
+                "limits.max_pending_cells",
+                raw.limits.max_pending_cells,
+                32_768,
+            )?,
+            max_domains_per_exporter: nz(
+                "limits.max_domains_per_exporter",
+                raw.limits.max_domains_per_exporter,
+                16,
+            )?,
+            max_application_names: raw.limits.max_application_names.unwrap_or(4096),
+            max_pending_template_bytes: nz(
+                "limits.max_pending_template_bytes",
+                raw.limits.max_pending_template_bytes,
+                4 << 20,
+            )?,
             commit_interval: dur(
                 "store.commit_interval",
                 raw.store.commit_interval.as_ref(),
@@ -376,6 +433,27 @@ impl Config {
                 resolutions,
                 retention,
                 max_flow_duration_ms: max_flow.as_millis() as u64,
+                max_future_ms: dur(
+                    "aggregation.max_future",
+                    raw.aggregation.max_future.as_ref(),
+                    "10m",
+                )?
+                .as_millis() as u64,
+                max_tracked_keys: nz(
+                    "limits.max_tracked_keys",
+                    raw.limits.max_tracked_keys,
+                    262_144,
+                )?
+                .get(),
+                max_labels: nz(
+                    "limits.max_labels",
+                    raw.limits.max_labels,
+                    crate::aggregate::MAX_LABELS,
+                )?
+                .get()
+                .max(2),
+                max_label_bytes: nz("limits.max_label_bytes", raw.limits.max_label_bytes, 128)?
+                    .get(),
                 max_keys_per_bucket: nz(
                     "limits.max_keys_per_bucket",
                     raw.limits.max_keys_per_bucket,

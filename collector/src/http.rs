@@ -19,7 +19,7 @@ use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
 
-use crate::aggregate::Dim;
+use crate::aggregate::{Dim, TimeRule};
 use crate::ingest::Snapshot;
 use crate::report::{self, Query};
 use crate::session::DecodeError;
@@ -232,6 +232,31 @@ pub fn render_metrics(s: &Snapshot) -> String {
         s.aggregation.folded_keys,
     );
     counter(
+        "labelflow_collector_forgotten_key_sets_total",
+        "Key-bound sets of old buckets forgotten to stay within max_tracked_keys.",
+        s.aggregation.forgotten_key_sets,
+    );
+    counter(
+        "labelflow_collector_folded_labels_total",
+        "Records counted under other because max_labels names were taken.",
+        s.aggregation.folded_labels,
+    );
+    counter(
+        "labelflow_collector_truncated_labels_total",
+        "Label names cut to max_label_bytes.",
+        s.aggregation.truncated_labels,
+    );
+    counter(
+        "labelflow_collector_refused_application_names_total",
+        "Application names not kept: the exporter scope had max_application_names.",
+        ss.refused_application_names,
+    );
+    counter(
+        "labelflow_collector_early_commits_total",
+        "Batches handed to the store early because a pending bound was reached.",
+        s.early_commits,
+    );
+    counter(
         "labelflow_collector_excluded_internal_total",
         "Records skipped for hosts because both ends are internal.",
         s.aggregation.excluded_internal,
@@ -251,6 +276,21 @@ pub fn render_metrics(s: &Snapshot) -> String {
             e.reason(),
             ss.error(e)
         );
+    }
+    o.push_str(
+        "# HELP labelflow_collector_time_rule_records_total Records refused or clamped by the \
+         time rule, by exporter and reason.\n",
+    );
+    o.push_str("# TYPE labelflow_collector_time_rule_records_total counter\n");
+    for (exporter, counts) in &s.time_rule {
+        for (r, n) in TimeRule::REASONS.iter().zip(counts) {
+            let _ = writeln!(
+                o,
+                "labelflow_collector_time_rule_records_total{{exporter=\"{}\",reason=\"{}\"}} {n}",
+                escape(exporter),
+                r.reason()
+            );
+        }
     }
     o.push_str(
         "# HELP labelflow_collector_label_bytes_total Bytes per label (sampling applied).\n",

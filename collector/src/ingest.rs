@@ -11,7 +11,9 @@ use labelflow_proto::FlowRecord;
 
 use crate::aggregate::{has_ports, AggStats, Aggregator, Delta, Flow, FxBuild, OTHER, UNLABELLED};
 use crate::config::{rule_label, Config, LabelRule};
-use crate::session::{DecodeError, FlowSink, Ingested, ScopeKey, SessionStats, SessionTable};
+use crate::session::{
+    DecodeError, FlowSink, Ingested, ScopeKey, ScopeLimits, SessionStats, SessionTable,
+};
 use crate::store::{ScopedTemplate, Store, StoreError};
 use crate::templates::TemplateRecord;
 
@@ -39,6 +41,12 @@ pub struct Snapshot {
     pub receive_errors: u64,
     /// Reads that carried several datagrams (UDP receive offload).
     pub gro_reads: u64,
+    /// Records the time rule refused or clamped, per exporter (bounded; the rest under
+    /// `other`), indexed like
+    /// [`TimeRule::REASONS`](crate::aggregate::TimeRule::REASONS).
+    pub time_rule: Vec<(String, [u64; 4])>,
+    /// Batches handed to the store early because a pending bound was reached.
+    pub early_commits: u64,
 }
 
 #[derive(Debug)]
@@ -47,7 +55,11 @@ pub struct Ingest {
     labels: Labels,
     found: Vec<TemplateRecord>,
     templates: Vec<ScopedTemplate>,
+    /// Octets of `templates`.
+    template_bytes: usize,
     datagrams: usize,
+    max_pending_cells: usize,
+    max_pending_template_bytes: usize,
 }
 
 /// Label resolution and the per-label totals of `/metrics`, beside the aggregator.
@@ -63,6 +75,55 @@ struct Labels {
     /// NFLOG group → id of its `groupN` label, for records without a name.
     by_group: HashMap<u32, u32, FxBuild>,
     max_metric_labels: usize,
+    /// Time-rule counters per exporter address, at most `max_exporters` addresses (the
+    /// rest under the unspecified address, shown as `other`).
+    time_rule: HashMap<IpAddr, [u64; 4], FxBuild>,
+    max_exporters: usize,
+}
+
+/// Longest raw name kept as a key of the label cache.
+const CACHED_NAME: usize = 256;
+
+impl Labels {
+    /// Add a record after the time rule, counting what the rule did per exporter.
+    fn add(&mut self, flow: &Flow, exporter: IpAddr) {
+        let rule = self.agg.add_flow(flow);
+        if let Some(i) = rule.index() {
+            let n = self.time_rule.len();
+            let key = if n < self.max_exporters || self.time_rule.contains_key(&exporter) {
+                exporter
+            } else {
+                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+            };
+            self.time_rule.entry(key).or_default()[i] += 1;
+        }
+    }
+
+    /// Per-exporter time-rule counters for `/metrics`: the first `max_metric_labels`
+    /// exporters by address, the rest under `other`.
+    fn metric_time_rule(&self) -> Vec<(String, [u64; 4])> {
+        let mut by: Vec<(&IpAddr, &[u64; 4])> = self.time_rule.iter().collect();
+        by.sort();
+        let mut out: Vec<(String, [u64; 4])> = Vec::new();
+        for (i, (addr, counts)) in by.into_iter().enumerate() {
+            let name = if i < self.max_metric_labels && !addr.is_unspecified() {
+                addr.to_string()
+            } else {
+                OTHER.to_string()
+            };
+            let slot = match out.iter().position(|(n, _)| *n == name) {
+                Some(p) => p,
+                None => {
+                    out.push((name, [0; 4]));
+                    out.len() - 1
+                }
+            };
+            for (a, b) in out[slot].1.iter_mut().zip(counts) {
+                *a += b;
+            }
+        }
+        out
+    }
 }
 
 /// Entries kept in each label cache; a stream of ever-new names is resolved without caching.
@@ -100,7 +161,7 @@ impl Labels {
             None => {
                 let text = clean_text(raw);
                 let id = (!text.is_empty()).then(|| self.agg.label_id(&text));
-                if self.by_octets.len() < LABEL_CACHE {
+                if self.by_octets.len() < LABEL_CACHE && raw.len() <= CACHED_NAME {
                     self.by_octets.insert(raw.into(), id);
                 }
                 id
@@ -213,7 +274,7 @@ impl FlowSink for ToAggregator<'_> {
                 }
             }
         };
-        l.agg.add_flow(&flow);
+        l.add(&flow, self.exporter);
     }
 
     fn record(&mut self, r: FlowRecord) {
@@ -221,14 +282,20 @@ impl FlowSink for ToAggregator<'_> {
         let name = r.label.as_ref().and_then(|s| l.by_octets(s.as_bytes()));
         let label =
             name.unwrap_or_else(|| l.unnamed(r.group, self.exporter, [r.ingress_if, r.egress_if]));
-        l.agg.add_flow(&Flow::from_record(&r, label));
+        l.add(&Flow::from_record(&r, label), self.exporter);
     }
 }
 
 impl Ingest {
     pub fn new(cfg: &Config) -> Ingest {
+        let mut sessions = SessionTable::new(cfg.max_exporters, cfg.max_templates_per_exporter);
+        sessions.set_limits(ScopeLimits {
+            max_domains_per_exporter: cfg.max_domains_per_exporter.get(),
+            max_application_names: cfg.max_application_names,
+            max_name_bytes: cfg.agg.max_label_bytes,
+        });
         Ingest {
-            sessions: SessionTable::new(cfg.max_exporters, cfg.max_templates_per_exporter),
+            sessions,
             labels: Labels {
                 agg: Aggregator::new(cfg.agg.clone()),
                 rules: cfg.label_rules.clone(),
@@ -236,10 +303,15 @@ impl Ingest {
                 short: Vec::new(),
                 by_group: HashMap::default(),
                 max_metric_labels: cfg.max_metric_labels,
+                time_rule: HashMap::default(),
+                max_exporters: cfg.max_exporters.get(),
             },
             found: Vec::new(),
             templates: Vec::new(),
+            template_bytes: 0,
             datagrams: 0,
+            max_pending_cells: cfg.max_pending_cells.get(),
+            max_pending_template_bytes: cfg.max_pending_template_bytes.get(),
         }
     }
 
@@ -277,6 +349,7 @@ impl Ingest {
             .ingest(exporter, bytes, &mut sink, &mut self.found);
         if let Ok(i) = &r {
             for t in self.found.drain(..) {
+                self.template_bytes += t.bytes.len();
                 self.templates.push(ScopedTemplate {
                     scope: i.scope,
                     record: t,
@@ -284,6 +357,19 @@ impl Ingest {
             }
         }
         r
+    }
+
+    /// Set the receive clock (milliseconds since the epoch) the time rule compares record
+    /// times with; the daemon sets it before each burst of datagrams.
+    pub fn set_clock(&mut self, now_ms: u64) {
+        self.labels.agg.set_clock(now_ms);
+    }
+
+    /// Whether what is pending reached a bound (`max_pending_cells`,
+    /// `max_pending_template_bytes`): the batch must go to the store now.
+    pub fn over_bound(&self) -> bool {
+        self.labels.agg.pending_cells() >= self.max_pending_cells
+            || self.template_bytes >= self.max_pending_template_bytes
     }
 
     /// Datagrams handled since the last [`Ingest::take_batch`].
@@ -299,6 +385,7 @@ impl Ingest {
             datagrams: self.datagrams,
         };
         self.datagrams = 0;
+        self.template_bytes = 0;
         b
     }
 
@@ -316,6 +403,7 @@ impl Ingest {
         s.aggregation = self.labels.agg.stats.clone();
         s.scopes = self.sessions.scopes();
         s.labels = self.labels.metric_totals();
+        s.time_rule = self.labels.metric_time_rule();
     }
 }
 

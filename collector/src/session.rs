@@ -56,16 +56,19 @@ pub enum DecodeError {
     Limit,
     #[error("data set for an unknown template")]
     MissingTemplate,
+    #[error("observation domain beyond max_domains_per_exporter")]
+    DomainLimit,
 }
 
 impl DecodeError {
-    pub const ALL: [DecodeError; 6] = [
+    pub const ALL: [DecodeError; 7] = [
         DecodeError::Truncated,
         DecodeError::Version,
         DecodeError::Length,
         DecodeError::Malformed,
         DecodeError::Limit,
         DecodeError::MissingTemplate,
+        DecodeError::DomainLimit,
     ];
 
     /// Stable name for metrics and logs.
@@ -77,6 +80,7 @@ impl DecodeError {
             DecodeError::Malformed => "malformed",
             DecodeError::Limit => "limit",
             DecodeError::MissingTemplate => "missing_template",
+            DecodeError::DomainLimit => "domain_limit",
         }
     }
 
@@ -93,7 +97,7 @@ pub struct SessionStats {
     pub options_records: u64,
     pub template_records: u64,
     /// Indexed by `DecodeError as usize`.
-    pub errors: [u64; 6],
+    pub errors: [u64; 7],
     /// Sequence discontinuities and the number of records (v5, IPFIX) or packets (v9) they
     /// imply were lost.
     pub sequence_gaps: u64,
@@ -103,6 +107,9 @@ pub struct SessionStats {
     pub evicted_scopes: u64,
     /// Datagrams decoded by the zero-copy IPFIX path (a subset of `datagrams`).
     pub fast_datagrams: u64,
+    /// Application names (options records) not kept: the scope had
+    /// `max_application_names`.
+    pub refused_application_names: u64,
 }
 
 impl SessionStats {
@@ -148,12 +155,14 @@ impl Session {
                     self.fast.clear();
                     return;
                 };
+                // An id the map does not hold goes to the parser anyway: past the bound,
+                // new ids are simply not learned.
+                if self.fast.len() >= max && !self.fast.contains_key(&t.id) {
+                    continue;
+                }
                 if parser_failed || set.is_options_template() || t.is_withdrawal() {
                     // RFC 7011 section 8.1: a withdrawal (field count 0) removes the id.
                     self.fast.insert(t.id, None);
-                    continue;
-                }
-                if self.fast.len() >= max && !self.fast.contains_key(&t.id) {
                     continue;
                 }
                 self.fast
@@ -263,6 +272,27 @@ impl FastTemplate {
     }
 }
 
+/// Bounds on what one exporter can make a [`SessionTable`] keep beyond its templates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScopeLimits {
+    /// Observation domains (scopes) per exporter address.
+    pub max_domains_per_exporter: usize,
+    /// Application names per scope.
+    pub max_application_names: usize,
+    /// Longest application name kept, in octets (longer ones are cut).
+    pub max_name_bytes: usize,
+}
+
+impl Default for ScopeLimits {
+    fn default() -> Self {
+        ScopeLimits {
+            max_domains_per_exporter: 16,
+            max_application_names: 4096,
+            max_name_bytes: 128,
+        }
+    }
+}
+
 /// What one datagram produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ingested {
@@ -277,7 +307,10 @@ pub struct Ingested {
 pub struct SessionTable {
     /// Keyed by addresses anyone can spoof: the default (keyed, collision-resistant) hasher.
     sessions: LruCache<ScopeKey, Session>,
+    /// Scopes per exporter address, for `max_domains_per_exporter`.
+    domains: HashMap<IpAddr, usize>,
     max_templates: NonZeroUsize,
+    limits: ScopeLimits,
     fast_path: bool,
     /// Scopes whose options records may have changed their context since the last
     /// [`SessionTable::take_changed_contexts`].
@@ -289,7 +322,9 @@ impl SessionTable {
     pub fn new(max_exporters: NonZeroUsize, max_templates: NonZeroUsize) -> SessionTable {
         SessionTable {
             sessions: LruCache::new(max_exporters),
+            domains: HashMap::new(),
             max_templates,
+            limits: ScopeLimits::default(),
             fast_path: true,
             changed: Vec::new(),
             stats: SessionStats::default(),
@@ -306,8 +341,26 @@ impl SessionTable {
         self.sessions.len()
     }
 
+    /// Bound what one exporter address can make the table keep (see [`ScopeLimits`]).
+    pub fn set_limits(&mut self, limits: ScopeLimits) {
+        self.limits = limits;
+    }
+
+    /// The scope's session, created if new; `None` when its address already has
+    /// `max_domains_per_exporter` scopes.
+    fn session_checked(&mut self, scope: ScopeKey) -> Option<&mut Session> {
+        if !self.sessions.contains(&scope)
+            && self.domains.get(&scope.exporter).copied().unwrap_or(0)
+                >= self.limits.max_domains_per_exporter
+        {
+            return None;
+        }
+        Some(self.session(scope))
+    }
+
     fn session(&mut self, scope: ScopeKey) -> &mut Session {
         if !self.sessions.contains(&scope) {
+            *self.domains.entry(scope.exporter).or_default() += 1;
             let parser = NetflowParser::builder()
                 .with_cache_size(self.max_templates.get())
                 .build()
@@ -319,8 +372,14 @@ impl SessionTable {
                 fast: HashMap::default(),
                 scratch: Vec::new(),
             };
-            if self.sessions.push(scope, s).is_some() {
+            if let Some((gone, _)) = self.sessions.push(scope, s) {
                 self.stats.evicted_scopes += 1;
+                if let Some(n) = self.domains.get_mut(&gone.exporter) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.domains.remove(&gone.exporter);
+                    }
+                }
             }
         }
         self.sessions.get_mut(&scope).expect("just inserted")
@@ -384,7 +443,11 @@ impl SessionTable {
         let (message, domain) = frame(datagram)?;
         let scope = ScopeKey { exporter, domain };
         let (fast_path, max) = (self.fast_path, self.max_templates.get());
-        let session = self.session(scope);
+        let max_names = self.limits.max_application_names;
+        let max_name_bytes = self.limits.max_name_bytes;
+        let Some(session) = self.session_checked(scope) else {
+            return Err(DecodeError::DomainLimit);
+        };
         let fast = if fast_path && datagram[..2] == [0, 10] {
             session.decode_fast(message, sink)
         } else {
@@ -392,6 +455,7 @@ impl SessionTable {
         };
         let fast_hit = fast.is_some();
         let mut options = false;
+        let mut refused_names = 0;
         let (summary, mut error, produced) = match fast {
             Some(summary) => (summary, None, summary.flow_records),
             None => {
@@ -399,9 +463,38 @@ impl SessionTable {
                 let error = result.error.as_ref().map(classify);
                 let mut summary = PacketSummary::default();
                 session.scratch.clear();
+                // Past the bound, the names already known stay and new ones are refused.
+                let known = (session.ctx.applications.len() >= max_names).then(|| {
+                    session
+                        .ctx
+                        .applications
+                        .keys()
+                        .copied()
+                        .collect::<std::collections::HashSet<_>>()
+                });
                 for p in &result.packets {
                     summary = convert_packet(p, &mut session.ctx, &mut session.scratch);
                     options |= summary.options_records > 0;
+                }
+                let apps = &mut session.ctx.applications;
+                if options {
+                    for name in apps.values_mut() {
+                        truncate_at_char(name, max_name_bytes);
+                    }
+                }
+                if apps.len() > max_names {
+                    let before = apps.len();
+                    match known {
+                        Some(k) => apps.retain(|a, _| k.contains(a)),
+                        None => {
+                            let mut keys: Vec<_> = apps.keys().copied().collect();
+                            keys.sort();
+                            for a in &keys[max_names..] {
+                                apps.remove(a);
+                            }
+                        }
+                    }
+                    refused_names = (before - apps.len()) as u64;
                 }
                 if summary.version == 10 || result.packets.is_empty() {
                     session.learn_templates(message, error.is_some(), max);
@@ -432,6 +525,7 @@ impl SessionTable {
             templates::extract(message, templates);
         }
         self.stats.fast_datagrams += u64::from(fast_hit);
+        self.stats.refused_application_names += refused_names;
         self.stats.flow_records += u64::from(produced);
         self.stats.options_records += u64::from(summary.options_records);
         self.stats.template_records += u64::from(summary.templates);
@@ -450,6 +544,17 @@ impl SessionTable {
             summary,
             error,
         })
+    }
+}
+
+/// Cut `s` to at most `max` octets, at a character boundary.
+fn truncate_at_char(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
     }
 }
 

@@ -98,6 +98,29 @@ pub struct ScopedTemplate {
     pub record: TemplateRecord,
 }
 
+/// Add a delta to a row. Counters are SQLite integers (63 bits and a sign) and saturate at
+/// the largest, as the aggregator's do: an exporter may claim any count, and an overflowing
+/// `+` in SQLite would turn the column into a floating-point value.
+const UPSERT_AGG: &str =
+    "INSERT INTO agg (res, dim, bucket, key, bytes, packets, flows, bytes_in, bytes_out)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+     ON CONFLICT (res, dim, bucket, key) DO UPDATE SET
+                 bytes = CASE WHEN bytes > 9223372036854775807 - excluded.bytes THEN 9223372036854775807
+                     ELSE bytes + excluded.bytes END,
+                 packets = CASE WHEN packets > 9223372036854775807 - excluded.packets THEN 9223372036854775807
+                     ELSE packets + excluded.packets END,
+                 flows = CASE WHEN flows > 9223372036854775807 - excluded.flows THEN 9223372036854775807
+                     ELSE flows + excluded.flows END,
+                 bytes_in = CASE WHEN bytes_in > 9223372036854775807 - excluded.bytes_in THEN 9223372036854775807
+                     ELSE bytes_in + excluded.bytes_in END,
+                 bytes_out = CASE WHEN bytes_out > 9223372036854775807 - excluded.bytes_out THEN 9223372036854775807
+                     ELSE bytes_out + excluded.bytes_out END";
+
+/// A counter as stored: saturated to SQLite's largest integer.
+fn stored(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 impl Store {
     /// Open (creating or migrating) the database. `template_cap` bounds the records kept
     /// per exporter scope.
@@ -106,6 +129,9 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // 32 MiB of page cache (negative: KiB): a batch's upserts touch many pages of the
+        // `agg` index, and a cache that spills mid-transaction rewrites pages to the WAL.
+        conn.pragma_update(None, "cache_size", -32768)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::SchemaTooNew { found: version });
@@ -163,26 +189,29 @@ impl Store {
                     serde_json::to_string(&StoredContext::from(c)).expect("a context serializes");
                 ctx.execute(params![scope.exporter.to_string(), scope.domain, text])?;
             }
-            let mut up = tx.prepare_cached(
-                "INSERT INTO agg (res, dim, bucket, key, bytes, packets, flows, bytes_in, bytes_out)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT (res, dim, bucket, key) DO UPDATE SET
-                   bytes = bytes + excluded.bytes, packets = packets + excluded.packets,
-                   flows = flows + excluded.flows, bytes_in = bytes_in + excluded.bytes_in,
-                   bytes_out = bytes_out + excluded.bytes_out",
-            )?;
-            for d in deltas {
+            let mut up = tx.prepare_cached(UPSERT_AGG)?;
+            // In key order: consecutive upserts land on the same or the next B-tree page.
+            let mut order: Vec<&Delta> = deltas.iter().collect();
+            order.sort_unstable_by(|a, b| {
+                (a.resolution, a.dim.name(), a.bucket, &a.key).cmp(&(
+                    b.resolution,
+                    b.dim.name(),
+                    b.bucket,
+                    &b.key,
+                ))
+            });
+            for d in order {
                 let c = &d.counters;
                 up.execute(params![
                     d.resolution,
                     d.dim.name(),
                     d.bucket,
                     d.key,
-                    c.bytes as i64,
-                    c.packets as i64,
-                    c.flows as i64,
-                    c.bytes_in as i64,
-                    c.bytes_out as i64
+                    stored(c.bytes),
+                    stored(c.packets),
+                    stored(c.flows),
+                    stored(c.bytes_in),
+                    stored(c.bytes_out)
                 ])?;
             }
             let mut put = tx.prepare_cached(
@@ -514,6 +543,23 @@ mod tests {
             .rows(60, Dim::Label, 0, 1000)
             .unwrap();
         assert_eq!(rows[0].counters.bytes, 7, "existing data kept");
+    }
+
+    #[test]
+    fn counters_saturate_instead_of_turning_real() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut s = Store::open(&path, 8).unwrap();
+        s.commit(&[delta("a", u64::MAX)], &[], &[]).unwrap();
+        s.commit(&[delta("a", 5)], &[], &[]).unwrap();
+        s.commit(&[delta("a", i64::MAX as u64 - 1)], &[], &[])
+            .unwrap();
+        let rows = Reader::open(&path)
+            .unwrap()
+            .rows(60, Dim::Label, 0, 1000)
+            .unwrap();
+        assert_eq!(rows[0].counters.bytes, i64::MAX as u64);
+        assert_eq!(rows[0].counters.packets, 3);
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! ```
 
 mod apportion;
+mod bound;
 mod keys;
+mod time_rule;
 
 pub use apportion::apportion;
 pub(crate) use apportion::{apportion_small, apportion_with, split2, SMALL};
@@ -18,8 +20,9 @@ pub use keys::{
     has_ports, protocol_name, service_port, Counters, Delta, Dim, Flow, FxBuild, FxHasher, Key,
     Slot, OTHER, UNLABELLED,
 };
+pub use time_rule::TimeRule;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use labelflow_proto::FlowRecord;
@@ -35,11 +38,18 @@ pub struct AggStats {
     pub clamped_durations: u64,
     /// Records whose label came after the label table was full (counted under `other`).
     pub folded_labels: u64,
+    /// Labels cut to `max_label_bytes`.
+    pub truncated_labels: u64,
+    /// Records refused or clamped by the time rule, indexed like [`TimeRule::REASONS`].
+    pub time_rule: [u64; 4],
+    /// Key-bound sets of old buckets forgotten to stay within `max_tracked_keys`.
+    pub forgotten_key_sets: u64,
 }
 
-/// Distinct labels the aggregator names; later ones are counted under [`OTHER`]. Labels
-/// are the classes an admin configured (NFLOG groups, label rules), so this is generous;
-/// it bounds what an exporter sending arbitrary `applicationName`s can make us keep.
+/// Default of `limits.max_labels`: distinct labels the aggregator names; later ones are
+/// counted under [`OTHER`]. Labels are the classes an admin configured (NFLOG groups, label
+/// rules), so this is generous; it bounds what an exporter sending arbitrary
+/// `applicationName`s can make us keep.
 pub const MAX_LABELS: usize = 4096;
 
 /// Counters of the dimensions without in/out split.
@@ -125,31 +135,6 @@ impl Targets {
     }
 }
 
-/// The key bound of one (dimension, base bucket): which keys it admitted.
-type Seen = HashMap<(Dim, i64), HashSet<Key, FxBuild>, FxBuild>;
-
-/// Fold keys beyond `max` per (dimension, bucket) into [`Key::Other`]; the first keys seen
-/// keep their name for the bucket's whole life, across commits.
-fn bounded(
-    seen: &mut Seen,
-    stats: &mut AggStats,
-    max: usize,
-    dim: Dim,
-    bucket: i64,
-    key: Key,
-) -> Key {
-    let set = seen.entry((dim, bucket)).or_default();
-    if set.contains(&key) {
-        return key;
-    }
-    if set.len() >= max {
-        stats.folded_keys += 1;
-        return Key::Other;
-    }
-    set.insert(key);
-    key
-}
-
 /// Accumulates deltas between commits.
 #[derive(Debug)]
 pub struct Aggregator {
@@ -176,7 +161,12 @@ pub struct Aggregator {
     /// The base bucket in milliseconds, and its [`Divisor`] when it fits 32 bits.
     base_ms: u64,
     divisor: Option<Divisor>,
-    seen: Seen,
+    seen: bound::KeyBound,
+    /// Base-bucket cells (bucket, class) and tunnel and host entries pending since the last
+    /// take: what the next commit writes at the base resolution.
+    cells: usize,
+    /// The receive clock (milliseconds since the epoch), for the time rule.
+    now_ms: Option<u64>,
     /// (bytes, packets) per label id since start, as of the last take.
     totals: Vec<(u64, u64)>,
     weights: Vec<u64>,
@@ -203,7 +193,9 @@ impl Aggregator {
             anchor: (0, 0),
             base_ms,
             divisor: Divisor::new(base_ms),
-            seen: HashMap::default(),
+            seen: bound::KeyBound::default(),
+            cells: 0,
+            now_ms: None,
             totals: Vec::new(),
             weights: Vec::new(),
             shares_b: Vec::new(),
@@ -217,13 +209,22 @@ impl Aggregator {
         &self.cfg
     }
 
-    /// The id of a label, naming it on first sight; past [`MAX_LABELS`] names, new labels
-    /// get the id of [`OTHER`].
+    /// The id of a label, naming it on first sight; past `max_labels` names, new labels
+    /// get the id of [`OTHER`]. Names longer than `max_label_bytes` are cut (at a character
+    /// boundary).
     pub fn label_id(&mut self, label: &str) -> u32 {
         if let Some(id) = self.labels.get(label) {
             return *id;
         }
-        if self.label_names.len() >= MAX_LABELS - 1 && label != OTHER {
+        if label.len() > self.cfg.max_label_bytes {
+            let mut end = self.cfg.max_label_bytes;
+            while !label.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.stats.truncated_labels += 1;
+            return self.label_id(&label[..end]);
+        }
+        if self.label_names.len() >= self.cfg.max_labels.max(2) - 1 && label != OTHER {
             self.stats.folded_labels += 1;
             return self.label_id(OTHER);
         }
@@ -315,18 +316,34 @@ impl Aggregator {
         b
     }
 
-    /// Add one record.
-    pub fn add_flow(&mut self, f: &Flow) {
+    /// Set the receive clock the time rule compares record times with (milliseconds since
+    /// the epoch). Until it is set, records are only checked against themselves.
+    pub fn set_clock(&mut self, now_ms: u64) {
+        self.now_ms = Some(now_ms);
+    }
+
+    /// Add one record after the time rule ([`time_rule`](self::time_rule)); returns what
+    /// the rule did.
+    pub fn add_flow(&mut self, f: &Flow) -> TimeRule {
         self.stats.records += 1;
+        let (rule, span) = time_rule::apply(f.start_ms, f.end_ms, self.now_ms, &self.cfg);
+        if let Some(i) = rule.index() {
+            self.stats.time_rule[i] += 1;
+        }
+        if rule == TimeRule::TooLong {
+            self.stats.clamped_durations += 1;
+        }
+        if let Some((start, end)) = span {
+            self.add_span(f, start, end);
+        }
+        rule
+    }
+
+    /// Spread a record over the base buckets of `[start, end]`, which the time rule bounded.
+    fn add_span(&mut self, f: &Flow, start: u64, end: u64) {
         let scale = u64::from(f.sampling.max(1));
         let bytes = f.bytes.saturating_mul(scale);
         let packets = f.packets.saturating_mul(scale);
-        let mut start = f.start_ms.min(f.end_ms);
-        let end = f.end_ms.max(f.start_ms);
-        if end - start > self.cfg.max_flow_duration_ms {
-            start = end - self.cfg.max_flow_duration_ms;
-            self.stats.clamped_durations += 1;
-        }
         let base_ms = self.base_ms;
         let whole = Sum {
             bytes,
@@ -520,9 +537,8 @@ impl Aggregator {
         let mut class = t.class;
         if let Some(port) = t.port {
             let key = Key::Port(f.protocol, port);
-            let max = self.cfg.max_keys_per_bucket;
             let secs = self.bucket_secs(bucket);
-            if bounded(&mut self.seen, &mut self.stats, max, Dim::Port, secs, key) == Key::Other {
+            if self.bound(Dim::Port, secs, key) == Key::Other {
                 class = class_of(f.label, f.protocol, 0) | FOLDED_PORT;
             }
         }
@@ -530,7 +546,24 @@ impl Aggregator {
             .pending
             .entry((bucket / ROW, class))
             .or_insert([Sum::default(); ROW as usize]);
-        row[(bucket % ROW) as usize].add(share);
+        let cell = &mut row[(bucket % ROW) as usize];
+        self.cells += usize::from(cell.is_zero());
+        cell.add(share);
+    }
+
+    /// The key bound ([`bound`](self::bound)) with the configured limits.
+    fn bound(&mut self, dim: Dim, bucket: i64, key: Key) -> Key {
+        let (max, tracked) = (self.cfg.max_keys_per_bucket, self.cfg.max_tracked_keys);
+        let k = self.seen.admit(max, tracked, dim, bucket, key);
+        self.stats.folded_keys = self.seen.folded;
+        self.stats.forgotten_key_sets = self.seen.forgotten;
+        k
+    }
+
+    /// Cells (base bucket and key) pending since the last [`Aggregator::take`]: what bounds
+    /// the memory held between commits and the rows the next commit writes.
+    pub fn pending_cells(&self) -> usize {
+        self.cells
     }
 
     /// Start of a base bucket, seconds since the epoch.
@@ -544,21 +577,15 @@ impl Aggregator {
         if share.is_zero() {
             return;
         }
-        let max = self.cfg.max_keys_per_bucket;
         let bucket = self.bucket_secs(bucket);
         if let Some(key) = t.tunnel {
             if let Some(s) = self.tunnels.get_mut(&(bucket, key)) {
                 s.add(share);
             } else {
-                let k = bounded(
-                    &mut self.seen,
-                    &mut self.stats,
-                    max,
-                    Dim::Tunnel,
-                    bucket,
-                    key,
-                );
-                self.tunnels.entry((bucket, k)).or_default().add(share);
+                let k = self.bound(Dim::Tunnel, bucket, key);
+                let s = self.tunnels.entry((bucket, k)).or_default();
+                self.cells += usize::from(s.is_zero());
+                s.add(share);
             }
         }
         for (on, ip, side) in [
@@ -584,14 +611,15 @@ impl Aggregator {
             h.add(&c);
             return;
         }
-        let max = self.cfg.max_keys_per_bucket;
-        let k = bounded(&mut self.seen, &mut self.stats, max, Dim::Host, bucket, key);
-        self.hosts.entry((bucket, k)).or_default().add(&c);
+        let k = self.bound(Dim::Host, bucket, key);
+        let h = self.hosts.entry((bucket, k)).or_default();
+        self.cells += usize::from(*h == Counters::default());
+        h.add(&c);
     }
 
     /// Forget key-bound bookkeeping of buckets that started before `before` (seconds).
     pub fn forget_before(&mut self, before: i64) {
-        self.seen.retain(|(_, b), _| *b >= before);
+        self.seen.forget_before(before);
     }
 
     /// The base-resolution counters since the last take, keyed as stored: classes split
@@ -602,6 +630,7 @@ impl Aggregator {
         let mut protocols: HashMap<(i64, u8), Sum, FxBuild> = HashMap::default();
         let mut ports: HashMap<(i64, Key), Sum, FxBuild> = HashMap::default();
         let rows = std::mem::take(&mut self.pending);
+        self.cells = 0;
         let cells = rows.into_iter().flat_map(|((row, class), sums)| {
             (0..ROW).map(move |i| (row * ROW + i, class, sums[i as usize]))
         });
@@ -624,7 +653,6 @@ impl Aggregator {
         }
         let mut out = Vec::new();
         let mut views: HashMap<(i64, u32), Sum, FxBuild> = HashMap::default();
-        let max = self.cfg.max_keys_per_bucket;
         for ((bucket, id), s) in labels {
             let i = id as usize;
             if self.totals.len() <= i {
@@ -635,14 +663,7 @@ impl Aggregator {
             for v in &self.label_views[id as usize] {
                 views.entry((bucket, *v)).or_default().add(s);
             }
-            let key = bounded(
-                &mut self.seen,
-                &mut self.stats,
-                max,
-                Dim::Label,
-                bucket,
-                Key::Label(id),
-            );
+            let key = self.bound(Dim::Label, bucket, Key::Label(id));
             out.push((bucket, Dim::Label, key, s.counters()));
         }
         for ((bucket, v), s) in views {
