@@ -135,13 +135,18 @@ pub fn run(
     } = bound;
     let metrics = Arc::new(Mutex::new(Snapshot::default()));
     let mut ingest = Ingest::new(&cfg);
-    let (templates, contexts) = ingest
+    let (templates, contexts, sequences) = ingest
         .restore(&store)
-        .context("loading persisted templates and options state")?;
+        .context("loading persisted templates, options and sequence state")?;
+    let (committed, last_ms) = store.progress()?.unwrap_or((0, 0));
     tracing::info!(
         templates,
         contexts,
-        "restored persisted templates and options state"
+        sequences,
+        committed_datagrams = committed,
+        last_commit_age_s = (last_ms > 0).then(|| now_ms().saturating_sub(last_ms) / 1000),
+        "recovered the committed state; what was received after the last commit shows as \
+         sequence gaps (labelflow_collector_lost_across_restart_total) as exporters resume"
     );
 
     // Set from hand-over until the store thread has committed the batch.
@@ -407,7 +412,7 @@ fn store_loop(
         match rx.recv_timeout(POLL) {
             Ok(batch) => {
                 let t = Instant::now();
-                match store.commit(&batch.deltas, &batch.templates, &batch.contexts) {
+                match store.commit_batch(&batch, now_ms()) {
                     Ok(()) => {
                         commits.0 += 1;
                         commits.2 += batch.datagrams as u64;

@@ -197,6 +197,12 @@ pub fn render_metrics(s: &Snapshot) -> String {
         ss.sequence_resets,
     );
     counter(
+        "labelflow_collector_lost_across_restart_total",
+        "Records (v5, IPFIX) or packets (v9) missing at each exporter's first message after a \
+         restart: received but not committed before it, or sent while down.",
+        ss.lost_across_restart,
+    );
+    counter(
         "labelflow_collector_evicted_exporters_total",
         "Exporter scopes evicted from the LRU.",
         ss.evicted_scopes,

@@ -12,7 +12,8 @@ use labelflow_proto::FlowRecord;
 use crate::aggregate::{has_ports, AggStats, Aggregator, Delta, Flow, FxBuild, OTHER, UNLABELLED};
 use crate::config::{rule_label, Config, LabelRule};
 use crate::session::{
-    DecodeError, FlowSink, Ingested, ScopeKey, ScopeLimits, SessionStats, SessionTable,
+    DecodeError, FlowSink, Ingested, ScopeKey, ScopeLimits, SequenceState, SessionStats,
+    SessionTable,
 };
 use crate::store::{ScopedTemplate, Store, StoreError};
 use crate::templates::TemplateRecord;
@@ -24,6 +25,8 @@ pub struct Batch {
     pub templates: Vec<ScopedTemplate>,
     /// Options state (application names, sampling) of the scopes that received options.
     pub contexts: Vec<(ScopeKey, ExporterContext)>,
+    /// Expected sequence numbers after these datagrams, of the scopes whose numbers moved.
+    pub sequences: Vec<SequenceState>,
     pub datagrams: usize,
 }
 
@@ -315,9 +318,9 @@ impl Ingest {
         }
     }
 
-    /// Replay the templates and options state persisted in `store`; returns how many
-    /// templates and scopes' options states were loaded.
-    pub fn restore(&mut self, store: &Store) -> Result<(usize, usize), StoreError> {
+    /// Replay the templates, options state and expected sequence numbers persisted in
+    /// `store`; returns how many templates, options states and sequence states were loaded.
+    pub fn restore(&mut self, store: &Store) -> Result<(usize, usize, usize), StoreError> {
         let mut n = 0;
         for (scope, recs) in store.load_templates()? {
             n += recs.len();
@@ -328,7 +331,12 @@ impl Ingest {
         for (scope, ctx) in contexts {
             self.sessions.restore_context(scope, ctx);
         }
-        Ok((n, m))
+        let sequences = store.load_sequences()?;
+        let k = sequences.len();
+        for s in sequences {
+            self.sessions.restore_sequence(s);
+        }
+        Ok((n, m, k))
     }
 
     /// Turn the zero-copy IPFIX path on (the default) or off; the result is the same.
@@ -382,6 +390,7 @@ impl Ingest {
             deltas: self.labels.agg.take(),
             templates: std::mem::take(&mut self.templates),
             contexts: self.sessions.take_changed_contexts(),
+            sequences: self.sessions.take_changed_sequences(),
             datagrams: self.datagrams,
         };
         self.datagrams = 0;

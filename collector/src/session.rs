@@ -110,6 +110,19 @@ pub struct SessionStats {
     /// Application names (options records) not kept: the scope had
     /// `max_application_names`.
     pub refused_application_names: u64,
+    /// Records (v5, IPFIX) or packets (v9) the first message of each exporter after a
+    /// restart found missing: received but not committed before it, or sent while the
+    /// collector was down (part of `sequence_lost`).
+    pub lost_across_restart: u64,
+}
+
+/// The sequence number a scope expects next in one format (0: v5/v7, 1: v9, 2: IPFIX), as
+/// persisted with the counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SequenceState {
+    pub scope: ScopeKey,
+    pub stream: u8,
+    pub next: u32,
 }
 
 impl SessionStats {
@@ -125,6 +138,9 @@ struct Session {
     /// Sequence number the next message should carry, when known, per format (v5/v7, v9,
     /// IPFIX): each format numbers its own stream.
     next_sequence: [Option<u32>; 3],
+    /// Per format, whether `next_sequence` came from the store (a restart) and no message
+    /// has been checked against it yet.
+    restored: [bool; 3],
     /// IPFIX templates for the zero-copy path, learned from the same template records the
     /// parser saw; `None` marks an id the fast path must not decode (options template,
     /// template it cannot use). Ids are the exporter's own, so a fast unkeyed hash risks
@@ -315,6 +331,9 @@ pub struct SessionTable {
     /// Scopes whose options records may have changed their context since the last
     /// [`SessionTable::take_changed_contexts`].
     changed: Vec<ScopeKey>,
+    /// Scopes whose expected sequence numbers moved since the last
+    /// [`SessionTable::take_changed_sequences`].
+    sequences_changed: std::collections::HashSet<ScopeKey>,
     pub stats: SessionStats,
 }
 
@@ -327,6 +346,7 @@ impl SessionTable {
             limits: ScopeLimits::default(),
             fast_path: true,
             changed: Vec::new(),
+            sequences_changed: std::collections::HashSet::new(),
             stats: SessionStats::default(),
         }
     }
@@ -369,6 +389,7 @@ impl SessionTable {
                 parser,
                 ctx: ExporterContext::default(),
                 next_sequence: [None; 3],
+                restored: [false; 3],
                 fast: HashMap::default(),
                 scratch: Vec::new(),
             };
@@ -399,6 +420,39 @@ impl SessionTable {
     /// Set a scope's options state (application names, sampling) as persisted.
     pub fn restore_context(&mut self, scope: ScopeKey, ctx: ExporterContext) {
         self.session(scope).ctx = ctx;
+    }
+
+    /// Set a scope's expected sequence number of one format as persisted: the first message
+    /// after a restart then counts as lost what was received but not committed before the
+    /// restart, plus what arrived while the collector was down.
+    pub fn restore_sequence(&mut self, s: SequenceState) {
+        let slot = usize::from(s.stream);
+        if slot < 3 {
+            let session = self.session(s.scope);
+            session.next_sequence[slot] = Some(s.next);
+            session.restored[slot] = true;
+        }
+    }
+
+    /// The expected sequence numbers of every scope whose numbers moved since the last call,
+    /// for persistence in the same transaction as the counts of the same datagrams.
+    pub fn take_changed_sequences(&mut self) -> Vec<SequenceState> {
+        let mut out = Vec::new();
+        for scope in std::mem::take(&mut self.sequences_changed) {
+            let Some(session) = self.sessions.peek(&scope) else {
+                continue;
+            };
+            for (stream, next) in session.next_sequence.iter().enumerate() {
+                if let Some(next) = next {
+                    out.push(SequenceState {
+                        scope,
+                        stream: stream as u8,
+                        next: *next,
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// The options state of every scope whose options records arrived since the last call,
@@ -519,7 +573,15 @@ impl SessionTable {
             _ => 0,
         };
         let (gap, reset, next) = sequence_step(session.next_sequence[stream], &summary, produced);
+        let after_restart = std::mem::take(&mut session.restored[stream]);
+        let moved = session.next_sequence[stream] != next;
         session.next_sequence[stream] = next;
+        if after_restart {
+            self.stats.lost_across_restart += u64::from(gap.unwrap_or(0));
+        }
+        if moved {
+            self.sequences_changed.insert(scope);
+        }
         // A message the fast path took holds data sets only: no template records to keep.
         if !fast_hit && (summary.version == 9 || summary.version == 10) {
             templates::extract(message, templates);

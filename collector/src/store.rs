@@ -4,6 +4,8 @@
 //!  agg(res, dim, bucket, key) -> bytes, packets, flows, bytes_in, bytes_out
 //!  templates(exporter, domain, template_id) -> version, set_id, record
 //!  contexts(exporter, domain) -> context (JSON: application names, sampling)
+//!  sequences(exporter, domain, stream) -> next expected sequence number
+//!  progress(id = 1) -> datagrams committed in total, time of the last commit
 //! ```
 //!
 //! A batch (aggregate deltas + template records + options state of the same datagrams) is
@@ -20,12 +22,13 @@ use labelflow_proto::convert::{ApplicationKey, ExporterContext};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Counters, Delta, Dim};
-use crate::session::ScopeKey;
+use crate::ingest::Batch;
+use crate::session::{ScopeKey, SequenceState};
 use crate::templates::TemplateRecord;
 
 /// Schema version kept in `PRAGMA user_version`.
-/// Version 2 added `contexts`.
-pub const SCHEMA_VERSION: i64 = 2;
+/// Version 2 added `contexts`; version 3 `sequences` and `progress`.
+pub const SCHEMA_VERSION: i64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -164,6 +167,20 @@ impl Store {
                  COMMIT;",
             )?;
         }
+        if version < 3 {
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE IF NOT EXISTS sequences (
+                     exporter TEXT NOT NULL, domain INTEGER NOT NULL, stream INTEGER NOT NULL,
+                     next INTEGER NOT NULL,
+                     PRIMARY KEY (exporter, domain, stream)) WITHOUT ROWID;
+                 CREATE TABLE IF NOT EXISTS progress (
+                     id INTEGER PRIMARY KEY CHECK (id = 1),
+                     datagrams INTEGER NOT NULL, committed_ms INTEGER NOT NULL);
+                 PRAGMA user_version = 3;
+                 COMMIT;",
+            )?;
+        }
         Ok(Store {
             conn,
             template_cap: template_cap.max(1),
@@ -177,8 +194,51 @@ impl Store {
         templates: &[ScopedTemplate],
         contexts: &[(ScopeKey, ExporterContext)],
     ) -> Result<(), StoreError> {
+        self.commit_with(deltas, templates, contexts, &[], None)
+    }
+
+    /// Commit one batch of the ingest atomically: its counts, templates and options state,
+    /// the sequence numbers its exporters expect next, and the progress record (`now_ms`:
+    /// when). A restart after SIGKILL resumes from exactly this point: sequence gaps then
+    /// count what was received but not committed.
+    pub fn commit_batch(&mut self, batch: &Batch, now_ms: u64) -> Result<(), StoreError> {
+        let progress = (batch.datagrams as u64, now_ms);
+        let (d, t, c, s) = (
+            &batch.deltas,
+            &batch.templates,
+            &batch.contexts,
+            &batch.sequences,
+        );
+        self.commit_with(d, t, c, s, Some(progress))
+    }
+
+    fn commit_with(
+        &mut self,
+        deltas: &[Delta],
+        templates: &[ScopedTemplate],
+        contexts: &[(ScopeKey, ExporterContext)],
+        sequences: &[SequenceState],
+        progress: Option<(u64, u64)>,
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
+            let mut seq = tx.prepare_cached(
+                "INSERT INTO sequences (exporter, domain, stream, next) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (exporter, domain, stream) DO UPDATE SET next = excluded.next",
+            )?;
+            for s in sequences {
+                let exporter = s.scope.exporter.to_string();
+                seq.execute(params![exporter, s.scope.domain, s.stream, s.next])?;
+            }
+            if let Some((datagrams, now_ms)) = progress {
+                tx.prepare_cached(
+                    "INSERT INTO progress (id, datagrams, committed_ms) VALUES (1, ?1, ?2)
+                     ON CONFLICT (id) DO UPDATE SET
+                       datagrams = datagrams + excluded.datagrams,
+                       committed_ms = excluded.committed_ms",
+                )?
+                .execute(params![stored(datagrams), stored(now_ms)])?;
+            }
             let mut ctx = tx.prepare_cached(
                 "INSERT INTO contexts (exporter, domain, context) VALUES (?1, ?2, ?3)
                  ON CONFLICT (exporter, domain) DO UPDATE SET context = excluded.context
@@ -294,6 +354,47 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Every persisted expected sequence number.
+    pub fn load_sequences(&self) -> Result<Vec<SequenceState>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT exporter, domain, stream, next FROM sequences")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, u32>(1)?,
+                r.get::<_, u8>(2)?,
+                r.get::<_, u32>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (exporter, domain, stream, next) = row?;
+            let Ok(exporter) = exporter.parse::<IpAddr>() else {
+                continue;
+            };
+            out.push(SequenceState {
+                scope: ScopeKey { exporter, domain },
+                stream,
+                next,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Datagrams committed in total and the time of the last commit (milliseconds since the
+    /// epoch), if any batch was committed.
+    pub fn progress(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT datagrams, committed_ms FROM progress WHERE id = 1",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+            .optional()?)
     }
 
     /// Every persisted options state. A row this collector cannot read is skipped with a
