@@ -43,8 +43,16 @@ pub struct RawConfig {
     pub listen: Option<Vec<String>>,
     /// SQLite database file. Default `labelflow.db`.
     pub db: Option<PathBuf>,
-    /// HTTP address for the dashboard, JSON API and `/metrics`. Default: no HTTP.
+    /// HTTP address for the dashboard, JSON API and `/metrics`: `ADDR:PORT`, or a bare
+    /// `PORT`, which binds loopback (`127.0.0.1:PORT`). Default: no HTTP.
     pub http: Option<String>,
+    /// File holding a bearer token the JSON API and `/metrics` then require
+    /// (`Authorization: Bearer TOKEN`; surrounding whitespace ignored). Default: none.
+    pub http_token_file: Option<PathBuf>,
+    /// Exporter addresses or networks datagrams are accepted from, e.g.
+    /// `["192.0.2.0/24", "2001:db8::1"]`; others are counted per source and dropped before
+    /// decoding. Default: every source.
+    pub allowed_exporters: Option<Vec<String>>,
     /// Socket receive buffer in bytes. Default 33554432 (32 MiB; the kernel caps it at
     /// `net.core.rmem_max` unless running as root, where SO_RCVBUFFORCE is used).
     pub recv_buffer: Option<usize>,
@@ -173,6 +181,9 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     pub db: PathBuf,
     pub http: Option<SocketAddr>,
+    pub http_token: Option<String>,
+    /// `None`: every source.
+    pub allowed_exporters: Option<Vec<IpNet>>,
     pub recv_buffer: usize,
     pub udp_gro: bool,
     pub max_exporters: NonZeroUsize,
@@ -293,8 +304,26 @@ impl Config {
         }
         let http = raw
             .http
-            .map(|s| s.parse().map_err(|e| bad("http", format!("{s:?}: {e}"))))
+            .map(|s| match s.parse::<u16>() {
+                Ok(port) => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
+                Err(_) => s.parse().map_err(|e| bad("http", format!("{s:?}: {e}"))),
+            })
             .transpose()?;
+        let http_token = match &raw.http_token_file {
+            None => None,
+            Some(f) => {
+                let text = std::fs::read_to_string(f)
+                    .map_err(|e| bad("http_token_file", format!("{}: {e}", f.display())))?;
+                let token = text.trim();
+                if token.is_empty() || token.contains(char::is_whitespace) {
+                    return Err(bad(
+                        "http_token_file",
+                        format!("{}: must hold one token without spaces", f.display()),
+                    ));
+                }
+                Some(token.to_string())
+            }
+        };
         let nz = |key: &str, v: Option<usize>, default: usize| {
             NonZeroUsize::new(v.unwrap_or(default)).ok_or_else(|| bad(key, "must be > 0".into()))
         };
@@ -378,6 +407,15 @@ impl Config {
                 return Err(bad(&format!("views.{name}"), "a view needs labels".into()));
             }
         }
+        let allowed_exporters = raw
+            .allowed_exporters
+            .as_ref()
+            .map(|v| {
+                v.iter()
+                    .map(|s| net("allowed_exporters", s))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
         let label_rules = raw
             .label_rules
             .into_iter()
@@ -393,6 +431,8 @@ impl Config {
             listen,
             db: raw.db.unwrap_or_else(|| PathBuf::from("labelflow.db")),
             http,
+            http_token,
+            allowed_exporters,
             recv_buffer: raw.recv_buffer.unwrap_or(32 << 20),
             udp_gro: raw.udp_gro.unwrap_or(true),
             max_exporters: nz("limits.max_exporters", raw.limits.max_exporters, 1024)?,
@@ -554,6 +594,34 @@ label = "wan"
             .to_string();
         assert!(e.starts_with("c.toml:4:"), "{e}");
         assert!(e.contains("buckett"), "{e}");
+    }
+
+    #[test]
+    fn exporters_allowlist_and_http_side() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "s3cret\n").unwrap();
+        let c = Config::parse(
+            &format!(
+                "http = \"8080\"\nhttp_token_file = \"{}\"\nallowed_exporters = [\"192.0.2.0/24\", \"2001:db8::1\"]\n",
+                token.display()
+            ),
+            "c",
+        )
+        .unwrap();
+        assert_eq!(c.http, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(c.http_token.as_deref(), Some("s3cret"));
+        let allowed = c.allowed_exporters.unwrap();
+        assert!(allowed[0].contains("192.0.2.77".parse().unwrap()));
+        assert!(!allowed
+            .iter()
+            .any(|n| n.contains("198.51.100.1".parse().unwrap())));
+        assert!(Config::defaults().allowed_exporters.is_none());
+        std::fs::write(&token, "  \n").unwrap();
+        let e = Config::parse(&format!("http_token_file = \"{}\"\n", token.display()), "c")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http_token_file"), "{e}");
     }
 
     #[test]

@@ -101,6 +101,9 @@ pub fn bind(cfg: &Config) -> anyhow::Result<Bound> {
     }
     let http = match cfg.http {
         Some(a) => {
+            if !a.ip().is_loopback() && cfg.http_token.is_none() {
+                tracing::warn!(%a, "HTTP on a non-loopback address without http_token_file: reports and metrics are readable by anyone who can reach it");
+            }
             let l = std::net::TcpListener::bind(a).with_context(|| format!("binding HTTP {a}"))?;
             l.set_nonblocking(true)?;
             Some(l)
@@ -183,6 +186,7 @@ pub fn run(
             let app = crate::http::router(crate::http::AppState {
                 db: cfg.db.clone(),
                 metrics: metrics.clone(),
+                token: cfg.http_token.as_deref().map(Arc::from),
             });
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {
@@ -376,6 +380,9 @@ fn receive(
             let (from, d, seg) = ring.datagram(i);
             hand.counts.gro_reads += u64::from(seg != 0 && d.len() > seg);
             for d in segments(d, seg) {
+                if !ingest.admit(from) {
+                    continue;
+                }
                 match ingest.datagram(from, d) {
                     Ok(r) => {
                         if let Some(e) = r.error {

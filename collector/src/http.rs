@@ -6,14 +6,20 @@
 //!  GET /api/report?by=host&from=RFC3339&to=RFC3339
 //!  GET /metrics                           collector health and per-label counters
 //! ```
+//!
+//! Read-only: every route is `GET` (anything else is 405), and nothing reachable over HTTP
+//! changes the store or the collector. With `http_token_file`, the API and `/metrics`
+//! answer only requests that carry `Authorization: Bearer TOKEN` (RFC 6750 section 2.1);
+//! the dashboard page itself holds no data and is served to anyone.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Query as AxQuery, State};
+use axum::extract::{Query as AxQuery, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -31,14 +37,49 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 pub struct AppState {
     pub db: PathBuf,
     pub metrics: Arc<Mutex<Snapshot>>,
+    /// Bearer token the API and `/metrics` require, if any.
+    pub token: Option<Arc<str>>,
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(|| async { Html(DASHBOARD) }))
+    let data = Router::new()
         .route("/api/report", get(api_report))
         .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/", get(|| async { Html(DASHBOARD) }))
+        .merge(data)
         .with_state(state)
+}
+
+/// Refuse a request without the configured bearer token (401, RFC 6750 section 3).
+async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &st.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same_secret(given.as_bytes(), token.as_bytes()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer realm=\"labelflow\"")],
+                "a bearer token is required\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Compare two secrets in time independent of where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    for (i, y) in b.iter().enumerate() {
+        diff |= a.get(i).copied().unwrap_or(0) ^ y;
+    }
+    diff == 0
 }
 
 #[derive(Debug, Deserialize)]
@@ -297,6 +338,18 @@ pub fn render_metrics(s: &Snapshot) -> String {
                 r.reason()
             );
         }
+    }
+    o.push_str(
+        "# HELP labelflow_collector_refused_datagrams_total Datagrams from sources outside \
+         allowed_exporters, dropped before decoding.\n",
+    );
+    o.push_str("# TYPE labelflow_collector_refused_datagrams_total counter\n");
+    for (source, n) in &s.refused_sources {
+        let _ = writeln!(
+            o,
+            "labelflow_collector_refused_datagrams_total{{source=\"{}\"}} {n}",
+            escape(source)
+        );
     }
     o.push_str(
         "# HELP labelflow_collector_label_bytes_total Bytes per label (sampling applied).\n",

@@ -11,6 +11,7 @@ use labelflow_proto::FlowRecord;
 
 use crate::aggregate::{has_ports, AggStats, Aggregator, Delta, Flow, FxBuild, OTHER, UNLABELLED};
 use crate::config::{rule_label, Config, LabelRule};
+use crate::net::IpNet;
 use crate::session::{
     DecodeError, FlowSink, Ingested, ScopeKey, ScopeLimits, SequenceState, SessionStats,
     SessionTable,
@@ -50,6 +51,9 @@ pub struct Snapshot {
     pub time_rule: Vec<(String, [u64; 4])>,
     /// Batches handed to the store early because a pending bound was reached.
     pub early_commits: u64,
+    /// Datagrams refused by `allowed_exporters`, per source (bounded; the rest under
+    /// `other`).
+    pub refused_sources: Vec<(String, u64)>,
 }
 
 #[derive(Debug)]
@@ -63,6 +67,12 @@ pub struct Ingest {
     datagrams: usize,
     max_pending_cells: usize,
     max_pending_template_bytes: usize,
+    /// `None`: every source is accepted.
+    allowed: Option<Vec<IpNet>>,
+    /// Datagrams refused per source address (at most `max_exporters` sources; the rest
+    /// under the unspecified address).
+    refused: HashMap<IpAddr, u64>,
+    max_sources: usize,
 }
 
 /// Label resolution and the per-label totals of `/metrics`, beside the aggregator.
@@ -315,6 +325,9 @@ impl Ingest {
             datagrams: 0,
             max_pending_cells: cfg.max_pending_cells.get(),
             max_pending_template_bytes: cfg.max_pending_template_bytes.get(),
+            allowed: cfg.allowed_exporters.clone(),
+            refused: HashMap::new(),
+            max_sources: cfg.max_exporters.get(),
         }
     }
 
@@ -342,6 +355,24 @@ impl Ingest {
     /// Turn the zero-copy IPFIX path on (the default) or off; the result is the same.
     pub fn set_fast_path(&mut self, on: bool) {
         self.sessions.set_fast_path(on);
+    }
+
+    /// Whether datagrams from `source` are accepted (`allowed_exporters`); a refused one is
+    /// counted per source and must not be decoded.
+    pub fn admit(&mut self, source: IpAddr) -> bool {
+        let Some(allowed) = &self.allowed else {
+            return true;
+        };
+        if allowed.iter().any(|n| n.contains(source)) {
+            return true;
+        }
+        let key = if self.refused.len() < self.max_sources || self.refused.contains_key(&source) {
+            source
+        } else {
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+        };
+        *self.refused.entry(key).or_default() += 1;
+        false
     }
 
     /// Handle one datagram.
@@ -413,6 +444,20 @@ impl Ingest {
         s.scopes = self.sessions.scopes();
         s.labels = self.labels.metric_totals();
         s.time_rule = self.labels.metric_time_rule();
+        let mut refused: Vec<(IpAddr, u64)> = self.refused.iter().map(|(a, n)| (*a, *n)).collect();
+        refused.sort();
+        s.refused_sources.clear();
+        for (i, (addr, n)) in refused.into_iter().enumerate() {
+            let name = if i < self.labels.max_metric_labels && !addr.is_unspecified() {
+                addr.to_string()
+            } else {
+                OTHER.to_string()
+            };
+            match s.refused_sources.iter_mut().find(|(k, _)| *k == name) {
+                Some(e) => e.1 += n,
+                None => s.refused_sources.push((name, n)),
+            }
+        }
     }
 }
 
