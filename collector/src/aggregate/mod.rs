@@ -290,9 +290,9 @@ impl Aggregator {
     }
 
     /// Add one record under `label` (named on first sight).
-    pub fn add(&mut self, rec: &FlowRecord, label: &str) {
+    pub fn add(&mut self, rec: &FlowRecord, label: &str) -> TimeRule {
         let id = self.label_id(label);
-        self.add_flow(&Flow::from_record(rec, id));
+        self.add_flow(&Flow::from_record(rec, id))
     }
 
     /// The base bucket number of an instant (milliseconds). Divides the offset from a
