@@ -314,6 +314,13 @@ pub fn render_metrics(s: &Snapshot) -> String {
          # TYPE labelflow_collector_exporters gauge\nlabelflow_collector_exporters {}\n",
         s.scopes
     );
+    render_series(&mut o, s);
+    o
+}
+
+/// The labelled series of `/metrics` (bounded label values).
+fn render_series(o: &mut String, s: &Snapshot) {
+    let ss = &s.sessions;
     o.push_str("# HELP labelflow_collector_decode_errors_total Datagrams or sets not decoded, by reason.\n");
     o.push_str("# TYPE labelflow_collector_decode_errors_total counter\n");
     for e in DecodeError::ALL {
@@ -373,7 +380,6 @@ pub fn render_metrics(s: &Snapshot) -> String {
             escape(l)
         );
     }
-    o
 }
 
 fn escape(s: &str) -> String {
