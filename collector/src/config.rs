@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use toml::Spanned;
 
 use crate::net::IpNet;
 
@@ -27,9 +28,11 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
-    #[error("{path}: {key}: {message}")]
+    /// A value that parsed as TOML but is not valid; `place` is `FILE:LINE:COL` of the
+    /// value (or the file alone for a default).
+    #[error("{place}: {key}: {message}")]
     Invalid {
-        path: String,
+        place: String,
         key: String,
         message: String,
     },
@@ -40,11 +43,19 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     /// UDP addresses to receive NetFlow/IPFIX on. Default `["0.0.0.0:4739"]`.
-    pub listen: Option<Vec<String>>,
+    pub listen: Option<Spanned<Vec<Spanned<String>>>>,
     /// SQLite database file. Default `labelflow.db`.
     pub db: Option<PathBuf>,
-    /// HTTP address for the dashboard, JSON API and `/metrics`. Default: no HTTP.
-    pub http: Option<String>,
+    /// HTTP address for the dashboard, JSON API and `/metrics`: `ADDR:PORT`, or a bare
+    /// `PORT`, which binds loopback (`127.0.0.1:PORT`). Default: no HTTP.
+    pub http: Option<Spanned<String>>,
+    /// File holding a bearer token the JSON API and `/metrics` then require
+    /// (`Authorization: Bearer TOKEN`; surrounding whitespace ignored). Default: none.
+    pub http_token_file: Option<Spanned<PathBuf>>,
+    /// Exporter addresses or networks datagrams are accepted from, e.g.
+    /// `["192.0.2.0/24", "2001:db8::1"]`; others are counted per source and dropped before
+    /// decoding. Default: every source.
+    pub allowed_exporters: Option<Vec<Spanned<String>>>,
     /// Socket receive buffer in bytes. Default 33554432 (32 MiB; the kernel caps it at
     /// `net.core.rmem_max` unless running as root, where SO_RCVBUFFORCE is used).
     pub recv_buffer: Option<usize>,
@@ -59,7 +70,7 @@ pub struct RawConfig {
     pub aggregation: RawAggregation,
     /// Named label sets, e.g. `uplink = ["esp", "other"]`.
     #[serde(default)]
-    pub views: BTreeMap<String, Vec<String>>,
+    pub views: BTreeMap<String, Spanned<Vec<String>>>,
     #[serde(default)]
     pub tunnels: Vec<RawTunnel>,
     #[serde(default)]
@@ -73,50 +84,77 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     /// Exporter scopes (address + observation domain) tracked; LRU beyond. Default 1024.
-    pub max_exporters: Option<usize>,
+    pub max_exporters: Option<Spanned<usize>>,
     /// Templates kept per exporter scope; LRU beyond. Default 512.
-    pub max_templates_per_exporter: Option<usize>,
+    pub max_templates_per_exporter: Option<Spanned<usize>>,
     /// Distinct keys per dimension and bucket before folding into `other`. Default 10000.
-    pub max_keys_per_bucket: Option<usize>,
+    pub max_keys_per_bucket: Option<Spanned<usize>>,
     /// Distinct labels exported as Prometheus series. Default 64.
-    pub max_metric_labels: Option<usize>,
+    pub max_metric_labels: Option<Spanned<usize>>,
+    /// Cells (base bucket × key) pending between commits. Past it the ingest hands the
+    /// batch to the store at once and, if the store is still busy with the previous one,
+    /// waits for it (backpressure: the socket buffer holds what arrives meanwhile) rather
+    /// than grow. Default 32768.
+    pub max_pending_cells: Option<Spanned<usize>>,
+    /// Keys of the per-bucket key bound tracked over all buckets; past it the oldest
+    /// buckets' bookkeeping is forgotten. Default 262144.
+    pub max_tracked_keys: Option<Spanned<usize>>,
+    /// Distinct label names; later ones are counted under `other`. Default 4096.
+    pub max_labels: Option<Spanned<usize>>,
+    /// Longest label name in octets; longer names are cut. Default 128.
+    pub max_label_bytes: Option<Spanned<usize>>,
+    /// Observation domains tracked per exporter address; datagrams for further domains
+    /// are refused (reason `domain_limit`). Default 16.
+    pub max_domains_per_exporter: Option<Spanned<usize>>,
+    /// Application names (options state) kept per exporter scope; later ones are
+    /// ignored. Default 4096.
+    pub max_application_names: Option<Spanned<usize>>,
+    /// Octets of template records awaiting persistence; past it the batch is committed
+    /// early, as for `max_pending_cells`. Default 4194304 (4 MiB).
+    pub max_pending_template_bytes: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
     /// Longest time between commits. Default `1s`.
-    pub commit_interval: Option<String>,
+    pub commit_interval: Option<Spanned<String>>,
     /// Commit after this many datagrams at the latest. Default 20000.
-    pub commit_datagrams: Option<usize>,
+    pub commit_datagrams: Option<Spanned<usize>>,
     /// How often expired buckets are deleted. Default `5m`.
-    pub prune_interval: Option<String>,
+    pub prune_interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAggregation {
     /// Base bucket width. Default `1m`.
-    pub bucket: Option<String>,
+    pub bucket: Option<Spanned<String>>,
     /// Coarser resolutions, each a multiple of the previous. Default `["1h", "1d"]`.
-    pub rollups: Option<Vec<String>>,
+    pub rollups: Option<Vec<Spanned<String>>>,
     /// Retention per resolution, base first. Default `["7d", "90d", "1095d"]`.
-    pub retention: Option<Vec<String>>,
-    /// Longer flows have their start clamped to `end - max_flow_duration`. Default `1d`.
-    pub max_flow_duration: Option<String>,
+    pub retention: Option<Vec<Spanned<String>>>,
+    /// Longer flows have their start clamped to `end - max_flow_duration` (counts kept; reason
+    /// `too_long`). Exporters end long flows at their active timeout (30 min at most by
+    /// common defaults), so a longer record most likely carries a wrong time, and every base
+    /// bucket a record spans costs a row per dimension. Default `1h`.
+    pub max_flow_duration: Option<Spanned<String>>,
+    /// Records ending later than this after the receive clock are refused (reason
+    /// `future`): tolerance for exporter clock skew. Default `10m`.
+    pub max_future: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTunnel {
-    pub name: String,
+    pub name: Spanned<String>,
     /// Inner subnets (either end of a flow inside one of them) that belong to this tunnel.
     #[serde(default)]
-    pub subnets: Vec<String>,
+    pub subnets: Vec<Spanned<String>>,
     /// Outer addresses (or networks) of the tunnel's remote end: ESP/AH security associations
     /// with either end among them are reported under the tunnel's name.
     #[serde(default)]
-    pub peers: Vec<String>,
+    pub peers: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -124,7 +162,7 @@ pub struct RawTunnel {
 pub struct RawHosts {
     /// Networks whose hosts are accounted individually. Default none.
     #[serde(default)]
-    pub networks: Vec<String>,
+    pub networks: Vec<Spanned<String>>,
     /// Skip traffic with both ends inside `networks`. Default false.
     #[serde(default)]
     pub exclude_internal: bool,
@@ -134,7 +172,7 @@ pub struct RawHosts {
 #[serde(deny_unknown_fields)]
 pub struct RawLabelRule {
     /// Exporter address or network.
-    pub exporter: String,
+    pub exporter: Spanned<String>,
     /// Matches the ingress or egress interface index when set.
     pub interface: Option<u32>,
     pub label: String,
@@ -146,11 +184,18 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     pub db: PathBuf,
     pub http: Option<SocketAddr>,
+    pub http_token: Option<String>,
+    /// `None`: every source.
+    pub allowed_exporters: Option<Vec<IpNet>>,
     pub recv_buffer: usize,
     pub udp_gro: bool,
     pub max_exporters: NonZeroUsize,
     pub max_templates_per_exporter: NonZeroUsize,
     pub max_metric_labels: usize,
+    pub max_pending_cells: NonZeroUsize,
+    pub max_domains_per_exporter: NonZeroUsize,
+    pub max_application_names: usize,
+    pub max_pending_template_bytes: NonZeroUsize,
     pub commit_interval: Duration,
     pub commit_datagrams: NonZeroUsize,
     pub prune_interval: Duration,
@@ -166,7 +211,13 @@ pub struct AggConfig {
     /// Retention in seconds, one per resolution.
     pub retention: Vec<u64>,
     pub max_flow_duration_ms: u64,
+    /// Tolerance for record ends after the receive clock (see the time rule).
+    pub max_future_ms: u64,
     pub max_keys_per_bucket: usize,
+    /// Keys the per-bucket key bound tracks over all buckets.
+    pub max_tracked_keys: usize,
+    pub max_labels: usize,
+    pub max_label_bytes: usize,
     pub views: BTreeMap<String, Vec<String>>,
     pub tunnels: Vec<Tunnel>,
     pub networks: Vec<IpNet>,
@@ -178,8 +229,12 @@ impl Default for AggConfig {
         AggConfig {
             resolutions: vec![60, 3600, 86400],
             retention: vec![7 * 86400, 90 * 86400, 1095 * 86400],
-            max_flow_duration_ms: 86_400_000,
+            max_flow_duration_ms: 3_600_000,
+            max_future_ms: 600_000,
             max_keys_per_bucket: 10_000,
+            max_tracked_keys: 262_144,
+            max_labels: crate::aggregate::MAX_LABELS,
+            max_label_bytes: 128,
             views: BTreeMap::new(),
             tunnels: Vec::new(),
             networks: Vec::new(),
@@ -223,7 +278,7 @@ impl Config {
                 message: e.message().to_string(),
             }
         })?;
-        Config::validate(raw, origin)
+        Config::validate_text(raw, origin, text)
     }
 
     /// Defaults only (no file).
@@ -232,119 +287,56 @@ impl Config {
     }
 
     pub fn validate(raw: RawConfig, origin: &str) -> Result<Config, ConfigError> {
-        let bad = |key: &str, message: String| ConfigError::Invalid {
-            path: origin.to_string(),
-            key: key.to_string(),
-            message,
+        Config::validate_text(raw, origin, "")
+    }
+
+    /// Validate a parsed file whose text was `text`: each error names `FILE:LINE:COL` of
+    /// the value at fault.
+    fn validate_text(raw: RawConfig, origin: &str, text: &str) -> Result<Config, ConfigError> {
+        let src = Source { origin, text };
+        let listen = match &raw.listen {
+            None => vec![SocketAddr::from(([0, 0, 0, 0], 4739))],
+            Some(v) => {
+                if v.get_ref().is_empty() {
+                    return Err(src.bad(Some(v), "listen", "at least one address is needed"));
+                }
+                v.get_ref()
+                    .iter()
+                    .map(|s| src.parsed(s, "listen"))
+                    .collect::<Result<_, _>>()?
+            }
         };
-        let dur = |key: &str, v: Option<&String>, default: &str| -> Result<Duration, ConfigError> {
-            let s = v.map(String::as_str).unwrap_or(default);
-            humantime::parse_duration(s).map_err(|e| bad(key, format!("{s:?}: {e}")))
-        };
-        let listen = raw
-            .listen
-            .unwrap_or_else(|| vec!["0.0.0.0:4739".to_string()])
-            .iter()
-            .map(|s| s.parse().map_err(|e| bad("listen", format!("{s:?}: {e}"))))
-            .collect::<Result<Vec<SocketAddr>, _>>()?;
-        if listen.is_empty() {
-            return Err(bad("listen", "at least one address is needed".into()));
-        }
         let http = raw
             .http
-            .map(|s| s.parse().map_err(|e| bad("http", format!("{s:?}: {e}"))))
+            .as_ref()
+            .map(|s| match s.get_ref().parse::<u16>() {
+                Ok(port) => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
+                Err(_) => src.parsed(s, "http"),
+            })
             .transpose()?;
-        let nz = |key: &str, v: Option<usize>, default: usize| {
-            NonZeroUsize::new(v.unwrap_or(default)).ok_or_else(|| bad(key, "must be > 0".into()))
+        let http_token = match &raw.http_token_file {
+            None => None,
+            Some(f) => Some(src.token(f)?),
         };
-        let base = dur("aggregation.bucket", raw.aggregation.bucket.as_ref(), "1m")?;
-        if base.as_secs() == 0 || base.subsec_nanos() != 0 {
-            return Err(bad(
-                "aggregation.bucket",
-                "must be a whole number of seconds".into(),
-            ));
-        }
-        let mut resolutions = vec![base.as_secs()];
-        let rollups = raw
-            .aggregation
-            .rollups
-            .unwrap_or_else(|| vec!["1h".into(), "1d".into()]);
-        for r in &rollups {
-            let d = dur("aggregation.rollups", Some(r), "")?;
-            let prev = *resolutions.last().expect("non-empty");
-            if d.subsec_nanos() != 0 || d.as_secs() <= prev || d.as_secs() % prev != 0 {
-                return Err(bad(
-                    "aggregation.rollups",
-                    format!("{r:?} must be a larger multiple of {prev}s"),
-                ));
-            }
-            resolutions.push(d.as_secs());
-        }
-        let retention_raw = raw
-            .aggregation
-            .retention
-            .unwrap_or_else(|| vec!["7d".into(), "90d".into(), "1095d".into()]);
-        let mut retention = Vec::new();
-        for (i, res) in resolutions.iter().enumerate() {
-            let s = retention_raw.get(i).or(retention_raw.last());
-            let d = dur("aggregation.retention", s, "7d")?;
-            if d.as_secs() < *res {
-                return Err(bad(
-                    "aggregation.retention",
-                    format!("retention for the {res}s resolution is shorter than one bucket"),
-                ));
-            }
-            retention.push(d.as_secs());
-        }
-        let max_flow = dur(
-            "aggregation.max_flow_duration",
-            raw.aggregation.max_flow_duration.as_ref(),
-            "1d",
-        )?;
-        let net = |key: &str, s: &str| -> Result<IpNet, ConfigError> {
-            s.parse::<IpNet>()
-                .map_err(|e| bad(key, format!("{s:?}: {e}")))
-        };
-        let mut tunnels = Vec::new();
-        for t in raw.tunnels {
-            if t.name.is_empty() {
-                return Err(bad("tunnels.name", "must not be empty".into()));
-            }
-            let subnets = t
-                .subnets
-                .iter()
-                .map(|s| net("tunnels.subnets", s))
-                .collect::<Result<_, _>>()?;
-            let peers = t
-                .peers
-                .iter()
-                .map(|s| net("tunnels.peers", s))
-                .collect::<Result<_, _>>()?;
-            tunnels.push(Tunnel {
-                name: t.name,
-                subnets,
-                peers,
-            });
-        }
-        let networks = raw
-            .hosts
-            .networks
-            .iter()
-            .map(|s| net("hosts.networks", s))
-            .collect::<Result<_, _>>()?;
-        for (name, labels) in &raw.views {
-            if labels.is_empty() {
-                return Err(bad(&format!("views.{name}"), "a view needs labels".into()));
-            }
-        }
+        let allowed_exporters = raw
+            .allowed_exporters
+            .as_ref()
+            .map(|v| {
+                v.iter()
+                    .map(|s| src.parsed(s, "allowed_exporters"))
+                    .collect::<Result<Vec<IpNet>, _>>()
+            })
+            .transpose()?;
+        let l = &raw.limits;
+        let agg = src.aggregation(&raw)?;
         let label_rules = raw
             .label_rules
-            .into_iter()
+            .iter()
             .map(|r| {
                 Ok(LabelRule {
-                    exporter: net("label_rules.exporter", &r.exporter)?,
+                    exporter: src.parsed(&r.exporter, "label_rules.exporter")?,
                     interface: r.interface,
-                    label: r.label,
+                    label: r.label.clone(),
                 })
             })
             .collect::<Result<_, ConfigError>>()?;
@@ -352,42 +344,212 @@ impl Config {
             listen,
             db: raw.db.unwrap_or_else(|| PathBuf::from("labelflow.db")),
             http,
+            http_token,
+            allowed_exporters,
             recv_buffer: raw.recv_buffer.unwrap_or(32 << 20),
             udp_gro: raw.udp_gro.unwrap_or(true),
-            max_exporters: nz("limits.max_exporters", raw.limits.max_exporters, 1024)?,
-            max_templates_per_exporter: nz(
+            max_exporters: src.nz(&l.max_exporters, "limits.max_exporters", 1024)?,
+            max_templates_per_exporter: src.nz(
+                &l.max_templates_per_exporter,
                 "limits.max_templates_per_exporter",
-                raw.limits.max_templates_per_exporter,
                 512,
             )?,
-            max_metric_labels: raw.limits.max_metric_labels.unwrap_or(64),
-            commit_interval: dur(
-                "store.commit_interval",
-                raw.store.commit_interval.as_ref(),
-                "1s",
+            max_metric_labels: l.max_metric_labels.as_ref().map_or(64, |v| *v.get_ref()),
+            max_pending_cells: src.nz(&l.max_pending_cells, "limits.max_pending_cells", 32_768)?,
+            max_domains_per_exporter: src.nz(
+                &l.max_domains_per_exporter,
+                "limits.max_domains_per_exporter",
+                16,
             )?,
-            commit_datagrams: nz("store.commit_datagrams", raw.store.commit_datagrams, 20_000)?,
-            prune_interval: dur(
-                "store.prune_interval",
-                raw.store.prune_interval.as_ref(),
-                "5m",
+            max_application_names: l
+                .max_application_names
+                .as_ref()
+                .map_or(4096, |v| *v.get_ref()),
+            max_pending_template_bytes: src.nz(
+                &l.max_pending_template_bytes,
+                "limits.max_pending_template_bytes",
+                4 << 20,
             )?,
-            agg: AggConfig {
-                resolutions,
-                retention,
-                max_flow_duration_ms: max_flow.as_millis() as u64,
-                max_keys_per_bucket: nz(
-                    "limits.max_keys_per_bucket",
-                    raw.limits.max_keys_per_bucket,
-                    10_000,
-                )?
-                .get(),
-                views: raw.views,
-                tunnels,
-                networks,
-                exclude_internal: raw.hosts.exclude_internal,
-            },
+            commit_interval: src.dur(&raw.store.commit_interval, "store.commit_interval", "1s")?,
+            commit_datagrams: src.nz(
+                &raw.store.commit_datagrams,
+                "store.commit_datagrams",
+                20_000,
+            )?,
+            prune_interval: src.dur(&raw.store.prune_interval, "store.prune_interval", "5m")?,
+            agg,
             label_rules,
+        })
+    }
+}
+
+/// The text a configuration was parsed from, to place errors at `FILE:LINE:COL`.
+struct Source<'a> {
+    origin: &'a str,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    /// An invalid value: at its place when it came from the file, else at the file.
+    fn bad<T>(
+        &self,
+        at: Option<&Spanned<T>>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let place = match at {
+            Some(v) if !self.text.is_empty() => {
+                let (line, column) = line_col(self.text, v.span().start);
+                format!("{}:{line}:{column}", self.origin)
+            }
+            _ => self.origin.to_string(),
+        };
+        ConfigError::Invalid {
+            place,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// A value parsed with `FromStr`.
+    fn parsed<T: std::str::FromStr>(&self, v: &Spanned<String>, key: &str) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let s = v.get_ref();
+        s.parse()
+            .map_err(|e| self.bad(Some(v), key, format!("{s:?}: {e}")))
+    }
+
+    /// A humantime duration, or `default` when absent.
+    fn dur(
+        &self,
+        v: &Option<Spanned<String>>,
+        key: &str,
+        default: &str,
+    ) -> Result<Duration, ConfigError> {
+        let s = v.as_ref().map_or(default, |v| v.get_ref().as_str());
+        humantime::parse_duration(s).map_err(|e| self.bad(v.as_ref(), key, format!("{s:?}: {e}")))
+    }
+
+    /// A non-zero count, or `default` when absent.
+    fn nz(
+        &self,
+        v: &Option<Spanned<usize>>,
+        key: &str,
+        default: usize,
+    ) -> Result<NonZeroUsize, ConfigError> {
+        let n = v.as_ref().map_or(default, |v| *v.get_ref());
+        NonZeroUsize::new(n).ok_or_else(|| self.bad(v.as_ref(), key, "must be > 0"))
+    }
+
+    /// The bearer token held in `file`.
+    fn token(&self, file: &Spanned<PathBuf>) -> Result<String, ConfigError> {
+        let f = file.get_ref();
+        let key = "http_token_file";
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| self.bad(Some(file), key, format!("{}: {e}", f.display())))?;
+        let token = text.trim();
+        if token.is_empty() || token.contains(char::is_whitespace) {
+            let message = format!("{}: must hold one token without spaces", f.display());
+            return Err(self.bad(Some(file), key, message));
+        }
+        Ok(token.to_string())
+    }
+
+    /// Resolutions, retention, durations, views, tunnels and host networks.
+    fn aggregation(&self, raw: &RawConfig) -> Result<AggConfig, ConfigError> {
+        let a = &raw.aggregation;
+        let base = self.dur(&a.bucket, "aggregation.bucket", "1m")?;
+        if base.as_secs() == 0 || base.subsec_nanos() != 0 {
+            let message = "must be a whole number of seconds";
+            return Err(self.bad(a.bucket.as_ref(), "aggregation.bucket", message));
+        }
+        let mut resolutions = vec![base.as_secs()];
+        for r in a.rollups.iter().flatten() {
+            let d = self.dur(&Some(r.clone()), "aggregation.rollups", "")?;
+            let prev = *resolutions.last().expect("non-empty");
+            if d.subsec_nanos() != 0 || d.as_secs() <= prev || d.as_secs() % prev != 0 {
+                let message = format!("{:?} must be a larger multiple of {prev}s", r.get_ref());
+                return Err(self.bad(Some(r), "aggregation.rollups", message));
+            }
+            resolutions.push(d.as_secs());
+        }
+        if a.rollups.is_none() {
+            resolutions.extend([3600, 86400]);
+        }
+        let defaults = ["7d", "90d", "1095d"];
+        let mut retention = Vec::new();
+        for (i, res) in resolutions.iter().enumerate() {
+            let given = a.retention.as_ref().and_then(|v| v.get(i).or(v.last()));
+            let d = match given {
+                Some(v) => self.dur(&Some(v.clone()), "aggregation.retention", "")?,
+                None => self.dur(&None, "aggregation.retention", defaults[i.min(2)])?,
+            };
+            if d.as_secs() < *res {
+                let message =
+                    format!("retention for the {res}s resolution is shorter than one bucket");
+                return Err(self.bad(given, "aggregation.retention", message));
+            }
+            retention.push(d.as_secs());
+        }
+        let max_flow = self.dur(&a.max_flow_duration, "aggregation.max_flow_duration", "1h")?;
+        let max_future = self.dur(&a.max_future, "aggregation.max_future", "10m")?;
+        let mut tunnels = Vec::new();
+        for t in &raw.tunnels {
+            if t.name.get_ref().is_empty() {
+                return Err(self.bad(Some(&t.name), "tunnels.name", "must not be empty"));
+            }
+            let nets = |v: &[Spanned<String>], key: &str| -> Result<Vec<IpNet>, ConfigError> {
+                v.iter().map(|s| self.parsed(s, key)).collect()
+            };
+            tunnels.push(Tunnel {
+                name: t.name.get_ref().clone(),
+                subnets: nets(&t.subnets, "tunnels.subnets")?,
+                peers: nets(&t.peers, "tunnels.peers")?,
+            });
+        }
+        let networks = raw
+            .hosts
+            .networks
+            .iter()
+            .map(|s| self.parsed(s, "hosts.networks"))
+            .collect::<Result<_, _>>()?;
+        let mut views = BTreeMap::new();
+        for (name, labels) in &raw.views {
+            if labels.get_ref().is_empty() {
+                let key = format!("views.{name}");
+                return Err(self.bad(Some(labels), &key, "a view needs labels"));
+            }
+            views.insert(name.clone(), labels.get_ref().clone());
+        }
+        let l = &raw.limits;
+        Ok(AggConfig {
+            resolutions,
+            retention,
+            max_flow_duration_ms: max_flow.as_millis() as u64,
+            max_future_ms: max_future.as_millis() as u64,
+            max_keys_per_bucket: self
+                .nz(&l.max_keys_per_bucket, "limits.max_keys_per_bucket", 10_000)?
+                .get(),
+            max_tracked_keys: self
+                .nz(&l.max_tracked_keys, "limits.max_tracked_keys", 262_144)?
+                .get(),
+            max_labels: self
+                .nz(
+                    &l.max_labels,
+                    "limits.max_labels",
+                    crate::aggregate::MAX_LABELS,
+                )?
+                .get()
+                .max(2),
+            max_label_bytes: self
+                .nz(&l.max_label_bytes, "limits.max_label_bytes", 128)?
+                .get(),
+            views,
+            tunnels,
+            networks,
+            exclude_internal: raw.hosts.exclude_internal,
         })
     }
 }
@@ -476,6 +638,51 @@ label = "wan"
             .to_string();
         assert!(e.starts_with("c.toml:4:"), "{e}");
         assert!(e.contains("buckett"), "{e}");
+    }
+
+    #[test]
+    fn exporters_allowlist_and_http_side() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "s3cret\n").unwrap();
+        let c = Config::parse(
+            &format!(
+                "http = \"8080\"\nhttp_token_file = \"{}\"\nallowed_exporters = [\"192.0.2.0/24\", \"2001:db8::1\"]\n",
+                token.display()
+            ),
+            "c",
+        )
+        .unwrap();
+        assert_eq!(c.http, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(c.http_token.as_deref(), Some("s3cret"));
+        let allowed = c.allowed_exporters.unwrap();
+        assert!(allowed[0].contains("192.0.2.77".parse().unwrap()));
+        assert!(!allowed
+            .iter()
+            .any(|n| n.contains("198.51.100.1".parse().unwrap())));
+        assert!(Config::defaults().allowed_exporters.is_none());
+        std::fs::write(&token, "  \n").unwrap();
+        let e = Config::parse(&format!("http_token_file = \"{}\"\n", token.display()), "c")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http_token_file"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_file_line_and_column() {
+        let err = |text: &str| Config::parse(text, "c.toml").unwrap_err().to_string();
+        assert_eq!(
+            err("db = \"x\"\n[limits]\nmax_pending_cells = 0\n"),
+            "c.toml:3:21: limits.max_pending_cells: must be > 0"
+        );
+        let e = err("listen = [\"127.0.0.1:1\", \"nowhere\"]\n");
+        assert!(e.starts_with("c.toml:1:26: listen: \"nowhere\""), "{e}");
+        let e = err("[aggregation]\nmax_future = \"soon\"\n");
+        assert!(e.starts_with("c.toml:2:14: aggregation.max_future"), "{e}");
+        let e = err("[[tunnels]]\nname = \"t\"\nsubnets = [\"10.0.0.0/33\"]\n");
+        assert!(e.starts_with("c.toml:3:12: tunnels.subnets"), "{e}");
+        let e = err("allowed_exporters = [\"192.0.2.0/24\", \"x\"]\n");
+        assert!(e.starts_with("c.toml:1:38: allowed_exporters"), "{e}");
     }
 
     #[test]

@@ -101,6 +101,9 @@ pub fn bind(cfg: &Config) -> anyhow::Result<Bound> {
     }
     let http = match cfg.http {
         Some(a) => {
+            if !a.ip().is_loopback() && cfg.http_token.is_none() {
+                tracing::warn!(%a, "HTTP on a non-loopback address without http_token_file: reports and metrics are readable by anyone who can reach it");
+            }
             let l = std::net::TcpListener::bind(a).with_context(|| format!("binding HTTP {a}"))?;
             l.set_nonblocking(true)?;
             Some(l)
@@ -135,13 +138,18 @@ pub fn run(
     } = bound;
     let metrics = Arc::new(Mutex::new(Snapshot::default()));
     let mut ingest = Ingest::new(&cfg);
-    let (templates, contexts) = ingest
+    let (templates, contexts, sequences) = ingest
         .restore(&store)
-        .context("loading persisted templates and options state")?;
+        .context("loading persisted templates, options and sequence state")?;
+    let (committed, last_ms) = store.progress()?.unwrap_or((0, 0));
     tracing::info!(
         templates,
         contexts,
-        "restored persisted templates and options state"
+        sequences,
+        committed_datagrams = committed,
+        last_commit_age_s = (last_ms > 0).then(|| now_ms().saturating_sub(last_ms) / 1000),
+        "recovered the committed state; what was received after the last commit shows as \
+         sequence gaps (labelflow_collector_lost_across_restart_total) as exporters resume"
     );
 
     // Set from hand-over until the store thread has committed the batch.
@@ -178,6 +186,7 @@ pub fn run(
             let app = crate::http::router(crate::http::AppState {
                 db: cfg.db.clone(),
                 metrics: metrics.clone(),
+                token: cfg.http_token.as_deref().map(Arc::from),
             });
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {
@@ -208,8 +217,60 @@ pub fn run(
     Ok(())
 }
 
-/// Receive from every socket and ingest, until `stop`; then drain the sockets, hand over
-/// the last batch and return (dropping `tx` tells the store thread to finish).
+/// Reads per socket per pass of the ingest loop (each up to [`SLOTS`] datagrams): the loop
+/// looks at the stop flag, the commit clock and the pending bounds at least this often,
+/// however fast datagrams arrive.
+const READS_PER_PASS: usize = 16;
+/// Longest the final drain on shutdown reads for: under a flood the queue never empties,
+/// and what arrives after SIGTERM need not be taken.
+const FINAL_DRAIN: Duration = Duration::from_millis(500);
+
+/// The ingest thread's side of the hand-over to the store thread.
+struct Handover<'a> {
+    tx: &'a SyncSender<Batch>,
+    store_busy: &'a AtomicBool,
+    metrics: &'a Mutex<Snapshot>,
+    counts: ReceiveCounts,
+    last: Instant,
+    last_publish: Instant,
+}
+
+impl Handover<'_> {
+    fn publish(&mut self, ingest: &Ingest) {
+        if let Ok(mut m) = self.metrics.lock() {
+            ingest.fill(&mut m);
+            m.receive_errors = self.counts.errors;
+            m.gro_reads = self.counts.gro_reads;
+            m.early_commits = self.counts.early_commits;
+        }
+        self.last_publish = Instant::now();
+    }
+
+    /// Hand the pending batch to the store thread if it is idle; `false` only when the
+    /// store thread has gone. With `wait`, wait for it to finish the previous batch first: backpressure when a
+    /// pending bound is reached, so memory stays bounded and the socket buffer holds what
+    /// arrives meanwhile.
+    fn hand_over(&mut self, ingest: &mut Ingest, wait: bool) -> bool {
+        while self.store_busy.swap(true, Ordering::AcqRel) {
+            if !wait {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Counters first (per-label totals count up to this batch), so that `/metrics`
+        // never shows more committed datagrams than received ones.
+        let batch = ingest.take_batch();
+        self.publish(ingest);
+        // The store thread is idle, so the channel has room.
+        let sent = self.tx.send(batch).is_ok();
+        self.last = Instant::now();
+        sent
+    }
+}
+
+/// Receive from every socket and ingest, until `stop`; then drain the sockets (for at most
+/// [`FINAL_DRAIN`]), hand over the last batch and return (dropping `tx` tells the store
+/// thread to finish).
 fn ingest_loop(
     cfg: &Config,
     mut ingest: Ingest,
@@ -221,9 +282,14 @@ fn ingest_loop(
 ) {
     let mut ring = MultiRecv::new();
     let mut limiter = RateLimit::default();
-    let mut counts = ReceiveCounts::default();
-    let mut last_handover = Instant::now();
-    let mut last_publish = Instant::now();
+    let mut hand = Handover {
+        tx,
+        store_busy,
+        metrics,
+        counts: ReceiveCounts::default(),
+        last: Instant::now(),
+        last_publish: Instant::now(),
+    };
     let mut last_forget = Instant::now();
     let mut fds: Vec<libc::pollfd> = sockets
         .iter()
@@ -233,83 +299,35 @@ fn ingest_loop(
             revents: 0,
         })
         .collect();
-    let publish = |ingest: &Ingest, counts: ReceiveCounts| {
-        if let Ok(mut m) = metrics.lock() {
-            ingest.fill(&mut m);
-            m.receive_errors = counts.errors;
-            m.gro_reads = counts.gro_reads;
-        }
-    };
+    let mut drain_until: Option<Instant> = None;
     loop {
-        let stopping = stop.load(Ordering::Acquire);
-        // Take everything queued on every socket; `stopping` makes this the final drain.
+        if drain_until.is_none() && stop.load(Ordering::Acquire) {
+            drain_until = Some(Instant::now() + FINAL_DRAIN);
+        }
+        ingest.set_clock(now_ms());
         let mut got = 0;
         for s in sockets {
-            loop {
-                match ring.recv(s) {
-                    Ok(n) => {
-                        got += n;
-                        for i in 0..n {
-                            let (from, d, seg) = ring.datagram(i);
-                            counts.gro_reads += u64::from(seg != 0 && d.len() > seg);
-                            for d in segments(d, seg) {
-                                match ingest.datagram(from, d) {
-                                    Ok(r) => {
-                                        if let Some(e) = r.error {
-                                            log_decode(&mut limiter, from, e);
-                                        }
-                                    }
-                                    Err(e) => log_decode(&mut limiter, from, e),
-                                }
-                            }
-                        }
-                        if n < SLOTS {
-                            break;
-                        }
-                    }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                        ) =>
-                    {
-                        break
-                    }
-                    Err(e) => {
-                        counts.errors += 1;
-                        tracing::debug!(error = %e, "recv");
-                        break;
-                    }
-                }
-            }
+            got += receive(s, &mut ring, &mut ingest, &mut hand, &mut limiter);
         }
-        if stopping {
-            let batch = (ingest.pending_datagrams() > 0).then(|| ingest.take_batch());
-            publish(&ingest, counts);
-            if let Some(b) = batch {
-                let _ = tx.send(b);
+        if let Some(until) = drain_until {
+            if got == 0 || Instant::now() >= until {
+                if ingest.pending_datagrams() > 0 {
+                    hand.hand_over(&mut ingest, true);
+                }
+                hand.publish(&ingest);
+                return;
             }
-            return;
+            continue;
         }
         // Hand the deltas over when due and the store thread is free; otherwise they keep
         // adding up here and go with the next batch.
         let due = ingest.pending_datagrams() >= cfg.commit_datagrams.get()
-            || (ingest.pending_datagrams() > 0 && last_handover.elapsed() >= cfg.commit_interval);
-        if due && !store_busy.swap(true, Ordering::AcqRel) {
-            // Counters first (per-label totals count up to this batch), so that `/metrics`
-            // never shows more committed datagrams than received ones.
-            let batch = ingest.take_batch();
-            publish(&ingest, counts);
-            last_publish = Instant::now();
-            // The store thread is idle, so the channel has room.
-            if tx.send(batch).is_err() {
-                return;
-            }
-            last_handover = Instant::now();
+            || (ingest.pending_datagrams() > 0 && hand.last.elapsed() >= cfg.commit_interval);
+        if due && !hand.hand_over(&mut ingest, false) {
+            return;
         }
-        if last_publish.elapsed() >= PUBLISH {
-            publish(&ingest, counts);
-            last_publish = Instant::now();
+        if hand.last_publish.elapsed() >= PUBLISH {
+            hand.publish(&ingest);
         }
         if last_forget.elapsed() >= cfg.prune_interval {
             let a = &cfg.agg;
@@ -330,6 +348,62 @@ fn ingest_loop(
     }
 }
 
+/// Read and ingest up to [`READS_PER_PASS`] reads queued on one socket; the datagrams
+/// taken. A pending bound reached mid-read hands the batch over at once.
+fn receive(
+    s: &StdUdpSocket,
+    ring: &mut MultiRecv,
+    ingest: &mut Ingest,
+    hand: &mut Handover<'_>,
+    limiter: &mut RateLimit,
+) -> usize {
+    let mut got = 0;
+    for _ in 0..READS_PER_PASS {
+        let n = match ring.recv(s) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                break
+            }
+            Err(e) => {
+                hand.counts.errors += 1;
+                tracing::debug!(error = %e, "recv");
+                break;
+            }
+        };
+        got += n;
+        for i in 0..n {
+            let (from, d, seg) = ring.datagram(i);
+            hand.counts.gro_reads += u64::from(seg != 0 && d.len() > seg);
+            for d in segments(d, seg) {
+                if !ingest.admit(from) {
+                    continue;
+                }
+                match ingest.datagram(from, d) {
+                    Ok(r) => {
+                        if let Some(e) = r.error {
+                            log_decode(limiter, from, e);
+                        }
+                    }
+                    Err(e) => log_decode(limiter, from, e),
+                }
+                if ingest.over_bound() {
+                    hand.counts.early_commits += 1;
+                    hand.hand_over(ingest, true);
+                }
+            }
+        }
+        if n < SLOTS {
+            break;
+        }
+    }
+    got
+}
+
 /// Commit batches as they come and prune expired buckets; returns when the ingest thread
 /// has gone and its last batch is committed.
 fn store_loop(
@@ -344,10 +418,17 @@ fn store_loop(
     loop {
         match rx.recv_timeout(POLL) {
             Ok(batch) => {
-                match store.commit(&batch.deltas, &batch.templates, &batch.contexts) {
+                let t = Instant::now();
+                match store.commit_batch(&batch, now_ms()) {
                     Ok(()) => {
                         commits.0 += 1;
                         commits.2 += batch.datagrams as u64;
+                        tracing::debug!(
+                            rows = batch.deltas.len(),
+                            datagrams = batch.datagrams,
+                            ms = t.elapsed().as_millis() as u64,
+                            "committed"
+                        );
                     }
                     Err(e) => {
                         commits.1 += 1;
@@ -396,6 +477,8 @@ struct ReceiveCounts {
     errors: u64,
     /// Reads that carried several datagrams (UDP receive offload).
     gro_reads: u64,
+    /// Batches handed over early because a pending bound was reached.
+    early_commits: u64,
 }
 
 /// Control buffer per message: room for the `UDP_GRO` segment size (`CMSG_SPACE(4)`, 24

@@ -6,20 +6,26 @@
 //!  GET /api/report?by=host&from=RFC3339&to=RFC3339
 //!  GET /metrics                           collector health and per-label counters
 //! ```
+//!
+//! Read-only: every route is `GET` (anything else is 405), and nothing reachable over HTTP
+//! changes the store or the collector. With `http_token_file`, the API and `/metrics`
+//! answer only requests that carry `Authorization: Bearer TOKEN` (RFC 6750 section 2.1);
+//! the dashboard page itself holds no data and is served to anyone.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Query as AxQuery, State};
+use axum::extract::{Query as AxQuery, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
 
-use crate::aggregate::Dim;
+use crate::aggregate::{Dim, TimeRule};
 use crate::ingest::Snapshot;
 use crate::report::{self, Query};
 use crate::session::DecodeError;
@@ -31,14 +37,49 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 pub struct AppState {
     pub db: PathBuf,
     pub metrics: Arc<Mutex<Snapshot>>,
+    /// Bearer token the API and `/metrics` require, if any.
+    pub token: Option<Arc<str>>,
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(|| async { Html(DASHBOARD) }))
+    let data = Router::new()
         .route("/api/report", get(api_report))
         .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/", get(|| async { Html(DASHBOARD) }))
+        .merge(data)
         .with_state(state)
+}
+
+/// Refuse a request without the configured bearer token (401, RFC 6750 section 3).
+async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &st.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same_secret(given.as_bytes(), token.as_bytes()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer realm=\"labelflow\"")],
+                "a bearer token is required\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Compare two secrets in time independent of where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    for (i, y) in b.iter().enumerate() {
+        diff |= a.get(i).copied().unwrap_or(0) ^ y;
+    }
+    diff == 0
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,6 +238,12 @@ pub fn render_metrics(s: &Snapshot) -> String {
         ss.sequence_resets,
     );
     counter(
+        "labelflow_collector_lost_across_restart_total",
+        "Records (v5, IPFIX) or packets (v9) missing at each exporter's first message after a \
+         restart: received but not committed before it, or sent while down.",
+        ss.lost_across_restart,
+    );
+    counter(
         "labelflow_collector_evicted_exporters_total",
         "Exporter scopes evicted from the LRU.",
         ss.evicted_scopes,
@@ -232,6 +279,31 @@ pub fn render_metrics(s: &Snapshot) -> String {
         s.aggregation.folded_keys,
     );
     counter(
+        "labelflow_collector_forgotten_key_sets_total",
+        "Key-bound sets of old buckets forgotten to stay within max_tracked_keys.",
+        s.aggregation.forgotten_key_sets,
+    );
+    counter(
+        "labelflow_collector_folded_labels_total",
+        "Records counted under other because max_labels names were taken.",
+        s.aggregation.folded_labels,
+    );
+    counter(
+        "labelflow_collector_truncated_labels_total",
+        "Label names cut to max_label_bytes.",
+        s.aggregation.truncated_labels,
+    );
+    counter(
+        "labelflow_collector_refused_application_names_total",
+        "Application names not kept: the exporter scope had max_application_names.",
+        ss.refused_application_names,
+    );
+    counter(
+        "labelflow_collector_early_commits_total",
+        "Batches handed to the store early because a pending bound was reached.",
+        s.early_commits,
+    );
+    counter(
         "labelflow_collector_excluded_internal_total",
         "Records skipped for hosts because both ends are internal.",
         s.aggregation.excluded_internal,
@@ -242,6 +314,13 @@ pub fn render_metrics(s: &Snapshot) -> String {
          # TYPE labelflow_collector_exporters gauge\nlabelflow_collector_exporters {}\n",
         s.scopes
     );
+    render_series(&mut o, s);
+    o
+}
+
+/// The labelled series of `/metrics` (bounded label values).
+fn render_series(o: &mut String, s: &Snapshot) {
+    let ss = &s.sessions;
     o.push_str("# HELP labelflow_collector_decode_errors_total Datagrams or sets not decoded, by reason.\n");
     o.push_str("# TYPE labelflow_collector_decode_errors_total counter\n");
     for e in DecodeError::ALL {
@@ -250,6 +329,33 @@ pub fn render_metrics(s: &Snapshot) -> String {
             "labelflow_collector_decode_errors_total{{reason=\"{}\"}} {}",
             e.reason(),
             ss.error(e)
+        );
+    }
+    o.push_str(
+        "# HELP labelflow_collector_time_rule_records_total Records refused or clamped by the \
+         time rule, by exporter and reason.\n",
+    );
+    o.push_str("# TYPE labelflow_collector_time_rule_records_total counter\n");
+    for (exporter, counts) in &s.time_rule {
+        for (r, n) in TimeRule::REASONS.iter().zip(counts) {
+            let _ = writeln!(
+                o,
+                "labelflow_collector_time_rule_records_total{{exporter=\"{}\",reason=\"{}\"}} {n}",
+                escape(exporter),
+                r.reason()
+            );
+        }
+    }
+    o.push_str(
+        "# HELP labelflow_collector_refused_datagrams_total Datagrams from sources outside \
+         allowed_exporters, dropped before decoding.\n",
+    );
+    o.push_str("# TYPE labelflow_collector_refused_datagrams_total counter\n");
+    for (source, n) in &s.refused_sources {
+        let _ = writeln!(
+            o,
+            "labelflow_collector_refused_datagrams_total{{source=\"{}\"}} {n}",
+            escape(source)
         );
     }
     o.push_str(
@@ -274,7 +380,6 @@ pub fn render_metrics(s: &Snapshot) -> String {
             escape(l)
         );
     }
-    o
 }
 
 fn escape(s: &str) -> String {

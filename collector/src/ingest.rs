@@ -11,7 +11,11 @@ use labelflow_proto::FlowRecord;
 
 use crate::aggregate::{has_ports, AggStats, Aggregator, Delta, Flow, FxBuild, OTHER, UNLABELLED};
 use crate::config::{rule_label, Config, LabelRule};
-use crate::session::{DecodeError, FlowSink, Ingested, ScopeKey, SessionStats, SessionTable};
+use crate::net::IpNet;
+use crate::session::{
+    DecodeError, FlowSink, Ingested, ScopeKey, ScopeLimits, SequenceState, SessionStats,
+    SessionTable,
+};
 use crate::store::{ScopedTemplate, Store, StoreError};
 use crate::templates::TemplateRecord;
 
@@ -22,6 +26,8 @@ pub struct Batch {
     pub templates: Vec<ScopedTemplate>,
     /// Options state (application names, sampling) of the scopes that received options.
     pub contexts: Vec<(ScopeKey, ExporterContext)>,
+    /// Expected sequence numbers after these datagrams, of the scopes whose numbers moved.
+    pub sequences: Vec<SequenceState>,
     pub datagrams: usize,
 }
 
@@ -39,6 +45,15 @@ pub struct Snapshot {
     pub receive_errors: u64,
     /// Reads that carried several datagrams (UDP receive offload).
     pub gro_reads: u64,
+    /// Records the time rule refused or clamped, per exporter (bounded; the rest under
+    /// `other`), indexed like
+    /// [`TimeRule::REASONS`](crate::aggregate::TimeRule::REASONS).
+    pub time_rule: Vec<(String, [u64; 4])>,
+    /// Batches handed to the store early because a pending bound was reached.
+    pub early_commits: u64,
+    /// Datagrams refused by `allowed_exporters`, per source (bounded; the rest under
+    /// `other`).
+    pub refused_sources: Vec<(String, u64)>,
 }
 
 #[derive(Debug)]
@@ -47,7 +62,17 @@ pub struct Ingest {
     labels: Labels,
     found: Vec<TemplateRecord>,
     templates: Vec<ScopedTemplate>,
+    /// Octets of `templates`.
+    template_bytes: usize,
     datagrams: usize,
+    max_pending_cells: usize,
+    max_pending_template_bytes: usize,
+    /// `None`: every source is accepted.
+    allowed: Option<Vec<IpNet>>,
+    /// Datagrams refused per source address (at most `max_exporters` sources; the rest
+    /// under the unspecified address).
+    refused: HashMap<IpAddr, u64>,
+    max_sources: usize,
 }
 
 /// Label resolution and the per-label totals of `/metrics`, beside the aggregator.
@@ -63,6 +88,55 @@ struct Labels {
     /// NFLOG group → id of its `groupN` label, for records without a name.
     by_group: HashMap<u32, u32, FxBuild>,
     max_metric_labels: usize,
+    /// Time-rule counters per exporter address, at most `max_exporters` addresses (the
+    /// rest under the unspecified address, shown as `other`).
+    time_rule: HashMap<IpAddr, [u64; 4], FxBuild>,
+    max_exporters: usize,
+}
+
+/// Longest raw name kept as a key of the label cache.
+const CACHED_NAME: usize = 256;
+
+impl Labels {
+    /// Add a record after the time rule, counting what the rule did per exporter.
+    fn add(&mut self, flow: &Flow, exporter: IpAddr) {
+        let rule = self.agg.add_flow(flow);
+        if let Some(i) = rule.index() {
+            let n = self.time_rule.len();
+            let key = if n < self.max_exporters || self.time_rule.contains_key(&exporter) {
+                exporter
+            } else {
+                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+            };
+            self.time_rule.entry(key).or_default()[i] += 1;
+        }
+    }
+
+    /// Per-exporter time-rule counters for `/metrics`: the first `max_metric_labels`
+    /// exporters by address, the rest under `other`.
+    fn metric_time_rule(&self) -> Vec<(String, [u64; 4])> {
+        let mut by: Vec<(&IpAddr, &[u64; 4])> = self.time_rule.iter().collect();
+        by.sort();
+        let mut out: Vec<(String, [u64; 4])> = Vec::new();
+        for (i, (addr, counts)) in by.into_iter().enumerate() {
+            let name = if i < self.max_metric_labels && !addr.is_unspecified() {
+                addr.to_string()
+            } else {
+                OTHER.to_string()
+            };
+            let slot = match out.iter().position(|(n, _)| *n == name) {
+                Some(p) => p,
+                None => {
+                    out.push((name, [0; 4]));
+                    out.len() - 1
+                }
+            };
+            for (a, b) in out[slot].1.iter_mut().zip(counts) {
+                *a += b;
+            }
+        }
+        out
+    }
 }
 
 /// Entries kept in each label cache; a stream of ever-new names is resolved without caching.
@@ -100,7 +174,7 @@ impl Labels {
             None => {
                 let text = clean_text(raw);
                 let id = (!text.is_empty()).then(|| self.agg.label_id(&text));
-                if self.by_octets.len() < LABEL_CACHE {
+                if self.by_octets.len() < LABEL_CACHE && raw.len() <= CACHED_NAME {
                     self.by_octets.insert(raw.into(), id);
                 }
                 id
@@ -213,7 +287,7 @@ impl FlowSink for ToAggregator<'_> {
                 }
             }
         };
-        l.agg.add_flow(&flow);
+        l.add(&flow, self.exporter);
     }
 
     fn record(&mut self, r: FlowRecord) {
@@ -221,14 +295,20 @@ impl FlowSink for ToAggregator<'_> {
         let name = r.label.as_ref().and_then(|s| l.by_octets(s.as_bytes()));
         let label =
             name.unwrap_or_else(|| l.unnamed(r.group, self.exporter, [r.ingress_if, r.egress_if]));
-        l.agg.add_flow(&Flow::from_record(&r, label));
+        l.add(&Flow::from_record(&r, label), self.exporter);
     }
 }
 
 impl Ingest {
     pub fn new(cfg: &Config) -> Ingest {
+        let mut sessions = SessionTable::new(cfg.max_exporters, cfg.max_templates_per_exporter);
+        sessions.set_limits(ScopeLimits {
+            max_domains_per_exporter: cfg.max_domains_per_exporter.get(),
+            max_application_names: cfg.max_application_names,
+            max_name_bytes: cfg.agg.max_label_bytes,
+        });
         Ingest {
-            sessions: SessionTable::new(cfg.max_exporters, cfg.max_templates_per_exporter),
+            sessions,
             labels: Labels {
                 agg: Aggregator::new(cfg.agg.clone()),
                 rules: cfg.label_rules.clone(),
@@ -236,16 +316,24 @@ impl Ingest {
                 short: Vec::new(),
                 by_group: HashMap::default(),
                 max_metric_labels: cfg.max_metric_labels,
+                time_rule: HashMap::default(),
+                max_exporters: cfg.max_exporters.get(),
             },
             found: Vec::new(),
             templates: Vec::new(),
+            template_bytes: 0,
             datagrams: 0,
+            max_pending_cells: cfg.max_pending_cells.get(),
+            max_pending_template_bytes: cfg.max_pending_template_bytes.get(),
+            allowed: cfg.allowed_exporters.clone(),
+            refused: HashMap::new(),
+            max_sources: cfg.max_exporters.get(),
         }
     }
 
-    /// Replay the templates and options state persisted in `store`; returns how many
-    /// templates and scopes' options states were loaded.
-    pub fn restore(&mut self, store: &Store) -> Result<(usize, usize), StoreError> {
+    /// Replay the templates, options state and expected sequence numbers persisted in
+    /// `store`; returns how many templates, options states and sequence states were loaded.
+    pub fn restore(&mut self, store: &Store) -> Result<(usize, usize, usize), StoreError> {
         let mut n = 0;
         for (scope, recs) in store.load_templates()? {
             n += recs.len();
@@ -256,12 +344,35 @@ impl Ingest {
         for (scope, ctx) in contexts {
             self.sessions.restore_context(scope, ctx);
         }
-        Ok((n, m))
+        let sequences = store.load_sequences()?;
+        let k = sequences.len();
+        for s in sequences {
+            self.sessions.restore_sequence(s);
+        }
+        Ok((n, m, k))
     }
 
     /// Turn the zero-copy IPFIX path on (the default) or off; the result is the same.
     pub fn set_fast_path(&mut self, on: bool) {
         self.sessions.set_fast_path(on);
+    }
+
+    /// Whether datagrams from `source` are accepted (`allowed_exporters`); a refused one is
+    /// counted per source and must not be decoded.
+    pub fn admit(&mut self, source: IpAddr) -> bool {
+        let Some(allowed) = &self.allowed else {
+            return true;
+        };
+        if allowed.iter().any(|n| n.contains(source)) {
+            return true;
+        }
+        let key = if self.refused.len() < self.max_sources || self.refused.contains_key(&source) {
+            source
+        } else {
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+        };
+        *self.refused.entry(key).or_default() += 1;
+        false
     }
 
     /// Handle one datagram.
@@ -277,6 +388,7 @@ impl Ingest {
             .ingest(exporter, bytes, &mut sink, &mut self.found);
         if let Ok(i) = &r {
             for t in self.found.drain(..) {
+                self.template_bytes += t.bytes.len();
                 self.templates.push(ScopedTemplate {
                     scope: i.scope,
                     record: t,
@@ -284,6 +396,19 @@ impl Ingest {
             }
         }
         r
+    }
+
+    /// Set the receive clock (milliseconds since the epoch) the time rule compares record
+    /// times with; the daemon sets it before each burst of datagrams.
+    pub fn set_clock(&mut self, now_ms: u64) {
+        self.labels.agg.set_clock(now_ms);
+    }
+
+    /// Whether what is pending reached a bound (`max_pending_cells`,
+    /// `max_pending_template_bytes`): the batch must go to the store now.
+    pub fn over_bound(&self) -> bool {
+        self.labels.agg.pending_cells() >= self.max_pending_cells
+            || self.template_bytes >= self.max_pending_template_bytes
     }
 
     /// Datagrams handled since the last [`Ingest::take_batch`].
@@ -296,9 +421,11 @@ impl Ingest {
             deltas: self.labels.agg.take(),
             templates: std::mem::take(&mut self.templates),
             contexts: self.sessions.take_changed_contexts(),
+            sequences: self.sessions.take_changed_sequences(),
             datagrams: self.datagrams,
         };
         self.datagrams = 0;
+        self.template_bytes = 0;
         b
     }
 
@@ -316,6 +443,21 @@ impl Ingest {
         s.aggregation = self.labels.agg.stats.clone();
         s.scopes = self.sessions.scopes();
         s.labels = self.labels.metric_totals();
+        s.time_rule = self.labels.metric_time_rule();
+        let mut refused: Vec<(IpAddr, u64)> = self.refused.iter().map(|(a, n)| (*a, *n)).collect();
+        refused.sort();
+        s.refused_sources.clear();
+        for (i, (addr, n)) in refused.into_iter().enumerate() {
+            let name = if i < self.labels.max_metric_labels && !addr.is_unspecified() {
+                addr.to_string()
+            } else {
+                OTHER.to_string()
+            };
+            match s.refused_sources.iter_mut().find(|(k, _)| *k == name) {
+                Some(e) => e.1 += n,
+                None => s.refused_sources.push((name, n)),
+            }
+        }
     }
 }
 

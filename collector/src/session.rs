@@ -56,16 +56,19 @@ pub enum DecodeError {
     Limit,
     #[error("data set for an unknown template")]
     MissingTemplate,
+    #[error("observation domain beyond max_domains_per_exporter")]
+    DomainLimit,
 }
 
 impl DecodeError {
-    pub const ALL: [DecodeError; 6] = [
+    pub const ALL: [DecodeError; 7] = [
         DecodeError::Truncated,
         DecodeError::Version,
         DecodeError::Length,
         DecodeError::Malformed,
         DecodeError::Limit,
         DecodeError::MissingTemplate,
+        DecodeError::DomainLimit,
     ];
 
     /// Stable name for metrics and logs.
@@ -77,6 +80,7 @@ impl DecodeError {
             DecodeError::Malformed => "malformed",
             DecodeError::Limit => "limit",
             DecodeError::MissingTemplate => "missing_template",
+            DecodeError::DomainLimit => "domain_limit",
         }
     }
 
@@ -93,7 +97,7 @@ pub struct SessionStats {
     pub options_records: u64,
     pub template_records: u64,
     /// Indexed by `DecodeError as usize`.
-    pub errors: [u64; 6],
+    pub errors: [u64; 7],
     /// Sequence discontinuities and the number of records (v5, IPFIX) or packets (v9) they
     /// imply were lost.
     pub sequence_gaps: u64,
@@ -103,6 +107,22 @@ pub struct SessionStats {
     pub evicted_scopes: u64,
     /// Datagrams decoded by the zero-copy IPFIX path (a subset of `datagrams`).
     pub fast_datagrams: u64,
+    /// Application names (options records) not kept: the scope had
+    /// `max_application_names`.
+    pub refused_application_names: u64,
+    /// Records (v5, IPFIX) or packets (v9) the first message of each exporter after a
+    /// restart found missing: received but not committed before it, or sent while the
+    /// collector was down (part of `sequence_lost`).
+    pub lost_across_restart: u64,
+}
+
+/// The sequence number a scope expects next in one format (0: v5/v7, 1: v9, 2: IPFIX), as
+/// persisted with the counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SequenceState {
+    pub scope: ScopeKey,
+    pub stream: u8,
+    pub next: u32,
 }
 
 impl SessionStats {
@@ -118,6 +138,9 @@ struct Session {
     /// Sequence number the next message should carry, when known, per format (v5/v7, v9,
     /// IPFIX): each format numbers its own stream.
     next_sequence: [Option<u32>; 3],
+    /// Per format, whether `next_sequence` came from the store (a restart) and no message
+    /// has been checked against it yet.
+    restored: [bool; 3],
     /// IPFIX templates for the zero-copy path, learned from the same template records the
     /// parser saw; `None` marks an id the fast path must not decode (options template,
     /// template it cannot use). Ids are the exporter's own, so a fast unkeyed hash risks
@@ -148,12 +171,14 @@ impl Session {
                     self.fast.clear();
                     return;
                 };
+                // An id the map does not hold goes to the parser anyway: past the bound,
+                // new ids are simply not learned.
+                if self.fast.len() >= max && !self.fast.contains_key(&t.id) {
+                    continue;
+                }
                 if parser_failed || set.is_options_template() || t.is_withdrawal() {
                     // RFC 7011 section 8.1: a withdrawal (field count 0) removes the id.
                     self.fast.insert(t.id, None);
-                    continue;
-                }
-                if self.fast.len() >= max && !self.fast.contains_key(&t.id) {
                     continue;
                 }
                 self.fast
@@ -263,6 +288,27 @@ impl FastTemplate {
     }
 }
 
+/// Bounds on what one exporter can make a [`SessionTable`] keep beyond its templates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScopeLimits {
+    /// Observation domains (scopes) per exporter address.
+    pub max_domains_per_exporter: usize,
+    /// Application names per scope.
+    pub max_application_names: usize,
+    /// Longest application name kept, in octets (longer ones are cut).
+    pub max_name_bytes: usize,
+}
+
+impl Default for ScopeLimits {
+    fn default() -> Self {
+        ScopeLimits {
+            max_domains_per_exporter: 16,
+            max_application_names: 4096,
+            max_name_bytes: 128,
+        }
+    }
+}
+
 /// What one datagram produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ingested {
@@ -277,11 +323,17 @@ pub struct Ingested {
 pub struct SessionTable {
     /// Keyed by addresses anyone can spoof: the default (keyed, collision-resistant) hasher.
     sessions: LruCache<ScopeKey, Session>,
+    /// Scopes per exporter address, for `max_domains_per_exporter`.
+    domains: HashMap<IpAddr, usize>,
     max_templates: NonZeroUsize,
+    limits: ScopeLimits,
     fast_path: bool,
     /// Scopes whose options records may have changed their context since the last
     /// [`SessionTable::take_changed_contexts`].
     changed: Vec<ScopeKey>,
+    /// Scopes whose expected sequence numbers moved since the last
+    /// [`SessionTable::take_changed_sequences`].
+    sequences_changed: std::collections::HashSet<ScopeKey>,
     pub stats: SessionStats,
 }
 
@@ -289,9 +341,12 @@ impl SessionTable {
     pub fn new(max_exporters: NonZeroUsize, max_templates: NonZeroUsize) -> SessionTable {
         SessionTable {
             sessions: LruCache::new(max_exporters),
+            domains: HashMap::new(),
             max_templates,
+            limits: ScopeLimits::default(),
             fast_path: true,
             changed: Vec::new(),
+            sequences_changed: std::collections::HashSet::new(),
             stats: SessionStats::default(),
         }
     }
@@ -306,8 +361,26 @@ impl SessionTable {
         self.sessions.len()
     }
 
+    /// Bound what one exporter address can make the table keep (see [`ScopeLimits`]).
+    pub fn set_limits(&mut self, limits: ScopeLimits) {
+        self.limits = limits;
+    }
+
+    /// The scope's session, created if new; `None` when its address already has
+    /// `max_domains_per_exporter` scopes.
+    fn session_checked(&mut self, scope: ScopeKey) -> Option<&mut Session> {
+        if !self.sessions.contains(&scope)
+            && self.domains.get(&scope.exporter).copied().unwrap_or(0)
+                >= self.limits.max_domains_per_exporter
+        {
+            return None;
+        }
+        Some(self.session(scope))
+    }
+
     fn session(&mut self, scope: ScopeKey) -> &mut Session {
         if !self.sessions.contains(&scope) {
+            *self.domains.entry(scope.exporter).or_default() += 1;
             let parser = NetflowParser::builder()
                 .with_cache_size(self.max_templates.get())
                 .build()
@@ -316,11 +389,18 @@ impl SessionTable {
                 parser,
                 ctx: ExporterContext::default(),
                 next_sequence: [None; 3],
+                restored: [false; 3],
                 fast: HashMap::default(),
                 scratch: Vec::new(),
             };
-            if self.sessions.push(scope, s).is_some() {
+            if let Some((gone, _)) = self.sessions.push(scope, s) {
                 self.stats.evicted_scopes += 1;
+                if let Some(n) = self.domains.get_mut(&gone.exporter) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.domains.remove(&gone.exporter);
+                    }
+                }
             }
         }
         self.sessions.get_mut(&scope).expect("just inserted")
@@ -340,6 +420,39 @@ impl SessionTable {
     /// Set a scope's options state (application names, sampling) as persisted.
     pub fn restore_context(&mut self, scope: ScopeKey, ctx: ExporterContext) {
         self.session(scope).ctx = ctx;
+    }
+
+    /// Set a scope's expected sequence number of one format as persisted: the first message
+    /// after a restart then counts as lost what was received but not committed before the
+    /// restart, plus what arrived while the collector was down.
+    pub fn restore_sequence(&mut self, s: SequenceState) {
+        let slot = usize::from(s.stream);
+        if slot < 3 {
+            let session = self.session(s.scope);
+            session.next_sequence[slot] = Some(s.next);
+            session.restored[slot] = true;
+        }
+    }
+
+    /// The expected sequence numbers of every scope whose numbers moved since the last call,
+    /// for persistence in the same transaction as the counts of the same datagrams.
+    pub fn take_changed_sequences(&mut self) -> Vec<SequenceState> {
+        let mut out = Vec::new();
+        for scope in std::mem::take(&mut self.sequences_changed) {
+            let Some(session) = self.sessions.peek(&scope) else {
+                continue;
+            };
+            for (stream, next) in session.next_sequence.iter().enumerate() {
+                if let Some(next) = next {
+                    out.push(SequenceState {
+                        scope,
+                        stream: stream as u8,
+                        next: *next,
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// The options state of every scope whose options records arrived since the last call,
@@ -384,7 +497,11 @@ impl SessionTable {
         let (message, domain) = frame(datagram)?;
         let scope = ScopeKey { exporter, domain };
         let (fast_path, max) = (self.fast_path, self.max_templates.get());
-        let session = self.session(scope);
+        let max_names = self.limits.max_application_names;
+        let max_name_bytes = self.limits.max_name_bytes;
+        let Some(session) = self.session_checked(scope) else {
+            return Err(DecodeError::DomainLimit);
+        };
         let fast = if fast_path && datagram[..2] == [0, 10] {
             session.decode_fast(message, sink)
         } else {
@@ -392,6 +509,7 @@ impl SessionTable {
         };
         let fast_hit = fast.is_some();
         let mut options = false;
+        let mut refused_names = 0;
         let (summary, mut error, produced) = match fast {
             Some(summary) => (summary, None, summary.flow_records),
             None => {
@@ -399,9 +517,38 @@ impl SessionTable {
                 let error = result.error.as_ref().map(classify);
                 let mut summary = PacketSummary::default();
                 session.scratch.clear();
+                // Past the bound, the names already known stay and new ones are refused.
+                let known = (session.ctx.applications.len() >= max_names).then(|| {
+                    session
+                        .ctx
+                        .applications
+                        .keys()
+                        .copied()
+                        .collect::<std::collections::HashSet<_>>()
+                });
                 for p in &result.packets {
                     summary = convert_packet(p, &mut session.ctx, &mut session.scratch);
                     options |= summary.options_records > 0;
+                }
+                let apps = &mut session.ctx.applications;
+                if options {
+                    for name in apps.values_mut() {
+                        truncate_at_char(name, max_name_bytes);
+                    }
+                }
+                if apps.len() > max_names {
+                    let before = apps.len();
+                    match known {
+                        Some(k) => apps.retain(|a, _| k.contains(a)),
+                        None => {
+                            let mut keys: Vec<_> = apps.keys().copied().collect();
+                            keys.sort();
+                            for a in &keys[max_names..] {
+                                apps.remove(a);
+                            }
+                        }
+                    }
+                    refused_names = (before - apps.len()) as u64;
                 }
                 if summary.version == 10 || result.packets.is_empty() {
                     session.learn_templates(message, error.is_some(), max);
@@ -426,12 +573,21 @@ impl SessionTable {
             _ => 0,
         };
         let (gap, reset, next) = sequence_step(session.next_sequence[stream], &summary, produced);
+        let after_restart = std::mem::take(&mut session.restored[stream]);
+        let moved = session.next_sequence[stream] != next;
         session.next_sequence[stream] = next;
+        if after_restart {
+            self.stats.lost_across_restart += u64::from(gap.unwrap_or(0));
+        }
+        if moved {
+            self.sequences_changed.insert(scope);
+        }
         // A message the fast path took holds data sets only: no template records to keep.
         if !fast_hit && (summary.version == 9 || summary.version == 10) {
             templates::extract(message, templates);
         }
         self.stats.fast_datagrams += u64::from(fast_hit);
+        self.stats.refused_application_names += refused_names;
         self.stats.flow_records += u64::from(produced);
         self.stats.options_records += u64::from(summary.options_records);
         self.stats.template_records += u64::from(summary.templates);
@@ -450,6 +606,17 @@ impl SessionTable {
             summary,
             error,
         })
+    }
+}
+
+/// Cut `s` to at most `max` octets, at a character boundary.
+fn truncate_at_char(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
     }
 }
 
@@ -580,6 +747,39 @@ mod tests {
     fn v9_counts_packets() {
         let (_, _, next) = sequence_step(None, &summary(9, 7), 30);
         assert_eq!(next, Some(8));
+    }
+
+    /// An IPFIX message of one empty data set for template 256 in `domain`.
+    fn empty_data(domain: u32) -> Vec<u8> {
+        let mut m = vec![0, 10, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0];
+        m.extend_from_slice(&domain.to_be_bytes());
+        m.extend_from_slice(&[1, 0, 0, 4]);
+        m
+    }
+
+    #[test]
+    fn domains_per_exporter_are_bounded() {
+        let one = NonZeroUsize::new(8).unwrap();
+        let mut t = SessionTable::new(NonZeroUsize::new(100).unwrap(), one);
+        t.set_limits(ScopeLimits {
+            max_domains_per_exporter: 2,
+            ..ScopeLimits::default()
+        });
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let mut sink = Vec::new();
+        let mut found = Vec::new();
+        let mut run = |t: &mut SessionTable, from, domain| {
+            t.ingest(from, &empty_data(domain), &mut sink, &mut found)
+                .err()
+        };
+        assert_ne!(run(&mut t, a, 1), Some(DecodeError::DomainLimit));
+        assert_ne!(run(&mut t, a, 2), Some(DecodeError::DomainLimit));
+        assert_eq!(run(&mut t, a, 3), Some(DecodeError::DomainLimit));
+        // Known domains and other addresses still pass.
+        assert_ne!(run(&mut t, a, 1), Some(DecodeError::DomainLimit));
+        assert_ne!(run(&mut t, b, 3), Some(DecodeError::DomainLimit));
+        assert_eq!(t.scopes(), 3);
+        assert_eq!(t.stats.error(DecodeError::DomainLimit), 1);
     }
 
     #[test]

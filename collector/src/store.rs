@@ -4,6 +4,8 @@
 //!  agg(res, dim, bucket, key) -> bytes, packets, flows, bytes_in, bytes_out
 //!  templates(exporter, domain, template_id) -> version, set_id, record
 //!  contexts(exporter, domain) -> context (JSON: application names, sampling)
+//!  sequences(exporter, domain, stream) -> next expected sequence number
+//!  progress(id = 1) -> datagrams committed in total, time of the last commit
 //! ```
 //!
 //! A batch (aggregate deltas + template records + options state of the same datagrams) is
@@ -20,12 +22,13 @@ use labelflow_proto::convert::{ApplicationKey, ExporterContext};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Counters, Delta, Dim};
-use crate::session::ScopeKey;
+use crate::ingest::Batch;
+use crate::session::{ScopeKey, SequenceState};
 use crate::templates::TemplateRecord;
 
 /// Schema version kept in `PRAGMA user_version`.
-/// Version 2 added `contexts`.
-pub const SCHEMA_VERSION: i64 = 2;
+/// Version 2 added `contexts`; version 3 `sequences` and `progress`.
+pub const SCHEMA_VERSION: i64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -98,6 +101,29 @@ pub struct ScopedTemplate {
     pub record: TemplateRecord,
 }
 
+/// Add a delta to a row. Counters are SQLite integers (63 bits and a sign) and saturate at
+/// the largest, as the aggregator's do: an exporter may claim any count, and an overflowing
+/// `+` in SQLite would turn the column into a floating-point value.
+const UPSERT_AGG: &str =
+    "INSERT INTO agg (res, dim, bucket, key, bytes, packets, flows, bytes_in, bytes_out)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+     ON CONFLICT (res, dim, bucket, key) DO UPDATE SET
+                 bytes = CASE WHEN bytes > 9223372036854775807 - excluded.bytes THEN 9223372036854775807
+                     ELSE bytes + excluded.bytes END,
+                 packets = CASE WHEN packets > 9223372036854775807 - excluded.packets THEN 9223372036854775807
+                     ELSE packets + excluded.packets END,
+                 flows = CASE WHEN flows > 9223372036854775807 - excluded.flows THEN 9223372036854775807
+                     ELSE flows + excluded.flows END,
+                 bytes_in = CASE WHEN bytes_in > 9223372036854775807 - excluded.bytes_in THEN 9223372036854775807
+                     ELSE bytes_in + excluded.bytes_in END,
+                 bytes_out = CASE WHEN bytes_out > 9223372036854775807 - excluded.bytes_out THEN 9223372036854775807
+                     ELSE bytes_out + excluded.bytes_out END";
+
+/// A counter as stored: saturated to SQLite's largest integer.
+fn stored(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 impl Store {
     /// Open (creating or migrating) the database. `template_cap` bounds the records kept
     /// per exporter scope.
@@ -106,6 +132,9 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // 32 MiB of page cache (negative: KiB): a batch's upserts touch many pages of the
+        // `agg` index, and a cache that spills mid-transaction rewrites pages to the WAL.
+        conn.pragma_update(None, "cache_size", -32768)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::SchemaTooNew { found: version });
@@ -138,6 +167,20 @@ impl Store {
                  COMMIT;",
             )?;
         }
+        if version < 3 {
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE IF NOT EXISTS sequences (
+                     exporter TEXT NOT NULL, domain INTEGER NOT NULL, stream INTEGER NOT NULL,
+                     next INTEGER NOT NULL,
+                     PRIMARY KEY (exporter, domain, stream)) WITHOUT ROWID;
+                 CREATE TABLE IF NOT EXISTS progress (
+                     id INTEGER PRIMARY KEY CHECK (id = 1),
+                     datagrams INTEGER NOT NULL, committed_ms INTEGER NOT NULL);
+                 PRAGMA user_version = 3;
+                 COMMIT;",
+            )?;
+        }
         Ok(Store {
             conn,
             template_cap: template_cap.max(1),
@@ -151,8 +194,51 @@ impl Store {
         templates: &[ScopedTemplate],
         contexts: &[(ScopeKey, ExporterContext)],
     ) -> Result<(), StoreError> {
+        self.commit_with(deltas, templates, contexts, &[], None)
+    }
+
+    /// Commit one batch of the ingest atomically: its counts, templates and options state,
+    /// the sequence numbers its exporters expect next, and the progress record (`now_ms`:
+    /// when). A restart after SIGKILL resumes from exactly this point: sequence gaps then
+    /// count what was received but not committed.
+    pub fn commit_batch(&mut self, batch: &Batch, now_ms: u64) -> Result<(), StoreError> {
+        let progress = (batch.datagrams as u64, now_ms);
+        let (d, t, c, s) = (
+            &batch.deltas,
+            &batch.templates,
+            &batch.contexts,
+            &batch.sequences,
+        );
+        self.commit_with(d, t, c, s, Some(progress))
+    }
+
+    fn commit_with(
+        &mut self,
+        deltas: &[Delta],
+        templates: &[ScopedTemplate],
+        contexts: &[(ScopeKey, ExporterContext)],
+        sequences: &[SequenceState],
+        progress: Option<(u64, u64)>,
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
+            let mut seq = tx.prepare_cached(
+                "INSERT INTO sequences (exporter, domain, stream, next) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (exporter, domain, stream) DO UPDATE SET next = excluded.next",
+            )?;
+            for s in sequences {
+                let exporter = s.scope.exporter.to_string();
+                seq.execute(params![exporter, s.scope.domain, s.stream, s.next])?;
+            }
+            if let Some((datagrams, now_ms)) = progress {
+                tx.prepare_cached(
+                    "INSERT INTO progress (id, datagrams, committed_ms) VALUES (1, ?1, ?2)
+                     ON CONFLICT (id) DO UPDATE SET
+                       datagrams = datagrams + excluded.datagrams,
+                       committed_ms = excluded.committed_ms",
+                )?
+                .execute(params![stored(datagrams), stored(now_ms)])?;
+            }
             let mut ctx = tx.prepare_cached(
                 "INSERT INTO contexts (exporter, domain, context) VALUES (?1, ?2, ?3)
                  ON CONFLICT (exporter, domain) DO UPDATE SET context = excluded.context
@@ -163,26 +249,29 @@ impl Store {
                     serde_json::to_string(&StoredContext::from(c)).expect("a context serializes");
                 ctx.execute(params![scope.exporter.to_string(), scope.domain, text])?;
             }
-            let mut up = tx.prepare_cached(
-                "INSERT INTO agg (res, dim, bucket, key, bytes, packets, flows, bytes_in, bytes_out)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT (res, dim, bucket, key) DO UPDATE SET
-                   bytes = bytes + excluded.bytes, packets = packets + excluded.packets,
-                   flows = flows + excluded.flows, bytes_in = bytes_in + excluded.bytes_in,
-                   bytes_out = bytes_out + excluded.bytes_out",
-            )?;
-            for d in deltas {
+            let mut up = tx.prepare_cached(UPSERT_AGG)?;
+            // In key order: consecutive upserts land on the same or the next B-tree page.
+            let mut order: Vec<&Delta> = deltas.iter().collect();
+            order.sort_unstable_by(|a, b| {
+                (a.resolution, a.dim.name(), a.bucket, &a.key).cmp(&(
+                    b.resolution,
+                    b.dim.name(),
+                    b.bucket,
+                    &b.key,
+                ))
+            });
+            for d in order {
                 let c = &d.counters;
                 up.execute(params![
                     d.resolution,
                     d.dim.name(),
                     d.bucket,
                     d.key,
-                    c.bytes as i64,
-                    c.packets as i64,
-                    c.flows as i64,
-                    c.bytes_in as i64,
-                    c.bytes_out as i64
+                    stored(c.bytes),
+                    stored(c.packets),
+                    stored(c.flows),
+                    stored(c.bytes_in),
+                    stored(c.bytes_out)
                 ])?;
             }
             let mut put = tx.prepare_cached(
@@ -265,6 +354,47 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Every persisted expected sequence number.
+    pub fn load_sequences(&self) -> Result<Vec<SequenceState>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT exporter, domain, stream, next FROM sequences")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, u32>(1)?,
+                r.get::<_, u8>(2)?,
+                r.get::<_, u32>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (exporter, domain, stream, next) = row?;
+            let Ok(exporter) = exporter.parse::<IpAddr>() else {
+                continue;
+            };
+            out.push(SequenceState {
+                scope: ScopeKey { exporter, domain },
+                stream,
+                next,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Datagrams committed in total and the time of the last commit (milliseconds since the
+    /// epoch), if any batch was committed.
+    pub fn progress(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT datagrams, committed_ms FROM progress WHERE id = 1",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+            .optional()?)
     }
 
     /// Every persisted options state. A row this collector cannot read is skipped with a
@@ -514,6 +644,23 @@ mod tests {
             .rows(60, Dim::Label, 0, 1000)
             .unwrap();
         assert_eq!(rows[0].counters.bytes, 7, "existing data kept");
+    }
+
+    #[test]
+    fn counters_saturate_instead_of_turning_real() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut s = Store::open(&path, 8).unwrap();
+        s.commit(&[delta("a", u64::MAX)], &[], &[]).unwrap();
+        s.commit(&[delta("a", 5)], &[], &[]).unwrap();
+        s.commit(&[delta("a", i64::MAX as u64 - 1)], &[], &[])
+            .unwrap();
+        let rows = Reader::open(&path)
+            .unwrap()
+            .rows(60, Dim::Label, 0, 1000)
+            .unwrap();
+        assert_eq!(rows[0].counters.bytes, i64::MAX as u64);
+        assert_eq!(rows[0].counters.packets, 3);
     }
 
     #[test]

@@ -307,3 +307,77 @@ proptest! {
         prop_assert_eq!(got(Dim::Port), port_model);
     }
 }
+
+#[test]
+fn label_bounds_fold_and_cut() {
+    let mut a = Aggregator::new(AggConfig {
+        max_labels: 3,
+        max_label_bytes: 5,
+        ..AggConfig::default()
+    });
+    let esp = a.label_id("esp");
+    assert_eq!(a.label_id("voip"), a.label_id("voip"));
+    // Two names and `other` fill a table of three: later names count under `other`.
+    assert_eq!(a.label_id("backup"), a.label_id(OTHER));
+    assert_eq!(a.stats.folded_labels, 1);
+    assert_eq!(a.label_name(esp), "esp");
+    let mut b = Aggregator::new(AggConfig {
+        max_label_bytes: 5,
+        ..AggConfig::default()
+    });
+    // Cut at a character boundary: "é" is two octets.
+    let id = b.label_id("abcdé-long");
+    assert_eq!(b.label_name(id), "abcd");
+    assert_eq!(b.stats.truncated_labels, 1);
+}
+
+#[test]
+fn pending_cells_count_what_the_commit_writes_and_reset_on_take() {
+    let mut a = Aggregator::new(AggConfig::default());
+    let now = 1_800_000_000_000u64;
+    a.set_clock(now);
+    // Ten ports in one minute, then one record across three minutes: 10 + 3 cells.
+    for p in 0..10u16 {
+        let mut r = rec(now - 50_000, now - 40_000, 100, 1);
+        r.dst_port = 1000 + p;
+        a.add(&r, "esp");
+    }
+    assert_eq!(a.pending_cells(), 10);
+    let mut r = rec(now - 600_000, now - 480_000, 300, 3);
+    r.dst_port = 22;
+    a.add(&r, "esp");
+    assert!(
+        a.pending_cells() >= 12 && a.pending_cells() <= 13,
+        "{}",
+        a.pending_cells()
+    );
+    a.take();
+    assert_eq!(a.pending_cells(), 0);
+}
+
+#[test]
+fn time_rule_is_applied_with_the_receive_clock() {
+    let mut a = Aggregator::new(AggConfig::default());
+    let now = 1_800_000_000_000u64;
+    a.set_clock(now);
+    assert_eq!(
+        a.add(&rec(now, now + 3_600_000, 10, 1), "x"),
+        TimeRule::Future
+    );
+    assert_eq!(a.add(&rec(0, 1000, 10, 1), "x"), TimeRule::Expired);
+    assert_eq!(
+        a.add(&rec(now - 1000, now - 2000, 10, 1), "x"),
+        TimeRule::Reversed
+    );
+    assert_eq!(a.add(&rec(0, now, 10, 1), "x"), TimeRule::TooLong);
+    let d = a.take();
+    // Refused records add nothing; clamped ones keep their counts.
+    assert_eq!(sum(&d, 60, Dim::Label).bytes, 20);
+    // A clamped record spans at most max_flow_duration: 61 base buckets.
+    let buckets = d
+        .iter()
+        .filter(|x| x.resolution == 60 && x.dim == Dim::Label)
+        .count();
+    assert!(buckets <= 62, "{buckets}");
+    assert_eq!(a.stats.time_rule, [1, 1, 1, 1]);
+}

@@ -9,312 +9,25 @@
 //!  Aggregator::take() ──► Deltas (what the store adds in one transaction)
 //! ```
 
-use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+mod apportion;
+mod bound;
+mod keys;
+mod time_rule;
+
+pub use apportion::apportion;
+pub(crate) use apportion::{apportion_small, apportion_with, split2, SMALL};
+pub use keys::{
+    has_ports, protocol_name, service_port, Counters, Delta, Dim, Flow, FxBuild, FxHasher, Key,
+    Slot, OTHER, UNLABELLED,
+};
+pub use time_rule::TimeRule;
+
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use labelflow_proto::FlowRecord;
 
 use crate::config::AggConfig;
-
-/// The label of records that carry none and match no rule.
-pub const UNLABELLED: &str = "unlabelled";
-/// Key that absorbs keys beyond the per-bucket bound.
-pub const OTHER: &str = "other";
-
-/// A fast non-cryptographic hasher for the per-record maps (keys are small typed values,
-/// and the per-bucket key bound limits how many an exporter can create).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct FxHasher(u64);
-
-const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-impl FxHasher {
-    #[inline]
-    fn mix(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(FX_SEED);
-    }
-}
-
-impl Hasher for FxHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            self.mix(u64::from_le_bytes(c.try_into().expect("8 bytes")));
-        }
-        let mut tail = 0u64;
-        for (i, b) in chunks.remainder().iter().enumerate() {
-            tail |= u64::from(*b) << (8 * i);
-        }
-        self.mix(tail);
-    }
-    #[inline]
-    fn write_u8(&mut self, v: u8) {
-        self.mix(u64::from(v));
-    }
-    #[inline]
-    fn write_u16(&mut self, v: u16) {
-        self.mix(u64::from(v));
-    }
-    #[inline]
-    fn write_u32(&mut self, v: u32) {
-        self.mix(u64::from(v));
-    }
-    #[inline]
-    fn write_u64(&mut self, v: u64) {
-        self.mix(v);
-    }
-    #[inline]
-    fn write_usize(&mut self, v: usize) {
-        self.mix(v as u64);
-    }
-    #[inline]
-    fn write_i64(&mut self, v: i64) {
-        self.mix(v as u64);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-pub(crate) type FxBuild = BuildHasherDefault<FxHasher>;
-
-/// A report dimension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Dim {
-    Label,
-    View,
-    Tunnel,
-    Host,
-    Protocol,
-    Port,
-}
-
-impl Dim {
-    /// Whether the keys of this dimension partition the traffic, so that their sum is the
-    /// total. Views overlap by design (`naive` holds `uplink`), a tunnel's inner traffic and
-    /// its ESP are the same bytes twice, and a flow between two inside hosts counts for both:
-    /// for those a sum would double-count.
-    pub fn is_additive(self) -> bool {
-        matches!(self, Dim::Label | Dim::Protocol | Dim::Port)
-    }
-
-    pub const ALL: [Dim; 6] = [
-        Dim::Label,
-        Dim::View,
-        Dim::Tunnel,
-        Dim::Host,
-        Dim::Protocol,
-        Dim::Port,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Dim::Label => "label",
-            Dim::View => "view",
-            Dim::Tunnel => "tunnel",
-            Dim::Host => "host",
-            Dim::Protocol => "protocol",
-            Dim::Port => "port",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Dim> {
-        Dim::ALL.into_iter().find(|d| d.name() == s)
-    }
-}
-
-/// Split `total` over `weights` in proportion, exactly: the shares sum to `total`.
-///
-/// Largest-remainder method: every part gets the floor of its exact share, and the units
-/// left over go to the parts with the largest remainders (earliest first on ties).
-pub fn apportion(total: u64, weights: &[u64], out: &mut Vec<u64>) {
-    apportion_with(total, weights, out, &mut Vec::new());
-}
-
-/// [`apportion`] with a caller-kept scratch vector (no allocation once it has grown).
-fn apportion_with(total: u64, weights: &[u64], out: &mut Vec<u64>, rems: &mut Vec<(u128, usize)>) {
-    out.clear();
-    match *weights {
-        [_] => {
-            out.push(total);
-            return;
-        }
-        // The common case of a flow crossing one bucket boundary, without the sort.
-        [w0, w1] if w0 != 0 || w1 != 0 => {
-            let (s0, s1) = split2(total, w0, w1);
-            out.extend([s0, s1]);
-            return;
-        }
-        _ => {}
-    }
-    let sum: u128 = weights.iter().map(|w| u128::from(*w)).sum();
-    if weights.is_empty() {
-        return;
-    }
-    if sum == 0 {
-        out.extend(std::iter::repeat_n(0, weights.len()));
-        out[0] = total;
-        return;
-    }
-    rems.clear();
-    let mut given = 0u64;
-    for (i, w) in weights.iter().enumerate() {
-        let (s, r) = share(total, *w, sum);
-        rems.push((r, i));
-        out.push(s);
-        given += s;
-    }
-    let left = (total - given) as usize;
-    if left == 0 {
-        return;
-    }
-    if weights.len() <= 8 {
-        // A few parts: pick the largest remainders (earliest on ties) one by one.
-        for _ in 0..left {
-            let mut best = usize::MAX;
-            for (k, &(r, _)) in rems.iter().enumerate() {
-                if r != u128::MAX && (best == usize::MAX || r > rems[best].0) {
-                    best = k;
-                }
-            }
-            out[rems[best].1] += 1;
-            rems[best].0 = u128::MAX;
-        }
-        return;
-    }
-    rems.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    for &(_, i) in rems.iter().take(left) {
-        out[i] += 1;
-    }
-}
-
-/// Most parts [`apportion_small`] takes.
-const SMALL: usize = 8;
-
-/// [`apportion`] into an array, in 64-bit arithmetic, for 1 to [`SMALL`] parts whose weights
-/// sum to a non-zero value that `total` times it fits 64 bits (then every exact share does
-/// too); `false`, with `out` unspecified, otherwise. A flow crossing a few bucket boundaries
-/// takes this path rather than the general one's vectors and 128-bit remainders.
-#[inline]
-fn apportion_small(total: u64, weights: &[u64], out: &mut [u64; SMALL]) -> bool {
-    let n = weights.len();
-    if n == 0 || n > SMALL {
-        return false;
-    }
-    let Some(sum) = weights.iter().try_fold(0u64, |a, w| a.checked_add(*w)) else {
-        return false;
-    };
-    if sum == 0 || total.checked_mul(sum).is_none() {
-        return false;
-    }
-    // A remainder is below `sum`, so u64::MAX marks one already given its unit.
-    let mut rems = [0u64; SMALL];
-    let mut given = 0;
-    for (i, w) in weights.iter().enumerate() {
-        let exact = total * w;
-        out[i] = exact / sum;
-        rems[i] = exact % sum;
-        given += out[i];
-    }
-    for _ in 0..total - given {
-        let mut best = 0;
-        for k in 1..n {
-            if rems[k] != u64::MAX && (rems[best] == u64::MAX || rems[k] > rems[best]) {
-                best = k;
-            }
-        }
-        out[best] += 1;
-        rems[best] = u64::MAX;
-    }
-    true
-}
-
-/// [`apportion`] over two parts, not both of weight 0. At most one unit is left over, and it
-/// goes to the larger remainder (the first on a tie), as the general method decides: the
-/// remainders r0 + r1 are a multiple of the sum and each below it, so either both are 0 or
-/// r1 = sum - r0. One division.
-#[inline]
-fn split2(total: u64, w0: u64, w1: u64) -> (u64, u64) {
-    debug_assert!(w0 != 0 || w1 != 0);
-    let sum = u128::from(w0) + u128::from(w1);
-    let (mut s0, r0) = share(total, w0, sum);
-    let mut s1 = total - s0;
-    if r0 != 0 {
-        s1 -= 1;
-        if r0 >= sum - r0 {
-            s0 += 1;
-        } else {
-            s1 += 1;
-        }
-    }
-    (s0, s1)
-}
-
-/// `total * w / sum` and its remainder, exactly; in 64-bit arithmetic when it fits (counts
-/// times milliseconds nearly always do), which spares a 128-bit division.
-#[inline]
-fn share(total: u64, w: u64, sum: u128) -> (u64, u128) {
-    if let (Ok(sum), Some(exact)) = (u64::try_from(sum), total.checked_mul(w)) {
-        return (exact / sum, u128::from(exact % sum));
-    }
-    let exact = u128::from(total) * u128::from(w);
-    ((exact / sum) as u64, exact % sum)
-}
-
-/// Counters of one (resolution, bucket, dimension, key).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub bytes: u64,
-    pub packets: u64,
-    pub flows: u64,
-    /// Hosts only: bytes towards / from the host.
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-}
-
-impl Counters {
-    /// Add `o`; counters saturate rather than wrap (an exporter can claim any count).
-    pub fn add(&mut self, o: &Counters) {
-        self.bytes = self.bytes.saturating_add(o.bytes);
-        self.packets = self.packets.saturating_add(o.packets);
-        self.flows = self.flows.saturating_add(o.flows);
-        self.bytes_in = self.bytes_in.saturating_add(o.bytes_in);
-        self.bytes_out = self.bytes_out.saturating_add(o.bytes_out);
-    }
-}
-
-/// A typed key; rendered to text by [`Aggregator::key_text`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Key {
-    Label(u32),
-    View(u32),
-    /// ESP (50) / AH (51) outer flow.
-    Sa {
-        protocol: u8,
-        src: IpAddr,
-        dst: IpAddr,
-        spi: u32,
-    },
-    /// Inner traffic of a configured tunnel (index into the config).
-    Tunnel(u32),
-    Host(IpAddr),
-    Protocol(u8),
-    Port(u8, u16),
-    Other,
-}
-
-/// Where a counter goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Slot {
-    /// Index into the resolutions.
-    pub res: u8,
-    /// Bucket start, seconds since the epoch.
-    pub bucket: i64,
-    pub dim: Dim,
-    pub key: Key,
-}
 
 /// Statistics of the aggregator.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -325,51 +38,19 @@ pub struct AggStats {
     pub clamped_durations: u64,
     /// Records whose label came after the label table was full (counted under `other`).
     pub folded_labels: u64,
+    /// Labels cut to `max_label_bytes`.
+    pub truncated_labels: u64,
+    /// Records refused or clamped by the time rule, indexed like [`TimeRule::REASONS`].
+    pub time_rule: [u64; 4],
+    /// Key-bound sets of old buckets forgotten to stay within `max_tracked_keys`.
+    pub forgotten_key_sets: u64,
 }
 
-/// Distinct labels the aggregator names; later ones are counted under [`OTHER`]. Labels
-/// are the classes an admin configured (NFLOG groups, label rules), so this is generous;
-/// it bounds what an exporter sending arbitrary `applicationName`s can make us keep.
+/// Default of `limits.max_labels`: distinct labels the aggregator names; later ones are
+/// counted under [`OTHER`]. Labels are the classes an admin configured (NFLOG groups, label
+/// rules), so this is generous; it bounds what an exporter sending arbitrary
+/// `applicationName`s can make us keep.
 pub const MAX_LABELS: usize = 4096;
-
-/// One record reduced to what aggregation needs. `label` is an id from
-/// [`Aggregator::label_id`]; counts are as exported, `sampling` scales them. Ports are those
-/// of TCP, UDP, SCTP and UDP-Lite ([`has_ports`]), 0 for other protocols.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Flow {
-    pub label: u32,
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    pub protocol: u8,
-    pub src_port: u16,
-    pub dst_port: u16,
-    pub spi: Option<u32>,
-    pub bytes: u64,
-    pub packets: u64,
-    pub sampling: u32,
-    pub start_ms: u64,
-    pub end_ms: u64,
-}
-
-impl Flow {
-    pub fn from_record(rec: &FlowRecord, label: u32) -> Flow {
-        let ports = has_ports(rec.protocol);
-        Flow {
-            label,
-            src: rec.src_addr,
-            dst: rec.dst_addr,
-            protocol: rec.protocol,
-            src_port: if ports { rec.src_port } else { 0 },
-            dst_port: if ports { rec.dst_port } else { 0 },
-            spi: rec.ipsec_spi,
-            bytes: rec.bytes,
-            packets: rec.packets,
-            sampling: rec.sampling_interval,
-            start_ms: rec.start_ms,
-            end_ms: rec.end_ms,
-        }
-    }
-}
 
 /// Counters of the dimensions without in/out split.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -454,31 +135,6 @@ impl Targets {
     }
 }
 
-/// The key bound of one (dimension, base bucket): which keys it admitted.
-type Seen = HashMap<(Dim, i64), HashSet<Key, FxBuild>, FxBuild>;
-
-/// Fold keys beyond `max` per (dimension, bucket) into [`Key::Other`]; the first keys seen
-/// keep their name for the bucket's whole life, across commits.
-fn bounded(
-    seen: &mut Seen,
-    stats: &mut AggStats,
-    max: usize,
-    dim: Dim,
-    bucket: i64,
-    key: Key,
-) -> Key {
-    let set = seen.entry((dim, bucket)).or_default();
-    if set.contains(&key) {
-        return key;
-    }
-    if set.len() >= max {
-        stats.folded_keys += 1;
-        return Key::Other;
-    }
-    set.insert(key);
-    key
-}
-
 /// Accumulates deltas between commits.
 #[derive(Debug)]
 pub struct Aggregator {
@@ -505,7 +161,12 @@ pub struct Aggregator {
     /// The base bucket in milliseconds, and its [`Divisor`] when it fits 32 bits.
     base_ms: u64,
     divisor: Option<Divisor>,
-    seen: Seen,
+    seen: bound::KeyBound,
+    /// Base-bucket cells (bucket, class) and tunnel and host entries pending since the last
+    /// take: what the next commit writes at the base resolution.
+    cells: usize,
+    /// The receive clock (milliseconds since the epoch), for the time rule.
+    now_ms: Option<u64>,
     /// (bytes, packets) per label id since start, as of the last take.
     totals: Vec<(u64, u64)>,
     weights: Vec<u64>,
@@ -532,7 +193,9 @@ impl Aggregator {
             anchor: (0, 0),
             base_ms,
             divisor: Divisor::new(base_ms),
-            seen: HashMap::default(),
+            seen: bound::KeyBound::default(),
+            cells: 0,
+            now_ms: None,
             totals: Vec::new(),
             weights: Vec::new(),
             shares_b: Vec::new(),
@@ -546,13 +209,22 @@ impl Aggregator {
         &self.cfg
     }
 
-    /// The id of a label, naming it on first sight; past [`MAX_LABELS`] names, new labels
-    /// get the id of [`OTHER`].
+    /// The id of a label, naming it on first sight; past `max_labels` names, new labels
+    /// get the id of [`OTHER`]. Names longer than `max_label_bytes` are cut (at a character
+    /// boundary).
     pub fn label_id(&mut self, label: &str) -> u32 {
         if let Some(id) = self.labels.get(label) {
             return *id;
         }
-        if self.label_names.len() >= MAX_LABELS - 1 && label != OTHER {
+        if label.len() > self.cfg.max_label_bytes {
+            let mut end = self.cfg.max_label_bytes;
+            while !label.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.stats.truncated_labels += 1;
+            return self.label_id(&label[..end]);
+        }
+        if self.label_names.len() >= self.cfg.max_labels.max(2) - 1 && label != OTHER {
             self.stats.folded_labels += 1;
             return self.label_id(OTHER);
         }
@@ -618,9 +290,9 @@ impl Aggregator {
     }
 
     /// Add one record under `label` (named on first sight).
-    pub fn add(&mut self, rec: &FlowRecord, label: &str) {
+    pub fn add(&mut self, rec: &FlowRecord, label: &str) -> TimeRule {
         let id = self.label_id(label);
-        self.add_flow(&Flow::from_record(rec, id));
+        self.add_flow(&Flow::from_record(rec, id))
     }
 
     /// The base bucket number of an instant (milliseconds). Divides the offset from a
@@ -644,18 +316,34 @@ impl Aggregator {
         b
     }
 
-    /// Add one record.
-    pub fn add_flow(&mut self, f: &Flow) {
+    /// Set the receive clock the time rule compares record times with (milliseconds since
+    /// the epoch). Until it is set, records are only checked against themselves.
+    pub fn set_clock(&mut self, now_ms: u64) {
+        self.now_ms = Some(now_ms);
+    }
+
+    /// Add one record after the time rule ([`time_rule`](self::time_rule)); returns what
+    /// the rule did.
+    pub fn add_flow(&mut self, f: &Flow) -> TimeRule {
         self.stats.records += 1;
+        let (rule, span) = time_rule::apply(f.start_ms, f.end_ms, self.now_ms, &self.cfg);
+        if let Some(i) = rule.index() {
+            self.stats.time_rule[i] += 1;
+        }
+        if rule == TimeRule::TooLong {
+            self.stats.clamped_durations += 1;
+        }
+        if let Some((start, end)) = span {
+            self.add_span(f, start, end);
+        }
+        rule
+    }
+
+    /// Spread a record over the base buckets of `[start, end]`, which the time rule bounded.
+    fn add_span(&mut self, f: &Flow, start: u64, end: u64) {
         let scale = u64::from(f.sampling.max(1));
         let bytes = f.bytes.saturating_mul(scale);
         let packets = f.packets.saturating_mul(scale);
-        let mut start = f.start_ms.min(f.end_ms);
-        let end = f.end_ms.max(f.start_ms);
-        if end - start > self.cfg.max_flow_duration_ms {
-            start = end - self.cfg.max_flow_duration_ms;
-            self.stats.clamped_durations += 1;
-        }
         let base_ms = self.base_ms;
         let whole = Sum {
             bytes,
@@ -849,9 +537,8 @@ impl Aggregator {
         let mut class = t.class;
         if let Some(port) = t.port {
             let key = Key::Port(f.protocol, port);
-            let max = self.cfg.max_keys_per_bucket;
             let secs = self.bucket_secs(bucket);
-            if bounded(&mut self.seen, &mut self.stats, max, Dim::Port, secs, key) == Key::Other {
+            if self.bound(Dim::Port, secs, key) == Key::Other {
                 class = class_of(f.label, f.protocol, 0) | FOLDED_PORT;
             }
         }
@@ -859,7 +546,24 @@ impl Aggregator {
             .pending
             .entry((bucket / ROW, class))
             .or_insert([Sum::default(); ROW as usize]);
-        row[(bucket % ROW) as usize].add(share);
+        let cell = &mut row[(bucket % ROW) as usize];
+        self.cells += usize::from(cell.is_zero());
+        cell.add(share);
+    }
+
+    /// The key bound ([`bound`](self::bound)) with the configured limits.
+    fn bound(&mut self, dim: Dim, bucket: i64, key: Key) -> Key {
+        let (max, tracked) = (self.cfg.max_keys_per_bucket, self.cfg.max_tracked_keys);
+        let k = self.seen.admit(max, tracked, dim, bucket, key);
+        self.stats.folded_keys = self.seen.folded;
+        self.stats.forgotten_key_sets = self.seen.forgotten;
+        k
+    }
+
+    /// Cells (base bucket and key) pending since the last [`Aggregator::take`]: what bounds
+    /// the memory held between commits and the rows the next commit writes.
+    pub fn pending_cells(&self) -> usize {
+        self.cells
     }
 
     /// Start of a base bucket, seconds since the epoch.
@@ -873,21 +577,15 @@ impl Aggregator {
         if share.is_zero() {
             return;
         }
-        let max = self.cfg.max_keys_per_bucket;
         let bucket = self.bucket_secs(bucket);
         if let Some(key) = t.tunnel {
             if let Some(s) = self.tunnels.get_mut(&(bucket, key)) {
                 s.add(share);
             } else {
-                let k = bounded(
-                    &mut self.seen,
-                    &mut self.stats,
-                    max,
-                    Dim::Tunnel,
-                    bucket,
-                    key,
-                );
-                self.tunnels.entry((bucket, k)).or_default().add(share);
+                let k = self.bound(Dim::Tunnel, bucket, key);
+                let s = self.tunnels.entry((bucket, k)).or_default();
+                self.cells += usize::from(s.is_zero());
+                s.add(share);
             }
         }
         for (on, ip, side) in [
@@ -913,14 +611,15 @@ impl Aggregator {
             h.add(&c);
             return;
         }
-        let max = self.cfg.max_keys_per_bucket;
-        let k = bounded(&mut self.seen, &mut self.stats, max, Dim::Host, bucket, key);
-        self.hosts.entry((bucket, k)).or_default().add(&c);
+        let k = self.bound(Dim::Host, bucket, key);
+        let h = self.hosts.entry((bucket, k)).or_default();
+        self.cells += usize::from(*h == Counters::default());
+        h.add(&c);
     }
 
     /// Forget key-bound bookkeeping of buckets that started before `before` (seconds).
     pub fn forget_before(&mut self, before: i64) {
-        self.seen.retain(|(_, b), _| *b >= before);
+        self.seen.forget_before(before);
     }
 
     /// The base-resolution counters since the last take, keyed as stored: classes split
@@ -931,6 +630,7 @@ impl Aggregator {
         let mut protocols: HashMap<(i64, u8), Sum, FxBuild> = HashMap::default();
         let mut ports: HashMap<(i64, Key), Sum, FxBuild> = HashMap::default();
         let rows = std::mem::take(&mut self.pending);
+        self.cells = 0;
         let cells = rows.into_iter().flat_map(|((row, class), sums)| {
             (0..ROW).map(move |i| (row * ROW + i, class, sums[i as usize]))
         });
@@ -953,7 +653,6 @@ impl Aggregator {
         }
         let mut out = Vec::new();
         let mut views: HashMap<(i64, u32), Sum, FxBuild> = HashMap::default();
-        let max = self.cfg.max_keys_per_bucket;
         for ((bucket, id), s) in labels {
             let i = id as usize;
             if self.totals.len() <= i {
@@ -964,14 +663,7 @@ impl Aggregator {
             for v in &self.label_views[id as usize] {
                 views.entry((bucket, *v)).or_default().add(s);
             }
-            let key = bounded(
-                &mut self.seen,
-                &mut self.stats,
-                max,
-                Dim::Label,
-                bucket,
-                Key::Label(id),
-            );
+            let key = self.bound(Dim::Label, bucket, Key::Label(id));
             out.push((bucket, Dim::Label, key, s.counters()));
         }
         for ((bucket, v), s) in views {
@@ -1029,119 +721,5 @@ enum Side {
     Out,
 }
 
-/// One row's increment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delta {
-    /// Resolution in seconds.
-    pub resolution: i64,
-    pub bucket: i64,
-    pub dim: Dim,
-    pub key: String,
-    pub counters: Counters,
-}
-
-/// Whether flows of this IP protocol are counted per port: TCP, UDP, SCTP, UDP-Lite.
-#[inline]
-pub fn has_ports(protocol: u8) -> bool {
-    matches!(protocol, 6 | 17 | 132 | 136)
-}
-
-/// The service side of a port pair: the lower non-zero port (servers listen low).
-pub fn service_port(a: u16, b: u16) -> u16 {
-    match (a, b) {
-        (0, p) | (p, 0) => p,
-        (a, b) => a.min(b),
-    }
-}
-
-pub fn protocol_name(p: u8) -> String {
-    match p {
-        1 => "icmp".into(),
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        47 => "gre".into(),
-        50 => "esp".into(),
-        51 => "ah".into(),
-        58 => "icmpv6".into(),
-        132 => "sctp".into(),
-        136 => "udplite".into(),
-        n => n.to_string(),
-    }
-}
-
 #[cfg(test)]
-#[path = "aggregate_tests.rs"]
 mod tests;
-
-#[cfg(test)]
-mod apportion_tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    /// The general largest-remainder method, without the shortcuts.
-    fn reference(total: u64, weights: &[u64]) -> Vec<u64> {
-        let sum: u128 = weights.iter().map(|w| u128::from(*w)).sum();
-        if sum == 0 {
-            let mut out = vec![0; weights.len()];
-            out[0] = total;
-            return out;
-        }
-        let mut out = Vec::new();
-        let mut rems = Vec::new();
-        for (i, w) in weights.iter().enumerate() {
-            let exact = u128::from(total) * u128::from(*w);
-            out.push((exact / sum) as u64);
-            rems.push((exact % sum, i));
-        }
-        let mut left = total - out.iter().sum::<u64>();
-        rems.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        for (_, i) in rems {
-            if left == 0 {
-                break;
-            }
-            out[i] += 1;
-            left -= 1;
-        }
-        out
-    }
-
-    #[test]
-    fn two_parts_tie_goes_first() {
-        let mut out = Vec::new();
-        apportion(3, &[5, 5], &mut out);
-        assert_eq!(out, vec![2, 1]);
-        apportion(3, &[0, 0], &mut out);
-        assert_eq!(out, vec![3, 0]);
-        apportion(u64::MAX, &[u64::MAX, 1], &mut out);
-        assert_eq!(out, reference(u64::MAX, &[u64::MAX, 1]));
-    }
-
-    #[test]
-    fn small_parts_ties_go_first() {
-        let mut out = [0u64; SMALL];
-        assert!(apportion_small(2, &[7, 7, 7], &mut out));
-        assert_eq!(out[..3], [1, 1, 0]);
-        assert!(apportion_small(5, &[1, 2, 1, 2], &mut out));
-        assert_eq!(out[..4], reference(5, &[1, 2, 1, 2])[..]);
-        assert!(!apportion_small(5, &[0, 0], &mut out));
-        assert!(!apportion_small(u64::MAX, &[1, 1], &mut out));
-        assert!(!apportion_small(1, &[1; SMALL + 1], &mut out));
-    }
-
-    proptest! {
-        #[test]
-        fn shortcuts_equal_the_general_method(
-            total in prop_oneof![any::<u64>(), 0u64..3_000_000, 0u64..10],
-            weights in proptest::collection::vec(prop_oneof![0u64..3, 0u64..120_000, any::<u64>()], 1..10),
-        ) {
-            let mut out = Vec::new();
-            apportion(total, &weights, &mut out);
-            let want = reference(total, &weights);
-            let mut small = [0u64; SMALL];
-            if apportion_small(total, &weights, &mut small) {
-                prop_assert_eq!(&small[..weights.len()], &want[..]);
-            }
-            prop_assert_eq!(out, want);
-        }
-    }
-}
