@@ -141,12 +141,11 @@ fn options_state_survives_sigkill() {
 fn sigkill_then_restart_accounts_for_every_record() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("s.db");
-    let port = free_udp_port();
     let extra = "[store]\ncommit_interval = \"20ms\"\ncommit_datagrams = 5\n";
     let t0_ms = u64::from(now_secs() - 300) * 1000;
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
 
-    let c = Collector::start(dir.path(), &db, port, extra);
+    let c = Collector::start(dir.path(), &db, extra);
     c.send(&sock, &ipfix_template(now_secs(), 0, 1));
     for i in 0..30 {
         c.send(&sock, &datagram(i, t0_ms));
@@ -160,7 +159,7 @@ fn sigkill_then_restart_accounts_for_every_record() {
     c.kill9();
     let (_, _, committed_flows) = all_time_totals(&db, "label");
 
-    let c = Collector::start(dir.path(), &db, port, extra);
+    let c = Collector::start(dir.path(), &db, extra);
     c.send(&sock, &datagram(sent, t0_ms));
     c.wait_committed(1);
     let lost = c.metric("labelflow_collector_lost_across_restart_total");
