@@ -7,6 +7,7 @@ packages=(
   iproute2 iptables nftables ethtool procps time iputils-ping   # the lab: namespaces, veth, rules, counters
   tcpdump tshark nfdump softflowd                   # interop: decoders and exporters nobody here wrote
   netsniff-ng pmacct                                # benchmarks: trafgen, uacctd
+  strongswan-charon strongswan-swanctl libcharon-extra-plugins  # real IPsec in the lab (kernel-libipsec)
   chromium                                          # dashboard test (headless)
   systemd                                           # systemd-analyze verify for the example units
 )

@@ -50,7 +50,7 @@ fn allowlist_drops_other_sources_and_http_needs_the_token() {
         "allowed_exporters = [\"127.0.0.9/32\"]\nhttp_token_file = \"{}\"\n",
         token_file.display()
     );
-    let c = Collector::start(dir.path(), &db, free_udp_port(), &extra);
+    let c = Collector::start(dir.path(), &db, &extra);
     let token = Some("t0k3n-for-tests");
 
     let good = UdpSocket::bind("127.0.0.9:0").unwrap();

@@ -20,7 +20,7 @@ const LABELS: [&str; 4] = ["esp", "voip", "backup", "other"];
 fn backlog_over_a_day_is_exact_with_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("b.db");
-    let c = Collector::start(dir.path(), &db, free_udp_port(), "");
+    let c = Collector::start(dir.path(), &db, "");
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let now_ms = u64::from(now_secs()) * 1000;
     let day = 86_400_000;

@@ -48,10 +48,10 @@ fn feed(c: &Collector) {
 
 #[test]
 fn dashboard_renders_graphs_in_chromium() {
-    let chromium = require("chromium");
+    let chromium = require_program("chromium");
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("dash.db");
-    let c = Collector::start(dir.path(), &db, free_udp_port(), CONFIG);
+    let c = Collector::start(dir.path(), &db, CONFIG);
     feed(&c);
     let url = format!("http://127.0.0.1:{}/", c.http);
     let profile = dir.path().join("chromium-profile");
@@ -121,7 +121,7 @@ fn dashboard_renders_graphs_in_chromium() {
 fn graph_files_and_reports() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("graph.db");
-    let c = Collector::start(dir.path(), &db, free_udp_port(), CONFIG);
+    let c = Collector::start(dir.path(), &db, CONFIG);
     feed(&c);
     c.term();
     // The view equals esp + other; decrypted traffic is not in it.

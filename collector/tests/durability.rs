@@ -30,13 +30,12 @@ fn datagram(seq: u32, t0_ms: u64) -> Vec<u8> {
 fn sigkill_loses_nothing_committed_and_restart_decodes_immediately() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("d.db");
-    let port = free_udp_port();
     let extra = "[store]\ncommit_interval = \"50ms\"\ncommit_datagrams = 7\n";
     let t0_ms = u64::from(now_secs() - 300) * 1000;
     let per_datagram = FLOWS_PER_DATAGRAM * BYTES_PER_FLOW;
 
     // Phase 1: template, then 50 data datagrams, all committed.
-    let c = Collector::start(dir.path(), &db, port, extra);
+    let c = Collector::start(dir.path(), &db, extra);
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     c.send(&sock, &ipfix_template(now_secs(), 0, 1));
     for i in 0..50 {
@@ -61,7 +60,8 @@ fn sigkill_loses_nothing_committed_and_restart_decodes_immediately() {
             }
         })
     };
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Kill it while it commits what the sender keeps sending.
+    c.wait_committed(51 + 20);
     let committed_seen = c.metric("labelflow_collector_committed_datagrams_total");
     c.kill9();
     running.store(false, Ordering::Relaxed);
@@ -81,7 +81,7 @@ fn sigkill_loses_nothing_committed_and_restart_decodes_immediately() {
     assert_eq!(packets, flows * 2);
 
     // Phase 3: restart, send data only (no template): decoded at once.
-    let c = Collector::start(dir.path(), &db, port, extra);
+    let c = Collector::start(dir.path(), &db, extra);
     for i in 0..20 {
         c.send(&sock, &datagram(10_000 + i, t0_ms));
     }
@@ -115,19 +115,18 @@ fn sigkill_loses_nothing_committed_and_restart_decodes_immediately() {
 fn options_state_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("o.db");
-    let port = free_udp_port();
     let extra = "[store]\ncommit_interval = \"50ms\"\n";
     let t0_ms = u64::from(now_secs() - 300) * 1000;
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
 
-    let c = Collector::start(dir.path(), &db, port, extra);
+    let c = Collector::start(dir.path(), &db, extra);
     c.send(&sock, &app_templates(now_secs(), 0, 9));
     c.send(&sock, &app_options(now_secs(), 0, 9, 7, "voip"));
     c.send(&sock, &app_data(now_secs(), 0, 9, 7, 1000, t0_ms));
     c.wait_committed(3);
     c.kill9();
 
-    let c = Collector::start(dir.path(), &db, port, extra);
+    let c = Collector::start(dir.path(), &db, extra);
     c.send(&sock, &app_data(now_secs(), 1, 9, 7, 500, t0_ms));
     c.wait_committed(1);
     c.term();
@@ -142,12 +141,11 @@ fn options_state_survives_sigkill() {
 fn sigkill_then_restart_accounts_for_every_record() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("s.db");
-    let port = free_udp_port();
     let extra = "[store]\ncommit_interval = \"20ms\"\ncommit_datagrams = 5\n";
     let t0_ms = u64::from(now_secs() - 300) * 1000;
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
 
-    let c = Collector::start(dir.path(), &db, port, extra);
+    let c = Collector::start(dir.path(), &db, extra);
     c.send(&sock, &ipfix_template(now_secs(), 0, 1));
     for i in 0..30 {
         c.send(&sock, &datagram(i, t0_ms));
@@ -161,7 +159,7 @@ fn sigkill_then_restart_accounts_for_every_record() {
     c.kill9();
     let (_, _, committed_flows) = all_time_totals(&db, "label");
 
-    let c = Collector::start(dir.path(), &db, port, extra);
+    let c = Collector::start(dir.path(), &db, extra);
     c.send(&sock, &datagram(sent, t0_ms));
     c.wait_committed(1);
     let lost = c.metric("labelflow_collector_lost_across_restart_total");

@@ -170,6 +170,7 @@ fn sample_flow(i: u32, v6: bool) -> FlowRecord {
         user_name: (i % 4 == 1).then(|| "www-data".into()),
         nflog_prefix: (i % 4 == 2).then(|| "WAN:".into()),
         sampling_interval: 1,
+        tunnel: None,
     }
 }
 
@@ -238,7 +239,7 @@ fn softflowd_ipfix(pcap: &std::path::Path) -> Vec<Vec<u8>> {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let port = sock.local_addr().unwrap().port();
-    let out = Command::new(require("softflowd"))
+    let out = Command::new(require_program("softflowd"))
         .arg("-r")
         .arg(pcap)
         .args(["-n", &format!("127.0.0.1:{port}"), "-v", "10"])
@@ -324,6 +325,7 @@ fn arb_flow() -> impl Strategy<Value = FlowRecord> {
                 user_name,
                 nflog_prefix,
                 sampling_interval: 1,
+                tunnel: None,
             },
         )
 }

@@ -176,7 +176,7 @@ fn wait_received(c: &mut Collector, n: u64) {
 fn hostile_stream_keeps_memory_bounded_and_clean_totals_exact() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("h.db");
-    let mut c = Collector::start(dir.path(), &db, free_udp_port(), "");
+    let mut c = Collector::start(dir.path(), &db, "");
     let clean = UdpSocket::bind("127.0.0.9:0").unwrap();
     let hostile_socks: Vec<UdpSocket> = (0..HOSTILE_EXPORTERS)
         .map(|i| UdpSocket::bind((Ipv4Addr::new(127, 0, 0, 20 + i), 0)).unwrap())

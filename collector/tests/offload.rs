@@ -6,7 +6,6 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -26,7 +25,7 @@ fn expected() -> (u64, u64, u64) {
 /// offloaded reads, and whether the sender could use segmentation offload.
 fn run(dir: &Path, stream: &Path, gro: bool) -> ((u64, u64, u64), u64, bool) {
     let db = dir.join(format!("gro-{gro}.db"));
-    let c = Collector::start(dir, &db, free_udp_port(), &format!("udp_gro = {gro}\n"));
+    let c = Collector::start(dir, &db, &format!("udp_gro = {gro}\n"));
     let out = Command::new(GEN)
         .args(["replay", "--file"])
         .arg(stream)
@@ -39,14 +38,7 @@ fn run(dir: &Path, stream: &Path, gro: bool) -> ((u64, u64, u64), u64, bool) {
         String::from_utf8_lossy(&out.stderr)
     );
     let gso = String::from_utf8_lossy(&out.stdout).contains("gso=on");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while c.metric("labelflow_collector_flow_records_total") < RECORDS {
-        assert!(
-            Instant::now() < deadline,
-            "records missing (udp_gro = {gro})"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    c.wait_metric("labelflow_collector_flow_records_total", RECORDS);
     let datagrams = c.metric("labelflow_collector_datagrams_total");
     // The template message and the data messages, each counted once.
     assert_eq!(datagrams, 1 + RECORDS.div_ceil(22), "udp_gro = {gro}");

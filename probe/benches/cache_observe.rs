@@ -41,6 +41,7 @@ fn filled(flows: u32) -> FlowCache {
         active_timeout: Duration::from_secs(3600),
         labels: vec![(1, "bench".into())],
         user_names: |_| None,
+        ..CacheConfig::default()
     });
     let meta = PacketMeta {
         group: 1,

@@ -116,6 +116,7 @@ fn measure(case: &str) -> (i64, i64) {
                 active_timeout: Duration::from_secs(3600),
                 labels: vec![(1, "x".into())],
                 user_names: |_| None,
+                ..CacheConfig::default()
             });
             for i in 0..FLOWS {
                 c.observe(&meta, &packet(i), 1_000 + u64::from(i));

@@ -26,6 +26,7 @@
 //! [[export]]
 //! target = "ipfix://192.0.2.10:4739"
 //! mtu = 1400
+//! application_id = "rfc6759"  # "varlen" for nfdump 1.7.1 (Debian 12); see AppIdEncoding
 //! ```
 
 use std::collections::BTreeMap;
@@ -38,7 +39,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::export::Target;
+use crate::decode::IpsecPorts;
+use crate::export::{AppIdEncoding, Format, Target};
 
 /// Defaults, documented in the README's configuration reference.
 pub mod defaults {
@@ -117,6 +119,16 @@ pub struct RawConfig {
     pub cache: RawCache,
     #[serde(default, rename = "export")]
     pub exports: Vec<RawExport>,
+    #[serde(default)]
+    pub ipsec: RawIpsec,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIpsec {
+    pub natt_ports: Option<Spanned<Vec<u16>>>,
+    pub ike_ports: Option<Spanned<Vec<u16>>>,
+    pub vici: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -153,6 +165,7 @@ pub struct RawExport {
     pub sndbuf: Option<Spanned<usize>>,
     pub template_refresh: Option<Spanned<String>>,
     pub template_refresh_messages: Option<Spanned<u32>>,
+    pub application_id: Option<Spanned<String>>,
 }
 
 /// Command-line values that override (or, without a file, make up) the configuration.
@@ -170,6 +183,10 @@ pub struct Overrides {
     pub stats_interval: Option<String>,
     pub observation_domain: Option<u32>,
     pub mtu: Option<usize>,
+    /// `--vici URI`.
+    pub vici: Option<String>,
+    /// `--application-id`: for every export target.
+    pub application_id: Option<String>,
 }
 
 /// One NFLOG group and its label.
@@ -202,6 +219,8 @@ pub struct Export {
     pub sndbuf: usize,
     pub template_refresh: Duration,
     pub template_refresh_messages: u32,
+    /// How IPFIX data records carry `applicationId` (`application_id`).
+    pub app_id: AppIdEncoding,
 }
 
 /// The validated configuration.
@@ -215,6 +234,10 @@ pub struct Config {
     pub groups: Vec<Group>,
     pub cache: Cache,
     pub exports: Vec<Export>,
+    /// UDP ports decoded as NAT-T ESP and IKE.
+    pub ipsec: IpsecPorts,
+    /// strongSwan's vici socket, for tunnel names.
+    pub vici: Option<PathBuf>,
 }
 
 impl Config {
@@ -488,6 +511,10 @@ pub fn validate(
                     .template_refresh_messages
                     .as_ref()
                     .map_or(defaults::TEMPLATE_REFRESH_MESSAGES, |v| *v.get_ref()),
+                app_id: match &over.application_id {
+                    Some(v) => flag_app_id(v, target)?,
+                    None => app_id(source, &e.application_id, target)?,
+                },
             });
         }
     } else {
@@ -502,6 +529,10 @@ pub fn validate(
                 sndbuf: defaults::SNDBUF,
                 template_refresh: defaults::TEMPLATE_REFRESH,
                 template_refresh_messages: defaults::TEMPLATE_REFRESH_MESSAGES,
+                app_id: match &over.application_id {
+                    Some(v) => flag_app_id(v, target)?,
+                    None => AppIdEncoding::default(),
+                },
             });
         }
     }
@@ -514,7 +545,89 @@ pub fn validate(
         groups: groups.into_values().collect(),
         cache,
         exports,
+        ipsec: ipsec_ports(&raw.ipsec, source)?,
+        vici: vici_path(&raw.ipsec, source, over)?,
     })
+}
+
+/// `[ipsec] vici` / `--vici`: `unix://PATH` (the form strongSwan's `swanctl --uri` takes) or
+/// a plain absolute path.
+fn vici_path(
+    raw: &RawIpsec,
+    source: Option<&Source>,
+    over: &Overrides,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let parse = |v: &str| -> Result<PathBuf, String> {
+        let path = v.strip_prefix("unix://").unwrap_or(v);
+        if path.starts_with('/') {
+            Ok(PathBuf::from(path))
+        } else {
+            Err(format!(
+                "vici socket {v:?}: give unix:///PATH or an absolute path (TCP vici is not supported)"
+            ))
+        }
+    };
+    match (&over.vici, &raw.vici) {
+        (Some(v), _) => parse(v).map(Some).map_err(|m| flag_err("--vici", m)),
+        (None, Some(v)) => parse(v.get_ref()).map(Some).map_err(|m| match source {
+            Some(s) => s.error(v.span(), m),
+            None => flag_err("ipsec", m),
+        }),
+        (None, None) => Ok(None),
+    }
+}
+
+/// `[ipsec] natt_ports` and `ike_ports`: up to [`IpsecPorts::MAX`] non-zero ports each.
+fn ipsec_ports(raw: &RawIpsec, source: Option<&Source>) -> Result<IpsecPorts, ConfigError> {
+    let def = IpsecPorts::DEFAULT;
+    let list = |v: &Option<Spanned<Vec<u16>>>, name: &str, d: &[u16]| match v {
+        None => Ok(d.iter().copied().filter(|p| *p != 0).collect::<Vec<u16>>()),
+        Some(v) if v.get_ref().len() > IpsecPorts::MAX || v.get_ref().contains(&0) => {
+            let msg = format!(
+                "{name} takes at most {} ports, none of them 0",
+                IpsecPorts::MAX
+            );
+            Err(match source {
+                Some(s) => s.error(v.span(), msg),
+                None => flag_err("ipsec", msg),
+            })
+        }
+        Some(v) => Ok(v.get_ref().clone()),
+    };
+    let natt = list(&raw.natt_ports, "natt_ports", &def.natt)?;
+    let ike = list(&raw.ike_ports, "ike_ports", &def.ike)?;
+    Ok(IpsecPorts::new(&natt, &ike).expect("lists checked above"))
+}
+
+/// `application_id`: `"rfc6759"` (default) or `"varlen"`, the latter for IPFIX targets only
+/// (NetFlow v9 has no variable-length fields; v5 carries no `applicationId`).
+fn parse_app_id(v: &str, target: Target) -> Result<AppIdEncoding, String> {
+    let enc = AppIdEncoding::from_name(v)
+        .ok_or_else(|| format!("application_id {v:?} is neither \"rfc6759\" nor \"varlen\""))?;
+    if enc != AppIdEncoding::Rfc6759 && target.format != Format::Ipfix {
+        return Err(format!(
+            "application_id {v:?} needs an ipfix:// target, not {target}"
+        ));
+    }
+    Ok(enc)
+}
+
+fn app_id(
+    src: Option<&Source>,
+    v: &Option<Spanned<String>>,
+    target: Target,
+) -> Result<AppIdEncoding, ConfigError> {
+    let Some(v) = v else {
+        return Ok(AppIdEncoding::default());
+    };
+    parse_app_id(v.get_ref(), target).map_err(|m| match src {
+        Some(s) => s.error(v.span(), m),
+        None => flag_err("application_id", m),
+    })
+}
+
+fn flag_app_id(v: &str, target: Target) -> Result<AppIdEncoding, ConfigError> {
+    parse_app_id(v, target).map_err(|m| flag_err("--application-id", m))
 }
 
 fn check_mtu(mtu: usize) -> Result<usize, String> {
@@ -579,6 +692,7 @@ idle_timeout = "10s"
 [[export]]
 target = "ipfix://127.0.0.1:4739"
 mtu = 1200
+application_id = "varlen"
 [[export]]
 target = "netflow5://[::1]:2055"
 "#,
@@ -599,6 +713,37 @@ target = "netflow5://[::1]:2055"
         assert_eq!(cfg.exports.len(), 2);
         assert_eq!(cfg.exports[0].mtu, 1200);
         assert_eq!(cfg.exports[1].mtu, defaults::MTU);
+        assert_eq!(cfg.exports[0].app_id, AppIdEncoding::Varlen);
+        assert_eq!(cfg.exports[1].app_id, AppIdEncoding::Rfc6759);
+    }
+
+    #[test]
+    fn bad_application_id_names_its_line() {
+        let target = "[[export]]\ntarget = \"ipfix://127.0.0.1:4739\"\n";
+        let e = load_text(
+            &format!("{target}application_id = \"nbar\"\n"),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.place, "probe.toml:3:18");
+        assert!(e.message.contains("neither"), "{e}");
+        let v9 =
+            "[[export]]\ntarget = \"netflow9://127.0.0.1:2055\"\napplication_id = \"varlen\"\n";
+        let e = load_text(v9, &Overrides::default()).unwrap_err();
+        assert_eq!(e.place, "probe.toml:3:18");
+        assert!(e.message.contains("needs an ipfix:// target"), "{e}");
+        let over = Overrides {
+            exports: vec!["netflow5://127.0.0.1:2055".into()],
+            application_id: Some("varlen".into()),
+            ..Overrides::default()
+        };
+        assert_eq!(load(None, &over).unwrap_err().place, "--application-id");
+        let over = Overrides {
+            application_id: Some("varlen".into()),
+            ..Overrides::default()
+        };
+        let cfg = load_text(target, &over).unwrap();
+        assert_eq!(cfg.exports[0].app_id, AppIdEncoding::Varlen);
     }
 
     #[test]
@@ -621,6 +766,41 @@ target = "netflow5://[::1]:2055"
         .unwrap_err();
         assert_eq!(e.place, "probe.toml:2:18");
         assert!(e.message.contains("invalid duration"), "{e}");
+    }
+
+    #[test]
+    fn ipsec_ports_default_configure_and_name_a_bad_list() {
+        let cfg = load_text("", &Overrides::default()).unwrap();
+        assert_eq!(cfg.ipsec, IpsecPorts::DEFAULT);
+        let cfg = load_text(
+            "[ipsec]\nnatt_ports = [4500, 14500]\nike_ports = []\n",
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.ipsec, IpsecPorts::new(&[4500, 14500], &[]).unwrap());
+        let e = load_text("[ipsec]\nnatt_ports = [4500, 0]\n", &Overrides::default()).unwrap_err();
+        assert_eq!(e.place, "probe.toml:2:14");
+        assert!(e.message.contains("natt_ports"), "{e}");
+        let cfg = load_text(
+            "[ipsec]\nvici = \"unix:///run/charon.vici\"\n",
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.vici, Some(PathBuf::from("/run/charon.vici")));
+        let e = load_text(
+            "[ipsec]\nvici = \"tcp://127.0.0.1:4502\"\n",
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.place, "probe.toml:2:8");
+        let over = Overrides {
+            vici: Some("/tmp/x.vici".into()),
+            ..Overrides::default()
+        };
+        assert_eq!(
+            load_text("", &over).unwrap().vici,
+            Some(PathBuf::from("/tmp/x.vici"))
+        );
     }
 
     #[test]

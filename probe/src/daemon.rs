@@ -20,6 +20,7 @@ use labelflow_proto::FlowRecord;
 use crate::cache::CacheConfig;
 use crate::config::Config;
 use crate::export::{ExportConfig, ExportMeta, GroupMeta, InterfaceMeta, TargetStats, UdpExporter};
+use crate::ipsec::ViciWatcher;
 use crate::nflog::{GroupConfig, NflogConfig, NflogSocket, SourceStats};
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::replay::{PcapReader, ReplayStats};
@@ -108,6 +109,7 @@ impl Exporters {
                 domain: cfg.observation_domain,
                 template_interval: e.template_refresh,
                 template_every: e.template_refresh_messages,
+                app_id: e.app_id,
                 ..ExportConfig::default()
             };
             let exporter =
@@ -161,6 +163,7 @@ fn cache_config(cfg: &Config, labels: Vec<(u16, String)>) -> CacheConfig {
         idle_timeout: cfg.cache.idle_timeout,
         active_timeout: cfg.cache.active_timeout,
         labels,
+        ipsec_ports: cfg.ipsec,
         ..CacheConfig::default()
     }
 }
@@ -261,6 +264,14 @@ pub fn open_source(cfg: &Config) -> anyhow::Result<NflogSocket> {
     NflogSocket::open(&nflog).context("cannot listen to the NFLOG groups")
 }
 
+/// The record with the tunnel charon names it by, when a vici socket is configured.
+fn named(vici: &Option<ViciWatcher>, mut rec: FlowRecord) -> FlowRecord {
+    if let Some(w) = vici {
+        rec.tunnel = w.name_of(&rec);
+    }
+    rec
+}
+
 /// Runs the live probe until `stop` is set, then drains: unbinds the groups (the kernel
 /// flushes their pending batches), counts the last packets, flushes the cache with end
 /// reason "forced end" and sends the last messages.
@@ -275,6 +286,11 @@ pub fn run_live(
     let mut pipeline = Pipeline::new(cache_config(cfg, labels));
     let mut source = source;
     let mut decode_log = RateLimit::new(Duration::from_secs(10));
+    // Tunnel names from charon, looked up per exported record (never per packet).
+    let vici = cfg
+        .vici
+        .as_ref()
+        .map(|path| ViciWatcher::spawn(path.clone(), cfg.ipsec));
 
     let stats_every = cfg.stats_interval.as_millis() as u64;
     let meta_every = 10_000u64;
@@ -312,7 +328,7 @@ pub fn run_live(
             }
         })?;
         now = clock.now_ms();
-        pipeline.expire(now, &mut |rec| exporters.push(&rec, now));
+        pipeline.expire(now, &mut |rec| exporters.push(&named(&vici, rec), now));
         if now >= next_meta {
             exporters.set_meta(&export_meta(cfg, Some(source.stats())));
             next_meta = now + meta_every;
@@ -329,7 +345,7 @@ pub fn run_live(
         let _ = pipeline.handle(meta, payload, clock.now_ms());
     })?;
     let now = clock.now_ms();
-    pipeline.flush(now, &mut |rec| exporters.push(&rec, now));
+    pipeline.flush(now, &mut |rec| exporters.push(&named(&vici, rec), now));
     exporters.set_meta(&export_meta(cfg, Some(&final_source)));
     exporters.finish(now);
     let summary = RunSummary {

@@ -15,6 +15,7 @@ pub mod config;
 pub mod daemon;
 pub mod decode;
 pub mod export;
+pub mod ipsec;
 pub mod nflog;
 pub mod packet;
 pub mod pipeline;

@@ -72,6 +72,16 @@ struct Cli {
     #[arg(long, value_name = "BYTES")]
     mtu: Option<usize>,
 
+    /// strongSwan's vici socket (unix:///run/charon.vici): flows are exported with the name
+    /// of the IKE connection they belong to.
+    #[arg(long, value_name = "URI")]
+    vici: Option<String>,
+
+    /// How IPFIX data records carry applicationId, for every target: rfc6759 (default;
+    /// nfdump >= 1.7.2, pmacct, Wireshark) or varlen (also nfdump 1.7.1, Debian 12).
+    #[arg(long, value_name = "rfc6759|varlen")]
+    application_id: Option<String>,
+
     /// Validate the configuration, print it, and exit (0 when valid, 64 when not).
     #[arg(long)]
     check_config: bool,
@@ -105,6 +115,8 @@ fn main() -> ExitCode {
         stats_interval: cli.stats_interval.clone(),
         observation_domain: cli.observation_domain,
         mtu: cli.mtu,
+        vici: cli.vici.clone(),
+        application_id: cli.application_id.clone(),
     };
     let cfg = match config::load(cli.config.as_deref(), &over) {
         Ok(cfg) => cfg,
@@ -164,7 +176,7 @@ fn run_live(cfg: &config::Config) -> anyhow::Result<()> {
         .map(|g| format!("{}={}", g.id, g.label))
         .collect();
     let targets: Vec<String> = cfg.exports.iter().map(|e| e.target.to_string()).collect();
-    tracing::info!(groups = ?groups, exports = ?targets, "listening");
+    tracing::info!(groups = ?groups, exports = ?targets, vici = ?cfg.vici, "listening");
     daemon::run_live(cfg, source, &stop)?;
     tracing::info!("stopped");
     Ok(())

@@ -29,7 +29,7 @@
 use labelflow_proto::FlowRecord;
 
 use crate::cache::{CacheConfig, CacheStats, FlowCache};
-use crate::decode::{decode, DecodeError, DecodeErrorKind, Partial};
+use crate::decode::{decode_with, DecodeError, DecodeErrorKind, IpsecPorts, Partial};
 use crate::packet::PacketMeta;
 
 /// Decode outcomes since the pipeline was created.
@@ -73,11 +73,13 @@ pub struct PipelineStats {
 pub struct Pipeline {
     cache: FlowCache,
     decode: DecodeStats,
+    ipsec_ports: IpsecPorts,
 }
 
 impl Pipeline {
     pub fn new(config: CacheConfig) -> Self {
         Pipeline {
+            ipsec_ports: config.ipsec_ports,
             cache: FlowCache::new(config),
             decode: DecodeStats::default(),
         }
@@ -91,7 +93,7 @@ impl Pipeline {
         payload: &[u8],
         now_ms: u64,
     ) -> Result<(), DecodeError> {
-        match decode(meta.l3, payload) {
+        match decode_with(meta.l3, payload, &self.ipsec_ports) {
             Ok(pkt) => {
                 self.decode.decoded += 1;
                 if let Some(p) = pkt.partial {
@@ -171,5 +173,67 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!((out[0].src_port, out[0].dst_port, out[0].bytes), (0, 0, 60));
         assert_eq!(p.stats().cache.exported, 1);
+    }
+
+    /// IPv4 UDP 192.0.2.1:`sport` -> 198.51.100.1:4500 carrying `payload`.
+    fn natt(sport: u16, payload: &[u8]) -> Vec<u8> {
+        let total = 28 + payload.len() as u16;
+        let udp_len = 8 + payload.len() as u16;
+        let mut p = vec![
+            0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0, 192, 0, 2, 1, 198, 51, 100, 1,
+        ];
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        p.extend_from_slice(&sport.to_be_bytes());
+        p.extend_from_slice(&4500u16.to_be_bytes());
+        p.extend_from_slice(&udp_len.to_be_bytes());
+        p.extend_from_slice(&[0, 0]);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    #[test]
+    fn natt_sas_ike_and_keepalives_are_separate_flows() {
+        let mut p = Pipeline::new(CacheConfig {
+            labels: vec![(1, "esp".into())],
+            ..CacheConfig::default()
+        });
+        let meta = PacketMeta {
+            group: 1,
+            ..PacketMeta::default()
+        };
+        let mut esp_a = vec![0xc0, 0, 0, 1, 0, 0, 0, 1];
+        esp_a.resize(108, 0x5a);
+        let mut esp_b = vec![0xc0, 0, 0, 2, 0, 0, 0, 1];
+        esp_b.resize(58, 0x5a);
+        let packets = [
+            natt(4500, &esp_a),
+            natt(4500, &esp_a),
+            natt(4500, &esp_b),
+            natt(4500, &[0, 0, 0, 0, 0x21, 0x20, 0x22, 0x08]),
+            natt(4500, &[0xff]),
+            natt(4500, &[0xff]),
+            // Another NAT mapping of the same SA is another flow.
+            natt(61000, &esp_a),
+        ];
+        for (i, pkt) in packets.iter().enumerate() {
+            p.handle(&meta, pkt, 1_000 + i as u64).unwrap();
+        }
+        let mut out = Vec::new();
+        p.flush(10_000, &mut |r| out.push(r));
+        let mut got: Vec<_> = out
+            .iter()
+            .map(|r| (r.src_port, r.ipsec_spi, r.packets, r.bytes, r.protocol))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (4500, None, 1, 36, 17), // IKE behind the non-ESP marker
+                (4500, None, 2, 58, 17), // two NAT-keepalives of 29 bytes
+                (4500, Some(0xc000_0001), 2, 272, 17),
+                (4500, Some(0xc000_0002), 1, 86, 17),
+                (61000, Some(0xc000_0001), 1, 136, 17),
+            ]
+        );
     }
 }

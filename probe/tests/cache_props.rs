@@ -136,6 +136,7 @@ proptest! {
             active_timeout: Duration::from_secs(60),
             labels: vec![(1, "a".into())],
             user_names: |_| None,
+            ..CacheConfig::default()
         });
         let mut now = 1_700_000_000_000u64;
         let mut observed: HashMap<FlowId, (u64, u64)> = HashMap::new();

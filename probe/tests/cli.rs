@@ -1,12 +1,11 @@
 //! The probe binary as a user runs it: configuration errors and pcap replay over real UDP.
 
+use labelflow_proto::convert::{convert_packet, ExporterContext};
+use labelflow_proto::FlowRecord;
+use labelflow_testkit::pcap::{PcapWriter, LINKTYPE_RAW};
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
-
-use labelflow_proto::convert::{convert_packet, ExporterContext};
-use labelflow_proto::FlowRecord;
 
 const PROBE: &str = env!("CARGO_BIN_EXE_labelflow-probe");
 
@@ -102,32 +101,17 @@ fn ipv6_udp(sport: u16, dport: u16, payload_len: u16) -> Vec<u8> {
     p
 }
 
-/// Writes a raw-IP (LINKTYPE_RAW, 101) pcap of `packets` at 10 ms intervals; returns the sum
-/// of their IP lengths.
+/// Writes a raw-IP pcap of `packets` at 10 ms intervals.
 fn write_pcap(path: &Path, packets: &[Vec<u8>]) {
-    let mut f = Vec::new();
-    f.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes()); // magic, microseconds
-    f.extend_from_slice(&2u16.to_le_bytes()); // version 2.4
-    f.extend_from_slice(&4u16.to_le_bytes());
-    f.extend_from_slice(&0i32.to_le_bytes()); // thiszone
-    f.extend_from_slice(&0u32.to_le_bytes()); // sigfigs
-    f.extend_from_slice(&65535u32.to_le_bytes()); // snaplen
-    f.extend_from_slice(&101u32.to_le_bytes()); // LINKTYPE_RAW
+    let mut w = PcapWriter::new(LINKTYPE_RAW);
     for (i, p) in packets.iter().enumerate() {
-        let t_us = 1_700_000_000_000_000u64 + i as u64 * 10_000;
-        f.extend_from_slice(&((t_us / 1_000_000) as u32).to_le_bytes());
-        f.extend_from_slice(&((t_us % 1_000_000) as u32).to_le_bytes());
-        f.extend_from_slice(&(p.len() as u32).to_le_bytes());
-        f.extend_from_slice(&(p.len() as u32).to_le_bytes());
-        f.extend_from_slice(p);
+        w.packet(1_700_000_000_000_000 + i as u64 * 10_000, p);
     }
-    std::fs::write(path, f).unwrap();
+    w.write(path);
 }
 
 fn replay(pcap: &Path, label: &str) -> Vec<Vec<u8>> {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
     let port = sock.local_addr().unwrap().port();
     let out = Command::new(PROBE)
         .arg("--replay")
@@ -145,11 +129,23 @@ fn replay(pcap: &Path, label: &str) -> Vec<Vec<u8>> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The probe has exited: on loopback, everything it sent is queued on the socket.
+    sock.set_nonblocking(true).unwrap();
     let mut datagrams = Vec::new();
     let mut buf = [0u8; 65536];
-    while let Ok(n) = sock.recv(&mut buf) {
-        datagrams.push(buf[..n].to_vec());
+    loop {
+        match sock.recv(&mut buf) {
+            Ok(n) => datagrams.push(buf[..n].to_vec()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("recv: {e}"),
+        }
     }
+    let info = labelflow_testkit::net::udp_socket_of(std::process::id(), port);
+    assert_eq!(
+        info.map(|i| i.drops),
+        Some(0),
+        "datagrams dropped: {info:?}"
+    );
     datagrams
 }
 

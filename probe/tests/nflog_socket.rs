@@ -1,7 +1,7 @@
 //! Kernel tests of the NFLOG socket: each test makes its own network namespace, logs UDP sent
 //! over its loopback with an iptables NFLOG rule, and reads it with `NflogSocket` from a
 //! thread that entered the namespace (netlink sockets belong to the namespace they are
-//! created in). Needs root; skipped otherwise.
+//! created in). Needs root: run as anyone else, each test fails saying so.
 
 use std::fs::File;
 use std::net::UdpSocket;
@@ -16,9 +16,8 @@ use labelflow_probe::packet::{Hook, L3};
 /// Bounded wait for packets the kernel has been asked to deliver.
 const IO_DEADLINE: Duration = Duration::from_secs(5);
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+fn require_root(why: &str) {
+    labelflow_testkit::tools::require_root(why);
 }
 
 fn run(program: &str, args: &[&str]) {
@@ -150,10 +149,7 @@ fn seen_of(m: &labelflow_probe::packet::PacketMeta<'_>, p: &[u8]) -> Seen {
 
 #[test]
 fn delivers_packets_with_metadata_and_sequence_numbers() {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespaces, iptables)");
-        return;
-    }
+    require_root("network namespaces, iptables");
     let ns = Netns::new("meta");
     for (tool, dst) in [("iptables", "127.0.0.1"), ("ip6tables", "::1")] {
         ns.exec(&[
@@ -233,10 +229,7 @@ fn delivers_packets_with_metadata_and_sequence_numbers() {
 
 #[test]
 fn second_listener_gets_a_clear_error() {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespaces)");
-        return;
-    }
+    require_root("network namespaces");
     let ns = Netns::new("busy");
     ns.run_inside(|| {
         let first = NflogSocket::open(&NflogConfig::new([6])).expect("first bind");
@@ -262,10 +255,7 @@ fn second_listener_gets_a_clear_error() {
 
 #[test]
 fn shutdown_delivers_the_pending_batch() {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespaces, iptables)");
-        return;
-    }
+    require_root("network namespaces, iptables");
     let ns = Netns::new("tail");
     ns.exec(&[
         "iptables",

@@ -586,9 +586,9 @@ impl RecordBuilder {
                 }
             }
             IPFixField::Enterprise {
-                enterprise_number: NETFILTER_PEN,
+                enterprise_number,
                 field_number,
-            } => self.apply_enterprise(NETFILTER_PEN, *field_number, Value::Parsed(value)),
+            } => self.apply_enterprise(*enterprise_number, *field_number, Value::Parsed(value)),
             _ => {}
         }
     }
@@ -604,12 +604,12 @@ impl RecordBuilder {
     }
 
     fn apply_enterprise(&mut self, enterprise: u32, ie: u16, value: Value<'_>) {
-        if enterprise != NETFILTER_PEN {
-            return;
-        }
-        match ie {
-            NETFILTER_IE_MARK => self.rec.mark = number(value).map(|m| m as u32),
-            NETFILTER_IE_PREFIX => self.rec.nflog_prefix = text(value),
+        match (enterprise, ie) {
+            (NETFILTER_PEN, NETFILTER_IE_MARK) => self.rec.mark = number(value).map(|m| m as u32),
+            (NETFILTER_PEN, NETFILTER_IE_PREFIX) => self.rec.nflog_prefix = text(value),
+            (crate::ie::PEN_LABELFLOW, crate::ie::labelflow::TUNNEL_NAME) => {
+                self.rec.tunnel = text(value).filter(|t| !t.is_empty())
+            }
             _ => {}
         }
     }

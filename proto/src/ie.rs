@@ -10,6 +10,12 @@ pub const ENTERPRISE_BIT: u16 = 0x8000;
 pub const VARLEN: u16 = 65535;
 /// Private Enterprise Number of the netfilter project, as ulogd2 uses it.
 pub const PEN_NETFILTER: u32 = 21373;
+/// Enterprise number of labelflow's own elements ([`labelflow`]). labelflow has no number of
+/// its own registered with IANA; until it does, its elements use 32473, the number RFC 5612
+/// reserves for documentation, which no real enterprise holds, so they never collide with a
+/// vendor's. Collectors that do not know an enterprise element skip it by its length
+/// (RFC 7011 section 3.2).
+pub const PEN_LABELFLOW: u32 = 32473;
 /// RFC 6759 section 4.1 classification engine id 6: "USER-Defined".
 pub const APP_ENGINE_USER_DEFINED: u8 = 6;
 
@@ -54,6 +60,12 @@ pub mod iana {
 pub mod netfilter {
     pub const PREFIX: u16 = 3;
     pub const MARK: u16 = 4;
+}
+
+/// labelflow's enterprise elements (PEN [`PEN_LABELFLOW`]).
+pub mod labelflow {
+    /// The IPsec tunnel (IKE connection name) a flow belongs to: string, variable length.
+    pub const TUNNEL_NAME: u16 = 1;
 }
 
 /// One field specifier of a template record (RFC 7011 section 3.2).
@@ -138,6 +150,7 @@ pub enum Ie {
     UserName,
     NetfilterPrefix,
     NetfilterMark,
+    TunnelName,
     Other { id: u16, enterprise: Option<u32> },
 }
 
@@ -184,6 +197,10 @@ impl Ie {
             Some(PEN_NETFILTER) => match id {
                 netfilter::PREFIX => Ie::NetfilterPrefix,
                 netfilter::MARK => Ie::NetfilterMark,
+                _ => Ie::Other { id, enterprise },
+            },
+            Some(PEN_LABELFLOW) => match id {
+                labelflow::TUNNEL_NAME => Ie::TunnelName,
                 _ => Ie::Other { id, enterprise },
             },
             Some(_) => Ie::Other { id, enterprise },

@@ -20,7 +20,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::convert::{application_of, clean_text, ntp_ms, ApplicationKey, ExporterContext};
-use crate::ie::{iana, netfilter, PEN_NETFILTER};
+use crate::ie::{iana, labelflow, netfilter, PEN_LABELFLOW, PEN_NETFILTER};
 use crate::ipfix::{varlen_at, Template};
 use crate::record::{Direction, EndReason, FlowRecord};
 
@@ -61,7 +61,7 @@ struct Loc {
 }
 
 /// Number of [`Slot`]s.
-const SLOTS: usize = Slot::Prefix as usize + 1;
+const SLOTS: usize = Slot::Tunnel as usize + 1;
 
 /// Variable-length fields a plan handles per record.
 const MAX_VARLEN: usize = 8;
@@ -365,6 +365,7 @@ impl<'a> FlowView<'a> {
             // As RecordBuilder: an empty prefix stays `Some("")`.
             nflog_prefix: self.raw(Slot::Prefix).map(clean_text),
             sampling_interval: sampling_of(ctx),
+            tunnel: text(self.raw(Slot::Tunnel)),
         }
     }
 }
@@ -451,6 +452,10 @@ impl FlowPlan {
                 PEN_NETFILTER => match f.id {
                     netfilter::MARK => numeric(Slot::Mark, len)?,
                     netfilter::PREFIX => any_len(Some(Slot::Prefix), len),
+                    _ => any_len(None, len),
+                },
+                PEN_LABELFLOW => match f.id {
+                    labelflow::TUNNEL_NAME => any_len(Some(Slot::Tunnel), len),
                     _ => any_len(None, len),
                 },
                 _ => any_len(None, len),
@@ -627,6 +632,7 @@ enum Slot {
     UserName,
     Mark,
     Prefix,
+    Tunnel,
 }
 
 /// Big-endian unsigned value of 1–8 octets (the plan guarantees the length).

@@ -114,6 +114,9 @@ pub struct FlowRecord {
     pub nflog_prefix: Option<String>,
     /// Packet sampling interval announced by the exporter (1 = every packet).
     pub sampling_interval: u32,
+    /// The IPsec tunnel (IKE connection) the flow belongs to, as the IKE daemon names it:
+    /// ESP on the wire by SPI, IKE and keepalives by peer, inner traffic by traffic selector.
+    pub tunnel: Option<String>,
 }
 
 impl Default for FlowRecord {
@@ -143,6 +146,7 @@ impl Default for FlowRecord {
             user_name: None,
             nflog_prefix: None,
             sampling_interval: 1,
+            tunnel: None,
         }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! | template | id | contents |
 //! |---|---|---|
-//! | [`FLOW_V4`] | 256 | one IPv4 flow: group, label, 5-tuple, ICMP, SPI, interfaces, counters, times, mark, user, prefix |
+//! | [`FLOW_V4`] | 256 | one IPv4 flow: group, label, 5-tuple, ICMP, SPI, interfaces, counters, times, mark, user, prefix, tunnel |
 //! | [`FLOW_V6`] | 257 | the same for IPv6 |
 //! | [`APP_NAMES`] | 258 | options, scope `observationPointId` (group): `applicationId`, `applicationName`, `applicationDescription` |
 //! | [`INTERFACES`] | 259 | options, scope `ingressInterface`: `interfaceName`, `interfaceDescription` |
@@ -12,6 +12,9 @@
 //! Strings in options records are fixed-length and NUL-padded: nfdump sizes options records
 //! from the template's field lengths and reads the name by offset, so a variable-length field
 //! there would shift everything after it. The last octet is always NUL (nfdump overwrites it).
+//! The description is at least as long as the name (nfdump 1.7.1 validates the description
+//! with the name's length), and each application name travels in a set of its own (see
+//! [`OptionsRecord::write`]). [`AppIdEncoding`] chooses the data records' `applicationId`.
 //!
 //! Absent values travel as their "none" encoding and decode back to `None`: group, SPI and
 //! mark as 0 (SPI 0 is reserved, RFC 4303 section 2.1; mark 0 is netfilter's "unmarked"),
@@ -23,7 +26,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::ie::{
-    be_uint, iana, netfilter, FieldSpec, Ie, APP_ENGINE_USER_DEFINED, PEN_NETFILTER, VARLEN,
+    be_uint, iana, labelflow, netfilter, FieldSpec, Ie, APP_ENGINE_USER_DEFINED, PEN_LABELFLOW,
+    PEN_NETFILTER, VARLEN,
 };
 use crate::ipfix::{
     emit_varlen, varlen_size, DecodeError, Message, MessageWriter, Record, Template, TemplateDef,
@@ -43,16 +47,66 @@ pub const MAX_FLOW_STRING: usize = 250;
 pub const NAME_LEN: u16 = 32;
 /// Octets of `applicationDescription` / `interfaceDescription` in options records.
 pub const DESCRIPTION_LEN: u16 = 64;
+/// Octets of `applicationId`: RFC 6759 section 4 classification engine id (one octet), then a
+/// 4-octet selector (the group).
+pub const APP_ID_LEN: u16 = 5;
+// nfdump 1.7.1 validates the description with the name's length.
+const _: () = assert!(DESCRIPTION_LEN >= NAME_LEN);
+
+/// How the data records carry `applicationId` (IE 95), chosen per export target.
+///
+/// Collectors show the label of a flow by looking its `applicationId` up in the options
+/// records of [`APP_NAMES`], which always carry it as [`APP_ID_LEN`] octets. The data records
+/// must carry the same octets in a form the collector copies unchanged:
+///
+/// | encoding | data record | read correctly by |
+/// |---|---|---|
+/// | `Rfc6759` (default) | fixed 5 octets | nfdump >= 1.7.2, pmacct (`class`), Wireshark, labelflow-collector |
+/// | `Varlen` | variable length, 5 octets | nfdump 1.7.1 (Debian 12), nfdump >= 1.7.2, Wireshark |
+///
+/// nfdump 1.7.1 reads a fixed-length `applicationId` of 2 to 8 octets as a big-endian number
+/// and stores it in host order (`src/lib/nfxV3.c` `SequencerRun`, with IE 95 set to
+/// `NumberCopy` in `src/netflow/ipfix.c`), so on little-endian hosts the data record's
+/// octets come out reversed and never match the options record; a variable-length field is
+/// copied as it is. pmacct 1.7.7 takes an `applicationId` only when its template length is 2,
+/// 3 or 5 (`src/nfacctd.c`), so it needs the fixed form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AppIdEncoding {
+    /// Fixed length, [`APP_ID_LEN`] octets.
+    #[default]
+    Rfc6759,
+    /// Variable length (RFC 7011 section 7), holding the same [`APP_ID_LEN`] octets.
+    Varlen,
+}
+
+impl AppIdEncoding {
+    /// The name used in configuration files.
+    pub fn name(self) -> &'static str {
+        match self {
+            AppIdEncoding::Rfc6759 => "rfc6759",
+            AppIdEncoding::Varlen => "varlen",
+        }
+    }
+
+    /// Parses [`AppIdEncoding::name`].
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "rfc6759" => Some(AppIdEncoding::Rfc6759),
+            "varlen" => Some(AppIdEncoding::Varlen),
+            _ => None,
+        }
+    }
+}
 
 const fn i(id: u16, len: u16) -> FieldSpec {
     FieldSpec::iana(id, len)
 }
 
 macro_rules! flow_fields {
-    ($src:expr, $dst:expr, $icmp:expr, $alen:expr) => {
+    ($src:expr, $dst:expr, $icmp:expr, $alen:expr, $app_id_len:expr) => {
         &[
             i(iana::OBSERVATION_POINT_ID, 4),
-            i(iana::APPLICATION_ID, 5),
+            i(iana::APPLICATION_ID, $app_id_len),
             i($src, $alen),
             i($dst, $alen),
             i(iana::PROTOCOL_IDENTIFIER, 1),
@@ -74,6 +128,7 @@ macro_rules! flow_fields {
             i(iana::APPLICATION_NAME, VARLEN),
             i(iana::USER_NAME, VARLEN),
             FieldSpec::enterprise(PEN_NETFILTER, netfilter::PREFIX, VARLEN),
+            FieldSpec::enterprise(PEN_LABELFLOW, labelflow::TUNNEL_NAME, VARLEN),
         ]
     };
 }
@@ -85,7 +140,8 @@ pub const FLOW_V4: TemplateDef = TemplateDef {
         iana::SOURCE_IPV4_ADDRESS,
         iana::DESTINATION_IPV4_ADDRESS,
         iana::ICMP_TYPE_CODE_IPV4,
-        4
+        4,
+        APP_ID_LEN
     ),
 };
 pub const FLOW_V6: TemplateDef = TemplateDef {
@@ -95,7 +151,32 @@ pub const FLOW_V6: TemplateDef = TemplateDef {
         iana::SOURCE_IPV6_ADDRESS,
         iana::DESTINATION_IPV6_ADDRESS,
         iana::ICMP_TYPE_CODE_IPV6,
-        16
+        16,
+        APP_ID_LEN
+    ),
+};
+/// [`FLOW_V4`] with a variable-length `applicationId` (see [`AppIdEncoding::Varlen`]).
+pub const FLOW_V4_VARLEN_APP_ID: TemplateDef = TemplateDef {
+    id: FLOW_V4_ID,
+    scope_count: 0,
+    fields: flow_fields!(
+        iana::SOURCE_IPV4_ADDRESS,
+        iana::DESTINATION_IPV4_ADDRESS,
+        iana::ICMP_TYPE_CODE_IPV4,
+        4,
+        VARLEN
+    ),
+};
+/// [`FLOW_V6`] with a variable-length `applicationId` (see [`AppIdEncoding::Varlen`]).
+pub const FLOW_V6_VARLEN_APP_ID: TemplateDef = TemplateDef {
+    id: FLOW_V6_ID,
+    scope_count: 0,
+    fields: flow_fields!(
+        iana::SOURCE_IPV6_ADDRESS,
+        iana::DESTINATION_IPV6_ADDRESS,
+        iana::ICMP_TYPE_CODE_IPV6,
+        16,
+        VARLEN
     ),
 };
 pub const APP_NAMES: TemplateDef = TemplateDef {
@@ -103,7 +184,7 @@ pub const APP_NAMES: TemplateDef = TemplateDef {
     scope_count: 1,
     fields: &[
         i(iana::OBSERVATION_POINT_ID, 4),
-        i(iana::APPLICATION_ID, 5),
+        i(iana::APPLICATION_ID, APP_ID_LEN),
         i(iana::APPLICATION_NAME, NAME_LEN),
         i(iana::APPLICATION_DESCRIPTION, DESCRIPTION_LEN),
     ],
@@ -171,19 +252,37 @@ fn opt_str(s: &Option<String>) -> &str {
 
 /// The data template a record goes into.
 pub fn flow_template(rec: &FlowRecord) -> &'static TemplateDef {
-    match rec.src_addr {
-        IpAddr::V4(_) => &FLOW_V4,
-        IpAddr::V6(_) => &FLOW_V6,
+    flow_template_with(rec, AppIdEncoding::Rfc6759)
+}
+
+/// The data template a record goes into, with `applicationId` encoded as `app_id`.
+pub fn flow_template_with(rec: &FlowRecord, app_id: AppIdEncoding) -> &'static TemplateDef {
+    match (rec.src_addr, app_id) {
+        (IpAddr::V4(_), AppIdEncoding::Rfc6759) => &FLOW_V4,
+        (IpAddr::V6(_), AppIdEncoding::Rfc6759) => &FLOW_V6,
+        (IpAddr::V4(_), AppIdEncoding::Varlen) => &FLOW_V4_VARLEN_APP_ID,
+        (IpAddr::V6(_), AppIdEncoding::Varlen) => &FLOW_V6_VARLEN_APP_ID,
     }
 }
 
 /// Octets of the data record for `rec`.
 pub fn flow_record_len(rec: &FlowRecord) -> usize {
+    flow_record_len_with(rec, AppIdEncoding::Rfc6759)
+}
+
+/// Octets of the data record for `rec`, with `applicationId` encoded as `app_id`.
+pub fn flow_record_len_with(rec: &FlowRecord, app_id: AppIdEncoding) -> usize {
     let addrs = if rec.src_addr.is_ipv4() { 8 } else { 32 };
+    let app_id_prefix = match app_id {
+        AppIdEncoding::Rfc6759 => 0,
+        AppIdEncoding::Varlen => varlen_size(APP_ID_LEN as usize) - APP_ID_LEN as usize,
+    };
     69 + addrs
+        + app_id_prefix
         + varlen_size(opt_str(&rec.label).len().max(1))
         + varlen_size(opt_str(&rec.user_name).len().max(1))
         + varlen_size(opt_str(&rec.nflog_prefix).len().max(1))
+        + varlen_size(opt_str(&rec.tunnel).len().max(1))
 }
 
 struct Out<'a> {
@@ -232,11 +331,21 @@ fn addr_bytes(a: IpAddr, v6: bool) -> [u8; 16] {
 /// A record whose destination family differs from its source's is written in the source's
 /// family (IPv4-mapped addresses for IPv6).
 pub fn emit_flow(rec: &FlowRecord, out: &mut [u8]) {
+    emit_flow_with(rec, AppIdEncoding::Rfc6759, out)
+}
+
+/// [`emit_flow`] with `applicationId` encoded as `app_id`; `out` must hold
+/// [`flow_record_len_with`] octets.
+pub fn emit_flow_with(rec: &FlowRecord, app_id: AppIdEncoding, out: &mut [u8]) {
     let v6 = rec.src_addr.is_ipv6();
     let alen = if v6 { 16 } else { 4 };
     let mut o = Out { buf: out, at: 0 };
     o.put(&rec.group.unwrap_or(0).to_be_bytes());
-    o.put(&application_id(rec.group.unwrap_or(0)));
+    let id = application_id(rec.group.unwrap_or(0));
+    match app_id {
+        AppIdEncoding::Rfc6759 => o.put(&id),
+        AppIdEncoding::Varlen => o.at += emit_varlen(&mut o.buf[o.at..], &id),
+    }
     o.put(&addr_bytes(rec.src_addr, v6)[..alen]);
     o.put(&addr_bytes(rec.dst_addr, v6)[..alen]);
     o.put(&[rec.protocol, rec.tos]);
@@ -259,14 +368,20 @@ pub fn emit_flow(rec: &FlowRecord, out: &mut [u8]) {
     o.varlen(opt_str(&rec.label));
     o.varlen(opt_str(&rec.user_name));
     o.varlen(opt_str(&rec.nflog_prefix));
+    o.varlen(opt_str(&rec.tunnel));
 }
 
 /// Writes the data record for `rec` into the writer; false when it does not fit.
 pub fn write_flow(w: &mut MessageWriter, rec: &FlowRecord) -> bool {
-    let t = flow_template(rec);
-    match w.reserve(t.id, flow_record_len(rec)) {
+    write_flow_with(w, rec, AppIdEncoding::Rfc6759)
+}
+
+/// [`write_flow`] with `applicationId` encoded as `app_id`.
+pub fn write_flow_with(w: &mut MessageWriter, rec: &FlowRecord, app_id: AppIdEncoding) -> bool {
+    let t = flow_template_with(rec, app_id);
+    match w.reserve(t.id, flow_record_len_with(rec, app_id)) {
         Some(out) => {
-            emit_flow(rec, out);
+            emit_flow_with(rec, app_id, out);
             true
         }
         None => false,
@@ -275,7 +390,16 @@ pub fn write_flow(w: &mut MessageWriter, rec: &FlowRecord) -> bool {
 
 /// Writes every labelflow template; false when they do not all fit.
 pub fn write_templates(w: &mut MessageWriter) -> bool {
-    ALL.iter().all(|t| w.write_template(t))
+    write_templates_with(w, AppIdEncoding::Rfc6759)
+}
+
+/// [`write_templates`] with the data templates for `app_id`.
+pub fn write_templates_with(w: &mut MessageWriter, app_id: AppIdEncoding) -> bool {
+    ALL.iter().all(|t| match (t.id, app_id) {
+        (FLOW_V4_ID, AppIdEncoding::Varlen) => w.write_template(&FLOW_V4_VARLEN_APP_ID),
+        (FLOW_V6_ID, AppIdEncoding::Varlen) => w.write_template(&FLOW_V6_VARLEN_APP_ID),
+        _ => w.write_template(t),
+    })
 }
 
 /// One options record of labelflow's options templates.
@@ -367,10 +491,19 @@ impl OptionsRecord {
     }
 
     /// Writes the record into the writer; false when it does not fit.
+    ///
+    /// An application name goes into a set of its own. nfdump 1.7.1 leaves the scope out of
+    /// the stride between options records but not out of the field offsets
+    /// (`Process_ipfix_nbar_option_data` in `src/netflow/ipfix.c`), so it reads only the
+    /// first record of a set correctly; one record per set is valid IPFIX for everyone.
     pub fn write(&self, w: &mut MessageWriter) -> bool {
+        let alone = matches!(self, OptionsRecord::AppName { .. });
         match w.reserve(self.template().id, self.buffer_len()) {
             Some(out) => {
                 self.emit(out);
+                if alone {
+                    w.close_set();
+                }
                 true
             }
             None => false,
@@ -494,6 +627,7 @@ pub fn decode_flow(rec: &Record<'_>, domain: u32) -> FlowRecord {
             Ie::NetfilterMark => f.mark = (n != 0).then_some(n as u32),
             Ie::UserName => f.user_name = non_empty(v),
             Ie::NetfilterPrefix => f.nflog_prefix = non_empty(v),
+            Ie::TunnelName => f.tunnel = non_empty(v),
             _ => {}
         }
     }

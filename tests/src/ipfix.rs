@@ -31,6 +31,8 @@ pub struct Flow {
     pub spi: Option<u32>,
     pub packets: u64,
     pub bytes: u64,
+    /// labelflow's `tunnelName` (enterprise element, PEN 32473, id 1).
+    pub tunnel: Option<String>,
 }
 
 /// Accumulates everything decoded from a stream of export datagrams.
@@ -155,6 +157,24 @@ impl ExportLog {
     }
 }
 
+impl ExportLog {
+    /// Packets and bytes per SPI of the UDP flows that carry one: UDP-encapsulated ESP
+    /// (RFC 3948), as the probe decodes it on NAT-T ports. Zero means no SPI.
+    pub fn udp_esp_by_spi(&self) -> BTreeMap<u32, Counter> {
+        let mut out: BTreeMap<u32, Counter> = BTreeMap::new();
+        for f in &self.flows {
+            if let (Some(17), Some(spi)) = (f.protocol, f.spi) {
+                if spi != 0 {
+                    let c = out.entry(spi).or_default();
+                    c.packets += f.packets;
+                    c.bytes += f.bytes;
+                }
+            }
+        }
+        out
+    }
+}
+
 fn numbered(rec: &[IPFixFieldPair]) -> Vec<(u16, &FieldValue)> {
     rec.iter()
         .filter_map(|(f, v)| match f {
@@ -180,7 +200,32 @@ fn iana_number(f: IANAIPFixField) -> Option<u16> {
 }
 
 fn flow_of(rec: &[IPFixFieldPair]) -> Flow {
-    flow_of_numbered(&numbered(rec))
+    let mut f = flow_of_numbered(&numbered(rec));
+    for (field, v) in rec {
+        if let IPFixField::Enterprise {
+            enterprise_number: labelflow_pen::PEN,
+            field_number: labelflow_pen::TUNNEL_NAME,
+        } = field
+        {
+            let raw = match v {
+                FieldValue::String(s) => s.value.clone().into_bytes(),
+                FieldValue::DataNumber(DataNumber::Vec(b)) => b.clone(),
+                FieldValue::Vec(b) => b.clone(),
+                _ => Vec::new(),
+            };
+            let text = String::from_utf8_lossy(&raw)
+                .trim_end_matches('\0')
+                .to_owned();
+            f.tunnel = (!text.is_empty()).then_some(text);
+        }
+    }
+    f
+}
+
+/// labelflow's own enterprise elements (the probe's `proto::ie::labelflow`).
+mod labelflow_pen {
+    pub const PEN: u32 = 32473;
+    pub const TUNNEL_NAME: u16 = 1;
 }
 
 fn flow_of_numbered(pairs: &[(u16, &FieldValue)]) -> Flow {

@@ -393,8 +393,10 @@ impl Drop for Lab {
 pub fn delete_prefix(prefix: &str) -> Result<(), LabError> {
     let existing = netns::list()?;
     let mut first_err = None;
-    for r in Role::ALL {
-        let name = format!("{prefix}-{}", r.suffix());
+    // The roles, and the road warrior's namespaces of `strongswan::IpsecPair`.
+    let suffixes = Role::ALL.iter().map(|r| r.suffix()).chain(["nat", "rw"]);
+    for suffix in suffixes {
+        let name = format!("{prefix}-{suffix}");
         if existing.contains(&name) {
             if let Err(e) = netns::delete(&name) {
                 first_err.get_or_insert(e);

@@ -32,6 +32,7 @@ pub mod process;
 pub mod rules;
 pub mod ruleset;
 pub mod scenario;
+pub mod strongswan;
 pub mod traffic;
 pub mod tunnel;
 

@@ -43,13 +43,6 @@ pub fn find_binary(name: &str) -> Result<PathBuf, LabError> {
     })
 }
 
-/// Whether a program is on PATH (for optional peers such as nfcapd).
-pub fn on_path(prog: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(prog).is_file()))
-        .unwrap_or(false)
-}
-
 /// NFLOG groups bound by some listener in the namespace
 /// (`/proc/net/netfilter/nfnetlink_log`, first column).
 pub fn bound_nflog_groups(lab: &Lab) -> Result<Vec<u16>, LabError> {
@@ -82,19 +75,24 @@ pub struct Stopped {
 impl Daemon {
     /// Starts `prog ARGS` inside the role's namespace, stdout and stderr captured.
     pub fn start(lab: &Lab, role: Role, prog: &Path, args: &[String]) -> Result<Daemon, LabError> {
+        Daemon::start_in(&lab.ns(role), prog, args)
+    }
+
+    /// Starts `prog ARGS` inside the namespace `ns`, stdout and stderr captured.
+    pub fn start_in(ns: &str, prog: &Path, args: &[String]) -> Result<Daemon, LabError> {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let name = prog
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let n = DAEMONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let base = std::env::temp_dir().join(format!("{}-{name}-{n}", lab.ns(role)));
+        let base = std::env::temp_dir().join(format!("{ns}-{name}-{n}"));
         let stdout_path = base.with_extension("out");
         let stderr_path = base.with_extension("err");
         let file = |p: &Path| {
             std::fs::File::create(p).map_err(|e| io(&format!("create {}", p.display()), e))
         };
-        let child = netns::command(&lab.ns(role), &prog.to_string_lossy(), &args)
+        let child = netns::command(ns, &prog.to_string_lossy(), &args)
             .stdin(std::process::Stdio::null())
             .stdout(file(&stdout_path)?)
             .stderr(file(&stderr_path)?)
@@ -254,25 +252,6 @@ pub fn collector_socket(lab: &Lab) -> Result<(UdpSocket, SocketAddr), LabError> 
     )?;
     let addr = sock.local_addr().map_err(|e| io("local_addr", e))?;
     Ok((sock, addr))
-}
-
-/// Whether a UDP port is bound on 127.0.0.1 or any address inside the gateway
-/// (`/proc/net/udp`, local address column `0100007F:PORT` or `00000000:PORT`, hex).
-pub fn gw_udp_port_bound(lab: &Lab, port: u16) -> Result<bool, LabError> {
-    let out = lab.exec(Role::Gw, "cat", &["/proc/net/udp"])?;
-    let want = format!(":{port:04X}");
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .any(|local| local.ends_with(&want)))
-}
-
-/// A UDP port free on 127.0.0.1 inside the gateway (for a daemon that binds it next).
-pub fn free_gw_udp_port(lab: &Lab) -> Result<u16, LabError> {
-    let (sock, addr) = collector_socket(lab)?;
-    drop(sock);
-    Ok(addr.port())
 }
 
 /// Kernel state of one NFLOG group in the gateway (`/proc/net/netfilter/nfnetlink_log`)

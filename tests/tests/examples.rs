@@ -9,8 +9,7 @@ use std::process::Command;
 use labelflow_tests::process::find_binary;
 
 fn run_example(name: &str, firewall: &str) {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "the kernel lab needs root");
+    labelflow_testkit::tools::require_root("the kernel lab: network namespaces, NFLOG rules");
     let probe = find_binary("labelflow-probe").expect("run `cargo build --workspace --bins` first");
     let bin_dir = probe.parent().unwrap().to_path_buf();
     for b in ["labelflow-collector", "labelflow-lab"] {

@@ -1,48 +1,23 @@
 //! Interop of the exporter with decoders nobody here wrote: nfcapd/nfdump (Debian nfdump
-//! 1.7.x) and tshark. Real UDP on 127.0.0.1. Each test prints why and returns when its
-//! binary is absent; CI installs both.
+//! 1.7.x), pmacct's nfacctd and tshark. Real UDP on 127.0.0.1. A missing program fails the
+//! test, naming it; scripts/deps.sh installs them all.
 
 use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use labelflow_probe::export::{
-    ExportConfig, ExportMeta, ExportState, Format, GroupMeta, InterfaceMeta,
+    AppIdEncoding, ExportConfig, ExportMeta, ExportState, Format, GroupMeta, InterfaceMeta,
 };
 use labelflow_proto::FlowRecord;
+use labelflow_testkit::net::{self, PortTaken};
+use labelflow_testkit::nfcapd::Nfcapd;
+use labelflow_testkit::pcap::write_udp_capture;
+use labelflow_testkit::tools::require_program;
+use labelflow_testkit::wait::{poll_until, wait_for};
 
 const T0: u64 = 1_700_000_000_000;
-
-fn have(bin: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {bin}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Whether some socket of this network namespace is bound to UDP `port` (IPv4 or IPv6).
-fn udp_port_bound(port: u16) -> bool {
-    let want = format!(":{port:04X}");
-    ["/proc/net/udp", "/proc/net/udp6"].iter().any(|f| {
-        std::fs::read_to_string(f).is_ok_and(|t| {
-            t.lines()
-                .skip(1)
-                .filter_map(|l| l.split_whitespace().nth(1))
-                .any(|local| local.ends_with(&want))
-        })
-    })
-}
 
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("labelflow-interop-{name}-{}", std::process::id()));
@@ -126,10 +101,16 @@ fn flows(v4_only: bool) -> Vec<FlowRecord> {
 
 /// Encodes `recs` in `format` and returns the datagrams.
 fn export(format: Format, recs: &[FlowRecord]) -> Vec<Vec<u8>> {
+    export_with(format, AppIdEncoding::default(), recs)
+}
+
+/// [`export`] with `applicationId` encoded as `app_id`.
+fn export_with(format: Format, app_id: AppIdEncoding, recs: &[FlowRecord]) -> Vec<Vec<u8>> {
     let mut st = ExportState::new(
         format,
         ExportConfig {
             domain: 5,
+            app_id,
             ..ExportConfig::default()
         },
     );
@@ -142,114 +123,24 @@ fn export(format: Format, recs: &[FlowRecord]) -> Vec<Vec<u8>> {
     out
 }
 
-struct Nfcapd {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Nfcapd {
-    fn start(dir: &Path, port: u16) -> Nfcapd {
-        let child = Command::new("nfcapd")
-            .args([
-                "-w",
-                dir.to_str().unwrap(),
-                "-b",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-t",
-                "3600",
-            ])
-            // Its messages go to a file beside its output, for the failure message.
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("nfcapd.log")).expect("nfcapd log"))
-            .spawn()
-            .expect("nfcapd starts");
-        Nfcapd {
-            child,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    /// SIGTERM, wait (bounded), and return the nfcapd.* files written.
-    fn stop(mut self) -> Vec<PathBuf> {
-        // SAFETY: kill(2) on the pid of a child this test spawned.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.child.try_wait().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .unwrap()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with("nfcapd.2")
-            })
-            .collect();
-        files.sort();
-        files
-    }
-}
-
-/// Sends datagrams to nfcapd and returns `nfdump` lines for `fmt`.
+/// Sends datagrams to nfcapd and returns `nfdump` lines for `fmt`, whitespace-normalised.
 fn through_nfcapd(name: &str, datagrams: &[Vec<u8>], fmt: &str) -> Vec<String> {
     let dir = scratch(name);
-    let port = free_udp_port();
-    let nf = Nfcapd::start(&dir, port);
-    // nfcapd binds asynchronously: wait (bounded) until its socket exists. Looked up in
-    // /proc rather than by binding the port ourselves, which could take it from nfcapd.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !udp_port_bound(port) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let nf = Nfcapd::start(&dir, None, &[]);
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
     for d in datagrams {
-        tx.send_to(d, ("127.0.0.1", port)).unwrap();
-        std::thread::sleep(Duration::from_millis(5));
+        tx.send_to(d, ("127.0.0.1", nf.port())).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let files = nf.stop();
-    assert!(
-        !files.is_empty(),
-        "nfcapd wrote no file in {}; its messages:\n{}",
-        dir.display(),
-        std::fs::read_to_string(dir.join("nfcapd.log")).unwrap_or_default()
-    );
-    let mut lines = Vec::new();
-    for f in files {
-        let out = Command::new("nfdump")
-            .args(["-N", "-q", "-r", f.to_str().unwrap(), "-o", fmt])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "nfdump: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        lines.extend(
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-                .filter(|l| !l.is_empty()),
-        );
-    }
+    nf.wait_drained();
+    let text = nf.stop().nfdump(&["-N", "-q", "-o", fmt]);
     let _ = std::fs::remove_dir_all(&dir);
-    lines
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 fn nfdump_case(name: &str, format: Format, v4_only: bool, fmt: &str, expect: &[&str]) {
-    assert!(
-        have("nfcapd") && have("nfdump"),
-        "nfcapd/nfdump not installed (apt-get install nfdump): scripts/deps.sh installs it"
-    );
     let dgrams = export(format, &flows(v4_only));
     let mut lines = through_nfcapd(name, &dgrams, fmt);
     lines.sort();
@@ -260,47 +151,48 @@ fn nfdump_case(name: &str, format: Format, v4_only: bool, fmt: &str, expect: &[&
 }
 
 fn nfdump_version() -> String {
-    let out = Command::new("nfdump").arg("-V").output().unwrap();
+    let out = Command::new(require_program("nfdump"))
+        .arg("-V")
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// `%opid` is the group (nfdump prints it in hex) on every flow, counters are exact, and
-/// `%nbnam` is the label. nfdump 1.7.1 stores the data record's `applicationId` byte-swapped
-/// (`nfdump -o raw` shows "app ID = 1..6" for engine 6, selector 1), so its lookup in the
-/// application-name options table never matches and it prints "<no info>": accepted for
-/// that version only, with the evidence printed.
+/// `%opid` is the group (nfdump prints it in hex), counters are exact, and `%nbnam` is the
+/// label on every flow, as nfdump prints a name with its description: `LABEL/DESCRIPTION`.
+/// The target uses `application_id = "varlen"`, which nfdump reads from 1.7.1 (Debian 12) on.
 #[test]
 fn ipfix_into_nfcapd_shows_group_label_and_counters() {
-    assert!(
-        have("nfcapd") && have("nfdump"),
-        "nfcapd/nfdump not installed (apt-get install nfdump): scripts/deps.sh installs it"
-    );
     let recs = flows(false);
-    let dgrams = export(Format::Ipfix, &recs);
-    let lines = through_nfcapd("ipfix", &dgrams, "fmt:%opid %nbnam %sa %da %pkt %byt");
-    println!("ipfix: {lines:#?}");
+    let dgrams = export_with(Format::Ipfix, AppIdEncoding::Varlen, &recs);
+    // The name last: a description may hold spaces.
+    let lines = through_nfcapd("ipfix", &dgrams, "fmt:%opid %sa %da %pkt %byt %nbnam");
     let version = nfdump_version();
+    println!("ipfix ({version}): {lines:#?}");
     assert_eq!(lines.len(), recs.len());
+    let groups = meta().groups;
     for r in &recs {
         let (sa, da) = (r.src_addr.to_string(), r.dst_addr.to_string());
         let line = lines
             .iter()
             .find(|l| l.contains(&format!(" {sa} {da} ")))
             .unwrap_or_else(|| panic!("no line for {sa}"));
-        let f: Vec<&str> = line.split(' ').collect();
+        let f: Vec<&str> = line.splitn(6, ' ').collect();
         assert_eq!(
             u32::from_str_radix(f[0].trim_start_matches("0x"), 16).unwrap(),
             r.group.unwrap(),
             "{line}"
         );
-        let label = r.label.as_deref().unwrap();
-        assert!(
-            f[1] == label || (f[1..3] == ["<no", "info>"] && version.contains("1.7.1")),
-            "%nbnam {line:?} with {version}"
-        );
-        assert!(
-            line.ends_with(&format!(" {} {}", r.packets, r.bytes)),
+        assert_eq!(
+            f[3..5],
+            [r.packets.to_string(), r.bytes.to_string()],
             "{line}"
+        );
+        let g = groups.iter().find(|g| Some(g.group) == r.group).unwrap();
+        assert_eq!(
+            f[5],
+            format!("{}/{}", g.label, g.description),
+            "%nbnam of {line:?} with {version}"
         );
     }
 }
@@ -338,71 +230,30 @@ fn netflow5_into_nfcapd_group_in_engine_id() {
     );
 }
 
-/// Writes a pcap (link type raw IPv4) of UDP datagrams 127.0.0.1:40000 -> 127.0.0.1:`port`.
-fn write_pcap(path: &Path, port: u16, datagrams: &[Vec<u8>]) {
-    let mut f = Vec::new();
-    f.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-    f.extend_from_slice(&2u16.to_le_bytes());
-    f.extend_from_slice(&4u16.to_le_bytes());
-    f.extend_from_slice(&[0; 8]);
-    f.extend_from_slice(&65535u32.to_le_bytes());
-    f.extend_from_slice(&228u32.to_le_bytes()); // LINKTYPE_IPV4
-    for (i, d) in datagrams.iter().enumerate() {
-        let total = 20 + 8 + d.len();
-        let mut ip = vec![
-            0x45,
-            0,
-            (total >> 8) as u8,
-            total as u8,
-            0,
-            i as u8,
-            0x40,
-            0,
-            64,
-            17,
-            0,
-            0,
-            127,
-            0,
-            0,
-            1,
-            127,
-            0,
-            0,
-            1,
-        ];
-        let sum = ip
-            .chunks(2)
-            .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-            .sum::<u32>();
-        let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
-        ip[10..12].copy_from_slice(&sum.to_be_bytes());
-        let ulen = (8 + d.len()) as u16;
-        ip.extend_from_slice(&40000u16.to_be_bytes());
-        ip.extend_from_slice(&port.to_be_bytes());
-        ip.extend_from_slice(&ulen.to_be_bytes());
-        ip.extend_from_slice(&[0, 0]); // no UDP checksum (valid for IPv4)
-        ip.extend_from_slice(d);
-        f.extend_from_slice(&(1_700_000_000u32 + i as u32).to_le_bytes());
-        f.extend_from_slice(&0u32.to_le_bytes());
-        f.extend_from_slice(&(ip.len() as u32).to_le_bytes());
-        f.extend_from_slice(&(ip.len() as u32).to_le_bytes());
-        f.extend_from_slice(&ip);
-    }
-    std::fs::write(path, f).unwrap();
+fn tshark_case(name: &str, format: Format, v4_only: bool, must_contain: &[&str]) {
+    tshark_case_with(
+        name,
+        format,
+        AppIdEncoding::default(),
+        v4_only,
+        must_contain,
+    )
 }
 
-fn tshark_case(name: &str, format: Format, v4_only: bool, must_contain: &[&str]) {
-    assert!(
-        have("tshark"),
-        "tshark not installed (apt-get install tshark): scripts/deps.sh installs it"
-    );
+fn tshark_case_with(
+    name: &str,
+    format: Format,
+    app_id: AppIdEncoding,
+    v4_only: bool,
+    must_contain: &[&str],
+) {
+    let tshark = require_program("tshark");
     let dir = scratch(name);
     let pcap = dir.join("export.pcap");
     let port = 4739;
-    let dgrams = export(format, &flows(v4_only));
-    write_pcap(&pcap, port, &dgrams);
-    let out = Command::new("tshark")
+    let dgrams = export_with(format, app_id, &flows(v4_only));
+    write_udp_capture(&pcap, port, &dgrams);
+    let out = Command::new(&tshark)
         .args([
             "-r",
             pcap.to_str().unwrap(),
@@ -430,7 +281,7 @@ fn tshark_case(name: &str, format: Format, v4_only: bool, must_contain: &[&str])
             "{name}: tshark output lacks {s:?}:\n{text}"
         );
     }
-    let ex = Command::new("tshark")
+    let ex = Command::new(&tshark)
         .args([
             "-r",
             pcap.to_str().unwrap(),
@@ -461,6 +312,24 @@ fn ipfix_decodes_cleanly_in_tshark() {
 }
 
 #[test]
+fn ipfix_with_varlen_application_id_decodes_cleanly_in_tshark() {
+    tshark_case_with(
+        "tshark-ipfix-varlen",
+        Format::Ipfix,
+        AppIdEncoding::Varlen,
+        false,
+        &[
+            "esp",
+            "vpn",
+            "ESP on wan",
+            "Classification Engine ID: USER-Defined (6)",
+            // The data records' variable-length applicationId: 5 octets.
+            "String_len_short: 5",
+        ],
+    );
+}
+
+#[test]
 fn netflow9_decodes_cleanly_in_tshark() {
     tshark_case(
         "tshark-v9",
@@ -478,4 +347,157 @@ fn netflow5_decodes_cleanly_in_tshark() {
         true,
         &["192.0.2.10", "192.0.2.13"],
     );
+}
+
+/// A running nfacctd (pmacct) with the print plugin writing `class, src_host, dst_host`
+/// rows to a CSV file.
+struct Nfacctd {
+    child: std::process::Child,
+    port: u16,
+    csv: PathBuf,
+    log: PathBuf,
+}
+
+impl Nfacctd {
+    fn start(dir: &std::path::Path) -> Nfacctd {
+        let bin = require_program("nfacctd");
+        net::with_fresh_port("nfacctd", |port| {
+            let conf = dir.join(format!("nfacctd-{port}.conf"));
+            let csv = dir.join(format!("nfacctd-{port}.csv"));
+            let log = dir.join(format!("nfacctd-{port}.log"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "daemonize: false\nnfacctd_ip: 127.0.0.1\nnfacctd_port: {port}\n\
+                     plugins: print\naggregate: class, src_host, dst_host\n\
+                     print_output: csv\nprint_output_file: {}\nprint_refresh_time: 1\n",
+                    csv.display()
+                ),
+            )
+            .unwrap();
+            let mut child = Command::new(&bin)
+                .arg("-f")
+                .arg(&conf)
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(&log).unwrap())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let pid = child.id();
+            let mut exited = false;
+            // Ready when the core owns its socket and waits on it, and its plugin processes
+            // (the core's children) wait for data: datagrams that arrive earlier are lost.
+            let ready = || {
+                let plugins = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                    .unwrap_or_default();
+                let plugins: Vec<u32> = plugins
+                    .split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect();
+                net::udp_socket_of(pid, port).is_some()
+                    && net::waiting_for_input(pid)
+                    && !plugins.is_empty()
+                    && plugins.iter().all(|p| net::waiting_for_input(*p))
+            };
+            let bound = poll_until(Duration::from_secs(15), || {
+                exited = matches!(child.try_wait(), Ok(Some(_)));
+                exited || ready()
+            });
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            if exited && net::says_addr_in_use(&said) {
+                return Err(PortTaken(said));
+            }
+            assert!(
+                bound && !exited,
+                "nfacctd did not bind port {port}:\n{said}"
+            );
+            Ok(Nfacctd {
+                child,
+                port,
+                csv,
+                log,
+            })
+        })
+    }
+
+    /// Waits until nfacctd has read and processed every datagram sent to it (its core waits
+    /// in recvfrom with the queue empty), stops it, and returns the CSV rows (header left
+    /// out) once there are `rows` (or what there is after a bounded wait). The print plugin writes its cache when nfacctd stops; it stops on SIGINT
+    /// (SIGTERM stays blocked in its main loop, `src/nfacctd.c`).
+    fn finish(mut self, rows: usize) -> Vec<String> {
+        let pid = self.child.id();
+        let mut last = None;
+        wait_for(
+            "nfacctd to read its socket",
+            Duration::from_secs(15),
+            || {
+                last = net::udp_socket_of(pid, self.port);
+                last.is_some_and(|s| s.rx_queue == 0) && net::waiting_for_input(pid)
+            },
+        );
+        assert_eq!(
+            last.map(|s| s.drops),
+            Some(0),
+            "datagrams dropped: {last:?}"
+        );
+        // SAFETY: kill(2) on the pid of a child not yet reaped.
+        unsafe { libc::kill(pid as i32, libc::SIGINT) };
+        wait_for("nfacctd to exit", Duration::from_secs(15), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+        // The print plugin purges its cache as it exits, from a process of its own.
+        let read = || -> Vec<String> {
+            std::fs::read_to_string(&self.csv)
+                .unwrap_or_default()
+                .lines()
+                .skip(1)
+                .map(str::to_owned)
+                .collect()
+        };
+        poll_until(Duration::from_secs(15), || read().len() >= rows);
+        read()
+    }
+}
+
+impl Drop for Nfacctd {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// pmacct's `class` primitive shows the label of every flow: nfacctd 1.7.7 names classes
+/// from the application-name options record when the data records' `applicationId` is 2, 3
+/// or 5 octets long (`application_id = "rfc6759"`, the default).
+#[test]
+fn ipfix_into_nfacctd_shows_label_as_class() {
+    let dir = scratch("nfacctd");
+    let recs = flows(false);
+    let nf = Nfacctd::start(&dir);
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for d in export(Format::Ipfix, &recs) {
+        tx.send_to(&d, ("127.0.0.1", nf.port)).unwrap();
+    }
+    let log = nf.log.clone();
+    let mut rows = nf.finish(recs.len());
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    rows.sort();
+    let mut expect: Vec<String> = recs
+        .iter()
+        .map(|r| {
+            format!(
+                "{},{},{},{},{}",
+                r.label.as_deref().unwrap(),
+                r.src_addr,
+                r.dst_addr,
+                r.packets,
+                r.bytes
+            )
+        })
+        .collect();
+    expect.sort();
+    assert_eq!(rows, expect, "nfacctd said:\n{said}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

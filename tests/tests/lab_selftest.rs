@@ -7,12 +7,7 @@ use labelflow_tests::rules::{self, Counter, Firewall};
 use labelflow_tests::traffic::{self, Mix};
 
 fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the kernel lab needs root (network namespaces, iptables)"
-    );
+    labelflow_testkit::tools::require_root("the kernel lab: network namespaces, iptables");
 }
 
 fn lab_namespaces(prefix: &str) -> Vec<String> {
@@ -166,10 +161,7 @@ fn nflog_groups_deliver_to_a_listener_in_the_gateway() {
     // tcpdump (libpcap's NFLOG reader) as an independent listener: it binds the groups and
     // sees the packets the rules log.
     require_root();
-    assert!(
-        labelflow_tests::process::on_path("tcpdump"),
-        "tcpdump is needed for this test"
-    );
+    labelflow_testkit::tools::require_program("tcpdump");
     let lab = Lab::up().expect("lab up");
     let fw = Firewall::Nftables;
     let dir = std::env::temp_dir().join(format!("{}-nflog.pcap", lab.prefix()));

@@ -9,35 +9,11 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_labelflow-collector");
 
-/// A required external program; a missing one fails the test with a clear message.
-pub fn require(program: &str) -> PathBuf {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {program}"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "this test needs `{program}` on PATH (Debian package providing it); install it and rerun"
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
-pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use labelflow_testkit::net::{self, PortTaken};
+use labelflow_testkit::pcap::{PcapWriter, LINKTYPE_ETHERNET};
+#[allow(unused_imports)]
+pub use labelflow_testkit::tools::require_program;
+use labelflow_testkit::wait::{poll_until, wait_for};
 
 pub fn now_secs() -> u32 {
     std::time::SystemTime::now()
@@ -247,38 +223,57 @@ pub struct Collector {
     pub db: PathBuf,
 }
 
+/// How long the collector may take to bind its sockets.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
 impl Collector {
-    pub fn start(dir: &Path, db: &Path, udp: u16, extra_config: &str) -> Collector {
-        let http = free_tcp_port();
-        let cfg = dir.join(format!("collector-{udp}.toml"));
-        std::fs::write(
-            &cfg,
-            format!(
-                "listen = [\"127.0.0.1:{udp}\"]\nhttp = \"127.0.0.1:{http}\"\ndb = \"{}\"\n{extra_config}",
-                db.display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.join(format!("collector-{udp}-{http}.log"))).unwrap();
-        let child = Command::new(BIN)
-            .arg("--config")
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn collector");
-        let c = Collector {
-            child,
-            udp,
-            http,
-            db: db.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while c.try_get("/metrics").is_none() {
-            assert!(Instant::now() < deadline, "collector did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        c
+    /// Starts the collector with `extra_config` on fresh ports (another pair is tried when it
+    /// finds one taken) and returns once it owns its UDP socket and listens for HTTP.
+    pub fn start(dir: &Path, db: &Path, extra_config: &str) -> Collector {
+        net::with_fresh_port("labelflow-collector", |udp| {
+            let http = net::candidate_port();
+            let cfg = dir.join(format!("collector-{udp}.toml"));
+            std::fs::write(
+                &cfg,
+                format!(
+                    "listen = [\"127.0.0.1:{udp}\"]\nhttp = \"127.0.0.1:{http}\"\ndb = \"{}\"\n{extra_config}",
+                    db.display()
+                ),
+            )
+            .unwrap();
+            let log_path = dir.join(format!("collector-{udp}-{http}.log"));
+            let log = std::fs::File::create(&log_path).unwrap();
+            let mut child = Command::new(BIN)
+                .arg("--config")
+                .arg(&cfg)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn collector");
+            let pid = child.id();
+            let mut exited = None;
+            let ready = poll_until(START_TIMEOUT, || {
+                exited = child.try_wait().ok().flatten();
+                exited.is_some()
+                    || (net::udp_socket_of(pid, udp).is_some() && net::tcp_listening_of(pid, http))
+            });
+            let said = std::fs::read_to_string(&log_path).unwrap_or_default();
+            match exited {
+                Some(_) if net::says_addr_in_use(&said) => return Err(PortTaken(said)),
+                Some(st) => panic!("collector exited ({st}) while starting:\n{said}"),
+                None if !ready => {
+                    let _ = child.kill();
+                    panic!("collector did not bind its sockets in {START_TIMEOUT:?}:\n{said}")
+                }
+                None => {}
+            }
+            Ok(Collector {
+                child,
+                udp,
+                http,
+                db: db.to_path_buf(),
+            })
+        })
     }
 
     pub fn try_get(&self, path: &str) -> Option<String> {
@@ -304,18 +299,17 @@ impl Collector {
 
     /// Wait (bounded) until `committed_datagrams` reaches `n`.
     pub fn wait_committed(&self, n: u64) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let c = self.metric("labelflow_collector_committed_datagrams_total");
-            if c >= n {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "only {c} of {n} datagrams committed"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_metric("labelflow_collector_committed_datagrams_total", n);
+    }
+
+    /// Wait (bounded) until metric `name` reaches `n`.
+    pub fn wait_metric(&self, name: &str, n: u64) {
+        let mut last = 0;
+        let reached = poll_until(Duration::from_secs(30), || {
+            last = self.metric(name);
+            last >= n
+        });
+        assert!(reached, "{name} is {last}, not {n}, after 30 s");
     }
 
     pub fn send(&self, sock: &UdpSocket, d: &[u8]) {
@@ -363,18 +357,17 @@ impl Collector {
             .arg(pid.to_string())
             .status()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                assert!(st.success(), "collector exited with {st}");
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "collector did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut status = None;
+        wait_for(
+            "the collector to stop on SIGTERM",
+            Duration::from_secs(30),
+            || {
+                status = self.child.try_wait().unwrap();
+                status.is_some()
+            },
+        );
+        let st = status.expect("exited");
+        assert!(st.success(), "collector exited with {st}");
     }
 }
 
@@ -451,80 +444,75 @@ pub fn all_time_totals(db: &Path, by: &str) -> (u64, u64, u64) {
 /// Write a pcap (Ethernet) of `n` packets: IPv4 TCP/UDP/ICMP and IPv6 UDP, timestamps from
 /// `t0` (seconds) 10 ms apart.
 pub fn write_pcap(path: &Path, n: usize, t0: u32) {
-    let mut f = Vec::new();
-    f.extend_from_slice(&0xa1b2c3d4u32.to_le_bytes()); // magic, microsecond timestamps
-    f.extend_from_slice(&2u16.to_le_bytes()); // version major
-    f.extend_from_slice(&4u16.to_le_bytes()); // version minor
-    f.extend_from_slice(&0i32.to_le_bytes()); // thiszone
-    f.extend_from_slice(&0u32.to_le_bytes()); // sigfigs
-    f.extend_from_slice(&65535u32.to_le_bytes()); // snaplen
-    f.extend_from_slice(&1u32.to_le_bytes()); // LINKTYPE_ETHERNET
+    let mut w = PcapWriter::new(LINKTYPE_ETHERNET);
     for i in 0..n {
-        let payload = 10 + (i * 37) % 900;
-        let kind = i % 4;
-        let mut p = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2]; // dst, src MAC
-        let host = (i % 6) as u8 + 1;
-        let peer = (i % 5) as u8 + 1;
-        if kind == 3 {
-            // IPv6 UDP.
-            p.extend_from_slice(&[0x86, 0xdd]);
-            let plen = 8 + payload;
-            p.extend_from_slice(&[0x60, 0, 0, 0]);
-            p.extend_from_slice(&(plen as u16).to_be_bytes());
-            p.extend_from_slice(&[17, 64]);
-            p.extend_from_slice(&[
-                0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, host,
-            ]);
-            p.extend_from_slice(&[
-                0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, peer,
-            ]);
-            p.extend_from_slice(&(40000 + (i % 3) as u16).to_be_bytes());
-            p.extend_from_slice(&53u16.to_be_bytes());
-            p.extend_from_slice(&(plen as u16).to_be_bytes());
-            p.extend_from_slice(&[0, 0]);
-        } else {
-            p.extend_from_slice(&[0x08, 0x00]);
-            let (proto, l4) = match kind {
-                0 => (6u8, 20usize),
-                1 => (17, 8),
-                _ => (1, 8),
-            };
-            let total = 20 + l4 + payload;
-            p.extend_from_slice(&[0x45, 0]);
-            p.extend_from_slice(&(total as u16).to_be_bytes());
-            p.extend_from_slice(&(i as u16).to_be_bytes()); // id
-            p.extend_from_slice(&[0x40, 0, 64, proto, 0, 0]); // DF, ttl, proto, csum
-            p.extend_from_slice(&[192, 168, 1, host]);
-            p.extend_from_slice(&[198, 51, 100, peer]);
-            match kind {
-                0 => {
-                    p.extend_from_slice(&(40000 + (i % 7) as u16).to_be_bytes());
-                    p.extend_from_slice(&443u16.to_be_bytes());
-                    p.extend_from_slice(&(i as u32).to_be_bytes()); // seq
-                    p.extend_from_slice(&0u32.to_be_bytes()); // ack
-                    p.extend_from_slice(&[0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]); // PSH|ACK
-                }
-                1 => {
-                    p.extend_from_slice(&(50000 + (i % 5) as u16).to_be_bytes());
-                    p.extend_from_slice(&123u16.to_be_bytes());
-                    p.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
-                    p.extend_from_slice(&[0, 0]);
-                }
-                _ => {
-                    p.extend_from_slice(&[8, 0, 0, 0]); // echo request
-                    p.extend_from_slice(&(i as u32).to_be_bytes());
-                }
+        let ts_us = u64::from(t0) * 1_000_000 + i as u64 * 10_000;
+        w.packet(ts_us, &mixed_frame(i));
+    }
+    w.write(path);
+}
+
+/// Frame `i` of [`write_pcap`]'s mix.
+fn mixed_frame(i: usize) -> Vec<u8> {
+    let payload = 10 + (i * 37) % 900;
+    let kind = i % 4;
+    let mut p = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2]; // dst, src MAC
+    let host = (i % 6) as u8 + 1;
+    let peer = (i % 5) as u8 + 1;
+    if kind == 3 {
+        // IPv6 UDP.
+        p.extend_from_slice(&[0x86, 0xdd]);
+        let plen = 8 + payload;
+        p.extend_from_slice(&[0x60, 0, 0, 0]);
+        p.extend_from_slice(&(plen as u16).to_be_bytes());
+        p.extend_from_slice(&[17, 64]);
+        p.extend_from_slice(&[
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, host,
+        ]);
+        p.extend_from_slice(&[
+            0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, peer,
+        ]);
+        p.extend_from_slice(&(40000 + (i % 3) as u16).to_be_bytes());
+        p.extend_from_slice(&53u16.to_be_bytes());
+        p.extend_from_slice(&(plen as u16).to_be_bytes());
+        p.extend_from_slice(&[0, 0]);
+    } else {
+        p.extend_from_slice(&[0x08, 0x00]);
+        let (proto, l4) = match kind {
+            0 => (6u8, 20usize),
+            1 => (17, 8),
+            _ => (1, 8),
+        };
+        let header = labelflow_testkit::pcap::ipv4_header(
+            [192, 168, 1, host],
+            [198, 51, 100, peer],
+            proto,
+            l4 + payload,
+            i as u16,
+        );
+        p.extend_from_slice(&header);
+        match kind {
+            0 => {
+                p.extend_from_slice(&(40000 + (i % 7) as u16).to_be_bytes());
+                p.extend_from_slice(&443u16.to_be_bytes());
+                p.extend_from_slice(&(i as u32).to_be_bytes()); // seq
+                p.extend_from_slice(&0u32.to_be_bytes()); // ack
+                p.extend_from_slice(&[0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]); // PSH|ACK
+            }
+            1 => {
+                p.extend_from_slice(&(50000 + (i % 5) as u16).to_be_bytes());
+                p.extend_from_slice(&123u16.to_be_bytes());
+                p.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+                p.extend_from_slice(&[0, 0]);
+            }
+            _ => {
+                p.extend_from_slice(&[8, 0, 0, 0]); // echo request
+                p.extend_from_slice(&(i as u32).to_be_bytes());
             }
         }
-        p.extend(std::iter::repeat_n(0x5a, payload));
-        let ts_us = u64::from(t0) * 1_000_000 + i as u64 * 10_000;
-        f.extend_from_slice(&((ts_us / 1_000_000) as u32).to_le_bytes());
-        f.extend_from_slice(&((ts_us % 1_000_000) as u32).to_le_bytes());
-        f.extend_from_slice(&(p.len() as u32).to_le_bytes());
-        f.extend_from_slice(&(p.len() as u32).to_le_bytes());
-        f.extend_from_slice(&p);
     }
-    std::fs::write(path, f).unwrap();
+    p.extend(std::iter::repeat_n(0x5a, payload));
+    p
 }
 
 /// SplitMix64: a small seeded generator (Steele, Lea and Flood, OOPSLA 2014).

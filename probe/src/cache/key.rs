@@ -1,9 +1,9 @@
-//! The flow key (DESIGN.md decision 4), packed into 48 bytes.
+//! The flow key (DESIGN.md decision 4), packed into 52 bytes.
 
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 
-use crate::decode::{addr, Decoded, IpVersion, Transport};
+use crate::decode::{addr, Decoded, IpVersion, Transport, UdpIpsec};
 use crate::packet::PacketMeta;
 
 const V6: u8 = 0x01;
@@ -12,12 +12,20 @@ const L4_NONE: u8 = 0;
 const L4_PORTS: u8 = 1;
 const L4_ICMP: u8 = 2;
 const L4_SPI: u8 = 3;
+/// Bits 3-4 of the tag, for UDP keyed with ports: what the datagrams carry.
+const CLASS_SHIFT: u8 = 3;
+const CLASS_PLAIN: u8 = 0;
+const CLASS_ESP: u8 = 1;
+const CLASS_IKE: u8 = 2;
+const CLASS_KEEPALIVE: u8 = 3;
 
 /// What a flow is keyed by: NFLOG group, IP version, addresses, protocol, ports (TCP, UDP,
 /// SCTP, UDP-lite), ICMP type/code, ESP/AH SPI, ingress and egress ifindex.
 ///
 /// Ports, ICMP type/code and SPI exclude each other, so they share one 32-bit field; a tag
-/// says which one it holds. An IPv4 address fills the first 4 bytes of its 16.
+/// says which one it holds. UDP on an IPsec port also carries its class (plain, ESP, IKE,
+/// NAT-keepalive) in the tag, and the SPI of UDP-encapsulated ESP beside the ports. An IPv4
+/// address fills the first 4 bytes of its 16.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowKey {
     src: [u8; 16],
@@ -26,19 +34,35 @@ pub struct FlowKey {
     egress_if: u32,
     /// `src_port << 16 | dst_port`, `type << 8 | code`, or the SPI.
     l4: u32,
+    /// SPI of UDP-encapsulated ESP, else 0.
+    udp_spi: u32,
     group: u16,
     protocol: u8,
-    /// Bit 0: IPv6. Bits 1-2: what `l4` holds.
+    /// Bit 0: IPv6. Bits 1-2: what `l4` holds. Bits 3-4: the UDP class.
     tag: u8,
 }
 
 impl FlowKey {
     pub fn new(meta: &PacketMeta<'_>, pkt: &Decoded) -> Self {
-        let (kind, l4) = match pkt.transport {
-            Transport::None => (L4_NONE, 0),
-            Transport::Ports { src, dst } => (L4_PORTS, u32::from(src) << 16 | u32::from(dst)),
-            Transport::Icmp { kind, code } => (L4_ICMP, u32::from(kind) << 8 | u32::from(code)),
-            Transport::Spi(spi) => (L4_SPI, spi),
+        let ports = |src: u16, dst: u16| u32::from(src) << 16 | u32::from(dst);
+        let (kind, l4, class, udp_spi) = match pkt.transport {
+            Transport::None => (L4_NONE, 0, CLASS_PLAIN, 0),
+            Transport::Ports { src, dst } => (L4_PORTS, ports(src, dst), CLASS_PLAIN, 0),
+            Transport::Icmp { kind, code } => (
+                L4_ICMP,
+                u32::from(kind) << 8 | u32::from(code),
+                CLASS_PLAIN,
+                0,
+            ),
+            Transport::Spi(spi) => (L4_SPI, spi, CLASS_PLAIN, 0),
+            Transport::UdpIpsec { src, dst, kind } => {
+                let (class, spi) = match kind {
+                    UdpIpsec::Esp(spi) => (CLASS_ESP, spi),
+                    UdpIpsec::Ike => (CLASS_IKE, 0),
+                    UdpIpsec::NatKeepalive => (CLASS_KEEPALIVE, 0),
+                };
+                (L4_PORTS, ports(src, dst), class, spi)
+            }
         };
         let v6 = match pkt.version {
             IpVersion::V4 => 0,
@@ -50,9 +74,10 @@ impl FlowKey {
             ingress_if: meta.ingress_if,
             egress_if: meta.egress_if,
             l4,
+            udp_spi,
             group: meta.group,
             protocol: pkt.protocol,
-            tag: v6 | kind << L4_SHIFT,
+            tag: v6 | kind << L4_SHIFT | class << CLASS_SHIFT,
         }
     }
 
@@ -76,7 +101,16 @@ impl FlowKey {
         self.protocol
     }
     fn kind(&self) -> u8 {
-        self.tag >> L4_SHIFT
+        (self.tag >> L4_SHIFT) & 0b11
+    }
+    /// What a UDP flow on an IPsec port carries; `None` for every other flow.
+    pub fn udp_ipsec(&self) -> Option<UdpIpsec> {
+        match self.tag >> CLASS_SHIFT {
+            CLASS_ESP => Some(UdpIpsec::Esp(self.udp_spi)),
+            CLASS_IKE => Some(UdpIpsec::Ike),
+            CLASS_KEEPALIVE => Some(UdpIpsec::NatKeepalive),
+            _ => None,
+        }
     }
     /// Source and destination port; `(0, 0)` when the flow is keyed without ports.
     pub fn ports(&self) -> (u16, u16) {
@@ -94,8 +128,12 @@ impl FlowKey {
             0
         }
     }
+    /// The SPI of ESP or AH, whether raw or inside UDP (RFC 3948).
     pub fn spi(&self) -> Option<u32> {
-        (self.kind() == L4_SPI).then_some(self.l4)
+        match self.udp_ipsec() {
+            Some(UdpIpsec::Esp(spi)) => Some(spi),
+            _ => (self.kind() == L4_SPI).then_some(self.l4),
+        }
     }
     pub fn ingress_if(&self) -> u32 {
         self.ingress_if
@@ -112,7 +150,8 @@ impl Hash for FlowKey {
         state.write_u128(u128::from_ne_bytes(self.dst));
         let rest = u128::from(self.ingress_if)
             | u128::from(self.egress_if) << 32
-            | u128::from(self.l4) << 64
+            // The UDP SPI folded into the ports' word: equal keys still hash equal.
+            | u128::from(self.l4 ^ self.udp_spi.rotate_left(16)) << 64
             | u128::from(self.group) << 96
             | u128::from(self.protocol) << 112
             | u128::from(self.tag) << 120;
@@ -141,8 +180,8 @@ mod tests {
     }
 
     #[test]
-    fn key_is_48_bytes() {
-        assert_eq!(std::mem::size_of::<FlowKey>(), 48);
+    fn key_is_52_bytes() {
+        assert_eq!(std::mem::size_of::<FlowKey>(), 52);
     }
 
     #[test]
@@ -175,5 +214,42 @@ mod tests {
         let none = FlowKey::new(&meta, &pkt(Transport::None));
         let zero = FlowKey::new(&meta, &pkt(Transport::Ports { src: 0, dst: 0 }));
         assert_ne!(none, zero);
+    }
+
+    #[test]
+    fn udp_ipsec_classes_are_apart_and_esp_keeps_ports_and_spi() {
+        let meta = PacketMeta::default();
+        let class = |kind| {
+            FlowKey::new(
+                &meta,
+                &pkt(Transport::UdpIpsec {
+                    src: 4500,
+                    dst: 4500,
+                    kind,
+                }),
+            )
+        };
+        let esp = class(UdpIpsec::Esp(0xc001_d00d));
+        let other_sa = class(UdpIpsec::Esp(0xc001_d00e));
+        let ike = class(UdpIpsec::Ike);
+        let keepalive = class(UdpIpsec::NatKeepalive);
+        let plain = FlowKey::new(
+            &meta,
+            &pkt(Transport::Ports {
+                src: 4500,
+                dst: 4500,
+            }),
+        );
+        let keys = [esp, other_sa, ike, keepalive, plain];
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!((esp.ports(), esp.spi()), ((4500, 4500), Some(0xc001_d00d)));
+        assert_eq!(esp.udp_ipsec(), Some(UdpIpsec::Esp(0xc001_d00d)));
+        assert_eq!((ike.spi(), ike.udp_ipsec()), (None, Some(UdpIpsec::Ike)));
+        assert_eq!(keepalive.udp_ipsec(), Some(UdpIpsec::NatKeepalive));
+        assert_eq!((plain.udp_ipsec(), plain.spi()), (None, None));
     }
 }

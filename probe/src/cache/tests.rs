@@ -12,6 +12,7 @@ fn cfg(max: u32) -> CacheConfig {
         active_timeout: Duration::from_secs(60),
         labels: vec![(1, "esp".into()), (2, "vpn".into())],
         user_names: |uid| (uid == 0).then(|| "root".to_string()),
+        ipsec_ports: crate::decode::IpsecPorts::DEFAULT,
     }
 }
 
@@ -62,7 +63,7 @@ fn drain(c: &mut FlowCache, now: u64) -> Vec<FlowRecord> {
 
 #[test]
 fn slot_and_key_sizes() {
-    assert_eq!(std::mem::size_of::<Slot>(), 88);
+    assert_eq!(std::mem::size_of::<Slot>(), 92);
 }
 
 #[test]
@@ -111,6 +112,7 @@ fn packets_of_one_flow_make_one_record() {
             user_name: Some("root".into()),
             nflog_prefix: Some("out".into()),
             sampling_interval: 1,
+            tunnel: None,
         }]
     );
     assert!(c.is_empty());

@@ -25,6 +25,10 @@
 //! * Fragments (RFC 791 §3.2, RFC 8200 §4.5): the first fragment carries the transport header and
 //!   is keyed with ports; later fragments (offset != 0) are keyed without ports, protocol taken
 //!   from the IP header (IPv4) or the Fragment header's Next Header (IPv6).
+//! * UDP on a NAT traversal port (RFC 3948, default 4500) is ESP when its payload opens with a
+//!   non-zero SPI (keyed by ports and SPI), IKE behind the zero non-ESP marker, and a
+//!   NAT-keepalive when it is the single octet 0xFF; UDP on an IKE port (default 500) is IKE.
+//!   See [`UdpIpsec`].
 //! * ESP (RFC 4303 §2.1) and AH (RFC 4302 §2.4): the SPI is the key; decode stops there, so an
 //!   AH-protected packet is keyed as protocol 51 with its SPI, not by the protected payload.
 //!
@@ -113,6 +117,92 @@ pub enum Transport {
     Icmp { kind: u8, code: u8 },
     /// ESP / AH security parameter index.
     Spi(u32),
+    /// UDP on an IKE or NAT traversal port, with what its payload is (RFC 3948 §2).
+    UdpIpsec { src: u16, dst: u16, kind: UdpIpsec },
+}
+
+/// What a UDP datagram on an IKE or NAT-T port carries. Each is its own flow class, so the
+/// key exchange and the keepalives are counted apart from the ESP traffic they serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UdpIpsec {
+    /// UDP-encapsulated ESP (RFC 3948 §2.1): the payload opens with a non-zero SPI.
+    Esp(u32),
+    /// IKE: on a NAT-T port behind the four-octet zero non-ESP marker (RFC 3948 §2.2), or any
+    /// datagram on an IKE port (RFC 7296 §2).
+    Ike,
+    /// NAT-keepalive (RFC 3948 §2.3): a one-octet payload of 0xFF.
+    NatKeepalive,
+}
+
+/// The UDP ports decoded as IPsec: NAT traversal (RFC 3948, default 4500) and IKE
+/// (RFC 7296, default 500), at most [`IpsecPorts::MAX`] of each; 0 marks an unused place. A
+/// datagram is classified when either of its ports is listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpsecPorts {
+    pub natt: [u16; IpsecPorts::MAX],
+    pub ike: [u16; IpsecPorts::MAX],
+}
+
+/// Default NAT traversal port (RFC 3948 §1).
+pub const NATT_PORT: u16 = 4500;
+/// Default IKE port (RFC 7296 §2).
+pub const IKE_PORT: u16 = 500;
+
+impl Default for IpsecPorts {
+    fn default() -> Self {
+        IpsecPorts::DEFAULT
+    }
+}
+
+impl IpsecPorts {
+    /// Ports of each kind at most.
+    pub const MAX: usize = 4;
+    /// NAT-T on 4500, IKE on 500.
+    pub const DEFAULT: IpsecPorts = IpsecPorts {
+        natt: [NATT_PORT, 0, 0, 0],
+        ike: [IKE_PORT, 0, 0, 0],
+    };
+    /// No port is decoded as IPsec.
+    pub const NONE: IpsecPorts = IpsecPorts {
+        natt: [0; IpsecPorts::MAX],
+        ike: [0; IpsecPorts::MAX],
+    };
+
+    /// Ports from lists; `None` when a list is longer than [`IpsecPorts::MAX`] or holds 0.
+    pub fn new(natt: &[u16], ike: &[u16]) -> Option<IpsecPorts> {
+        let fill = |list: &[u16]| {
+            let mut a = [0u16; IpsecPorts::MAX];
+            if list.len() > IpsecPorts::MAX || list.contains(&0) {
+                return None;
+            }
+            a[..list.len()].copy_from_slice(list);
+            Some(a)
+        };
+        Some(IpsecPorts {
+            natt: fill(natt)?,
+            ike: fill(ike)?,
+        })
+    }
+
+    /// Classifies a UDP datagram `l4` (header and payload as far as captured) between ports
+    /// `src` and `dst`; `None` for plain UDP.
+    fn classify(&self, src: u16, dst: u16, l4: &[u8]) -> Option<UdpIpsec> {
+        let on =
+            |set: &[u16; IpsecPorts::MAX]| set.iter().any(|&p| p != 0 && (p == src || p == dst));
+        if on(&self.natt) {
+            // The UDP length field (RFC 768) tells the payload size even when the payload
+            // was not captured whole.
+            let udp_len = be16(l4, 4)?;
+            if udp_len == 9 && l4.get(8) == Some(&0xff) {
+                return Some(UdpIpsec::NatKeepalive);
+            }
+            return match be32(l4, 8)? {
+                0 => Some(UdpIpsec::Ike),
+                spi => Some(UdpIpsec::Esp(spi)),
+            };
+        }
+        on(&self.ike).then_some(UdpIpsec::Ike)
+    }
 }
 
 /// Where a packet stands in IP fragmentation.
@@ -292,6 +382,12 @@ pub(crate) fn addr(version: IpVersion, bytes: &[u8; 16]) -> IpAddr {
 /// Decode one packet. `l3` is what the source knows of the network protocol; with
 /// [`L3::Unknown`] the version nibble decides.
 pub fn decode(l3: L3, payload: &[u8]) -> Result<Decoded, DecodeError> {
+    decode_with(l3, payload, &IpsecPorts::DEFAULT)
+}
+
+/// [`decode`] with the UDP ports that carry IPsec (see [`IpsecPorts`]); [`decode`] uses
+/// [`IpsecPorts::DEFAULT`].
+pub fn decode_with(l3: L3, payload: &[u8], ports: &IpsecPorts) -> Result<Decoded, DecodeError> {
     let first = *payload.first().ok_or(DecodeError::Empty)?;
     let found = first >> 4;
     let expected = match l3 {
@@ -305,8 +401,8 @@ pub fn decode(l3: L3, payload: &[u8]) -> Result<Decoded, DecodeError> {
         }
     }
     match found {
-        4 => decode_v4(payload),
-        6 => decode_v6(payload),
+        4 => decode_v4(payload, ports),
+        6 => decode_v6(payload, ports),
         v => Err(DecodeError::UnknownVersion(v)),
     }
 }
@@ -332,7 +428,7 @@ fn truncated(version: u8, need: usize, have: usize) -> DecodeError {
 }
 
 /// RFC 791 §3.1.
-fn decode_v4(p: &[u8]) -> Result<Decoded, DecodeError> {
+fn decode_v4(p: &[u8], ports: &IpsecPorts) -> Result<Decoded, DecodeError> {
     if p.len() < IPV4_MIN_HEADER {
         return Err(truncated(4, IPV4_MIN_HEADER, p.len()));
     }
@@ -377,13 +473,13 @@ fn decode_v4(p: &[u8]) -> Result<Decoded, DecodeError> {
         let end = p.len().min(usize::from(total));
         let cut_by_capture = p.len() < usize::from(total);
         let l4 = p.get(header..end).unwrap_or(&[]);
-        transport(&mut d, l4, cut_by_capture);
+        transport(&mut d, l4, cut_by_capture, ports);
     }
     Ok(d)
 }
 
 /// RFC 8200 §3 and §4.
-fn decode_v6(p: &[u8]) -> Result<Decoded, DecodeError> {
+fn decode_v6(p: &[u8], ports: &IpsecPorts) -> Result<Decoded, DecodeError> {
     if p.len() < IPV6_HEADER {
         return Err(truncated(6, IPV6_HEADER, p.len()));
     }
@@ -479,7 +575,12 @@ fn decode_v6(p: &[u8]) -> Result<Decoded, DecodeError> {
         }
     }
     d.protocol = next;
-    transport(&mut d, data.get(off..).unwrap_or(&[]), cut_by_capture);
+    transport(
+        &mut d,
+        data.get(off..).unwrap_or(&[]),
+        cut_by_capture,
+        ports,
+    );
     Ok(d)
 }
 
@@ -507,9 +608,17 @@ fn jumbo_length(p: &[u8]) -> Option<u32> {
 
 /// Fills the transport part of `d` from `l4`, the bytes after the IP headers up to the smaller
 /// of the captured and the packet's length.
-fn transport(d: &mut Decoded, l4: &[u8], cut_by_capture: bool) {
+fn transport(d: &mut Decoded, l4: &[u8], cut_by_capture: bool, ports: &IpsecPorts) {
     let t = match d.protocol {
-        proto::TCP | proto::UDP | proto::SCTP | proto::UDPLITE => be16(l4, 0)
+        proto::UDP => {
+            be16(l4, 0)
+                .zip(be16(l4, 2))
+                .map(|(src, dst)| match ports.classify(src, dst, l4) {
+                    Some(kind) => Transport::UdpIpsec { src, dst, kind },
+                    None => Transport::Ports { src, dst },
+                })
+        }
+        proto::TCP | proto::SCTP | proto::UDPLITE => be16(l4, 0)
             .zip(be16(l4, 2))
             .map(|(src, dst)| Transport::Ports { src, dst }),
         proto::ICMP | proto::ICMPV6 => l4.get(..2).map(|b| Transport::Icmp {

@@ -508,3 +508,146 @@ fn v6_header_errors() {
         })
     );
 }
+
+/// UDP header between `src` and `dst` with a `payload`-byte payload (length = 8 + payload).
+fn udp_hdr(src: u16, dst: u16, payload: u16) -> Vec<u8> {
+    let mut h = Vec::with_capacity(8);
+    h.extend_from_slice(&src.to_be_bytes());
+    h.extend_from_slice(&dst.to_be_bytes());
+    h.extend_from_slice(&(8 + payload).to_be_bytes());
+    h.extend_from_slice(&[0, 0]); // checksum
+    h
+}
+
+fn udp_v4(src: u16, dst: u16, payload: &[u8]) -> Vec<u8> {
+    let mut l4 = udp_hdr(src, dst, payload.len() as u16);
+    l4.extend_from_slice(payload);
+    v4(proto::UDP, 20 + l4.len() as u16, 0, &l4)
+}
+
+#[test]
+fn natt_esp_ike_and_keepalive_are_told_apart() {
+    // RFC 3948 §2.1: UDP-encapsulated ESP, SPI 0xc0ffee01 then the sequence number.
+    let esp = udp_v4(
+        4500,
+        4500,
+        &[0xc0, 0xff, 0xee, 0x01, 0, 0, 0, 9, 0xaa, 0xbb],
+    );
+    let d = decode(L3::Unknown, &esp).unwrap();
+    assert_eq!(
+        d.transport,
+        Transport::UdpIpsec {
+            src: 4500,
+            dst: 4500,
+            kind: UdpIpsec::Esp(0xc0ff_ee01)
+        }
+    );
+    assert_eq!((d.protocol, d.length, d.partial), (proto::UDP, 38, None));
+    // A NAT-mapped source port: the NAT-T port on either side is enough.
+    let d = decode(L3::Unknown, &udp_v4(61234, 4500, &[0, 0, 0, 7, 0, 0, 0, 1])).unwrap();
+    assert!(matches!(
+        d.transport,
+        Transport::UdpIpsec {
+            src: 61234,
+            kind: UdpIpsec::Esp(7),
+            ..
+        }
+    ));
+    // RFC 3948 §2.2: IKE behind the four-octet zero non-ESP marker.
+    let ike = udp_v4(4500, 4500, &[0, 0, 0, 0, 0x11, 0x22, 0x33, 0x44]);
+    let d = decode(L3::Unknown, &ike).unwrap();
+    assert!(matches!(
+        d.transport,
+        Transport::UdpIpsec {
+            kind: UdpIpsec::Ike,
+            ..
+        }
+    ));
+    // RFC 3948 §2.3: NAT-keepalive, one octet 0xFF.
+    let d = decode(L3::Unknown, &udp_v4(4500, 4500, &[0xff])).unwrap();
+    assert!(matches!(
+        d.transport,
+        Transport::UdpIpsec {
+            kind: UdpIpsec::NatKeepalive,
+            ..
+        }
+    ));
+    assert_eq!(d.length, 29);
+    // RFC 7296 §2: IKE on port 500 has no marker.
+    let d = decode(L3::Unknown, &udp_v4(500, 500, &[0x12, 0x34, 0x56, 0x78])).unwrap();
+    assert!(matches!(
+        d.transport,
+        Transport::UdpIpsec {
+            kind: UdpIpsec::Ike,
+            ..
+        }
+    ));
+    // Other ports stay plain UDP, whatever the payload.
+    let d = decode(L3::Unknown, &udp_v4(4501, 53, &[0xc0, 0xff, 0xee, 0x01])).unwrap();
+    assert_eq!(d.transport, Transport::Ports { src: 4501, dst: 53 });
+}
+
+#[test]
+fn natt_payload_not_captured_stays_plain_udp() {
+    // The SPI lies beyond the captured bytes: keyed by ports alone, not guessed.
+    let esp = udp_v4(4500, 4500, &[0xc0, 0xff, 0xee, 0x01, 0, 0, 0, 9]);
+    let d = decode(L3::Unknown, &esp[..30]).unwrap();
+    assert_eq!(
+        d.transport,
+        Transport::Ports {
+            src: 4500,
+            dst: 4500
+        }
+    );
+    // A two-octet payload that is not a keepalive cannot hold an SPI either.
+    let d = decode(L3::Unknown, &udp_v4(4500, 4500, &[0xff, 0xff])).unwrap();
+    assert_eq!(
+        d.transport,
+        Transport::Ports {
+            src: 4500,
+            dst: 4500
+        }
+    );
+}
+
+#[test]
+fn natt_over_ipv6_and_configured_ports() {
+    let mut l4 = udp_hdr(4500, 4500, 8);
+    l4.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 1]);
+    let p = v6(proto::UDP, l4.len() as u16, &l4);
+    let d = decode(L3::Unknown, &p).unwrap();
+    assert!(matches!(
+        d.transport,
+        Transport::UdpIpsec {
+            kind: UdpIpsec::Esp(0xdead_beef),
+            ..
+        }
+    ));
+    // With NAT-T moved to 14500 and no IKE port, 4500 and 500 are plain UDP.
+    let ports = IpsecPorts::new(&[14500], &[]).unwrap();
+    let d = decode_with(L3::Unknown, &p, &ports).unwrap();
+    assert_eq!(
+        d.transport,
+        Transport::Ports {
+            src: 4500,
+            dst: 4500
+        }
+    );
+    let d = decode_with(L3::Unknown, &udp_v4(500, 500, &[1, 2, 3, 4]), &ports).unwrap();
+    assert_eq!(d.transport, Transport::Ports { src: 500, dst: 500 });
+    let esp = udp_v4(14500, 9, &[0, 0, 0, 5, 0, 0, 0, 1]);
+    let d = decode_with(L3::Unknown, &esp, &ports).unwrap();
+    assert!(matches!(
+        d.transport,
+        Transport::UdpIpsec {
+            kind: UdpIpsec::Esp(5),
+            ..
+        }
+    ));
+    // Lists past the bound, or with port 0, are refused.
+    assert!(IpsecPorts::new(&[1, 2, 3, 4, 5], &[]).is_none());
+    assert!(IpsecPorts::new(&[0], &[]).is_none());
+    // Port 0 never matches an unused place.
+    let d = decode_with(L3::Unknown, &udp_v4(0, 0, &[0, 0, 0, 5]), &ports).unwrap();
+    assert_eq!(d.transport, Transport::Ports { src: 0, dst: 0 });
+}

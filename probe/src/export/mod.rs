@@ -16,6 +16,7 @@ mod state;
 mod target;
 mod udp;
 
+pub use labelflow_proto::template::AppIdEncoding;
 pub use state::{
     ExportConfig, ExportMeta, ExportState, ExportStats, GroupMeta, InterfaceMeta, DEFAULT_MTU,
     DEFAULT_TEMPLATE_EVERY, DEFAULT_TEMPLATE_INTERVAL,

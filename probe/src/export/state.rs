@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use labelflow_proto::ipfix::MessageWriter;
-use labelflow_proto::template::{self, OptionsRecord};
+use labelflow_proto::template::{self, AppIdEncoding, OptionsRecord};
 use labelflow_proto::{v5, v9, FlowRecord};
 
 use super::Format;
@@ -24,6 +24,9 @@ pub struct ExportConfig {
     pub template_every: u32,
     /// Longest a partly filled message waits before it is sent (default 1 s).
     pub max_delay: Duration,
+    /// How IPFIX data records carry `applicationId` (default RFC 6759's fixed 5 octets;
+    /// see [`AppIdEncoding`] for which collector needs which).
+    pub app_id: AppIdEncoding,
 }
 
 /// Default largest datagram payload, octets.
@@ -41,6 +44,7 @@ impl Default for ExportConfig {
             template_interval: DEFAULT_TEMPLATE_INTERVAL,
             template_every: DEFAULT_TEMPLATE_EVERY,
             max_delay: Duration::from_secs(1),
+            app_id: AppIdEncoding::Rfc6759,
         }
     }
 }
@@ -246,7 +250,7 @@ impl ExportState {
         self.messages_since_templates = 0;
         self.stats.template_sends += 1;
         let ok = match &mut self.writer {
-            Writer::Ipfix(w) => template::write_templates(w),
+            Writer::Ipfix(w) => template::write_templates_with(w, self.cfg.app_id),
             Writer::V9(w) => v9::ALL.iter().all(|t| w.write_template(t)),
             Writer::V5(..) => true,
         };
@@ -326,7 +330,7 @@ impl ExportState {
             }
             let boot = self.boot(now_ms);
             let written = match &mut self.writer {
-                Writer::Ipfix(w) => template::write_flow(w, rec),
+                Writer::Ipfix(w) => template::write_flow_with(w, rec, self.cfg.app_id),
                 Writer::V9(w) => w.write_flow(rec, boot),
                 Writer::V5(w, cap) => w.len() < *cap && w.push(rec, boot),
             };

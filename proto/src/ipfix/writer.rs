@@ -152,6 +152,11 @@ impl MessageWriter {
         }
     }
 
+    /// Closes the open set: the next record starts a new set, even of the same id.
+    pub fn close_set(&mut self) {
+        self.packer.close_set();
+    }
+
     /// Closes the open set, patches the message length and returns the message.
     pub fn finish(&mut self) -> &[u8] {
         let buf = self.packer.finish();

@@ -23,6 +23,7 @@ fn sample_v4() -> FlowRecord {
         mark: Some(7),
         user_name: None,
         nflog_prefix: Some("in".into()),
+        tunnel: Some("hq".into()),
         ..FlowRecord::default()
     }
 }
@@ -47,6 +48,7 @@ const SAMPLE_V4_RECORD: &[u8] = &[
     0x03, b'e', b's', b'p',                         // applicationName
     0x01, 0x00,                                     // userName (none): one NUL
     0x02, b'i', b'n',                               // netfilter prefix
+    0x02, b'h', b'q',                               // labelflow tunnelName
 ];
 
 #[test]
@@ -159,8 +161,9 @@ prop_compose! {
         direction in prop::option::of(prop_oneof![Just(Direction::Ingress), Just(Direction::Egress)]),
         mark in prop::option::of(1u32..),
         user_name in arb_string(),
-        nflog_prefix in arb_string(),
+        texts in (arb_string(), arb_string()),
     ) -> FlowRecord {
+        let (nflog_prefix, tunnel) = texts;
         let (src_addr, dst_addr): (IpAddr, IpAddr) = if v6 {
             (Ipv6Addr::from(a).into(), Ipv6Addr::from(b).into())
         } else {
@@ -191,6 +194,7 @@ prop_compose! {
             user_name,
             nflog_prefix,
             sampling_interval: 1,
+            tunnel,
         }
     }
 }
@@ -282,6 +286,7 @@ fn via_netflow_parser(msgs: &[Vec<u8>]) -> Vec<FlowRecord> {
                             (Ie::NetfilterPrefix, FieldValue::Vec(_)) => {
                                 f.nflog_prefix = non_empty(&raw)
                             }
+                            (Ie::TunnelName, FieldValue::Vec(_)) => f.tunnel = non_empty(&raw),
                             (Ie::SourceIpv4Address | Ie::SourceIpv6Address, v) => {
                                 f.src_addr = IpAddr::try_from(v).unwrap()
                             }
@@ -338,5 +343,55 @@ proptest! {
         if let Ok(m) = Message::new_checked(&bytes[..]) {
             let _ = Decoder::default().decode(&m, &mut Vec::new(), &mut Vec::new());
         }
+    }
+}
+
+#[test]
+fn varlen_application_id_differs_only_in_its_length_prefix() {
+    let rec = sample_v4();
+    let len = flow_record_len_with(&rec, AppIdEncoding::Varlen);
+    assert_eq!(len, SAMPLE_V4_RECORD.len() + 1);
+    let mut out = vec![0u8; len];
+    emit_flow_with(&rec, AppIdEncoding::Varlen, &mut out);
+    // observationPointId, then the length octet 5 and the same five octets.
+    assert_eq!(out[..4], SAMPLE_V4_RECORD[..4]);
+    assert_eq!(out[4], 5);
+    assert_eq!(out[5..], SAMPLE_V4_RECORD[4..]);
+    let app_id = FLOW_V4_VARLEN_APP_ID
+        .fields
+        .iter()
+        .find(|f| f.id == iana::APPLICATION_ID)
+        .unwrap();
+    assert!(app_id.is_varlen());
+
+    let mut w = MessageWriter::new(1400);
+    w.begin(1_700_000_000, 0, 9);
+    assert!(write_templates_with(&mut w, AppIdEncoding::Varlen));
+    assert!(write_flow_with(&mut w, &rec, AppIdEncoding::Varlen));
+    let msg = Message::new_checked(w.finish().to_vec()).unwrap();
+    let flows = decode_message(&msg).unwrap();
+    assert_eq!(flows.len(), 1);
+    assert_eq!(flows[0].group, Some(2));
+    assert_eq!(flows[0].bytes, 1400);
+}
+
+#[test]
+fn each_application_name_travels_in_a_set_of_its_own() {
+    let mut w = MessageWriter::new(1400);
+    w.begin(1_700_000_000, 0, 9);
+    for group in [1, 2] {
+        let o = OptionsRecord::AppName {
+            group,
+            name: format!("g{group}"),
+            description: String::new(),
+        };
+        assert!(o.write(&mut w));
+    }
+    let msg = Message::new_checked(w.finish().to_vec()).unwrap();
+    let sets: Vec<_> = msg.sets().map(Result::unwrap).collect();
+    assert_eq!(sets.len(), 2);
+    for s in &sets {
+        assert_eq!(s.id, APP_NAMES_ID);
+        assert_eq!(s.body.len(), APP_NAMES.fixed_record_len().unwrap());
     }
 }
