@@ -109,6 +109,10 @@ pub struct RawLimits {
     /// Application names (options state) kept per exporter scope; later ones are
     /// ignored. Default 4096.
     pub max_application_names: Option<Spanned<usize>>,
+    /// Longest template record accepted, in octets (4 per field, 8 with an enterprise
+    /// number, plus 4); a datagram carrying a longer one is refused (reason `limit`).
+    /// Default 2048.
+    pub max_template_bytes: Option<Spanned<usize>>,
     /// Octets of template records awaiting persistence; past it the batch is committed
     /// early, as for `max_pending_cells`. Default 4194304 (4 MiB).
     pub max_pending_template_bytes: Option<Spanned<usize>>,
@@ -196,6 +200,7 @@ pub struct Config {
     pub max_domains_per_exporter: NonZeroUsize,
     pub max_application_names: usize,
     pub max_pending_template_bytes: NonZeroUsize,
+    pub max_template_bytes: NonZeroUsize,
     pub commit_interval: Duration,
     pub commit_datagrams: NonZeroUsize,
     pub prune_interval: Duration,
@@ -370,6 +375,7 @@ impl Config {
                 "limits.max_pending_template_bytes",
                 4 << 20,
             )?,
+            max_template_bytes: src.nz(&l.max_template_bytes, "limits.max_template_bytes", 2048)?,
             commit_interval: src.dur(&raw.store.commit_interval, "store.commit_interval", "1s")?,
             commit_datagrams: src.nz(
                 &raw.store.commit_datagrams,

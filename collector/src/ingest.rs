@@ -306,6 +306,7 @@ impl Ingest {
             max_domains_per_exporter: cfg.max_domains_per_exporter.get(),
             max_application_names: cfg.max_application_names,
             max_name_bytes: cfg.agg.max_label_bytes,
+            max_template_bytes: cfg.max_template_bytes.get(),
         });
         Ingest {
             sessions,

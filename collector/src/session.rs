@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use std::num::NonZeroUsize;
 
 use labelflow_proto::convert::{
-    convert_ipfix_data_set, convert_packet, ExporterContext, PacketSummary,
+    convert_ipfix_data_set, convert_packet, ApplicationKey, ExporterContext, PacketSummary,
 };
 use labelflow_proto::ipfix::{Message, Template};
 use labelflow_proto::plan::{FlowPlan, FlowView};
@@ -297,6 +297,9 @@ pub struct ScopeLimits {
     pub max_application_names: usize,
     /// Longest application name kept, in octets (longer ones are cut).
     pub max_name_bytes: usize,
+    /// Longest template record accepted, in octets (a datagram with a longer one is
+    /// refused, reason `limit`).
+    pub max_template_bytes: usize,
 }
 
 impl Default for ScopeLimits {
@@ -305,6 +308,7 @@ impl Default for ScopeLimits {
             max_domains_per_exporter: 16,
             max_application_names: 4096,
             max_name_bytes: 128,
+            max_template_bytes: 2048,
         }
     }
 }
@@ -499,6 +503,7 @@ impl SessionTable {
         let (fast_path, max) = (self.fast_path, self.max_templates.get());
         let max_names = self.limits.max_application_names;
         let max_name_bytes = self.limits.max_name_bytes;
+        let max_template = self.limits.max_template_bytes;
         let Some(session) = self.session_checked(scope) else {
             return Err(DecodeError::DomainLimit);
         };
@@ -513,6 +518,19 @@ impl SessionTable {
         let (summary, mut error, produced) = match fast {
             Some(summary) => (summary, None, summary.flow_records),
             None => {
+                // Template records first: one longer than the bound refuses the datagram
+                // before the parser keeps anything of it.
+                let mark = templates.len();
+                if matches!(datagram[..2], [0, 9] | [0, 10]) {
+                    templates::extract(message, templates);
+                }
+                if templates[mark..]
+                    .iter()
+                    .any(|t| t.bytes.len() > max_template)
+                {
+                    templates.truncate(mark);
+                    return Err(DecodeError::Limit);
+                }
                 let result = session.parser.parse_bytes(message);
                 let error = result.error.as_ref().map(classify);
                 let mut summary = PacketSummary::default();
@@ -530,30 +548,15 @@ impl SessionTable {
                     summary = convert_packet(p, &mut session.ctx, &mut session.scratch);
                     options |= summary.options_records > 0;
                 }
-                let apps = &mut session.ctx.applications;
                 if options {
-                    for name in apps.values_mut() {
-                        truncate_at_char(name, max_name_bytes);
-                    }
-                }
-                if apps.len() > max_names {
-                    let before = apps.len();
-                    match known {
-                        Some(k) => apps.retain(|a, _| k.contains(a)),
-                        None => {
-                            let mut keys: Vec<_> = apps.keys().copied().collect();
-                            keys.sort();
-                            for a in &keys[max_names..] {
-                                apps.remove(a);
-                            }
-                        }
-                    }
-                    refused_names = (before - apps.len()) as u64;
+                    let apps = &mut session.ctx.applications;
+                    refused_names = bound_names(apps, known, max_names, max_name_bytes);
                 }
                 if summary.version == 10 || result.packets.is_empty() {
                     session.learn_templates(message, error.is_some(), max);
                 }
                 if result.packets.is_empty() {
+                    templates.truncate(mark);
                     return Err(error.unwrap_or(DecodeError::Malformed));
                 }
                 let produced = session.scratch.len() as u32;
@@ -582,10 +585,6 @@ impl SessionTable {
         if moved {
             self.sequences_changed.insert(scope);
         }
-        // A message the fast path took holds data sets only: no template records to keep.
-        if !fast_hit && (summary.version == 9 || summary.version == 10) {
-            templates::extract(message, templates);
-        }
         self.stats.fast_datagrams += u64::from(fast_hit);
         self.stats.refused_application_names += refused_names;
         self.stats.flow_records += u64::from(produced);
@@ -607,6 +606,35 @@ impl SessionTable {
             error,
         })
     }
+}
+
+/// Keep at most `max` application names, those `known` before a message first (all of them
+/// when it is `None`, then the lowest keys), and cut each to `max_bytes`; how many were
+/// dropped.
+fn bound_names(
+    apps: &mut HashMap<ApplicationKey, String>,
+    known: Option<std::collections::HashSet<ApplicationKey>>,
+    max: usize,
+    max_bytes: usize,
+) -> u64 {
+    for name in apps.values_mut() {
+        truncate_at_char(name, max_bytes);
+    }
+    let before = apps.len();
+    if before <= max {
+        return 0;
+    }
+    match known {
+        Some(k) => apps.retain(|a, _| k.contains(a)),
+        None => {
+            let mut keys: Vec<_> = apps.keys().copied().collect();
+            keys.sort();
+            for a in &keys[max..] {
+                apps.remove(a);
+            }
+        }
+    }
+    (before - apps.len()) as u64
 }
 
 /// Cut `s` to at most `max` octets, at a character boundary.
@@ -719,78 +747,5 @@ pub fn sequence_step(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn summary(version: u16, sequence: u32) -> PacketSummary {
-        PacketSummary {
-            version,
-            sequence,
-            ..PacketSummary::default()
-        }
-    }
-
-    #[test]
-    fn ipfix_sequence_counts_records() {
-        let (gap, reset, next) = sequence_step(None, &summary(10, 100), 5);
-        assert_eq!((gap, reset, next), (None, false, Some(105)));
-        let (gap, _, _) = sequence_step(next, &summary(10, 110), 1);
-        assert_eq!(gap, Some(5));
-        let (gap, reset, _) = sequence_step(Some(110), &summary(10, 100), 1);
-        assert_eq!((gap, reset), (None, true));
-        // Wraps modulo 2^32.
-        let (gap, _, _) = sequence_step(Some(u32::MAX), &summary(10, 1), 1);
-        assert_eq!(gap, Some(2));
-    }
-
-    #[test]
-    fn v9_counts_packets() {
-        let (_, _, next) = sequence_step(None, &summary(9, 7), 30);
-        assert_eq!(next, Some(8));
-    }
-
-    /// An IPFIX message of one empty data set for template 256 in `domain`.
-    fn empty_data(domain: u32) -> Vec<u8> {
-        let mut m = vec![0, 10, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0];
-        m.extend_from_slice(&domain.to_be_bytes());
-        m.extend_from_slice(&[1, 0, 0, 4]);
-        m
-    }
-
-    #[test]
-    fn domains_per_exporter_are_bounded() {
-        let one = NonZeroUsize::new(8).unwrap();
-        let mut t = SessionTable::new(NonZeroUsize::new(100).unwrap(), one);
-        t.set_limits(ScopeLimits {
-            max_domains_per_exporter: 2,
-            ..ScopeLimits::default()
-        });
-        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let mut sink = Vec::new();
-        let mut found = Vec::new();
-        let mut run = |t: &mut SessionTable, from, domain| {
-            t.ingest(from, &empty_data(domain), &mut sink, &mut found)
-                .err()
-        };
-        assert_ne!(run(&mut t, a, 1), Some(DecodeError::DomainLimit));
-        assert_ne!(run(&mut t, a, 2), Some(DecodeError::DomainLimit));
-        assert_eq!(run(&mut t, a, 3), Some(DecodeError::DomainLimit));
-        // Known domains and other addresses still pass.
-        assert_ne!(run(&mut t, a, 1), Some(DecodeError::DomainLimit));
-        assert_ne!(run(&mut t, b, 3), Some(DecodeError::DomainLimit));
-        assert_eq!(t.scopes(), 3);
-        assert_eq!(t.stats.error(DecodeError::DomainLimit), 1);
-    }
-
-    #[test]
-    fn frame_checks_lengths() {
-        assert_eq!(frame(&[0, 10]), Err(DecodeError::Truncated));
-        assert_eq!(frame(&[0, 3, 0, 0]), Err(DecodeError::Version));
-        let mut m = vec![0u8; 16];
-        m[1] = 10;
-        m[3] = 17;
-        assert_eq!(frame(&m), Err(DecodeError::Length));
-        m[3] = 16;
-        assert_eq!(frame(&m).map(|(_, d)| d), Ok(0));
-    }
-}
+#[path = "session_tests.rs"]
+mod tests;

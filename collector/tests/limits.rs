@@ -89,3 +89,26 @@ fn allowlist_refuses_before_decoding() {
     assert_eq!(s.refused_sources, vec![("198.51.100.7".to_string(), 3)]);
     assert_eq!(s.sessions.datagrams, 0);
 }
+
+#[test]
+fn long_template_records_are_refused_before_the_parser_keeps_them() {
+    use labelflow_collector::session::DecodeError;
+    let from: IpAddr = EXPORTER.parse().unwrap();
+    // The template has 12 fields: 4 + 12 × 4 = 52 octets.
+    let mut ing = ingest("max_template_bytes = 51\n");
+    assert_eq!(
+        ing.datagram(from, &ipfix_template(now_secs(), 0, 1)).err(),
+        Some(DecodeError::Limit)
+    );
+    assert!(!ing.over_bound());
+    assert!(ing.take_batch().templates.is_empty());
+    // Its data then has no template.
+    let t0 = u64::from(now_secs() - 60) * 1000;
+    let r = ing.datagram(from, &ipfix_data(now_secs(), 0, 1, &[flow("esp", 1, t0)]));
+    assert_eq!(r.unwrap().error, Some(DecodeError::MissingTemplate));
+
+    let mut ing = ingest("max_template_bytes = 52\n");
+    ing.datagram(from, &ipfix_template(now_secs(), 0, 1))
+        .unwrap();
+    assert_eq!(ing.take_batch().templates.len(), 1);
+}
