@@ -4,11 +4,11 @@
 //!
 //! The probe replays a capture of 1M single-packet flows with 1-hour timeouts, so every flow
 //! is still in the cache at the end of the file and leaves in the final flush, the path a
-//! shutdown takes. nfcapd listens on a port the kernel picks (`-p 0`, read back from /proc:
-//! no bind-and-release race); its files are read with `nfdump -R` (every file, whatever the
+//! shutdown takes. nfcapd is started by the test kit (a fresh port, retried when taken, ready
+//! once it owns its socket); its files are read with `nfdump -R` (every file, whatever the
 //! rotation did) and the flows, packets and bytes must equal what the capture holds.
 //!
-//! nfcapd runs with a real-time priority (`chrt -f 10`): on a 2-core CI machine building and
+//! nfcapd runs with a real-time priority (`chrt -f -p 10` once started): on a 2-core CI machine building and
 //! testing in parallel, a receiver at normal priority can wait longer for a CPU than its
 //! 208 KiB buffer covers at any useful rate (measured here under a load of 6: 0.1-0.6 % lost
 //! at 50k records/s, and 24-32 % unpaced). The priority takes the machine's contention out,
@@ -17,9 +17,10 @@
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use labelflow_testkit::nfcapd::Nfcapd;
 use labelflow_testkit::tools::on_path;
 use labelflow_tests::process::find_binary;
 
@@ -74,92 +75,6 @@ fn write_capture(path: &Path) -> (u64, u64) {
     (u64::from(FLOWS), bytes)
 }
 
-/// The local UDP port of a socket `pid` holds, from /proc (None until it has bound).
-fn bound_udp_port(pid: u32) -> Option<u16> {
-    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .ok()?
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter_map(|l| {
-            let l = l.to_string_lossy().into_owned();
-            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
-        })
-        .collect();
-    let table = std::fs::read_to_string(format!("/proc/{pid}/net/udp")).ok()?;
-    table.lines().skip(1).find_map(|line| {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        let inode = cols.get(9)?;
-        if !inodes.iter().any(|i| i == inode) {
-            return None;
-        }
-        let port = cols.get(1)?.rsplit_once(':')?.1;
-        u16::from_str_radix(port, 16).ok().filter(|p| *p != 0)
-    })
-}
-
-struct Nfcapd {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Nfcapd {
-    /// Starts nfcapd on 127.0.0.1 with a kernel-chosen port and its default buffer; returns
-    /// it with the port once its socket is bound (bounded wait).
-    fn start(dir: &Path) -> (Nfcapd, u16) {
-        let child = Command::new("chrt")
-            .args(["-f", "10", "nfcapd"])
-            .args(["-w", dir.to_str().unwrap(), "-b", "127.0.0.1", "-p", "0"])
-            .args(["-t", "3600"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("nfcapd.log")).expect("nfcapd log"))
-            .spawn()
-            .expect("chrt (util-linux) starts nfcapd");
-        let mut n = Nfcapd {
-            child,
-            dir: dir.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(port) = bound_udp_port(n.child.id()) {
-                return (n, port);
-            }
-            if let Some(status) = n.child.try_wait().unwrap() {
-                panic!("nfcapd exited ({status}; chrt -f needs root): {}", n.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nfcapd bound no UDP port within 10 s: {}",
-                n.log()
-            );
-            std::thread::yield_now();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("nfcapd.log")).unwrap_or_default()
-    }
-
-    /// SIGTERM (nfcapd closes its file) and wait for it, bounded.
-    fn stop(&mut self) {
-        // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "nfcapd did not stop on SIGTERM within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Nfcapd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn a_million_flow_flush_reaches_nfcapd_without_loss() {
     for tool in ["nfcapd", "nfdump"] {
@@ -175,7 +90,13 @@ fn a_million_flow_flush_reaches_nfcapd_without_loss() {
     let (packets, bytes) = write_capture(&capture);
     let out = dir.join("nfcapd");
     std::fs::create_dir_all(&out).unwrap();
-    let (mut nfcapd, port) = Nfcapd::start(&out);
+    let nfcapd = Nfcapd::start(&out, None, &[]);
+    let port = nfcapd.port();
+    let chrt = Command::new("chrt")
+        .args(["-f", "-p", "10", &nfcapd.pid().to_string()])
+        .status()
+        .expect("chrt (util-linux) runs");
+    assert!(chrt.success(), "chrt -f -p 10 (needs root) failed: {chrt}");
 
     let started = Instant::now();
     let run = Command::new(&probe)
@@ -204,20 +125,8 @@ fn a_million_flow_flush_reaches_nfcapd_without_loss() {
         "the flush was not paced ({took:?}): {log}"
     );
     assert!(log.contains("export paced"), "{log}");
-    nfcapd.stop();
-
-    let dump = Command::new("nfdump")
-        .arg("-R")
-        .arg(&out)
-        .args(["-N", "-q", "-o", "fmt:%pkt %byt"])
-        .output()
-        .expect("nfdump runs");
-    assert!(
-        dump.status.success(),
-        "nfdump failed: {}",
-        String::from_utf8_lossy(&dump.stderr)
-    );
-    let text = String::from_utf8_lossy(&dump.stdout);
+    let stopped = nfcapd.stop();
+    let text = stopped.nfdump(&["-N", "-q", "-o", "fmt:%pkt %byt"]);
     let (mut flows, mut got_packets, mut got_bytes) = (0u64, 0u64, 0u64);
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let mut cols = line.split_whitespace().map(|c| c.parse::<u64>());
@@ -234,7 +143,7 @@ fn a_million_flow_flush_reaches_nfcapd_without_loss() {
         (flows, got_packets, got_bytes),
         (u64::from(FLOWS), packets, bytes),
         "nfcapd lost records of the flush; nfcapd said: {}\nprobe said: {log}",
-        nfcapd.log()
+        stopped.log
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -79,7 +79,8 @@ impl Nfcapd {
         })
     }
 
-    fn pid(&self) -> u32 {
+    /// nfcapd's process id (0 once stopped).
+    pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
 
