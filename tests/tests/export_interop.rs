@@ -73,9 +73,15 @@ fn flows(v4_only: bool) -> Vec<FlowRecord> {
             end_ms: T0 - 1000,
             end_reason: Some(labelflow_proto::EndReason::IdleTimeout),
             mark: Some(7),
+            // labelflow's tunnelName (enterprise element) on the first two.
+            tunnel: (i < 2).then(|| "hq".to_string()),
             ..FlowRecord::default()
         })
         .collect();
+    // UDP-encapsulated ESP (RFC 3948): UDP ports and an SPI in one record.
+    v[3].src_port = 4500;
+    v[3].dst_port = 4500;
+    v[3].ipsec_spi = Some(0xc000_0003);
     if !v4_only {
         v.push(FlowRecord {
             observation_domain: 5,
@@ -307,7 +313,17 @@ fn ipfix_decodes_cleanly_in_tshark() {
         "tshark-ipfix",
         Format::Ipfix,
         false,
-        &["esp", "vpn", "alice", "ESP on wan", "wan0", "21373"],
+        &[
+            "esp",
+            "vpn",
+            "alice",
+            "ESP on wan",
+            "wan0",
+            "21373",
+            // The tunnel name under labelflow's enterprise number, and a NAT-T SPI.
+            "32473",
+            "IPSec SPI: 3221225475",
+        ],
     );
 }
 

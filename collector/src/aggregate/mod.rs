@@ -265,7 +265,11 @@ impl Aggregator {
                 dst,
                 spi,
             } => {
-                let p = if protocol == 51 { "ah" } else { "esp" };
+                let p = match protocol {
+                    51 => "ah",
+                    17 => "esp-in-udp",
+                    _ => "esp",
+                };
                 // A configured peer at either end names the tunnel the SA belongs to.
                 let tunnel = self
                     .cfg
@@ -436,7 +440,8 @@ impl Aggregator {
     fn targets(&mut self, f: &Flow) -> Targets {
         let port = has_ports(f.protocol).then(|| service_port(f.src_port, f.dst_port));
         let class = class_of(f.label, f.protocol, port.unwrap_or(0));
-        let ipsec = matches!(f.protocol, 50 | 51);
+        // ESP and AH, and ESP inside UDP (RFC 3948): a UDP record that carries an SPI.
+        let ipsec = matches!(f.protocol, 50 | 51) || (f.protocol == 17 && f.spi.is_some());
         if !ipsec && self.cfg.tunnels.is_empty() && self.cfg.networks.is_empty() {
             // Neither a tunnel nor a host to feed: the common case without configuration.
             return Targets {

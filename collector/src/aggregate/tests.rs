@@ -105,6 +105,14 @@ fn views_tunnels_hosts_ports() {
     let mut other = rec(0, 1000, 70, 1);
     other.dst_addr = "192.168.1.20".parse().unwrap();
     a.add(&other, "other");
+    // ESP inside UDP 4500 (RFC 3948) to the hq peer: an SA too, ports kept.
+    let mut natt = rec(0, 1000, 200, 2);
+    natt.protocol = 17;
+    natt.src_port = 4500;
+    natt.dst_port = 4500;
+    natt.ipsec_spi = Some(0x3003);
+    natt.dst_addr = "203.0.113.6".parse().unwrap();
+    a.add(&natt, "esp");
     let d = a.take();
     let find = |dim: Dim, key: &str| {
         d.iter()
@@ -112,7 +120,7 @@ fn views_tunnels_hosts_ports() {
             .map(|x| x.counters)
             .unwrap_or_default()
     };
-    assert_eq!(find(Dim::View, "uplink").bytes, 1370);
+    assert_eq!(find(Dim::View, "uplink").bytes, 1570);
     assert_eq!(
         find(Dim::Tunnel, "esp 192.168.1.10>198.51.100.7 spi 0x00001001").bytes,
         1000
@@ -126,8 +134,17 @@ fn views_tunnels_hosts_ports() {
         .bytes,
         300
     );
+    assert_eq!(
+        find(
+            Dim::Tunnel,
+            "hq: esp-in-udp 192.168.1.10>203.0.113.6 spi 0x00003003"
+        )
+        .bytes,
+        200
+    );
+    assert_eq!(find(Dim::Port, "udp/4500").bytes, 200);
     let h = find(Dim::Host, "192.168.1.10");
-    assert_eq!((h.bytes_out, h.bytes_in, h.flows), (1870, 0, 4));
+    assert_eq!((h.bytes_out, h.bytes_in, h.flows), (2070, 0, 5));
     assert_eq!(find(Dim::Host, "192.168.1.20").bytes_in, 70);
     assert_eq!(find(Dim::Port, "tcp/443").flows, 2);
     assert_eq!(find(Dim::Protocol, "esp").bytes, 1300);
