@@ -441,7 +441,9 @@ impl Aggregator {
         let port = has_ports(f.protocol).then(|| service_port(f.src_port, f.dst_port));
         let class = class_of(f.label, f.protocol, port.unwrap_or(0));
         // ESP and AH, and ESP inside UDP (RFC 3948): a UDP record that carries an SPI.
-        let ipsec = matches!(f.protocol, 50 | 51) || (f.protocol == 17 && f.spi.is_some());
+        // SPI 0 is reserved (RFC 4303 section 2.1): exporters with one template send it for "none".
+        let ipsec =
+            matches!(f.protocol, 50 | 51) || (f.protocol == 17 && f.spi.is_some_and(|s| s != 0));
         if !ipsec && self.cfg.tunnels.is_empty() && self.cfg.networks.is_empty() {
             // Neither a tunnel nor a host to feed: the common case without configuration.
             return Targets {
