@@ -280,42 +280,8 @@ impl Lab {
             &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
         )?;
 
-        // Both ends are created directly inside their namespaces: nothing touches the root one.
-        netns::run(
-            None,
-            "ip",
-            &[
-                "link", "add", GW_WAN_IF, "netns", &gw, "type", "veth", "peer", "name", PEER_IF,
-                "netns", &inet,
-            ],
-            None,
-        )?;
-        netns::run(
-            None,
-            "ip",
-            &[
-                "link", "add", GW_LAN_IF, "netns", &gw, "type", "veth", "peer", "name", PEER_IF,
-                "netns", &lan,
-            ],
-            None,
-        )?;
-        for (ns, dev) in [
-            (&inet, PEER_IF),
-            (&gw, GW_WAN_IF),
-            (&gw, GW_LAN_IF),
-            (&lan, PEER_IF),
-        ] {
-            // A packet on the link must be one wire packet: no GRO/GSO/TSO merging, and
-            // checksums filled in by the stack so captures decode cleanly.
-            netns::run(
-                Some(ns),
-                "ethtool",
-                &[
-                    "-K", dev, "gro", "off", "gso", "off", "tso", "off", "tx", "off", "rx", "off",
-                ],
-                None,
-            )?;
-        }
+        netns::veth((&gw, GW_WAN_IF), (&inet, PEER_IF))?;
+        netns::veth((&gw, GW_LAN_IF), (&lan, PEER_IF))?;
         use addr::*;
         let v4 = |a: Ipv4Addr, len: u8| format!("{a}/{len}");
         let v6 = |a: Ipv6Addr, len: u8| format!("{a}/{len}");

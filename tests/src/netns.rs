@@ -143,6 +143,32 @@ pub fn force_rcvbuf(sock: &Socket, size: usize) -> Result<(), LabError> {
     Ok(())
 }
 
+/// A veth pair with one end in each namespace, created directly there (nothing touches the
+/// root namespace), offloads off on both ends: a packet on the link is one wire packet (no
+/// GRO/GSO/TSO merging), with checksums filled in by the stack so captures decode cleanly.
+pub fn veth(a: (&str, &str), b: (&str, &str)) -> Result<(), LabError> {
+    let ((ns_a, if_a), (ns_b, if_b)) = (a, b);
+    run(
+        None,
+        "ip",
+        &[
+            "link", "add", if_a, "netns", ns_a, "type", "veth", "peer", "name", if_b, "netns", ns_b,
+        ],
+        None,
+    )?;
+    for (ns, dev) in [a, b] {
+        run(
+            Some(ns),
+            "ethtool",
+            &[
+                "-K", dev, "gro", "off", "gso", "off", "tso", "off", "tx", "off", "rx", "off",
+            ],
+            None,
+        )?;
+    }
+    Ok(())
+}
+
 /// `ip netns exec NS PROG ARGS...` as a `Command` (stdio left to the caller).
 pub fn command(ns: &str, prog: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new("ip");

@@ -241,37 +241,14 @@ impl IpsecPair {
         }
         let inet = lab.inet();
         let run = |ns: &str, args: &[&str]| netns::run(Some(ns), args[0], &args[1..], None);
-        netns::run(
-            None,
-            "ip",
-            &[
-                "link", "add", "pub0", "netns", &nat, "type", "veth", "peer", "name", "tonat",
-                "netns", &inet,
-            ],
-            None,
-        )?;
-        netns::run(
-            None,
-            "ip",
-            &[
-                "link", "add", "priv0", "netns", &nat, "type", "veth", "peer", "name", "eth0",
-                "netns", &rw,
-            ],
-            None,
-        )?;
+        netns::veth((&nat, "pub0"), (&inet, "tonat"))?;
+        netns::veth((&nat, "priv0"), (&rw, "eth0"))?;
         for (ns, dev, addr) in [
             (inet.as_str(), "tonat", "203.0.113.1/24"),
             (nat.as_str(), "pub0", "203.0.113.2/24"),
             (nat.as_str(), "priv0", "10.0.77.1/24"),
             (rw.as_str(), "eth0", "10.0.77.2/24"),
         ] {
-            run(
-                ns,
-                &[
-                    "ethtool", "-K", dev, "gro", "off", "gso", "off", "tso", "off", "tx", "off",
-                    "rx", "off",
-                ],
-            )?;
             run(ns, &["ip", "addr", "add", addr, "dev", dev])?;
             run(ns, &["ip", "link", "set", dev, "up"])?;
         }
