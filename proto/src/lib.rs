@@ -3,7 +3,7 @@
 //! ```text
 //!   FlowRecord ──► template::encode_flow ──► ipfix::MessageWriter ──► UDP datagram (RFC 7011)
 //!              ──► v9::PacketWriter / v5::PacketWriter           ──► UDP datagram (RFC 3954 / v5)
-//!   any exporter's datagram ──► netflow_parser ──► convert ──► FlowRecord
+//!   any exporter's datagram ──► netflow_parser ──► convert ──► FlowRecord   (feature `decode`)
 //!   labelflow's own IPFIX   ──► ipfix::Message (zero-copy) ──► template::decode_flow
 //! ```
 //!
@@ -22,10 +22,12 @@
 //! ```
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "decode")]
 pub mod convert;
 pub mod ie;
 pub mod ipfix;
 mod pack;
+#[cfg(feature = "decode")]
 pub mod plan;
 pub mod record;
 pub mod template;
