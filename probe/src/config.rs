@@ -339,14 +339,6 @@ pub fn validate(
     source: Option<&Source>,
     over: &Overrides,
 ) -> Result<Config, ConfigError> {
-    let err = |span: Range<usize>, msg: String| match source {
-        Some(s) => s.error(span, msg),
-        None => ConfigError {
-            place: String::new(),
-            message: msg,
-        },
-    };
-
     let observation_domain = over
         .observation_domain
         .or(raw.observation_domain.map(|v| v.into_inner()))
@@ -360,26 +352,53 @@ pub fn validate(
         Some(v) => duration(source, v)?,
         None => defaults::SHUTDOWN_GRACE,
     };
+    let (nflog, nflog_threshold) = validate_nflog(&raw.nflog, source, over)?;
+    let groups = validate_groups(&raw.groups, source, over, nflog_threshold)?;
+    Ok(Config {
+        observation_domain,
+        stats_interval,
+        shutdown_grace,
+        nflog,
+        groups: groups.into_values().collect(),
+        cache: validate_cache(&raw.cache, source, over)?,
+        exports: validate_exports(&raw.exports, source, over)?,
+        ipsec: ipsec_ports(&raw.ipsec, source)?,
+        vici: vici_path(&raw.ipsec, source, over)?,
+    })
+}
 
+/// An error at `span` of the file, or without a place when the value came from no file.
+fn span_err(source: Option<&Source>, span: Range<usize>, msg: String) -> ConfigError {
+    match source {
+        Some(s) => s.error(span, msg),
+        None => ConfigError {
+            place: String::new(),
+            message: msg,
+        },
+    }
+}
+
+/// `[nflog]`, and the queue threshold groups inherit.
+fn validate_nflog(
+    raw: &RawNflog,
+    source: Option<&Source>,
+    over: &Overrides,
+) -> Result<(Nflog, u32), ConfigError> {
+    let err = |span: Range<usize>, msg: String| span_err(source, span, msg);
     let nflog_threshold = over
         .queue_threshold
-        .or(raw.nflog.queue_threshold.as_ref().map(|v| *v.get_ref()))
+        .or(raw.queue_threshold.as_ref().map(|v| *v.get_ref()))
         .unwrap_or(defaults::QUEUE_THRESHOLD);
     if nflog_threshold == 0 {
-        let span = raw
-            .nflog
-            .queue_threshold
-            .as_ref()
-            .map_or(0..0, |v| v.span());
+        let span = raw.queue_threshold.as_ref().map_or(0..0, |v| v.span());
         return Err(err(span, "queue_threshold must be at least 1".into()));
     }
     let copy_range = raw
-        .nflog
         .copy_range
         .as_ref()
         .map_or(defaults::COPY_RANGE, |v| *v.get_ref());
     if copy_range < 40 {
-        let span = raw.nflog.copy_range.as_ref().map_or(0..0, |v| v.span());
+        let span = raw.copy_range.as_ref().map_or(0..0, |v| v.span());
         return Err(err(
             span,
             format!("copy_range {copy_range} is too small to hold an IP and a transport header (at least 40; 128 recommended)"),
@@ -388,17 +407,28 @@ pub fn validate(
     let nflog = Nflog {
         rcvbuf: over
             .rcvbuf
-            .or(raw.nflog.rcvbuf.map(|v| v.into_inner()))
+            .or(raw.rcvbuf.as_ref().map(|v| *v.get_ref()))
             .unwrap_or(defaults::RCVBUF),
         copy_range,
-        flush_timeout: match &raw.nflog.flush_timeout {
+        flush_timeout: match &raw.flush_timeout {
             Some(v) => duration(source, v)?,
             None => defaults::FLUSH_TIMEOUT,
         },
     };
 
+    Ok((nflog, nflog_threshold))
+}
+
+/// `[[group]]` and `--group`, by id; labels unique.
+fn validate_groups(
+    raw: &[RawGroup],
+    source: Option<&Source>,
+    over: &Overrides,
+    nflog_threshold: u32,
+) -> Result<BTreeMap<u16, Group>, ConfigError> {
+    let err = |span: Range<usize>, msg: String| span_err(source, span, msg);
     let mut groups: BTreeMap<u16, Group> = BTreeMap::new();
-    for g in &raw.groups {
+    for g in raw {
         let id = check_group_id(*g.id.get_ref()).map_err(|m| err(g.id.span(), m))?;
         check_label(g.label.get_ref()).map_err(|m| err(g.label.span(), m))?;
         let queue_threshold = g
@@ -459,20 +489,30 @@ pub fn validate(
         }
     }
 
+    Ok(groups)
+}
+
+/// `[cache]` with the flag overrides.
+fn validate_cache(
+    raw: &RawCache,
+    source: Option<&Source>,
+    over: &Overrides,
+) -> Result<Cache, ConfigError> {
+    let err = |span: Range<usize>, msg: String| span_err(source, span, msg);
     let max_flows = over
         .max_flows
-        .or(raw.cache.max_flows.as_ref().map(|v| *v.get_ref()))
+        .or(raw.max_flows.as_ref().map(|v| *v.get_ref()))
         .unwrap_or(defaults::MAX_FLOWS);
-    let max_flows = NonZeroU32::new(max_flows).ok_or_else(|| match &raw.cache.max_flows {
+    let max_flows = NonZeroU32::new(max_flows).ok_or_else(|| match &raw.max_flows {
         Some(v) if over.max_flows.is_none() => err(v.span(), "max_flows must be at least 1".into()),
         _ => flag_err("--max-flows", "must be at least 1"),
     })?;
-    let active_timeout = match (&over.active_timeout, &raw.cache.active_timeout) {
+    let active_timeout = match (&over.active_timeout, &raw.active_timeout) {
         (Some(v), _) => flag_duration("--active-timeout", v)?,
         (None, Some(v)) => duration(source, v)?,
         (None, None) => defaults::ACTIVE_TIMEOUT,
     };
-    let idle_timeout = match (&over.idle_timeout, &raw.cache.idle_timeout) {
+    let idle_timeout = match (&over.idle_timeout, &raw.idle_timeout) {
         (Some(v), _) => flag_duration("--inactive-timeout", v)?,
         (None, Some(v)) => duration(source, v)?,
         (None, None) => defaults::IDLE_TIMEOUT,
@@ -483,15 +523,23 @@ pub fn validate(
             "active_timeout and idle_timeout must be greater than zero",
         ));
     }
-    let cache = Cache {
+    Ok(Cache {
         max_flows,
         active_timeout,
         idle_timeout,
-    };
+    })
+}
 
+/// `[[export]]`, or the `--export` targets, which replace them.
+fn validate_exports(
+    raw: &[RawExport],
+    source: Option<&Source>,
+    over: &Overrides,
+) -> Result<Vec<Export>, ConfigError> {
+    let err = |span: Range<usize>, msg: String| span_err(source, span, msg);
     let mut exports = Vec::new();
     if over.exports.is_empty() {
-        for e in &raw.exports {
+        for e in raw {
             let target: Target = e
                 .target
                 .get_ref()
@@ -549,17 +597,7 @@ pub fn validate(
         }
     }
 
-    Ok(Config {
-        observation_domain,
-        stats_interval,
-        shutdown_grace,
-        nflog,
-        groups: groups.into_values().collect(),
-        cache,
-        exports,
-        ipsec: ipsec_ports(&raw.ipsec, source)?,
-        vici: vici_path(&raw.ipsec, source, over)?,
-    })
+    Ok(exports)
 }
 
 /// `application_id`: `"rfc6759"` (default) or `"varlen"`, the latter for IPFIX targets only
