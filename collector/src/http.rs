@@ -28,7 +28,7 @@ use serde::Deserialize;
 use crate::aggregate::{Dim, TimeRule};
 use crate::ingest::Snapshot;
 use crate::report::{self, Query};
-use crate::session::DecodeError;
+use crate::session::{DecodeError, SessionStats};
 use crate::store::Reader;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -195,119 +195,15 @@ async fn metrics(State(st): State<AppState>) -> Response {
 /// Prometheus text exposition of a snapshot.
 pub fn render_metrics(s: &Snapshot) -> String {
     let mut o = String::new();
-    let mut counter = |name: &str, help: &str, v: u64| {
+    for (name, help, v) in session_counters(&s.sessions)
+        .into_iter()
+        .chain(store_counters(s))
+    {
         let _ = write!(
             o,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
         );
-    };
-    let ss = &s.sessions;
-    counter(
-        "labelflow_collector_datagrams_total",
-        "Datagrams received.",
-        ss.datagrams,
-    );
-    counter(
-        "labelflow_collector_flow_records_total",
-        "Flow records decoded.",
-        ss.flow_records,
-    );
-    counter(
-        "labelflow_collector_options_records_total",
-        "Options data records decoded.",
-        ss.options_records,
-    );
-    counter(
-        "labelflow_collector_template_records_total",
-        "Template records received.",
-        ss.template_records,
-    );
-    counter(
-        "labelflow_collector_sequence_gaps_total",
-        "Sequence number discontinuities.",
-        ss.sequence_gaps,
-    );
-    counter(
-        "labelflow_collector_sequence_lost_total",
-        "Records (IPFIX, v5) or packets (v9) missing according to sequence numbers.",
-        ss.sequence_lost,
-    );
-    counter(
-        "labelflow_collector_sequence_resets_total",
-        "Sequence numbers that went backwards.",
-        ss.sequence_resets,
-    );
-    counter(
-        "labelflow_collector_lost_across_restart_total",
-        "Records (v5, IPFIX) or packets (v9) missing at each exporter's first message after a \
-         restart: received but not committed before it, or sent while down.",
-        ss.lost_across_restart,
-    );
-    counter(
-        "labelflow_collector_evicted_exporters_total",
-        "Exporter scopes evicted from the LRU.",
-        ss.evicted_scopes,
-    );
-    counter(
-        "labelflow_collector_commits_total",
-        "Store transactions committed.",
-        s.commits,
-    );
-    counter(
-        "labelflow_collector_commit_errors_total",
-        "Store transactions that failed.",
-        s.commit_errors,
-    );
-    counter(
-        "labelflow_collector_committed_datagrams_total",
-        "Datagrams whose effect is committed.",
-        s.committed_datagrams,
-    );
-    counter(
-        "labelflow_collector_receive_errors_total",
-        "Socket receive errors.",
-        s.receive_errors,
-    );
-    counter(
-        "labelflow_collector_udp_gro_reads_total",
-        "Socket reads that carried several datagrams (UDP receive offload).",
-        s.gro_reads,
-    );
-    counter(
-        "labelflow_collector_folded_keys_total",
-        "Keys folded into other by the per-bucket bound.",
-        s.aggregation.folded_keys,
-    );
-    counter(
-        "labelflow_collector_forgotten_key_sets_total",
-        "Key-bound sets of old buckets forgotten to stay within max_tracked_keys.",
-        s.aggregation.forgotten_key_sets,
-    );
-    counter(
-        "labelflow_collector_folded_labels_total",
-        "Records counted under other because max_labels names were taken.",
-        s.aggregation.folded_labels,
-    );
-    counter(
-        "labelflow_collector_truncated_labels_total",
-        "Label names cut to max_label_bytes.",
-        s.aggregation.truncated_labels,
-    );
-    counter(
-        "labelflow_collector_refused_application_names_total",
-        "Application names not kept: the exporter scope had max_application_names.",
-        ss.refused_application_names,
-    );
-    counter(
-        "labelflow_collector_early_commits_total",
-        "Batches handed to the store early because a pending bound was reached.",
-        s.early_commits,
-    );
-    counter(
-        "labelflow_collector_excluded_internal_total",
-        "Records skipped for hosts because both ends are internal.",
-        s.aggregation.excluded_internal,
-    );
+    }
     let _ = write!(
         o,
         "# HELP labelflow_collector_exporters Exporter scopes (address, domain) tracked.\n\
@@ -316,6 +212,124 @@ pub fn render_metrics(s: &Snapshot) -> String {
     );
     render_series(&mut o, s);
     o
+}
+
+/// (name, help, value) of the template sessions' counters.
+fn session_counters(ss: &SessionStats) -> Vec<(&'static str, &'static str, u64)> {
+    vec![
+        (
+            "labelflow_collector_datagrams_total",
+            "Datagrams received.",
+            ss.datagrams,
+        ),
+        (
+            "labelflow_collector_flow_records_total",
+            "Flow records decoded.",
+            ss.flow_records,
+        ),
+        (
+            "labelflow_collector_options_records_total",
+            "Options data records decoded.",
+            ss.options_records,
+        ),
+        (
+            "labelflow_collector_template_records_total",
+            "Template records received.",
+            ss.template_records,
+        ),
+        (
+            "labelflow_collector_sequence_gaps_total",
+            "Sequence number discontinuities.",
+            ss.sequence_gaps,
+        ),
+        (
+            "labelflow_collector_sequence_lost_total",
+            "Records (IPFIX, v5) or packets (v9) missing according to sequence numbers.",
+            ss.sequence_lost,
+        ),
+        (
+            "labelflow_collector_sequence_resets_total",
+            "Sequence numbers that went backwards.",
+            ss.sequence_resets,
+        ),
+        (
+            "labelflow_collector_lost_across_restart_total",
+            "Records (v5, IPFIX) or packets (v9) missing at each exporter's first message after a \
+             restart: received but not committed before it, or sent while down.",
+            ss.lost_across_restart,
+        ),
+        (
+            "labelflow_collector_evicted_exporters_total",
+            "Exporter scopes evicted from the LRU.",
+            ss.evicted_scopes,
+        ),
+        (
+            "labelflow_collector_refused_application_names_total",
+            "Application names not kept: the exporter scope had max_application_names.",
+            ss.refused_application_names,
+        ),
+    ]
+}
+
+/// (name, help, value) of the store's, the receive loop's and the aggregation's counters.
+fn store_counters(s: &Snapshot) -> Vec<(&'static str, &'static str, u64)> {
+    vec![
+        (
+            "labelflow_collector_commits_total",
+            "Store transactions committed.",
+            s.commits,
+        ),
+        (
+            "labelflow_collector_commit_errors_total",
+            "Store transactions that failed.",
+            s.commit_errors,
+        ),
+        (
+            "labelflow_collector_committed_datagrams_total",
+            "Datagrams whose effect is committed.",
+            s.committed_datagrams,
+        ),
+        (
+            "labelflow_collector_receive_errors_total",
+            "Socket receive errors.",
+            s.receive_errors,
+        ),
+        (
+            "labelflow_collector_udp_gro_reads_total",
+            "Socket reads that carried several datagrams (UDP receive offload).",
+            s.gro_reads,
+        ),
+        (
+            "labelflow_collector_folded_keys_total",
+            "Keys folded into other by the per-bucket bound.",
+            s.aggregation.folded_keys,
+        ),
+        (
+            "labelflow_collector_forgotten_key_sets_total",
+            "Key-bound sets of old buckets forgotten to stay within max_tracked_keys.",
+            s.aggregation.forgotten_key_sets,
+        ),
+        (
+            "labelflow_collector_folded_labels_total",
+            "Records counted under other because max_labels names were taken.",
+            s.aggregation.folded_labels,
+        ),
+        (
+            "labelflow_collector_truncated_labels_total",
+            "Label names cut to max_label_bytes.",
+            s.aggregation.truncated_labels,
+        ),
+        (
+            "labelflow_collector_early_commits_total",
+            "Batches handed to the store early because a pending bound was reached.",
+            s.early_commits,
+        ),
+        (
+            "labelflow_collector_excluded_internal_total",
+            "Records skipped for hosts because both ends are internal.",
+            s.aggregation.excluded_internal,
+        ),
+    ]
 }
 
 /// The labelled series of `/metrics` (bounded label values).

@@ -286,43 +286,7 @@ fn run(cli: Cli) -> Result<()> {
             firewall,
             file,
             action,
-        } => {
-            let fw: Firewall = firewall.into();
-            if !file.is_empty() {
-                let Some(prefix) = lab else {
-                    bail!("--lab is required for {action:?}")
-                };
-                let lab = Lab::attach(&prefix)?;
-                match action {
-                    RulesAction::Load => ruleset::load_files(&lab, fw, &file)?,
-                    RulesAction::Detach => ruleset::detach_files(&lab, fw, &file)?,
-                    RulesAction::Unload | RulesAction::Show => {
-                        bail!("{action:?} is for the lab's own ruleset: leave out --file")
-                    }
-                }
-                return Ok(());
-            }
-            if let RulesAction::Show = action {
-                match fw {
-                    Firewall::Iptables => {
-                        println!("# iptables-restore\n{}", rules::iptables_ruleset(false));
-                        println!("# ip6tables-restore\n{}", rules::iptables_ruleset(true));
-                    }
-                    Firewall::Nftables => println!("{}", rules::nft_ruleset()),
-                }
-                return Ok(());
-            }
-            let Some(prefix) = lab else {
-                bail!("--lab is required for {action:?}")
-            };
-            let lab = Lab::attach(&prefix)?;
-            match action {
-                RulesAction::Load => rules::load(&lab, fw)?,
-                RulesAction::Detach => rules::detach(&lab, fw)?,
-                RulesAction::Unload => rules::unload(&lab, fw)?,
-                RulesAction::Show => {}
-            }
-        }
+        } => rules_cmd(lab, firewall, file, action)?,
         Cmd::Ready {
             lab,
             groups,
@@ -358,95 +322,14 @@ fn run(cli: Cli) -> Result<()> {
             esp_flood,
             spi,
             payload,
-        } => {
-            let lab = Lab::attach(&lab)?;
-            if let Some(n) = esp_flood {
-                let spis = spi
-                    .iter()
-                    .map(|s| parse_spi(s))
-                    .collect::<Result<Vec<_>>>()?;
-                let per_spi = n / u32::try_from(spis.len().max(1)).unwrap_or(1);
-                let sent =
-                    traffic::esp(&lab, IpAddr::V4(addr::GW_WAN_V4), &spis, per_spi, payload)?;
-                println!("esp sent {} {}", sent.packets, sent.bytes);
-                return Ok(());
-            }
-            let mix = match mix {
-                MixName::Standard => traffic::Mix::standard(),
-                MixName::Exact => traffic::Mix::exact(),
-                MixName::Ipsec => {
-                    let sas = tunnel::TunnelSas::default();
-                    let mut total = tunnel::IpsecMixReport::default();
-                    for _ in 0..repeat {
-                        let r = tunnel::run_ipsec_mix(&lab, &traffic::Mix::standard(), &sas)?;
-                        total.tunnel.inner_in += r.tunnel.inner_in;
-                        total.tunnel.inner_out += r.tunnel.inner_out;
-                        total.tunnel.esp_in += r.tunnel.esp_in;
-                        total.tunnel.esp_out += r.tunnel.esp_out;
-                        total.vpn_udp += r.vpn_udp;
-                        total.other_udp += r.other_udp;
-                    }
-                    let t = &total.tunnel;
-                    for (what, c) in [
-                        ("tunnel inner in", t.inner_in),
-                        ("tunnel inner out", t.inner_out),
-                        ("tunnel esp in", t.esp_in),
-                        ("tunnel esp out", t.esp_out),
-                        ("vpn-udp received", total.vpn_udp),
-                        ("other-udp received", total.other_udp),
-                    ] {
-                        println!("{what} {} {}", c.packets, c.bytes);
-                    }
-                    return Ok(());
-                }
-            };
-            let mut total = traffic::MixReport::default();
-            for _ in 0..repeat {
-                let r = traffic::run_mix(&lab, &mix)?;
-                total.esp += r.esp;
-                total.vpn_udp += r.vpn_udp;
-                total.other_udp += r.other_udp;
-            }
-            println!("esp sent {} {}", total.esp.packets, total.esp.bytes);
-            println!(
-                "vpn-udp received {} {}",
-                total.vpn_udp.packets, total.vpn_udp.bytes
-            );
-            println!(
-                "other-udp received {} {}",
-                total.other_udp.packets, total.other_udp.bytes
-            );
-        }
+        } => traffic_cmd(lab, mix, repeat, esp_flood, spi, payload)?,
         Cmd::Counters {
             lab,
             firewall,
             json,
             all,
             zero,
-        } => {
-            let lab = Lab::attach(&lab)?;
-            let counters = if all {
-                ruleset::all_counters(&lab, firewall.into(), zero)?
-            } else {
-                rules::counters(&lab, firewall.into())?
-            };
-            if json {
-                let obj: serde_json::Map<String, serde_json::Value> = counters
-                    .iter()
-                    .map(|(l, c)| {
-                        (
-                            l.clone(),
-                            serde_json::json!({"packets": c.packets, "bytes": c.bytes}),
-                        )
-                    })
-                    .collect();
-                println!("{}", serde_json::Value::Object(obj));
-            } else {
-                for (label, c) in counters {
-                    println!("{label} {} {}", c.packets, c.bytes);
-                }
-            }
-        }
+        } => counters_cmd(lab, firewall, json, all, zero)?,
         Cmd::Send {
             lab,
             kind,
@@ -458,57 +341,7 @@ fn run(cli: Cli) -> Result<()> {
             size,
             reply,
             gid,
-        } => {
-            let lab = Lab::attach(&lab)?;
-            let from = parse_role(&from)?;
-            let sender = match gid {
-                Some(g) => Sender::with_egid(from, g),
-                None => Sender::from(from),
-            };
-            let src = parse_endpoint(&src)?;
-            let dst = parse_endpoint(&dst)?;
-            let to = to.as_deref().map(parse_role).transpose()?;
-            let need_to =
-                || to.with_context(|| format!("{kind:?} needs --to ROLE (the receiving side)"));
-            match kind {
-                SendKind::Udp => {
-                    let got = traffic::udp(&lab, sender, src, need_to()?, dst, count.into(), size)?;
-                    println!("udp sent {count} received {}", got.packets);
-                    if got.packets < u64::from(count) {
-                        bail!("udp: {} of {count} datagrams arrived", got.packets);
-                    }
-                }
-                SendKind::Tcp => {
-                    if dst.port() == 0 {
-                        bail!("tcp needs a destination port (--dst IP:PORT)");
-                    }
-                    let (up, down) = traffic::tcp_exchange(
-                        &lab,
-                        &TcpExchange {
-                            from: sender,
-                            client: src.ip(),
-                            to: need_to()?,
-                            server: dst,
-                            up: size,
-                            down: reply,
-                            mss: None,
-                        },
-                    )?;
-                    println!("tcp up {up} down {down}");
-                    if up != size || down != reply {
-                        bail!("tcp: sent {size} up and {reply} down, received {up} and {down}");
-                    }
-                }
-                SendKind::Ping => {
-                    let (sent, replies) =
-                        traffic::ping(&lab, sender, src.ip(), dst.ip(), count, size)?;
-                    println!("ping sent {sent} replies {replies}");
-                    if replies < sent {
-                        bail!("ping: {replies} of {sent} echo requests answered");
-                    }
-                }
-            }
-        }
+        } => send_cmd(lab, kind, from, src, to, dst, count, size, reply, gid)?,
         Cmd::Sink { ns, bind, out } => sink(ns.as_deref(), bind, out.as_deref())?,
         Cmd::TrafgenConf { lab } => {
             let lab = Lab::attach(&lab)?;
@@ -699,4 +532,208 @@ fn trafgen_conf(lab: &Lab) -> Result<String> {
         conf.push_str(&format!("/* {what} */\n{{ {} }}\n", hex.join(", ")));
     }
     Ok(conf)
+}
+
+/// `rules`: the lab's own ruleset, or an example's files, loaded, detached, unloaded or shown.
+fn rules_cmd(
+    lab: Option<String>,
+    firewall: Fw,
+    file: Vec<std::path::PathBuf>,
+    action: RulesAction,
+) -> Result<()> {
+    let fw: Firewall = firewall.into();
+    if !file.is_empty() {
+        let Some(prefix) = lab else {
+            bail!("--lab is required for {action:?}")
+        };
+        let lab = Lab::attach(&prefix)?;
+        match action {
+            RulesAction::Load => ruleset::load_files(&lab, fw, &file)?,
+            RulesAction::Detach => ruleset::detach_files(&lab, fw, &file)?,
+            RulesAction::Unload | RulesAction::Show => {
+                bail!("{action:?} is for the lab's own ruleset: leave out --file")
+            }
+        }
+        return Ok(());
+    }
+    if let RulesAction::Show = action {
+        match fw {
+            Firewall::Iptables => {
+                println!("# iptables-restore\n{}", rules::iptables_ruleset(false));
+                println!("# ip6tables-restore\n{}", rules::iptables_ruleset(true));
+            }
+            Firewall::Nftables => println!("{}", rules::nft_ruleset()),
+        }
+        return Ok(());
+    }
+    let Some(prefix) = lab else {
+        bail!("--lab is required for {action:?}")
+    };
+    let lab = Lab::attach(&prefix)?;
+    match action {
+        RulesAction::Load => rules::load(&lab, fw)?,
+        RulesAction::Detach => rules::detach(&lab, fw)?,
+        RulesAction::Unload => rules::unload(&lab, fw)?,
+        RulesAction::Show => {}
+    }
+    Ok(())
+}
+
+/// `traffic`: an ESP flood, or rounds of a traffic mix, with what was sent and received.
+fn traffic_cmd(
+    lab: String,
+    mix: MixName,
+    repeat: u32,
+    esp_flood: Option<u32>,
+    spi: Vec<String>,
+    payload: usize,
+) -> Result<()> {
+    let lab = Lab::attach(&lab)?;
+    if let Some(n) = esp_flood {
+        let spis = spi
+            .iter()
+            .map(|s| parse_spi(s))
+            .collect::<Result<Vec<_>>>()?;
+        let per_spi = n / u32::try_from(spis.len().max(1)).unwrap_or(1);
+        let sent = traffic::esp(&lab, IpAddr::V4(addr::GW_WAN_V4), &spis, per_spi, payload)?;
+        println!("esp sent {} {}", sent.packets, sent.bytes);
+        return Ok(());
+    }
+    let mix = match mix {
+        MixName::Standard => traffic::Mix::standard(),
+        MixName::Exact => traffic::Mix::exact(),
+        MixName::Ipsec => {
+            let sas = tunnel::TunnelSas::default();
+            let mut total = tunnel::IpsecMixReport::default();
+            for _ in 0..repeat {
+                let r = tunnel::run_ipsec_mix(&lab, &traffic::Mix::standard(), &sas)?;
+                total.tunnel.inner_in += r.tunnel.inner_in;
+                total.tunnel.inner_out += r.tunnel.inner_out;
+                total.tunnel.esp_in += r.tunnel.esp_in;
+                total.tunnel.esp_out += r.tunnel.esp_out;
+                total.vpn_udp += r.vpn_udp;
+                total.other_udp += r.other_udp;
+            }
+            let t = &total.tunnel;
+            for (what, c) in [
+                ("tunnel inner in", t.inner_in),
+                ("tunnel inner out", t.inner_out),
+                ("tunnel esp in", t.esp_in),
+                ("tunnel esp out", t.esp_out),
+                ("vpn-udp received", total.vpn_udp),
+                ("other-udp received", total.other_udp),
+            ] {
+                println!("{what} {} {}", c.packets, c.bytes);
+            }
+            return Ok(());
+        }
+    };
+    let mut total = traffic::MixReport::default();
+    for _ in 0..repeat {
+        let r = traffic::run_mix(&lab, &mix)?;
+        total.esp += r.esp;
+        total.vpn_udp += r.vpn_udp;
+        total.other_udp += r.other_udp;
+    }
+    println!("esp sent {} {}", total.esp.packets, total.esp.bytes);
+    println!(
+        "vpn-udp received {} {}",
+        total.vpn_udp.packets, total.vpn_udp.bytes
+    );
+    println!(
+        "other-udp received {} {}",
+        total.other_udp.packets, total.other_udp.bytes
+    );
+    Ok(())
+}
+
+/// `counters`: the kernel's per-label (or every commented) counter, as text or JSON.
+fn counters_cmd(lab: String, firewall: Fw, json: bool, all: bool, zero: bool) -> Result<()> {
+    let lab = Lab::attach(&lab)?;
+    let counters = if all {
+        ruleset::all_counters(&lab, firewall.into(), zero)?
+    } else {
+        rules::counters(&lab, firewall.into())?
+    };
+    if json {
+        let obj: serde_json::Map<String, serde_json::Value> = counters
+            .iter()
+            .map(|(l, c)| {
+                (
+                    l.clone(),
+                    serde_json::json!({"packets": c.packets, "bytes": c.bytes}),
+                )
+            })
+            .collect();
+        println!("{}", serde_json::Value::Object(obj));
+    } else {
+        for (label, c) in counters {
+            println!("{label} {} {}", c.packets, c.bytes);
+        }
+    }
+    Ok(())
+}
+
+/// `send`: UDP datagrams, one TCP exchange or pings between two roles, checked on arrival.
+#[allow(clippy::too_many_arguments)]
+fn send_cmd(
+    lab: String,
+    kind: SendKind,
+    from: String,
+    src: String,
+    to: Option<String>,
+    dst: String,
+    count: u16,
+    size: usize,
+    reply: usize,
+    gid: Option<u32>,
+) -> Result<()> {
+    let lab = Lab::attach(&lab)?;
+    let from = parse_role(&from)?;
+    let sender = match gid {
+        Some(g) => Sender::with_egid(from, g),
+        None => Sender::from(from),
+    };
+    let src = parse_endpoint(&src)?;
+    let dst = parse_endpoint(&dst)?;
+    let to = to.as_deref().map(parse_role).transpose()?;
+    let need_to = || to.with_context(|| format!("{kind:?} needs --to ROLE (the receiving side)"));
+    match kind {
+        SendKind::Udp => {
+            let got = traffic::udp(&lab, sender, src, need_to()?, dst, count.into(), size)?;
+            println!("udp sent {count} received {}", got.packets);
+            if got.packets < u64::from(count) {
+                bail!("udp: {} of {count} datagrams arrived", got.packets);
+            }
+        }
+        SendKind::Tcp => {
+            if dst.port() == 0 {
+                bail!("tcp needs a destination port (--dst IP:PORT)");
+            }
+            let (up, down) = traffic::tcp_exchange(
+                &lab,
+                &TcpExchange {
+                    from: sender,
+                    client: src.ip(),
+                    to: need_to()?,
+                    server: dst,
+                    up: size,
+                    down: reply,
+                    mss: None,
+                },
+            )?;
+            println!("tcp up {up} down {down}");
+            if up != size || down != reply {
+                bail!("tcp: sent {size} up and {reply} down, received {up} and {down}");
+            }
+        }
+        SendKind::Ping => {
+            let (sent, replies) = traffic::ping(&lab, sender, src.ip(), dst.ip(), count, size)?;
+            println!("ping sent {sent} replies {replies}");
+            if replies < sent {
+                bail!("ping: {replies} of {sent} echo requests answered");
+            }
+        }
+    }
+    Ok(())
 }
