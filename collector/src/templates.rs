@@ -6,8 +6,9 @@
 //!  v9    (RFC 3954 section 5):  | header 20 | flowset id 0/1, len | template records ... |
 //! ```
 //!
-//! Only the framing is read here; the decoder proper is `netflow_parser`. A record that does
-//! not fit its set ends the walk (the decoder reports the error).
+//! Only the framing is read here (IPFIX through `labelflow_proto::ipfix`'s set and template
+//! iterators, v9 by hand: proto reads no v9); the decoder proper is `netflow_parser`. A record
+//! that does not fit its set ends the walk (the decoder reports the error).
 
 /// One template (or options template) record as it appeared on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +29,8 @@ impl TemplateRecord {
     }
 }
 
+use labelflow_proto::ipfix::Message;
+
 fn be16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
 }
@@ -35,51 +38,64 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
 /// Append the template records of one datagram to `out`.
 pub fn extract(datagram: &[u8], out: &mut Vec<TemplateRecord>) {
     match be16(datagram, 0) {
-        Some(10) => {
-            let end = be16(datagram, 2).map_or(0, usize::from).min(datagram.len());
-            walk_sets(datagram, 16, end, 10, out);
-        }
-        Some(9) => walk_sets(datagram, 20, datagram.len(), 9, out),
+        Some(10) => extract_ipfix(datagram, out),
+        Some(9) => walk_v9_sets(datagram, out),
         _ => {}
     }
 }
 
-fn walk_sets(d: &[u8], mut at: usize, end: usize, version: u16, out: &mut Vec<TemplateRecord>) {
-    let (tmpl, opts) = if version == 10 { (2, 3) } else { (0, 1) };
-    while at + 4 <= end {
+/// IPFIX, through proto's views: a set that does not hold together ends the walk, a record
+/// that does not ends its set (zero padding as long as a record header reads as template id
+/// 0; the decoder reports real errors).
+fn extract_ipfix(datagram: &[u8], out: &mut Vec<TemplateRecord>) {
+    let Ok(msg) = Message::new_checked(datagram) else {
+        return;
+    };
+    for set in msg.sets() {
+        let Ok(set) = set else { return };
+        for t in set.templates() {
+            let Ok(t) = t else { break };
+            out.push(TemplateRecord {
+                version: 10,
+                set_id: set.id,
+                template_id: t.id,
+                bytes: t.raw().to_vec(),
+            });
+        }
+    }
+}
+
+/// NetFlow v9 (RFC 3954 section 5): flowsets 0 (templates) and 1 (options templates).
+fn walk_v9_sets(d: &[u8], out: &mut Vec<TemplateRecord>) {
+    let mut at = 20;
+    while at + 4 <= d.len() {
         let (Some(set_id), Some(len)) = (be16(d, at), be16(d, at + 2)) else {
             return;
         };
         let len = usize::from(len);
-        if len < 4 || at + len > end {
+        if len < 4 || at + len > d.len() {
             return;
         }
-        if set_id == tmpl || set_id == opts {
-            walk_records(&d[at + 4..at + len], version, set_id, set_id == opts, out);
+        if set_id <= 1 {
+            walk_v9_records(&d[at + 4..at + len], set_id, out);
         }
         at += len;
     }
 }
 
-fn walk_records(
-    set: &[u8],
-    version: u16,
-    set_id: u16,
-    options: bool,
-    out: &mut Vec<TemplateRecord>,
-) {
+fn walk_v9_records(set: &[u8], set_id: u16, out: &mut Vec<TemplateRecord>) {
     let mut at = 0;
-    // Anything shorter than a minimal record is padding (RFC 7011 section 3.3.1).
+    // Anything shorter than a minimal record is padding.
     while at + 4 <= set.len() {
         let Some(id) = be16(set, at) else { return };
-        let Some(len) = record_len(&set[at..], version, options) else {
+        let Some(len) = v9_record_len(&set[at..], set_id == 1) else {
             return;
         };
         if id < 256 {
             return;
         }
         out.push(TemplateRecord {
-            version,
+            version: 9,
             set_id,
             template_id: id,
             bytes: set[at..at + len].to_vec(),
@@ -88,35 +104,18 @@ fn walk_records(
     }
 }
 
-/// Length of the template record at the start of `r`, if it fits.
-fn record_len(r: &[u8], version: u16, options: bool) -> Option<usize> {
-    if version == 9 {
-        if options {
-            // id, option scope length (bytes), option length (bytes), then the specifiers.
-            let scope = usize::from(be16(r, 2)?);
-            let opt = usize::from(be16(r, 4)?);
-            let len = 6 + scope + opt;
-            return (len <= r.len() && (scope + opt) % 4 == 0).then_some(len);
-        }
-        let n = usize::from(be16(r, 2)?);
-        let len = 4 + 4 * n;
-        return (n > 0 && len <= r.len()).then_some(len);
+/// Length of the v9 template record at the start of `r`, if it fits.
+fn v9_record_len(r: &[u8], options: bool) -> Option<usize> {
+    if options {
+        // id, option scope length (bytes), option length (bytes), then the specifiers.
+        let scope = usize::from(be16(r, 2)?);
+        let opt = usize::from(be16(r, 4)?);
+        let len = 6 + scope + opt;
+        return (len <= r.len() && (scope + opt) % 4 == 0).then_some(len);
     }
-    let count = usize::from(be16(r, 2)?);
-    if count == 0 {
-        // Withdrawal: template id and a zero field count only.
-        return Some(4);
-    }
-    let mut at = if options { 6 } else { 4 };
-    for _ in 0..count {
-        let ie = be16(r, at)?;
-        at += 4;
-        if ie & 0x8000 != 0 {
-            // Enterprise bit: a 4-byte enterprise number follows (RFC 7011 section 3.2).
-            at += 4;
-        }
-    }
-    (at <= r.len()).then_some(at)
+    let n = usize::from(be16(r, 2)?);
+    let len = 4 + 4 * n;
+    (n > 0 && len <= r.len()).then_some(len)
 }
 
 /// A whole message carrying just this record, for replay into a decoder.

@@ -161,12 +161,18 @@ pub struct TemplateRecord<'a> {
     /// 0 for a plain template.
     pub scope_count: u16,
     specs: &'a [u8],
+    raw: &'a [u8],
 }
 
 impl<'a> TemplateRecord<'a> {
     /// A template withdrawal has no fields (RFC 7011 section 8.1).
     pub fn is_withdrawal(&self) -> bool {
         self.field_count == 0
+    }
+
+    /// The record as it appeared on the wire, its header included (to keep and replay).
+    pub fn raw(&self) -> &'a [u8] {
+        self.raw
     }
 
     /// The field specifiers, already bounds-checked.
@@ -262,6 +268,7 @@ impl<'a> Iterator for TemplateIter<'a> {
                 field_count,
                 scope_count,
                 specs: &rest[head..at],
+                raw: &rest[..at],
             })
         })();
         match &res {
