@@ -125,7 +125,8 @@ fn ipfix_with_labelflow_elements() {
         dst_addr: "2001:db8::2".parse().unwrap(),
         protocol: 58,
         icmp_type_code: 0x8000,
-        ipsec_spi: Some(0),
+        // IPSecSPI 0 on the wire: reserved (RFC 4303 section 2.1), read as no SPI.
+        ipsec_spi: None,
         ingress_if: 3,
         egress_if: 4,
         bytes: 1234,

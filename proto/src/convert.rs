@@ -661,7 +661,8 @@ impl RecordBuilder {
                 }
             }
             160 => self.system_init_ms = n(),
-            295 => self.rec.ipsec_spi = n().map(|v| v as u32),
+            // SPI 0 is reserved (RFC 4303 section 2.1): "none".
+            295 => self.rec.ipsec_spi = n().map(|v| v as u32).filter(|s| *s != 0),
             371 => self.rec.user_name = text(value).filter(|s| !s.is_empty()),
             _ => {}
         }

@@ -210,8 +210,9 @@ impl<'a> FlowView<'a> {
             packets: u64_at(o.packets)?,
             start_ms: start.min(end),
             end_ms: start.max(end),
+            // SPI 0 is reserved (RFC 4303 section 2.1): "none" from a one-template exporter.
             ipsec_spi: match o.spi {
-                Some(at) => Some(u32_at(at)?),
+                Some(at) => Some(u32_at(at)?).filter(|s| *s != 0),
                 None => None,
             },
         })
@@ -281,8 +282,10 @@ impl<'a> FlowView<'a> {
     }
 
     #[inline]
+    /// The SPI; `None` for 0, which RFC 4303 section 2.1 reserves and one-template exporters
+    /// send for "no SPI".
     pub fn ipsec_spi(&self) -> Option<u32> {
-        self.num(Slot::Spi).map(|v| v as u32)
+        self.num(Slot::Spi).map(|v| v as u32).filter(|s| *s != 0)
     }
 
     #[inline]

@@ -440,10 +440,10 @@ impl Aggregator {
     fn targets(&mut self, f: &Flow) -> Targets {
         let port = has_ports(f.protocol).then(|| service_port(f.src_port, f.dst_port));
         let class = class_of(f.label, f.protocol, port.unwrap_or(0));
-        // ESP and AH, and ESP inside UDP (RFC 3948): a UDP record that carries an SPI.
-        // SPI 0 is reserved (RFC 4303 section 2.1): exporters with one template send it for "none".
-        let ipsec =
-            matches!(f.protocol, 50 | 51) || (f.protocol == 17 && f.spi.is_some_and(|s| s != 0));
+        // ESP and AH, and ESP inside UDP (RFC 3948): a UDP record that carries an SPI (the
+        // decoders read the reserved SPI 0 as none).
+        let ipsec = matches!(f.protocol, 50 | 51) || (f.protocol == 17 && f.spi.is_some());
+
         if !ipsec && self.cfg.tunnels.is_empty() && self.cfg.networks.is_empty() {
             // Neither a tunnel nor a host to feed: the common case without configuration.
             return Targets {
