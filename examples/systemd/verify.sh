@@ -15,12 +15,14 @@ if [ -z "${LABELFLOW_BIN:-}" ]; then
     (cd "$root" && cargo build --quiet -p labelflow-probe -p labelflow-collector --bins)
 fi
 
-tmp=$(mktemp -d /tmp/labelflow-units.XXXXXX)
+# The throwaway root lives beside the binaries so they are hard-linked, not copied (a debug
+# binary is over 100 MB and /tmp may be small); cp is the fallback across filesystems.
+tmp=$(mktemp -d "$bin/../labelflow-units.XXXXXX" 2>/dev/null || mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/usr/local/bin" "$tmp/usr/lib/systemd" "$tmp/etc/systemd/system"
 for b in labelflow-probe labelflow-collector; do
     [ -x "$bin/$b" ] || { echo "$bin/$b is missing" >&2; exit 1; }
-    cp "$bin/$b" "$tmp/usr/local/bin/$b"
+    ln "$bin/$b" "$tmp/usr/local/bin/$b" 2>/dev/null || cp "$bin/$b" "$tmp/usr/local/bin/$b"
 done
 cp -a /usr/lib/systemd/system "$tmp/usr/lib/systemd/"
 units=()
