@@ -103,6 +103,9 @@ pub struct RawLimits {
     pub max_labels: Option<Spanned<usize>>,
     /// Longest label name in octets; longer names are cut. Default 128.
     pub max_label_bytes: Option<Spanned<usize>>,
+    /// Distinct tunnel names (IKE connections, as exporters name them); later ones are
+    /// counted under the tunnel `other`. Default 1024.
+    pub max_tunnel_names: Option<Spanned<usize>>,
     /// Observation domains tracked per exporter address; datagrams for further domains
     /// are refused (reason `domain_limit`). Default 16.
     pub max_domains_per_exporter: Option<Spanned<usize>>,
@@ -223,6 +226,7 @@ pub struct AggConfig {
     pub max_tracked_keys: usize,
     pub max_labels: usize,
     pub max_label_bytes: usize,
+    pub max_tunnel_names: usize,
     pub views: BTreeMap<String, Vec<String>>,
     pub tunnels: Vec<Tunnel>,
     pub networks: Vec<IpNet>,
@@ -240,6 +244,7 @@ impl Default for AggConfig {
             max_tracked_keys: 262_144,
             max_labels: crate::aggregate::MAX_LABELS,
             max_label_bytes: 128,
+            max_tunnel_names: crate::aggregate::MAX_TUNNEL_NAMES,
             views: BTreeMap::new(),
             tunnels: Vec::new(),
             networks: Vec::new(),
@@ -552,6 +557,14 @@ impl Source<'_> {
             max_label_bytes: self
                 .nz(&l.max_label_bytes, "limits.max_label_bytes", 128)?
                 .get(),
+            max_tunnel_names: self
+                .nz(
+                    &l.max_tunnel_names,
+                    "limits.max_tunnel_names",
+                    crate::aggregate::MAX_TUNNEL_NAMES,
+                )?
+                .get()
+                .max(2),
             views,
             tunnels,
             networks,

@@ -25,7 +25,7 @@ use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
 
-use crate::aggregate::{Dim, TimeRule};
+use crate::aggregate::{Dim, Part, TimeRule};
 use crate::ingest::Snapshot;
 use crate::report::{self, Query};
 use crate::session::{DecodeError, SessionStats};
@@ -211,6 +211,7 @@ pub fn render_metrics(s: &Snapshot) -> String {
         s.scopes
     );
     render_series(&mut o, s);
+    render_tunnels(&mut o, s);
     o
 }
 
@@ -315,6 +316,11 @@ fn store_counters(s: &Snapshot) -> Vec<(&'static str, &'static str, u64)> {
             s.aggregation.folded_labels,
         ),
         (
+            "labelflow_collector_folded_tunnels_total",
+            "Records counted under the tunnel other because max_tunnel_names names were taken.",
+            s.aggregation.folded_tunnels,
+        ),
+        (
             "labelflow_collector_truncated_labels_total",
             "Label names cut to max_label_bytes.",
             s.aggregation.truncated_labels,
@@ -396,6 +402,37 @@ fn render_series(o: &mut String, s: &Snapshot) {
     }
 }
 
+/// Per-tunnel series: bytes and packets of each named tunnel by part (ESP, AH, ESP in
+/// UDP, IKE, NAT-keepalive on the wire; inner decrypted).
+fn render_tunnels(o: &mut String, s: &Snapshot) {
+    for (i, (metric, what)) in [
+        ("labelflow_collector_tunnel_bytes_total", "Bytes"),
+        ("labelflow_collector_tunnel_packets_total", "Packets"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let _ = write!(
+            o,
+            "# HELP {metric} {what} per named tunnel and part (sampling applied).\n\
+             # TYPE {metric} counter\n"
+        );
+        for (name, parts) in &s.tunnels {
+            for (part, (b, p)) in Part::ALL.iter().zip(parts) {
+                let v = if i == 0 { b } else { p };
+                if *b != 0 || *p != 0 {
+                    let _ = writeln!(
+                        o,
+                        "{metric}{{tunnel=\"{}\",part=\"{}\"}} {v}",
+                        escape(name),
+                        part.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -442,7 +479,20 @@ mod tests {
         let mut s = Snapshot::default();
         s.labels.push(("e\"sp".into(), 10, 1));
         s.sessions.errors[0] = 4;
+        let mut parts = [(0, 0); 6];
+        parts[Part::EspInUdp as usize] = (1496, 11);
+        s.tunnels.push(("hq".into(), parts));
         let t = render_metrics(&s);
+        assert!(
+            t.contains(
+                "labelflow_collector_tunnel_bytes_total{tunnel=\"hq\",part=\"esp-in-udp\"} 1496"
+            ),
+            "{t}"
+        );
+        assert!(t.contains(
+            "labelflow_collector_tunnel_packets_total{tunnel=\"hq\",part=\"esp-in-udp\"} 11"
+        ));
+        assert!(!t.contains("part=\"inner\""), "{t}");
         assert!(
             t.contains("labelflow_collector_label_bytes_total{label=\"e\\\"sp\"} 10"),
             "{t}"

@@ -39,6 +39,9 @@ pub struct Snapshot {
     pub scopes: usize,
     /// (label, bytes, packets) since start, bounded; the rest under `other`.
     pub labels: Vec<(String, u64, u64)>,
+    /// (tunnel name, (bytes, packets) per part in [`Part::ALL`](crate::aggregate::Part::ALL) order) since start,
+    /// bounded like `labels`; the rest under `other`.
+    pub tunnels: Vec<(String, [(u64, u64); 6])>,
     pub commits: u64,
     pub commit_errors: u64,
     pub committed_datagrams: u64,
@@ -85,6 +88,8 @@ struct Labels {
     /// The first short names seen, packed: a record's name is found with a few integer
     /// comparisons (a deployment has a handful of labels).
     short: Vec<((u64, u64, u8), Option<u32>)>,
+    /// Raw tunnel-name octets → tunnel id (`None`: the name cleans to nothing).
+    tunnels_by_octets: HashMap<Box<[u8]>, Option<u32>, FxBuild>,
     /// NFLOG group → id of its `groupN` label, for records without a name.
     by_group: HashMap<u32, u32, FxBuild>,
     max_metric_labels: usize,
@@ -188,6 +193,21 @@ impl Labels {
         id
     }
 
+    /// The tunnel id of a name given as octets (cleaned as every string element is).
+    fn tunnel_by_octets(&mut self, raw: &[u8]) -> Option<u32> {
+        if let Some(id) = self.tunnels_by_octets.get(raw) {
+            return *id;
+        }
+        let text = clean_text(raw);
+        let id = (!text.is_empty()).then(|| self.agg.tunnel_id(&text));
+        // A name folded into `other` is not cached: each of its records counts as folded.
+        let folded = id.is_some_and(|i| self.agg.tunnel_name(i) == OTHER && text != OTHER);
+        if !folded && self.tunnels_by_octets.len() < LABEL_CACHE && raw.len() <= CACHED_NAME {
+            self.tunnels_by_octets.insert(raw.into(), id);
+        }
+        id
+    }
+
     /// The label of a record without a name of its own: its NFLOG group, else the
     /// exporter rules.
     fn unnamed(&mut self, group: Option<u32>, exporter: IpAddr, ifs: [u32; 2]) -> u32 {
@@ -203,6 +223,30 @@ impl Labels {
         }
         let label = rule_label(&self.rules, exporter, ifs).unwrap_or(UNLABELLED);
         self.agg.label_id(label)
+    }
+
+    /// Per-tunnel (bytes, packets) per part for `/metrics`: the first `max_metric_labels`
+    /// names, the rest under [`OTHER`].
+    fn metric_tunnels(&self) -> Vec<(String, [(u64, u64); 6])> {
+        let mut out: Vec<(String, [(u64, u64); 6])> = Vec::new();
+        for (id, parts) in self.agg.tunnel_totals().iter().enumerate() {
+            let name = if out.len() < self.max_metric_labels {
+                self.agg.tunnel_name(id as u32)
+            } else {
+                OTHER
+            };
+            let slot = match out.iter().position(|t| t.0 == name) {
+                Some(p) => p,
+                None => {
+                    out.push((name.to_string(), [(0, 0); 6]));
+                    out.len() - 1
+                }
+            };
+            for (a, b) in out[slot].1.iter_mut().zip(parts) {
+                *a = (a.0.saturating_add(b.0), a.1.saturating_add(b.1));
+            }
+        }
+        out
     }
 
     /// Per-label (bytes, packets) for `/metrics`: the first `max_metric_labels` labels by
@@ -247,6 +291,7 @@ impl FlowSink for ToAggregator<'_> {
             l.unnamed(v.group(), self.exporter, [i, e])
         });
         let sampling = sampling_of(ctx);
+        let tunnel = v.tunnel().and_then(|raw| l.tunnel_by_octets(raw));
         let flow = match v.ipv4() {
             Some(h) => Flow {
                 label,
@@ -256,6 +301,7 @@ impl FlowSink for ToAggregator<'_> {
                 src_port: if has_ports(h.protocol) { h.src_port } else { 0 },
                 dst_port: if has_ports(h.protocol) { h.dst_port } else { 0 },
                 spi: h.ipsec_spi,
+                tunnel,
                 bytes: h.bytes,
                 packets: h.packets,
                 sampling,
@@ -279,6 +325,7 @@ impl FlowSink for ToAggregator<'_> {
                     src_port,
                     dst_port,
                     spi: v.ipsec_spi(),
+                    tunnel,
                     bytes: v.bytes(),
                     packets: v.packets(),
                     sampling,
@@ -295,7 +342,9 @@ impl FlowSink for ToAggregator<'_> {
         let name = r.label.as_ref().and_then(|s| l.by_octets(s.as_bytes()));
         let label =
             name.unwrap_or_else(|| l.unnamed(r.group, self.exporter, [r.ingress_if, r.egress_if]));
-        l.add(&Flow::from_record(&r, label), self.exporter);
+        let mut flow = Flow::from_record(&r, label);
+        flow.tunnel = r.tunnel.as_deref().map(|t| l.agg.tunnel_id(t));
+        l.add(&flow, self.exporter);
     }
 }
 
@@ -314,6 +363,7 @@ impl Ingest {
                 agg: Aggregator::new(cfg.agg.clone()),
                 rules: cfg.label_rules.clone(),
                 by_octets: HashMap::default(),
+                tunnels_by_octets: HashMap::default(),
                 short: Vec::new(),
                 by_group: HashMap::default(),
                 max_metric_labels: cfg.max_metric_labels,
@@ -444,6 +494,7 @@ impl Ingest {
         s.aggregation = self.labels.agg.stats.clone();
         s.scopes = self.sessions.scopes();
         s.labels = self.labels.metric_totals();
+        s.tunnels = self.labels.metric_tunnels();
         s.time_rule = self.labels.metric_time_rule();
         let mut refused: Vec<(IpAddr, u64)> = self.refused.iter().map(|(a, n)| (*a, *n)).collect();
         refused.sort();

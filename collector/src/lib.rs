@@ -46,3 +46,4 @@ pub mod report;
 pub mod session;
 pub mod store;
 pub mod templates;
+pub mod tunnel_report;

@@ -7,8 +7,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::aggregate::{Counters, Dim, OTHER};
+use crate::aggregate::{parse_tunnel_key, Counters, Dim, Part, OTHER};
 use crate::store::{Reader, Row, StoreError};
+use crate::tunnel_report::{self, TunnelCounters};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Query {
@@ -52,6 +53,18 @@ pub struct Report {
     /// Totals per key, in `keys` order.
     pub totals: Vec<(String, Counters)>,
     pub total: Counters,
+    /// `--by tunnel`: the breakdown of `rows` and `totals` (same order) by part and SA.
+    pub tunnels: Option<TunnelDetail>,
+}
+
+/// The part of a connection, and the SPI, a stored tunnel key names.
+type PartOf = (Part, Option<u32>);
+
+/// Per-part counters and SAs of a tunnel report's rows and totals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelDetail {
+    pub rows: Vec<TunnelCounters>,
+    pub totals: Vec<TunnelCounters>,
 }
 
 /// Run a query.
@@ -93,21 +106,40 @@ pub fn build(reader: &Reader, q: &Query) -> Result<Report, ReportError> {
 }
 
 /// Keep the rows of `keys` (all when empty), regroup them into output buckets and apply
-/// top-N. Pure.
+/// top-N. Pure. Tunnel keys are first regrouped by connection ([`parse_tunnel_key`]), the
+/// part and SPI each stored key names kept for the breakdown; `keys` then selects
+/// connections (or stored keys).
 pub fn assemble(
     by: Dim,
     bucket: i64,
     from: i64,
     to: i64,
-    mut raw: Vec<Row>,
+    raw: Vec<Row>,
     top: Option<usize>,
     keys: &[String],
 ) -> Report {
+    let tunnels = by == Dim::Tunnel;
+    let mut raw: Vec<(Row, Option<PartOf>)> = raw
+        .into_iter()
+        .map(|mut r| {
+            if !tunnels {
+                return (r, None);
+            }
+            let (conn, part, spi) = parse_tunnel_key(&r.key);
+            let (conn, detail) = (conn.to_string(), part.map(|p| (p, spi)));
+            if !keys.is_empty() && keys.contains(&r.key) && !keys.contains(&conn) {
+                // Asked for by its stored key: kept, as a connection of its own.
+                return (r, detail);
+            }
+            r.key = conn;
+            (r, detail)
+        })
+        .collect();
     if !keys.is_empty() {
-        raw.retain(|r| keys.contains(&r.key));
+        raw.retain(|r| keys.contains(&r.0.key));
     }
     let mut per_key: HashMap<String, Counters> = HashMap::new();
-    for r in &raw {
+    for (r, _) in &raw {
         per_key.entry(r.key.clone()).or_default().add(&r.counters);
     }
     let mut ranked: Vec<(String, Counters)> = per_key.into_iter().collect();
@@ -126,21 +158,29 @@ pub fn assemble(
         .enumerate()
         .map(|(i, k)| (k.as_str(), i))
         .collect();
-    let mut grouped: HashMap<(i64, usize), Counters> = HashMap::new();
+    let mut grouped: HashMap<(i64, usize), (Counters, TunnelCounters)> = HashMap::new();
     let mut totals = vec![Counters::default(); keys.len()];
+    let mut detail = vec![TunnelCounters::default(); if tunnels { keys.len() } else { 0 }];
     let mut total = Counters::default();
-    for r in &raw {
+    for (r, part) in &raw {
         let idx = order
             .get(r.key.as_str())
             .copied()
             .unwrap_or_else(|| order[OTHER]);
         let b = r.bucket.div_euclid(bucket) * bucket;
-        grouped.entry((b, idx)).or_default().add(&r.counters);
+        let g = grouped.entry((b, idx)).or_default();
+        g.0.add(&r.counters);
+        if let Some((part, spi)) = *part {
+            let c = &r.counters;
+            g.1.add(part, spi, c.bytes, c.packets);
+            detail[idx].add(part, spi, c.bytes, c.packets);
+        }
         totals[idx].add(&r.counters);
         total.add(&r.counters);
     }
-    let mut rows: Vec<((i64, usize), Counters)> = grouped.into_iter().collect();
+    let mut rows: Vec<((i64, usize), (Counters, TunnelCounters))> = grouped.into_iter().collect();
     rows.sort_by_key(|(k, _)| *k);
+    let tunnel_rows = tunnels.then(|| rows.iter().map(|(_, (_, t))| t.clone()).collect());
     Report {
         by,
         bucket,
@@ -148,7 +188,7 @@ pub fn assemble(
         to,
         rows: rows
             .into_iter()
-            .map(|((b, i), c)| Row {
+            .map(|((b, i), (c, _))| Row {
                 bucket: b,
                 key: keys[i].clone(),
                 counters: c,
@@ -157,6 +197,10 @@ pub fn assemble(
         totals: keys.iter().cloned().zip(totals).collect(),
         keys,
         total,
+        tunnels: tunnel_rows.map(|rows| TunnelDetail {
+            rows,
+            totals: detail,
+        }),
     }
 }
 
@@ -195,6 +239,24 @@ pub fn to_json(r: &Report) -> Value {
         v
     };
     let span = r.to - r.from;
+    let mut rows: Vec<Value> = r
+        .rows
+        .iter()
+        .map(|x| row(Some(x.bucket), &x.key, &x.counters, r.bucket))
+        .collect();
+    let mut totals: Vec<Value> = r
+        .totals
+        .iter()
+        .map(|(k, c)| row(None, k, c, span))
+        .collect();
+    if let Some(t) = &r.tunnels {
+        for (v, c) in rows.iter_mut().zip(&t.rows) {
+            c.extend_json(v);
+        }
+        for (v, c) in totals.iter_mut().zip(&t.totals) {
+            c.extend_json(v);
+        }
+    }
     json!({
         "by": key_field,
         "additive": r.by.is_additive(),
@@ -202,8 +264,8 @@ pub fn to_json(r: &Report) -> Value {
         "from": rfc3339(r.from),
         "to": rfc3339(r.to),
         "keys": r.keys,
-        "rows": r.rows.iter().map(|x| row(Some(x.bucket), &x.key, &x.counters, r.bucket)).collect::<Vec<_>>(),
-        "totals": r.totals.iter().map(|(k, c)| row(None, k, c, span)).collect::<Vec<_>>(),
+        "rows": rows,
+        "totals": totals,
         "total": {"bytes": r.total.bytes, "packets": r.total.packets, "flows": r.total.flows,
                   "bits_per_second": bits_per_second(r.total.bytes, span)},
     })
@@ -212,12 +274,16 @@ pub fn to_json(r: &Report) -> Value {
 /// CSV with a header row; one line per (bucket, key).
 pub fn to_csv(r: &Report) -> String {
     let mut s = format!(
-        "bucket_start,{},bytes,packets,flows,bytes_in,bytes_out\n",
+        "bucket_start,{},bytes,packets,flows,bytes_in,bytes_out",
         r.by.name()
     );
-    for x in &r.rows {
+    if r.tunnels.is_some() {
+        let _ = write!(s, ",{}", tunnel_report::CSV_HEADER);
+    }
+    s.push('\n');
+    for (i, x) in r.rows.iter().enumerate() {
         let c = &x.counters;
-        let _ = writeln!(
+        let _ = write!(
             s,
             "{},{},{},{},{},{},{}",
             rfc3339(x.bucket),
@@ -228,6 +294,10 @@ pub fn to_csv(r: &Report) -> String {
             c.bytes_in,
             c.bytes_out
         );
+        if let Some(t) = &r.tunnels {
+            s.push_str(&tunnel_report::csv_fields(&t.rows[i]));
+        }
+        s.push('\n');
     }
     s
 }
@@ -259,6 +329,21 @@ pub fn human(v: f64, unit: &str) -> String {
 /// Table of totals per key over the range, with average rate, share, and a total line.
 pub fn to_table(r: &Report) -> String {
     let span = r.to - r.from;
+    if let Some(t) = &r.tunnels {
+        let header = format!(
+            "{} .. {} ({}s buckets)",
+            rfc3339(r.from),
+            rfc3339(r.to),
+            r.bucket
+        );
+        let totals: Vec<(String, u64, TunnelCounters)> = r
+            .totals
+            .iter()
+            .zip(&t.totals)
+            .map(|((k, c), t)| (k.clone(), c.bytes, t.clone()))
+            .collect();
+        return tunnel_report::table(&header, &totals, human);
+    }
     let name = r.by.name();
     let width = r
         .keys
@@ -391,6 +476,72 @@ mod tests {
         );
         let c = to_csv(&r);
         assert_eq!(c.lines().nth(1), Some("1970-01-01T00:00:00Z,a,150,2,2,0,0"));
+    }
+
+    #[test]
+    fn tunnel_rows_are_connections_with_parts_and_sas() {
+        let raw = vec![
+            row(0, "hq [esp-in-udp 0x0000c001]", 1496),
+            row(0, "hq [esp-in-udp 0x0000c002]", 1000),
+            row(60, "hq [esp-in-udp 0x0000c003]", 500),
+            row(60, "hq [ike]", 464),
+            row(0, "hq [inner]", 2000),
+            row(0, "rw [nat-keepalive]", 29),
+            row(0, "esp 192.0.2.1>198.51.100.7 spi 0x0000abcd", 70),
+            row(0, "branch", 40),
+        ];
+        let r = assemble(Dim::Tunnel, 60, 0, 120, raw.clone(), None, &[]);
+        assert_eq!(
+            r.keys,
+            vec![
+                "hq",
+                "esp 192.0.2.1>198.51.100.7 spi 0x0000abcd",
+                "branch",
+                "rw"
+            ]
+        );
+        let t = r.tunnels.as_ref().expect("tunnel detail");
+        let hq = &t.totals[0];
+        assert_eq!(hq.wire(), (3460, 4));
+        assert_eq!(hq.part(Part::Inner), (2000, 1));
+        assert_eq!((hq.overhead_bytes(), hq.sas()), (1460, 3));
+        assert_eq!(r.totals[0].1.bytes, 5460, "everything the keys counted");
+        // Rows: hq in bucket 0 has two SAs, in bucket 60 one.
+        let sas: Vec<(i64, &str, usize)> = r
+            .rows
+            .iter()
+            .zip(&t.rows)
+            .map(|(x, d)| (x.bucket, x.key.as_str(), d.sas()))
+            .filter(|x| x.1 == "hq")
+            .collect();
+        assert_eq!(sas, vec![(0, "hq", 2), (60, "hq", 1)]);
+        let j = to_json(&r);
+        assert_eq!(j["totals"][0]["tunnel"], "hq");
+        assert_eq!(j["totals"][0]["esp_in_udp_bytes"], 2996);
+        assert_eq!(j["totals"][0]["inner_packets"], 1);
+        assert_eq!(j["totals"][0]["sas"], 3);
+        assert_eq!(j["totals"][1]["sas"], 1);
+        assert_eq!(j["totals"][2]["wire_bytes"], 0);
+        let c = to_csv(&r);
+        let header: Vec<&str> = c.lines().next().unwrap().split(',').collect();
+        assert!(header.ends_with(&["overhead_bytes", "sas"]), "{c}");
+        assert!(
+            c.lines().all(|l| l.split(',').count() == header.len()),
+            "{c}"
+        );
+        let table = to_table(&r);
+        assert!(
+            table.contains("esp-in-udp") && table.contains("overhead"),
+            "{table}"
+        );
+        assert!(table.lines().any(|l| l.starts_with("hq ")), "{table}");
+        // Keys select connections; top-N folds connections into `other`.
+        let r = assemble(Dim::Tunnel, 60, 0, 120, raw.clone(), None, &["rw".into()]);
+        assert_eq!(r.keys, vec!["rw"]);
+        let r = assemble(Dim::Tunnel, 60, 0, 120, raw, Some(1), &[]);
+        assert_eq!(r.keys, vec!["hq", "other"]);
+        let other = &r.tunnels.as_ref().unwrap().totals[1];
+        assert_eq!((other.sas(), other.part(Part::NatKeepalive)), (1, (29, 1)));
     }
 
     #[test]

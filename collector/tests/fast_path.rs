@@ -90,6 +90,7 @@ fn assert_same_aggregates(datagrams: &[(IpAddr, Vec<u8>)]) {
     slow.fill(&mut a);
     fast.fill(&mut b);
     assert_eq!(a.labels, b.labels, "per-label totals");
+    assert_eq!(a.tunnels, b.tunnels, "per-tunnel totals");
     assert_eq!(a.aggregation, b.aggregation, "aggregation counters");
 }
 
@@ -170,7 +171,8 @@ fn sample_flow(i: u32, v6: bool) -> FlowRecord {
         user_name: (i % 4 == 1).then(|| "www-data".into()),
         nflog_prefix: (i % 4 == 2).then(|| "WAN:".into()),
         sampling_interval: 1,
-        tunnel: None,
+        // Named tunnels: ESP by SPI, and inner traffic (the fast path reads the name too).
+        tunnel: (i % 5 == 4 || i.is_multiple_of(7)).then(|| ["hq", "rw"][i as usize % 2].into()),
     }
 }
 
@@ -202,6 +204,17 @@ fn labelflow_export_ipv4_and_ipv6() {
         fast as usize >= n - 2,
         "fast path used for {fast} datagrams"
     );
+    // The fast path names tunnels: the exported names reach the per-tunnel totals.
+    let mut ingest = Ingest::new(&Config::defaults());
+    for (from, m) in &d {
+        // The truncated message is refused, the rest decoded.
+        let _ = ingest.datagram(*from, m);
+    }
+    let mut snap = Default::default();
+    ingest.fill(&mut snap);
+    let mut names: Vec<&str> = snap.tunnels.iter().map(|t| t.0.as_str()).collect();
+    names.sort();
+    assert_eq!(names, vec!["hq", "rw"]);
 }
 
 #[test]

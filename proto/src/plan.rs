@@ -234,6 +234,12 @@ impl<'a> FlowView<'a> {
         self.raw(Slot::Label)
     }
 
+    /// Raw tunnel-name octets (labelflow's `tunnelName`, PEN 32473 id 1).
+    #[inline]
+    pub fn tunnel(&self) -> Option<&'a [u8]> {
+        self.raw(Slot::Tunnel)
+    }
+
     #[inline]
     pub fn application(&self) -> Option<ApplicationKey> {
         self.raw(Slot::Application).and_then(application_of)

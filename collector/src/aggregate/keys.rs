@@ -151,10 +151,140 @@ pub enum Key {
     },
     /// Inner traffic of a configured tunnel (index into the config).
     Tunnel(u32),
+    /// Traffic of a tunnel the exporter named (the IKE connection, interned by
+    /// [`Aggregator::tunnel_id`](super::Aggregator::tunnel_id)), by part; `spi` is the
+    /// SA's for [`Part::Esp`], [`Part::Ah`] and [`Part::EspInUdp`], 0 otherwise.
+    Conn {
+        name: u32,
+        part: Part,
+        spi: u32,
+    },
     Host(IpAddr),
     Protocol(u8),
     Port(u8, u16),
     Other,
+}
+
+/// What part of a named tunnel's traffic a record is: on the wire (ESP, AH, ESP in UDP,
+/// IKE, NAT-keepalive) or inside it (decrypted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Part {
+    Esp,
+    Ah,
+    /// ESP inside UDP (RFC 3948 section 2.1), keyed by SPI.
+    EspInUdp,
+    /// IKE (UDP 500, or UDP 4500 behind a non-ESP marker, RFC 3948 section 2.2).
+    Ike,
+    /// NAT-keepalives (RFC 3948 section 2.3): one octet 0xFF in UDP 4500.
+    NatKeepalive,
+    /// Decrypted traffic (matched by the connection's traffic selectors).
+    Inner,
+}
+
+/// IKE's ports: 500, and 4500 once NAT traversal floats to it (RFC 7296 section 2.23).
+pub const IKE_PORTS: [u16; 2] = [500, 4500];
+
+impl Part {
+    pub const ALL: [Part; 6] = [
+        Part::Esp,
+        Part::Ah,
+        Part::EspInUdp,
+        Part::Ike,
+        Part::NatKeepalive,
+        Part::Inner,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::Esp => "esp",
+            Part::Ah => "ah",
+            Part::EspInUdp => "esp-in-udp",
+            Part::Ike => "ike",
+            Part::NatKeepalive => "nat-keepalive",
+            Part::Inner => "inner",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Part> {
+        Part::ALL.into_iter().find(|p| p.name() == s)
+    }
+
+    /// Whether the part carries an SPI (one row per security association).
+    pub fn has_spi(self) -> bool {
+        matches!(self, Part::Esp | Part::Ah | Part::EspInUdp)
+    }
+
+    /// Whether the part is traffic on the wire (everything but [`Part::Inner`]).
+    pub fn is_wire(self) -> bool {
+        self != Part::Inner
+    }
+
+    /// The part of a record of a named tunnel. UDP without an SPI on an IKE port is IKE,
+    /// or NAT-keepalives when every packet has the keepalive's size (IP header, 8 octets
+    /// of UDP header and the one octet 0xFF: 29 octets over IPv4, 49 over IPv6); an IKE
+    /// message is never that short (its header alone is 28 octets, RFC 7296 section 3.1),
+    /// and exporters that tell the two apart (labelflow-probe does) keep them in separate
+    /// flows. Anything else is the decrypted traffic.
+    pub fn of(f: &Flow) -> Part {
+        match (f.protocol, f.spi) {
+            (50, _) => Part::Esp,
+            (51, _) => Part::Ah,
+            (17, Some(_)) => Part::EspInUdp,
+            (17, None) if IKE_PORTS.contains(&f.src_port) || IKE_PORTS.contains(&f.dst_port) => {
+                let size = if f.src.is_ipv4() { 29 } else { 49 };
+                if f.packets != 0 && f.bytes == f.packets.saturating_mul(size) {
+                    Part::NatKeepalive
+                } else {
+                    Part::Ike
+                }
+            }
+            _ => Part::Inner,
+        }
+    }
+}
+
+/// The text key of a named tunnel's part: `NAME [PART]`, or `NAME [PART 0xSPI]` for an SA.
+pub fn conn_key_text(name: &str, part: Part, spi: u32) -> String {
+    if part.has_spi() {
+        format!("{name} [{} 0x{spi:08x}]", part.name())
+    } else {
+        format!("{name} [{}]", part.name())
+    }
+}
+
+/// The tunnel key a stored text key stands for: `(connection, part, spi)`. Named tunnels'
+/// keys ([`conn_key_text`]) give their connection; the per-SA keys of unnamed ESP, AH
+/// and ESP in UDP (`[TUNNEL: ]esp SRC>DST spi 0xSPI`) are a connection of their own with
+/// that SA; anything else (configured tunnels' inner traffic, `other`) is a connection
+/// with `None` as its part.
+pub fn parse_tunnel_key(key: &str) -> (&str, Option<Part>, Option<u32>) {
+    let hex = |s: &str| u32::from_str_radix(s.strip_prefix("0x")?, 16).ok();
+    if let Some(body) = key.strip_suffix(']') {
+        if let Some((name, inside)) = body.rsplit_once(" [") {
+            let (part, spi) = match inside.split_once(' ') {
+                Some((p, s)) => (Part::parse(p), hex(s)),
+                None => (Part::parse(inside), None),
+            };
+            if let Some(part) = part {
+                if part.has_spi() == spi.is_some() {
+                    return (name, Some(part), spi);
+                }
+            }
+        }
+    }
+    let words: Vec<&str> = key.rsplit(' ').take(4).collect();
+    if let [spi, "spi", ends, part] = words[..] {
+        let part = match part {
+            "esp" => Some(Part::Esp),
+            "ah" => Some(Part::Ah),
+            "esp-in-udp" => Some(Part::EspInUdp),
+            _ => None,
+        };
+        if let (Some(part), Some(spi), true) = (part, hex(spi), ends.contains('>')) {
+            return (key, Some(part), Some(spi));
+        }
+    }
+    (key, None, None)
 }
 
 /// Where a counter goes.
@@ -180,6 +310,9 @@ pub struct Flow {
     pub src_port: u16,
     pub dst_port: u16,
     pub spi: Option<u32>,
+    /// The tunnel the exporter named, interned by
+    /// [`Aggregator::tunnel_id`](super::Aggregator::tunnel_id).
+    pub tunnel: Option<u32>,
     pub bytes: u64,
     pub packets: u64,
     pub sampling: u32,
@@ -188,6 +321,8 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// The record's flow; its tunnel name, which needs the aggregator's interning, is left
+    /// `None` ([`Aggregator::add`](super::Aggregator::add) sets it).
     pub fn from_record(rec: &FlowRecord, label: u32) -> Flow {
         let ports = has_ports(rec.protocol);
         Flow {
@@ -198,6 +333,7 @@ impl Flow {
             src_port: if ports { rec.src_port } else { 0 },
             dst_port: if ports { rec.dst_port } else { 0 },
             spi: rec.ipsec_spi,
+            tunnel: None,
             bytes: rec.bytes,
             packets: rec.packets,
             sampling: rec.sampling_interval,

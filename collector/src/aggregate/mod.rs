@@ -12,14 +12,16 @@
 mod apportion;
 mod bound;
 mod keys;
+mod named;
 mod time_rule;
 
 pub use apportion::apportion;
 pub(crate) use apportion::{apportion_small, apportion_with, split2, SMALL};
 pub use keys::{
-    has_ports, protocol_name, service_port, Counters, Delta, Dim, Flow, FxBuild, FxHasher, Key,
-    Slot, OTHER, UNLABELLED,
+    conn_key_text, has_ports, parse_tunnel_key, protocol_name, service_port, Counters, Delta, Dim,
+    Flow, FxBuild, FxHasher, Key, Part, Slot, IKE_PORTS, OTHER, UNLABELLED,
 };
+pub use named::MAX_TUNNEL_NAMES;
 pub use time_rule::TimeRule;
 
 use std::collections::HashMap;
@@ -44,6 +46,9 @@ pub struct AggStats {
     pub time_rule: [u64; 4],
     /// Key-bound sets of old buckets forgotten to stay within `max_tracked_keys`.
     pub forgotten_key_sets: u64,
+    /// Records whose tunnel name came after `max_tunnel_names` were named (counted under
+    /// the tunnel `other`).
+    pub folded_tunnels: u64,
 }
 
 /// Default of `limits.max_labels`: distinct labels the aggregator names; later ones are
@@ -144,6 +149,11 @@ pub struct Aggregator {
     /// For each label id, the view ids it belongs to.
     label_views: Vec<Vec<u32>>,
     view_names: Vec<String>,
+    /// Tunnel names exporters sent, interned ([`Aggregator::tunnel_id`]).
+    tunnel_ids: HashMap<String, u32, FxBuild>,
+    tunnel_names: Vec<String>,
+    /// (bytes, packets) per tunnel id and [`Part`] since start, for `/metrics`.
+    tunnel_totals: Vec<[(u64, u64); 6]>,
     /// Deltas since the last take, by (base bucket number / [`ROW`], class), one [`Sum`] per
     /// bucket of the row: one lookup feeds the label, protocol and port dimensions (which
     /// [`Aggregator::take`] splits) of both shares of a record that crosses one bucket
@@ -186,6 +196,9 @@ impl Aggregator {
             label_names: Vec::new(),
             label_views: Vec::new(),
             view_names,
+            tunnel_ids: HashMap::default(),
+            tunnel_names: Vec::new(),
+            tunnel_totals: Vec::new(),
             pending: HashMap::default(),
             tunnels: HashMap::default(),
             hosts: HashMap::default(),
@@ -282,6 +295,7 @@ impl Aggregator {
                 }
             }
             Key::Tunnel(i) => self.cfg.tunnels[i as usize].name.clone(),
+            Key::Conn { name, part, spi } => conn_key_text(self.tunnel_name(name), part, spi),
             Key::Host(ip) => ip.to_string(),
             Key::Protocol(p) => protocol_name(p),
             Key::Port(p, port) => format!("{}/{port}", protocol_name(p)),
@@ -296,7 +310,9 @@ impl Aggregator {
     /// Add one record under `label` (named on first sight).
     pub fn add(&mut self, rec: &FlowRecord, label: &str) -> TimeRule {
         let id = self.label_id(label);
-        self.add_flow(&Flow::from_record(rec, id))
+        let mut f = Flow::from_record(rec, id);
+        f.tunnel = rec.tunnel.as_deref().map(|t| self.tunnel_id(t));
+        self.add_flow(&f)
     }
 
     /// The base bucket number of an instant (milliseconds). Divides the offset from a
@@ -444,7 +460,11 @@ impl Aggregator {
         // decoders read the reserved SPI 0 as none).
         let ipsec = matches!(f.protocol, 50 | 51) || (f.protocol == 17 && f.spi.is_some());
 
-        if !ipsec && self.cfg.tunnels.is_empty() && self.cfg.networks.is_empty() {
+        if !ipsec
+            && f.tunnel.is_none()
+            && self.cfg.tunnels.is_empty()
+            && self.cfg.networks.is_empty()
+        {
             // Neither a tunnel nor a host to feed: the common case without configuration.
             return Targets {
                 class,
@@ -459,7 +479,15 @@ impl Aggregator {
 
     /// [`Aggregator::targets`] where a tunnel or host may be fed.
     fn targets_of(&mut self, f: &Flow, class: Class, port: Option<u16>, ipsec: bool) -> Targets {
-        let tunnel = if ipsec {
+        let tunnel = if let Some(name) = f.tunnel {
+            let part = Part::of(f);
+            let spi = if part.has_spi() {
+                f.spi.unwrap_or(0)
+            } else {
+                0
+            };
+            Some(Key::Conn { name, part, spi })
+        } else if ipsec {
             Some(Key::Sa {
                 protocol: f.protocol,
                 src: f.src,
@@ -586,6 +614,9 @@ impl Aggregator {
         }
         let bucket = self.bucket_secs(bucket);
         if let Some(key) = t.tunnel {
+            if let Key::Conn { name, part, .. } = key {
+                self.count_tunnel(name, part, share.bytes, share.packets);
+            }
             if let Some(s) = self.tunnels.get_mut(&(bucket, key)) {
                 s.add(share);
             } else {

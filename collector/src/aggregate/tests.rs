@@ -398,3 +398,149 @@ fn time_rule_is_applied_with_the_receive_clock() {
     assert!(buckets <= 62, "{buckets}");
     assert_eq!(a.stats.time_rule, [1, 1, 1, 1]);
 }
+
+/// A record of the tunnel `name` over UDP between two IPsec peers.
+fn named(name: &str, ports: (u16, u16), spi: Option<u32>, bytes: u64, packets: u64) -> FlowRecord {
+    FlowRecord {
+        protocol: 17,
+        src_port: ports.0,
+        dst_port: ports.1,
+        ipsec_spi: spi,
+        tunnel: Some(name.into()),
+        src_addr: "192.0.2.10".parse().unwrap(),
+        dst_addr: "198.51.100.1".parse().unwrap(),
+        ..rec(0, 1000, bytes, packets)
+    }
+}
+
+#[test]
+fn named_tunnels_split_by_part_and_keep_sas_apart() {
+    // A configured tunnel for the same subnet: a name from the wire takes precedence.
+    let cfg = AggConfig {
+        tunnels: vec![Tunnel {
+            name: "configured".into(),
+            subnets: vec!["10.1.0.0/16".parse().unwrap()],
+            peers: vec!["198.51.100.0/24".parse().unwrap()],
+        }],
+        ..AggConfig::default()
+    };
+    let mut a = Aggregator::new(cfg);
+    a.add(&named("hq", (4500, 4500), Some(0xc001), 1496, 11), "wan");
+    a.add(&named("hq", (4500, 4500), Some(0xc002), 1000, 10), "wan");
+    a.add(&named("hq", (500, 500), None, 464, 2), "wan");
+    // NAT-keepalives: every packet 29 octets (IPv4 + UDP + 0xFF).
+    a.add(&named("rw", (4500, 4500), None, 29 * 3, 3), "wan");
+    // IKE on 4500 after NAT detection: longer packets.
+    a.add(&named("rw", (4500, 4500), None, 29 * 3 + 1, 3), "wan");
+    let mut raw_esp = named("rw", (0, 0), Some(0xd00d), 300, 3);
+    raw_esp.protocol = 50;
+    a.add(&raw_esp, "wan");
+    let mut inner = named("hq", (40000, 443), None, 2000, 20);
+    inner.protocol = 6;
+    inner.dst_addr = "10.1.2.3".parse().unwrap();
+    a.add(&inner, "decrypted");
+    // Unnamed ESP in UDP keeps its per-SA key.
+    let mut unnamed = named("", (4500, 4500), Some(0xbeef), 70, 1);
+    unnamed.tunnel = None;
+    a.add(&unnamed, "wan");
+    let d = a.take();
+    let mut keys: Vec<(String, u64, u64)> = d
+        .iter()
+        .filter(|x| x.resolution == 60 && x.dim == Dim::Tunnel)
+        .map(|x| (x.key.clone(), x.counters.bytes, x.counters.packets))
+        .collect();
+    keys.sort();
+    let want = [
+        (
+            "configured: esp-in-udp 192.0.2.10>198.51.100.1 spi 0x0000beef",
+            70,
+            1,
+        ),
+        ("hq [esp-in-udp 0x0000c001]", 1496, 11),
+        ("hq [esp-in-udp 0x0000c002]", 1000, 10),
+        ("hq [ike]", 464, 2),
+        ("hq [inner]", 2000, 20),
+        ("rw [esp 0x0000d00d]", 300, 3),
+        ("rw [ike]", 88, 3),
+        ("rw [nat-keepalive]", 87, 3),
+    ];
+    let want: Vec<(String, u64, u64)> = want
+        .iter()
+        .map(|(k, b, p)| (k.to_string(), *b, *p))
+        .collect();
+    assert_eq!(keys, want);
+    let hq = a.tunnel_id("hq") as usize;
+    assert_eq!(a.tunnel_totals()[hq][Part::EspInUdp as usize], (2496, 21));
+    assert_eq!(a.tunnel_totals()[hq][Part::Inner as usize], (2000, 20));
+}
+
+#[test]
+fn tunnel_names_are_bounded() {
+    let mut a = Aggregator::new(AggConfig {
+        max_tunnel_names: 3,
+        ..AggConfig::default()
+    });
+    for name in ["a", "b", "c", "d"] {
+        a.add(&named(name, (4500, 4500), Some(7), 100, 1), "wan");
+    }
+    assert_eq!(a.stats.folded_tunnels, 2);
+    let d = a.take();
+    let mut keys: Vec<&str> = d
+        .iter()
+        .filter(|x| x.resolution == 60 && x.dim == Dim::Tunnel)
+        .map(|x| x.key.as_str())
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![
+            "a [esp-in-udp 0x00000007]",
+            "b [esp-in-udp 0x00000007]",
+            "other [esp-in-udp 0x00000007]"
+        ],
+        "three names, `other` included"
+    );
+    let long = "x".repeat(300);
+    let id = a.tunnel_id(&long);
+    assert_eq!(a.tunnel_name(id), OTHER, "bound holds for long names too");
+}
+
+proptest! {
+    /// Per named tunnel, its keys' sums (parsed back from text) equal the input, at every
+    /// resolution, whatever the parts and the spans.
+    #[test]
+    fn named_tunnel_sums_equal_input(
+        flows in proptest::collection::vec(
+            (0u64..600_000, 0u64..300_000, 0u64..1 << 30, 1u64..1000, 0usize..3, 0u8..4, 1u32..4),
+            1..40),
+    ) {
+        let mut a = Aggregator::new(AggConfig::default());
+        let names = ["hq", "rw", "site [x]"];
+        let mut want: HashMap<(&str, i64), (u64, u64)> = HashMap::new();
+        for (start, dur, b, p, n, kind, spi) in &flows {
+            let (ports, spi) = match kind {
+                0 => ((4500, 4500), Some(*spi)),
+                1 => ((500, 500), None),
+                2 => ((4500, 4500), None),
+                _ => ((40000, 80), None),
+            };
+            let mut r = named(names[*n], ports, spi, *b, *p);
+            (r.start_ms, r.end_ms) = (*start, start + dur);
+            a.add(&r, "wan");
+            for res in [60, 3600, 86400] {
+                let w = want.entry((names[*n], res)).or_default();
+                *w = (w.0 + b, w.1 + p);
+            }
+        }
+        let mut got: HashMap<(&str, i64), (u64, u64)> = HashMap::new();
+        let d = a.take();
+        for x in d.iter().filter(|x| x.dim == Dim::Tunnel) {
+            let (conn, part, _) = parse_tunnel_key(&x.key);
+            prop_assert!(part.is_some(), "{}", x.key);
+            let name = names.iter().find(|n| **n == conn).expect("a known name");
+            let g = got.entry((name, x.resolution)).or_default();
+            *g = (g.0 + x.counters.bytes, g.1 + x.counters.packets);
+        }
+        prop_assert_eq!(got, want);
+    }
+}
