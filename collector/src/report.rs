@@ -65,6 +65,9 @@ type PartOf = (Part, Option<u32>);
 pub struct TunnelDetail {
     pub rows: Vec<TunnelCounters>,
     pub totals: Vec<TunnelCounters>,
+    /// Whether any stored key named a connection (else the table keeps the plain layout:
+    /// unnamed SAs and configured tunnels only).
+    pub named: bool,
 }
 
 /// Run a query.
@@ -119,6 +122,7 @@ pub fn assemble(
     keys: &[String],
 ) -> Report {
     let tunnels = by == Dim::Tunnel;
+    let mut named = false;
     let mut raw: Vec<(Row, Option<PartOf>)> = raw
         .into_iter()
         .map(|mut r| {
@@ -127,6 +131,7 @@ pub fn assemble(
             }
             let (conn, part, spi) = parse_tunnel_key(&r.key);
             let (conn, detail) = (conn.to_string(), part.map(|p| (p, spi)));
+            named |= conn.len() != r.key.len();
             if !keys.is_empty() && keys.contains(&r.key) && !keys.contains(&conn) {
                 // Asked for by its stored key: kept, as a connection of its own.
                 return (r, detail);
@@ -200,6 +205,7 @@ pub fn assemble(
         tunnels: tunnel_rows.map(|rows| TunnelDetail {
             rows,
             totals: detail,
+            named,
         }),
     }
 }
@@ -329,7 +335,7 @@ pub fn human(v: f64, unit: &str) -> String {
 /// Table of totals per key over the range, with average rate, share, and a total line.
 pub fn to_table(r: &Report) -> String {
     let span = r.to - r.from;
-    if let Some(t) = &r.tunnels {
+    if let Some(t) = r.tunnels.as_ref().filter(|t| t.named) {
         let header = format!(
             "{} .. {} ({}s buckets)",
             rfc3339(r.from),
@@ -490,6 +496,11 @@ mod tests {
             row(0, "esp 192.0.2.1>198.51.100.7 spi 0x0000abcd", 70),
             row(0, "branch", 40),
         ];
+        let unnamed = assemble(Dim::Tunnel, 60, 0, 120, raw[6..].to_vec(), None, &[]);
+        assert!(
+            to_table(&unnamed).contains("avg rate"),
+            "plain layout without names"
+        );
         let r = assemble(Dim::Tunnel, 60, 0, 120, raw.clone(), None, &[]);
         assert_eq!(
             r.keys,
