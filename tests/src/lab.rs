@@ -369,6 +369,14 @@ pub fn delete_prefix(prefix: &str) -> Result<(), LabError> {
             }
         }
     }
+    // A strongSwan pair kept running for this lab (`labelflow-lab ipsec up`): its daemons
+    // ended with their namespaces; its configuration and sockets go too.
+    let ipsec = crate::strongswan::IpsecPair::dir_of(prefix);
+    if ipsec.is_dir() {
+        if let Err(e) = std::fs::remove_dir_all(&ipsec) {
+            first_err.get_or_insert(netns::io(&format!("remove {}", ipsec.display()), e));
+        }
+    }
     first_err.map_or(Ok(()), Err)
 }
 

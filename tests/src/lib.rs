@@ -26,6 +26,7 @@
 //! ```
 
 pub mod ipfix;
+pub mod ipsec_lab;
 pub mod lab;
 pub mod netns;
 pub mod process;

@@ -106,6 +106,17 @@ impl Daemon {
         })
     }
 
+    /// Lets the daemon run on after this value is gone; it ends with its namespace. Returns
+    /// its stdout and stderr files, which stay (the caller removes them).
+    pub fn detach(mut self) -> (PathBuf, PathBuf) {
+        // Dropping a `Child` neither kills nor waits for it.
+        self.child = None;
+        (
+            std::mem::take(&mut self.stdout_path),
+            std::mem::take(&mut self.stderr_path),
+        )
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
@@ -225,6 +236,58 @@ pub fn start_probe(lab: &Lab, extra: &[String]) -> Result<Daemon, LabError> {
         Ok(crate::rules::GROUPS.iter().all(|(g, _)| bound.contains(g)))
     })?;
     Ok(d)
+}
+
+/// Starts `labelflow-collector` inside the gateway on 127.0.0.1 (a port free there), its
+/// store in `db`, and waits until its UDP socket is bound: what the probe sends from then on
+/// is queued for it.
+pub fn start_collector(lab: &Lab, db: &Path) -> Result<(Daemon, SocketAddr), LabError> {
+    let bin = find_binary("labelflow-collector")?;
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let port = netns::udp_socket(&lab.gw(), any, None)?
+        .local_addr()
+        .map_err(|e| io("local address", e))?
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let args = [
+        "--listen".to_owned(),
+        addr.to_string(),
+        "--db".to_owned(),
+        db.display().to_string(),
+    ];
+    let mut d = Daemon::start(lab, Role::Gw, &bin, &args)?;
+    let filter = format!("sport = :{port}");
+    d.wait_until("binding its UDP socket", Duration::from_secs(10), || {
+        let out = lab.exec(Role::Gw, "ss", &["-Hlun", &filter])?;
+        Ok(!String::from_utf8_lossy(&out.stdout).trim().is_empty())
+    })?;
+    Ok((d, addr))
+}
+
+/// `labelflow-collector report --format json --by BY` over all time in day buckets.
+pub fn collector_report(db: &Path, by: &str) -> Result<serde_json::Value, LabError> {
+    let bin = find_binary("labelflow-collector")?;
+    let db = db.display().to_string();
+    let args = [
+        "report",
+        "--db",
+        &db,
+        "--by",
+        by,
+        "--from",
+        "0",
+        "--to",
+        "4102444800",
+        "--bucket",
+        "1d",
+        "--format",
+        "json",
+    ];
+    let out = netns::run(None, &bin.to_string_lossy(), &args, None)?;
+    serde_json::from_slice(&out.stdout).map_err(|e| LabError::Parse {
+        what: "collector report",
+        detail: e.to_string(),
+    })
 }
 
 /// Reads every datagram queued on a (collector) socket without blocking.

@@ -136,7 +136,7 @@ impl IpsecPair {
             });
         }
         let mut pair = IpsecPair {
-            dir: std::env::temp_dir().join(format!("{}-ipsec", lab.prefix())),
+            dir: IpsecPair::dir_of(lab.prefix()),
             prefix: lab.prefix().to_owned(),
             daemons: Vec::new(),
             extra_ns: Vec::new(),
@@ -290,7 +290,12 @@ impl IpsecPair {
     }
 
     fn vici_at(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{}-{name}.vici", self.prefix))
+        IpsecPair::vici_of(&self.prefix, name)
+    }
+
+    /// The vici socket of daemon `name` (`inet`, `gw`, `rw`) of the lab `prefix`'s pair.
+    pub fn vici_of(prefix: &str, name: &str) -> PathBuf {
+        IpsecPair::dir_of(prefix).join(format!("{prefix}-{name}.vici"))
     }
 
     /// `swanctl ARGS --uri unix://VICI` against the daemon in `role`.
@@ -344,6 +349,38 @@ impl IpsecPair {
         parse_list_sas(&self.swanctl(role, &["--list-sas", "--raw"])?)
     }
 
+    /// Every CHILD_SA the daemon behind the vici socket `vici` lists now.
+    pub fn child_sas_at(vici: &Path) -> Result<Vec<ChildSa>, LabError> {
+        let uri = format!("unix://{}", vici.display());
+        let out = netns::run(
+            None,
+            "swanctl",
+            &["--list-sas", "--raw", "--uri", &uri],
+            None,
+        )?;
+        parse_list_sas(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// Leaves the daemons, the road warrior's namespaces and the configuration directory in
+    /// place after this value is gone (for `labelflow-lab ipsec up`): deleting the lab
+    /// ([`delete_prefix`](crate::lab::delete_prefix)) ends the daemons with their
+    /// namespaces and removes the directory.
+    pub fn keep(mut self) {
+        for (name, d) in self.daemons.drain(..) {
+            let (out, err) = d.detach();
+            // charon's log, kept beside its configuration (removed with it).
+            let _ = std::fs::rename(out, self.dir.join(name).join("charon.out"));
+            let _ = std::fs::rename(err, self.dir.join(name).join("charon.log"));
+        }
+        self.extra_ns.clear();
+        self.dir = PathBuf::new();
+    }
+
+    /// The directory holding a lab's strongSwan configuration and vici sockets.
+    pub fn dir_of(prefix: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("{prefix}-ipsec"))
+    }
+
     /// Stops the daemons (SIGTERM), returning the first failure with charon's log.
     pub fn down(&mut self) -> Result<(), LabError> {
         let mut first = Ok(());
@@ -357,7 +394,9 @@ impl IpsecPair {
                 first = first.and(Err(e));
             }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
         first
     }
 }

@@ -1,22 +1,20 @@
 //! labelflow-probe on a gateway running real IPsec: strongSwan negotiates IKEv2 with a site
 //! (`hq`) and with a road warrior behind a masquerading NAT (`rw`); ESP travels inside UDP
 //! 4500 (RFC 3948) and is rekeyed every few seconds. Checked against the kernel's counters
-//! and strongSwan's own: per label, per connection on the wire and inside, per SA.
-//! Needs root, Debian's strongswan-charon and the built probe.
+//! and strongSwan's own: per label, per connection on the wire and inside, per SA; in the
+//! probe's export and in the report of the collector it feeds.
+//! Needs root, Debian's strongswan-charon and the built probe and collector.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use labelflow_tests::ipfix::{ExportLog, Flow};
-use labelflow_tests::lab::{addr, Lab, Role};
+use labelflow_tests::ipsec_lab;
+use labelflow_tests::lab::{Lab, Role};
 use labelflow_tests::process;
 use labelflow_tests::rules::Counter;
 use labelflow_tests::ruleset::parse_iptables_save_comments;
-use labelflow_tests::strongswan::{
-    ChildSa, IpsecPair, PairConfig, CONNECTION, RW_CONNECTION, RW_INNER,
-};
-use labelflow_tests::traffic;
+use labelflow_tests::strongswan::{ChildSa, IpsecPair, PairConfig, CONNECTION, RW_CONNECTION};
 
 /// Accounting on a libipsec gateway: the wire (IKE, NAT-T ESP, keepalives on UDP 500/4500
 /// across `wan`) to group 1, the clear text entering and leaving through the TUN device
@@ -83,36 +81,6 @@ fn sum(flows: &[&Flow]) -> Counter {
     })
 }
 
-/// What crossed the tunnels: UDP datagrams and pings from the LAN host to `dst`.
-fn burst(lab: &Lab, dst: IpAddr, to: Role, rw: Option<&str>) -> u64 {
-    let lan = SocketAddr::new(IpAddr::V4(addr::LAN_V4), 40_000);
-    let remote = SocketAddr::new(dst, 5_000);
-    let mut crossed = 0;
-    match rw {
-        // The road warrior's namespace is no lab role: its receiver is bound there directly.
-        Some(ns) => {
-            let rx = labelflow_tests::netns::udp_socket(ns, remote, None).expect("rw socket");
-            rx.set_read_timeout(Some(Duration::from_secs(2)))
-                .expect("timeout");
-            let tx = labelflow_tests::netns::udp_socket(&lab.lan(), lan, None).expect("lan socket");
-            let mut buf = [0u8; 512];
-            for _ in 0..10 {
-                tx.send_to(&[0x5a; 300], remote).expect("send");
-                if rx.recv_from(&mut buf).is_ok() {
-                    crossed += 1;
-                }
-            }
-        }
-        None => {
-            let c = traffic::udp(lab, Role::Lan, lan, to, remote, 20, 300).expect("udp");
-            crossed += c.packets;
-        }
-    }
-    let (_, got) =
-        traffic::ping(lab, Role::Lan, IpAddr::V4(addr::LAN_V4), dst, 2, 56).expect("ping");
-    crossed + got
-}
-
 #[test]
 fn real_ipsec_site_and_road_warrior_named_exact_per_label_connection_and_sa() {
     require_root();
@@ -136,12 +104,19 @@ fn real_ipsec_site_and_road_warrior_named_exact_per_label_connection_and_sa() {
     );
 
     let (sock, collector) = process::collector_socket(&lab).expect("collector socket");
+    // The real collector beside the test's own socket: the probe exports to both.
+    let work = std::env::temp_dir().join(format!("{}-collector", lab.prefix()));
+    std::fs::create_dir_all(&work).expect("collector directory");
+    let db = work.join("flows.db");
+    let (mut real, real_addr) = process::start_collector(&lab, &db).expect("collector up");
     let vici = pair.vici(Role::Gw).display().to_string();
     let mut probe = process::start_probe(
         &lab,
         &[
             "--export".into(),
             format!("ipfix://{collector}"),
+            "--export".into(),
+            format!("ipfix://{real_addr}"),
             "--vici".into(),
             format!("unix://{vici}"),
         ],
@@ -151,14 +126,11 @@ fn real_ipsec_site_and_road_warrior_named_exact_per_label_connection_and_sa() {
         .expect("load rules");
 
     // 16 s of traffic through both tunnels, across at least two rekeys of each at 6 s.
-    let rw_ns = format!("{}-rw", lab.prefix());
-    let rw_inner: IpAddr = RW_INNER.parse().expect("literal");
-    let remote = IpAddr::V4(addr::REMOTE_V4);
     let mut crossed = 0;
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(16) {
-        crossed += burst(&lab, remote, Role::Inet, None);
-        crossed += burst(&lab, rw_inner, Role::Inet, Some(&rw_ns));
+        let r = ipsec_lab::round(&lab, true).expect("traffic");
+        crossed += r.hq.1 + r.rw.1;
         record_sas(&mut sas, pair.child_sas(Role::Gw).expect("list SAs"));
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -303,5 +275,108 @@ fn real_ipsec_site_and_road_warrior_named_exact_per_label_connection_and_sa() {
         );
     }
     eprintln!("SAs {}, SPIs exported {}", sas.len(), spis.len());
+
+    // The collector fed by the same probe: it has everything once its per-label totals equal
+    // the export's (polled: it commits every second).
+    let want = export.totals_by_label();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let j = process::collector_report(&db, "label").expect("label report");
+        let got: BTreeMap<String, Counter> = j["totals"]
+            .as_array()
+            .expect("totals")
+            .iter()
+            .map(|t| (t["label"].as_str().unwrap_or("").to_owned(), counter(t, "")))
+            .collect();
+        if ["esp", "vpn", "other"].iter().all(|l| {
+            got.get(*l).copied().unwrap_or_default() == want.get(*l).copied().unwrap_or_default()
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "collector per label {got:?}, probe exported {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stopped = real
+        .stop(libc::SIGTERM, Duration::from_secs(20))
+        .expect("collector stop");
+    assert!(stopped.status.success(), "collector: {}", stopped.stderr);
+
+    // report --by tunnel: one row per connection, wire and inner exactly the kernel's
+    // per-peer and per-subnet counters, and every SPI it saw one strongSwan negotiated for
+    // that connection, at least one per rekey.
+    let report = process::collector_report(&db, "tunnel").expect("tunnel report");
+    let totals = report["totals"].as_array().expect("totals");
+    let names: BTreeSet<&str> = totals.iter().filter_map(|t| t["tunnel"].as_str()).collect();
+    assert_eq!(
+        names,
+        BTreeSet::from([CONNECTION, RW_CONNECTION]),
+        "{report:#}"
+    );
+    for conn in [CONNECTION, RW_CONNECTION] {
+        let t = totals
+            .iter()
+            .find(|t| t["tunnel"] == conn)
+            .expect("connection row");
+        assert_eq!(
+            counter(t, "wire_"),
+            count(&format!("wire:{conn}")),
+            "{conn} wire: {t:#}"
+        );
+        assert_eq!(
+            counter(t, "inner_"),
+            count(&format!("inner:{conn}")),
+            "{conn} inner: {t:#}"
+        );
+        let reported: BTreeSet<u32> = t["spis"]
+            .as_array()
+            .expect("spis")
+            .iter()
+            .map(|s| {
+                let s = s.as_str().unwrap_or("").trim_start_matches("0x");
+                u32::from_str_radix(s, 16).expect("hex SPI")
+            })
+            .collect();
+        let exported: BTreeSet<u32> = export
+            .flows
+            .iter()
+            .filter(|f| f.tunnel.as_deref() == Some(conn))
+            .filter_map(|f| f.spi.filter(|s| *s != 0))
+            .collect();
+        assert_eq!(reported, exported, "{conn}: SPIs in the report");
+        for spi in &reported {
+            assert_eq!(sa_of.get(spi).copied(), Some(conn), "{conn}: SPI {spi:08x}");
+        }
+        let rekeys = per_conn(conn) - 1;
+        assert_eq!(t["sas"].as_u64(), Some(reported.len() as u64));
+        assert!(
+            reported.len() >= rekeys,
+            "{conn}: {} SAs reported, {rekeys} rekeys seen",
+            reported.len()
+        );
+        eprintln!(
+            "{conn}: collector wire {:?} (esp-in-udp {}, ike {}, nat-keepalive {}), inner {:?}, \
+             overhead {}, SAs {}",
+            counter(t, "wire_"),
+            t["esp_in_udp_bytes"],
+            t["ike_bytes"],
+            t["nat_keepalive_bytes"],
+            counter(t, "inner_"),
+            t["overhead_bytes"],
+            t["sas"]
+        );
+    }
+    let _ = std::fs::remove_dir_all(&work);
     drop(pair);
+}
+
+/// `PREFIXpackets` and `PREFIXbytes` of a report row.
+fn counter(row: &serde_json::Value, prefix: &str) -> Counter {
+    let n = |k: &str| row[format!("{prefix}{k}")].as_u64().unwrap_or(0);
+    Counter {
+        packets: n("packets"),
+        bytes: n("bytes"),
+    }
 }
