@@ -30,6 +30,16 @@ for dir in "$here"/*/; do
         echo "$name: rules.nft FAILED"; fail=1
     fi
     in_ns nft flush ruleset
+    # Variants (rules-VARIANT.iptables / .nft, e.g. ipsec-gateway's rules-libipsec): loaded alone.
+    for f in "$dir"/rules-*.iptables "$dir"/rules-*.nft; do
+        [ -f "$f" ] || continue
+        case $f in
+            *.iptables) in_ns iptables-restore --test <"$f" && in_ns iptables-restore <"$f" ;;
+            *.nft) in_ns nft -c -f "$f" && in_ns nft -f "$f" ;;
+        esac && echo "$name: $(basename "$f") ok" || { echo "$name: $(basename "$f") FAILED"; fail=1; }
+        in_ns iptables-restore <<<$'*filter\nCOMMIT\n*mangle\nCOMMIT\n'
+        in_ns nft flush ruleset
+    done
 done
 bin=${LABELFLOW_BIN:-${CARGO_TARGET_DIR:-$here/../target}/debug}
 if [ -x "$bin/labelflow-probe" ] && [ -x "$bin/labelflow-collector" ]; then

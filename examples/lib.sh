@@ -9,6 +9,10 @@
 #                   (default: $CARGO_TARGET_DIR/debug or target/debug, built if missing)
 #   FIREWALL        iptables (default) or nft
 #   KEEP=1          leave the lab up at the end (then: labelflow-lab down --lab $LAB)
+#
+# Set by a script before the steps:
+#   LF_RULES_VARIANT   load rules$LF_RULES_VARIANT.$FIREWALL (e.g. `-libipsec`), without overlay
+#   LF_PROBE_ARGS      array of extra probe arguments (e.g. --vici unix:///run/charon.vici)
 
 set -euo pipefail
 
@@ -44,6 +48,7 @@ lf_require_lab() {
             counters-all) "$LABCLI" counters --help | grep -q -- "--all" || missing+=("counters --all") ;;
             counters-zero) "$LABCLI" counters --help | grep -q -- "--zero" || missing+=("counters --zero") ;;
             send) "$LABCLI" send --help >/dev/null 2>&1 || missing+=("send") ;;
+            ipsec) "$LABCLI" ipsec --help >/dev/null 2>&1 || missing+=("ipsec") ;;
             up-addr) "$LABCLI" up --help | grep -q -- "--addr" || missing+=("up --addr") ;;
         esac
     done
@@ -80,10 +85,13 @@ lf_cleanup() {
 lf_rules() {
     local files=()
     case $FIREWALL in
-        iptables) files=("$EXAMPLE_DIR/rules.iptables"); [ ! -f "$EXAMPLE_DIR/lab-overlay.iptables" ] || files+=("$EXAMPLE_DIR/lab-overlay.iptables") ;;
-        nft) files=("$EXAMPLE_DIR/rules.nft"); [ ! -f "$EXAMPLE_DIR/lab-overlay.nft" ] || files+=("$EXAMPLE_DIR/lab-overlay.nft") ;;
+        iptables|nft) ;;
         *) lf_die "FIREWALL must be iptables or nft, not $FIREWALL" ;;
     esac
+    files=("$EXAMPLE_DIR/rules${LF_RULES_VARIANT:-}.$FIREWALL")
+    if [ -z "${LF_RULES_VARIANT:-}" ] && [ -f "$EXAMPLE_DIR/lab-overlay.$FIREWALL" ]; then
+        files+=("$EXAMPLE_DIR/lab-overlay.$FIREWALL")
+    fi
     local args=()
     for f in "${files[@]}"; do args+=(--file "$f"); done
     "$LABCLI" rules --lab "$LAB" --firewall "$FIREWALL" "${args[@]}" load
@@ -97,7 +105,8 @@ lf_start() {
     (cd "$WORK" && exec ip netns exec "$GW_NS" "$COLLECTOR" --config "$EXAMPLE_DIR/collector.toml" \
         >"$WORK/collector.log" 2>&1) &
     COLLECTOR_PID=$!
-    ip netns exec "$GW_NS" "$PROBE" --config "$EXAMPLE_DIR/probe.toml" >"$WORK/probe.log" 2>&1 &
+    ip netns exec "$GW_NS" "$PROBE" --config "$EXAMPLE_DIR/probe.toml" ${LF_PROBE_ARGS[@]+"${LF_PROBE_ARGS[@]}"} \
+        >"$WORK/probe.log" 2>&1 &
     PROBE_PID=$!
     "$LABCLI" ready --lab "$LAB" --groups "$groups" --timeout 10 ||
         { cat "$WORK/probe.log" >&2; lf_die "the probe did not bind groups $groups"; }
@@ -107,7 +116,7 @@ lf_start() {
 # Stops counting and logging at once (the rules' base chains are emptied; counters stay),
 # reads the kernel's counters into $WORK/kernel.txt (`KEY PACKETS BYTES`).
 lf_freeze_counters() {
-    "$LABCLI" rules --lab "$LAB" --firewall "$FIREWALL" --file "$EXAMPLE_DIR/rules.$FIREWALL" detach
+    "$LABCLI" rules --lab "$LAB" --firewall "$FIREWALL" --file "$EXAMPLE_DIR/rules${LF_RULES_VARIANT:-}.$FIREWALL" detach
     "$LABCLI" counters --lab "$LAB" --firewall "$FIREWALL" --all >"$WORK/kernel.txt"
 }
 

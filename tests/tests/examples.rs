@@ -1,7 +1,8 @@
 //! Every scenario under `examples/` run end to end as a user runs it (`examples/NAME/lab.sh`):
 //! lab up, the example's own rules, probe and collector with the example's configs, traffic,
 //! and the collector's report checked against the kernel's counters by the script itself
-//! (it exits non-zero on any difference). Both firewalls: iptables and nftables.
+//! (it exits non-zero on any difference). Both firewalls: iptables and nftables. The
+//! ipsec-gateway example also over real IPsec (`lab-real.sh`: strongSwan in the lab).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -9,6 +10,10 @@ use std::process::Command;
 use labelflow_tests::process::find_binary;
 
 fn run_example(name: &str, firewall: &str) {
+    run_script(name, "lab.sh", firewall, &format!("example {name}: OK"));
+}
+
+fn run_script(name: &str, script: &str, firewall: &str, ok: &str) {
     labelflow_testkit::tools::require_root("the kernel lab: network namespaces, NFLOG rules");
     let probe = find_binary("labelflow-probe").expect("run `cargo build --workspace --bins` first");
     let bin_dir = probe.parent().unwrap().to_path_buf();
@@ -19,20 +24,20 @@ fn run_example(name: &str, firewall: &str) {
             bin_dir.display()
         );
     }
-    let script: PathBuf = [env!("CARGO_MANIFEST_DIR"), "..", "examples", name, "lab.sh"]
+    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "..", "examples", name, script]
         .iter()
         .collect();
     let out = Command::new("bash")
-        .arg(&script)
+        .arg(&path)
         .env("LABELFLOW_BIN", &bin_dir)
         .env("FIREWALL", firewall)
         .output()
-        .expect("run lab.sh");
+        .expect("run the example's script");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        out.status.success() && stdout.contains(&format!("example {name}: OK")),
-        "examples/{name}/lab.sh with {firewall} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status.success() && stdout.contains(ok),
+        "examples/{name}/{script} with {firewall} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
         out.status
     );
 }
@@ -45,6 +50,18 @@ fn ipsec_gateway_iptables() {
 #[test]
 fn ipsec_gateway_nft() {
     run_example("ipsec-gateway", "nft");
+}
+
+#[test]
+fn ipsec_gateway_real_ipsec_iptables() {
+    let ok = "example ipsec-gateway (real IPsec): OK";
+    run_script("ipsec-gateway", "lab-real.sh", "iptables", ok);
+}
+
+#[test]
+fn ipsec_gateway_real_ipsec_nft() {
+    let ok = "example ipsec-gateway (real IPsec): OK";
+    run_script("ipsec-gateway", "lab-real.sh", "nft", ok);
 }
 
 #[test]
