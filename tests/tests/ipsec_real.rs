@@ -20,7 +20,10 @@ use labelflow_tests::strongswan::{ChildSa, IpsecPair, PairConfig, CONNECTION, RW
 /// across `wan`) to group 1, the clear text entering and leaving through the TUN device
 /// `ipsec0` to group 2, everything else on `wan` to group 3. Counting-only rules give the
 /// kernel's ground truth: per label, per peer on the wire (`hq` is 192.0.2.1, the road
-/// warrior comes from its NAT's 203.0.113.2), per connection inside (by inner subnet).
+/// warrior comes from its NAT's 203.0.113.2), and of that its IKE (UDP 500, or UDP 4500 whose
+/// payload starts with the four-zero-octet non-ESP marker, RFC 3948 section 2.2) and its
+/// NAT-keepalives (29-octet IPv4 packets: one payload octet, section 2.3), per connection
+/// inside (by inner subnet).
 const RULES: &str = "*mangle
 :PREROUTING ACCEPT [0:0]
 :POSTROUTING ACCEPT [0:0]
@@ -39,6 +42,16 @@ const RULES: &str = "*mangle
 -A LF_ESP -d 192.0.2.1 -m comment --comment wire:hq
 -A LF_ESP -s 203.0.113.2 -m comment --comment wire:rw
 -A LF_ESP -d 203.0.113.2 -m comment --comment wire:rw
+-A LF_ESP -s 192.0.2.1 -p udp -m multiport --ports 500 -m comment --comment ike:hq
+-A LF_ESP -d 192.0.2.1 -p udp -m multiport --ports 500 -m comment --comment ike:hq
+-A LF_ESP -s 192.0.2.1 -p udp -m multiport --ports 4500 -m u32 --u32 \"0>>22&0x3C@8=0\" -m comment --comment ike:hq
+-A LF_ESP -d 192.0.2.1 -p udp -m multiport --ports 4500 -m u32 --u32 \"0>>22&0x3C@8=0\" -m comment --comment ike:hq
+-A LF_ESP -s 203.0.113.2 -p udp -m multiport --ports 500 -m comment --comment ike:rw
+-A LF_ESP -d 203.0.113.2 -p udp -m multiport --ports 500 -m comment --comment ike:rw
+-A LF_ESP -s 203.0.113.2 -p udp -m multiport --ports 4500 -m u32 --u32 \"0>>22&0x3C@8=0\" -m comment --comment ike:rw
+-A LF_ESP -d 203.0.113.2 -p udp -m multiport --ports 4500 -m u32 --u32 \"0>>22&0x3C@8=0\" -m comment --comment ike:rw
+-A LF_ESP -s 203.0.113.2 -p udp -m length --length 29 -m comment --comment keepalive:rw
+-A LF_ESP -d 203.0.113.2 -p udp -m length --length 29 -m comment --comment keepalive:rw
 -A LF_ESP -m comment --comment labelflow-count:esp
 -A LF_ESP -j NFLOG --nflog-group 1
 -A LF_VPN -s 10.99.0.0/24 -m comment --comment inner:hq
@@ -135,6 +148,26 @@ fn real_ipsec_site_and_road_warrior_named_exact_per_label_connection_and_sa() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(crossed > 0, "nothing crossed the tunnels");
+    // The road warrior, behind its NAT, sends NAT-keepalives once its side of the tunnel is
+    // idle for 2 s (strongSwan's keep_alive here): wait until the kernel has counted one.
+    let keepalives = |lab: &Lab| -> Counter {
+        let saved = lab
+            .exec(Role::Gw, "iptables-save", &["-c", "-t", "mangle"])
+            .expect("save");
+        parse_iptables_save_comments(&String::from_utf8_lossy(&saved.stdout))
+            .expect("counters")
+            .into_iter()
+            .filter(|(k, _)| k == "keepalive:rw")
+            .fold(Counter::default(), |mut a, (_, c)| {
+                a += c;
+                a
+            })
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while keepalives(&lab).packets == 0 {
+        assert!(Instant::now() < deadline, "no NAT-keepalive within 15 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // Detach before reading, so that counted and logged are the same packets.
     let saved = lab
@@ -330,6 +363,21 @@ fn real_ipsec_site_and_road_warrior_named_exact_per_label_connection_and_sa() {
             count(&format!("inner:{conn}")),
             "{conn} inner: {t:#}"
         );
+        // Within the wire, IKE and NAT-keepalives told apart as the kernel's rules did.
+        assert_eq!(
+            counter(t, "ike_"),
+            count(&format!("ike:{conn}")),
+            "{conn} IKE: {t:#}"
+        );
+        assert_eq!(
+            counter(t, "nat_keepalive_"),
+            count(&format!("keepalive:{conn}")),
+            "{conn} keepalives: {t:#}"
+        );
+        assert!(
+            count(&format!("ike:{conn}")).packets > 0,
+            "{conn}: no IKE counted"
+        );
         let reported: BTreeSet<u32> = t["spis"]
             .as_array()
             .expect("spis")
@@ -357,12 +405,12 @@ fn real_ipsec_site_and_road_warrior_named_exact_per_label_connection_and_sa() {
             reported.len()
         );
         eprintln!(
-            "{conn}: collector wire {:?} (esp-in-udp {}, ike {}, nat-keepalive {}), inner {:?}, \
+            "{conn}: collector wire {:?} (esp-in-udp {}, ike {:?}, nat-keepalive {:?}), inner {:?}, \
              overhead {}, SAs {}",
             counter(t, "wire_"),
             t["esp_in_udp_bytes"],
-            t["ike_bytes"],
-            t["nat_keepalive_bytes"],
+            counter(t, "ike_"),
+            counter(t, "nat_keepalive_"),
             counter(t, "inner_"),
             t["overhead_bytes"],
             t["sas"]
