@@ -397,6 +397,16 @@ fn real_ipsec_site_and_road_warrior_named_exact_per_label_connection_and_sa() {
         for spi in &reported {
             assert_eq!(sa_of.get(spi).copied(), Some(conn), "{conn}: SPI {spi:08x}");
         }
+        // And the other way: every SPI strongSwan listed for the connection that carried
+        // packets (its counters say so) is in the connection's row.
+        for s in sas.values().filter(|s| s.connection == conn) {
+            for (spi, packets) in [(s.spi_in, s.packets_in), (s.spi_out, s.packets_out)] {
+                assert!(
+                    packets == 0 || reported.contains(&spi),
+                    "{conn}: SPI {spi:08x} carried {packets} packets, not in the report"
+                );
+            }
+        }
         let rekeys = per_conn(conn) - 1;
         assert_eq!(t["sas"].as_u64(), Some(reported.len() as u64));
         assert!(
