@@ -702,6 +702,13 @@ label = "wan"
         assert!(e.starts_with("c.toml:3:12: tunnels.subnets"), "{e}");
         let e = err("allowed_exporters = [\"192.0.2.0/24\", \"x\"]\n");
         assert!(e.starts_with("c.toml:1:38: allowed_exporters"), "{e}");
+        assert_eq!(
+            err("[limits]\nmax_tunnel_names = 0\n"),
+            "c.toml:2:20: limits.max_tunnel_names: must be > 0"
+        );
+        let c = Config::parse("[limits]\nmax_tunnel_names = 16\n", "c").unwrap();
+        assert_eq!(c.agg.max_tunnel_names, 16);
+        assert_eq!(Config::defaults().agg.max_tunnel_names, 1024);
     }
 
     #[test]

@@ -469,6 +469,16 @@ fn named_tunnels_split_by_part_and_keep_sas_apart() {
         .map(|(k, b, p)| (k.to_string(), *b, *p))
         .collect();
     assert_eq!(keys, want);
+    // Over IPv6 a keepalive is 49 octets (40 + 8 + 1).
+    let mut v6 = named("rw", (4500, 4500), None, 49 * 2, 2);
+    (v6.src_addr, v6.dst_addr) = (
+        "2001:db8::a".parse().unwrap(),
+        "2001:db8::1".parse().unwrap(),
+    );
+    let mut v6_ike = v6.clone();
+    v6_ike.bytes = 29 * 2;
+    assert_eq!(Part::of(&Flow::from_record(&v6, 0)), Part::NatKeepalive);
+    assert_eq!(Part::of(&Flow::from_record(&v6_ike, 0)), Part::Ike);
     let hq = a.tunnel_id("hq") as usize;
     assert_eq!(a.tunnel_totals()[hq][Part::EspInUdp as usize], (2496, 21));
     assert_eq!(a.tunnel_totals()[hq][Part::Inner as usize], (2000, 20));
