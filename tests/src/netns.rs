@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::process::{Child, Command, Output, Stdio};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -27,16 +27,15 @@ fn enter(name: &str) -> Result<(), LabError> {
         what: format!("open {path}"),
         source,
     })?;
-    // SAFETY: `setns` takes a file descriptor we own for the duration of the call and a flag
-    // constant; it changes only the calling thread's network namespace.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        return Err(LabError::Io {
-            what: format!("setns({path})"),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    Ok(())
+    // setns(2) moves only the calling thread.
+    rustix::thread::move_into_link_name_space(
+        file.as_fd(),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .map_err(|e| LabError::Io {
+        what: format!("setns({path})"),
+        source: e.into(),
+    })
 }
 
 /// Runs `f` on a new thread inside the named network namespace and returns its result.
@@ -71,8 +70,7 @@ where
 {
     in_netns(name, || {
         let Some(gid) = egid else { return f() };
-        // SAFETY: getegid has no preconditions.
-        let previous = unsafe { libc::getegid() };
+        let previous = rustix::process::getegid().as_raw();
         set_thread_egid(gid)?;
         let result = f();
         set_thread_egid(previous)?;
@@ -81,16 +79,9 @@ where
 }
 
 fn set_thread_egid(gid: u32) -> Result<(), LabError> {
-    let keep = libc::gid_t::MAX; // -1: leave the real and saved ids as they are
-                                 // SAFETY: setresgid takes three integers; it changes only the calling thread's credentials.
-    let rc = unsafe { libc::syscall(libc::SYS_setresgid, keep, gid, keep) };
-    if rc != 0 {
-        return Err(io(
-            &format!("setresgid(-1, {gid}, -1)"),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    // None leaves the real and saved ids as they are.
+    rustix::thread::set_thread_res_gid(None, Some(rustix::process::Gid::from_raw(gid)), None)
+        .map_err(|e| io(&format!("setresgid(-1, {gid}, -1)"), e.into()))
 }
 
 /// A UDP socket bound to `addr` inside the namespace (receive buffer raised to `rcvbuf` bytes
@@ -126,21 +117,8 @@ pub fn socket(
 
 /// Raises a socket's receive buffer past `net.core.rmem_max` (root only).
 pub fn force_rcvbuf(sock: &Socket, size: usize) -> Result<(), LabError> {
-    let val = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
-    // SAFETY: plain setsockopt with a pointer to a live c_int and its exact length.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&val as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io("SO_RCVBUFFORCE", std::io::Error::last_os_error()));
-    }
-    Ok(())
+    rustix::net::sockopt::set_socket_recv_buffer_size_force(sock, size)
+        .map_err(|e| io("SO_RCVBUFFORCE", e.into()))
 }
 
 /// A veth pair with one end in each namespace, created directly there (nothing touches the
@@ -282,10 +260,10 @@ pub fn pids(ns: &str) -> Vec<i32> {
 /// a bounded wait). The namespace's veth ends disappear with it.
 pub fn delete(ns: &str) -> Result<(), LabError> {
     let mut left = pids(ns);
-    for sig in [libc::SIGTERM, libc::SIGKILL] {
+    for sig in [rustix::process::Signal::TERM, rustix::process::Signal::KILL] {
         for &pid in &left {
-            // SAFETY: signals a process that lives in a namespace this lab created.
-            unsafe { libc::kill(pid, sig) };
+            // A process that lives in a namespace this lab created.
+            labelflow_testkit::tools::signal(pid as u32, sig);
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         while !left.is_empty() && std::time::Instant::now() < deadline {

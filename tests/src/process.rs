@@ -166,9 +166,10 @@ impl Daemon {
     pub fn stop(&mut self, signal: i32, timeout: Duration) -> Result<Stopped, LabError> {
         if let Some(pid) = self.pid() {
             if self.alive() {
-                // SAFETY: signals the child this value started (its pid cannot be reused
-                // before we reap it).
-                unsafe { libc::kill(pid as i32, signal) };
+                // The child this value started: its pid cannot be reused before it is reaped.
+                if let Some(sig) = rustix::process::Signal::from_named_raw(signal) {
+                    labelflow_testkit::tools::signal(pid, sig);
+                }
             }
         }
         self.collect(Some(timeout))

@@ -456,8 +456,8 @@ impl Nfacctd {
             Some(0),
             "datagrams dropped: {last:?}"
         );
-        // SAFETY: kill(2) on the pid of a child not yet reaped.
-        unsafe { libc::kill(pid as i32, libc::SIGINT) };
+        // The pid of a child not yet reaped cannot be reused.
+        labelflow_testkit::tools::signal(pid, rustix::process::Signal::INT);
         wait_for("nfacctd to exit", Duration::from_secs(15), || {
             matches!(self.child.try_wait(), Ok(Some(_)))
         });

@@ -433,22 +433,12 @@ fn parse_spi(s: &str) -> Result<u32> {
     v.with_context(|| format!("bad SPI {s:?}"))
 }
 
-static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
-}
-
 fn sink(ns: Option<&str>, bind: std::net::SocketAddr, out: Option<&std::path::Path>) -> Result<()> {
     use labelflow_tests::{ipfix::ExportLog, netns};
-    for sig in [libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe {
-            libc::signal(
-                sig,
-                on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
-            )
-        };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, std::sync::Arc::clone(&stop))
+            .with_context(|| format!("signal handler for {sig}"))?;
     }
     let sock = match ns {
         Some(ns) => netns::udp_socket(ns, bind, Some(32 << 20))?,
@@ -473,7 +463,7 @@ fn sink(ns: Option<&str>, bind: std::net::SocketAddr, out: Option<&std::path::Pa
                         | std::io::ErrorKind::Interrupted
                 ) =>
             {
-                if STOP.load(std::sync::atomic::Ordering::SeqCst) {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
                     break;
                 }
             }

@@ -138,8 +138,8 @@ impl Nfcapd {
         let mut child = self.child.take().expect("running");
         let deadline = Instant::now() + READY_TIMEOUT;
         let status = loop {
-            // SAFETY: kill(2) on the pid of a child not yet reaped (the pid cannot be reused).
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            // The pid of a child not yet reaped cannot be reused.
+            crate::tools::signal(child.id(), rustix::process::Signal::TERM);
             let exited = poll_until(Duration::from_millis(500), || {
                 matches!(child.try_wait(), Ok(Some(_)))
             });

@@ -28,8 +28,17 @@ pub fn require_program(program: &str) -> PathBuf {
 
 /// Whether the test runs as root (effective uid 0).
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
+}
+
+/// Sends `signal` to process `pid`, ignoring a process that has already exited.
+pub fn signal(pid: u32, signal: rustix::process::Signal) {
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
 }
 
 /// Fails the test unless it runs as root; `why` names what needs it.
