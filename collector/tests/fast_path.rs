@@ -171,6 +171,7 @@ fn sample_flow(i: u32, v6: bool) -> FlowRecord {
         nflog_prefix: (i % 4 == 2).then(|| "WAN:".into()),
         sampling_interval: 1,
         tunnel: None,
+        conntrack: None,
     }
 }
 
@@ -326,6 +327,7 @@ fn arb_flow() -> impl Strategy<Value = FlowRecord> {
                 nflog_prefix,
                 sampling_interval: 1,
                 tunnel: None,
+                conntrack: None,
             },
         )
 }

@@ -28,6 +28,10 @@
 //! mtu = 1400
 //! application_id = "rfc6759"  # "varlen" for nfdump 1.7.1 (Debian 12); see AppIdEncoding
 //! max_rate = 50000          # records/s to this target; 0 = unpaced
+//!
+//! [conntrack]               # see config/conntrack.rs
+//! enable = true
+//! labels = [{ mark = "0x10/0xf0", label = "web" }]
 //! ```
 
 use std::collections::BTreeMap;
@@ -123,6 +127,8 @@ pub struct RawConfig {
     pub exports: Vec<RawExport>,
     #[serde(default)]
     pub ipsec: RawIpsec,
+    #[serde(default)]
+    pub conntrack: conntrack::RawConntrack,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -192,6 +198,10 @@ pub struct Overrides {
     pub vici: Option<String>,
     /// `--max-rate`: records/s for every target (0 = unpaced).
     pub max_rate: Option<u32>,
+    /// `--conntrack`: enable the conntrack source.
+    pub conntrack: bool,
+    /// `--ct-label MARK[/MASK]=LABEL`, appended to `[conntrack] labels`.
+    pub ct_labels: Vec<String>,
 }
 
 /// One NFLOG group and its label.
@@ -245,6 +255,8 @@ pub struct Config {
     pub ipsec: IpsecPorts,
     /// strongSwan's vici socket, for tunnel names.
     pub vici: Option<PathBuf>,
+    /// The conntrack source, when enabled.
+    pub conntrack: Option<crate::conntrack::CtConfig>,
 }
 
 impl Config {
@@ -364,6 +376,7 @@ pub fn validate(
         exports: validate_exports(&raw.exports, source, over)?,
         ipsec: ipsec_ports(&raw.ipsec, source)?,
         vici: vici_path(&raw.ipsec, source, over)?,
+        conntrack: conntrack::validate_conntrack(&raw.conntrack, source, over)?,
     })
 }
 
@@ -699,6 +712,9 @@ pub fn load(path: Option<&Path>, over: &Overrides) -> Result<Config, ConfigError
         None => validate(RawConfig::default(), None, over),
     }
 }
+
+mod conntrack;
+pub use conntrack::parse_mark;
 
 #[cfg(test)]
 mod tests;
