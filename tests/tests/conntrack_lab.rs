@@ -1,0 +1,284 @@
+//! labelflow-probe's conntrack source against the kernel: the lab's gateway masquerades the
+//! LAN and marks connections into three labels; per label and direction, the exported bytes
+//! and packets equal nftables counters on the same marks, the NAT elements equal the tuples
+//! conntrack reports, and stopping with a connection still open loses and doubles nothing.
+//! Needs root and the built probe (`cargo build --workspace --bins`).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use labelflow_testkit::tools;
+use labelflow_tests::conntrack::{self, CtLine, OpenTcp, LABELS};
+use labelflow_tests::ipfix::{ExportLog, Flow};
+use labelflow_tests::lab::{addr, Lab, Role};
+use labelflow_tests::process::{self, Daemon};
+use labelflow_tests::rules::Counter;
+use labelflow_tests::traffic;
+
+const ACTIVE: &str = "3s";
+
+fn config(collector: SocketAddr) -> String {
+    let labels: Vec<String> = LABELS
+        .iter()
+        .map(|(m, l, _)| format!("{{ mark = \"{m:#x}\", label = \"{l}\" }}"))
+        .collect();
+    format!(
+        "[conntrack]\nenable = true\nset_sysctls = true\nlabels = [{}]\n\n[cache]\nactive_timeout = \"{ACTIVE}\"\n\n[[export]]\ntarget = \"ipfix://{collector}\"\n",
+        labels.join(", ")
+    )
+}
+
+fn direction(f: &Flow) -> &'static str {
+    match f.nat.as_ref().and_then(|n| n.biflow_direction) {
+        Some(1) => "orig",
+        Some(2) => "reply",
+        _ => "none",
+    }
+}
+
+/// Exported records of a connection's original direction, keyed as conntrack lists it.
+fn records_of<'a>(log: &'a ExportLog, c: &CtLine, dir: u8) -> Vec<&'a Flow> {
+    let (src, dst, sport, dport) = if dir == 1 { c.orig } else { c.reply };
+    log.flows
+        .iter()
+        .filter(|f| {
+            f.nat.as_ref().and_then(|n| n.biflow_direction) == Some(dir)
+                && f.protocol == Some(c.protocol)
+                && (f.src, f.dst) == (Some(src), Some(dst))
+                && (c.protocol == 1 || (f.src_port, f.dst_port) == (Some(sport), Some(dport)))
+        })
+        .collect()
+}
+
+#[test]
+fn conntrack_exports_equal_nft_counters_per_label_and_direction_with_nat() {
+    tools::require_root("the kernel lab: network namespaces, nftables NAT, conntrack");
+    let lab = Lab::up().expect("lab up");
+    conntrack::load(&lab).expect("load the conntrack ruleset");
+    // Short timeouts: the UDP, ICMP and closed TCP connections end (DESTROY events) within
+    // the test; the long connection stays open across the stop.
+    conntrack::sysctls(
+        &lab,
+        &[
+            "net.netfilter.nf_conntrack_udp_timeout=2",
+            "net.netfilter.nf_conntrack_icmp_timeout=2",
+            "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1",
+        ],
+    )
+    .expect("conntrack timeouts");
+    let (sock, collector) = process::collector_socket(&lab).expect("collector socket");
+    let dir = std::env::temp_dir().join(format!("lf-ct-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let cfg = dir.join("probe.toml");
+    std::fs::write(&cfg, config(collector)).expect("write config");
+    let bin = process::find_binary("labelflow-probe").expect("probe binary");
+    let args = vec![
+        "--config".to_owned(),
+        cfg.display().to_string(),
+        "--stats-interval".to_owned(),
+        "1s".to_owned(),
+    ];
+    let mut probe = Daemon::start(&lab, Role::Gw, &bin, &args).expect("start probe");
+    probe
+        .wait_until(
+            "subscribing to conntrack events",
+            Duration::from_secs(10),
+            || conntrack::events_subscribed(&lab),
+        )
+        .expect("probe ready");
+
+    let lan: IpAddr = addr::LAN_V4.into();
+    let inet = |port| SocketAddr::new(addr::INET_V4.into(), port);
+    let mut log = ExportLog::new();
+    let pump = |log: &mut ExportLog| {
+        for d in process::drain_datagrams(&sock).expect("drain") {
+            log.feed(&d);
+        }
+    };
+    // One connection outliving two active timeouts (two sweeps export it while it is open),
+    // left open at the stop.
+    let mut long = OpenTcp::connect(&lab, lan, inet(7000)).expect("long connection");
+    let long_records = |log: &ExportLog| {
+        log.flows
+            .iter()
+            .filter(|f| f.protocol == Some(6) && f.dst_port == Some(7000) && direction(f) == "orig")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while long_records(&log) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no sweep exported the long connection"
+        );
+        long.send(20_000).expect("long connection traffic");
+        std::thread::sleep(Duration::from_millis(100));
+        pump(&mut log);
+    }
+    for i in 0..3u16 {
+        traffic::tcp(
+            &lab,
+            Role::Lan,
+            lan,
+            Role::Inet,
+            inet(7001 + i),
+            30_000,
+            8_000,
+        )
+        .expect("short tcp");
+    }
+    let udp = traffic::udp(
+        &lab,
+        Role::Lan,
+        SocketAddr::new(lan, 5353),
+        Role::Inet,
+        inet(7100),
+        20,
+        300,
+    )
+    .expect("udp");
+    assert_eq!(udp.packets, 20);
+    let (_, replies) =
+        traffic::ping(&lab, Role::Lan, lan, addr::INET_V4.into(), 5, 56).expect("ping");
+    assert_eq!(replies, 5);
+
+    // Every connection, with its NAT tuples, while all are still in the table.
+    let listed: Vec<CtLine> = conntrack::table(&lab)
+        .expect("conntrack table")
+        .into_iter()
+        .filter(|c| LABELS.iter().any(|(m, _, _)| *m == c.mark))
+        .collect();
+    assert!(listed.len() >= 6, "connections listed: {listed:?}");
+    // Wait until the short connections are gone (reading the table evicts expired entries,
+    // which sends their DESTROY events); the long one remains.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = conntrack::table(&lab).expect("conntrack table");
+        let marked = left.iter().filter(|c| c.mark != 0).count();
+        if marked == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connections did not expire: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Right after a sweep, traffic the next sweep would export: only the stop's sweep may
+    // export it (an active timeout is 3 s away).
+    pump(&mut log);
+    let before = long_records(&log);
+    long.send(20_000).expect("long connection traffic");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while long_records(&log) == before {
+        assert!(Instant::now() < deadline, "no sweep after the expiries");
+        std::thread::sleep(Duration::from_millis(20));
+        pump(&mut log);
+    }
+    long.send(50_000).expect("long connection traffic");
+    let swept = long_records(&log);
+    // Quiet: the counters stop moving (the last delayed ACK is in).
+    let mut last = conntrack::counters(&lab).expect("nft counters");
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = conntrack::counters(&lab).expect("nft counters");
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let truth = conntrack::counters(&lab).expect("nft counters");
+    let stopped = probe
+        .stop(libc::SIGTERM, Duration::from_secs(10))
+        .expect("probe stop");
+    assert!(stopped.status.success(), "probe: {}", stopped.stderr);
+    pump(&mut log);
+    assert_eq!(
+        long_records(&log),
+        swept + 1,
+        "the stop exports the open connection's last bytes once\n{}",
+        stopped.stderr
+    );
+    assert!(log.errors.is_empty(), "decode errors: {:?}", log.errors);
+
+    let mut exported: BTreeMap<(String, String), Counter> = BTreeMap::new();
+    for f in &log.flows {
+        let c = exported
+            .entry((f.label.clone().unwrap_or_default(), direction(f).to_owned()))
+            .or_default();
+        c.packets += f.packets;
+        c.bytes += f.bytes;
+    }
+    for (_, label, _) in LABELS {
+        for dir in ["orig", "reply"] {
+            let key = (label.to_owned(), dir.to_owned());
+            let want = truth.get(&key).copied().unwrap_or_default();
+            let got = exported.get(&key).copied().unwrap_or_default();
+            assert_eq!(
+                got, want,
+                "{label} {dir}: exported vs nftables\n{}",
+                stopped.stderr
+            );
+        }
+        let orig = truth[&(label.to_owned(), "orig".to_owned())];
+        assert!(orig.packets > 0, "{label}: no traffic counted");
+    }
+    assert!(
+        exported
+            .keys()
+            .all(|(l, d)| LABELS.iter().any(|x| x.1 == l) && d != "none"),
+        "records outside the labels: {exported:?}"
+    );
+
+    // NAT elements: what conntrack reports for each connection.
+    for c in &listed {
+        let orig = records_of(&log, c, 1);
+        assert!(!orig.is_empty(), "no record for {c:?}");
+        for f in orig {
+            let n = f.nat.as_ref().expect("NAT elements");
+            assert_eq!(n.post_src, Some(c.reply.1), "{c:?}: {f:?}");
+            assert_eq!(n.post_dst, Some(c.reply.0), "{c:?}: {f:?}");
+            if c.protocol != 1 {
+                assert_eq!(
+                    (n.post_src_port, n.post_dst_port),
+                    (Some(c.reply.3), Some(c.reply.2))
+                );
+            }
+        }
+        for f in records_of(&log, c, 2) {
+            let n = f.nat.as_ref().expect("NAT elements");
+            assert_eq!(
+                (n.post_src, n.post_dst),
+                (Some(c.orig.1), Some(c.orig.0)),
+                "{c:?}"
+            );
+        }
+    }
+    // The long connection: one record per active timeout it outlived, plus the stop.
+    let long_ct = listed
+        .iter()
+        .find(|c| c.protocol == 6 && c.orig.3 == 7000)
+        .expect("long connection listed");
+    assert!(
+        records_of(&log, long_ct, 1).len() >= 4,
+        "long connection records: {:?}",
+        records_of(&log, long_ct, 1)
+    );
+    let destroyed = stopped
+        .stderr
+        .lines()
+        .rfind(|l| l.contains("conntrack stats"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("destroy="))
+        })
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        destroyed >= 4,
+        "DESTROY events: {destroyed}\n{}",
+        stopped.stderr
+    );
+    long.close().expect("close the long connection");
+    let _ = std::fs::remove_dir_all(&dir);
+}
