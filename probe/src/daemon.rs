@@ -160,6 +160,15 @@ impl Exporters {
 
     fn log_pacing(&self) {
         for t in self.stats() {
+            if t.send_errors > 0 {
+                tracing::warn!(
+                    target = %t.target,
+                    records = t.export.records,
+                    send_errors = t.send_errors,
+                    last_error = ?t.last_send_error.map(std::io::Error::from_raw_os_error),
+                    "export datagrams refused by the kernel"
+                );
+            }
             if t.pacing_waits > 0 {
                 tracing::info!(
                     target = %t.target,

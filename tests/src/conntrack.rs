@@ -263,6 +263,46 @@ impl OpenTcp {
     }
 }
 
+/// Drops UDP to `ports` at the Internet peer's input, silently (no ICMP port unreachable,
+/// which conntrack would relate to the connection without counting it).
+pub fn sink_udp(lab: &Lab, ports: std::ops::Range<u16>) -> Result<(), LabError> {
+    let rules = format!(
+        "table inet labelflow_sink {{\n  chain input {{\n    type filter hook input priority filter; policy accept;\n    udp dport {}-{} drop\n  }}\n}}\n",
+        ports.start,
+        ports.end - 1
+    );
+    lab.exec_stdin(Role::Inet, "nft", &["-f", "-"], &rules)
+        .map(|_| ())
+}
+
+/// One UDP datagram of `payload` bytes from the LAN host to each port of `ports` at `dst`,
+/// as fast as the socket takes them: a new connection each, so a burst of conntrack events.
+/// Returns the datagrams sent.
+pub fn udp_flood(
+    lab: &Lab,
+    src: IpAddr,
+    dst: IpAddr,
+    ports: std::ops::Range<u16>,
+    payload: usize,
+) -> Result<u64, LabError> {
+    let sock = netns::udp_socket(&lab.ns(Role::Lan), SocketAddr::new(src, 0), None)?;
+    let msg = vec![0x77; payload];
+    let mut sent = 0;
+    for port in ports {
+        let to = SocketAddr::new(dst, port);
+        loop {
+            match sock.send_to(&msg, to) {
+                Ok(_) => break,
+                // The qdisc is full: wait for it, the datagram must go out.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => std::thread::yield_now(),
+                Err(e) => return Err(io("udp send", e)),
+            }
+        }
+        sent += 1;
+    }
+    Ok(sent)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,6 +36,11 @@ use wire::CtEvent;
 
 /// Default receive buffer of the event socket.
 pub const DEFAULT_RECV_BUFFER: usize = 8 << 20;
+/// Resynchronising sweeps after ENOBUFS are at least this far apart: under a sustained event
+/// flood every read may overrun, and a sweep per overrun would only repeat the same work.
+/// Counters are not at stake meanwhile: DESTROY events are delivered again by the kernel
+/// (reliable delivery) and live connections keep counting until the sweep reads them.
+pub const RESYNC_MIN_INTERVAL_MS: u64 = 1_000;
 
 /// Settings of the conntrack source (validated `[conntrack]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,6 +200,10 @@ impl ConntrackSource {
 
     /// When [`tick`](Self::tick) has work next.
     pub fn next_deadline(&self) -> u64 {
+        if self.sock.resync_due() {
+            let resync = self.last_sweep_ms.saturating_add(RESYNC_MIN_INTERVAL_MS);
+            return self.next_sweep_ms.min(resync);
+        }
         self.next_sweep_ms
     }
 
@@ -212,10 +221,13 @@ impl ConntrackSource {
         })
     }
 
-    /// Sweeps when the active timeout is due, or at once when events were lost.
+    /// Sweeps when the active timeout is due, or when events were lost (at most every
+    /// [`RESYNC_MIN_INTERVAL_MS`]).
     pub fn tick(&mut self, now_ms: u64, sink: &mut impl FnMut(FlowRecord)) -> Result<(), CtError> {
-        if now_ms >= self.next_sweep_ms || self.sock.resync_due() {
-            if self.sock.resync_due() {
+        let resync = self.sock.resync_due()
+            && now_ms >= self.last_sweep_ms.saturating_add(RESYNC_MIN_INTERVAL_MS);
+        if now_ms >= self.next_sweep_ms || resync {
+            if resync {
                 tracing::warn!(
                     enobufs = self.sock.stats().enobufs,
                     "conntrack events lost (ENOBUFS): resynchronising by a counter sweep; \

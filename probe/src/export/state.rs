@@ -343,7 +343,10 @@ impl ExportState {
                 self.emit(&mut sink);
             }
         }
-        for _ in 0..2 {
+        // Three tries: the open message may be full; a new one may then be filled by the
+        // templates and options it starts with (the conntrack templates make them nearly an
+        // MTU); the one after that carries data only.
+        for _ in 0..3 {
             if self.open_since.is_none() {
                 self.begin(now_ms, group, &mut sink);
             }
