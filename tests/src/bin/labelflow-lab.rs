@@ -212,6 +212,17 @@ enum Cmd {
         #[arg(long)]
         gid: Option<u32>,
     },
+    /// The conntrack scenario in the gateway: `load` masquerade + ct mark labels (tcp, udp,
+    /// icmp) with counters per mark and direction; `counters` prints `LABEL DIR PACKETS
+    /// BYTES`; `ready` waits until a process listens to every conntrack event group.
+    Conntrack {
+        #[arg(long)]
+        lab: String,
+        #[arg(value_parser = ["load", "counters", "ready"])]
+        action: String,
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
     /// Receive flow export (IPFIX / NetFlow v9) on a UDP port until SIGTERM/SIGINT, then
     /// print a JSON summary (datagrams, flows, packets, bytes, per group, ignored packets).
     Sink {
@@ -343,6 +354,11 @@ fn run(cli: Cli) -> Result<()> {
             gid,
         } => send_cmd(lab, kind, from, src, to, dst, count, size, reply, gid)?,
         Cmd::Sink { ns, bind, out } => sink(ns.as_deref(), bind, out.as_deref())?,
+        Cmd::Conntrack {
+            lab,
+            action,
+            timeout,
+        } => conntrack_cmd(&lab, &action, timeout)?,
         Cmd::TrafgenConf { lab } => {
             let lab = Lab::attach(&lab)?;
             print!("{}", trafgen_conf(&lab)?);
@@ -732,6 +748,29 @@ fn send_cmd(
             println!("ping sent {sent} replies {replies}");
             if replies < sent {
                 bail!("ping: {replies} of {sent} echo requests answered");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn conntrack_cmd(lab: &str, action: &str, timeout: u64) -> Result<()> {
+    use labelflow_tests::conntrack;
+    let lab = Lab::attach(lab)?;
+    match action {
+        "load" => conntrack::load(&lab)?,
+        "counters" => {
+            for ((label, dir), c) in conntrack::counters(&lab)? {
+                println!("{label} {dir} {} {}", c.packets, c.bytes);
+            }
+        }
+        _ => {
+            let deadline = Instant::now() + Duration::from_secs(timeout);
+            while !conntrack::events_subscribed(&lab)? {
+                if Instant::now() >= deadline {
+                    bail!("no conntrack event listener within {timeout}s");
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
     }
