@@ -28,6 +28,7 @@
 //! mtu = 1400
 //! application_id = "rfc6759"  # "varlen" for nfdump 1.7.1 (Debian 12); see AppIdEncoding
 //! max_rate = 50000          # records/s to this target; 0 = unpaced
+//! biflow = false            # conntrack: one RFC 5103 biflow per connection (IPFIX)
 //!
 //! [conntrack]               # see config/conntrack.rs
 //! enable = true
@@ -175,6 +176,8 @@ pub struct RawExport {
     pub template_refresh_messages: Option<Spanned<u32>>,
     pub application_id: Option<Spanned<String>>,
     pub max_rate: Option<Spanned<u32>>,
+    /// Conntrack connections as one RFC 5103 biflow record each (IPFIX targets).
+    pub biflow: Option<Spanned<bool>>,
 }
 
 /// Command-line values that override (or, without a file, make up) the configuration.
@@ -238,6 +241,9 @@ pub struct Export {
     pub app_id: AppIdEncoding,
     /// Records per second at most (token bucket, bursts of 10 ms); 0 = unpaced.
     pub max_rate: u32,
+    /// Conntrack connections as one RFC 5103 biflow record each instead of two
+    /// unidirectional records (IPFIX only).
+    pub biflow: bool,
 }
 
 /// The validated configuration.
@@ -587,6 +593,16 @@ fn validate_exports(
                     .max_rate
                     .or(e.max_rate.as_ref().map(|v| *v.get_ref()))
                     .unwrap_or(defaults::MAX_RATE),
+                biflow: match &e.biflow {
+                    Some(b) if *b.get_ref() && target.format != Format::Ipfix => {
+                        return Err(err(
+                            b.span(),
+                            format!("biflow needs an ipfix:// target, not {target}"),
+                        ));
+                    }
+                    Some(b) => *b.get_ref(),
+                    None => false,
+                },
             });
         }
     } else {
@@ -606,6 +622,7 @@ fn validate_exports(
                     None => AppIdEncoding::default(),
                 },
                 max_rate: over.max_rate.unwrap_or(defaults::MAX_RATE),
+                biflow: false,
             });
         }
     }

@@ -99,6 +99,8 @@ pub struct RunSummary {
 #[derive(Debug)]
 struct Exporters {
     list: Vec<UdpExporter>,
+    /// Per target: whether it takes biflows (else they are split).
+    biflow: Vec<bool>,
     records: u64,
 }
 
@@ -120,13 +122,27 @@ impl Exporters {
                 .with_max_rate(e.max_rate);
             list.push(exporter);
         }
-        Ok(Exporters { list, records: 0 })
+        let biflow = cfg.exports.iter().map(|e| e.biflow).collect();
+        Ok(Exporters {
+            list,
+            biflow,
+            records: 0,
+        })
     }
 
+    /// Hands `rec` to every target; a biflow goes as it is to targets that take biflows,
+    /// as its two unidirectional records to the others.
     fn push(&mut self, rec: &FlowRecord, now_ms: u64) {
         self.records += 1;
-        for e in &mut self.list {
-            e.push(rec, now_ms);
+        let bi = rec.conntrack.is_some_and(|c| c.reverse.is_some());
+        for (e, takes_bi) in self.list.iter_mut().zip(&self.biflow) {
+            if !bi || *takes_bi {
+                e.push(rec, now_ms);
+            } else {
+                for half in rec.unidirectional().iter().flatten() {
+                    e.push(half, now_ms);
+                }
+            }
         }
     }
 

@@ -16,6 +16,9 @@ pub const PEN_NETFILTER: u32 = 21373;
 /// vendor's. Collectors that do not know an enterprise element skip it by its length
 /// (RFC 7011 section 3.2).
 pub const PEN_LABELFLOW: u32 = 32473;
+/// RFC 5103 section 6.1: the reverse direction's element has the forward element's id under
+/// this enterprise number.
+pub const PEN_REVERSE: u32 = 29305;
 /// RFC 6759 section 4.1 classification engine id 6: "USER-Defined".
 pub const APP_ENGINE_USER_DEFINED: u8 = 6;
 
@@ -173,6 +176,8 @@ pub enum Ie {
     PostNatDestinationIpv6Address,
     CtZone,
     CtTcpState,
+    ReverseOctetDeltaCount,
+    ReversePacketDeltaCount,
     Other { id: u16, enterprise: Option<u32> },
 }
 
@@ -233,6 +238,11 @@ impl Ie {
                 labelflow::TUNNEL_NAME => Ie::TunnelName,
                 labelflow::CT_ZONE => Ie::CtZone,
                 labelflow::CT_TCP_STATE => Ie::CtTcpState,
+                _ => Ie::Other { id, enterprise },
+            },
+            Some(PEN_REVERSE) => match id {
+                OCTET_DELTA_COUNT => Ie::ReverseOctetDeltaCount,
+                PACKET_DELTA_COUNT => Ie::ReversePacketDeltaCount,
                 _ => Ie::Other { id, enterprise },
             },
             Some(_) => Ie::Other { id, enterprise },

@@ -170,6 +170,53 @@ pub struct ConnInfo {
     pub tcp_state: Option<u8>,
     /// The kernel's connection id (`CTA_ID`), exported as `flowId` (IE 148).
     pub conn_id: u32,
+    /// A biflow (RFC 5103): the reply direction's octets and packets
+    /// (`reverseOctetDeltaCount` / `reversePacketDeltaCount`, enterprise 29305), the record's
+    /// own counters and addresses being the original direction's. `None`: unidirectional.
+    pub reverse: Option<(u64, u64)>,
+    /// ICMP type and code of the reply direction (echo reply for an echo request), for
+    /// [`FlowRecord::unidirectional`]; not exported.
+    pub reply_icmp_type_code: u16,
+}
+
+impl FlowRecord {
+    /// A biflow as its two unidirectional records (original, then reply direction; a
+    /// direction without octets and packets gives `None`). A record that is no biflow comes
+    /// back as it is, first.
+    ///
+    /// The reply direction arrives with the original direction's post-NAT addresses and
+    /// ports swapped, and leaves with the original direction's own swapped.
+    pub fn unidirectional(&self) -> [Option<FlowRecord>; 2] {
+        let Some(c) = self.conntrack.filter(|c| c.reverse.is_some()) else {
+            return [Some(self.clone()), None];
+        };
+        let (rev_bytes, rev_packets) = c.reverse.unwrap_or((0, 0));
+        let forward = (self.bytes != 0 || self.packets != 0).then(|| FlowRecord {
+            conntrack: Some(ConnInfo { reverse: None, ..c }),
+            ..self.clone()
+        });
+        let reply = (rev_bytes != 0 || rev_packets != 0).then(|| FlowRecord {
+            src_addr: c.post_nat_dst,
+            dst_addr: c.post_nat_src,
+            src_port: c.post_napt_dst_port,
+            dst_port: c.post_napt_src_port,
+            icmp_type_code: c.reply_icmp_type_code,
+            bytes: rev_bytes,
+            packets: rev_packets,
+            conntrack: Some(ConnInfo {
+                post_nat_src: self.dst_addr,
+                post_nat_dst: self.src_addr,
+                post_napt_src_port: self.dst_port,
+                post_napt_dst_port: self.src_port,
+                direction: BiflowDirection::ReverseInitiator,
+                reverse: None,
+                reply_icmp_type_code: self.icmp_type_code,
+                ..c
+            }),
+            ..self.clone()
+        });
+        [forward, reply]
+    }
 }
 
 impl Default for FlowRecord {

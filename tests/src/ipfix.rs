@@ -51,6 +51,8 @@ pub struct NatView {
     pub post_dst_port: Option<u16>,
     /// 1 initiator (original direction), 2 reverse initiator (reply direction).
     pub biflow_direction: Option<u8>,
+    /// RFC 5103 reverse counters of a biflow (enterprise 29305): octets, packets.
+    pub reverse: Option<(u64, u64)>,
 }
 
 /// Accumulates everything decoded from a stream of export datagrams.
@@ -258,6 +260,20 @@ fn flow_of(rec: &[IPFixFieldPair]) -> Flow {
     for (field, v) in rec {
         if let IPFixField::IANA(x) = field {
             addresses_of(&mut f, *x, v);
+        }
+        if let IPFixField::ReverseInformationElement(r) = field {
+            use netflow_parser::variable_versions::ipfix::lookup::ReverseInformationElement as R;
+            let n = number(v).unwrap_or(0);
+            let rev = f
+                .nat
+                .get_or_insert_with(NatView::default)
+                .reverse
+                .get_or_insert((0, 0));
+            match r {
+                R::ReverseOctetDeltaCount => rev.0 = n,
+                R::ReversePacketDeltaCount => rev.1 = n,
+                _ => {}
+            }
         }
         if let IPFixField::Enterprise {
             enterprise_number: labelflow_pen::PEN,

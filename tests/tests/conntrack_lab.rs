@@ -18,13 +18,13 @@ use labelflow_tests::traffic;
 
 const ACTIVE: &str = "3s";
 
-fn config(collector: SocketAddr, extra: &str) -> String {
+fn config(collector: SocketAddr, biflow: SocketAddr, extra: &str) -> String {
     let labels: Vec<String> = LABELS
         .iter()
         .map(|(m, l, _)| format!("{{ mark = \"{m:#x}\", label = \"{l}\" }}"))
         .collect();
     format!(
-        "[conntrack]\nenable = true\nset_sysctls = true\nlabels = [{}]\n{extra}\n[cache]\nactive_timeout = \"{ACTIVE}\"\n\n[[export]]\ntarget = \"ipfix://{collector}\"\n",
+        "[conntrack]\nenable = true\nset_sysctls = true\nlabels = [{}]\n{extra}\n[cache]\nactive_timeout = \"{ACTIVE}\"\n\n[[export]]\ntarget = \"ipfix://{collector}\"\n\n[[export]]\ntarget = \"ipfix://{biflow}\"\nbiflow = true\n",
         labels.join(", ")
     )
 }
@@ -51,15 +51,23 @@ fn records_of<'a>(log: &'a ExportLog, c: &CtLine, dir: u8) -> Vec<&'a Flow> {
         .collect()
 }
 
+/// The probe's two collectors: unidirectional records, biflows.
+struct Collectors {
+    uni: std::net::UdpSocket,
+    bi: std::net::UdpSocket,
+}
+
 /// Starts the probe in the gateway with the conntrack labels (plus `extra` lines in
-/// `[conntrack]`), exporting to a collector socket; returns once it listens to the events.
-fn start_probe(lab: &Lab, extra: &str) -> (Daemon, std::net::UdpSocket, std::path::PathBuf) {
+/// `[conntrack]`), exporting to two collector sockets (the second takes biflows); returns
+/// once it listens to the events.
+fn start_probe(lab: &Lab, extra: &str) -> (Daemon, Collectors, std::path::PathBuf) {
     let (sock, collector) = process::collector_socket(lab).expect("collector socket");
+    let (bi, bi_addr) = process::collector_socket(lab).expect("collector socket");
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("lf-ct-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let cfg = dir.join("probe.toml");
-    std::fs::write(&cfg, config(collector, extra)).expect("write config");
+    std::fs::write(&cfg, config(collector, bi_addr, extra)).expect("write config");
     let bin = process::find_binary("labelflow-probe").expect("probe binary");
     let args = vec![
         "--config".to_owned(),
@@ -75,7 +83,25 @@ fn start_probe(lab: &Lab, extra: &str) -> (Daemon, std::net::UdpSocket, std::pat
             || conntrack::events_subscribed(lab),
         )
         .expect("probe ready");
-    (probe, sock, dir)
+    (probe, Collectors { uni: sock, bi }, dir)
+}
+
+/// Per `(label, "orig" | "reply")` totals of biflow records.
+fn biflow_totals(log: &ExportLog) -> BTreeMap<(String, String), Counter> {
+    let mut out: BTreeMap<(String, String), Counter> = BTreeMap::new();
+    for f in &log.flows {
+        let label = f.label.clone().unwrap_or_default();
+        let nat = f.nat.clone().unwrap_or_default();
+        assert_eq!(nat.biflow_direction, Some(1), "{f:?}");
+        let (rb, rp) = nat.reverse.expect("reverse counters");
+        let o = out.entry((label.clone(), "orig".into())).or_default();
+        o.packets += f.packets;
+        o.bytes += f.bytes;
+        let r = out.entry((label, "reply".into())).or_default();
+        r.packets += rp;
+        r.bytes += rb;
+    }
+    out
 }
 
 static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -109,12 +135,13 @@ fn conntrack_exports_equal_nft_counters_per_label_and_direction_with_nat() {
         ],
     )
     .expect("conntrack timeouts");
-    let (mut probe, sock, dir) = start_probe(&lab, "");
+    let (mut probe, sinks, dir) = start_probe(&lab, "");
+    let sock = &sinks.uni;
     let lan: IpAddr = addr::LAN_V4.into();
     let inet = |port| SocketAddr::new(addr::INET_V4.into(), port);
     let mut log = ExportLog::new();
     let pump = |log: &mut ExportLog| {
-        for d in process::drain_datagrams(&sock).expect("drain") {
+        for d in process::drain_datagrams(sock).expect("drain") {
             log.feed(&d);
         }
     };
@@ -252,6 +279,27 @@ fn conntrack_exports_equal_nft_counters_per_label_and_direction_with_nat() {
         "records outside the labels: {exported:?}"
     );
 
+    // The biflow target: one record per connection and interval, the reply direction in
+    // the reverse counters; the same totals.
+    let mut bi_log = ExportLog::new();
+    for d in process::drain_datagrams(&sinks.bi).expect("drain") {
+        bi_log.feed(&d);
+    }
+    assert!(
+        bi_log.errors.is_empty(),
+        "decode errors: {:?}",
+        bi_log.errors
+    );
+    let bi = biflow_totals(&bi_log);
+    for (_, label, _) in LABELS {
+        for dir in ["orig", "reply"] {
+            let key = (label.to_owned(), dir.to_owned());
+            let want = truth.get(&key).copied().unwrap_or_default();
+            let got = bi.get(&key).copied().unwrap_or_default();
+            assert_eq!(got, want, "biflow {label} {dir}");
+        }
+    }
+
     // NAT elements: what conntrack reports for each connection.
     for c in &listed {
         let orig = records_of(&log, c, 1);
@@ -313,7 +361,8 @@ fn conntrack_event_flood_past_a_small_buffer_is_counted_resynchronised_and_recon
     conntrack::load(&lab).expect("load the conntrack ruleset");
     conntrack::sink_udp(&lab, 20_000..20_000 + FLOWS).expect("udp sink");
     // The smallest receive buffer: a burst of events overruns it at once.
-    let (mut probe, sock, dir) = start_probe(&lab, "rcvbuf = 4096");
+    let (mut probe, sinks, dir) = start_probe(&lab, "rcvbuf = 4096");
+    let sock = &sinks.uni;
     let sent = conntrack::udp_flood(
         &lab,
         addr::LAN_V4.into(),
@@ -331,7 +380,7 @@ fn conntrack_event_flood_past_a_small_buffer_is_counted_resynchronised_and_recon
     let mut log = ExportLog::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        for d in process::drain_datagrams(&sock).expect("drain") {
+        for d in process::drain_datagrams(sock).expect("drain") {
             log.feed(&d);
         }
         let got: u64 = log
@@ -350,7 +399,7 @@ fn conntrack_event_flood_past_a_small_buffer_is_counted_resynchronised_and_recon
         .stop(libc::SIGTERM, Duration::from_secs(20))
         .expect("probe stop");
     assert!(stopped.status.success(), "probe: {}", stopped.stderr);
-    for d in process::drain_datagrams(&sock).expect("drain") {
+    for d in process::drain_datagrams(sock).expect("drain") {
         log.feed(&d);
     }
     assert!(log.errors.is_empty(), "decode errors: {:?}", log.errors);
@@ -364,6 +413,13 @@ fn conntrack_event_flood_past_a_small_buffer_is_counted_resynchronised_and_recon
         got.packets += f.packets;
         got.bytes += f.bytes;
     }
+    let mut bi_log = ExportLog::new();
+    for d in process::drain_datagrams(&sinks.bi).expect("drain") {
+        bi_log.feed(&d);
+    }
+    let bi = biflow_totals(&bi_log);
+    let bi_udp = bi.get(&key).copied().unwrap_or_default();
+    assert_eq!(bi_udp, truth, "biflow after the flood");
     assert_eq!(
         got, truth,
         "exported vs nftables after the flood\n{}",

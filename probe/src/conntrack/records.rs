@@ -3,7 +3,7 @@
 
 use labelflow_proto::{BiflowDirection, ConnInfo, EndReason, FlowRecord};
 
-use super::wire::{Counters, CtEntry, CtEvent, Tuple};
+use super::wire::{Counters, CtEntry, CtEvent};
 
 /// Conntrack labels are exported as observation points from here on: NFLOG groups are 16-bit,
 /// so `0x1_0000 + index` never collides with one.
@@ -147,38 +147,34 @@ impl Recorder {
             }
             Export::Destroy => EndReason::IdleTimeout,
         };
-        // Original direction: arrives as the original tuple, leaves as the reply tuple
-        // reversed. Reply direction: arrives as the reply tuple, leaves as the original one
-        // reversed.
-        let sides = [
-            (orig, &e.orig, &e.reply, BiflowDirection::Initiator),
-            (reply, &e.reply, &e.orig, BiflowDirection::ReverseInitiator),
-        ];
-        for (c, seen, other, dir) in sides {
-            if c.packets == 0 && c.bytes == 0 {
-                continue;
-            }
-            let l = &mut self.labels[idx];
-            l.packets += c.packets;
-            l.bytes += c.bytes;
-            l.records += 1;
-            sink(self.record(idx, e, c, seen, other, dir, (start_ms, end_ms), reason));
+        if orig == Counters::default() && reply == Counters::default() {
+            return;
         }
+        let l = &mut self.labels[idx];
+        l.packets += orig.packets + reply.packets;
+        l.bytes += orig.bytes + reply.bytes;
+        l.records +=
+            u64::from(orig != Counters::default()) + u64::from(reply != Counters::default());
+        sink(self.record(idx, e, orig, reply, (start_ms, end_ms), reason));
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// One biflow record (RFC 5103) of the connection: the original direction's tuple and
+    /// counters, the reply direction's counters as the reverse ones. Exporters split it into
+    /// two unidirectional records for targets that take no biflows
+    /// ([`FlowRecord::unidirectional`]): the original direction arrives as the original tuple
+    /// and leaves as the reply tuple reversed, the reply direction arrives as the reply tuple
+    /// and leaves as the original tuple reversed.
     fn record(
         &self,
         idx: usize,
         e: &CtEntry<'_>,
-        c: Counters,
-        seen: &Tuple,
-        other: &Tuple,
-        direction: BiflowDirection,
+        orig: Counters,
+        reply: Counters,
         (start_ms, end_ms): (u64, u64),
         reason: EndReason,
     ) -> FlowRecord {
         let l = &self.labels[idx];
+        let (seen, other) = (&e.orig, &e.reply);
         FlowRecord {
             observation_domain: self.domain,
             group: Some(l.observation_point),
@@ -189,8 +185,8 @@ impl Recorder {
             src_port: seen.src_port,
             dst_port: seen.dst_port,
             icmp_type_code: seen.icmp_type_code,
-            bytes: c.bytes,
-            packets: c.packets,
+            bytes: orig.bytes,
+            packets: orig.packets,
             start_ms,
             end_ms,
             end_reason: Some(reason),
@@ -200,10 +196,12 @@ impl Recorder {
                 post_nat_dst: other.src,
                 post_napt_src_port: other.dst_port,
                 post_napt_dst_port: other.src_port,
-                direction,
+                direction: BiflowDirection::Initiator,
                 zone: e.zone,
                 tcp_state: e.tcp_state.filter(|_| e.orig.protocol == 6),
                 conn_id: e.id,
+                reverse: Some((reply.bytes, reply.packets)),
+                reply_icmp_type_code: other.icmp_type_code,
             }),
             ..FlowRecord::default()
         }
@@ -217,6 +215,7 @@ impl Recorder {
 
 #[cfg(test)]
 mod tests {
+    use super::super::wire::Tuple;
     use super::*;
     use std::net::IpAddr;
 
@@ -282,7 +281,7 @@ mod tests {
             Export::Destroy,
             0,
             2_000_000,
-            &mut |x| out.push(x),
+            &mut |x| out.extend(x.unidirectional().into_iter().flatten()),
         );
         assert_eq!(out.len(), 2);
         let (o, p) = (&out[0], &out[1]);
@@ -312,7 +311,7 @@ mod tests {
         let mut out = Vec::new();
         let e = entry(0x21, CtEvent::Update);
         r.export(&e, Export::Active, 1_005_000_000, 1_006_000_000, &mut |x| {
-            out.push(x)
+            out.extend(x.unidirectional().into_iter().flatten())
         });
         assert_eq!(out[0].label.as_deref(), Some("dns"));
         assert_eq!(
@@ -325,7 +324,7 @@ mod tests {
             Export::Destroy,
             0,
             0,
-            &mut |x| out.push(x),
+            &mut |x| out.extend(x.unidirectional().into_iter().flatten()),
         );
         assert_eq!((out.len(), r.unlabelled), (2, 1));
         let mut d = Recorder::new(Vec::new(), Some("other".into()), Some(3), 1);
@@ -334,7 +333,7 @@ mod tests {
             Export::Destroy,
             0,
             0,
-            &mut |x| out.push(x),
+            &mut |x| out.extend(x.unidirectional().into_iter().flatten()),
         );
         assert_eq!((out.len(), d.other_zone), (2, 1));
     }

@@ -259,18 +259,20 @@ impl ExportState {
         };
         debug_assert!(ok, "templates fit in the smallest MTU");
         if let (Writer::Ipfix(_), true) = (&self.writer, self.cfg.conntrack) {
-            for attempt in 0..2 {
-                let Writer::Ipfix(w) = &mut self.writer else {
-                    break;
-                };
-                if template::write_conntrack_templates_with(w, self.cfg.app_id) {
-                    break;
-                }
-                if attempt == 0 {
-                    // Templates may continue in the next message (RFC 7011 section 8.4 over
-                    // UDP: they only have to come before the data that uses them).
-                    self.emit(sink);
-                    self.reopen_without_templates(now_ms);
+            for t in template::conntrack_templates(self.cfg.app_id) {
+                for attempt in 0..2 {
+                    let Writer::Ipfix(w) = &mut self.writer else {
+                        break;
+                    };
+                    if w.write_template(t) {
+                        break;
+                    }
+                    if attempt == 0 {
+                        // Templates may continue in the next message (RFC 7011 section 8.4
+                        // over UDP: they only have to come before the data that uses them).
+                        self.emit(sink);
+                        self.reopen_without_templates(now_ms);
+                    }
                 }
             }
         }

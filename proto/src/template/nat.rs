@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | [`FLOW_CT_V4`] | 262 | `postNATSourceIPv4Address` (225), `postNATDestinationIPv4Address` (226), `postNAPTSourceTransportPort` (227), `postNAPTDestinationTransportPort` (228), `biflowDirection` (239), `flowId` (148, reduced to 4 octets: the kernel's `CTA_ID`), labelflow `ctZone` and `ctTcpState` |
 //! | [`FLOW_CT_V6`] | 263 | the same with `postNATSourceIPv6Address` (281) and `postNATDestinationIPv6Address` (282) |
+//! | [`FLOW_BI_V4`] / [`FLOW_BI_V6`] | 264 / 265 | a biflow (RFC 5103): [`FLOW_CT_V4`] / [`FLOW_CT_V6`] plus `reverseOctetDeltaCount` and `reversePacketDeltaCount` (enterprise 29305, elements 1 and 2) |
 //!
 //! The post-NAT elements are RFC 8158's reading of the IANA registry: the packet's addresses
 //! after the translation, in the same direction as the record's own addresses. A record
@@ -13,12 +14,16 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::{addr_bytes, AppIdEncoding, FlowRecord, Out, APP_ID_LEN};
-use crate::ie::{iana, labelflow, netfilter, FieldSpec, Ie, PEN_LABELFLOW, PEN_NETFILTER, VARLEN};
+use crate::ie::{
+    iana, labelflow, netfilter, FieldSpec, Ie, PEN_LABELFLOW, PEN_NETFILTER, PEN_REVERSE, VARLEN,
+};
 use crate::ipfix::{MessageWriter, TemplateDef};
 use crate::record::{BiflowDirection, ConnInfo};
 
 pub const FLOW_CT_V4_ID: u16 = 262;
 pub const FLOW_CT_V6_ID: u16 = 263;
+pub const FLOW_BI_V4_ID: u16 = 264;
+pub const FLOW_BI_V6_ID: u16 = 265;
 
 /// `ctTcpState` of a record without TCP state.
 const NO_TCP_STATE: u8 = 0xff;
@@ -28,10 +33,12 @@ const fn i(id: u16, len: u16) -> FieldSpec {
 }
 
 const ZONE: FieldSpec = FieldSpec::enterprise(PEN_LABELFLOW, labelflow::CT_ZONE, 2);
+const REV_OCTETS: FieldSpec = FieldSpec::enterprise(PEN_REVERSE, iana::OCTET_DELTA_COUNT, 8);
+const REV_PACKETS: FieldSpec = FieldSpec::enterprise(PEN_REVERSE, iana::PACKET_DELTA_COUNT, 8);
 const TCP_STATE: FieldSpec = FieldSpec::enterprise(PEN_LABELFLOW, labelflow::CT_TCP_STATE, 1);
 
 macro_rules! ct_fields {
-    ($src:expr, $dst:expr, $icmp:expr, $alen:expr, $app:expr, $nsrc:expr, $ndst:expr) => {
+    ($src:expr, $dst:expr, $icmp:expr, $alen:expr, $app:expr, $nsrc:expr, $ndst:expr $(, $rev:expr)*) => {
         flow_fields!(
             $src,
             $dst,
@@ -46,12 +53,13 @@ macro_rules! ct_fields {
             i(iana::FLOW_ID, 4),
             ZONE,
             TCP_STATE
+            $(, $rev)*
         )
     };
 }
 
 macro_rules! ct_v4 {
-    ($id:expr, $app:expr) => {
+    ($id:expr, $app:expr $(, $rev:expr)*) => {
         TemplateDef {
             id: $id,
             scope_count: 0,
@@ -63,13 +71,14 @@ macro_rules! ct_v4 {
                 $app,
                 iana::POST_NAT_SOURCE_IPV4_ADDRESS,
                 iana::POST_NAT_DESTINATION_IPV4_ADDRESS
+                $(, $rev)*
             ),
         }
     };
 }
 
 macro_rules! ct_v6 {
-    ($id:expr, $app:expr) => {
+    ($id:expr, $app:expr $(, $rev:expr)*) => {
         TemplateDef {
             id: $id,
             scope_count: 0,
@@ -81,6 +90,7 @@ macro_rules! ct_v6 {
                 $app,
                 iana::POST_NAT_SOURCE_IPV6_ADDRESS,
                 iana::POST_NAT_DESTINATION_IPV6_ADDRESS
+                $(, $rev)*
             ),
         }
     };
@@ -93,20 +103,43 @@ pub const FLOW_CT_V4_VARLEN_APP_ID: TemplateDef = ct_v4!(FLOW_CT_V4_ID, VARLEN);
 /// [`FLOW_CT_V6`] with a variable-length `applicationId`.
 pub const FLOW_CT_V6_VARLEN_APP_ID: TemplateDef = ct_v6!(FLOW_CT_V6_ID, VARLEN);
 
+pub const FLOW_BI_V4: TemplateDef = ct_v4!(FLOW_BI_V4_ID, APP_ID_LEN, REV_OCTETS, REV_PACKETS);
+pub const FLOW_BI_V6: TemplateDef = ct_v6!(FLOW_BI_V6_ID, APP_ID_LEN, REV_OCTETS, REV_PACKETS);
+/// [`FLOW_BI_V4`] with a variable-length `applicationId`.
+pub const FLOW_BI_V4_VARLEN_APP_ID: TemplateDef =
+    ct_v4!(FLOW_BI_V4_ID, VARLEN, REV_OCTETS, REV_PACKETS);
+/// [`FLOW_BI_V6`] with a variable-length `applicationId`.
+pub const FLOW_BI_V6_VARLEN_APP_ID: TemplateDef =
+    ct_v6!(FLOW_BI_V6_ID, VARLEN, REV_OCTETS, REV_PACKETS);
+
+/// The conntrack templates for `app_id`: unidirectional v4, v6, biflow v4, v6.
+pub fn conntrack_templates(app_id: AppIdEncoding) -> [&'static TemplateDef; 4] {
+    match app_id {
+        AppIdEncoding::Rfc6759 => [&FLOW_CT_V4, &FLOW_CT_V6, &FLOW_BI_V4, &FLOW_BI_V6],
+        AppIdEncoding::Varlen => [
+            &FLOW_CT_V4_VARLEN_APP_ID,
+            &FLOW_CT_V6_VARLEN_APP_ID,
+            &FLOW_BI_V4_VARLEN_APP_ID,
+            &FLOW_BI_V6_VARLEN_APP_ID,
+        ],
+    }
+}
+
 /// The conntrack template of a record (its `conntrack` is set).
 pub(super) fn template(rec: &FlowRecord, app_id: AppIdEncoding) -> &'static TemplateDef {
-    match (rec.src_addr.is_ipv4(), app_id) {
-        (true, AppIdEncoding::Rfc6759) => &FLOW_CT_V4,
-        (false, AppIdEncoding::Rfc6759) => &FLOW_CT_V6,
-        (true, AppIdEncoding::Varlen) => &FLOW_CT_V4_VARLEN_APP_ID,
-        (false, AppIdEncoding::Varlen) => &FLOW_CT_V6_VARLEN_APP_ID,
-    }
+    let bi = rec.conntrack.is_some_and(|c| c.reverse.is_some());
+    conntrack_templates(app_id)[usize::from(rec.src_addr.is_ipv6()) + 2 * usize::from(bi)]
 }
 
 /// Octets the conntrack elements add to a record.
 pub(super) fn extra_len(rec: &FlowRecord) -> usize {
     let addrs = if rec.src_addr.is_ipv4() { 8 } else { 32 };
-    addrs + 2 + 2 + 1 + 4 + 2 + 1
+    let reverse = if rec.conntrack.is_some_and(|c| c.reverse.is_some()) {
+        16
+    } else {
+        0
+    };
+    addrs + 2 + 2 + 1 + 4 + 2 + 1 + reverse
 }
 
 /// Writes the conntrack elements, in [`ct_fields`] order.
@@ -120,17 +153,17 @@ pub(super) fn emit_extra(c: &ConnInfo, v6: bool, o: &mut Out<'_>) {
     o.put(&c.conn_id.to_be_bytes());
     o.put(&c.zone.to_be_bytes());
     o.put(&[c.tcp_state.unwrap_or(NO_TCP_STATE)]);
+    if let Some((bytes, packets)) = c.reverse {
+        o.put(&bytes.to_be_bytes());
+        o.put(&packets.to_be_bytes());
+    }
 }
 
-/// Writes the conntrack data templates; false when they do not fit.
+/// Writes the conntrack data templates; false when they do not all fit.
 pub fn write_conntrack_templates_with(w: &mut MessageWriter, app_id: AppIdEncoding) -> bool {
-    match app_id {
-        AppIdEncoding::Rfc6759 => w.write_template(&FLOW_CT_V4) && w.write_template(&FLOW_CT_V6),
-        AppIdEncoding::Varlen => {
-            w.write_template(&FLOW_CT_V4_VARLEN_APP_ID)
-                && w.write_template(&FLOW_CT_V6_VARLEN_APP_ID)
-        }
-    }
+    conntrack_templates(app_id)
+        .iter()
+        .all(|t| w.write_template(t))
 }
 
 fn conn(f: &mut FlowRecord) -> &mut ConnInfo {
@@ -143,6 +176,8 @@ fn conn(f: &mut FlowRecord) -> &mut ConnInfo {
         zone: 0,
         tcp_state: None,
         conn_id: 0,
+        reverse: None,
+        reply_icmp_type_code: 0,
     })
 }
 
@@ -178,6 +213,8 @@ pub(super) fn decode_field(f: &mut FlowRecord, ie: Ie, v: &[u8], n: u64) {
         Ie::FlowId => conn(f).conn_id = n as u32,
         Ie::CtZone => conn(f).zone = n as u16,
         Ie::CtTcpState => conn(f).tcp_state = (n as u8 != NO_TCP_STATE).then_some(n as u8),
+        Ie::ReverseOctetDeltaCount => conn(f).reverse.get_or_insert((0, 0)).0 = n,
+        Ie::ReversePacketDeltaCount => conn(f).reverse.get_or_insert((0, 0)).1 = n,
         _ => {}
     }
 }
@@ -228,6 +265,8 @@ mod tests {
                 zone: 7,
                 tcp_state: Some(7),
                 conn_id: 0xdead_beef,
+                reverse: None,
+                reply_icmp_type_code: 0,
             }),
             ..FlowRecord::default()
         }
@@ -236,7 +275,7 @@ mod tests {
     #[test]
     fn conntrack_records_round_trip_in_both_families_and_encodings() {
         for app_id in [AppIdEncoding::Rfc6759, AppIdEncoding::Varlen] {
-            let mut w = MessageWriter::new(1400);
+            let mut w = MessageWriter::new(8000);
             w.begin(1_700_000_000, 0, 1);
             assert!(write_templates_with(&mut w, app_id));
             assert!(write_conntrack_templates_with(&mut w, app_id));
@@ -246,6 +285,9 @@ mod tests {
             udp.conntrack.as_mut().unwrap().tcp_state = None;
             udp.conntrack.as_mut().unwrap().direction = BiflowDirection::ReverseInitiator;
             recs.push(udp);
+            let mut bi = sample(true);
+            bi.conntrack.as_mut().unwrap().reverse = Some((70_000, 50));
+            recs.push(bi);
             for r in &recs {
                 assert!(write_flow_with(&mut w, r, app_id));
             }
@@ -272,5 +314,29 @@ mod tests {
         ];
         assert_eq!(&out[len - tail.len()..], tail);
         assert_eq!(FLOW_CT_V4.fixed_record_len(), None);
+    }
+
+    #[test]
+    fn a_biflow_splits_into_its_two_directions() {
+        let mut bi = sample(false);
+        bi.conntrack.as_mut().unwrap().reverse = Some((12_000, 8));
+        bi.conntrack.as_mut().unwrap().reply_icmp_type_code = 0;
+        let [fwd, rev] = bi.unidirectional();
+        let (fwd, rev) = (fwd.unwrap(), rev.unwrap());
+        assert_eq!((fwd.bytes, fwd.conntrack.unwrap().reverse), (5000, None));
+        assert_eq!(rev.src_addr, "198.51.100.1".parse::<IpAddr>().unwrap());
+        assert_eq!(rev.dst_addr, "203.0.113.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            (rev.src_port, rev.dst_port, rev.bytes, rev.packets),
+            (80, 61000, 12_000, 8)
+        );
+        let rc = rev.conntrack.unwrap();
+        assert_eq!(rc.direction, BiflowDirection::ReverseInitiator);
+        assert_eq!(rc.post_nat_dst, "10.1.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!((rc.post_napt_src_port, rc.post_napt_dst_port), (80, 40000));
+        bi.conntrack.as_mut().unwrap().reverse = Some((0, 0));
+        assert!(bi.unidirectional()[1].is_none());
+        let uni = sample(false);
+        assert_eq!(uni.unidirectional(), [Some(uni.clone()), None]);
     }
 }

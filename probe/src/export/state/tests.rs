@@ -364,6 +364,8 @@ fn conntrack_records_are_all_exported_and_decoded_across_template_refreshes() {
             zone: 0,
             tcp_state: None,
             conn_id: i,
+            reverse: None,
+            reply_icmp_type_code: 0,
         });
         let now = 1_000 + u64::from(i) * 7;
         st.push(&r, now, |b| out.push(b.to_vec()));
