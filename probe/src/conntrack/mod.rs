@@ -207,7 +207,7 @@ impl ConntrackSource {
         self.next_sweep_ms
     }
 
-    /// Reads queued events; DESTROY events become records.
+    /// Reads queued events (returns the datagrams read); DESTROY events become records.
     pub fn recv(
         &mut self,
         now_ms: u64,
@@ -219,6 +219,16 @@ impl ConntrackSource {
                 rec.export(e, Export::Destroy, since, now_ms, sink);
             }
         })
+    }
+
+    /// Reads events until none is queued (bounded: a flood that never stops ends it).
+    fn drain(&mut self, now_ms: u64, sink: &mut impl FnMut(FlowRecord)) -> Result<(), CtError> {
+        for _ in 0..1_000 {
+            if self.recv(now_ms, sink)? == 0 {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Sweeps when the active timeout is due, or when events were lost (at most every
@@ -261,9 +271,9 @@ impl ConntrackSource {
         now_ms: u64,
         sink: &mut impl FnMut(FlowRecord),
     ) -> Result<ConntrackSummary, CtError> {
-        self.recv(now_ms, sink)?;
+        self.drain(now_ms, sink)?;
         self.sweep(Export::Shutdown, now_ms, sink)?;
-        self.recv(now_ms, sink)?;
+        self.drain(now_ms, sink)?;
         Ok(self.summary())
     }
 

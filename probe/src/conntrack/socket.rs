@@ -28,6 +28,9 @@ const NETLINK_BROADCAST_ERROR: i32 = 4;
 const CTRZERO_BATCH: usize = 64;
 /// Event datagrams read per call at most, so timers still run under a flood.
 const MAX_DATAGRAMS_PER_CALL: usize = 256;
+/// Longest wait for a dump or counter-read answer: the kernel answers at once, so running
+/// into this means something is wrong; the sweep fails instead of hanging the probe.
+const DUMP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One connection found by the dump: where its original tuple sits in the arena.
 #[derive(Debug, Clone, Copy)]
@@ -116,6 +119,23 @@ impl CtSocket {
         let mut dump = Socket::new(NETLINK_NETFILTER).map_err(CtError::Socket)?;
         dump.bind_auto().map_err(CtError::Socket)?;
         size_rcvbuf(dump.as_raw_fd(), 4 << 20).map_err(CtError::Socket)?;
+        let tv = libc::timeval {
+            tv_sec: DUMP_TIMEOUT.as_secs() as libc::time_t,
+            tv_usec: 0,
+        };
+        // SAFETY: `tv` outlives the call and its size is passed along.
+        let rc = unsafe {
+            libc::setsockopt(
+                dump.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(CtError::Socket(io::Error::last_os_error()));
+        }
         Ok(CtSocket {
             events,
             dump,
@@ -163,6 +183,7 @@ impl CtSocket {
                 Err(e) => return Err(CtError::Recv(e)),
             };
             self.stats.datagrams += 1;
+            n += 1;
             for msg in NlMsgIter::new(&self.buf[..len]) {
                 let Ok(msg) = msg else {
                     self.stats.malformed += 1;
@@ -177,7 +198,6 @@ impl CtSocket {
                     Ok(Some(e)) => {
                         self.stats.count(e.event);
                         on_entry(&e);
-                        n += 1;
                     }
                     Ok(None) => {}
                     Err(_) => self.stats.malformed += 1,
@@ -210,10 +230,8 @@ impl CtSocket {
             self.dump.send(&self.req, 0).map_err(CtError::Send)?;
             let mut answered = 0;
             while answered < expected {
-                let len = recv(self.dump.as_raw_fd(), &mut self.buf, 0)
-                    .map_err(CtError::Recv)?
-                    .unwrap_or(0);
-                for msg in NlMsgIter::new(&self.buf[..len.min(self.buf.len())]) {
+                let len = self.recv_dump()?;
+                for msg in NlMsgIter::new(&self.buf[..len]) {
                     let Ok(msg) = msg else {
                         self.stats.malformed += 1;
                         break;
@@ -244,6 +262,18 @@ impl CtSocket {
         Ok(done)
     }
 
+    /// One answer datagram from the dump socket, waiting at most [`DUMP_TIMEOUT`].
+    fn recv_dump(&mut self) -> Result<usize, CtError> {
+        match recv(self.dump.as_raw_fd(), &mut self.buf, 0) {
+            Ok(Some(len)) => Ok(len.min(self.buf.len())),
+            Ok(None) => Err(CtError::Recv(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no conntrack answer within {DUMP_TIMEOUT:?}"),
+            ))),
+            Err(e) => Err(CtError::Recv(e)),
+        }
+    }
+
     /// Dumps the table into `listed` / `arena` (reused between sweeps).
     fn list(&mut self) -> Result<(), CtError> {
         self.arena.clear();
@@ -254,10 +284,8 @@ impl CtSocket {
         dump_request(&mut self.req, seq);
         self.dump.send(&self.req, 0).map_err(CtError::Send)?;
         loop {
-            let len = recv(self.dump.as_raw_fd(), &mut self.buf, 0)
-                .map_err(CtError::Recv)?
-                .unwrap_or(0);
-            for msg in NlMsgIter::new(&self.buf[..len.min(self.buf.len())]) {
+            let len = self.recv_dump()?;
+            for msg in NlMsgIter::new(&self.buf[..len]) {
                 let Ok(msg) = msg else {
                     self.stats.malformed += 1;
                     break;
