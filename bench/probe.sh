@@ -252,6 +252,12 @@ if ! skip c && use labelflow; then
 fi
 
 # ---------------------------------------------------------------- (d) conntrack vs NFLOG
+# CPU time of a process (every thread), nanoseconds, from schedstat (ticks are too coarse for
+# a source that wakes a few times per transfer).
+cpu_ns() { # pid
+    [ -n "$1" ] || { echo 0; return; }
+    cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { print s + 0 }'
+}
 ct_counted() { "$LABBIN" conntrack --lab "$LABNAME" counters | awk '{ p += $3; b += $4 } END { print p + 0, b + 0 }'; }
 # One step: mode none|conntrack|nflog. Prints: mode Gbit/s probe-CPU% CPU-s/GB counted exported.
 ct_step() {
@@ -278,10 +284,10 @@ ct_step() {
             pid=$!; PIDS+=($!)
             "$LABBIN" ready --lab "$LABNAME" --groups 1,2,3 --timeout 10 ;;
     esac
-    c0=$(cpu_ticks $pid); t0=$(date +%s.%N)
+    c0=$(cpu_ns "$pid"); t0=$(date +%s.%N)
     timeout $(( CT_SECONDS + 30 )) ip netns exec "$LAN_NS" iperf3 -c 192.0.2.1 -p 5201 -t "$CT_SECONDS" -J >"$WORK/d-iperf.json" 2>&1 || say "iperf3 failed"
     [ "$mode" = nflog ] && { "$LABBIN" drained --lab "$LABNAME" --groups 1,2,3 --timeout 10 || true; }
-    c1=$(cpu_ticks $pid); t1=$(date +%s.%N)
+    c1=$(cpu_ns "$pid"); t1=$(date +%s.%N)
     # NFLOG: the rules stop logging before the probe stops (what it never saw is not loss);
     # conntrack: the counters are read before the stop, whose sweep exports the remainder.
     if [ "$mode" = nflog ]; then
@@ -296,8 +302,8 @@ ct_step() {
     if [ -n "$pid" ]; then stop_pid "$pid" TERM; stop_pid "$sink" TERM; exported=$(json_num "$WORK/d-sink.json" packets); fi
     local gbps cpu per_gb
     gbps=$(/usr/bin/python3 -c 'import json,sys; print("%.2f" % (json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"] / 1e9))' "$WORK/d-iperf.json")
-    cpu=$(awk -v c="$(( c1 - c0 ))" -v hz="$(getconf CLK_TCK)" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", 100 * c / hz / (b - a) }')
-    per_gb=$(awk -v c="$(( c1 - c0 ))" -v hz="$(getconf CLK_TCK)" -v by="${counted#* }" 'BEGIN { if (by > 0) printf "%.4f", c / hz / (by / 1e9); else print "-" }')
+    cpu=$(awk -v c="$(( c1 - c0 ))" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", 100 * c / 1e9 / (b - a) }')
+    per_gb=$(awk -v c="$(( c1 - c0 ))" -v by="${counted#* }" 'BEGIN { if (by > 0) printf "%.5f", c / 1e9 / (by / 1e9); else print "-" }')
     [ "$mode" = none ] && { cpu=-; per_gb=-; exported=-; }
     printf '%-10s %8s %9s %10s %12s %12s %12s\n' "$mode" "$gbps" "$cpu" "$per_gb" "${counted% *}" "${counted#* }" "$exported"
     "$LABBIN" down --lab "$LABNAME" >/dev/null 2>&1 || true
