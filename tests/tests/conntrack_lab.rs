@@ -13,7 +13,7 @@ use labelflow_tests::conntrack::{self, CtLine, OpenTcp, LABELS};
 use labelflow_tests::ipfix::{ExportLog, Flow};
 use labelflow_tests::lab::{addr, Lab, Role};
 use labelflow_tests::process::{self, Daemon};
-use labelflow_tests::rules::Counter;
+use labelflow_tests::rules::{self, Counter, Firewall, GROUPS};
 use labelflow_tests::traffic;
 
 const ACTIVE: &str = "3s";
@@ -60,7 +60,7 @@ struct Collectors {
 /// Starts the probe in the gateway with the conntrack labels (plus `extra` lines in
 /// `[conntrack]`), exporting to two collector sockets (the second takes biflows); returns
 /// once it listens to the events.
-fn start_probe(lab: &Lab, extra: &str) -> (Daemon, Collectors, std::path::PathBuf) {
+fn start_probe(lab: &Lab, extra: &str, flags: &[&str]) -> (Daemon, Collectors, std::path::PathBuf) {
     let (sock, collector) = process::collector_socket(lab).expect("collector socket");
     let (bi, bi_addr) = process::collector_socket(lab).expect("collector socket");
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -69,12 +69,13 @@ fn start_probe(lab: &Lab, extra: &str) -> (Daemon, Collectors, std::path::PathBu
     let cfg = dir.join("probe.toml");
     std::fs::write(&cfg, config(collector, bi_addr, extra)).expect("write config");
     let bin = process::find_binary("labelflow-probe").expect("probe binary");
-    let args = vec![
+    let mut args = vec![
         "--config".to_owned(),
         cfg.display().to_string(),
         "--stats-interval".to_owned(),
         "1s".to_owned(),
     ];
+    args.extend(flags.iter().map(|f| (*f).to_owned()));
     let mut probe = Daemon::start(lab, Role::Gw, &bin, &args).expect("start probe");
     probe
         .wait_until(
@@ -135,7 +136,7 @@ fn conntrack_exports_equal_nft_counters_per_label_and_direction_with_nat() {
         ],
     )
     .expect("conntrack timeouts");
-    let (mut probe, sinks, dir) = start_probe(&lab, "");
+    let (mut probe, sinks, dir) = start_probe(&lab, "", &[]);
     let sock = &sinks.uni;
     let lan: IpAddr = addr::LAN_V4.into();
     let inet = |port| SocketAddr::new(addr::INET_V4.into(), port);
@@ -361,7 +362,7 @@ fn conntrack_event_flood_past_a_small_buffer_is_counted_resynchronised_and_recon
     conntrack::load(&lab).expect("load the conntrack ruleset");
     conntrack::sink_udp(&lab, 20_000..20_000 + FLOWS).expect("udp sink");
     // The smallest receive buffer: a burst of events overruns it at once.
-    let (mut probe, sinks, dir) = start_probe(&lab, "rcvbuf = 4096");
+    let (mut probe, sinks, dir) = start_probe(&lab, "rcvbuf = 4096", &[]);
     let sock = &sinks.uni;
     let sent = conntrack::udp_flood(
         &lab,
@@ -437,6 +438,129 @@ fn conntrack_event_flood_past_a_small_buffer_is_counted_resynchronised_and_recon
             .contains("resynchronising by a counter sweep"),
         "no resynchronisation logged\n{}",
         stopped.stderr
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn conntrack_and_nflog_in_one_process_reconcile_on_the_same_traffic() {
+    tools::require_root("the kernel lab: network namespaces, nftables NAT, NFLOG, conntrack");
+    let lab = Lab::up().expect("lab up");
+    conntrack::load(&lab).expect("load the conntrack ruleset");
+    rules::load(&lab, Firewall::Nftables).expect("load the NFLOG ruleset");
+    let groups: Vec<String> = GROUPS.iter().map(|(g, l)| format!("{g}={l}")).collect();
+    let mut flags = Vec::new();
+    for g in &groups {
+        flags.extend(["--group", g.as_str()]);
+    }
+    let (mut probe, sinks, dir) = start_probe(&lab, "", &flags);
+    probe
+        .wait_until("binding its NFLOG groups", Duration::from_secs(10), || {
+            let bound = process::bound_nflog_groups(&lab)?;
+            Ok(GROUPS.iter().all(|(g, _)| bound.contains(g)))
+        })
+        .expect("groups bound");
+
+    let lan: IpAddr = addr::LAN_V4.into();
+    let inet = |port| SocketAddr::new(addr::INET_V4.into(), port);
+    for i in 0..2u16 {
+        traffic::tcp(
+            &lab,
+            Role::Lan,
+            lan,
+            Role::Inet,
+            inet(7200 + i),
+            40_000,
+            6_000,
+        )
+        .expect("tcp");
+    }
+    traffic::udp(
+        &lab,
+        Role::Lan,
+        SocketAddr::new(lan, 5454),
+        Role::Inet,
+        inet(7300),
+        10,
+        500,
+    )
+    .expect("udp");
+    traffic::ping(&lab, Role::Lan, lan, addr::INET_V4.into(), 4, 100).expect("ping");
+    // Quiet: both sets of counters stop moving (the last ACKs are in).
+    let read = || {
+        (
+            conntrack::counters(&lab).expect("ct counters"),
+            rules::counters(&lab, Firewall::Nftables).expect("nflog counters"),
+        )
+    };
+    let mut last = read();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = read();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let (ct_truth, nflog_truth) = last;
+    rules::detach(&lab, Firewall::Nftables).expect("detach NFLOG rules");
+    let stopped = probe
+        .stop(libc::SIGTERM, Duration::from_secs(10))
+        .expect("probe stop");
+    assert!(stopped.status.success(), "probe: {}", stopped.stderr);
+    let mut log = ExportLog::new();
+    for d in process::drain_datagrams(&sinks.uni).expect("drain") {
+        log.feed(&d);
+    }
+    assert!(log.errors.is_empty(), "decode errors: {:?}", log.errors);
+
+    // Each source equals its own counters.
+    let by_label = log.totals_by_label();
+    assert_eq!(
+        by_label.get("other").copied().unwrap_or_default(),
+        nflog_truth["other"],
+        "NFLOG group other\n{}",
+        stopped.stderr
+    );
+    let mut ct_total = Counter::default();
+    for (_, label, _) in LABELS {
+        let mut exported = Counter::default();
+        let mut truth = Counter::default();
+        for dir in ["orig", "reply"] {
+            truth += ct_truth[&(label.to_owned(), dir.to_owned())];
+        }
+        for f in log
+            .flows
+            .iter()
+            .filter(|f| f.label.as_deref() == Some(label))
+        {
+            exported += Counter {
+                packets: f.packets,
+                bytes: f.bytes,
+            };
+        }
+        assert_eq!(exported, truth, "conntrack label {label}");
+        ct_total += exported;
+    }
+    // And they agree: the forwarded TCP, UDP and ICMP that NFLOG saw packet by packet is what
+    // conntrack counted per connection.
+    let mut nflog_fwd = Counter::default();
+    for f in log
+        .flows
+        .iter()
+        .filter(|f| f.label.as_deref() == Some("other"))
+    {
+        if matches!(f.protocol, Some(1 | 6 | 17)) {
+            nflog_fwd += Counter {
+                packets: f.packets,
+                bytes: f.bytes,
+            };
+        }
+    }
+    assert!(ct_total.packets > 0);
+    assert_eq!(
+        nflog_fwd, ct_total,
+        "NFLOG (other, TCP/UDP/ICMP) vs conntrack labels"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
