@@ -414,7 +414,9 @@ pub fn run_live(cfg: &Config, sources: Sources, stop: &AtomicBool) -> anyhow::Re
             conntrack.as_ref().map(|c| c.fd()),
         ];
         let ready = wait_readable(fds, wait)?;
-        if let (Some(source), true) = (source.as_mut(), ready[0]) {
+        // Every turn, readable or not: datagrams that arrived while the groups were being
+        // bound wait in the source, not on the socket (a poll of zero when nothing is there).
+        if let Some(source) = source.as_mut() {
             let mut seen = 0u32;
             let mut packet_now = now;
             source.recv_batch(Some(Duration::ZERO), |meta, payload| {
