@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -235,20 +235,6 @@ impl OpenTcp {
         self.sent += bytes as u64;
         let mut buf = [0u8; 4096];
         self.client.read(&mut buf).map_err(|e| io("tcp read", e))?;
-        Ok(())
-    }
-
-    /// Sends `bytes` every `every` until `until`.
-    pub fn trickle(
-        &mut self,
-        bytes: usize,
-        every: Duration,
-        until: Instant,
-    ) -> Result<(), LabError> {
-        while Instant::now() < until {
-            self.send(bytes)?;
-            std::thread::sleep(every);
-        }
         Ok(())
     }
 
