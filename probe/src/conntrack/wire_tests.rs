@@ -168,3 +168,46 @@ fn ctrzero_request_names_the_connection_by_its_tuple_and_zone() {
         NLM_F_REQUEST | NLM_F_DUMP
     );
 }
+
+#[test]
+fn ipv6_icmp_tuples_carry_type_and_code() {
+    let src: [u8; 16] = "2001:db8:2::2"
+        .parse::<std::net::Ipv6Addr>()
+        .unwrap()
+        .octets();
+    let dst: [u8; 16] = "2001:db8:1::1"
+        .parse::<std::net::Ipv6Addr>()
+        .unwrap()
+        .octets();
+    let tuple6 = |kind, s: &[u8; 16], d: &[u8; 16], icmp_type: u8| {
+        nest(
+            kind,
+            &[
+                nest(
+                    cta::TUPLE_IP,
+                    &[nla(cta::IP_V6_SRC, s), nla(cta::IP_V6_DST, d)],
+                ),
+                nest(
+                    cta::TUPLE_PROTO,
+                    &[
+                        nla(cta::PROTO_NUM, &[58]),
+                        nla(cta::PROTO_ICMPV6_ID, &7u16.to_be_bytes()),
+                        nla(cta::PROTO_ICMPV6_TYPE, &[icmp_type]),
+                        nla(cta::PROTO_ICMPV6_CODE, &[0]),
+                    ],
+                ),
+            ],
+        )
+    };
+    let mut body = vec![10, 0, 0, 0]; // AF_INET6
+    body.extend(tuple6(cta::TUPLE_ORIG, &src, &dst, 128));
+    body.extend(tuple6(cta::TUPLE_REPLY, &dst, &src, 129));
+    let e = parse_entry(CT_DELETE_TYPE, 0, &body).unwrap().unwrap();
+    assert_eq!(e.family, 10);
+    assert_eq!(e.orig.src, IpAddr::from(src));
+    assert_eq!(e.reply.src, IpAddr::from(dst));
+    assert_eq!((e.orig.protocol, e.orig.icmp_type_code), (58, 128 << 8));
+    assert_eq!(e.reply.icmp_type_code, 129 << 8);
+    assert_eq!((e.orig.src_port, e.orig.dst_port), (0, 0));
+    assert_eq!((e.counters_orig, e.start_ns), (None, None));
+}
