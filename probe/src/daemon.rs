@@ -366,6 +366,31 @@ fn wait_readable(fds: [Option<RawFd>; 2], timeout: Duration) -> anyhow::Result<[
     Ok([pfds[0].revents != 0, pfds[1].revents != 0])
 }
 
+/// Hands what the NFLOG socket holds to the pipeline, without waiting.
+fn read_nflog(
+    source: &mut NflogSocket,
+    pipeline: &mut Pipeline,
+    clock: &WallClock,
+    decode_log: &mut RateLimit,
+) -> anyhow::Result<()> {
+    let mut seen = 0u32;
+    let mut packet_now = clock.now_ms();
+    source.recv_batch(Some(Duration::ZERO), |meta, payload| {
+        // One clock read per 64 packets: the kernel batches anyway, and flow times need
+        // millisecond resolution only.
+        if seen.is_multiple_of(64) {
+            packet_now = clock.now_ms();
+        }
+        seen = seen.wrapping_add(1);
+        if let Err(e) = pipeline.handle(meta, payload, packet_now) {
+            if let Some(held) = decode_log.allow() {
+                tracing::warn!(group = meta.group, error = %e, similar_held_back = held, "packet skipped");
+            }
+        }
+    })?;
+    Ok(())
+}
+
 /// Runs the live probe until `stop` is set, then drains: unbinds the groups (the kernel
 /// flushes their pending batches), counts the last packets, reads and zeroes the conntrack
 /// counters, flushes the cache with end reason "forced end" and sends the last messages.
@@ -417,21 +442,7 @@ pub fn run_live(cfg: &Config, sources: Sources, stop: &AtomicBool) -> anyhow::Re
         // Every turn, readable or not: datagrams that arrived while the groups were being
         // bound wait in the source, not on the socket (a poll of zero when nothing is there).
         if let Some(source) = source.as_mut() {
-            let mut seen = 0u32;
-            let mut packet_now = now;
-            source.recv_batch(Some(Duration::ZERO), |meta, payload| {
-                // One clock read per 64 packets: the kernel batches anyway, and flow times
-                // need millisecond resolution only.
-                if seen.is_multiple_of(64) {
-                    packet_now = clock.now_ms();
-                }
-                seen = seen.wrapping_add(1);
-                if let Err(e) = pipeline.handle(meta, payload, packet_now) {
-                    if let Some(held) = decode_log.allow() {
-                        tracing::warn!(group = meta.group, error = %e, similar_held_back = held, "packet skipped");
-                    }
-                }
-            })?;
+            read_nflog(source, &mut pipeline, &clock, &mut decode_log)?;
         }
         now = clock.now_ms();
         if let Some(ct) = conntrack.as_mut() {
