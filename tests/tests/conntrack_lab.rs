@@ -60,13 +60,13 @@ struct Collectors {
 /// Starts the probe in the gateway with the conntrack labels (plus `extra` lines in
 /// `[conntrack]`), exporting to two collector sockets (the second takes biflows); returns
 /// once it listens to the events.
-fn start_probe(lab: &Lab, extra: &str, flags: &[&str]) -> (Daemon, Collectors, std::path::PathBuf) {
+fn start_probe(lab: &Lab, extra: &str, flags: &[&str]) -> (Daemon, Collectors, TempDir) {
     let (sock, collector) = process::collector_socket(lab).expect("collector socket");
     let (bi, bi_addr) = process::collector_socket(lab).expect("collector socket");
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("lf-ct-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let cfg = dir.join("probe.toml");
+    let dir = TempDir(std::env::temp_dir().join(format!("lf-ct-{}-{n}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).expect("temp dir");
+    let cfg = dir.0.join("probe.toml");
     std::fs::write(&cfg, config(collector, bi_addr, extra)).expect("write config");
     let bin = process::find_binary("labelflow-probe").expect("probe binary");
     let mut args = vec![
@@ -103,6 +103,15 @@ fn biflow_totals(log: &ExportLog) -> BTreeMap<(String, String), Counter> {
         r.bytes += rb;
     }
     out
+}
+
+/// The probe's configuration directory, removed when the test ends (also on failure).
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -351,7 +360,7 @@ fn conntrack_exports_equal_nft_counters_per_label_and_direction_with_nat() {
         stopped.stderr
     );
     long.close().expect("close the long connection");
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
 }
 
 #[test]
@@ -439,7 +448,7 @@ fn conntrack_event_flood_past_a_small_buffer_is_counted_resynchronised_and_recon
         "no resynchronisation logged\n{}",
         stopped.stderr
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
 }
 
 #[test]
@@ -562,5 +571,5 @@ fn conntrack_and_nflog_in_one_process_reconcile_on_the_same_traffic() {
         nflog_fwd, ct_total,
         "NFLOG (other, TCP/UDP/ICMP) vs conntrack labels"
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
 }
