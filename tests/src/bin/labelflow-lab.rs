@@ -214,14 +214,17 @@ enum Cmd {
     },
     /// The conntrack scenario in the gateway: `load` masquerade + ct mark labels (tcp, udp,
     /// icmp) with counters per mark and direction; `counters` prints `LABEL DIR PACKETS
-    /// BYTES`; `ready` waits until a process listens to every conntrack event group.
+    /// BYTES`; `ready` waits until a process listens to every conntrack event group; `flood`
+    /// opens --count UDP connections LAN -> Internet peer (ports 20000 up, dropped there).
     Conntrack {
         #[arg(long)]
         lab: String,
-        #[arg(value_parser = ["load", "counters", "ready"])]
+        #[arg(value_parser = ["load", "counters", "ready", "flood"])]
         action: String,
         #[arg(long, default_value_t = 10)]
         timeout: u64,
+        #[arg(long, default_value_t = 10_000)]
+        count: u16,
     },
     /// Receive flow export (IPFIX / NetFlow v9) on a UDP port until SIGTERM/SIGINT, then
     /// print a JSON summary (datagrams, flows, packets, bytes, per group, ignored packets).
@@ -358,7 +361,8 @@ fn run(cli: Cli) -> Result<()> {
             lab,
             action,
             timeout,
-        } => conntrack_cmd(&lab, &action, timeout)?,
+            count,
+        } => conntrack_cmd(&lab, &action, timeout, count)?,
         Cmd::TrafgenConf { lab } => {
             let lab = Lab::attach(&lab)?;
             print!("{}", trafgen_conf(&lab)?);
@@ -754,7 +758,7 @@ fn send_cmd(
     Ok(())
 }
 
-fn conntrack_cmd(lab: &str, action: &str, timeout: u64) -> Result<()> {
+fn conntrack_cmd(lab: &str, action: &str, timeout: u64, count: u16) -> Result<()> {
     use labelflow_tests::conntrack;
     let lab = Lab::attach(lab)?;
     match action {
@@ -763,6 +767,12 @@ fn conntrack_cmd(lab: &str, action: &str, timeout: u64) -> Result<()> {
             for ((label, dir), c) in conntrack::counters(&lab)? {
                 println!("{label} {dir} {} {}", c.packets, c.bytes);
             }
+        }
+        "flood" => {
+            let ports = 20_000..20_000u16.saturating_add(count);
+            conntrack::sink_udp(&lab, ports.clone())?;
+            let (src, dst) = (addr::LAN_V4.into(), addr::INET_V4.into());
+            println!("{}", conntrack::udp_flood(&lab, src, dst, ports, 64)?);
         }
         _ => {
             let deadline = Instant::now() + Duration::from_secs(timeout);
