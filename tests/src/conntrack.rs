@@ -3,9 +3,10 @@
 //! on the same marks, per direction, are the ground truth.
 //!
 //! ```text
-//!  lan 198.51.100.2 ──► gw (forward chain "classify": ct state new ... ct mark set 0x10|0x20|0x30;
+//!  lan 198.51.100.2, 2001:db8:2::2 ──► gw (forward chain "classify": ct state new ... ct mark set 0x10|0x20|0x30;
 //!                           ct mark M ct direction original|reply counter name "L_orig|L_reply")
-//!                      (postrouting: oifname "wan" masquerade -> 192.0.2.2) ──► inet 192.0.2.1
+//!                      (postrouting: oifname "wan" masquerade -> 192.0.2.2 / 2001:db8:1::2)
+//!                                                          ──► inet 192.0.2.1 / 2001:db8:1::1
 //! ```
 
 use std::collections::BTreeMap;
@@ -25,14 +26,14 @@ use crate::LabError;
 pub const LABELS: [(u32, &str, &str); 3] = [
     (0x10, "tcp", "meta l4proto tcp"),
     (0x20, "udp", "meta l4proto udp"),
-    (0x30, "icmp", "meta l4proto icmp"),
+    (0x30, "icmp", "meta l4proto { icmp, ipv6-icmp }"),
 ];
 /// The nftables table of the scenario.
 pub const TABLE: &str = "labelflow_ct";
 
 /// The ruleset: masquerade on the uplink, connection marks, counters per mark and direction.
 pub fn nft_ruleset() -> String {
-    let mut s = format!("table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n");
+    let mut s = format!("table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n");
     for (_, label, _) in LABELS {
         s.push_str(&format!(
             "  counter {label}_orig {{ }}\n  counter {label}_reply {{ }}\n"
@@ -75,7 +76,7 @@ pub fn counters(lab: &Lab) -> Result<BTreeMap<(String, String), Counter>, LabErr
     let out = lab.exec(
         Role::Gw,
         "nft",
-        &["-j", "list", "counters", "table", "ip", TABLE],
+        &["-j", "list", "counters", "table", "inet", TABLE],
     )?;
     let mut found = BTreeMap::new();
     for (name, c) in parse_nft_named_counters(&String::from_utf8_lossy(&out.stdout))? {

@@ -46,7 +46,8 @@ fn records_of<'a>(log: &'a ExportLog, c: &CtLine, dir: u8) -> Vec<&'a Flow> {
             f.nat.as_ref().and_then(|n| n.biflow_direction) == Some(dir)
                 && f.protocol == Some(c.protocol)
                 && (f.src, f.dst) == (Some(src), Some(dst))
-                && (c.protocol == 1 || (f.src_port, f.dst_port) == (Some(sport), Some(dport)))
+                && (matches!(c.protocol, 1 | 58)
+                    || (f.src_port, f.dst_port) == (Some(sport), Some(dport)))
         })
         .collect()
 }
@@ -141,6 +142,7 @@ fn conntrack_exports_equal_nft_counters_per_label_and_direction_with_nat() {
         &[
             "net.netfilter.nf_conntrack_udp_timeout=2",
             "net.netfilter.nf_conntrack_icmp_timeout=2",
+            "net.netfilter.nf_conntrack_icmpv6_timeout=2",
             "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1",
         ],
     )
@@ -186,6 +188,21 @@ fn conntrack_exports_equal_nft_counters_per_label_and_direction_with_nat() {
         )
         .expect("short tcp");
     }
+    // IPv6 through the same masquerade (NAT66): postNATSourceIPv6Address and friends.
+    let lan6: IpAddr = addr::LAN_V6.into();
+    traffic::tcp(
+        &lab,
+        Role::Lan,
+        lan6,
+        Role::Inet,
+        SocketAddr::new(addr::INET_V6.into(), 7010),
+        20_000,
+        4_000,
+    )
+    .expect("tcp over IPv6");
+    let (_, replies6) =
+        traffic::ping(&lab, Role::Lan, lan6, addr::INET_V6.into(), 3, 56).expect("ping6");
+    assert_eq!(replies6, 3);
     let udp = traffic::udp(
         &lab,
         Role::Lan,
@@ -207,7 +224,11 @@ fn conntrack_exports_equal_nft_counters_per_label_and_direction_with_nat() {
         .into_iter()
         .filter(|c| LABELS.iter().any(|(m, _, _)| *m == c.mark))
         .collect();
-    assert!(listed.len() >= 6, "connections listed: {listed:?}");
+    assert!(listed.len() >= 8, "connections listed: {listed:?}");
+    assert!(
+        listed.iter().filter(|c| c.orig.0.is_ipv6()).count() >= 2,
+        "IPv6 connections listed: {listed:?}"
+    );
     // Wait until the short connections are gone (reading the table evicts expired entries,
     // which sends their DESTROY events); the long one remains.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -318,7 +339,7 @@ fn conntrack_exports_equal_nft_counters_per_label_and_direction_with_nat() {
             let n = f.nat.as_ref().expect("NAT elements");
             assert_eq!(n.post_src, Some(c.reply.1), "{c:?}: {f:?}");
             assert_eq!(n.post_dst, Some(c.reply.0), "{c:?}: {f:?}");
-            if c.protocol != 1 {
+            if !matches!(c.protocol, 1 | 58) {
                 assert_eq!(
                     (n.post_src_port, n.post_dst_port),
                     (Some(c.reply.3), Some(c.reply.2))
