@@ -94,6 +94,8 @@ pub struct CtLine {
     pub orig: (IpAddr, IpAddr, u16, u16),
     pub reply: (IpAddr, IpAddr, u16, u16),
     pub mark: u32,
+    /// Packets counted in the original direction (0 without `nf_conntrack_acct`).
+    pub orig_packets: u64,
 }
 
 /// Parses `/proc/net/nf_conntrack` (`src= dst= sport= dport=` twice: original, then reply).
@@ -131,11 +133,16 @@ pub fn parse_proc(text: &str) -> Result<Vec<CtLine>, LabError> {
             .first()
             .and_then(|m| m.parse().ok())
             .unwrap_or(0);
+        let orig_packets = values("packets")
+            .first()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
         out.push(CtLine {
             protocol,
             orig: tuple(0).ok_or_else(|| bad(line))?,
             reply: tuple(1).ok_or_else(|| bad(line))?,
             mark,
+            orig_packets,
         });
     }
     Ok(out)
@@ -302,7 +309,7 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0].protocol, 6);
         assert_eq!(lines[0].reply.3, 61000);
-        assert_eq!(lines[0].mark, 16);
+        assert_eq!((lines[0].mark, lines[0].orig_packets), (16, 5));
         assert_eq!(lines[1].orig.2, 0);
         assert_eq!(lines[1].reply.1, "192.0.2.2".parse::<IpAddr>().unwrap());
         assert!(parse_proc("ipv4 2 tcp x\n").is_err());

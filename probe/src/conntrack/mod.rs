@@ -30,7 +30,7 @@ use std::path::Path;
 
 use labelflow_proto::FlowRecord;
 
-pub use records::{Export, LabelRule, LabelStats, Recorder, OBSERVATION_POINT_BASE};
+pub use records::{Export, Filter, LabelRule, LabelStats, Recorder, OBSERVATION_POINT_BASE};
 pub use socket::CtSocket;
 use wire::CtEvent;
 
@@ -256,8 +256,11 @@ impl ConntrackSource {
         sink: &mut impl FnMut(FlowRecord),
     ) -> Result<(), CtError> {
         let (rec, since) = (&mut self.recorder, self.last_sweep_ms);
-        self.sock
-            .sweep(|e| rec.export(e, why, since, now_ms, sink))?;
+        let wanted = rec.filter();
+        self.sock.sweep(
+            |e| wanted.wants(e.mark, e.zone),
+            |e| rec.export(e, why, since, now_ms, sink),
+        )?;
         self.last_sweep_ms = now_ms;
         self.next_sweep_ms = now_ms + self.active_ms;
         Ok(())

@@ -21,6 +21,28 @@ pub struct LabelRule {
     pub label: String,
 }
 
+fn classify(rules: &[LabelRule], has_default: bool, mark: u32) -> Option<usize> {
+    rules
+        .iter()
+        .position(|r| mark & r.mask == r.value)
+        .or(has_default.then_some(rules.len()))
+}
+
+/// The connections a [`Recorder`] exports: those of its zone whose connmark has a label.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    rules: Vec<LabelRule>,
+    has_default: bool,
+    zone: Option<u16>,
+}
+
+impl Filter {
+    pub fn wants(&self, mark: u32, zone: u16) -> bool {
+        self.zone.is_none_or(|z| z == zone)
+            && classify(&self.rules, self.has_default, mark).is_some()
+    }
+}
+
 /// Why a connection's counters are being exported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Export {
@@ -96,10 +118,17 @@ impl Recorder {
 
     /// The label index of a connmark: the first matching rule, else the default.
     pub fn classify(&self, mark: u32) -> Option<usize> {
-        self.rules
-            .iter()
-            .position(|r| mark & r.mask == r.value)
-            .or(self.has_default.then_some(self.rules.len()))
+        classify(&self.rules, self.has_default, mark)
+    }
+
+    /// Which connections this recorder exports, detached from its counters (a sweep asks
+    /// while the recorder takes the records).
+    pub fn filter(&self) -> Filter {
+        Filter {
+            rules: self.rules.clone(),
+            has_default: self.has_default,
+            zone: self.zone,
+        }
     }
 
     /// Exports `e`'s counters as up to two records (original, then reply direction; a
@@ -336,6 +365,15 @@ mod tests {
             &mut |x| out.extend(x.unidirectional().into_iter().flatten()),
         );
         assert_eq!((out.len(), d.other_zone), (2, 1));
+    }
+
+    #[test]
+    fn the_sweep_filter_takes_labelled_connections_of_the_zone() {
+        let f = web().filter();
+        assert!(f.wants(0x13, 0) && f.wants(0x21, 9));
+        assert!(!f.wants(0x31, 0));
+        let z = Recorder::new(Vec::new(), Some("all".into()), Some(3), 1).filter();
+        assert!(z.wants(0x31, 3) && !z.wants(0x31, 0));
     }
 
     #[test]

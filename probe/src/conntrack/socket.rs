@@ -207,13 +207,19 @@ impl CtSocket {
         Ok(n)
     }
 
-    /// Reads and zeroes the counters of every connection: a dump lists them (counters
-    /// untouched), then each is read and zeroed on its own (see [`ctrzero_request`]).
+    /// Reads and zeroes the counters of every connection `wanted` accepts (as the dump
+    /// shows it: others keep their counters for whoever else reads them): a dump lists them
+    /// (counters untouched), then each is read and zeroed on its own (see
+    /// [`ctrzero_request`]).
     /// A connection gone in between answers ENOENT; its DESTROY event has the counters.
-    pub fn sweep(&mut self, mut on_entry: impl FnMut(&CtEntry<'_>)) -> Result<usize, CtError> {
+    pub fn sweep(
+        &mut self,
+        wanted: impl Fn(&CtEntry<'_>) -> bool,
+        mut on_entry: impl FnMut(&CtEntry<'_>),
+    ) -> Result<usize, CtError> {
         self.resync_due = false;
         self.stats.sweeps += 1;
-        self.list()?;
+        self.list(wanted)?;
         let mut done = 0;
         let mut i = 0;
         while i < self.listed.len() {
@@ -275,7 +281,7 @@ impl CtSocket {
     }
 
     /// Dumps the table into `listed` / `arena` (reused between sweeps).
-    fn list(&mut self) -> Result<(), CtError> {
+    fn list(&mut self, wanted: impl Fn(&CtEntry<'_>) -> bool) -> Result<(), CtError> {
         self.arena.clear();
         self.listed.clear();
         self.req.clear();
@@ -302,6 +308,9 @@ impl CtSocket {
                     _ => {}
                 }
                 if let Ok(Some(e)) = parse_entry(msg.kind, msg.flags, msg.body) {
+                    if !wanted(&e) {
+                        continue;
+                    }
                     let at = self.arena.len();
                     self.arena.extend_from_slice(e.orig_raw);
                     self.listed.push(Listed {
