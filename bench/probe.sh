@@ -5,8 +5,11 @@
 #       loss and CPU% there, labelflow-probe (all groups, one process) vs pmacct uacctd (one
 #       process per group, uacctd_threshold 64)
 #   (c) memory per flow with 1M live flows (replay with long timeouts, peak RSS)
+#   (d) a TCP transfer (iperf3) through the lab gateway, masqueraded and marked: throughput
+#       without a probe, with the conntrack source and with the NFLOG source; probe CPU per GB
+#       and exactness against nftables counters
 #
-# Environment: PACKETS (2000000), FLOWS (5000), RATES ("50000 100000 200000 300000 max"),
+# Environment: CT_SECONDS (5, per (d) step), CT_CONNS (10000, (d) connection burst), PACKETS (2000000), FLOWS (5000), RATES ("50000 100000 200000 300000 max"),
 # STEP_SECONDS (3), MEM_FLOWS (1000000), BIN_DIR (target/release), SKIP ("" or e.g. "b c"),
 # PROBE_ARGS (extra probe flags for (b), e.g. "--queue-threshold 256"),
 # TOOLS ("labelflow softflowd uacctd": leave one out to skip its rows).
@@ -23,6 +26,8 @@ STEP_SECONDS=${STEP_SECONDS:-3}
 MEM_FLOWS=${MEM_FLOWS:-1000000}
 SKIP=${SKIP:-}
 TOOLS=${TOOLS:-"labelflow softflowd uacctd"}
+CT_SECONDS=${CT_SECONDS:-5}
+CT_CONNS=${CT_CONNS:-10000}
 PROBE=$BIN_DIR/labelflow-probe
 LABBIN=$BIN_DIR/labelflow-lab
 GEN=$BIN_DIR/labelflow-gen-capture
@@ -245,4 +250,103 @@ if ! skip c && use labelflow; then
         labelflow-probe "$r_small" "$r_many" "$MEM_FLOWS" \
         "$(awk -v a="$r_small" -v b="$r_many" -v n="$MEM_FLOWS" 'BEGIN { if (b > a) printf "%.0f", (b - a) * 1024 / n; else print "-" }')" \
         "$(json_num "$WORK/c-sink.json" flows)"
+fi
+
+# ---------------------------------------------------------------- (d) conntrack vs NFLOG
+# CPU time of a process (every thread), nanoseconds, from schedstat (ticks are too coarse for
+# a source that wakes a few times per transfer).
+cpu_ns() { # pid
+    [ -n "$1" ] || { echo 0; return; }
+    cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { print s + 0 }'
+}
+ct_counted() { "$LABBIN" conntrack --lab "$LABNAME" counters | awk '{ p += $3; b += $4 } END { print p + 0, b + 0 }'; }
+# One step: mode none|conntrack|nflog. Prints: mode Gbit/s probe-CPU% CPU-s/GB counted exported.
+ct_step() {
+    local mode=$1 pid= sink= counted exported=0 c0 c1 t0 t1
+    "$LABBIN" down --lab "$LABNAME" >/dev/null 2>&1 || true
+    eval "$("$LABBIN" up --lab "$LABNAME")"
+    "$LABBIN" conntrack --lab "$LABNAME" load
+    ip netns exec "$GW_NS" sysctl -qw net.netfilter.nf_conntrack_acct=1 net.netfilter.nf_conntrack_timestamp=1
+    [ "$mode" = nflog ] && "$LABBIN" rules --lab "$LABNAME" --firewall nft load
+    ip netns exec "$INET_NS" iperf3 -s -1 -p 5201 >/dev/null 2>&1 &
+    PIDS+=($!)
+    timeout 10 sh -c "until ip netns exec $INET_NS ss -ltn | grep -q :5201; do sleep 0.05; done"
+    case $mode in
+        conntrack)
+            sink=$(start_sink "$GW_NS" 127.0.0.1:4739 "$WORK/d-sink.json")
+            ip netns exec "$GW_NS" "$PROBE" --ct-label 0x10=tcp --ct-label 0x20=udp --ct-label 0x30=icmp \
+                --export ipfix://127.0.0.1:4739 --max-rate 0 >"$WORK/d-probe.log" 2>&1 &
+            pid=$!; PIDS+=($!)
+            "$LABBIN" conntrack --lab "$LABNAME" ready --timeout 10 ;;
+        nflog)
+            sink=$(start_sink "$GW_NS" 127.0.0.1:4739 "$WORK/d-sink.json")
+            ip netns exec "$GW_NS" "$PROBE" --group 1=esp --group 2=vpn --group 3=other \
+                --export ipfix://127.0.0.1:4739 --max-rate 0 >"$WORK/d-probe.log" 2>&1 &
+            pid=$!; PIDS+=($!)
+            "$LABBIN" ready --lab "$LABNAME" --groups 1,2,3 --timeout 10 ;;
+    esac
+    c0=$(cpu_ns "$pid"); t0=$(date +%s.%N)
+    timeout $(( CT_SECONDS + 30 )) ip netns exec "$LAN_NS" iperf3 -c 192.0.2.1 -p 5201 -t "$CT_SECONDS" -J >"$WORK/d-iperf.json" 2>&1 || say "iperf3 failed"
+    [ "$mode" = nflog ] && { "$LABBIN" drained --lab "$LABNAME" --groups 1,2,3 --timeout 10 || true; }
+    c1=$(cpu_ns "$pid"); t1=$(date +%s.%N)
+    # NFLOG: the rules stop logging before the probe stops (what it never saw is not loss);
+    # conntrack: the counters are read before the stop, whose sweep exports the remainder.
+    if [ "$mode" = nflog ]; then
+        "$LABBIN" rules --lab "$LABNAME" --firewall nft detach
+        counted=$("$LABBIN" counters --lab "$LABNAME" --firewall nft | awk '{ p += $2; b += $3 } END { print p + 0, b + 0 }')
+    else
+        # Until the teardown's last packets are in (two equal reads 200 ms apart).
+        local next
+        counted=$(ct_counted)
+        while sleep 0.2; next=$(ct_counted); [ "$next" != "$counted" ]; do counted=$next; done
+    fi
+    local ignored=-
+    if [ -n "$pid" ]; then
+        stop_pid "$pid" TERM; stop_pid "$sink" TERM
+        exported=$(json_num "$WORK/d-sink.json" packets)
+        # Loss the probe reported (ignoredPacketTotalCount), summed over its scopes.
+        ignored=$(sed -n 's/.*"ignored":{\([^}]*\)}.*/\1/p' "$WORK/d-sink.json" | tr ',' '\n' | awk -F: '{ s += $2 } END { print s + 0 }')
+    fi
+    local gbps cpu per_gb
+    gbps=$(/usr/bin/python3 -c 'import json,sys; print("%.2f" % (json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"] / 1e9))' "$WORK/d-iperf.json")
+    cpu=$(awk -v c="$(( c1 - c0 ))" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", 100 * c / 1e9 / (b - a) }')
+    per_gb=$(awk -v c="$(( c1 - c0 ))" -v by="${counted#* }" 'BEGIN { if (by > 0) printf "%.5f", c / 1e9 / (by / 1e9); else print "-" }')
+    [ "$mode" = none ] && { cpu=-; per_gb=-; exported=-; }
+    printf '%-10s %8s %9s %10s %12s %12s %12s %10s\n' "$mode" "$gbps" "$cpu" "$per_gb" "${counted% *}" "${counted#* }" "$exported" "$ignored"
+    "$LABBIN" down --lab "$LABNAME" >/dev/null 2>&1 || true
+}
+
+# The conntrack source's cost driver: connections. A burst of CT_CONNS one-datagram UDP
+# connections, the probe sweeping every second; CPU over the burst and 2.5 s after it (NEW
+# events plus at least two sweeps of every connection), per connection.
+ct_flood_step() {
+    local pid sink c0 c1 sent counted exported
+    "$LABBIN" down --lab "$LABNAME" >/dev/null 2>&1 || true
+    eval "$("$LABBIN" up --lab "$LABNAME")"
+    "$LABBIN" conntrack --lab "$LABNAME" load
+    ip netns exec "$GW_NS" sysctl -qw net.netfilter.nf_conntrack_acct=1 net.netfilter.nf_conntrack_timestamp=1
+    sink=$(start_sink "$GW_NS" 127.0.0.1:4739 "$WORK/d-sink.json")
+    ip netns exec "$GW_NS" "$PROBE" --ct-label 0x10=tcp --ct-label 0x20=udp --ct-label 0x30=icmp \
+        --active-timeout 1s --export ipfix://127.0.0.1:4739 --max-rate 0 >"$WORK/d-probe.log" 2>&1 &
+    pid=$!; PIDS+=($!)
+    "$LABBIN" conntrack --lab "$LABNAME" ready --timeout 10
+    c0=$(cpu_ns "$pid")
+    sent=$("$LABBIN" conntrack --lab "$LABNAME" flood --count "$CT_CONNS")
+    sleep 2.5
+    c1=$(cpu_ns "$pid")
+    counted=$(ct_counted)
+    stop_pid "$pid" TERM; stop_pid "$sink" TERM
+    exported=$(json_num "$WORK/d-sink.json" packets)
+    printf '%-10s %8s connections, probe CPU %s us per connection, counted %s exported %s packets\n' \
+        conntrack "$sent" "$(awk -v c="$(( c1 - c0 ))" -v n="$sent" 'BEGIN { printf "%.1f", c / 1e3 / n }')" "${counted% *}" "$exported"
+    "$LABBIN" down --lab "$LABNAME" >/dev/null 2>&1 || true
+}
+
+if ! skip d && use labelflow; then
+    command -v iperf3 >/dev/null || die "missing iperf3 (apt-get install iperf3)"
+    printf '\n(d) TCP through the gateway (masquerade, ct mark; offloads off), iperf3 %ss per step\n' "$CT_SECONDS"
+    printf '%-10s %8s %9s %10s %12s %12s %12s %10s\n' source Gbit/s probe-CPU% CPU-s/GB counted-pkts counted-bytes exported-pkts reported
+    for mode in none conntrack nflog; do ct_step "$mode"; done
+    ct_flood_step
+    say "(d) exact when exported-pkts equals counted-pkts (nftables counters on the marks for conntrack, the NFLOG rules' counters for nflog); reported: loss the probe exported as ignoredPacketTotalCount"
 fi

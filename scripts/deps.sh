@@ -10,6 +10,7 @@ packages=(
   strongswan-charon strongswan-swanctl libcharon-extra-plugins  # real IPsec in the lab (kernel-libipsec)
   chromium                                          # dashboard test (headless)
   systemd                                           # systemd-analyze verify for the example units
+  iperf3                                            # bench/probe.sh (d): TCP through the gateway
 )
 
 missing=()

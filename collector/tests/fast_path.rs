@@ -173,6 +173,7 @@ fn sample_flow(i: u32, v6: bool) -> FlowRecord {
         sampling_interval: 1,
         // Named tunnels: ESP by SPI, and inner traffic (the fast path reads the name too).
         tunnel: (i % 5 == 4 || i.is_multiple_of(7)).then(|| ["hq", "rw"][i as usize % 2].into()),
+        conntrack: None,
     }
 }
 
@@ -339,6 +340,7 @@ fn arb_flow() -> impl Strategy<Value = FlowRecord> {
                 nflog_prefix,
                 sampling_interval: 1,
                 tunnel: None,
+                conntrack: None,
             },
         )
 }

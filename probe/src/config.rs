@@ -28,6 +28,11 @@
 //! mtu = 1400
 //! application_id = "rfc6759"  # "varlen" for nfdump 1.7.1 (Debian 12); see AppIdEncoding
 //! max_rate = 50000          # records/s to this target; 0 = unpaced
+//! biflow = false            # conntrack: one RFC 5103 biflow per connection (IPFIX)
+//!
+//! [conntrack]               # see config/conntrack.rs
+//! enable = true
+//! labels = [{ mark = "0x10/0xf0", label = "web" }]
 //! ```
 
 use std::collections::BTreeMap;
@@ -123,6 +128,8 @@ pub struct RawConfig {
     pub exports: Vec<RawExport>,
     #[serde(default)]
     pub ipsec: RawIpsec,
+    #[serde(default)]
+    pub conntrack: conntrack::RawConntrack,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -169,6 +176,8 @@ pub struct RawExport {
     pub template_refresh_messages: Option<Spanned<u32>>,
     pub application_id: Option<Spanned<String>>,
     pub max_rate: Option<Spanned<u32>>,
+    /// Conntrack connections as one RFC 5103 biflow record each (IPFIX targets).
+    pub biflow: Option<Spanned<bool>>,
 }
 
 /// Command-line values that override (or, without a file, make up) the configuration.
@@ -192,6 +201,10 @@ pub struct Overrides {
     pub vici: Option<String>,
     /// `--max-rate`: records/s for every target (0 = unpaced).
     pub max_rate: Option<u32>,
+    /// `--conntrack`: enable the conntrack source.
+    pub conntrack: bool,
+    /// `--ct-label MARK[/MASK]=LABEL`, appended to `[conntrack] labels`.
+    pub ct_labels: Vec<String>,
 }
 
 /// One NFLOG group and its label.
@@ -228,6 +241,9 @@ pub struct Export {
     pub app_id: AppIdEncoding,
     /// Records per second at most (token bucket, bursts of 10 ms); 0 = unpaced.
     pub max_rate: u32,
+    /// Conntrack connections as one RFC 5103 biflow record each instead of two
+    /// unidirectional records (IPFIX only).
+    pub biflow: bool,
 }
 
 /// The validated configuration.
@@ -245,6 +261,8 @@ pub struct Config {
     pub ipsec: IpsecPorts,
     /// strongSwan's vici socket, for tunnel names.
     pub vici: Option<PathBuf>,
+    /// The conntrack source, when enabled.
+    pub conntrack: Option<crate::conntrack::CtConfig>,
 }
 
 impl Config {
@@ -364,6 +382,7 @@ pub fn validate(
         exports: validate_exports(&raw.exports, source, over)?,
         ipsec: ipsec_ports(&raw.ipsec, source)?,
         vici: vici_path(&raw.ipsec, source, over)?,
+        conntrack: conntrack::validate_conntrack(&raw.conntrack, source, over)?,
     })
 }
 
@@ -574,6 +593,16 @@ fn validate_exports(
                     .max_rate
                     .or(e.max_rate.as_ref().map(|v| *v.get_ref()))
                     .unwrap_or(defaults::MAX_RATE),
+                biflow: match &e.biflow {
+                    Some(b) if *b.get_ref() && target.format != Format::Ipfix => {
+                        return Err(err(
+                            b.span(),
+                            format!("biflow needs an ipfix:// target, not {target}"),
+                        ));
+                    }
+                    Some(b) => *b.get_ref(),
+                    None => false,
+                },
             });
         }
     } else {
@@ -593,6 +622,7 @@ fn validate_exports(
                     None => AppIdEncoding::default(),
                 },
                 max_rate: over.max_rate.unwrap_or(defaults::MAX_RATE),
+                biflow: false,
             });
         }
     }
@@ -699,6 +729,9 @@ pub fn load(path: Option<&Path>, over: &Overrides) -> Result<Config, ConfigError
         None => validate(RawConfig::default(), None, over),
     }
 }
+
+mod conntrack;
+pub use conntrack::parse_mark;
 
 #[cfg(test)]
 mod tests;

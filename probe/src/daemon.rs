@@ -10,6 +10,7 @@
 //!  every template refresh: ExportMeta (labels, interface names, per-group loss) ─► options
 //! ```
 
+use std::os::fd::{AsRawFd as _, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,6 +20,7 @@ use labelflow_proto::FlowRecord;
 
 use crate::cache::CacheConfig;
 use crate::config::Config;
+use crate::conntrack::{ConntrackSource, ConntrackSummary};
 use crate::export::{ExportConfig, ExportMeta, GroupMeta, InterfaceMeta, TargetStats, UdpExporter};
 use crate::ipsec::ViciWatcher;
 use crate::nflog::{GroupConfig, NflogConfig, NflogSocket, SourceStats};
@@ -97,6 +99,8 @@ pub struct RunSummary {
 #[derive(Debug)]
 struct Exporters {
     list: Vec<UdpExporter>,
+    /// Per target: whether it takes biflows (else they are split).
+    biflow: Vec<bool>,
     records: u64,
 }
 
@@ -110,6 +114,7 @@ impl Exporters {
                 template_interval: e.template_refresh,
                 template_every: e.template_refresh_messages,
                 app_id: e.app_id,
+                conntrack: cfg.conntrack.is_some(),
                 ..ExportConfig::default()
             };
             let exporter = UdpExporter::new(&[e.target], knobs, Some(e.sndbuf))
@@ -117,13 +122,27 @@ impl Exporters {
                 .with_max_rate(e.max_rate);
             list.push(exporter);
         }
-        Ok(Exporters { list, records: 0 })
+        let biflow = cfg.exports.iter().map(|e| e.biflow).collect();
+        Ok(Exporters {
+            list,
+            biflow,
+            records: 0,
+        })
     }
 
+    /// Hands `rec` to every target; a biflow goes as it is to targets that take biflows,
+    /// as its two unidirectional records to the others.
     fn push(&mut self, rec: &FlowRecord, now_ms: u64) {
         self.records += 1;
-        for e in &mut self.list {
-            e.push(rec, now_ms);
+        let bi = rec.conntrack.is_some_and(|c| c.reverse.is_some());
+        for (e, takes_bi) in self.list.iter_mut().zip(&self.biflow) {
+            if !bi || *takes_bi {
+                e.push(rec, now_ms);
+            } else {
+                for half in rec.unidirectional().iter().flatten() {
+                    e.push(half, now_ms);
+                }
+            }
         }
     }
 
@@ -157,6 +176,15 @@ impl Exporters {
 
     fn log_pacing(&self) {
         for t in self.stats() {
+            if t.send_errors > 0 {
+                tracing::warn!(
+                    target = %t.target,
+                    records = t.export.records,
+                    send_errors = t.send_errors,
+                    last_error = ?t.last_send_error.map(std::io::Error::from_raw_os_error),
+                    "export datagrams refused by the kernel"
+                );
+            }
             if t.pacing_waits > 0 {
                 tracing::info!(
                     target = %t.target,
@@ -285,19 +313,96 @@ fn named(vici: &Option<ViciWatcher>, mut rec: FlowRecord) -> FlowRecord {
     rec
 }
 
+/// The live sources: NFLOG groups, the conntrack source, or both.
+#[derive(Debug)]
+pub struct Sources {
+    pub nflog: Option<NflogSocket>,
+    pub conntrack: Option<ConntrackSource>,
+}
+
+/// Opens every configured source (before any signal handler or exporter): NFLOG groups when
+/// some are configured, conntrack when enabled.
+pub fn open_sources(cfg: &Config) -> anyhow::Result<Sources> {
+    let nflog = if cfg.groups.is_empty() {
+        None
+    } else {
+        Some(open_source(cfg)?)
+    };
+    let conntrack = match &cfg.conntrack {
+        Some(ct) => Some(
+            ConntrackSource::open(
+                ct,
+                cfg.observation_domain,
+                cfg.cache.active_timeout.as_millis() as u64,
+                WallClock::start().now_ms(),
+            )
+            .context("cannot start the conntrack source")?,
+        ),
+        None => None,
+    };
+    Ok(Sources { nflog, conntrack })
+}
+
+/// Waits until one of `fds` is readable or `timeout` passes; readability per fd.
+fn wait_readable(fds: [Option<RawFd>; 2], timeout: Duration) -> anyhow::Result<[bool; 2]> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.unwrap_or(-1),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = i32::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+    // SAFETY: `pfds` is a valid array of two pollfds; negative fds are ignored by poll.
+    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), 2, ms) };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e.into());
+        }
+        return Ok([false, false]);
+    }
+    Ok([pfds[0].revents != 0, pfds[1].revents != 0])
+}
+
+/// Hands what the NFLOG socket holds to the pipeline, without waiting.
+fn read_nflog(
+    source: &mut NflogSocket,
+    pipeline: &mut Pipeline,
+    clock: &WallClock,
+    decode_log: &mut RateLimit,
+) -> anyhow::Result<()> {
+    let mut seen = 0u32;
+    let mut packet_now = clock.now_ms();
+    source.recv_batch(Some(Duration::ZERO), |meta, payload| {
+        // One clock read per 64 packets: the kernel batches anyway, and flow times need
+        // millisecond resolution only.
+        if seen.is_multiple_of(64) {
+            packet_now = clock.now_ms();
+        }
+        seen = seen.wrapping_add(1);
+        if let Err(e) = pipeline.handle(meta, payload, packet_now) {
+            if let Some(held) = decode_log.allow() {
+                tracing::warn!(group = meta.group, error = %e, similar_held_back = held, "packet skipped");
+            }
+        }
+    })?;
+    Ok(())
+}
+
 /// Runs the live probe until `stop` is set, then drains: unbinds the groups (the kernel
-/// flushes their pending batches), counts the last packets, flushes the cache with end
-/// reason "forced end" and sends the last messages.
-pub fn run_live(
-    cfg: &Config,
-    source: NflogSocket,
-    stop: &AtomicBool,
-) -> anyhow::Result<RunSummary> {
+/// flushes their pending batches), counts the last packets, reads and zeroes the conntrack
+/// counters, flushes the cache with end reason "forced end" and sends the last messages.
+pub fn run_live(cfg: &Config, sources: Sources, stop: &AtomicBool) -> anyhow::Result<RunSummary> {
     let clock = WallClock::start();
     let mut exporters = Exporters::open(cfg)?;
     let labels = cfg.groups.iter().map(|g| (g.id, g.label.clone())).collect();
     let mut pipeline = Pipeline::new(cache_config(cfg, labels));
-    let mut source = source;
+    let Sources {
+        nflog: mut source,
+        mut conntrack,
+    } = sources;
     let mut decode_log = RateLimit::new(Duration::from_secs(10));
     // Tunnel names from charon, looked up per exported record (never per packet).
     let vici = cfg
@@ -308,7 +413,10 @@ pub fn run_live(
     let stats_every = cfg.stats_interval.as_millis() as u64;
     let meta_every = 10_000u64;
     let mut now = clock.now_ms();
-    exporters.set_meta(&export_meta(cfg, Some(source.stats())));
+    let meta = |s: Option<&NflogSocket>, c: Option<&ConntrackSource>| {
+        live_meta(cfg, s.map(|s| s.stats()), c.map(|c| c.summary()))
+    };
+    exporters.set_meta(&meta(source.as_ref(), conntrack.as_ref()));
     let mut next_stats = now + stats_every;
     let mut next_meta = now + meta_every;
 
@@ -316,6 +424,7 @@ pub fn run_live(
         let deadline = [
             pipeline.next_deadline(),
             exporters.next_deadline(),
+            conntrack.as_ref().map(|c| c.next_deadline()),
             Some(next_stats),
             Some(next_meta),
         ]
@@ -325,52 +434,118 @@ pub fn run_live(
         .unwrap_or(now + 1000);
         // Wake at least every 250 ms to notice a stop request.
         let wait = Duration::from_millis(deadline.saturating_sub(now).min(250));
-        let mut seen = 0u32;
-        let mut packet_now = now;
-        source.recv_batch(Some(wait), |meta, payload| {
-            // One clock read per 64 packets: the kernel batches anyway, and flow times need
-            // millisecond resolution only.
-            if seen.is_multiple_of(64) {
-                packet_now = clock.now_ms();
-            }
-            seen = seen.wrapping_add(1);
-            if let Err(e) = pipeline.handle(meta, payload, packet_now) {
-                if let Some(held) = decode_log.allow() {
-                    tracing::warn!(group = meta.group, error = %e, similar_held_back = held, "packet skipped");
-                }
-            }
-        })?;
+        let fds = [
+            source.as_ref().map(|s| s.as_raw_fd()),
+            conntrack.as_ref().map(|c| c.fd()),
+        ];
+        let ready = wait_readable(fds, wait)?;
+        // Every turn, readable or not: datagrams that arrived while the groups were being
+        // bound wait in the source, not on the socket (a poll of zero when nothing is there).
+        if let Some(source) = source.as_mut() {
+            read_nflog(source, &mut pipeline, &clock, &mut decode_log)?;
+        }
         now = clock.now_ms();
+        if let Some(ct) = conntrack.as_mut() {
+            let mut sink = |rec: FlowRecord| exporters.push(&rec, now);
+            if ready[1] {
+                ct.recv(now, &mut sink)?;
+            }
+            ct.tick(now, &mut sink)?;
+        }
         pipeline.expire(now, &mut |rec| exporters.push(&named(&vici, rec), now));
         if now >= next_meta {
-            exporters.set_meta(&export_meta(cfg, Some(source.stats())));
+            exporters.set_meta(&meta(source.as_ref(), conntrack.as_ref()));
             next_meta = now + meta_every;
         }
         exporters.tick(now);
         if now >= next_stats {
-            log_stats(&pipeline.stats(), Some(source.stats()), exporters.records);
+            log_stats(
+                &pipeline.stats(),
+                source.as_ref().map(|s| s.stats()),
+                exporters.records,
+            );
+            if let Some(c) = &conntrack {
+                log_conntrack(&c.summary());
+            }
             next_stats = now + stats_every;
         }
     }
 
-    tracing::info!("stopping: unbinding groups and draining their last batches");
-    let final_source = source.shutdown(cfg.shutdown_grace, |meta, payload| {
-        let _ = pipeline.handle(meta, payload, clock.now_ms());
-    })?;
+    tracing::info!(
+        "stopping: unbinding groups, draining their last batches, zeroing conntrack counters"
+    );
+    let final_source = match source {
+        Some(s) => Some(s.shutdown(cfg.shutdown_grace, |meta, payload| {
+            let _ = pipeline.handle(meta, payload, clock.now_ms());
+        })?),
+        None => None,
+    };
     let now = clock.now_ms();
+    let final_ct = match conntrack {
+        Some(c) => Some(c.shutdown(now, &mut |rec| exporters.push(&rec, now))?),
+        None => None,
+    };
     pipeline.flush(now, &mut |rec| exporters.push(&named(&vici, rec), now));
-    exporters.set_meta(&export_meta(cfg, Some(&final_source)));
+    exporters.set_meta(&live_meta(cfg, final_source.as_ref(), final_ct.clone()));
     exporters.finish(now);
     exporters.log_pacing();
     let summary = RunSummary {
         pipeline: pipeline.stats(),
-        source: Some(final_source),
+        source: final_source,
         replay: None,
         exports: exporters.stats(),
         records: exporters.records,
     };
     log_stats(&summary.pipeline, summary.source.as_ref(), summary.records);
+    if let Some(c) = &final_ct {
+        log_conntrack(c);
+    }
     Ok(summary)
+}
+
+/// Options metadata of a live run: the NFLOG groups, then the conntrack labels (scoped by
+/// their observation points, [`crate::conntrack::OBSERVATION_POINT_BASE`] + index).
+fn live_meta(
+    cfg: &Config,
+    nflog: Option<&SourceStats>,
+    ct: Option<ConntrackSummary>,
+) -> ExportMeta {
+    let mut meta = export_meta(cfg, nflog);
+    if let Some(ct) = ct {
+        meta.groups.extend(ct.labels.into_iter().map(|l| GroupMeta {
+            group: l.observation_point,
+            label: l.label,
+            description: "conntrack".into(),
+            packets_total: l.packets,
+            ignored_packets: 0,
+        }));
+    }
+    meta
+}
+
+fn log_conntrack(c: &ConntrackSummary) {
+    let s = &c.socket;
+    tracing::info!(
+        new = s.new_events,
+        update = s.update_events,
+        destroy = s.destroy_events,
+        sweeps = s.sweeps,
+        vanished = s.vanished,
+        unlabelled = c.unlabelled,
+        other_zone = c.other_zone,
+        "conntrack stats"
+    );
+    for l in &c.labels {
+        tracing::info!(label = %l.label, packets = l.packets, bytes = l.bytes, records = l.records, no_counters = l.no_counters, "conntrack label");
+    }
+    if s.enobufs > 0 || s.malformed > 0 || s.read_errors > 0 {
+        tracing::warn!(
+            enobufs = s.enobufs,
+            malformed = s.malformed,
+            read_errors = s.read_errors,
+            "conntrack event losses (each ENOBUFS resynchronised by a sweep): raise [conntrack] rcvbuf"
+        );
+    }
 }
 
 /// Replays a capture through the same pipeline, with the capture's own timestamps as the

@@ -4,6 +4,7 @@
 //!  NFLOG groups      ─► nflog::NflogSocket    ─┐
 //!  pcap/pcapng file  ─► replay::CaptureReader ─┴► (PacketMeta, payload) ─► pipeline::Pipeline
 //!                                          (decode ─► cache::FlowCache) ─► FlowRecord
+//!  conntrack events + counter sweeps ─► conntrack::ConntrackSource ─────────► FlowRecord
 //!                                       ─► export::UdpExporter (IPFIX / v9 / v5 over UDP)
 //! ```
 //!
@@ -12,6 +13,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod conntrack;
 pub mod daemon;
 pub mod decode;
 pub mod export;

@@ -84,6 +84,14 @@ struct Cli {
     #[arg(long, value_name = "RECORDS")]
     max_rate: Option<u32>,
 
+    /// Enable the conntrack source (per-connection kernel counters, labelled by connmark).
+    #[arg(long)]
+    conntrack: bool,
+
+    /// Conntrack label by connmark, e.g. `0x10/0xf0=web` (repeatable; enables conntrack).
+    #[arg(long = "ct-label", value_name = "MARK[/MASK]=LABEL")]
+    ct_labels: Vec<String>,
+
     /// Validate the configuration, print it, and exit (0 when valid, 64 when not).
     #[arg(long)]
     check_config: bool,
@@ -120,6 +128,8 @@ fn main() -> ExitCode {
         application_id: cli.application_id.clone(),
         vici: cli.vici.clone(),
         max_rate: cli.max_rate,
+        conntrack: cli.conntrack,
+        ct_labels: cli.ct_labels.clone(),
     };
     let cfg = match config::load(cli.config.as_deref(), &over) {
         Ok(cfg) => cfg,
@@ -129,8 +139,8 @@ fn main() -> ExitCode {
         }
     };
     if cli.replay.is_none() {
-        if cfg.groups.is_empty() {
-            eprintln!("labelflow-probe: configuration error: no NFLOG group configured (--group ID=LABEL or [[group]])");
+        if cfg.groups.is_empty() && cfg.conntrack.is_none() {
+            eprintln!("labelflow-probe: configuration error: no source: no NFLOG group configured (--group ID=LABEL or [[group]]) and conntrack off (--conntrack, [conntrack])");
             return ExitCode::from(EXIT_CONFIG);
         }
         if cfg.exports.is_empty() {
@@ -168,7 +178,7 @@ fn main() -> ExitCode {
 
 fn run_live(cfg: &config::Config) -> anyhow::Result<()> {
     // Bind first: a group held by another process fails here, naming the group.
-    let source = daemon::open_source(cfg)?;
+    let sources = daemon::open_sources(cfg)?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&stop))?;
@@ -179,8 +189,17 @@ fn run_live(cfg: &config::Config) -> anyhow::Result<()> {
         .map(|g| format!("{}={}", g.id, g.label))
         .collect();
     let targets: Vec<String> = cfg.exports.iter().map(|e| e.target.to_string()).collect();
-    tracing::info!(groups = ?groups, exports = ?targets, vici = ?cfg.vici, "listening");
-    daemon::run_live(cfg, source, &stop)?;
+    let ct_labels: Vec<String> = cfg
+        .conntrack
+        .iter()
+        .flat_map(|c| {
+            c.labels
+                .iter()
+                .map(|l| format!("{:#x}/{:#x}={}", l.value, l.mask, l.label))
+        })
+        .collect();
+    tracing::info!(groups = ?groups, conntrack = ?ct_labels, exports = ?targets, vici = ?cfg.vici, "listening");
+    daemon::run_live(cfg, sources, &stop)?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -16,6 +16,9 @@ pub const PEN_NETFILTER: u32 = 21373;
 /// vendor's. Collectors that do not know an enterprise element skip it by its length
 /// (RFC 7011 section 3.2).
 pub const PEN_LABELFLOW: u32 = 32473;
+/// RFC 5103 section 6.1: the reverse direction's element has the forward element's id under
+/// this enterprise number.
+pub const PEN_REVERSE: u32 = 29305;
 /// RFC 6759 section 4.1 classification engine id 6: "USER-Defined".
 pub const APP_ENGINE_USER_DEFINED: u8 = 6;
 
@@ -46,10 +49,18 @@ pub mod iana {
     pub const OBSERVATION_POINT_ID: u16 = 138;
     pub const ICMP_TYPE_CODE_IPV6: u16 = 139;
     pub const EXPORTING_PROCESS_ID: u16 = 144;
+    pub const FLOW_ID: u16 = 148;
     pub const OBSERVATION_DOMAIN_ID: u16 = 149;
     pub const FLOW_START_MILLISECONDS: u16 = 152;
     pub const FLOW_END_MILLISECONDS: u16 = 153;
     pub const IGNORED_PACKET_TOTAL_COUNT: u16 = 164;
+    pub const POST_NAT_SOURCE_IPV4_ADDRESS: u16 = 225;
+    pub const POST_NAT_DESTINATION_IPV4_ADDRESS: u16 = 226;
+    pub const POST_NAPT_SOURCE_TRANSPORT_PORT: u16 = 227;
+    pub const POST_NAPT_DESTINATION_TRANSPORT_PORT: u16 = 228;
+    pub const BIFLOW_DIRECTION: u16 = 239;
+    pub const POST_NAT_SOURCE_IPV6_ADDRESS: u16 = 281;
+    pub const POST_NAT_DESTINATION_IPV6_ADDRESS: u16 = 282;
     pub const IPSEC_SPI: u16 = 295;
     pub const SAMPLING_PACKET_INTERVAL: u16 = 305;
     pub const SAMPLING_PACKET_SPACE: u16 = 306;
@@ -66,6 +77,10 @@ pub mod netfilter {
 pub mod labelflow {
     /// The IPsec tunnel (IKE connection name) a flow belongs to: string, variable length.
     pub const TUNNEL_NAME: u16 = 1;
+    /// Conntrack zone of the connection (`CTA_ZONE`): unsigned16.
+    pub const CT_ZONE: u16 = 2;
+    /// TCP state of the connection (`enum tcp_conntrack`): unsigned8.
+    pub const CT_TCP_STATE: u16 = 3;
 }
 
 /// One field specifier of a template record (RFC 7011 section 3.2).
@@ -151,6 +166,18 @@ pub enum Ie {
     NetfilterPrefix,
     NetfilterMark,
     TunnelName,
+    FlowId,
+    PostNatSourceIpv4Address,
+    PostNatDestinationIpv4Address,
+    PostNaptSourceTransportPort,
+    PostNaptDestinationTransportPort,
+    BiflowDirection,
+    PostNatSourceIpv6Address,
+    PostNatDestinationIpv6Address,
+    CtZone,
+    CtTcpState,
+    ReverseOctetDeltaCount,
+    ReversePacketDeltaCount,
     Other { id: u16, enterprise: Option<u32> },
 }
 
@@ -192,6 +219,14 @@ impl Ie {
                 SAMPLING_PACKET_INTERVAL => Ie::SamplingPacketInterval,
                 SAMPLING_PACKET_SPACE => Ie::SamplingPacketSpace,
                 USER_NAME => Ie::UserName,
+                FLOW_ID => Ie::FlowId,
+                POST_NAT_SOURCE_IPV4_ADDRESS => Ie::PostNatSourceIpv4Address,
+                POST_NAT_DESTINATION_IPV4_ADDRESS => Ie::PostNatDestinationIpv4Address,
+                POST_NAPT_SOURCE_TRANSPORT_PORT => Ie::PostNaptSourceTransportPort,
+                POST_NAPT_DESTINATION_TRANSPORT_PORT => Ie::PostNaptDestinationTransportPort,
+                BIFLOW_DIRECTION => Ie::BiflowDirection,
+                POST_NAT_SOURCE_IPV6_ADDRESS => Ie::PostNatSourceIpv6Address,
+                POST_NAT_DESTINATION_IPV6_ADDRESS => Ie::PostNatDestinationIpv6Address,
                 _ => Ie::Other { id, enterprise },
             },
             Some(PEN_NETFILTER) => match id {
@@ -201,6 +236,13 @@ impl Ie {
             },
             Some(PEN_LABELFLOW) => match id {
                 labelflow::TUNNEL_NAME => Ie::TunnelName,
+                labelflow::CT_ZONE => Ie::CtZone,
+                labelflow::CT_TCP_STATE => Ie::CtTcpState,
+                _ => Ie::Other { id, enterprise },
+            },
+            Some(PEN_REVERSE) => match id {
+                OCTET_DELTA_COUNT => Ie::ReverseOctetDeltaCount,
+                PACKET_DELTA_COUNT => Ie::ReversePacketDeltaCount,
                 _ => Ie::Other { id, enterprise },
             },
             Some(_) => Ie::Other { id, enterprise },

@@ -34,4 +34,4 @@ pub mod template;
 pub mod v5;
 pub mod v9;
 
-pub use record::{Direction, EndReason, FlowRecord};
+pub use record::{BiflowDirection, ConnInfo, Direction, EndReason, FlowRecord};

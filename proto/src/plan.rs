@@ -375,6 +375,7 @@ impl<'a> FlowView<'a> {
             nflog_prefix: self.raw(Slot::Prefix).map(clean_text),
             sampling_interval: sampling_of(ctx),
             tunnel: text(self.raw(Slot::Tunnel)),
+            conntrack: None,
         }
     }
 }

@@ -117,6 +117,106 @@ pub struct FlowRecord {
     /// The IPsec tunnel (IKE connection) the flow belongs to, as the IKE daemon names it:
     /// ESP on the wire by SPI, IKE and keepalives by peer, inner traffic by traffic selector.
     pub tunnel: Option<String>,
+    /// What a connection-tracking source adds: the addresses after NAT, zone, TCP state.
+    pub conntrack: Option<ConnInfo>,
+}
+
+/// RFC 5103 `biflowDirection` (IE 239): which side of the connection sent the packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BiflowDirection {
+    /// 1: the connection's initiator (conntrack's original direction).
+    Initiator,
+    /// 2: the responder (conntrack's reply direction).
+    ReverseInitiator,
+    /// Any other value seen on the wire (0 arbitrary, 3 perimeter).
+    Other(u8),
+}
+
+impl BiflowDirection {
+    pub fn code(self) -> u8 {
+        match self {
+            BiflowDirection::Initiator => 1,
+            BiflowDirection::ReverseInitiator => 2,
+            BiflowDirection::Other(n) => n,
+        }
+    }
+    pub fn from_code(code: u8) -> Self {
+        match code {
+            1 => BiflowDirection::Initiator,
+            2 => BiflowDirection::ReverseInitiator,
+            n => BiflowDirection::Other(n),
+        }
+    }
+}
+
+/// The connection a record belongs to, as the kernel's connection tracking sees it.
+///
+/// `src_addr`/`dst_addr` of the record are the packets' addresses as they arrived; the
+/// `post_nat_*` fields are the same packets' addresses as they left, after NAT
+/// (`postNATSourceIPv4Address` 225, `postNATDestinationIPv4Address` 226,
+/// `postNAPTSourceTransportPort` 227, `postNAPTDestinationTransportPort` 228, IPv6 281 / 282).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnInfo {
+    pub post_nat_src: IpAddr,
+    pub post_nat_dst: IpAddr,
+    pub post_napt_src_port: u16,
+    pub post_napt_dst_port: u16,
+    /// Which side of the connection this record counts.
+    pub direction: BiflowDirection,
+    /// Conntrack zone (`CTA_ZONE`; 0 = the default zone).
+    pub zone: u16,
+    /// TCP state (`enum tcp_conntrack`: 3 established, 7 time-wait, 8 close, ...); `None`
+    /// for other protocols.
+    pub tcp_state: Option<u8>,
+    /// The kernel's connection id (`CTA_ID`), exported as `flowId` (IE 148).
+    pub conn_id: u32,
+    /// A biflow (RFC 5103): the reply direction's octets and packets
+    /// (`reverseOctetDeltaCount` / `reversePacketDeltaCount`, enterprise 29305), the record's
+    /// own counters and addresses being the original direction's. `None`: unidirectional.
+    pub reverse: Option<(u64, u64)>,
+    /// ICMP type and code of the reply direction (echo reply for an echo request), for
+    /// [`FlowRecord::unidirectional`]; not exported.
+    pub reply_icmp_type_code: u16,
+}
+
+impl FlowRecord {
+    /// A biflow as its two unidirectional records (original, then reply direction; a
+    /// direction without octets and packets gives `None`). A record that is no biflow comes
+    /// back as it is, first.
+    ///
+    /// The reply direction arrives with the original direction's post-NAT addresses and
+    /// ports swapped, and leaves with the original direction's own swapped.
+    pub fn unidirectional(&self) -> [Option<FlowRecord>; 2] {
+        let Some(c) = self.conntrack.filter(|c| c.reverse.is_some()) else {
+            return [Some(self.clone()), None];
+        };
+        let (rev_bytes, rev_packets) = c.reverse.unwrap_or((0, 0));
+        let forward = (self.bytes != 0 || self.packets != 0).then(|| FlowRecord {
+            conntrack: Some(ConnInfo { reverse: None, ..c }),
+            ..self.clone()
+        });
+        let reply = (rev_bytes != 0 || rev_packets != 0).then(|| FlowRecord {
+            src_addr: c.post_nat_dst,
+            dst_addr: c.post_nat_src,
+            src_port: c.post_napt_dst_port,
+            dst_port: c.post_napt_src_port,
+            icmp_type_code: c.reply_icmp_type_code,
+            bytes: rev_bytes,
+            packets: rev_packets,
+            conntrack: Some(ConnInfo {
+                post_nat_src: self.dst_addr,
+                post_nat_dst: self.src_addr,
+                post_napt_src_port: self.dst_port,
+                post_napt_dst_port: self.src_port,
+                direction: BiflowDirection::ReverseInitiator,
+                reverse: None,
+                reply_icmp_type_code: self.icmp_type_code,
+                ..c
+            }),
+            ..self.clone()
+        });
+        [forward, reply]
+    }
 }
 
 impl Default for FlowRecord {
@@ -147,6 +247,7 @@ impl Default for FlowRecord {
             nflog_prefix: None,
             sampling_interval: 1,
             tunnel: None,
+            conntrack: None,
         }
     }
 }

@@ -103,7 +103,7 @@ const fn i(id: u16, len: u16) -> FieldSpec {
 }
 
 macro_rules! flow_fields {
-    ($src:expr, $dst:expr, $icmp:expr, $alen:expr, $app_id_len:expr) => {
+    ($src:expr, $dst:expr, $icmp:expr, $alen:expr, $app_id_len:expr $(, $extra:expr)*) => {
         &[
             i(iana::OBSERVATION_POINT_ID, 4),
             i(iana::APPLICATION_ID, $app_id_len),
@@ -129,9 +129,17 @@ macro_rules! flow_fields {
             i(iana::USER_NAME, VARLEN),
             FieldSpec::enterprise(PEN_NETFILTER, netfilter::PREFIX, VARLEN),
             FieldSpec::enterprise(PEN_LABELFLOW, labelflow::TUNNEL_NAME, VARLEN),
+            $($extra,)*
         ]
     };
 }
+
+mod nat;
+pub use nat::{
+    conntrack_templates, write_conntrack_templates_with, FLOW_BI_V4, FLOW_BI_V4_ID, FLOW_BI_V6,
+    FLOW_BI_V6_ID, FLOW_CT_V4, FLOW_CT_V4_ID, FLOW_CT_V4_VARLEN_APP_ID, FLOW_CT_V6, FLOW_CT_V6_ID,
+    FLOW_CT_V6_VARLEN_APP_ID,
+};
 
 pub const FLOW_V4: TemplateDef = TemplateDef {
     id: FLOW_V4_ID,
@@ -257,6 +265,9 @@ pub fn flow_template(rec: &FlowRecord) -> &'static TemplateDef {
 
 /// The data template a record goes into, with `applicationId` encoded as `app_id`.
 pub fn flow_template_with(rec: &FlowRecord, app_id: AppIdEncoding) -> &'static TemplateDef {
+    if rec.conntrack.is_some() {
+        return nat::template(rec, app_id);
+    }
     match (rec.src_addr, app_id) {
         (IpAddr::V4(_), AppIdEncoding::Rfc6759) => &FLOW_V4,
         (IpAddr::V6(_), AppIdEncoding::Rfc6759) => &FLOW_V6,
@@ -283,6 +294,7 @@ pub fn flow_record_len_with(rec: &FlowRecord, app_id: AppIdEncoding) -> usize {
         + varlen_size(opt_str(&rec.user_name).len().max(1))
         + varlen_size(opt_str(&rec.nflog_prefix).len().max(1))
         + varlen_size(opt_str(&rec.tunnel).len().max(1))
+        + rec.conntrack.map_or(0, |_| nat::extra_len(rec))
 }
 
 struct Out<'a> {
@@ -369,6 +381,9 @@ pub fn emit_flow_with(rec: &FlowRecord, app_id: AppIdEncoding, out: &mut [u8]) {
     o.varlen(opt_str(&rec.user_name));
     o.varlen(opt_str(&rec.nflog_prefix));
     o.varlen(opt_str(&rec.tunnel));
+    if let Some(c) = &rec.conntrack {
+        nat::emit_extra(c, v6, &mut o);
+    }
 }
 
 /// Writes the data record for `rec` into the writer; false when it does not fit.
@@ -628,7 +643,7 @@ pub fn decode_flow(rec: &Record<'_>, domain: u32) -> FlowRecord {
             Ie::UserName => f.user_name = non_empty(v),
             Ie::NetfilterPrefix => f.nflog_prefix = non_empty(v),
             Ie::TunnelName => f.tunnel = non_empty(v),
-            _ => {}
+            ie => nat::decode_field(&mut f, ie, v, n),
         }
     }
     f

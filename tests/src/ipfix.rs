@@ -33,6 +33,26 @@ pub struct Flow {
     pub bytes: u64,
     /// labelflow's `tunnelName` (enterprise element, PEN 32473, id 1).
     pub tunnel: Option<String>,
+    /// Addresses and ports (IPv4 or IPv6 elements).
+    pub src: Option<std::net::IpAddr>,
+    pub dst: Option<std::net::IpAddr>,
+    pub src_port: Option<u16>,
+    pub dst_port: Option<u16>,
+    /// The NAT elements (225-228, 281/282) and `biflowDirection` (239) of conntrack records.
+    pub nat: Option<NatView>,
+}
+
+/// What a record says about the addresses after NAT.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatView {
+    pub post_src: Option<std::net::IpAddr>,
+    pub post_dst: Option<std::net::IpAddr>,
+    pub post_src_port: Option<u16>,
+    pub post_dst_port: Option<u16>,
+    /// 1 initiator (original direction), 2 reverse initiator (reply direction).
+    pub biflow_direction: Option<u8>,
+    /// RFC 5103 reverse counters of a biflow (enterprise 29305): octets, packets.
+    pub reverse: Option<(u64, u64)>,
 }
 
 /// Accumulates everything decoded from a stream of export datagrams.
@@ -199,9 +219,62 @@ fn iana_number(f: IANAIPFixField) -> Option<u16> {
     })
 }
 
+fn ip_of(v: &FieldValue) -> Option<std::net::IpAddr> {
+    match v {
+        FieldValue::Ip4Addr(a) => Some((*a).into()),
+        FieldValue::Ip6Addr(a) => Some((*a).into()),
+        _ => None,
+    }
+}
+
+/// Addresses, ports and the conntrack elements of a record.
+fn addresses_of(f: &mut Flow, field: IANAIPFixField, v: &FieldValue) {
+    use IANAIPFixField as F;
+    let port = || number(v).map(|p| p as u16);
+    match field {
+        F::SourceIpv4address | F::SourceIpv6address => f.src = ip_of(v),
+        F::DestinationIpv4address | F::DestinationIpv6address => f.dst = ip_of(v),
+        F::SourceTransportPort => f.src_port = port(),
+        F::DestinationTransportPort => f.dst_port = port(),
+        F::PostNatsourceIpv4address | F::PostNatsourceIpv6address => {
+            f.nat.get_or_insert_with(NatView::default).post_src = ip_of(v)
+        }
+        F::PostNatdestinationIpv4address | F::PostNatdestinationIpv6address => {
+            f.nat.get_or_insert_with(NatView::default).post_dst = ip_of(v)
+        }
+        F::PostNaptsourceTransportPort => {
+            f.nat.get_or_insert_with(NatView::default).post_src_port = port()
+        }
+        F::PostNaptdestinationTransportPort => {
+            f.nat.get_or_insert_with(NatView::default).post_dst_port = port()
+        }
+        F::BiflowDirection => {
+            f.nat.get_or_insert_with(NatView::default).biflow_direction = number(v).map(|d| d as u8)
+        }
+        _ => {}
+    }
+}
+
 fn flow_of(rec: &[IPFixFieldPair]) -> Flow {
     let mut f = flow_of_numbered(&numbered(rec));
     for (field, v) in rec {
+        if let IPFixField::IANA(x) = field {
+            addresses_of(&mut f, *x, v);
+        }
+        if let IPFixField::ReverseInformationElement(r) = field {
+            use netflow_parser::variable_versions::ipfix::lookup::ReverseInformationElement as R;
+            let n = number(v).unwrap_or(0);
+            let rev = f
+                .nat
+                .get_or_insert_with(NatView::default)
+                .reverse
+                .get_or_insert((0, 0));
+            match r {
+                R::ReverseOctetDeltaCount => rev.0 = n,
+                R::ReversePacketDeltaCount => rev.1 = n,
+                _ => {}
+            }
+        }
         if let IPFixField::Enterprise {
             enterprise_number: labelflow_pen::PEN,
             field_number: labelflow_pen::TUNNEL_NAME,

@@ -9,6 +9,7 @@
 //!   ruleset::load_files(..); ruleset::all_counters(..)  ── an example's own rules, every counter
 //!   tunnel::run_ipsec_mix(..)  ── tunnel traffic paired with its ESP packets
 //!   ipfix::ExportLog  ── what the probe exported, decoded by netflow_parser
+//!   conntrack::load(&lab)  ── masquerade + ct mark labels, counters per mark and direction
 //! ```
 //!
 //! The same code drives the tests in `tests/`, and the `labelflow-lab` binary used by the
@@ -25,6 +26,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod conntrack;
 pub mod ipfix;
 pub mod ipsec_lab;
 pub mod lab;

@@ -525,6 +525,7 @@ impl FlowCache {
                 .then(|| String::from_utf8_lossy(&a.prefix).into_owned()),
             sampling_interval: 1,
             tunnel: None,
+            conntrack: None,
         }
     }
 

@@ -113,6 +113,7 @@ fn packets_of_one_flow_make_one_record() {
             nflog_prefix: Some("out".into()),
             sampling_interval: 1,
             tunnel: None,
+            conntrack: None,
         }]
     );
     assert!(c.is_empty());

@@ -27,6 +27,8 @@ pub struct ExportConfig {
     /// How IPFIX data records carry `applicationId` (default RFC 6759's fixed 5 octets;
     /// see [`AppIdEncoding`] for which collector needs which).
     pub app_id: AppIdEncoding,
+    /// Also announce the conntrack data templates (262, 263; the conntrack source is on).
+    pub conntrack: bool,
 }
 
 /// Default largest datagram payload, octets.
@@ -45,6 +47,7 @@ impl Default for ExportConfig {
             template_every: DEFAULT_TEMPLATE_EVERY,
             max_delay: Duration::from_secs(1),
             app_id: AppIdEncoding::Rfc6759,
+            conntrack: false,
         }
     }
 }
@@ -255,6 +258,24 @@ impl ExportState {
             Writer::V5(..) => true,
         };
         debug_assert!(ok, "templates fit in the smallest MTU");
+        if let (Writer::Ipfix(_), true) = (&self.writer, self.cfg.conntrack) {
+            for t in template::conntrack_templates(self.cfg.app_id) {
+                for attempt in 0..2 {
+                    let Writer::Ipfix(w) = &mut self.writer else {
+                        break;
+                    };
+                    if w.write_template(t) {
+                        break;
+                    }
+                    if attempt == 0 {
+                        // Templates may continue in the next message (RFC 7011 section 8.4
+                        // over UDP: they only have to come before the data that uses them).
+                        self.emit(sink);
+                        self.reopen_without_templates(now_ms);
+                    }
+                }
+            }
+        }
         let domain = self.cfg.domain;
         for o in self.options() {
             for attempt in 0..2 {
@@ -324,7 +345,10 @@ impl ExportState {
                 self.emit(&mut sink);
             }
         }
-        for _ in 0..2 {
+        // Three tries: the open message may be full; a new one may then be filled by the
+        // templates and options it starts with (the conntrack templates make them nearly an
+        // MTU); the one after that carries data only.
+        for _ in 0..3 {
             if self.open_since.is_none() {
                 self.begin(now_ms, group, &mut sink);
             }

@@ -192,6 +192,13 @@ fn group_holder(group: u16) -> Option<u32> {
     })
 }
 
+impl AsRawFd for NflogSocket {
+    /// The socket, for waiting on it beside other sources.
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
 impl NflogSocket {
     /// Opens the socket, sizes its receive buffer and binds every group (copy mode, sequence
     /// numbers, batching), waiting for the kernel to acknowledge each. Fails on the first

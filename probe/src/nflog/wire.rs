@@ -272,6 +272,11 @@ impl<'a> AttrIter<'a> {
             failed: false,
         }
     }
+
+    /// Offset in the buffer of the attribute `next` returns.
+    pub fn offset(&self) -> usize {
+        self.pos
+    }
 }
 
 impl<'a> Iterator for AttrIter<'a> {

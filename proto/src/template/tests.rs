@@ -195,6 +195,7 @@ prop_compose! {
             nflog_prefix,
             sampling_interval: 1,
             tunnel,
+            conntrack: None,
         }
     }
 }

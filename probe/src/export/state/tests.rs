@@ -318,3 +318,73 @@ fn send_options_carries_current_counters() {
         ignored_packets: 99
     }));
 }
+
+#[test]
+fn conntrack_records_are_all_exported_and_decoded_across_template_refreshes() {
+    use labelflow_proto::{BiflowDirection, ConnInfo};
+    let mut st = ExportState::new(
+        Format::Ipfix,
+        ExportConfig {
+            domain: 1,
+            template_every: 5,
+            conntrack: true,
+            ..ExportConfig::default()
+        },
+    );
+    st.set_meta(ExportMeta {
+        groups: (0..3)
+            .map(|i| GroupMeta {
+                group: 0x1_0000 + i,
+                label: format!("label{i}"),
+                description: "conntrack".into(),
+                packets_total: 0,
+                ignored_packets: 0,
+            })
+            .collect(),
+        interfaces: ["lo", "wan", "lan"]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| InterfaceMeta {
+                ifindex: i as u32 + 1,
+                name: (*name).into(),
+                description: String::new(),
+            })
+            .collect(),
+    });
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let n = 20_000u32;
+    for i in 0..n {
+        let mut r = rec(i, i % 7 == 0);
+        r.conntrack = Some(ConnInfo {
+            post_nat_src: r.dst_addr,
+            post_nat_dst: r.src_addr,
+            post_napt_src_port: 1,
+            post_napt_dst_port: 2,
+            direction: BiflowDirection::Initiator,
+            zone: 0,
+            tcp_state: None,
+            conn_id: i,
+            reverse: None,
+            reply_icmp_type_code: 0,
+        });
+        let now = 1_000 + u64::from(i) * 7;
+        st.push(&r, now, |b| out.push(b.to_vec()));
+        if i % 13 == 0 {
+            st.tick(now, |b| out.push(b.to_vec()));
+        }
+    }
+    st.flush(|b| out.push(b.to_vec()));
+    assert_eq!((st.stats().records, st.stats().skipped), (u64::from(n), 0));
+    let mut dec = Decoder::default();
+    let (mut flows, mut opts) = (Vec::new(), Vec::new());
+    for m in &out {
+        dec.decode(
+            &Message::new_checked(&m[..]).unwrap(),
+            &mut flows,
+            &mut opts,
+        )
+        .unwrap();
+    }
+    assert_eq!(flows.len(), n as usize);
+    assert!(flows.iter().all(|f| f.conntrack.is_some()));
+}

@@ -31,6 +31,9 @@ use labelflow_tests::rules::{self, Firewall};
 use labelflow_tests::traffic::{Sender, TcpExchange};
 use labelflow_tests::{process, ruleset, traffic, tunnel};
 
+mod side;
+use side::{conntrack_cmd, sink};
+
 #[derive(Parser, Debug)]
 #[command(
     name = "labelflow-lab",
@@ -219,6 +222,20 @@ enum Cmd {
         #[arg(long)]
         gid: Option<u32>,
     },
+    /// The conntrack scenario in the gateway: `load` masquerade + ct mark labels (tcp, udp,
+    /// icmp) with counters per mark and direction; `counters` prints `LABEL DIR PACKETS
+    /// BYTES`; `ready` waits until a process listens to every conntrack event group; `flood`
+    /// opens --count UDP connections LAN -> Internet peer (ports 20000 up, dropped there).
+    Conntrack {
+        #[arg(long)]
+        lab: String,
+        #[arg(value_parser = ["load", "counters", "ready", "flood"])]
+        action: String,
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+        #[arg(long, default_value_t = 10_000)]
+        count: u16,
+    },
     /// Receive flow export (IPFIX / NetFlow v9) on a UDP port until SIGTERM/SIGINT, then
     /// print a JSON summary (datagrams, flows, packets, bytes, per group, ignored packets).
     Sink {
@@ -367,6 +384,12 @@ fn run(cli: Cli) -> Result<()> {
             gid,
         } => send_cmd(lab, kind, from, src, to, dst, count, size, reply, gid)?,
         Cmd::Sink { ns, bind, out } => sink(ns.as_deref(), bind, out.as_deref())?,
+        Cmd::Conntrack {
+            lab,
+            action,
+            timeout,
+            count,
+        } => conntrack_cmd(&lab, &action, timeout, count)?,
         Cmd::TrafgenConf { lab } => {
             let lab = Lab::attach(&lab)?;
             print!("{}", trafgen_conf(&lab)?);
@@ -431,77 +454,6 @@ fn parse_spi(s: &str) -> Result<u32> {
         None => s.parse(),
     };
     v.with_context(|| format!("bad SPI {s:?}"))
-}
-
-fn sink(ns: Option<&str>, bind: std::net::SocketAddr, out: Option<&std::path::Path>) -> Result<()> {
-    use labelflow_tests::{ipfix::ExportLog, netns};
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, std::sync::Arc::clone(&stop))
-            .with_context(|| format!("signal handler for {sig}"))?;
-    }
-    let sock = match ns {
-        Some(ns) => netns::udp_socket(ns, bind, Some(32 << 20))?,
-        None => {
-            let s = std::net::UdpSocket::bind(bind).with_context(|| format!("bind {bind}"))?;
-            netns::force_rcvbuf(&socket2::SockRef::from(&s), 32 << 20)?;
-            s
-        }
-    };
-    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
-    let mut log = ExportLog::new();
-    let mut buf = vec![0u8; 65_536];
-    // After a stop signal, drain what is already queued, then finish.
-    loop {
-        match sock.recv(&mut buf) {
-            Ok(n) => log.feed(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) =>
-            {
-                if stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    break;
-                }
-            }
-            Err(e) => return Err(e).context("recv"),
-        }
-    }
-    let total = log
-        .totals_by_group()
-        .values()
-        .fold(rules::Counter::default(), |mut a, c| {
-            a += *c;
-            a
-        });
-    let by_group: serde_json::Map<String, serde_json::Value> = log
-        .totals_by_group()
-        .iter()
-        .map(|(g, c)| {
-            (
-                g.map_or("none".to_owned(), |g| g.to_string()),
-                serde_json::json!({"packets": c.packets, "bytes": c.bytes}),
-            )
-        })
-        .collect();
-    let summary = serde_json::json!({
-        "datagrams": log.datagrams,
-        "decode_errors": log.errors.len(),
-        "flows": log.flows.len(),
-        "packets": total.packets,
-        "bytes": total.bytes,
-        "by_group": by_group,
-        "ignored": log.ignored.iter().map(|(g, n)| (g.to_string(), serde_json::json!(n))).collect::<serde_json::Map<_, _>>(),
-    });
-    match out {
-        Some(p) => std::fs::write(p, format!("{summary}\n"))
-            .with_context(|| format!("write {}", p.display()))?,
-        None => println!("{summary}"),
-    }
-    Ok(())
 }
 
 fn trafgen_conf(lab: &Lab) -> Result<String> {
