@@ -22,3 +22,4 @@ pub mod nflog;
 pub mod packet;
 pub mod pipeline;
 pub mod replay;
+mod sockio;

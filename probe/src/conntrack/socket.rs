@@ -16,12 +16,9 @@ use super::wire::{
 };
 use super::{CtError, CtSocketStats};
 use crate::nflog::wire::{NlAck, NlMsgIter, NLMSG_DONE, NLMSG_ERROR, NLMSG_OVERRUN};
+use crate::sockio;
+use rustix::net::RecvFlags;
 
-/// `SOL_NETLINK` / `NETLINK_BROADCAST_ERROR`: a multicast that cannot be queued to this
-/// socket fails in the sender, so conntrack keeps a DESTROY event and delivers it again
-/// (reliable event delivery, as `conntrackd`'s `NetlinkEventsReliable` uses it).
-const SOL_NETLINK: i32 = 270;
-const NETLINK_BROADCAST_ERROR: i32 = 4;
 /// Counter reads sent before their answers are read: answers to queued requests must fit in
 /// the receive buffer (a unicast answer that does not fit is dropped after the counters were
 /// zeroed), at ~1-4 KiB each.
@@ -56,59 +53,17 @@ pub struct CtSocket {
     resync_due: bool,
 }
 
-fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
-    // SAFETY: `value` outlives the call and its size is passed along.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn size_rcvbuf(fd: RawFd, bytes: usize) -> io::Result<()> {
-    // The kernel doubles the value for bookkeeping; SO_RCVBUFFORCE ignores rmem_max.
-    let want = i32::try_from(bytes / 2).unwrap_or(i32::MAX);
-    if setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, want).is_err() {
-        setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, want)?;
-    }
-    Ok(())
-}
-
-/// One `recv`; `Ok(None)` when nothing is queued (non-blocking) .
-fn recv(fd: RawFd, buf: &mut [u8], flags: i32) -> io::Result<Option<usize>> {
-    loop {
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
-        let rc = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
-        if rc >= 0 {
-            return Ok(Some(rc as usize));
-        }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::Interrupted => continue,
-            io::ErrorKind::WouldBlock => return Ok(None),
-            _ => return Err(e),
-        }
-    }
-}
-
 impl CtSocket {
     /// Opens both sockets: the event socket subscribed to NEW, UPDATE and DESTROY with
     /// reliable delivery and a `rcvbuf`-byte receive buffer.
     pub fn open(rcvbuf: usize) -> Result<Self, CtError> {
         let mut events = Socket::new(NETLINK_NETFILTER).map_err(CtError::Socket)?;
         events.bind_auto().map_err(CtError::Socket)?;
-        size_rcvbuf(events.as_raw_fd(), rcvbuf).map_err(CtError::Socket)?;
-        setsockopt_int(events.as_raw_fd(), SOL_NETLINK, NETLINK_BROADCAST_ERROR, 1)
-            .map_err(CtError::Socket)?;
+        sockio::size_rcvbuf(&events, rcvbuf).map_err(CtError::Socket)?;
+        // NETLINK_BROADCAST_ERROR: a multicast that cannot be queued to this socket fails
+        // in the sender, so conntrack keeps a DESTROY event and delivers it again (reliable
+        // event delivery, as conntrackd's `NetlinkEventsReliable` uses it).
+        events.set_broadcast_error(true).map_err(CtError::Socket)?;
         for g in [
             NFNLGRP_CONNTRACK_NEW,
             NFNLGRP_CONNTRACK_UPDATE,
@@ -118,24 +73,8 @@ impl CtSocket {
         }
         let mut dump = Socket::new(NETLINK_NETFILTER).map_err(CtError::Socket)?;
         dump.bind_auto().map_err(CtError::Socket)?;
-        size_rcvbuf(dump.as_raw_fd(), 4 << 20).map_err(CtError::Socket)?;
-        let tv = libc::timeval {
-            tv_sec: DUMP_TIMEOUT.as_secs() as libc::time_t,
-            tv_usec: 0,
-        };
-        // SAFETY: `tv` outlives the call and its size is passed along.
-        let rc = unsafe {
-            libc::setsockopt(
-                dump.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(CtError::Socket(io::Error::last_os_error()));
-        }
+        sockio::size_rcvbuf(&dump, 4 << 20).map_err(CtError::Socket)?;
+        sockio::set_recv_timeout(&dump, DUMP_TIMEOUT).map_err(CtError::Socket)?;
         Ok(CtSocket {
             events,
             dump,
@@ -169,10 +108,9 @@ impl CtSocket {
         &mut self,
         mut on_entry: impl FnMut(&CtEntry<'_>),
     ) -> Result<usize, CtError> {
-        let fd = self.events.as_raw_fd();
         let mut n = 0;
         for _ in 0..MAX_DATAGRAMS_PER_CALL {
-            let len = match recv(fd, &mut self.buf, libc::MSG_DONTWAIT) {
+            let len = match sockio::recv(&self.events, &mut self.buf, RecvFlags::DONTWAIT) {
                 Ok(Some(len)) => len.min(self.buf.len()),
                 Ok(None) => break,
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
@@ -270,7 +208,7 @@ impl CtSocket {
 
     /// One answer datagram from the dump socket, waiting at most [`DUMP_TIMEOUT`].
     fn recv_dump(&mut self) -> Result<usize, CtError> {
-        match recv(self.dump.as_raw_fd(), &mut self.buf, 0) {
+        match sockio::recv(&self.dump, &mut self.buf, RecvFlags::empty()) {
             Ok(Some(len)) => Ok(len.min(self.buf.len())),
             Ok(None) => Err(CtError::Recv(io::Error::new(
                 io::ErrorKind::TimedOut,

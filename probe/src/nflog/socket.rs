@@ -15,6 +15,8 @@ use super::stats::SourceStats;
 use super::wire::{self, NlAck, NlMsgIter, NFLOG_PACKET_TYPE, NLMSG_ERROR, NLMSG_OVERRUN};
 use super::{GroupConfig, NflogConfig, NflogError, Request, MAX_NLBUFSIZ};
 use crate::packet::PacketMeta;
+use crate::sockio;
+use rustix::net::RecvFlags;
 
 /// Datagrams read per `recv_batch` call at most, so a busy socket still lets the caller run
 /// its timers.
@@ -95,90 +97,6 @@ fn validate(config: &NflogConfig) -> Result<(), NflogError> {
     Ok(())
 }
 
-fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
-    // SAFETY: `value` outlives the call and its size is passed along.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn getsockopt_int(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
-    let mut value: i32 = 0;
-    let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
-    // SAFETY: `value` and `len` are valid for writes of the sizes given.
-    let rc =
-        unsafe { libc::getsockopt(fd, level, name, (&mut value as *mut i32).cast(), &mut len) };
-    if rc == 0 {
-        Ok(value)
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Waits until `fd` is readable or `timeout` passes (`None`: forever). Returns readability.
-fn poll_readable(fd: RawFd, timeout: Option<Duration>) -> io::Result<bool> {
-    let ms: i32 = match timeout {
-        None => -1,
-        Some(d) => {
-            // Round up so a short timeout does not turn into a busy loop of 0 ms polls.
-            let ms = d.as_micros().div_ceil(1000);
-            i32::try_from(ms).unwrap_or(i32::MAX)
-        }
-    };
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    loop {
-        // SAFETY: one valid pollfd.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if rc >= 0 {
-            return Ok(rc > 0);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
-/// One non-blocking `recv`. `Ok(None)`: nothing queued. The returned length is the real
-/// datagram length (MSG_TRUNC), which may exceed `buf`.
-fn recv_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
-    loop {
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
-        let rc = unsafe {
-            libc::recv(
-                fd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-            )
-        };
-        if rc >= 0 {
-            return Ok(Some(rc as usize));
-        }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::Interrupted => continue,
-            io::ErrorKind::WouldBlock => return Ok(None),
-            _ => return Err(e),
-        }
-    }
-}
-
 /// Who holds `group` in this thread's network namespace, from
 /// `/proc/thread-self/net/netfilter/nfnetlink_log` (columns: group, portid, qlen, copy mode,
 /// copy range, flush timeout, refcount).
@@ -209,16 +127,8 @@ impl NflogSocket {
         validate(config)?;
         let mut sock = Socket::new(NETLINK_NETFILTER).map_err(NflogError::Socket)?;
         let addr = sock.bind_auto().map_err(NflogError::Socket)?;
-        let fd = sock.as_raw_fd();
-        let want = i32::try_from(config.recv_buffer / 2).unwrap_or(i32::MAX);
-        // The kernel doubles the value for bookkeeping; ask for half so the effective size is
-        // what was configured. SO_RCVBUFFORCE ignores rmem_max but needs CAP_NET_ADMIN.
-        if setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, want).is_err() {
-            setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, want)
-                .map_err(NflogError::Socket)?;
-        }
-        let recv_buffer = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF)
-            .map_err(NflogError::Socket)? as usize;
+        let recv_buffer =
+            sockio::size_rcvbuf(&sock, config.recv_buffer).map_err(NflogError::Socket)?;
         let mut this = NflogSocket {
             sock,
             portid: addr.port_number(),
@@ -348,9 +258,7 @@ impl NflogSocket {
                     timeout,
                 });
             }
-            if !poll_readable(self.sock.as_raw_fd(), Some(deadline - now))
-                .map_err(NflogError::Recv)?
-            {
+            if !sockio::poll_readable(&self.sock, Some(deadline - now)).map_err(NflogError::Recv)? {
                 continue;
             }
             while let Some(len) = self.recv_one()? {
@@ -404,7 +312,11 @@ impl NflogSocket {
     /// One non-blocking receive into `self.buf`; ENOBUFS is counted and logged, not returned.
     fn recv_one(&mut self) -> Result<Option<usize>, NflogError> {
         loop {
-            match recv_nonblocking(self.sock.as_raw_fd(), &mut self.buf) {
+            match sockio::recv(
+                &self.sock,
+                &mut self.buf,
+                RecvFlags::DONTWAIT | RecvFlags::TRUNC,
+            ) {
                 Ok(Some(len)) => {
                     self.stats.datagrams += 1;
                     if len > self.buf.len() {
@@ -571,7 +483,7 @@ impl NflogSocket {
             out.datagrams += 1;
         }
         if out.datagrams == 0
-            && !poll_readable(self.sock.as_raw_fd(), timeout).map_err(NflogError::Recv)?
+            && !sockio::poll_readable(&self.sock, timeout).map_err(NflogError::Recv)?
         {
             out.timed_out = true;
             return Ok(out);
