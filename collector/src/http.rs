@@ -211,6 +211,9 @@ pub fn render_metrics(s: &Snapshot) -> String {
         s.scopes
     );
     render_series(&mut o, s);
+    if let Some(c) = &s.clickhouse {
+        crate::clickhouse::sink::render_metrics(&mut o, c);
+    }
     o
 }
 

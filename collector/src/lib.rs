@@ -33,6 +33,7 @@
 //! ```
 
 pub mod aggregate;
+pub mod clickhouse;
 pub mod config;
 #[cfg(feature = "server")]
 pub mod daemon;

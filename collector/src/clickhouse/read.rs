@@ -1,0 +1,223 @@
+//! Reports from ClickHouse: the same rows the embedded store gives ([`crate::store::Row`]),
+//! summed over every collector writing to the database, or per collector.
+//!
+//! Each cell's rows not yet merged are collapsed to the highest version first (`argMax`),
+//! then summed across collectors; with `Distributed` tables (`agg_<res>_all`, present when a
+//! collector was configured with a cluster) the same query reads every shard.
+
+use super::client::{quote, ChError, Client};
+use super::schema;
+use crate::aggregate::{Counters, Dim};
+use crate::store::Row;
+
+/// What the report's keys are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    Dim(Dim),
+    /// Collector names; counts of the label dimension (which partitions each collector's
+    /// traffic).
+    Collector,
+}
+
+impl By {
+    pub fn parse(s: &str) -> Option<By> {
+        if s == "collector" {
+            Some(By::Collector)
+        } else {
+            Dim::parse(s).map(By::Dim)
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ChReader {
+    client: Client,
+    database: String,
+    /// Read `agg_<res>_all` (Distributed) tables.
+    distributed: bool,
+    resolutions: Vec<i64>,
+}
+
+impl ChReader {
+    /// Look up the stored resolutions (tables) of `database`.
+    pub fn open(client: Client, database: &str) -> Result<ChReader, ChError> {
+        let names = client.text(&format!(
+            "SELECT name FROM system.tables WHERE database = {} ORDER BY name",
+            quote(database)
+        ))?;
+        let mut local = Vec::new();
+        let mut all = Vec::new();
+        for n in names.lines() {
+            let Some(rest) = n.trim().strip_prefix("agg_") else {
+                continue;
+            };
+            match rest.strip_suffix("_all") {
+                Some(r) => all.extend(r.parse::<i64>().ok()),
+                None => local.extend(rest.parse::<i64>().ok()),
+            }
+        }
+        if local.is_empty() && all.is_empty() {
+            return Err(ChError::Schema(format!(
+                "database {database:?} on {} holds no labelflow tables (agg_<resolution>)",
+                client.endpoint()
+            )));
+        }
+        let distributed = !all.is_empty();
+        let mut resolutions = if distributed { all } else { local };
+        resolutions.sort_unstable();
+        Ok(ChReader {
+            client,
+            database: database.to_string(),
+            distributed,
+            resolutions,
+        })
+    }
+
+    pub fn resolutions(&self) -> &[i64] {
+        &self.resolutions
+    }
+
+    pub fn is_distributed(&self) -> bool {
+        self.distributed
+    }
+
+    /// Rows of one resolution with `from <= bucket < to`, by bucket then key.
+    pub fn rows(&self, res: i64, by: By, from: i64, to: i64) -> Result<Vec<Row>, ChError> {
+        let table = format!(
+            "{}.{}{}",
+            self.database,
+            schema::table(res),
+            if self.distributed { "_all" } else { "" }
+        );
+        let (dim, key) = match by {
+            By::Dim(d) => (d, "key"),
+            By::Collector => (Dim::Label, "collector_name"),
+        };
+        let clamp = |t: i64| t.clamp(0, u32::MAX as i64);
+        let sql = format!(
+            "SELECT toUInt32(bucket) AS b, {key} AS k, sum(c_bytes), sum(c_packets), sum(c_flows),
+                    sum(c_in), sum(c_out)
+             FROM (SELECT collector_name, bucket, key,
+                          argMax(bytes, version) AS c_bytes, argMax(packets, version) AS c_packets,
+                          argMax(flows, version) AS c_flows, argMax(bytes_in, version) AS c_in,
+                          argMax(bytes_out, version) AS c_out
+                   FROM {table}
+                   WHERE dim = {d} AND bucket >= toDateTime({f}) AND bucket < toDateTime({t})
+                   GROUP BY collector_name, bucket, key)
+             GROUP BY b, k ORDER BY b, k FORMAT RowBinary",
+            d = quote(dim.name()),
+            f = clamp(from),
+            t = clamp(to),
+        );
+        let body = self.client.execute(&sql, &[])?;
+        parse_rows(&body).ok_or_else(|| ChError::Response {
+            addr: self.client.endpoint(),
+            what: "RowBinary rows cut short",
+        })
+    }
+}
+
+/// A `--by collector` report is assembled as a label report keyed by collector names: name
+/// its key `collector` in the JSON document.
+pub fn collector_json(j: &mut serde_json::Value) {
+    j["by"] = "collector".into();
+    for list in ["rows", "totals"] {
+        if let Some(rows) = j[list].as_array_mut() {
+            for r in rows.iter_mut().filter_map(|r| r.as_object_mut()) {
+                if let Some(v) = r.remove("label") {
+                    r.insert("collector".into(), v);
+                }
+            }
+        }
+    }
+}
+
+/// The same for the table and CSV header (`label` column).
+pub fn collector_header(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut done = false;
+    for line in text.split_inclusive('\n') {
+        if !done {
+            if let Some(rest) = line.strip_prefix("bucket_start,label,") {
+                out.push_str("bucket_start,collector,");
+                out.push_str(rest);
+                done = true;
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("label") {
+                // Table header: keep the columns aligned where the padding allows.
+                let pad = rest.len() - rest.trim_start().len();
+                out.push_str("collector");
+                out.push_str(&" ".repeat(pad.saturating_sub(4).max(2)));
+                out.push_str(rest.trim_start());
+                done = true;
+                continue;
+            }
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+/// `(UInt32 bucket, String key, 5 x UInt64)` rows.
+fn parse_rows(mut b: &[u8]) -> Option<Vec<Row>> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (h, t) = (b.get(..n)?, b.get(n..)?);
+        *b = t;
+        Some(h)
+    }
+    fn u64le(b: &mut &[u8]) -> Option<u64> {
+        Some(u64::from_le_bytes(take(b, 8)?.try_into().ok()?))
+    }
+    let mut rows = Vec::new();
+    while !b.is_empty() {
+        let bucket = u32::from_le_bytes(take(&mut b, 4)?.try_into().ok()?) as i64;
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let x = take(&mut b, 1)?[0];
+            len |= ((x & 0x7f) as usize) << shift;
+            shift += 7;
+            if x & 0x80 == 0 {
+                break;
+            }
+            if shift > 63 {
+                return None;
+            }
+        }
+        let key = String::from_utf8_lossy(take(&mut b, len)?).into_owned();
+        let counters = Counters {
+            bytes: u64le(&mut b)?,
+            packets: u64le(&mut b)?,
+            flows: u64le(&mut b)?,
+            bytes_in: u64le(&mut b)?,
+            bytes_out: u64le(&mut b)?,
+        };
+        rows.push(Row {
+            bucket,
+            key,
+            counters,
+        });
+    }
+    Some(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rowbinary_rows() {
+        let mut b = Vec::new();
+        b.extend_from_slice(&60u32.to_le_bytes());
+        b.push(3);
+        b.extend_from_slice(b"esp");
+        for x in [1u64, 2, 3, 4, 5] {
+            b.extend_from_slice(&x.to_le_bytes());
+        }
+        let rows = parse_rows(&b).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].bucket, rows[0].key.as_str()), (60, "esp"));
+        assert_eq!(rows[0].counters.bytes_out, 5);
+        assert!(parse_rows(&b[..b.len() - 1]).is_none());
+    }
+}
