@@ -210,6 +210,7 @@ pub fn run(
                 db: cfg.db.clone(),
                 metrics: metrics.clone(),
                 token: cfg.http_token.as_deref().map(Arc::from),
+                clickhouse: cfg.clickhouse.clone().filter(|c| c.serve_reports),
             });
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {

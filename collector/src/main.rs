@@ -246,7 +246,7 @@ fn clickhouse_report(
     query: &report::Query,
     by_collector: bool,
 ) -> anyhow::Result<report::Report> {
-    use labelflow_collector::clickhouse::{By, ChReader, Client};
+    use labelflow_collector::clickhouse::{read, Client};
     let password = match &q.clickhouse_password_file {
         Some(f) => std::fs::read_to_string(f)
             .with_context(|| format!("reading {}", f.display()))?
@@ -256,16 +256,11 @@ fn clickhouse_report(
     };
     let timeout = std::time::Duration::from_secs(300);
     let client = Client::new(url, &q.clickhouse_user, &password, timeout)?;
-    let reader = ChReader::open(client, &q.clickhouse_database)?;
-    let by = if by_collector {
-        By::Collector
-    } else {
-        By::Dim(query.by)
-    };
-    Ok(report::build_from(
+    Ok(read::build(
+        client,
+        &q.clickhouse_database,
         query,
-        reader.resolutions(),
-        |res, from, to| Ok(reader.rows(res, by, from, to)?),
+        by_collector,
     )?)
 }
 

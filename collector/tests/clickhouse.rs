@@ -213,7 +213,9 @@ fn two_collectors_one_clickhouse_equal_their_sqlite_sum() {
     let dir = tempfile::tempdir().unwrap();
     let ch = ClickHouse::start(dir.path());
     let (db_a, db_b) = (dir.path().join("a.db"), dir.path().join("b.db"));
-    let a = Collector::start(dir.path(), &db_a, &sink_config(&ch.url(), "site-a", None));
+    // Site a's HTTP API reads ClickHouse: every collector's counts.
+    let a_config = sink_config(&ch.url(), "site-a", None) + "serve_reports = true\n";
+    let a = Collector::start(dir.path(), &db_a, &a_config);
     let b = Collector::start(dir.path(), &db_b, &sink_config(&ch.url(), "site-b", None));
     feed(&a, &stream(1, &["esp", "vpn", "other"], 300), 0);
     feed(&b, &stream(2, &["esp", "voip"], 300), 0);
@@ -246,6 +248,16 @@ fn two_collectors_one_clickhouse_equal_their_sqlite_sum() {
     let total = |db: &Path| all_time_totals(db, "label").0;
     assert_eq!(totals.get("site-a"), Some(&total(&db_a)));
     assert_eq!(totals.get("site-b"), Some(&total(&db_b)));
+    let api = a
+        .try_get("/api/report?by=collector&from=0&to=4102444800&bucket=1m")
+        .expect("api report");
+    let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+    assert_eq!(api, j, "the HTTP API and the CLI differ");
+    let api = a
+        .try_get("/api/report?by=label&from=0&to=4102444800&bucket=1m")
+        .expect("api report");
+    let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+    assert_eq!(cells(&api, "label"), clickhouse(&ch.url(), "label"));
     a.term();
     b.term();
 }

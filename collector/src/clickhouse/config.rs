@@ -35,6 +35,10 @@ pub struct RawClickHouse {
     /// A `remote_servers` cluster of the server: the collector also creates `Distributed`
     /// tables (`agg_<res>_all`) over it, which reports then read. Default: none.
     pub cluster: Option<Spanned<String>>,
+    /// The HTTP API (`/api/report`, the dashboard) reads ClickHouse, every collector writing
+    /// there, instead of this collector's database. Default false.
+    #[serde(default)]
+    pub serve_reports: bool,
 }
 
 /// Validated `[clickhouse]`.
@@ -49,6 +53,7 @@ pub struct ClickHouseConfig {
     pub max_batches_per_insert: NonZeroUsize,
     pub timeout: Duration,
     pub cluster: Option<String>,
+    pub serve_reports: bool,
 }
 
 impl ClickHouseConfig {
@@ -133,5 +138,6 @@ pub(crate) fn validate(
         )?,
         timeout: src.dur(&raw.timeout, "clickhouse.timeout", "30s")?,
         cluster,
+        serve_reports: raw.serve_reports,
     })
 }

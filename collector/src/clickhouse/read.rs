@@ -117,6 +117,29 @@ impl ChReader {
     }
 }
 
+/// Run a report query against ClickHouse: `by_collector` reports label counts keyed by
+/// collector name (`q.by` is then ignored).
+pub fn build(
+    client: Client,
+    database: &str,
+    q: &crate::report::Query,
+    by_collector: bool,
+) -> Result<crate::report::Report, crate::report::ReportError> {
+    let reader = ChReader::open(client, database)?;
+    let by = if by_collector {
+        By::Collector
+    } else {
+        By::Dim(q.by)
+    };
+    let q = crate::report::Query {
+        by: if by_collector { Dim::Label } else { q.by },
+        ..q.clone()
+    };
+    crate::report::build_from(&q, reader.resolutions(), |res, from, to| {
+        Ok(reader.rows(res, by, from, to)?)
+    })
+}
+
 /// A `--by collector` report is assembled as a label report keyed by collector names: name
 /// its key `collector` in the JSON document.
 pub fn collector_json(j: &mut serde_json::Value) {
