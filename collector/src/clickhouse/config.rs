@@ -141,3 +141,38 @@ pub(crate) fn validate(
         serve_reports: raw.serve_reports,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn defaults_and_errors_name_the_place() {
+        let c = Config::parse("[clickhouse]\nurl = \"http://127.0.0.1:8123\"\n", "c.toml")
+            .unwrap()
+            .clickhouse
+            .unwrap();
+        assert_eq!(
+            (c.database.as_str(), c.user.as_str()),
+            ("labelflow", "default")
+        );
+        assert_eq!(c.collector_name, super::hostname());
+        assert_eq!(c.max_backlog.get(), 1000);
+        assert!(c.cluster.is_none() && !c.serve_reports);
+        assert!(Config::parse("", "c.toml").unwrap().clickhouse.is_none());
+        let err = |text: &str| Config::parse(text, "c.toml").unwrap_err().to_string();
+        let e = err("[clickhouse]\nurl = \"https://x\"\n");
+        assert!(e.starts_with("c.toml:2:7: clickhouse.url:"), "{e}");
+        let e = err("[clickhouse]\nurl = \"http://x\"\ndatabase = \"a-b\"\n");
+        assert!(e.starts_with("c.toml:3:12: clickhouse.database:"), "{e}");
+        let e = err("[clickhouse]\nurl = \"http://x\"\nmax_backlog = 0\n");
+        assert!(e.contains("clickhouse.max_backlog: must be > 0"), "{e}");
+        let e = err("[clickhouse]\nurl = \"http://x\"\npassword_file = \"/nonexistent/pw\"\n");
+        assert!(
+            e.contains("clickhouse.password_file: /nonexistent/pw"),
+            "{e}"
+        );
+        let e = err("[clickhouse]\nurl = \"http://x\"\nraw = true\n");
+        assert!(e.contains("unknown field"), "{e}");
+    }
+}

@@ -240,6 +240,67 @@ pub fn fold(conn: &mut Connection, max_batches: usize) -> rusqlite::Result<usize
 mod tests {
     use super::*;
 
+    fn delta(key: &str, bytes: u64) -> Delta {
+        Delta {
+            resolution: 60,
+            bucket: 120,
+            dim: Dim::Label,
+            key: key.into(),
+            counters: Counters {
+                bytes,
+                packets: 1,
+                flows: 1,
+                ..Counters::default()
+            },
+        }
+    }
+
+    #[test]
+    fn commits_queue_cells_and_sends_read_absolute_totals() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        let mut store = crate::store::Store::open(&path, 8).unwrap();
+        store.enable_clickhouse_outbox(1_000_000).unwrap();
+        store.commit(&[delta("a", 10)], &[], &[]).unwrap();
+        store
+            .commit(&[delta("a", 5), delta("b", 7)], &[], &[])
+            .unwrap();
+        store.commit(&[], &[], &[]).unwrap();
+        let mut conn = Connection::open(&path).unwrap();
+        assert_eq!(
+            backlog(&conn).unwrap().0,
+            2,
+            "an empty commit queues nothing"
+        );
+        // One batch taken: its cell at its current total, versioned by the newest batch.
+        let p = take(&mut conn, 1).unwrap().unwrap();
+        assert_eq!((p.upto, p.version, p.batches), (1_000_001, 1_000_002, 1));
+        assert_eq!(p.rows.len(), 1);
+        assert_eq!((p.rows[0].0.key.as_str(), p.rows[0].1.bytes), ("a", 15));
+        // Taken again (a retry): the same rows and version.
+        assert_eq!(take(&mut conn, 1).unwrap().unwrap(), p);
+        assert_eq!(acknowledge(&conn, p.upto).unwrap(), 1);
+        // Folding keeps the union of cells under the newest id.
+        for i in 0..5 {
+            store
+                .commit(&[delta(&format!("k{i}"), 1)], &[], &[])
+                .unwrap();
+        }
+        // Six pending, at most two kept: the oldest five become one.
+        assert_eq!(fold(&mut conn, 2).unwrap(), 4);
+        assert_eq!(waiting(&path).unwrap(), 2);
+        let p = take(&mut conn, 100).unwrap().unwrap();
+        assert_eq!((p.batches, p.rows.len(), p.upto), (2, 7, 1_000_007));
+        acknowledge(&conn, p.upto).unwrap();
+        assert!(take(&mut conn, 100).unwrap().is_none());
+        // A reopened outbox keeps counting from where it was.
+        drop(store);
+        let mut store = crate::store::Store::open(&path, 8).unwrap();
+        store.enable_clickhouse_outbox(5).unwrap();
+        store.commit(&[delta("a", 1)], &[], &[]).unwrap();
+        assert_eq!(take(&mut conn, 1).unwrap().unwrap().upto, 1_000_008);
+    }
+
     #[test]
     fn cells_roundtrip_and_stop_at_garbage() {
         let mut b = Vec::new();
