@@ -220,6 +220,11 @@ impl Sink {
                 }
                 Err(e) => {
                     self.stats.errors += 1;
+                    // The server refused a statement: its tables may have been dropped or
+                    // the server replaced; create what is missing before the next attempt.
+                    if e.downcast_ref::<ChError>().is_some_and(ChError::answered) {
+                        schema_ready = false;
+                    }
                     if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                         tracing::warn!(error = %e, retry_in = ?backoff, "clickhouse sink: will retry");
                         last_log = Some(Instant::now());
