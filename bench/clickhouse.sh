@@ -8,9 +8,10 @@
 # 1. Sustained stream: a live-shape stream (labelflow-ipfix-gen --shape live) replayed at RATE
 #    records/s for DURATION seconds into a collector writing SQLite and ClickHouse. Prints the
 #    records committed, the ingest rate from the first datagram until ClickHouse acknowledged
-#    everything, the sink's lag (labelflow_collector_clickhouse_lag_seconds, sampled every
-#    0.25 s: the age of the oldest batch not yet in ClickHouse) at its highest and on
-#    average, and how long the outbox took to drain after the last datagram.
+#    everything, the sink's lag (labelflow_collector_clickhouse_ack_lag_seconds, sampled
+#    every 0.25 s: commit-to-acknowledgment time of the oldest batch of the last insert) at
+#    its highest and on average, how long the outbox took to drain after the last datagram,
+#    and the collector's CPU time. Once per shape in SHAPES (live random).
 # 2. 30-day store: FILL_RECORDS records of the backlog shape (random addresses and ports,
 #    flow ends spread evenly over 30 days of flow time), in FILL_PARTS seeded files replayed
 #    at FILL_RATE records/s into a second collector (base bucket 1h, hosts 0.0.0.0/3: a
@@ -18,13 +19,14 @@
 #    the 30 days (JSON), REPEAT times from SQLite and from ClickHouse, the same report both
 #    ways (checked equal), wall time of each run.
 #
-# Knobs: RATE (100000), DURATION (20), FILL_RECORDS (10000000), FILL_PARTS (5), FILL_RATE
+# Knobs: SHAPES (live random), RATE (100000), DURATION (20), FILL_RECORDS (10000000), FILL_PARTS (5), FILL_RATE
 # (60000), REPEAT (3), RCVBUF (33554432), BIN=DIR (prebuilt binaries).
 # Needs: cargo, clickhouse-server (Debian clickhouse-server), curl, ss.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 RATE=${RATE:-100000}
+SHAPES=${SHAPES:-"live random"}
 DURATION=${DURATION:-20}
 FILL_RECORDS=${FILL_RECORDS:-10000000}
 FILL_PARTS=${FILL_PARTS:-5}
@@ -61,6 +63,9 @@ port() {
 }
 metric() { curl -s "http://127.0.0.1:$2/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 now() { date +%s.%N; }
+# utime + stime of all the process's threads, seconds (/proc/PID/stat fields 14 and 15,
+# counted after the command name, which may hold spaces).
+cpu_s() { awk -v t="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); printf "%.1f", ($12 + $13) / t }' "/proc/$1/stat"; }
 
 # ClickHouse: own config, data under $WORK, HTTP on $CH_HTTP.
 CH_HTTP=$(port)
@@ -91,6 +96,7 @@ cat >"$WORK/ch/users.xml" <<XML
 XML
 clickhouse-server --config-file="$WORK/ch/config.xml" >"$WORK/ch/server.log" 2>&1 &
 PIDS+=($!)
+disown
 for _ in $(seq 600); do
   [ "$(curl -s "http://127.0.0.1:$CH_HTTP/ping")" = "Ok." ] && break
   sleep 0.1
@@ -123,45 +129,47 @@ c = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True, timeout=10)
 print(c.execute("SELECT COUNT(*) FROM clickhouse_outbox").fetchone()[0])' "$1")" = 0 ]
 }
 
-echo
-echo "== 1. sustained live stream: $RATE records/s for ${DURATION}s =="
-records=$((RATE * DURATION))
-"$GEN" generate --records "$records" --shape live --seed 1 --out "$WORK/live.bin" >/dev/null
-start_collector "[clickhouse]
-url = \"$CH_URL\"
-database = \"bench_live\"
-collector_name = \"bench\"" "$WORK/live.db"
-until [ "$(metric labelflow_collector_clickhouse_errors_total "$CHTTP")" = 0 ] &&
-  curl -s "$CH_URL/" --data-binary "EXISTS TABLE bench_live.agg_60" | grep -q 1; do sleep 0.1; done
-t0=$(now)
-"$GEN" replay --file "$WORK/live.bin" --to "127.0.0.1:$CUDP" --rate "$RATE" >"$WORK/replay.out" &
-rp=$!
-max=0 sum=0 n=0
-while kill -0 "$rp" 2>/dev/null; do
-  lag=$(metric labelflow_collector_clickhouse_lag_seconds "$CHTTP")
-  max=$(awk -v a="$max" -v b="$lag" 'BEGIN { print (b > a ? b : a) }')
-  sum=$(awk -v a="$sum" -v b="$lag" 'BEGIN { print a + b }')
-  n=$((n + 1))
-  sleep 0.25
+for shape in $SHAPES; do
+  echo
+  echo "== 1. sustained $shape stream: $RATE records/s for ${DURATION}s =="
+  records=$((RATE * DURATION))
+  "$GEN" generate --records "$records" --shape "$shape" --seed 1 --out "$WORK/live.bin" >/dev/null
+  start_collector "[clickhouse]
+  url = \"$CH_URL\"
+  database = \"bench_$shape\"
+  collector_name = \"bench\"" "$WORK/live.db"
+  until [ "$(metric labelflow_collector_clickhouse_errors_total "$CHTTP")" = 0 ] &&
+    curl -s "$CH_URL/" --data-binary "EXISTS TABLE bench_$shape.agg_60" | grep -q 1; do sleep 0.1; done
+  t0=$(now)
+  "$GEN" replay --file "$WORK/live.bin" --to "127.0.0.1:$CUDP" --rate "$RATE" >"$WORK/replay.out" &
+  rp=$!
+  max=0 sum=0 n=0
+  while kill -0 "$rp" 2>/dev/null; do
+    lag=$(metric labelflow_collector_clickhouse_ack_lag_seconds "$CHTTP")
+    max=$(awk -v a="$max" -v b="$lag" 'BEGIN { print (b > a ? b : a) }')
+    sum=$(awk -v a="$sum" -v b="$lag" 'BEGIN { print a + b }')
+    n=$((n + 1))
+    sleep 0.25
+  done
+  t_sent=$(now)
+  # Everything received committed, then everything committed acknowledged by ClickHouse.
+  until [ "$(metric labelflow_collector_committed_datagrams_total "$CHTTP")" = \
+    "$(metric labelflow_collector_datagrams_total "$CHTTP")" ] && outbox_empty "$WORK/live.db"; do
+    sleep 0.05
+  done
+  t_done=$(now)
+  got=$(metric labelflow_collector_flow_records_total "$CHTTP")
+  awk -v r="$got" -v s="$records" -v t0="$t0" -v ts="$t_sent" -v td="$t_done" -v max="$max" \
+    -v sum="$sum" -v n="$n" 'BEGIN {
+      printf "records sent %d, committed %d; UDP -> ClickHouse acknowledged: %.0f records/s over %.1f s\n",
+        s, r, r / (td - t0), td - t0
+      printf "sink lag while sending: max %.2f s, mean %.2f s (%d samples); drained %.2f s after the last datagram\n",
+        max, (n ? sum / n : 0), n, td - ts }'
+  echo "inserts $(metric labelflow_collector_clickhouse_inserts_total "$CHTTP"), rows $(metric labelflow_collector_clickhouse_sent_rows_total "$CHTTP"), errors $(metric labelflow_collector_clickhouse_errors_total "$CHTTP"), collector CPU $(cpu_s "$CPID") s"
+  kill -TERM "$CPID"
+  wait "$CPID" || true
+  rm -f "$WORK/live.bin" "$WORK"/live.db*
 done
-t_sent=$(now)
-# Everything received committed, then everything committed acknowledged by ClickHouse.
-until [ "$(metric labelflow_collector_committed_datagrams_total "$CHTTP")" = \
-  "$(metric labelflow_collector_datagrams_total "$CHTTP")" ] && outbox_empty "$WORK/live.db"; do
-  sleep 0.05
-done
-t_done=$(now)
-got=$(metric labelflow_collector_flow_records_total "$CHTTP")
-awk -v r="$got" -v s="$records" -v t0="$t0" -v ts="$t_sent" -v td="$t_done" -v max="$max" \
-  -v sum="$sum" -v n="$n" 'BEGIN {
-    printf "records sent %d, committed %d; UDP -> ClickHouse acknowledged: %.0f records/s over %.1f s\n",
-      s, r, r / (td - t0), td - t0
-    printf "sink lag while sending: max %.2f s, mean %.2f s (%d samples); drained %.2f s after the last datagram\n",
-      max, (n ? sum / n : 0), n, td - ts }'
-echo "inserts $(metric labelflow_collector_clickhouse_inserts_total "$CHTTP"), rows $(metric labelflow_collector_clickhouse_sent_rows_total "$CHTTP"), errors $(metric labelflow_collector_clickhouse_errors_total "$CHTTP"), collector CPU $(ps -o times= -p "$CPID") s"
-kill -TERM "$CPID"
-wait "$CPID" || true
-rm -f "$WORK/live.bin" "$WORK"/live.db*
 
 echo
 echo "== 2. 30-day store: $FILL_RECORDS backlog records at $FILL_RATE records/s =="

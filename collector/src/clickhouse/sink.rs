@@ -29,6 +29,9 @@ pub struct SinkStats {
     pub queue_batches: u64,
     /// Age of the oldest waiting batch, seconds (0 when none waits).
     pub lag_seconds: f64,
+    /// Commit-to-acknowledgment time of the oldest batch of the last acknowledged insert,
+    /// seconds: how far ClickHouse trails the store while it keeps up.
+    pub ack_lag_seconds: f64,
     pub inserts: u64,
     pub sent_batches: u64,
     pub sent_rows: u64,
@@ -168,6 +171,7 @@ impl Sink {
             "clickhouse insert acknowledged"
         );
         self.stats.inserts += inserts as u64;
+        self.stats.ack_lag_seconds = (now_ms() - p.oldest_ms).max(0) as f64 / 1000.0;
         self.stats.sent_batches += p.batches as u64;
         self.stats.sent_rows += p.rows.len() as u64;
         Ok(true)
@@ -301,6 +305,11 @@ pub fn render_metrics(o: &mut String, s: &SinkStats) {
             "labelflow_collector_clickhouse_lag_seconds",
             "Age of the oldest batch waiting for ClickHouse (0: none waits).",
             s.lag_seconds,
+        ),
+        (
+            "labelflow_collector_clickhouse_ack_lag_seconds",
+            "Commit-to-acknowledgment time of the oldest batch in the last acknowledged insert.",
+            s.ack_lag_seconds,
         ),
     ];
     for (name, help, v) in gauges {
