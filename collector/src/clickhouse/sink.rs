@@ -8,7 +8,7 @@
 //!                  delete the batches; any error: keep them, back off, send again
 //! ```
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -127,7 +127,7 @@ impl Sink {
         cfg: ClickHouseConfig,
         agg: AggConfig,
         prune_interval: Duration,
-        db: &PathBuf,
+        db: &Path,
     ) -> rusqlite::Result<Sink> {
         let conn = Connection::open(db)?;
         conn.busy_timeout(Duration::from_secs(5))?;
