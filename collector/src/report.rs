@@ -71,6 +71,14 @@ pub fn build_from(
     stored: &[i64],
     rows: impl FnOnce(i64, i64, i64) -> Result<Vec<Row>, ReportError>,
 ) -> Result<Report, ReportError> {
+    let (res, bucket, from, to) = plan(q, stored)?;
+    let raw = rows(res, from, to)?;
+    Ok(assemble(q.by, bucket, from, to, raw, q.top, &q.keys))
+}
+
+/// The stored resolution a query reads, its output bucket width and its range widened to
+/// whole buckets: `(res, bucket, from, to)`.
+pub fn plan(q: &Query, stored: &[i64]) -> Result<(i64, i64, i64, i64), ReportError> {
     if q.from >= q.to {
         return Err(ReportError::Range(q.from, q.to));
     }
@@ -102,8 +110,7 @@ pub fn build_from(
     };
     let from = q.from.div_euclid(bucket) * bucket;
     let to = (q.to + bucket - 1).div_euclid(bucket) * bucket;
-    let raw = rows(res, from, to)?;
-    Ok(assemble(q.by, bucket, from, to, raw, q.top, &q.keys))
+    Ok((res, bucket, from, to))
 }
 
 /// Keep the rows of `keys` (all when empty), regroup them into output buckets and apply

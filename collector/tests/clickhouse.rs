@@ -409,6 +409,21 @@ fn outage_and_cut_connections_neither_lose_nor_double_count() {
     wait_sent(&c);
 
     assert_equal_to_sqlite(&proxy.url(), &[&db]);
+    // Top-N reports, computed by the server, print exactly what SQLite's do.
+    for args in [
+        ["--by", "host", "--top", "5"],
+        ["--by", "port", "--top", "3"],
+        ["--by", "label", "--top", "1"],
+    ] {
+        let pw = pw_file();
+        let ch_args = ["--clickhouse", &proxy.url(), "--clickhouse-user", USER.0];
+        let mut with_ch = ch_args.to_vec();
+        with_ch.extend(["--clickhouse-password-file", &pw]);
+        with_ch.extend(args);
+        let mut with_db = vec!["--db", db.to_str().unwrap()];
+        with_db.extend(args);
+        assert_eq!(report(&with_ch), report(&with_db), "{args:?}");
+    }
     // No duplicate survives a merge: one row per cell of the finest resolution.
     ch.query("OPTIMIZE TABLE labelflow.agg_60 FINAL").unwrap();
     let rows: u64 = ch

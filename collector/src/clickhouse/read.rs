@@ -7,7 +7,8 @@
 
 use super::client::{quote, ChError, Client};
 use super::schema;
-use crate::aggregate::{Counters, Dim};
+use crate::aggregate::{Counters, Dim, OTHER};
+use crate::report;
 use crate::store::Row;
 
 /// What the report's keys are.
@@ -81,8 +82,9 @@ impl ChReader {
         self.distributed
     }
 
-    /// Rows of one resolution with `from <= bucket < to`, by bucket then key.
-    pub fn rows(&self, res: i64, by: By, from: i64, to: i64) -> Result<Vec<Row>, ChError> {
+    /// The cells of one resolution with `from <= bucket < to`, each collapsed to its
+    /// highest version: columns `bucket`, `k` (the report's key) and `c_bytes` .. `c_out`.
+    fn cells(&self, res: i64, by: By, from: i64, to: i64, keys: &[String]) -> String {
         let table = format!(
             "{}.{}{}",
             self.database,
@@ -94,27 +96,110 @@ impl ChReader {
             By::Collector => (Dim::Label, "collector_name"),
         };
         let clamp = |t: i64| t.clamp(0, u32::MAX as i64);
-        let sql = format!(
-            "SELECT toUInt32(bucket) AS b, {key} AS k, sum(c_bytes), sum(c_packets), sum(c_flows),
-                    sum(c_in), sum(c_out)
-             FROM (SELECT collector_name, bucket, key,
+        let only = if keys.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE k IN ({})", list(keys))
+        };
+        format!(
+            "(SELECT bucket, k, c_bytes, c_packets, c_flows, c_in, c_out
+              FROM (SELECT bucket, {key} AS k,
                           argMax(bytes, version) AS c_bytes, argMax(packets, version) AS c_packets,
                           argMax(flows, version) AS c_flows, argMax(bytes_in, version) AS c_in,
                           argMax(bytes_out, version) AS c_out
                    FROM {table}
                    WHERE dim = {d} AND bucket >= toDateTime({f}) AND bucket < toDateTime({t})
-                   GROUP BY collector_name, bucket, key)
-             GROUP BY b, k ORDER BY b, k FORMAT RowBinary",
+                   GROUP BY collector_name, bucket, key){only})",
             d = quote(dim.name()),
             f = clamp(from),
             t = clamp(to),
+        )
+    }
+
+    /// Rows of one resolution with `from <= bucket < to`, by bucket then key.
+    pub fn rows(&self, res: i64, by: By, from: i64, to: i64) -> Result<Vec<Row>, ChError> {
+        let sql = format!(
+            "SELECT toUInt32(bucket) AS b, k, sum(c_bytes), sum(c_packets), sum(c_flows),
+                    sum(c_in), sum(c_out)
+             FROM {} GROUP BY b, k ORDER BY b, k FORMAT RowBinary",
+            self.cells(res, by, from, to, &[])
         );
-        let body = self.client.execute(&sql, &[])?;
+        self.fetch(&sql)
+    }
+
+    fn fetch(&self, sql: &str) -> Result<Vec<Row>, ChError> {
+        let body = self.client.execute(sql, &[])?;
         parse_rows(&body).ok_or_else(|| ChError::Response {
             addr: self.client.endpoint(),
             what: "RowBinary rows cut short",
         })
     }
+
+    /// A top-N report computed by the server: the N keys with the most bytes (ties by
+    /// name), the rest folded into `other` per output bucket, as [`report::assemble`] does
+    /// with every row at hand; only N + 1 keys per bucket leave the server.
+    pub fn top(
+        &self,
+        q: &report::Query,
+        by: By,
+        plan: (i64, i64, i64, i64),
+        n: usize,
+    ) -> Result<report::Report, ChError> {
+        let (res, bucket, from, to) = plan;
+        let cells = self.cells(res, by, from, to, &q.keys);
+        let ranked = self.client.execute(
+            &format!(
+                "SELECT k FROM {cells} GROUP BY k ORDER BY sum(c_bytes) DESC, k ASC
+                 LIMIT {} FORMAT RowBinary",
+                n + 1
+            ),
+            &[],
+        )?;
+        let ranked = parse_strings(&ranked).ok_or_else(|| ChError::Response {
+            addr: self.client.endpoint(),
+            what: "RowBinary strings cut short",
+        })?;
+        let folded = ranked.len() > n;
+        let mut keys: Vec<String> = ranked.into_iter().take(n).collect();
+        let mut rows = if keys.is_empty() {
+            Vec::new()
+        } else {
+            self.fetch(&format!(
+                "SELECT toUInt32(intDiv(toUInt32(bucket), {bucket}) * {bucket}) AS b,
+                        if(k IN ({top}), k, {other}) AS kk,
+                        sum(c_bytes), sum(c_packets), sum(c_flows), sum(c_in), sum(c_out)
+                 FROM {cells} GROUP BY b, kk FORMAT RowBinary",
+                top = list(&keys),
+                other = quote(OTHER),
+            ))?
+        };
+        if folded && !keys.iter().any(|k| k == OTHER) {
+            keys.push(OTHER.to_string());
+        }
+        let index = |k: &str| keys.iter().position(|x| x == k).unwrap_or(keys.len() - 1);
+        rows.sort_by_key(|r| (r.bucket, index(&r.key)));
+        let mut totals = vec![Counters::default(); keys.len()];
+        let mut total = Counters::default();
+        for r in &rows {
+            totals[index(&r.key)].add(&r.counters);
+            total.add(&r.counters);
+        }
+        Ok(report::Report {
+            by: q.by,
+            bucket,
+            from,
+            to,
+            totals: keys.iter().cloned().zip(totals).collect(),
+            keys,
+            rows,
+            total,
+        })
+    }
+}
+
+/// `('a', 'b')` without the parentheses.
+fn list(keys: &[String]) -> String {
+    keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ")
 }
 
 /// Run a report query against ClickHouse: `by_collector` reports label counts keyed by
@@ -122,22 +207,28 @@ impl ChReader {
 pub fn build(
     client: Client,
     database: &str,
-    q: &crate::report::Query,
+    q: &report::Query,
     by_collector: bool,
-) -> Result<crate::report::Report, crate::report::ReportError> {
+) -> Result<report::Report, report::ReportError> {
     let reader = ChReader::open(client, database)?;
     let by = if by_collector {
         By::Collector
     } else {
         By::Dim(q.by)
     };
-    let q = crate::report::Query {
+    let q = report::Query {
         by: if by_collector { Dim::Label } else { q.by },
         ..q.clone()
     };
-    crate::report::build_from(&q, reader.resolutions(), |res, from, to| {
-        Ok(reader.rows(res, by, from, to)?)
-    })
+    match q.top {
+        Some(n) => {
+            let plan = report::plan(&q, reader.resolutions())?;
+            Ok(reader.top(&q, by, plan, n)?)
+        }
+        None => report::build_from(&q, reader.resolutions(), |res, from, to| {
+            Ok(reader.rows(res, by, from, to)?)
+        }),
+    }
 }
 
 /// A `--by collector` report is assembled as a label report keyed by collector names: name
@@ -182,6 +273,35 @@ pub fn collector_header(text: &str) -> String {
     out
 }
 
+/// A RowBinary `String` at the start of `b`.
+fn take_string(b: &mut &[u8]) -> Option<String> {
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let x = *b.first()?;
+        *b = &b[1..];
+        len |= ((x & 0x7f) as usize) << shift;
+        shift += 7;
+        if x & 0x80 == 0 {
+            break;
+        }
+        if shift > 63 {
+            return None;
+        }
+    }
+    let s = String::from_utf8_lossy(b.get(..len)?).into_owned();
+    *b = &b[len..];
+    Some(s)
+}
+
+/// One `String` per row.
+fn parse_strings(mut b: &[u8]) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        out.push(take_string(&mut b)?);
+    }
+    Some(out)
+}
+
 /// `(UInt32 bucket, String key, 5 x UInt64)` rows.
 fn parse_rows(mut b: &[u8]) -> Option<Vec<Row>> {
     fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
@@ -195,19 +315,7 @@ fn parse_rows(mut b: &[u8]) -> Option<Vec<Row>> {
     let mut rows = Vec::new();
     while !b.is_empty() {
         let bucket = u32::from_le_bytes(take(&mut b, 4)?.try_into().ok()?) as i64;
-        let (mut len, mut shift) = (0usize, 0);
-        loop {
-            let x = take(&mut b, 1)?[0];
-            len |= ((x & 0x7f) as usize) << shift;
-            shift += 7;
-            if x & 0x80 == 0 {
-                break;
-            }
-            if shift > 63 {
-                return None;
-            }
-        }
-        let key = String::from_utf8_lossy(take(&mut b, len)?).into_owned();
+        let key = take_string(&mut b)?;
         let counters = Counters {
             bytes: u64le(&mut b)?,
             packets: u64le(&mut b)?,
