@@ -6,7 +6,7 @@
 //!                  (HTTP; retried with backoff; batches deleted once acknowledged)
 //!  ClickHouse: agg_<res> ReplacingMergeTree(version), one row per (collector, dim, bucket,
 //!              key) after merges; agg_<res>_all Distributed over shards
-//!  report --clickhouse ──► argMax per cell, sum over collectors ──► report::assemble
+//!  report --clickhouse ──► FINAL (highest version per cell), sum over collectors ──► report::assemble
 //! ```
 //!
 //! Exactly once without server-side deduplication tokens (18.16 has none for

@@ -13,7 +13,7 @@
 //!
 //! A row holds a cell's absolute totals as of batch `version`; the highest version of a
 //! cell is its value. Merges keep only that row, and reads collapse the rows not yet merged
-//! with `argMax(.., version)`, so a batch inserted twice never counts twice. Retention is a
+//! with `FINAL`, so a batch inserted twice never counts twice. Retention is a
 //! `TTL` on servers that have it (19.6 and later) and, on every server, dropping partitions
 //! whose newest bucket is past the retention (18.16 has no TTL).
 
