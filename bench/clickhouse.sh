@@ -206,8 +206,6 @@ got=$(metric labelflow_collector_flow_records_total "$CHTTP")
 echo "flow records committed: $got of $((per * part)) sent, in $(awk -v a="$t0" -v b="$t_done" 'BEGIN { printf "%.0f", b - a }') s (including generation); SQLite $(du -h "$WORK/fill.db" | cut -f1), ClickHouse rows $(curl -s "$CH_URL/" --data-binary 'SELECT sum(rows) FROM system.parts WHERE database = '"'"'bench_fill'"'"' AND active')"
 kill -TERM "$CPID"
 wait "$CPID" || true
-curl -s "$CH_URL/" --data-binary "OPTIMIZE TABLE bench_fill.agg_3600 FINAL" >/dev/null
-
 to=$(date +%s)
 from=$((to - 30 * 86400))
 q=(report --by host --top 10 --from "$from" --to "$to" --format json)
@@ -218,6 +216,14 @@ time_report() {
   t=$(now)
   awk -v a="$s" -v b="$t" 'BEGIN { printf "%.3f", b - a }'
 }
+parts() {
+  curl -s "$CH_URL/" --data-binary "SELECT count(), sum(rows) FROM system.parts WHERE database = 'bench_fill' AND table = 'agg_3600' AND active" | tr '\t' ' '
+}
+echo "agg_3600 as the background merges left it (parts, rows): $(parts)"
+c=$(time_report --clickhouse "$CH_URL" --clickhouse-database bench_fill)
+echo "per-host top-10 over 30 days from ClickHouse before OPTIMIZE: ${c} s"
+curl -s "$CH_URL/" --data-binary "OPTIMIZE TABLE bench_fill.agg_3600 FINAL" >/dev/null
+echo "after OPTIMIZE TABLE ... FINAL (parts, rows): $(parts)"
 for i in $(seq "$REPEAT"); do
   s=$(time_report --db "$WORK/fill.db"); cp "$WORK/out.json" "$WORK/sqlite.json"
   c=$(time_report --clickhouse "$CH_URL" --clickhouse-database bench_fill)
