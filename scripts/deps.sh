@@ -9,6 +9,7 @@ packages=(
   netsniff-ng pmacct python3-scapy                  # benchmarks: trafgen, uacctd, bench/scapy-capture.py
   strongswan-charon strongswan-swanctl libcharon-extra-plugins  # real IPsec in the lab (kernel-libipsec)
   chromium                                          # dashboard test (headless)
+  clickhouse-server clickhouse-client               # the ClickHouse sink's tests and benchmark (own server processes)
   systemd                                           # systemd-analyze verify for the example units
   iperf3                                            # bench/probe.sh (d): TCP through the gateway
 )

@@ -78,6 +78,8 @@ pub struct RawConfig {
     /// Labels for exporters that do not send labelflow's IEs; first match wins.
     #[serde(default)]
     pub label_rules: Vec<RawLabelRule>,
+    /// The ClickHouse sink; absent: none.
+    pub clickhouse: Option<crate::clickhouse::RawClickHouse>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -209,6 +211,7 @@ pub struct Config {
     pub prune_interval: Duration,
     pub agg: AggConfig,
     pub label_rules: Vec<LabelRule>,
+    pub clickhouse: Option<crate::clickhouse::ClickHouseConfig>,
 }
 
 /// What aggregation needs; pure data.
@@ -390,19 +393,24 @@ impl Config {
             prune_interval: src.dur(&raw.store.prune_interval, "store.prune_interval", "5m")?,
             agg,
             label_rules,
+            clickhouse: raw
+                .clickhouse
+                .as_ref()
+                .map(|c| crate::clickhouse::config::validate(&src, c))
+                .transpose()?,
         })
     }
 }
 
 /// The text a configuration was parsed from, to place errors at `FILE:LINE:COL`.
-struct Source<'a> {
+pub(crate) struct Source<'a> {
     origin: &'a str,
     text: &'a str,
 }
 
 impl Source<'_> {
     /// An invalid value: at its place when it came from the file, else at the file.
-    fn bad<T>(
+    pub(crate) fn bad<T>(
         &self,
         at: Option<&Spanned<T>>,
         key: &str,
@@ -423,7 +431,11 @@ impl Source<'_> {
     }
 
     /// A value parsed with `FromStr`.
-    fn parsed<T: std::str::FromStr>(&self, v: &Spanned<String>, key: &str) -> Result<T, ConfigError>
+    pub(crate) fn parsed<T: std::str::FromStr>(
+        &self,
+        v: &Spanned<String>,
+        key: &str,
+    ) -> Result<T, ConfigError>
     where
         T::Err: std::fmt::Display,
     {
@@ -433,7 +445,7 @@ impl Source<'_> {
     }
 
     /// A humantime duration, or `default` when absent.
-    fn dur(
+    pub(crate) fn dur(
         &self,
         v: &Option<Spanned<String>>,
         key: &str,
@@ -444,7 +456,7 @@ impl Source<'_> {
     }
 
     /// A non-zero count, or `default` when absent.
-    fn nz(
+    pub(crate) fn nz(
         &self,
         v: &Option<Spanned<usize>>,
         key: &str,

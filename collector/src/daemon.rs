@@ -110,8 +110,13 @@ pub fn bind(cfg: &Config) -> anyhow::Result<Bound> {
         }
         None => None,
     };
-    let store = Store::open(&cfg.db, cfg.max_templates_per_exporter.get())
+    let mut store = Store::open(&cfg.db, cfg.max_templates_per_exporter.get())
         .with_context(|| format!("opening {}", cfg.db.display()))?;
+    if cfg.clickhouse.is_some() {
+        store
+            .enable_clickhouse_outbox((now_ms() * 1000) as i64)
+            .context("creating the ClickHouse outbox")?;
+    }
     Ok(Bound {
         sockets,
         http,
@@ -162,6 +167,24 @@ pub fn run(
             .spawn(move || store_loop(&cfg, store, &rx, &busy, &metrics))?
     };
     let stop = Arc::new(AtomicBool::new(false));
+    // The ClickHouse sink stops after the store thread, so it sees the last commit.
+    let sink_stop = Arc::new(AtomicBool::new(false));
+    let sink = match &cfg.clickhouse {
+        Some(ch) => {
+            let s = crate::clickhouse::Sink::open(
+                ch.clone(),
+                cfg.agg.clone(),
+                cfg.prune_interval,
+                &cfg.db,
+            )?;
+            Some(crate::clickhouse::sink::spawn(
+                s,
+                sink_stop.clone(),
+                metrics.clone(),
+            )?)
+        }
+        None => None,
+    };
     let worker = {
         let (cfg, stop, metrics) = (cfg.clone(), stop.clone(), metrics.clone());
         let busy = store_busy.clone();
@@ -187,6 +210,7 @@ pub fn run(
                 db: cfg.db.clone(),
                 metrics: metrics.clone(),
                 token: cfg.http_token.as_deref().map(Arc::from),
+                clickhouse: cfg.clickhouse.clone().filter(|c| c.serve_reports),
             });
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {
@@ -211,9 +235,15 @@ pub fn run(
     worker
         .join()
         .map_err(|_| anyhow::anyhow!("ingest thread panicked"))?;
-    storer
+    let stored = storer
         .join()
-        .map_err(|_| anyhow::anyhow!("store thread panicked"))??;
+        .map_err(|_| anyhow::anyhow!("store thread panicked"));
+    sink_stop.store(true, Ordering::Release);
+    if let Some(s) = sink {
+        s.join()
+            .map_err(|_| anyhow::anyhow!("clickhouse sink thread panicked"))?;
+    }
+    stored??;
     Ok(())
 }
 

@@ -39,6 +39,8 @@ pub struct AppState {
     pub metrics: Arc<Mutex<Snapshot>>,
     /// Bearer token the API and `/metrics` require, if any.
     pub token: Option<Arc<str>>,
+    /// Reports read ClickHouse (`clickhouse.serve_reports`) instead of the database.
+    pub clickhouse: Option<crate::clickhouse::ClickHouseConfig>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -148,8 +150,10 @@ fn now_secs() -> i64 {
 }
 
 async fn api_report(State(st): State<AppState>, AxQuery(p): AxQuery<ReportParams>) -> Response {
+    let by = p.by.as_deref().unwrap_or("label");
+    let by_collector = by == "collector" && st.clickhouse.is_some();
     let q = match parse_query(
-        p.by.as_deref().unwrap_or("label"),
+        if by_collector { "label" } else { by },
         p.bucket.as_deref(),
         p.last.as_deref(),
         p.from.as_deref(),
@@ -170,7 +174,17 @@ async fn api_report(State(st): State<AppState>, AxQuery(p): AxQuery<ReportParams
         Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
     };
     let db = st.db.clone();
+    let ch = st.clickhouse.clone();
     let r = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, String> {
+        if let Some(ch) = ch {
+            let rep = crate::clickhouse::read::build(ch.client(), &ch.database, &q, by_collector)
+                .map_err(|e| e.to_string())?;
+            let mut j = report::to_json(&rep);
+            if by_collector {
+                crate::clickhouse::read::collector_json(&mut j);
+            }
+            return Ok(j);
+        }
         let reader = Reader::open(&db).map_err(|e| e.to_string())?;
         let rep = report::build(&reader, &q).map_err(|e| e.to_string())?;
         Ok(report::to_json(&rep))
@@ -212,6 +226,9 @@ pub fn render_metrics(s: &Snapshot) -> String {
     );
     render_series(&mut o, s);
     render_tunnels(&mut o, s);
+    if let Some(c) = &s.clickhouse {
+        crate::clickhouse::sink::render_metrics(&mut o, c);
+    }
     o
 }
 

@@ -57,6 +57,8 @@ pub struct Snapshot {
     /// Datagrams refused by `allowed_exporters`, per source (bounded; the rest under
     /// `other`).
     pub refused_sources: Vec<(String, u64)>,
+    /// The ClickHouse sink, when configured.
+    pub clickhouse: Option<crate::clickhouse::SinkStats>,
 }
 
 #[derive(Debug)]

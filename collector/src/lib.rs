@@ -9,7 +9,8 @@
 //!      ──► FlowSink: label id (name, options, group, exporter rules) ──► Flow
 //!      ──► Aggregator (pro-rated buckets per label, protocol, port, tunnel, host;
 //!                      views summed from their labels)
-//!      ──► Store::commit (one SQLite transaction per batch)
+//!      ──► Store::commit (one SQLite transaction per batch; with [clickhouse] the batch's
+//!          cells queued in the same transaction for the ClickHouse sink thread)
 //!  Reader ──► report::build ──► table / CSV / JSON, HTTP, graph (SVG/PNG)
 //! ```
 //!
@@ -33,6 +34,7 @@
 //! ```
 
 pub mod aggregate;
+pub mod clickhouse;
 pub mod config;
 #[cfg(feature = "server")]
 pub mod daemon;

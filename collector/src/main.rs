@@ -78,7 +78,20 @@ enum Command {
 struct QueryArgs {
     #[arg(long, default_value = "labelflow.db")]
     db: PathBuf,
-    /// label | view | tunnel | host | protocol | port
+    /// Read ClickHouse (`http://HOST[:PORT]`) instead of the database: every collector
+    /// writing there, through the Distributed tables when they exist.
+    #[arg(long, value_name = "URL")]
+    clickhouse: Option<String>,
+    /// ClickHouse database.
+    #[arg(long, default_value = "labelflow", requires = "clickhouse")]
+    clickhouse_database: String,
+    /// ClickHouse user.
+    #[arg(long, default_value = "default", requires = "clickhouse")]
+    clickhouse_user: String,
+    /// File holding the ClickHouse password.
+    #[arg(long, requires = "clickhouse")]
+    clickhouse_password_file: Option<PathBuf>,
+    /// label | view | tunnel | host | protocol | port, and with --clickhouse: collector
     #[arg(long, default_value = "label")]
     by: String,
     /// Output bucket width (humantime, e.g. 5m); default: the finest stored resolution.
@@ -199,8 +212,12 @@ fn now_secs() -> i64 {
 }
 
 fn load_report(q: &QueryArgs) -> anyhow::Result<report::Report> {
+    let by_collector = q.by == "collector";
+    if by_collector && q.clickhouse.is_none() {
+        anyhow::bail!("--by collector needs --clickhouse (one database holds one collector)");
+    }
     let query = http::parse_query(
-        &q.by,
+        if by_collector { "label" } else { &q.by },
         q.bucket.as_deref(),
         q.last.as_deref(),
         q.from.as_deref(),
@@ -213,6 +230,9 @@ fn load_report(q: &QueryArgs) -> anyhow::Result<report::Report> {
         keys: q.keys.clone(),
         ..query
     };
+    if let Some(url) = &q.clickhouse {
+        return clickhouse_report(q, url, &query, by_collector);
+    }
     if !q.db.exists() {
         anyhow::bail!("{}: no such database", q.db.display());
     }
@@ -220,12 +240,50 @@ fn load_report(q: &QueryArgs) -> anyhow::Result<report::Report> {
     Ok(report::build(&reader, &query)?)
 }
 
+fn clickhouse_report(
+    q: &QueryArgs,
+    url: &str,
+    query: &report::Query,
+    by_collector: bool,
+) -> anyhow::Result<report::Report> {
+    use labelflow_collector::clickhouse::{read, Client};
+    let password = match &q.clickhouse_password_file {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading {}", f.display()))?
+            .trim()
+            .to_string(),
+        None => String::new(),
+    };
+    let timeout = std::time::Duration::from_secs(300);
+    let client = Client::new(url, &q.clickhouse_user, &password, timeout)?;
+    Ok(read::build(
+        client,
+        &q.clickhouse_database,
+        query,
+        by_collector,
+    )?)
+}
+
 fn report_cmd(q: &QueryArgs, format: Format) -> anyhow::Result<()> {
     let r = load_report(q)?;
+    // `--by collector` reports label counts keyed by collector name: name the key so.
+    let rename = |s: String| {
+        if q.by == "collector" {
+            labelflow_collector::clickhouse::read::collector_header(&s)
+        } else {
+            s
+        }
+    };
     match format {
-        Format::Table => print!("{}", report::to_table(&r)),
-        Format::Csv => print!("{}", report::to_csv(&r)),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report::to_json(&r))?),
+        Format::Table => print!("{}", rename(report::to_table(&r))),
+        Format::Csv => print!("{}", rename(report::to_csv(&r))),
+        Format::Json => {
+            let mut j = report::to_json(&r);
+            if q.by == "collector" {
+                labelflow_collector::clickhouse::read::collector_json(&mut j);
+            }
+            println!("{}", serde_json::to_string_pretty(&j)?)
+        }
     }
     Ok(())
 }

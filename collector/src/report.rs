@@ -37,6 +37,8 @@ pub enum ReportError {
     Bucket(u64, Vec<i64>),
     #[error("empty range: from {0} is not before to {1}")]
     Range(i64, i64),
+    #[error(transparent)]
+    ClickHouse(#[from] crate::clickhouse::ChError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,10 +74,30 @@ pub struct TunnelDetail {
 
 /// Run a query.
 pub fn build(reader: &Reader, q: &Query) -> Result<Report, ReportError> {
+    let stored = reader.resolutions()?;
+    build_from(q, &stored, |res, from, to| {
+        Ok(reader.rows(res, q.by, from, to)?)
+    })
+}
+
+/// Run a query over any source of rows: `stored` resolutions, and `rows(res, from, to)`
+/// giving the rows of `q.by` at resolution `res` with `from <= bucket < to`.
+pub fn build_from(
+    q: &Query,
+    stored: &[i64],
+    rows: impl FnOnce(i64, i64, i64) -> Result<Vec<Row>, ReportError>,
+) -> Result<Report, ReportError> {
+    let (res, bucket, from, to) = plan(q, stored)?;
+    let raw = rows(res, from, to)?;
+    Ok(assemble(q.by, bucket, from, to, raw, q.top, &q.keys))
+}
+
+/// The stored resolution a query reads, its output bucket width and its range widened to
+/// whole buckets: `(res, bucket, from, to)`.
+pub fn plan(q: &Query, stored: &[i64]) -> Result<(i64, i64, i64, i64), ReportError> {
     if q.from >= q.to {
         return Err(ReportError::Range(q.from, q.to));
     }
-    let stored = reader.resolutions()?;
     let (res, bucket) = match q.bucket {
         Some(b) => {
             let res = stored
@@ -88,7 +110,7 @@ pub fn build(reader: &Reader, q: &Query) -> Result<Report, ReportError> {
                 } else {
                     None
                 })
-                .ok_or_else(|| ReportError::Bucket(b, stored.clone()))?;
+                .ok_or_else(|| ReportError::Bucket(b, stored.to_vec()))?;
             (res, b as i64)
         }
         None => {
@@ -104,8 +126,7 @@ pub fn build(reader: &Reader, q: &Query) -> Result<Report, ReportError> {
     };
     let from = q.from.div_euclid(bucket) * bucket;
     let to = (q.to + bucket - 1).div_euclid(bucket) * bucket;
-    let raw = reader.rows(res, q.by, from, to)?;
-    Ok(assemble(q.by, bucket, from, to, raw, q.top, &q.keys))
+    Ok((res, bucket, from, to))
 }
 
 /// Keep the rows of `keys` (all when empty), regroup them into output buckets and apply

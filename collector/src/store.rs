@@ -43,6 +43,8 @@ pub enum StoreError {
 pub struct Store {
     conn: Connection,
     template_cap: usize,
+    /// Queue each commit's cells for ClickHouse in the same transaction.
+    clickhouse_outbox: bool,
 }
 
 /// [`ExporterContext`] as stored: maps as lists (JSON object keys are strings only).
@@ -184,7 +186,16 @@ impl Store {
         Ok(Store {
             conn,
             template_cap: template_cap.max(1),
+            clickhouse_outbox: false,
         })
+    }
+
+    /// From now on, queue every commit's cells for ClickHouse in the commit's transaction
+    /// (see [`crate::clickhouse::outbox`]). `now_us`: microseconds since the epoch.
+    pub fn enable_clickhouse_outbox(&mut self, now_us: i64) -> Result<(), StoreError> {
+        crate::clickhouse::outbox::create(&self.conn, now_us)?;
+        self.clickhouse_outbox = true;
+        Ok(())
     }
 
     /// Commit one batch atomically.
@@ -318,6 +329,9 @@ impl Store {
                     self.template_cap as i64
                 ])?;
             }
+            if self.clickhouse_outbox {
+                crate::clickhouse::outbox::record(&tx, deltas)?;
+            }
         }
         tx.commit()?;
         Ok(())
@@ -449,6 +463,31 @@ impl Store {
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
+}
+
+/// The totals of one cell, if stored: what the ClickHouse sink sends (read inside its own
+/// transaction, so that they match the outbox state it read with them).
+pub fn cell_totals(
+    conn: &Connection,
+    res: i64,
+    dim: Dim,
+    bucket: i64,
+    key: &str,
+) -> rusqlite::Result<Option<Counters>> {
+    conn.prepare_cached(
+        "SELECT bytes, packets, flows, bytes_in, bytes_out FROM agg
+         WHERE res = ?1 AND dim = ?2 AND bucket = ?3 AND key = ?4",
+    )?
+    .query_row(params![res, dim.name(), bucket, key], |r| {
+        Ok(Counters {
+            bytes: r.get::<_, i64>(0)? as u64,
+            packets: r.get::<_, i64>(1)? as u64,
+            flows: r.get::<_, i64>(2)? as u64,
+            bytes_in: r.get::<_, i64>(3)? as u64,
+            bytes_out: r.get::<_, i64>(4)? as u64,
+        })
+    })
+    .optional()
 }
 
 /// Read-only access for reports and HTTP.

@@ -7,6 +7,7 @@
 //!   net      udp_socket_of(pid, port), with_fresh_port(..)     readiness and ports from /proc
 //!   pcap     PcapWriter, ipv4_udp(..)                          captures for replays and tshark
 //!   nfcapd   Nfcapd::start(..).stop(), nfdump(dir, args)       every file of the run (-R)
+//!   clickhouse  ClickHouse::start(dir), ::cluster(dir, 2)      own config and ports, /ping
 //! ```
 //!
 //! ```
@@ -16,6 +17,7 @@
 //! assert_eq!(w.bytes().len(), 24 + 16 + 29);
 //! ```
 
+pub mod clickhouse;
 pub mod net;
 pub mod nfcapd;
 pub mod pcap;

@@ -1,0 +1,323 @@
+//! The ClickHouse outbox: a table in the collector's SQLite database, written in the same
+//! transaction as every commit of counts, naming the cells (resolution, dimension, bucket,
+//! key) that commit changed.
+//!
+//! ```text
+//!  clickhouse_outbox(batch INTEGER PRIMARY KEY AUTOINCREMENT, created_ms, cells BLOB)
+//! ```
+//!
+//! The sender reads pending batches and, in the same read transaction, the cells' current
+//! totals from the store; it sends those absolute totals with the newest batch id as their
+//! version and deletes the batches once ClickHouse acknowledged the insert. A row is thus a
+//! fact ("this cell held these totals as of batch N"), so sending it twice, or merging
+//! batches before sending, changes nothing: ClickHouse keeps the highest version per cell.
+//!
+//! Batch ids start at the creation time of the outbox in microseconds, so a collector whose
+//! database was recreated still writes versions above the ones it wrote before.
+
+use std::collections::HashSet;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use crate::aggregate::{Counters, Delta, Dim};
+
+/// One aggregate cell.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cell {
+    pub resolution: i64,
+    pub dim: Dim,
+    pub bucket: i64,
+    pub key: String,
+}
+
+/// Create the outbox if needed and seed its batch ids (see the module docs).
+pub fn create(conn: &Connection, now_us: i64) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS clickhouse_outbox (
+             batch INTEGER PRIMARY KEY AUTOINCREMENT,
+             created_ms INTEGER NOT NULL,
+             cells BLOB NOT NULL)",
+    )?;
+    conn.execute(
+        "INSERT INTO sqlite_sequence (name, seq)
+         SELECT 'clickhouse_outbox', ?1
+         WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'clickhouse_outbox')",
+        params![now_us],
+    )?;
+    Ok(())
+}
+
+/// Queue the cells `deltas` touch, inside the commit's transaction `tx`.
+pub fn record(tx: &Transaction<'_>, deltas: &[Delta]) -> rusqlite::Result<()> {
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    let mut blob = Vec::with_capacity(deltas.len() * 32);
+    for d in deltas {
+        encode(&mut blob, d.resolution, d.dim, d.bucket, &d.key);
+    }
+    tx.prepare_cached(
+        "INSERT INTO clickhouse_outbox (created_ms, cells)
+         VALUES (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER), ?1)",
+    )?
+    .execute(params![blob])?;
+    Ok(())
+}
+
+fn encode(o: &mut Vec<u8>, resolution: i64, dim: Dim, bucket: i64, key: &str) {
+    o.extend_from_slice(&resolution.to_le_bytes());
+    o.push(Dim::ALL.iter().position(|d| *d == dim).unwrap_or(0) as u8);
+    o.extend_from_slice(&bucket.to_le_bytes());
+    o.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    o.extend_from_slice(key.as_bytes());
+}
+
+/// The cells of one blob; stops at the first malformed entry (a blob this collector did not
+/// write), returning what came before it.
+fn decode(mut b: &[u8], out: &mut HashSet<Cell>) -> bool {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (h, t) = (b.get(..n)?, b.get(n..)?);
+        *b = t;
+        Some(h)
+    }
+    while !b.is_empty() {
+        let cell = (|| {
+            let resolution = i64::from_le_bytes(take(&mut b, 8)?.try_into().ok()?);
+            let dim = *Dim::ALL.get(take(&mut b, 1)?[0] as usize)?;
+            let bucket = i64::from_le_bytes(take(&mut b, 8)?.try_into().ok()?);
+            let len = u32::from_le_bytes(take(&mut b, 4)?.try_into().ok()?) as usize;
+            let key = String::from_utf8(take(&mut b, len)?.to_vec()).ok()?;
+            Some(Cell {
+                resolution,
+                dim,
+                bucket,
+                key,
+            })
+        })();
+        match cell {
+            Some(c) => {
+                out.insert(c);
+            }
+            None => return false,
+        }
+    }
+    true
+}
+
+/// What is due for ClickHouse: the current totals of the cells of the oldest pending
+/// batches, read in one snapshot of the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// The newest batch included: acknowledging deletes it and all before it.
+    pub upto: i64,
+    /// The newest batch committed when the totals were read: the rows' version.
+    pub version: i64,
+    pub batches: usize,
+    /// Creation time of the oldest batch included, ms since the epoch.
+    pub oldest_ms: i64,
+    /// Cells and totals, sorted. Cells the store no longer holds (pruned) are left out.
+    pub rows: Vec<(Cell, Counters)>,
+    /// Entries in the batches that could not be read (skipped).
+    pub malformed: usize,
+}
+
+/// Queue length and the oldest pending batch's creation time (ms), if any.
+pub fn backlog(conn: &Connection) -> rusqlite::Result<(u64, Option<i64>)> {
+    conn.query_row(
+        "SELECT COUNT(*), MIN(created_ms) FROM clickhouse_outbox",
+        [],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+    )
+}
+
+/// Batches waiting in the outbox of the database at `path` (for tools and tests: the
+/// outbox is empty exactly when ClickHouse acknowledged every commit).
+pub fn waiting(path: &std::path::Path) -> rusqlite::Result<u64> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(backlog(&conn)?.0)
+}
+
+/// Up to `max_batches` of the oldest pending batches with their cells' totals.
+pub fn take(conn: &mut Connection, max_batches: usize) -> rusqlite::Result<Option<Pending>> {
+    let tx = conn.transaction()?;
+    let mut cells = HashSet::new();
+    let (mut upto, mut oldest_ms, mut batches, mut malformed) = (None, i64::MAX, 0, 0);
+    {
+        let mut st = tx.prepare_cached(
+            "SELECT batch, created_ms, cells FROM clickhouse_outbox ORDER BY batch LIMIT ?1",
+        )?;
+        let mut rows = st.query(params![max_batches as i64])?;
+        while let Some(r) = rows.next()? {
+            upto = Some(r.get::<_, i64>(0)?);
+            oldest_ms = oldest_ms.min(r.get(1)?);
+            batches += 1;
+            if !decode(r.get_ref(2)?.as_blob()?, &mut cells) {
+                malformed += 1;
+            }
+        }
+    }
+    let Some(upto) = upto else {
+        return Ok(None);
+    };
+    let version: i64 = tx
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'clickhouse_outbox'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(upto);
+    let mut sorted: Vec<Cell> = cells.into_iter().collect();
+    sorted.sort_unstable();
+    let mut rows = Vec::with_capacity(sorted.len());
+    for c in sorted {
+        if let Some(v) = crate::store::cell_totals(&tx, c.resolution, c.dim, c.bucket, &c.key)? {
+            rows.push((c, v));
+        }
+    }
+    tx.commit()?;
+    Ok(Some(Pending {
+        upto,
+        version,
+        batches,
+        oldest_ms,
+        rows,
+        malformed,
+    }))
+}
+
+/// ClickHouse acknowledged everything up to batch `upto`.
+pub fn acknowledge(conn: &Connection, upto: i64) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM clickhouse_outbox WHERE batch <= ?1",
+        params![upto],
+    )
+}
+
+/// Keep at most `max_batches` pending batches: merge the oldest into one (the union of
+/// their cells, under the newest id among them). Nothing is lost: rows carry absolute
+/// totals read at send time. Returns the number of batches merged away.
+pub fn fold(conn: &mut Connection, max_batches: usize) -> rusqlite::Result<usize> {
+    let max_batches = max_batches.max(2);
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let count: i64 = tx.query_row("SELECT COUNT(*) FROM clickhouse_outbox", [], |r| r.get(0))?;
+    if count as usize <= max_batches {
+        return Ok(0);
+    }
+    // Merge the oldest half, so folding runs rarely while the backlog stays bounded.
+    let merge = (count as usize - max_batches / 2).max(2);
+    let mut cells = HashSet::new();
+    let (mut last, mut oldest) = (0i64, i64::MAX);
+    {
+        let mut st = tx.prepare(
+            "SELECT batch, created_ms, cells FROM clickhouse_outbox ORDER BY batch LIMIT ?1",
+        )?;
+        let mut rows = st.query(params![merge as i64])?;
+        while let Some(r) = rows.next()? {
+            last = r.get(0)?;
+            oldest = oldest.min(r.get(1)?);
+            decode(r.get_ref(2)?.as_blob()?, &mut cells);
+        }
+    }
+    let mut blob = Vec::new();
+    for c in &cells {
+        encode(&mut blob, c.resolution, c.dim, c.bucket, &c.key);
+    }
+    tx.execute(
+        "DELETE FROM clickhouse_outbox WHERE batch < ?1",
+        params![last],
+    )?;
+    tx.execute(
+        "UPDATE clickhouse_outbox SET created_ms = ?2, cells = ?3 WHERE batch = ?1",
+        params![last, oldest, blob],
+    )?;
+    tx.commit()?;
+    Ok(merge - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delta(key: &str, bytes: u64) -> Delta {
+        Delta {
+            resolution: 60,
+            bucket: 120,
+            dim: Dim::Label,
+            key: key.into(),
+            counters: Counters {
+                bytes,
+                packets: 1,
+                flows: 1,
+                ..Counters::default()
+            },
+        }
+    }
+
+    #[test]
+    fn commits_queue_cells_and_sends_read_absolute_totals() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        let mut store = crate::store::Store::open(&path, 8).unwrap();
+        store.enable_clickhouse_outbox(1_000_000).unwrap();
+        store.commit(&[delta("a", 10)], &[], &[]).unwrap();
+        store
+            .commit(&[delta("a", 5), delta("b", 7)], &[], &[])
+            .unwrap();
+        store.commit(&[], &[], &[]).unwrap();
+        let mut conn = Connection::open(&path).unwrap();
+        assert_eq!(
+            backlog(&conn).unwrap().0,
+            2,
+            "an empty commit queues nothing"
+        );
+        // One batch taken: its cell at its current total, versioned by the newest batch.
+        let p = take(&mut conn, 1).unwrap().unwrap();
+        assert_eq!((p.upto, p.version, p.batches), (1_000_001, 1_000_002, 1));
+        assert_eq!(p.rows.len(), 1);
+        assert_eq!((p.rows[0].0.key.as_str(), p.rows[0].1.bytes), ("a", 15));
+        // Taken again (a retry): the same rows and version.
+        assert_eq!(take(&mut conn, 1).unwrap().unwrap(), p);
+        assert_eq!(acknowledge(&conn, p.upto).unwrap(), 1);
+        // Folding keeps the union of cells under the newest id.
+        for i in 0..5 {
+            store
+                .commit(&[delta(&format!("k{i}"), 1)], &[], &[])
+                .unwrap();
+        }
+        // Six pending, at most two kept: the oldest five become one.
+        assert_eq!(fold(&mut conn, 2).unwrap(), 4);
+        assert_eq!(waiting(&path).unwrap(), 2);
+        let p = take(&mut conn, 100).unwrap().unwrap();
+        assert_eq!((p.batches, p.rows.len(), p.upto), (2, 7, 1_000_007));
+        acknowledge(&conn, p.upto).unwrap();
+        assert!(take(&mut conn, 100).unwrap().is_none());
+        // A reopened outbox keeps counting from where it was.
+        drop(store);
+        let mut store = crate::store::Store::open(&path, 8).unwrap();
+        store.enable_clickhouse_outbox(5).unwrap();
+        store.commit(&[delta("a", 1)], &[], &[]).unwrap();
+        assert_eq!(take(&mut conn, 1).unwrap().unwrap().upto, 1_000_008);
+    }
+
+    #[test]
+    fn cells_roundtrip_and_stop_at_garbage() {
+        let mut b = Vec::new();
+        encode(&mut b, 60, Dim::Host, -120, "10.0.0.1");
+        encode(&mut b, 3600, Dim::Label, 0, "");
+        let mut out = HashSet::new();
+        assert!(decode(&b, &mut out));
+        assert_eq!(out.len(), 2);
+        assert!(out.contains(&Cell {
+            resolution: 60,
+            dim: Dim::Host,
+            bucket: -120,
+            key: "10.0.0.1".into()
+        }));
+        b.extend_from_slice(&[1, 2, 3]);
+        let mut out = HashSet::new();
+        assert!(!decode(&b, &mut out));
+        assert_eq!(out.len(), 2);
+    }
+}

@@ -1,0 +1,361 @@
+//! The sender thread: outbox → ClickHouse, retried with backoff, acknowledged only after the
+//! server answered the insert.
+//!
+//! ```text
+//!  store thread ── commit (counts + outbox row, one SQLite transaction)
+//!  sink thread  ── fold (bound the backlog) ── take (outbox + current totals, one read
+//!                  snapshot) ── INSERT ... FORMAT RowBinary per resolution ── 200 OK ──
+//!                  delete the batches; any error: keep them, back off, send again
+//! ```
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::Connection;
+
+use super::client::{ChError, Client};
+use super::config::ClickHouseConfig;
+use super::outbox::{self, Pending};
+use super::schema;
+use crate::config::AggConfig;
+use crate::ingest::Snapshot;
+
+/// The sink's state for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SinkStats {
+    /// Batches waiting in the outbox.
+    pub queue_batches: u64,
+    /// Age of the oldest waiting batch, seconds (0 when none waits).
+    pub lag_seconds: f64,
+    /// Commit-to-acknowledgment time of the oldest batch of the last acknowledged insert,
+    /// seconds: how far ClickHouse trails the store while it keeps up.
+    pub ack_lag_seconds: f64,
+    pub inserts: u64,
+    pub sent_batches: u64,
+    pub sent_rows: u64,
+    /// Failed requests (each retried later).
+    pub errors: u64,
+    /// Batches merged into others to keep the backlog within `max_backlog`.
+    pub folded_batches: u64,
+    /// Outbox entries that could not be read (skipped).
+    pub malformed: u64,
+    pub partitions_dropped: u64,
+}
+
+/// First and longest wait after a failed request.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
+/// How often an idle sink looks at the outbox.
+const POLL: Duration = Duration::from_millis(200);
+/// How long the sink keeps sending at shutdown; what is left waits in the outbox.
+pub const DRAIN: Duration = Duration::from_secs(10);
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// RowBinary of one resolution's rows.
+fn encode(p: &Pending, res: i64, name: &str) -> (Vec<u8>, usize) {
+    fn string(o: &mut Vec<u8>, s: &[u8]) {
+        let mut n = s.len() as u64;
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                o.push(b);
+                break;
+            }
+            o.push(b | 0x80);
+        }
+        o.extend_from_slice(s);
+    }
+    let mut o = Vec::new();
+    let mut n = 0;
+    for (c, v) in p.rows.iter().filter(|(c, _)| c.resolution == res) {
+        string(&mut o, name.as_bytes());
+        string(&mut o, c.dim.name().as_bytes());
+        o.extend_from_slice(&(c.bucket.clamp(0, u32::MAX as i64) as u32).to_le_bytes());
+        string(&mut o, c.key.as_bytes());
+        for x in [v.bytes, v.packets, v.flows, v.bytes_in, v.bytes_out] {
+            o.extend_from_slice(&x.to_le_bytes());
+        }
+        o.extend_from_slice(&(p.version as u64).to_le_bytes());
+        n += 1;
+    }
+    (o, n)
+}
+
+/// Insert one pending set: one insert per resolution present.
+fn send(c: &Client, cfg: &ClickHouseConfig, p: &Pending) -> Result<usize, ChError> {
+    let mut resolutions: Vec<i64> = p.rows.iter().map(|(c, _)| c.resolution).collect();
+    resolutions.dedup();
+    resolutions.sort_unstable();
+    resolutions.dedup();
+    let mut inserts = 0;
+    for res in resolutions {
+        let (body, _) = encode(p, res, &cfg.collector_name);
+        c.execute(
+            &format!(
+                "INSERT INTO {}.{} (collector_name, dim, bucket, key, bytes, packets, flows, \
+                 bytes_in, bytes_out, version) FORMAT RowBinary",
+                cfg.database,
+                schema::table(res)
+            ),
+            &body,
+        )?;
+        inserts += 1;
+    }
+    Ok(inserts)
+}
+
+/// The sink: runs until `stop` is set, then keeps sending for at most [`DRAIN`].
+#[derive(Debug)]
+pub struct Sink {
+    cfg: ClickHouseConfig,
+    agg: AggConfig,
+    prune_interval: Duration,
+    conn: Connection,
+    client: Client,
+    stats: SinkStats,
+}
+
+impl Sink {
+    pub fn open(
+        cfg: ClickHouseConfig,
+        agg: AggConfig,
+        prune_interval: Duration,
+        db: &Path,
+    ) -> rusqlite::Result<Sink> {
+        let conn = Connection::open(db)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let client = cfg.client();
+        Ok(Sink {
+            cfg,
+            agg,
+            prune_interval,
+            conn,
+            client,
+            stats: SinkStats::default(),
+        })
+    }
+
+    fn publish(&mut self, metrics: &Mutex<Snapshot>) {
+        if let Ok((n, oldest)) = outbox::backlog(&self.conn) {
+            self.stats.queue_batches = n;
+            self.stats.lag_seconds = oldest.map_or(0.0, |o| (now_ms() - o).max(0) as f64 / 1000.0);
+        }
+        if let Ok(mut m) = metrics.lock() {
+            m.clickhouse = Some(self.stats.clone());
+        }
+    }
+
+    /// One step: fold, take, send, acknowledge. `Ok(true)` when something was sent.
+    fn step(&mut self) -> Result<bool, anyhow::Error> {
+        self.stats.folded_batches +=
+            outbox::fold(&mut self.conn, self.cfg.max_backlog.get())? as u64;
+        let Some(p) = outbox::take(&mut self.conn, self.cfg.max_batches_per_insert.get())? else {
+            return Ok(false);
+        };
+        self.stats.malformed += p.malformed as u64;
+        let inserts = send(&self.client, &self.cfg, &p)?;
+        outbox::acknowledge(&self.conn, p.upto)?;
+        tracing::debug!(
+            batches = p.batches,
+            upto = p.upto,
+            version = p.version,
+            rows = p.rows.len(),
+            inserts,
+            "clickhouse insert acknowledged"
+        );
+        self.stats.inserts += inserts as u64;
+        self.stats.ack_lag_seconds = (now_ms() - p.oldest_ms).max(0) as f64 / 1000.0;
+        self.stats.sent_batches += p.batches as u64;
+        self.stats.sent_rows += p.rows.len() as u64;
+        Ok(true)
+    }
+
+    fn drop_expired(&mut self) -> Result<(), ChError> {
+        let now = now_ms() / 1000;
+        for (res, keep) in self.agg.resolutions.iter().zip(&self.agg.retention) {
+            let n =
+                schema::drop_expired(&self.client, &self.cfg.database, *res as i64, *keep, now)?;
+            self.stats.partitions_dropped += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Run until `stop`, then drain for at most [`DRAIN`].
+    pub fn run(mut self, stop: &AtomicBool, metrics: &Mutex<Snapshot>) {
+        let mut schema_ready = false;
+        let mut backoff = BACKOFF.0;
+        let mut last_prune: Option<Instant> = None;
+        let mut drain_until: Option<Instant> = None;
+        let mut last_log: Option<Instant> = None;
+        loop {
+            if stop.load(Ordering::Acquire) && drain_until.is_none() {
+                drain_until = Some(Instant::now() + DRAIN);
+            }
+            let r = if !schema_ready {
+                let a = &self.agg;
+                schema::ensure(
+                    &self.client,
+                    &self.cfg.database,
+                    &a.resolutions,
+                    &a.retention,
+                    self.cfg.cluster.as_deref(),
+                )
+                .map(|()| {
+                    schema_ready = true;
+                    tracing::info!(url = %self.cfg.url, db = %self.cfg.database, "clickhouse schema ready");
+                    true
+                })
+                .map_err(anyhow::Error::from)
+            } else {
+                self.step()
+            };
+            self.publish(metrics);
+            let idle = match r {
+                Ok(sent) => {
+                    backoff = BACKOFF.0;
+                    !sent
+                }
+                Err(e) => {
+                    self.stats.errors += 1;
+                    // The server refused a statement: its tables may have been dropped or
+                    // the server replaced; create what is missing before the next attempt.
+                    if e.downcast_ref::<ChError>().is_some_and(ChError::answered) {
+                        schema_ready = false;
+                    }
+                    if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "clickhouse sink: will retry");
+                        last_log = Some(Instant::now());
+                    }
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(BACKOFF.1);
+                    if !pause(wait, stop, drain_until) {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            if schema_ready && last_prune.is_none_or(|p| p.elapsed() >= self.prune_interval) {
+                if let Err(e) = self.drop_expired() {
+                    tracing::warn!(error = %e, "clickhouse retention: dropping partitions failed");
+                }
+                last_prune = Some(Instant::now());
+            }
+            if idle {
+                if drain_until.is_some() {
+                    break;
+                }
+                pause(POLL, stop, None);
+            }
+            if drain_until.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+        }
+        self.publish(metrics);
+        tracing::info!(
+            waiting = self.stats.queue_batches,
+            "clickhouse sink stopped; waiting batches are sent at the next start"
+        );
+    }
+}
+
+/// Wait `d`, in short steps; `false` when the drain deadline passed meanwhile.
+fn pause(d: Duration, stop: &AtomicBool, drain_until: Option<Instant>) -> bool {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if drain_until.is_some_and(|u| Instant::now() >= u) {
+            return false;
+        }
+        if drain_until.is_none() && stop.load(Ordering::Acquire) {
+            // Stop asked while waiting: go back to the loop, which starts the drain.
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20).min(d));
+    }
+    true
+}
+
+/// Spawn the sink thread.
+pub fn spawn(
+    sink: Sink,
+    stop: Arc<AtomicBool>,
+    metrics: Arc<Mutex<Snapshot>>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("clickhouse".into())
+        .spawn(move || sink.run(&stop, &metrics))
+}
+
+/// Prometheus lines of the sink.
+pub fn render_metrics(o: &mut String, s: &SinkStats) {
+    use std::fmt::Write as _;
+    let gauges = [
+        (
+            "labelflow_collector_clickhouse_queue_batches",
+            "Committed batches waiting in the outbox for ClickHouse.",
+            s.queue_batches as f64,
+        ),
+        (
+            "labelflow_collector_clickhouse_lag_seconds",
+            "Age of the oldest batch waiting for ClickHouse (0: none waits).",
+            s.lag_seconds,
+        ),
+        (
+            "labelflow_collector_clickhouse_ack_lag_seconds",
+            "Commit-to-acknowledgment time of the oldest batch in the last acknowledged insert.",
+            s.ack_lag_seconds,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        let _ = write!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n");
+    }
+    let counters = [
+        (
+            "labelflow_collector_clickhouse_inserts_total",
+            "INSERT requests ClickHouse acknowledged.",
+            s.inserts,
+        ),
+        (
+            "labelflow_collector_clickhouse_sent_batches_total",
+            "Outbox batches acknowledged by ClickHouse.",
+            s.sent_batches,
+        ),
+        (
+            "labelflow_collector_clickhouse_sent_rows_total",
+            "Rows acknowledged by ClickHouse.",
+            s.sent_rows,
+        ),
+        (
+            "labelflow_collector_clickhouse_errors_total",
+            "ClickHouse requests that failed (retried).",
+            s.errors,
+        ),
+        (
+            "labelflow_collector_clickhouse_folded_batches_total",
+            "Outbox batches merged into others to stay within max_backlog.",
+            s.folded_batches,
+        ),
+        (
+            "labelflow_collector_clickhouse_malformed_total",
+            "Outbox entries that could not be read (skipped).",
+            s.malformed,
+        ),
+        (
+            "labelflow_collector_clickhouse_partitions_dropped_total",
+            "Expired ClickHouse partitions dropped.",
+            s.partitions_dropped,
+        ),
+    ];
+    for (name, help, v) in counters {
+        let _ = write!(
+            o,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+        );
+    }
+}

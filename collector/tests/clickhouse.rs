@@ -1,0 +1,477 @@
+//! The ClickHouse sink against real servers (Debian `clickhouse-server`, started by the test
+//! with its own configuration and ports): what collectors commit to SQLite reaches ClickHouse
+//! exactly, once, across collectors, shards, outages and connections cut mid-insert.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use labelflow_testkit::clickhouse::{ClickHouse, CLUSTER, USER};
+use labelflow_testkit::wait::poll_until;
+
+/// How long a sink may take to empty its outbox once ClickHouse is reachable.
+const SINK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A seeded stream of one exporter: `datagrams` messages of 20 flows over the last two hours,
+/// labels from `labels`, random inside hosts, ports and sizes.
+fn stream(seed: u64, labels: &[&str], datagrams: u32) -> Vec<Vec<u8>> {
+    let mut rng = Rng::new(seed);
+    let now_ms = u64::from(now_secs()) * 1000;
+    let mut out = vec![ipfix_template(now_secs(), 0, 1)];
+    for d in 0..datagrams {
+        let flows: Vec<Flow> = (0..20)
+            .map(|_| {
+                let start_ms = now_ms - 7_200_000 + rng.below(7_000_000);
+                Flow {
+                    src: Ipv4Addr::new(192, 168, rng.below(4) as u8, rng.below(50) as u8),
+                    dst: Ipv4Addr::new(198, 51, 100, rng.below(20) as u8),
+                    protocol: [6, 17, 1][rng.below(3) as usize],
+                    src_port: 1024 + rng.below(30000) as u16,
+                    dst_port: [53, 443, 80, 123][rng.below(4) as usize],
+                    spi: 0,
+                    bytes: 40 + rng.below(100_000),
+                    packets: 1 + rng.below(100),
+                    start_ms,
+                    end_ms: start_ms + rng.below(180_000),
+                    group: 1,
+                    label: labels[rng.below(labels.len() as u64) as usize].to_string(),
+                }
+            })
+            .collect();
+        out.push(ipfix_data(now_secs(), d * 20, 1, &flows));
+    }
+    out
+}
+
+fn sink_config(url: &str, name: &str, cluster: Option<&str>) -> String {
+    sink_config_with(url, name, cluster, 8)
+}
+
+fn sink_config_with(url: &str, name: &str, cluster: Option<&str>, backlog: usize) -> String {
+    let pw = std::env::temp_dir().join(format!("labelflow-ch-pw-{}", std::process::id()));
+    std::fs::write(&pw, USER.1).unwrap();
+    let cluster = cluster.map_or(String::new(), |c| format!("cluster = \"{c}\"\n"));
+    format!(
+        "[hosts]\nnetworks = [\"192.168.0.0/16\"]\n\
+         [store]\ncommit_interval = \"100ms\"\ncommit_datagrams = 40\n\
+         [clickhouse]\nurl = \"{url}\"\nuser = \"{}\"\npassword_file = \"{}\"\n\
+         collector_name = \"{name}\"\nmax_backlog = {backlog}\nmax_batches_per_insert = 4\n\
+         timeout = \"5s\"\n{cluster}",
+        USER.0,
+        pw.display()
+    )
+}
+
+/// Send every datagram and wait until all are committed.
+fn feed(c: &Collector, datagrams: &[Vec<u8>], committed_before: u64) {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for (i, d) in datagrams.iter().enumerate() {
+        c.send(&sock, d);
+        if i % 50 == 49 {
+            // Let the collector catch up; a loopback burst can outrun its socket buffer.
+            c.wait_committed(committed_before + i as u64 + 1);
+        }
+    }
+    c.wait_committed(committed_before + datagrams.len() as u64);
+}
+
+/// Wait until the outbox is empty: ClickHouse acknowledged every commit so far.
+fn wait_sent(c: &Collector) {
+    let mut queue = u64::MAX;
+    let ok = poll_until(SINK_TIMEOUT, || {
+        queue = labelflow_collector::clickhouse::outbox::waiting(&c.db).unwrap();
+        queue == 0
+    });
+    assert!(
+        ok,
+        "clickhouse outbox still holds {queue} batches after {SINK_TIMEOUT:?}"
+    );
+}
+
+/// `report --format json` with `args`.
+fn report(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .arg("report")
+        .args([
+            "--format",
+            "json",
+            "--from",
+            "0",
+            "--to",
+            "4102444800",
+            "--bucket",
+            "1m",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "report {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+type Cells = BTreeMap<(String, String), [u64; 5]>;
+
+/// (bucket, key) -> bytes, packets, flows, bytes_in, bytes_out of a report's rows.
+fn cells(j: &serde_json::Value, field: &str) -> Cells {
+    let mut m = Cells::new();
+    for r in j["rows"].as_array().unwrap() {
+        let n = |k: &str| r[k].as_u64().unwrap_or(0);
+        let v = [
+            n("bytes"),
+            n("packets"),
+            n("flows"),
+            n("bytes_in"),
+            n("bytes_out"),
+        ];
+        let key = (
+            r["bucket_start"].as_str().unwrap().to_string(),
+            r[field].as_str().unwrap().to_string(),
+        );
+        assert!(
+            m.insert(key, v).is_none(),
+            "a (bucket, key) twice in one report"
+        );
+    }
+    m
+}
+
+fn sum(a: &Cells, b: &Cells) -> Cells {
+    let mut m = a.clone();
+    for (k, v) in b {
+        let e = m.entry(k.clone()).or_default();
+        for i in 0..5 {
+            e[i] += v[i];
+        }
+    }
+    m
+}
+
+fn sqlite(db: &Path, by: &str) -> Cells {
+    cells(&report(&["--db", db.to_str().unwrap(), "--by", by]), by)
+}
+
+fn clickhouse(url: &str, by: &str) -> Cells {
+    let j = report(&[
+        "--clickhouse",
+        url,
+        "--clickhouse-user",
+        USER.0,
+        "--clickhouse-password-file",
+        &pw_file(),
+        "--by",
+        by,
+    ]);
+    assert_eq!(j["by"], by);
+    cells(&j, by)
+}
+
+fn pw_file() -> String {
+    let pw = std::env::temp_dir().join(format!("labelflow-ch-pw-{}", std::process::id()));
+    std::fs::write(&pw, USER.1).unwrap();
+    pw.display().to_string()
+}
+
+/// Every dimension, every minute bucket: ClickHouse equals the SQLite databases summed.
+fn assert_equal_to_sqlite(url: &str, dbs: &[&Path]) {
+    for by in ["label", "host", "port", "protocol"] {
+        let want = dbs
+            .iter()
+            .fold(Cells::new(), |acc, db| sum(&acc, &sqlite(db, by)));
+        assert!(!want.is_empty(), "no {by} rows in SQLite");
+        let got = clickhouse(url, by);
+        let differ: Vec<_> = want
+            .iter()
+            .filter(|(k, v)| got.get(*k) != Some(*v))
+            .map(|(k, v)| (k, v, got.get(k)))
+            .take(5)
+            .collect();
+        let extra = got.keys().filter(|k| !want.contains_key(*k)).count();
+        assert!(
+            differ.is_empty() && extra == 0,
+            "{by}: ClickHouse differs from SQLite in {} of {} cells (first: {differ:?}), \
+             {extra} cells only in ClickHouse",
+            want.iter().filter(|(k, v)| got.get(*k) != Some(*v)).count(),
+            want.len()
+        );
+    }
+}
+
+#[test]
+fn two_collectors_one_clickhouse_equal_their_sqlite_sum() {
+    let dir = tempfile::tempdir().unwrap();
+    let ch = ClickHouse::start(dir.path());
+    let (db_a, db_b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    // Site a's HTTP API reads ClickHouse: every collector's counts.
+    let a_config = sink_config(&ch.url(), "site-a", None) + "serve_reports = true\n";
+    let a = Collector::start(dir.path(), &db_a, &a_config);
+    let b = Collector::start(dir.path(), &db_b, &sink_config(&ch.url(), "site-b", None));
+    feed(&a, &stream(1, &["esp", "vpn", "other"], 300), 0);
+    feed(&b, &stream(2, &["esp", "voip"], 300), 0);
+    wait_sent(&a);
+    wait_sent(&b);
+    assert_equal_to_sqlite(&ch.url(), &[&db_a, &db_b]);
+
+    // Side by side: each collector's total is its own SQLite total.
+    let j = report(&[
+        "--clickhouse",
+        &ch.url(),
+        "--clickhouse-user",
+        USER.0,
+        "--clickhouse-password-file",
+        &pw_file(),
+        "--by",
+        "collector",
+    ]);
+    let totals: BTreeMap<String, u64> = j["totals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["collector"].as_str().unwrap().to_string(),
+                t["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let total = |db: &Path| all_time_totals(db, "label").0;
+    assert_eq!(totals.get("site-a"), Some(&total(&db_a)));
+    assert_eq!(totals.get("site-b"), Some(&total(&db_b)));
+    let api = a
+        .try_get("/api/report?by=collector&from=0&to=4102444800&bucket=1m")
+        .expect("api report");
+    let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+    assert_eq!(api, j, "the HTTP API and the CLI differ");
+    let api = a
+        .try_get("/api/report?by=label&from=0&to=4102444800&bucket=1m")
+        .expect("api report");
+    let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+    assert_eq!(cells(&api, "label"), clickhouse(&ch.url(), "label"));
+    a.term();
+    b.term();
+}
+
+/// A TCP proxy in front of ClickHouse that can cut connections mid-insert.
+struct Proxy {
+    port: u16,
+    /// Inserts still to forward whole but answer by closing the connection (the server
+    /// inserted; the collector cannot know).
+    drop_answers: Arc<AtomicUsize>,
+    /// Inserts still to cut after half of their body (the server sees a broken request).
+    cut_requests: Arc<AtomicUsize>,
+    /// Inserts that went through either way.
+    inserts: Arc<AtomicUsize>,
+}
+
+fn read_request(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return Some(buf);
+            }
+        }
+    }
+}
+
+impl Proxy {
+    fn start(upstream: u16) -> Proxy {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let drop_answers = Arc::new(AtomicUsize::new(0));
+        let cut_requests = Arc::new(AtomicUsize::new(0));
+        let inserts = Arc::new(AtomicUsize::new(0));
+        let (d, c, n) = (drop_answers.clone(), cut_requests.clone(), inserts.clone());
+        std::thread::spawn(move || {
+            for client in l.incoming() {
+                let Ok(mut client) = client else { continue };
+                let Some(req) = read_request(&mut client) else {
+                    continue;
+                };
+                let insert = String::from_utf8_lossy(&req[..req.len().min(300)]).contains("INSERT");
+                let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let take = |a: &AtomicUsize| {
+                    insert
+                        && a.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+                            .is_ok()
+                };
+                if take(&c) {
+                    let _ = up.write_all(&req[..req.len() / 2 + 10]);
+                    continue; // both ends closed mid-request
+                }
+                if up.write_all(&req).is_err() {
+                    continue;
+                }
+                let mut resp = Vec::new();
+                let _ = up.read_to_end(&mut resp);
+                if insert {
+                    n.fetch_add(1, Ordering::SeqCst);
+                }
+                if take(&d) {
+                    continue; // the server answered; the client never hears it
+                }
+                let _ = client.write_all(&resp);
+            }
+        });
+        Proxy {
+            port,
+            drop_answers,
+            cut_requests,
+            inserts,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+#[test]
+fn outage_and_cut_connections_neither_lose_nor_double_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ch = ClickHouse::start(dir.path());
+    let proxy = Proxy::start(ch.http);
+    let db = dir.path().join("f.db");
+    let c = Collector::start(
+        dir.path(),
+        &db,
+        &sink_config_with(&proxy.url(), "site-f", None, 3),
+    );
+    let data = stream(7, &["esp", "vpn", "other"], 400);
+    let (part1, rest) = data.split_at(101);
+    let (part2, part3) = rest.split_at(100);
+    feed(&c, part1, 0);
+    wait_sent(&c);
+
+    // Inserts whose answer is lost after the server applied them, and inserts cut halfway.
+    proxy.drop_answers.store(2, Ordering::SeqCst);
+    proxy.cut_requests.store(2, Ordering::SeqCst);
+    let errors = c.metric("labelflow_collector_clickhouse_errors_total");
+    let applied = proxy.inserts.load(Ordering::SeqCst);
+    feed(&c, part2, 101);
+    wait_sent(&c);
+    assert_eq!(
+        proxy.drop_answers.load(Ordering::SeqCst),
+        0,
+        "answers were dropped"
+    );
+    assert_eq!(
+        proxy.cut_requests.load(Ordering::SeqCst),
+        0,
+        "requests were cut"
+    );
+    assert!(c.metric("labelflow_collector_clickhouse_errors_total") >= errors + 4);
+    // The two inserts whose answer was lost were applied, and sent again.
+    assert!(proxy.inserts.load(Ordering::SeqCst) >= applied + 3);
+
+    // The server goes away mid-stream; the collector keeps receiving and committing.
+    ch.kill();
+    feed(&c, &part3[..150], 201);
+    let waiting = labelflow_collector::clickhouse::outbox::waiting(&c.db).unwrap();
+    assert!(waiting > 0, "nothing queued while ClickHouse was down");
+    // The sink keeps the backlog within max_backlog (3) by merging batches.
+    let ok = poll_until(SINK_TIMEOUT, || {
+        c.metric("labelflow_collector_clickhouse_folded_batches_total") > 0
+            && labelflow_collector::clickhouse::outbox::waiting(&c.db).unwrap() <= 3
+            && c.metric("labelflow_collector_clickhouse_queue_batches") > 0
+    });
+    assert!(
+        ok,
+        "backlog not folded within max_backlog, or not shown in /metrics"
+    );
+    ch.restart();
+    feed(&c, &part3[150..], 351);
+    wait_sent(&c);
+
+    assert_equal_to_sqlite(&proxy.url(), &[&db]);
+    // Top-N reports, computed by the server, print exactly what SQLite's do.
+    for args in [
+        ["--by", "host", "--top", "5"],
+        ["--by", "port", "--top", "3"],
+        ["--by", "label", "--top", "1"],
+    ] {
+        let pw = pw_file();
+        let ch_args = ["--clickhouse", &proxy.url(), "--clickhouse-user", USER.0];
+        let mut with_ch = ch_args.to_vec();
+        with_ch.extend(["--clickhouse-password-file", &pw]);
+        with_ch.extend(args);
+        let mut with_db = vec!["--db", db.to_str().unwrap()];
+        with_db.extend(args);
+        assert_eq!(report(&with_ch), report(&with_db), "{args:?}");
+    }
+    // No duplicate survives a merge: one row per cell of the finest resolution.
+    ch.query("OPTIMIZE TABLE labelflow.agg_60 FINAL").unwrap();
+    let rows: u64 = ch
+        .query("SELECT count() FROM labelflow.agg_60")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let cells: u64 = ["label", "view", "tunnel", "host", "protocol", "port"]
+        .iter()
+        .map(|by| sqlite(&db, by).len() as u64)
+        .sum();
+    assert_eq!(
+        rows, cells,
+        "rows in ClickHouse after merging vs cells in SQLite"
+    );
+    c.term();
+}
+
+#[test]
+fn two_shards_through_a_distributed_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = ClickHouse::cluster(dir.path(), 2);
+    let (db_a, db_b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    let a = Collector::start(
+        dir.path(),
+        &db_a,
+        &sink_config(&shards[0].url(), "shard-a", Some(CLUSTER)),
+    );
+    let b = Collector::start(
+        dir.path(),
+        &db_b,
+        &sink_config(&shards[1].url(), "shard-b", Some(CLUSTER)),
+    );
+    feed(&a, &stream(11, &["esp", "other"], 200), 0);
+    feed(&b, &stream(12, &["esp", "vpn"], 200), 0);
+    wait_sent(&a);
+    wait_sent(&b);
+    // Each shard holds its own collector's rows only ...
+    for (s, name) in shards.iter().zip(["shard-a", "shard-b"]) {
+        let names = s
+            .query("SELECT DISTINCT collector_name FROM labelflow.agg_60")
+            .unwrap();
+        assert_eq!(names.trim(), name);
+    }
+    // ... and a report through either shard's Distributed table reads both.
+    assert_equal_to_sqlite(&shards[0].url(), &[&db_a, &db_b]);
+    assert_equal_to_sqlite(&shards[1].url(), &[&db_a, &db_b]);
+    a.term();
+    b.term();
+}
