@@ -89,6 +89,9 @@ pub struct RawLimits {
     pub max_templates_per_exporter: Option<Spanned<usize>>,
     /// Distinct keys per dimension and bucket before folding into `other`. Default 10000.
     pub max_keys_per_bucket: Option<Spanned<usize>>,
+    /// Distinct keys per bucket of the dimensions a flow's addresses, ports or SPI make
+    /// (port, host, tunnel) before folding into `other`, at every resolution. Default 1000.
+    pub max_flow_keys_per_bucket: Option<Spanned<usize>>,
     /// Distinct labels exported as Prometheus series. Default 64.
     pub max_metric_labels: Option<Spanned<usize>>,
     /// Cells (base bucket × key) pending between commits. Past it the ingest hands the
@@ -219,6 +222,8 @@ pub struct AggConfig {
     /// Tolerance for record ends after the receive clock (see the time rule).
     pub max_future_ms: u64,
     pub max_keys_per_bucket: usize,
+    /// Keys per bucket of the port, host and tunnel dimensions.
+    pub max_flow_keys_per_bucket: usize,
     /// Keys the per-bucket key bound tracks over all buckets.
     pub max_tracked_keys: usize,
     pub max_labels: usize,
@@ -237,6 +242,7 @@ impl Default for AggConfig {
             max_flow_duration_ms: 3_600_000,
             max_future_ms: 600_000,
             max_keys_per_bucket: 10_000,
+            max_flow_keys_per_bucket: 1000,
             max_tracked_keys: 262_144,
             max_labels: crate::aggregate::MAX_LABELS,
             max_label_bytes: 128,
@@ -537,6 +543,13 @@ impl Source<'_> {
             max_future_ms: max_future.as_millis() as u64,
             max_keys_per_bucket: self
                 .nz(&l.max_keys_per_bucket, "limits.max_keys_per_bucket", 10_000)?
+                .get(),
+            max_flow_keys_per_bucket: self
+                .nz(
+                    &l.max_flow_keys_per_bucket,
+                    "limits.max_flow_keys_per_bucket",
+                    1000,
+                )?
                 .get(),
             max_tracked_keys: self
                 .nz(&l.max_tracked_keys, "limits.max_tracked_keys", 262_144)?

@@ -30,7 +30,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::ingest::{Batch, Ingest, RateLimit, Snapshot};
+use crate::ingest::{Ingest, RateLimit, RawBatch, Snapshot};
 use crate::store::Store;
 
 /// Reads per `recvmmsg` call (each one datagram, or with receive offload a batch of them).
@@ -154,7 +154,7 @@ pub fn run(
 
     // Set from hand-over until the store thread has committed the batch.
     let store_busy = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = sync_channel::<Batch>(1);
+    let (tx, rx) = sync_channel::<RawBatch>(1);
     let storer = {
         let (cfg, metrics, busy) = (cfg.clone(), metrics.clone(), store_busy.clone());
         std::thread::Builder::new()
@@ -227,7 +227,7 @@ const FINAL_DRAIN: Duration = Duration::from_millis(500);
 
 /// The ingest thread's side of the hand-over to the store thread.
 struct Handover<'a> {
-    tx: &'a SyncSender<Batch>,
+    tx: &'a SyncSender<RawBatch>,
     store_busy: &'a AtomicBool,
     metrics: &'a Mutex<Snapshot>,
     counts: ReceiveCounts,
@@ -259,7 +259,7 @@ impl Handover<'_> {
         }
         // Counters first (per-label totals count up to this batch), so that `/metrics`
         // never shows more committed datagrams than received ones.
-        let batch = ingest.take_batch();
+        let batch = ingest.take_raw_batch();
         self.publish(ingest);
         // The store thread is idle, so the channel has room.
         let sent = self.tx.send(batch).is_ok();
@@ -275,7 +275,7 @@ fn ingest_loop(
     cfg: &Config,
     mut ingest: Ingest,
     sockets: &[StdUdpSocket],
-    tx: &SyncSender<Batch>,
+    tx: &SyncSender<RawBatch>,
     store_busy: &AtomicBool,
     stop: &AtomicBool,
     metrics: &Mutex<Snapshot>,
@@ -409,7 +409,7 @@ fn receive(
 fn store_loop(
     cfg: &Config,
     mut store: Store,
-    rx: &Receiver<Batch>,
+    rx: &Receiver<RawBatch>,
     busy: &AtomicBool,
     metrics: &Mutex<Snapshot>,
 ) -> anyhow::Result<()> {
@@ -417,8 +417,10 @@ fn store_loop(
     let mut commits = (0u64, 0u64, 0u64);
     loop {
         match rx.recv_timeout(POLL) {
-            Ok(batch) => {
+            Ok(raw) => {
                 let t = Instant::now();
+                // Rollups and key names here, off the receiving thread.
+                let batch = raw.render();
                 match store.commit_batch(&batch, now_ms()) {
                     Ok(()) => {
                         commits.0 += 1;

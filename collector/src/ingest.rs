@@ -9,7 +9,9 @@ use labelflow_proto::convert::{clean_text, ExporterContext};
 use labelflow_proto::plan::{sampling_of, FlowView};
 use labelflow_proto::FlowRecord;
 
-use crate::aggregate::{has_ports, AggStats, Aggregator, Delta, Flow, FxBuild, OTHER, UNLABELLED};
+use crate::aggregate::{
+    has_ports, AggStats, Aggregator, Delta, Flow, FxBuild, Taken, OTHER, UNLABELLED,
+};
 use crate::config::{rule_label, Config, LabelRule};
 use crate::net::IpNet;
 use crate::session::{
@@ -29,6 +31,30 @@ pub struct Batch {
     /// Expected sequence numbers after these datagrams, of the scopes whose numbers moved.
     pub sequences: Vec<SequenceState>,
     pub datagrams: usize,
+}
+
+/// A batch as the ingest hands it over: its counts taken but not yet rolled up nor named
+/// ([`RawBatch::render`] does that, on the store thread).
+#[derive(Debug)]
+pub struct RawBatch {
+    pub taken: Taken,
+    pub templates: Vec<ScopedTemplate>,
+    pub contexts: Vec<(ScopeKey, ExporterContext)>,
+    pub sequences: Vec<SequenceState>,
+    pub datagrams: usize,
+}
+
+impl RawBatch {
+    /// The batch the store commits.
+    pub fn render(self) -> Batch {
+        Batch {
+            deltas: self.taken.render(),
+            templates: self.templates,
+            contexts: self.contexts,
+            sequences: self.sequences,
+            datagrams: self.datagrams,
+        }
+    }
 }
 
 /// Counters for `/metrics`.
@@ -417,9 +443,16 @@ impl Ingest {
         self.datagrams
     }
 
+    /// Take what the next commit writes, rendered.
     pub fn take_batch(&mut self) -> Batch {
-        let b = Batch {
-            deltas: self.labels.agg.take(),
+        self.take_raw_batch().render()
+    }
+
+    /// Take what the next commit writes, leaving the rollups and key names to
+    /// [`RawBatch::render`]: what the receiving thread does between two reads.
+    pub fn take_raw_batch(&mut self) -> RawBatch {
+        let b = RawBatch {
+            taken: self.labels.agg.take_base(),
             templates: std::mem::take(&mut self.templates),
             contexts: self.sessions.take_changed_contexts(),
             sequences: self.sessions.take_changed_sequences(),

@@ -90,6 +90,13 @@ impl Dim {
         matches!(self, Dim::Label | Dim::Protocol | Dim::Port)
     }
 
+    /// Whether a flow's addresses, ports or SPI make this dimension's keys, so that an
+    /// exporter (or random traffic) can make any number of them: the dimensions bounded by
+    /// `limits.max_flow_keys_per_bucket`.
+    pub fn is_flow_keyed(self) -> bool {
+        matches!(self, Dim::Tunnel | Dim::Host | Dim::Port)
+    }
+
     pub const ALL: [Dim; 6] = [
         Dim::Label,
         Dim::View,

@@ -12,6 +12,7 @@
 mod apportion;
 mod bound;
 mod keys;
+mod render;
 mod time_rule;
 
 pub use apportion::apportion;
@@ -20,10 +21,12 @@ pub use keys::{
     has_ports, protocol_name, service_port, Counters, Delta, Dim, Flow, FxBuild, FxHasher, Key,
     Slot, OTHER, UNLABELLED,
 };
+pub use render::Taken;
 pub use time_rule::TimeRule;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use labelflow_proto::FlowRecord;
 
@@ -82,14 +85,24 @@ impl Sum {
     }
 }
 
-/// Class of a share: what its label, protocol and port keys are, packed as
-/// `label << 32 | FOLDED_PORT? | protocol << 16 | port` (port 0 for protocols without).
+/// Class of a share: its label and protocol, packed as `label << 32 | protocol << 16`. Few
+/// per bucket (labels × protocols), so one lookup feeds the label and protocol dimensions.
 type Class = u64;
-/// Set in a class whose port was folded into [`Key::Other`] by the key bound.
-const FOLDED_PORT: Class = 1 << 24;
 
-fn class_of(label: u32, protocol: u8, port: u16) -> Class {
-    Class::from(label) << 32 | Class::from(protocol) << 16 | Class::from(port)
+fn class_of(label: u32, protocol: u8) -> Class {
+    Class::from(label) << 32 | Class::from(protocol) << 16
+}
+
+/// A share's port key: `protocol << 16 | port`, or [`FOLDED_PORT`] once the key bound folded
+/// the port into [`Key::Other`]. Kept apart from the class: with random ports each record
+/// would otherwise make a new (label, protocol, port) cell, labels times more cells than
+/// the port rows the commit writes.
+type PortKey = u32;
+/// The port key of ports folded into [`Key::Other`] by the key bound.
+const FOLDED_PORT: PortKey = 1 << 24;
+
+fn port_key(protocol: u8, port: u16) -> PortKey {
+    PortKey::from(protocol) << 16 | PortKey::from(port)
 }
 
 /// Base buckets per row of the pending deltas.
@@ -120,8 +133,8 @@ impl Divisor {
 #[derive(Debug, Clone, Copy)]
 struct Targets {
     class: Class,
-    /// Service port, for port protocols.
-    port: Option<u16>,
+    /// Service port key, for port protocols.
+    port: Option<PortKey>,
     tunnel: Option<Key>,
     src_host: bool,
     dst_host: bool,
@@ -140,16 +153,20 @@ impl Targets {
 pub struct Aggregator {
     cfg: AggConfig,
     labels: HashMap<String, u32, FxBuild>,
-    label_names: Vec<String>,
+    /// Label and view names, shared with the batches taken (copied on write when a label is
+    /// named while a batch still holds them).
+    names: Arc<KeyNames>,
     /// For each label id, the view ids it belongs to.
     label_views: Vec<Vec<u32>>,
-    view_names: Vec<String>,
     /// Deltas since the last take, by (base bucket number / [`ROW`], class), one [`Sum`] per
-    /// bucket of the row: one lookup feeds the label, protocol and port dimensions (which
+    /// bucket of the row: one lookup feeds the label and protocol dimensions (which
     /// [`Aggregator::take`] splits) of both shares of a record that crosses one bucket
     /// boundary, unless the boundary is also a row's. A zero [`Sum`] is a (bucket, class)
     /// not yet seen since the last take: every share added is non-zero.
     pending: HashMap<(u64, Class), Row, FxBuild>,
+    /// The port dimension's deltas, by (base bucket number / [`ROW`], port key), as
+    /// `pending`.
+    ports: HashMap<(u64, PortKey), Row, FxBuild>,
     tunnels: HashMap<(i64, Key), Sum, FxBuild>,
     hosts: HashMap<(i64, Key), Counters, FxBuild>,
     /// The milliseconds [start, end) of the base bucket the last single-bucket record
@@ -178,15 +195,19 @@ pub struct Aggregator {
 
 impl Aggregator {
     pub fn new(cfg: AggConfig) -> Aggregator {
-        let view_names = cfg.views.keys().cloned().collect();
         let base_ms = cfg.resolutions[0].saturating_mul(1000);
+        let names = Arc::new(KeyNames {
+            cfg: Arc::new(cfg.clone()),
+            label_names: Vec::new(),
+            view_names: cfg.views.keys().cloned().collect(),
+        });
         Aggregator {
             cfg,
             labels: HashMap::default(),
-            label_names: Vec::new(),
+            names,
             label_views: Vec::new(),
-            view_names,
             pending: HashMap::default(),
+            ports: HashMap::default(),
             tunnels: HashMap::default(),
             hosts: HashMap::default(),
             last_range: (0, 0),
@@ -224,11 +245,11 @@ impl Aggregator {
             self.stats.truncated_labels += 1;
             return self.label_id(&label[..end]);
         }
-        if self.label_names.len() >= self.cfg.max_labels.max(2) - 1 && label != OTHER {
+        if self.names.label_names.len() >= self.cfg.max_labels.max(2) - 1 && label != OTHER {
             self.stats.folded_labels += 1;
             return self.label_id(OTHER);
         }
-        let id = self.label_names.len() as u32;
+        let id = self.names.label_names.len() as u32;
         let views = self
             .cfg
             .views
@@ -238,7 +259,9 @@ impl Aggregator {
             .map(|(i, _)| i as u32)
             .collect();
         self.labels.insert(label.to_string(), id);
-        self.label_names.push(label.to_string());
+        Arc::make_mut(&mut self.names)
+            .label_names
+            .push(label.to_string());
         self.label_views.push(views);
         id
     }
@@ -251,9 +274,24 @@ impl Aggregator {
 
     /// The name of a label id.
     pub fn label_name(&self, id: u32) -> &str {
-        &self.label_names[id as usize]
+        &self.names.label_names[id as usize]
     }
 
+    /// Text of a key as stored and reported.
+    pub fn key_text(&self, key: &Key) -> String {
+        self.names.key_text(key)
+    }
+}
+
+/// What naming keys needs: label and view names, and the configured tunnels.
+#[derive(Debug, Clone)]
+pub struct KeyNames {
+    cfg: Arc<AggConfig>,
+    label_names: Vec<String>,
+    view_names: Vec<String>,
+}
+
+impl KeyNames {
     /// Text of a key as stored and reported.
     pub fn key_text(&self, key: &Key) -> String {
         match *key {
@@ -288,7 +326,9 @@ impl Aggregator {
             Key::Other => OTHER.to_string(),
         }
     }
+}
 
+impl Aggregator {
     fn in_networks(&self, ip: IpAddr) -> bool {
         self.cfg.networks.iter().any(|n| n.contains(ip))
     }
@@ -438,8 +478,9 @@ impl Aggregator {
     /// What a record feeds besides its label and protocol, worked out once per record.
     #[inline]
     fn targets(&mut self, f: &Flow) -> Targets {
-        let port = has_ports(f.protocol).then(|| service_port(f.src_port, f.dst_port));
-        let class = class_of(f.label, f.protocol, port.unwrap_or(0));
+        let port = has_ports(f.protocol)
+            .then(|| port_key(f.protocol, service_port(f.src_port, f.dst_port)));
+        let class = class_of(f.label, f.protocol);
         // ESP and AH, and ESP inside UDP (RFC 3948): a UDP record that carries an SPI (the
         // decoders read the reserved SPI 0 as none).
         let ipsec = matches!(f.protocol, 50 | 51) || (f.protocol == 17 && f.spi.is_some());
@@ -458,7 +499,13 @@ impl Aggregator {
     }
 
     /// [`Aggregator::targets`] where a tunnel or host may be fed.
-    fn targets_of(&mut self, f: &Flow, class: Class, port: Option<u16>, ipsec: bool) -> Targets {
+    fn targets_of(
+        &mut self,
+        f: &Flow,
+        class: Class,
+        port: Option<PortKey>,
+        ipsec: bool,
+    ) -> Targets {
         let tunnel = if ipsec {
             Some(Key::Sa {
                 protocol: f.protocol,
@@ -505,49 +552,71 @@ impl Aggregator {
         let slot = (bucket % ROW) as usize;
         match self.pending.get_mut(&(bucket / ROW, t.class)) {
             Some(row) if !row[slot].is_zero() => row[slot].add(share),
-            _ => self.admit(f, t, bucket, share),
+            _ => self.admit(t.class, bucket, share),
+        }
+        if let Some(port) = t.port {
+            match self.ports.get_mut(&(bucket / ROW, port)) {
+                Some(row) if !row[slot].is_zero() => row[slot].add(share),
+                _ => self.admit_port(port, bucket, share),
+            }
         }
         if t.others() {
             self.add_others(f, t, bucket, share);
         }
     }
 
-    /// [`Aggregator::add_share`] of two shares in consecutive buckets: one lookup when both
-    /// buckets are in one row and already seen.
+    /// [`Aggregator::add_share`] of two shares in consecutive buckets: one lookup per map
+    /// when both buckets are in one row and already seen.
     #[inline]
     fn add_share2(&mut self, f: &Flow, t: &Targets, bucket: u64, s0: Sum, s1: Sum) {
         let slot = (bucket % ROW) as usize;
         if slot + 1 < ROW as usize {
-            if let Some(row) = self.pending.get_mut(&(bucket / ROW, t.class)) {
-                if !row[slot].is_zero() && !row[slot + 1].is_zero() {
-                    row[slot].add(s0);
-                    row[slot + 1].add(s1);
-                    if t.others() {
-                        self.add_others(f, t, bucket, s0);
-                        self.add_others(f, t, bucket + 1, s1);
-                    }
-                    return;
+            let row = bucket / ROW;
+            let both = |r: Option<&mut Row>| match r {
+                Some(r) if !r[slot].is_zero() && !r[slot + 1].is_zero() => {
+                    r[slot].add(s0);
+                    r[slot + 1].add(s1);
+                    true
                 }
+                _ => false,
+            };
+            if both(self.pending.get_mut(&(row, t.class))) {
+                let ported = match t.port {
+                    Some(p) => both(self.ports.get_mut(&(row, p))),
+                    None => true,
+                };
+                if !ported {
+                    let p = t.port.expect("a port");
+                    for (b, s) in [(bucket, s0), (bucket + 1, s1)] {
+                        self.add_port(p, b, s);
+                    }
+                }
+                if t.others() {
+                    self.add_others(f, t, bucket, s0);
+                    self.add_others(f, t, bucket + 1, s1);
+                }
+                return;
             }
         }
         self.add_share(f, t, bucket, s0);
         self.add_share(f, t, bucket + 1, s1);
     }
 
-    /// The first share of a (bucket, class) since the last take: the port's key bound
-    /// decides whether the port keeps its name in this bucket.
+    /// A share's port alone.
+    #[inline]
+    fn add_port(&mut self, port: PortKey, bucket: u64, share: Sum) {
+        let slot = (bucket % ROW) as usize;
+        match self.ports.get_mut(&(bucket / ROW, port)) {
+            Some(row) if !row[slot].is_zero() => row[slot].add(share),
+            _ => self.admit_port(port, bucket, share),
+        }
+    }
+
+    /// The first share of a (bucket, class) since the last take.
     #[cold]
-    fn admit(&mut self, f: &Flow, t: &Targets, bucket: u64, share: Sum) {
+    fn admit(&mut self, class: Class, bucket: u64, share: Sum) {
         if share.is_zero() {
             return;
-        }
-        let mut class = t.class;
-        if let Some(port) = t.port {
-            let key = Key::Port(f.protocol, port);
-            let secs = self.bucket_secs(bucket);
-            if self.bound(Dim::Port, secs, key) == Key::Other {
-                class = class_of(f.label, f.protocol, 0) | FOLDED_PORT;
-            }
         }
         let row = self
             .pending
@@ -558,9 +627,37 @@ impl Aggregator {
         cell.add(share);
     }
 
+    /// The first share of a (bucket, port) since the last take: the port's key bound
+    /// decides whether the port keeps its name in this bucket.
+    #[cold]
+    fn admit_port(&mut self, port: PortKey, bucket: u64, share: Sum) {
+        if share.is_zero() {
+            return;
+        }
+        let key = Key::Port((port >> 16) as u8, port as u16);
+        let secs = self.bucket_secs(bucket);
+        let port = if self.bound(Dim::Port, secs, key) == Key::Other {
+            FOLDED_PORT
+        } else {
+            port
+        };
+        let row = self
+            .ports
+            .entry((bucket / ROW, port))
+            .or_insert([Sum::default(); ROW as usize]);
+        let cell = &mut row[(bucket % ROW) as usize];
+        self.cells += usize::from(cell.is_zero());
+        cell.add(share);
+    }
+
     /// The key bound ([`bound`](self::bound)) with the configured limits.
     fn bound(&mut self, dim: Dim, bucket: i64, key: Key) -> Key {
-        let (max, tracked) = (self.cfg.max_keys_per_bucket, self.cfg.max_tracked_keys);
+        let max = if dim.is_flow_keyed() {
+            self.cfg.max_flow_keys_per_bucket
+        } else {
+            self.cfg.max_keys_per_bucket
+        };
+        let tracked = self.cfg.max_tracked_keys;
         let k = self.seen.admit(max, tracked, dim, bucket, key);
         self.stats.folded_keys = self.seen.folded;
         self.stats.forgotten_key_sets = self.seen.forgotten;
@@ -636,26 +733,29 @@ impl Aggregator {
         let mut labels: HashMap<(i64, u32), Sum, FxBuild> = HashMap::default();
         let mut protocols: HashMap<(i64, u8), Sum, FxBuild> = HashMap::default();
         let mut ports: HashMap<(i64, Key), Sum, FxBuild> = HashMap::default();
-        let rows = std::mem::take(&mut self.pending);
         self.cells = 0;
-        let cells = rows.into_iter().flat_map(|((row, class), sums)| {
-            (0..ROW).map(move |i| (row * ROW + i, class, sums[i as usize]))
-        });
-        for (bucket, class, s) in cells {
-            if s.is_zero() {
-                continue;
+        for ((row, class), sums) in std::mem::take(&mut self.pending) {
+            for (i, s) in sums.iter().enumerate() {
+                if s.is_zero() {
+                    continue;
+                }
+                let bucket = self.bucket_secs(row * ROW + i as u64);
+                let (label, protocol) = ((class >> 32) as u32, (class >> 16) as u8);
+                labels.entry((bucket, label)).or_default().add(*s);
+                protocols.entry((bucket, protocol)).or_default().add(*s);
             }
-            let bucket = self.bucket_secs(bucket);
-            let (label, protocol) = ((class >> 32) as u32, (class >> 16) as u8);
-            labels.entry((bucket, label)).or_default().add(s);
-            protocols.entry((bucket, protocol)).or_default().add(s);
-            if has_ports(protocol) {
-                let key = if class & FOLDED_PORT != 0 {
-                    Key::Other
-                } else {
-                    Key::Port(protocol, class as u16)
-                };
-                ports.entry((bucket, key)).or_default().add(s);
+        }
+        for ((row, port), sums) in std::mem::take(&mut self.ports) {
+            let key = if port == FOLDED_PORT {
+                Key::Other
+            } else {
+                Key::Port((port >> 16) as u8, port as u16)
+            };
+            for (i, s) in sums.iter().enumerate() {
+                if !s.is_zero() {
+                    let bucket = self.bucket_secs(row * ROW + i as u64);
+                    ports.entry((bucket, key)).or_default().add(*s);
+                }
             }
         }
         let mut out = Vec::new();
@@ -694,31 +794,16 @@ impl Aggregator {
     /// Take the accumulated deltas (base resolution and every rollup), rendered for the
     /// store.
     pub fn take(&mut self) -> Vec<Delta> {
-        let base = self.base_slots();
-        let mut all: HashMap<Slot, Counters, FxBuild> = HashMap::default();
-        all.reserve(base.len() * self.cfg.resolutions.len());
-        for (bucket, dim, key, c) in base {
-            for (res, r) in self.cfg.resolutions.iter().enumerate() {
-                let r = *r as i64;
-                all.entry(Slot {
-                    res: res as u8,
-                    bucket: bucket.div_euclid(r) * r,
-                    dim,
-                    key,
-                })
-                .or_default()
-                .add(&c);
-            }
+        self.take_base().render()
+    }
+
+    /// Take the accumulated base-resolution counters, keyed as stored but neither rolled up
+    /// nor named: [`Taken::render`] does that, on whichever thread has the time.
+    pub fn take_base(&mut self) -> Taken {
+        Taken {
+            base: self.base_slots(),
+            names: self.names.clone(),
         }
-        all.into_iter()
-            .map(|(s, c)| Delta {
-                resolution: self.cfg.resolutions[s.res as usize] as i64,
-                bucket: s.bucket,
-                dim: s.dim,
-                key: self.key_text(&s.key),
-                counters: c,
-            })
-            .collect()
     }
 }
 
