@@ -89,8 +89,9 @@ pub struct RawLimits {
     pub max_templates_per_exporter: Option<Spanned<usize>>,
     /// Distinct keys per dimension and bucket before folding into `other`. Default 10000.
     pub max_keys_per_bucket: Option<Spanned<usize>>,
-    /// Distinct keys per bucket of the dimensions a flow's addresses, ports or SPI make
-    /// (port, host, tunnel) before folding into `other`, at every resolution. Default 1000.
+    /// Distinct keys per base bucket of the dimensions a flow's addresses, ports or SPI make
+    /// (port, host, tunnel) before folding into `other`; coarser buckets name up to
+    /// `max_keys_per_bucket` of them. Default 1000.
     pub max_flow_keys_per_bucket: Option<Spanned<usize>>,
     /// Distinct labels exported as Prometheus series. Default 64.
     pub max_metric_labels: Option<Spanned<usize>>,
@@ -126,7 +127,10 @@ pub struct RawLimits {
 pub struct RawStore {
     /// Longest time between commits. Default `1s`.
     pub commit_interval: Option<Spanned<String>>,
-    /// Commit after this many datagrams at the latest. Default 20000.
+    /// Commit after this many datagrams at the latest. Default 200000: a commit rewrites
+    /// every key its open buckets touched, so under a high-cardinality stream more
+    /// frequent commits cost store time without writing fewer rows; memory between commits
+    /// is bounded by `limits.max_pending_cells` either way.
     pub commit_datagrams: Option<Spanned<usize>>,
     /// How often expired buckets are deleted. Default `5m`.
     pub prune_interval: Option<Spanned<String>>,
@@ -386,7 +390,7 @@ impl Config {
             commit_datagrams: src.nz(
                 &raw.store.commit_datagrams,
                 "store.commit_datagrams",
-                20_000,
+                200_000,
             )?,
             prune_interval: src.dur(&raw.store.prune_interval, "store.prune_interval", "5m")?,
             agg,

@@ -14,7 +14,9 @@
 //! receives and ingests: no hand-off per datagram, one wake-up per burst, and the socket's
 //! receive buffer absorbs bursts as it does for nfcapd. What can stall (an SQLite commit or
 //! checkpoint) runs on its own thread and never holds up receiving; while it runs, deltas
-//! accumulate in the aggregator and go over as one larger batch.
+//! accumulate in the aggregator and go over as one larger batch. The hand-over itself is a
+//! swap of the aggregator's pending maps: rolling the base buckets up into the coarser
+//! resolutions and naming the keys happen on the store thread.
 
 use std::future::Future;
 use std::io;
@@ -29,6 +31,7 @@ use anyhow::Context as _;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
+use crate::aggregate::Rollup;
 use crate::config::Config;
 use crate::ingest::{Ingest, RateLimit, RawBatch, Snapshot};
 use crate::store::Store;
@@ -415,12 +418,13 @@ fn store_loop(
 ) -> anyhow::Result<()> {
     let mut last_prune: Option<Instant> = None;
     let mut commits = (0u64, 0u64, 0u64);
+    let mut rollup = Rollup::new(&cfg.agg);
     loop {
         match rx.recv_timeout(POLL) {
             Ok(raw) => {
                 let t = Instant::now();
                 // Rollups and key names here, off the receiving thread.
-                let batch = raw.render();
+                let batch = raw.render(&mut rollup);
                 match store.commit_batch(&batch, now_ms()) {
                     Ok(()) => {
                         commits.0 += 1;
@@ -441,6 +445,7 @@ fn store_loop(
                     m.commits = commits.0;
                     m.commit_errors = commits.1;
                     m.committed_datagrams = commits.2;
+                    m.rollup = rollup.stats;
                 }
                 busy.store(false, Ordering::Release);
             }
@@ -458,6 +463,10 @@ fn store_loop(
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "prune failed"),
             }
+            rollup.forget_before(
+                now - (a.max_flow_duration_ms / 1000) as i64
+                    - *a.resolutions.last().unwrap_or(&60) as i64,
+            );
             last_prune = Some(Instant::now());
         }
     }

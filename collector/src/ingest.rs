@@ -10,7 +10,8 @@ use labelflow_proto::plan::{sampling_of, FlowView};
 use labelflow_proto::FlowRecord;
 
 use crate::aggregate::{
-    has_ports, AggStats, Aggregator, Delta, Flow, FxBuild, Taken, OTHER, UNLABELLED,
+    has_ports, AggStats, Aggregator, Delta, Flow, FxBuild, Rollup, RollupStats, Taken, OTHER,
+    UNLABELLED,
 };
 use crate::config::{rule_label, Config, LabelRule};
 use crate::net::IpNet;
@@ -45,10 +46,10 @@ pub struct RawBatch {
 }
 
 impl RawBatch {
-    /// The batch the store commits.
-    pub fn render(self) -> Batch {
+    /// The batch the store commits, rolled up by `rollup`.
+    pub fn render(self, rollup: &mut Rollup) -> Batch {
         Batch {
-            deltas: self.taken.render(),
+            deltas: rollup.render(self.taken),
             templates: self.templates,
             contexts: self.contexts,
             sequences: self.sequences,
@@ -80,6 +81,8 @@ pub struct Snapshot {
     /// Datagrams refused by `allowed_exporters`, per source (bounded; the rest under
     /// `other`).
     pub refused_sources: Vec<(String, u64)>,
+    /// The coarse resolutions' key bound (kept by the store thread's rollup).
+    pub rollup: RollupStats,
 }
 
 #[derive(Debug)]
@@ -99,6 +102,8 @@ pub struct Ingest {
     /// under the unspecified address).
     refused: HashMap<IpAddr, u64>,
     max_sources: usize,
+    /// Rolls up what [`Ingest::take_batch`] returns.
+    rollup: Rollup,
 }
 
 /// Label resolution and the per-label totals of `/metrics`, beside the aggregator.
@@ -355,6 +360,7 @@ impl Ingest {
             allowed: cfg.allowed_exporters.clone(),
             refused: HashMap::new(),
             max_sources: cfg.max_exporters.get(),
+            rollup: Rollup::new(&cfg.agg),
         }
     }
 
@@ -445,7 +451,8 @@ impl Ingest {
 
     /// Take what the next commit writes, rendered.
     pub fn take_batch(&mut self) -> Batch {
-        self.take_raw_batch().render()
+        let raw = self.take_raw_batch();
+        raw.render(&mut self.rollup)
     }
 
     /// Take what the next commit writes, leaving the rollups and key names to

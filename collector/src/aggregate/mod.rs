@@ -10,6 +10,7 @@
 //! ```
 
 mod apportion;
+mod arith;
 mod bound;
 mod keys;
 mod render;
@@ -21,7 +22,7 @@ pub use keys::{
     has_ports, protocol_name, service_port, Counters, Delta, Dim, Flow, FxBuild, FxHasher, Key,
     Slot, OTHER, UNLABELLED,
 };
-pub use render::Taken;
+pub use render::{Rollup, RollupStats, Taken};
 pub use time_rule::TimeRule;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ use std::sync::Arc;
 use labelflow_proto::FlowRecord;
 
 use crate::config::AggConfig;
+use arith::{Divisor, Sum};
 
 /// Statistics of the aggregator.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -55,36 +57,6 @@ pub struct AggStats {
 /// `applicationName`s can make us keep.
 pub const MAX_LABELS: usize = 4096;
 
-/// Counters of the dimensions without in/out split.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Sum {
-    bytes: u64,
-    packets: u64,
-    flows: u64,
-}
-
-impl Sum {
-    #[inline]
-    fn add(&mut self, o: Sum) {
-        self.bytes = self.bytes.saturating_add(o.bytes);
-        self.packets = self.packets.saturating_add(o.packets);
-        self.flows = self.flows.saturating_add(o.flows);
-    }
-
-    fn is_zero(&self) -> bool {
-        *self == Sum::default()
-    }
-
-    fn counters(self) -> Counters {
-        Counters {
-            bytes: self.bytes,
-            packets: self.packets,
-            flows: self.flows,
-            ..Counters::default()
-        }
-    }
-}
-
 /// Class of a share: its label and protocol, packed as `label << 32 | protocol << 16`. Few
 /// per bucket (labels × protocols), so one lookup feeds the label and protocol dimensions.
 type Class = u64;
@@ -108,26 +80,6 @@ fn port_key(protocol: u8, port: u16) -> PortKey {
 /// Base buckets per row of the pending deltas.
 const ROW: u64 = 8;
 type Row = [Sum; ROW as usize];
-
-/// Division of 32-bit numbers by a fixed 32-bit divisor as one multiplication:
-/// `n / d == (M * n) >> 64` with `M = floor((2^64 - 1) / d) + 1`, exact for every 32-bit `n`
-/// and `d` >= 2 (Lemire, Kaser and Kurz, "Faster remainder by direct computation",
-/// Software: Practice and Experience 49(6), 2019, section 4).
-#[derive(Debug, Clone, Copy)]
-struct Divisor(u64);
-
-impl Divisor {
-    fn new(d: u64) -> Option<Divisor> {
-        (2..=u64::from(u32::MAX))
-            .contains(&d)
-            .then(|| Divisor(u64::MAX / d + 1))
-    }
-
-    #[inline]
-    fn div(self, n: u32) -> u64 {
-        ((u128::from(self.0) * u128::from(n)) >> 64) as u64
-    }
-}
 
 /// The keys a record feeds in every bucket it spans (label and protocol aside).
 #[derive(Debug, Clone, Copy)]
@@ -179,6 +131,8 @@ pub struct Aggregator {
     base_ms: u64,
     divisor: Option<Divisor>,
     seen: bound::KeyBound,
+    /// Rolls up what [`Aggregator::take`] returns.
+    rollup: Rollup,
     /// Base-bucket cells (bucket, class) and tunnel and host entries pending since the last
     /// take: what the next commit writes at the base resolution.
     cells: usize,
@@ -196,6 +150,7 @@ pub struct Aggregator {
 impl Aggregator {
     pub fn new(cfg: AggConfig) -> Aggregator {
         let base_ms = cfg.resolutions[0].saturating_mul(1000);
+        let rollup = Rollup::new(&cfg);
         let names = Arc::new(KeyNames {
             cfg: Arc::new(cfg.clone()),
             label_names: Vec::new(),
@@ -215,6 +170,7 @@ impl Aggregator {
             base_ms,
             divisor: Divisor::new(base_ms),
             seen: bound::KeyBound::default(),
+            rollup,
             cells: 0,
             now_ms: None,
             totals: Vec::new(),
@@ -724,6 +680,7 @@ impl Aggregator {
     /// Forget key-bound bookkeeping of buckets that started before `before` (seconds).
     pub fn forget_before(&mut self, before: i64) {
         self.seen.forget_before(before);
+        self.rollup.forget_before(before);
     }
 
     /// The base-resolution counters since the last take, keyed as stored: classes split
@@ -794,11 +751,12 @@ impl Aggregator {
     /// Take the accumulated deltas (base resolution and every rollup), rendered for the
     /// store.
     pub fn take(&mut self) -> Vec<Delta> {
-        self.take_base().render()
+        let taken = self.take_base();
+        self.rollup.render(taken)
     }
 
     /// Take the accumulated base-resolution counters, keyed as stored but neither rolled up
-    /// nor named: [`Taken::render`] does that, on whichever thread has the time.
+    /// nor named: a [`Rollup`] does that, on whichever thread has the time.
     pub fn take_base(&mut self) -> Taken {
         Taken {
             base: self.base_slots(),

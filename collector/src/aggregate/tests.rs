@@ -403,3 +403,41 @@ fn time_rule_is_applied_with_the_receive_clock() {
     assert!(buckets <= 62, "{buckets}");
     assert_eq!(a.stats.time_rule, [1, 1, 1, 1]);
 }
+
+#[test]
+fn coarse_buckets_bound_flow_keys_and_keep_totals() {
+    // Two ports per minute, three per hour: minute 0 names 1 and 2 (3 folds), minute 1
+    // names 4 and 5; the hour names 1, 2 and 4, and 5 folds there.
+    let cfg = AggConfig {
+        max_keys_per_bucket: 3,
+        max_flow_keys_per_bucket: 2,
+        ..AggConfig::default()
+    };
+    let mut a = Aggregator::new(cfg);
+    for (minute, port) in [(0u64, 1u16), (0, 2), (0, 3), (1, 4), (1, 5)] {
+        let mut r = rec(minute * 60_000, minute * 60_000 + 1000, 10, 1);
+        r.dst_port = port;
+        a.add(&r, "x");
+    }
+    let d = a.take();
+    let keys = |res: i64| {
+        let mut k: Vec<(String, u64)> = d
+            .iter()
+            .filter(|x| x.resolution == res && x.dim == Dim::Port)
+            .map(|x| (x.key.clone(), x.counters.bytes))
+            .collect();
+        k.sort();
+        k
+    };
+    // Which three the hour names depends on the order of the take, not of arrival (as for
+    // labels): one of the four ports the minutes named folds there.
+    let hour = keys(3600);
+    assert_eq!(hour.len(), 4, "{hour:?}");
+    assert_eq!(hour[0], ("other".to_string(), 20));
+    assert_eq!(keys(60).len(), 5, "1, 2, other; 4, 5");
+    for res in [60, 3600, 86400] {
+        assert_eq!(sum(&d, res, Dim::Port).bytes, 50);
+        assert_eq!(sum(&d, res, Dim::Label).bytes, 50);
+    }
+    assert_eq!(a.rollup.stats.folded_keys, 2, "5 in the hour and the day");
+}
