@@ -70,45 +70,66 @@ impl Rollup {
         }
     }
 
-    /// The deltas of every resolution, keys as text.
+    /// The deltas of every resolution, keys as text. Base rows are distinct already (but for
+    /// `other`, which several folded labels may feed) and go out as they are; the coarser
+    /// resolutions are summed.
     pub fn render(&mut self, taken: Taken) -> Vec<Delta> {
         let Taken { base, names } = taken;
         let resolutions = &names.cfg.resolutions;
-        let mut all: HashMap<Slot, Counters, FxBuild> = HashMap::default();
-        all.reserve(base.len() * 3);
+        let base_res = resolutions[0] as i64;
+        // Coarser rows, and the base resolution's `other` rows.
+        let mut coarse: HashMap<Slot, Counters, FxBuild> = HashMap::default();
+        let mut out = Vec::with_capacity(base.len() * 2);
         for (bucket, dim, key, c) in base {
-            for (res, r) in resolutions.iter().enumerate() {
+            for (res, r) in resolutions.iter().enumerate().skip(1) {
                 let r = *r as i64;
                 let bucket = bucket.div_euclid(r) * r;
-                let key = match self.seen.get_mut(res.wrapping_sub(1)) {
+                let key = match self.seen.get_mut(res - 1) {
                     Some(seen) if dim.is_flow_keyed() && key != Key::Other => {
                         seen.admit(self.max_keys, self.max_tracked, dim, bucket, key)
                     }
                     _ => key,
                 };
-                all.entry(Slot {
-                    res: res as u8,
+                coarse
+                    .entry(Slot {
+                        res: res as u8,
+                        bucket,
+                        dim,
+                        key,
+                    })
+                    .or_default()
+                    .add(&c);
+            }
+            if key == Key::Other {
+                let slot = Slot {
+                    res: 0,
                     bucket,
                     dim,
                     key,
-                })
-                .or_default()
-                .add(&c);
+                };
+                coarse.entry(slot).or_default().add(&c);
+                continue;
             }
+            out.push(Delta {
+                resolution: base_res,
+                bucket,
+                dim,
+                key: names.key_text(&key),
+                counters: c,
+            });
         }
         self.stats = RollupStats {
             folded_keys: self.seen.iter().map(|s| s.folded).sum(),
             forgotten_key_sets: self.seen.iter().map(|s| s.forgotten).sum(),
         };
-        all.into_iter()
-            .map(|(s, c)| Delta {
-                resolution: resolutions[s.res as usize] as i64,
-                bucket: s.bucket,
-                dim: s.dim,
-                key: names.key_text(&s.key),
-                counters: c,
-            })
-            .collect()
+        out.extend(coarse.into_iter().map(|(s, c)| Delta {
+            resolution: resolutions[s.res as usize] as i64,
+            bucket: s.bucket,
+            dim: s.dim,
+            key: names.key_text(&s.key),
+            counters: c,
+        }));
+        out
     }
 
     /// Forget the coarse buckets' key sets of buckets that started before `before`
