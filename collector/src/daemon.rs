@@ -22,7 +22,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -44,6 +44,13 @@ const MAX_DATAGRAM: usize = 65536;
 const POLL: Duration = Duration::from_millis(100);
 /// How often the ingest thread publishes its counters for `/metrics`.
 const PUBLISH: Duration = Duration::from_millis(250);
+/// A commit that took `d` (rendering included) is followed by the next one no sooner than
+/// `STORE_SPACING * d` after it was handed over, unless a pending bound is reached: a commit
+/// rewrites every key its open buckets touched, so under a high-cardinality stream commits
+/// back to back would keep a core busy rewriting the same rows, while spaced ones cost the
+/// store thread at most about 1 / `STORE_SPACING` of a core. Quick commits stay at
+/// `commit_interval`.
+const STORE_SPACING: u32 = 8;
 
 /// `UDP_GRO` (linux/udp.h): receive offload on a UDP socket, Linux 5.0+. Per udp(7), the
 /// socket "may receive multiple datagrams worth of data as a single large buffer, together
@@ -157,24 +164,28 @@ pub fn run(
 
     // Set from hand-over until the store thread has committed the batch.
     let store_busy = Arc::new(AtomicBool::new(false));
+    // How long the last commit took, microseconds.
+    let commit_us = Arc::new(AtomicU64::new(0));
     let (tx, rx) = sync_channel::<RawBatch>(1);
     let storer = {
         let (cfg, metrics, busy) = (cfg.clone(), metrics.clone(), store_busy.clone());
+        let took = commit_us.clone();
         std::thread::Builder::new()
             .name("store".into())
-            .spawn(move || store_loop(&cfg, store, &rx, &busy, &metrics))?
+            .spawn(move || store_loop(&cfg, store, &rx, (&busy, &took), &metrics))?
     };
     let stop = Arc::new(AtomicBool::new(false));
     let worker = {
         let (cfg, stop, metrics) = (cfg.clone(), stop.clone(), metrics.clone());
         let busy = store_busy.clone();
+        let took = commit_us.clone();
         for s in &sockets {
             s.set_nonblocking(true)?;
         }
         std::thread::Builder::new()
             .name("ingest".into())
             .spawn(move || {
-                ingest_loop(&cfg, ingest, &sockets, &tx, &busy, &stop, &metrics);
+                ingest_loop(&cfg, ingest, &sockets, &tx, (&busy, &took), &stop, &metrics);
             })?
     };
 
@@ -279,7 +290,7 @@ fn ingest_loop(
     mut ingest: Ingest,
     sockets: &[StdUdpSocket],
     tx: &SyncSender<RawBatch>,
-    store_busy: &AtomicBool,
+    (store_busy, commit_us): (&AtomicBool, &AtomicU64),
     stop: &AtomicBool,
     metrics: &Mutex<Snapshot>,
 ) {
@@ -324,8 +335,11 @@ fn ingest_loop(
         }
         // Hand the deltas over when due and the store thread is free; otherwise they keep
         // adding up here and go with the next batch.
-        let due = ingest.pending_datagrams() >= cfg.commit_datagrams.get()
-            || (ingest.pending_datagrams() > 0 && hand.last.elapsed() >= cfg.commit_interval);
+        let took = Duration::from_micros(commit_us.load(Ordering::Relaxed));
+        let spaced = hand.last.elapsed() >= took * STORE_SPACING;
+        let due = spaced
+            && (ingest.pending_datagrams() >= cfg.commit_datagrams.get()
+                || (ingest.pending_datagrams() > 0 && hand.last.elapsed() >= cfg.commit_interval));
         if due && !hand.hand_over(&mut ingest, false) {
             return;
         }
@@ -413,7 +427,7 @@ fn store_loop(
     cfg: &Config,
     mut store: Store,
     rx: &Receiver<RawBatch>,
-    busy: &AtomicBool,
+    (busy, took): (&AtomicBool, &AtomicU64),
     metrics: &Mutex<Snapshot>,
 ) -> anyhow::Result<()> {
     let mut last_prune: Option<Instant> = None;
@@ -447,6 +461,7 @@ fn store_loop(
                     m.committed_datagrams = commits.2;
                     m.rollup = rollup.stats;
                 }
+                took.store(t.elapsed().as_micros() as u64, Ordering::Relaxed);
                 busy.store(false, Ordering::Release);
             }
             Err(RecvTimeoutError::Timeout) => {}
