@@ -231,6 +231,13 @@ pub fn has_ports(protocol: u8) -> bool {
     matches!(protocol, 6 | 17 | 132 | 136)
 }
 
+/// Whether a key is a System Port (0-1023, RFC 6335 section 6): such ports keep their names
+/// past the per-bucket key bound, so that a flood of random ports cannot fold DNS or HTTPS
+/// into `other` (at most 1024 keys more per protocol and bucket).
+pub fn is_system_port(key: &Key) -> bool {
+    matches!(key, Key::Port(_, p) if *p < 1024)
+}
+
 /// The service side of a port pair: the lower non-zero port (servers listen low).
 pub fn service_port(a: u16, b: u16) -> u16 {
     match (a, b) {

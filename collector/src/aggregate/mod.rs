@@ -19,8 +19,8 @@ mod time_rule;
 pub use apportion::apportion;
 pub(crate) use apportion::{apportion_small, apportion_with, split2, SMALL};
 pub use keys::{
-    has_ports, protocol_name, service_port, Counters, Delta, Dim, Flow, FxBuild, FxHasher, Key,
-    Slot, OTHER, UNLABELLED,
+    has_ports, is_system_port, protocol_name, service_port, Counters, Delta, Dim, Flow, FxBuild,
+    FxHasher, Key, Slot, OTHER, UNLABELLED,
 };
 pub use render::{Rollup, RollupStats, Taken};
 pub use time_rule::TimeRule;
@@ -592,7 +592,7 @@ impl Aggregator {
         }
         let key = Key::Port((port >> 16) as u8, port as u16);
         let secs = self.bucket_secs(bucket);
-        let port = if self.bound(Dim::Port, secs, key) == Key::Other {
+        let port = if !is_system_port(&key) && self.bound(Dim::Port, secs, key) == Key::Other {
             FOLDED_PORT
         } else {
             port

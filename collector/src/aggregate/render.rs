@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::bound::KeyBound;
-use super::keys::{Counters, Delta, Dim, FxBuild, Key, Slot};
+use super::keys::{is_system_port, Counters, Delta, Dim, FxBuild, Key, Slot};
 use super::KeyNames;
 use crate::config::AggConfig;
 
@@ -85,7 +85,9 @@ impl Rollup {
                 let r = *r as i64;
                 let bucket = bucket.div_euclid(r) * r;
                 let key = match self.seen.get_mut(res - 1) {
-                    Some(seen) if dim.is_flow_keyed() && key != Key::Other => {
+                    Some(seen)
+                        if dim.is_flow_keyed() && key != Key::Other && !is_system_port(&key) =>
+                    {
                         seen.admit(self.max_keys, self.max_tracked, dim, bucket, key)
                     }
                     _ => key,

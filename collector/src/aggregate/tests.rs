@@ -288,7 +288,7 @@ proptest! {
         let mut admitted: BTreeMap<i64, Vec<u16>> = BTreeMap::new();
         let (mut wb, mut wp) = (Vec::new(), Vec::new());
         for (start, dur, bytes, packets, l, p) in &flows {
-            let port = 1000 + p;
+            let port = 2000 + p;
             let mut r = rec(*start, start + dur, *bytes, *packets);
             r.dst_port = port;
             a.add(&r, labels[*l]);
@@ -406,15 +406,23 @@ fn time_rule_is_applied_with_the_receive_clock() {
 
 #[test]
 fn coarse_buckets_bound_flow_keys_and_keep_totals() {
-    // Two ports per minute, three per hour: minute 0 names 1 and 2 (3 folds), minute 1
-    // names 4 and 5; the hour names 1, 2 and 4, and 5 folds there.
+    // Two ports per minute, three per hour: minute 0 names 2001 and 2002 (2003 folds),
+    // minute 1 names 2004 and 2005; the hour names three of the four, one folds there.
+    // System ports keep their names past the bound: 53 in minute 1.
     let cfg = AggConfig {
         max_keys_per_bucket: 3,
         max_flow_keys_per_bucket: 2,
         ..AggConfig::default()
     };
     let mut a = Aggregator::new(cfg);
-    for (minute, port) in [(0u64, 1u16), (0, 2), (0, 3), (1, 4), (1, 5)] {
+    for (minute, port) in [
+        (0u64, 2001u16),
+        (0, 2002),
+        (0, 2003),
+        (1, 2004),
+        (1, 2005),
+        (1, 53),
+    ] {
         let mut r = rec(minute * 60_000, minute * 60_000 + 1000, 10, 1);
         r.dst_port = port;
         a.add(&r, "x");
@@ -432,12 +440,13 @@ fn coarse_buckets_bound_flow_keys_and_keep_totals() {
     // Which three the hour names depends on the order of the take, not of arrival (as for
     // labels): one of the four ports the minutes named folds there.
     let hour = keys(3600);
-    assert_eq!(hour.len(), 4, "{hour:?}");
+    assert_eq!(hour.len(), 5, "{hour:?}");
     assert_eq!(hour[0], ("other".to_string(), 20));
-    assert_eq!(keys(60).len(), 5, "1, 2, other; 4, 5");
+    assert!(hour.contains(&("tcp/53".to_string(), 10)), "{hour:?}");
+    assert_eq!(keys(60).len(), 6, "2001, 2002, other; 2004, 2005, 53");
     for res in [60, 3600, 86400] {
-        assert_eq!(sum(&d, res, Dim::Port).bytes, 50);
-        assert_eq!(sum(&d, res, Dim::Label).bytes, 50);
+        assert_eq!(sum(&d, res, Dim::Port).bytes, 60);
+        assert_eq!(sum(&d, res, Dim::Label).bytes, 60);
     }
     assert_eq!(a.rollup.stats.folded_keys, 2, "5 in the hour and the day");
 }
