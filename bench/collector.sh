@@ -187,12 +187,13 @@ collector_run() {
     prev=$got
     sleep 0.02; waited=$((waited + 1))
   done
-  # CPU time once what was received is committed (commit_interval, 1 s by default), so the
+  # CPU time once what was received is committed (commit_interval, 1 s by default, or up to
+  # eight times the last commit's duration when commits are slow), so the
   # store's share is counted as nfcapd's file writing is; bounded in case a commit lags, and
   # only for a lossless probe (the only one whose CPU time is reported).
   local n=0
   if [ "${got:-0}" -ge "$total" ]; then
-    until [ "$(committed $http)" = 1 ] || [ $n -ge 25 ]; do sleep 0.2; n=$((n + 1)); done
+    until [ "$(committed $http)" = 1 ] || [ $n -ge 50 ]; do sleep 0.2; n=$((n + 1)); done
   fi
   local cpu hwm; cpu=$(($(cpu_ticks $pid) - cpu0)); hwm=$(hwm_kb $pid)
   local note=""

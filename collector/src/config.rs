@@ -91,6 +91,10 @@ pub struct RawLimits {
     pub max_templates_per_exporter: Option<Spanned<usize>>,
     /// Distinct keys per dimension and bucket before folding into `other`. Default 10000.
     pub max_keys_per_bucket: Option<Spanned<usize>>,
+    /// Distinct keys per base bucket of the dimensions a flow's addresses, ports or SPI make
+    /// (port, host, tunnel) before folding into `other`; coarser buckets name up to
+    /// `max_keys_per_bucket` of them. Default 1000.
+    pub max_flow_keys_per_bucket: Option<Spanned<usize>>,
     /// Distinct labels exported as Prometheus series. Default 64.
     pub max_metric_labels: Option<Spanned<usize>>,
     /// Cells (base bucket × key) pending between commits. Past it the ingest hands the
@@ -128,7 +132,10 @@ pub struct RawLimits {
 pub struct RawStore {
     /// Longest time between commits. Default `1s`.
     pub commit_interval: Option<Spanned<String>>,
-    /// Commit after this many datagrams at the latest. Default 20000.
+    /// Commit after this many datagrams at the latest. Default 200000: a commit rewrites
+    /// every key its open buckets touched, so under a high-cardinality stream more
+    /// frequent commits cost store time without writing fewer rows; memory between commits
+    /// is bounded by `limits.max_pending_cells` either way.
     pub commit_datagrams: Option<Spanned<usize>>,
     /// How often expired buckets are deleted. Default `5m`.
     pub prune_interval: Option<Spanned<String>>,
@@ -225,6 +232,8 @@ pub struct AggConfig {
     /// Tolerance for record ends after the receive clock (see the time rule).
     pub max_future_ms: u64,
     pub max_keys_per_bucket: usize,
+    /// Keys per bucket of the port, host and tunnel dimensions.
+    pub max_flow_keys_per_bucket: usize,
     /// Keys the per-bucket key bound tracks over all buckets.
     pub max_tracked_keys: usize,
     pub max_labels: usize,
@@ -244,6 +253,7 @@ impl Default for AggConfig {
             max_flow_duration_ms: 3_600_000,
             max_future_ms: 600_000,
             max_keys_per_bucket: 10_000,
+            max_flow_keys_per_bucket: 1000,
             max_tracked_keys: 262_144,
             max_labels: crate::aggregate::MAX_LABELS,
             max_label_bytes: 128,
@@ -388,7 +398,7 @@ impl Config {
             commit_datagrams: src.nz(
                 &raw.store.commit_datagrams,
                 "store.commit_datagrams",
-                20_000,
+                200_000,
             )?,
             prune_interval: src.dur(&raw.store.prune_interval, "store.prune_interval", "5m")?,
             agg,
@@ -554,6 +564,13 @@ impl Source<'_> {
             max_future_ms: max_future.as_millis() as u64,
             max_keys_per_bucket: self
                 .nz(&l.max_keys_per_bucket, "limits.max_keys_per_bucket", 10_000)?
+                .get(),
+            max_flow_keys_per_bucket: self
+                .nz(
+                    &l.max_flow_keys_per_bucket,
+                    "limits.max_flow_keys_per_bucket",
+                    1000,
+                )?
                 .get(),
             max_tracked_keys: self
                 .nz(&l.max_tracked_keys, "limits.max_tracked_keys", 262_144)?

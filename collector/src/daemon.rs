@@ -14,13 +14,15 @@
 //! receives and ingests: no hand-off per datagram, one wake-up per burst, and the socket's
 //! receive buffer absorbs bursts as it does for nfcapd. What can stall (an SQLite commit or
 //! checkpoint) runs on its own thread and never holds up receiving; while it runs, deltas
-//! accumulate in the aggregator and go over as one larger batch.
+//! accumulate in the aggregator and go over as one larger batch. The hand-over itself is a
+//! swap of the aggregator's pending maps: rolling the base buckets up into the coarser
+//! resolutions and naming the keys happen on the store thread.
 
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,8 +31,9 @@ use anyhow::Context as _;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
+use crate::aggregate::Rollup;
 use crate::config::Config;
-use crate::ingest::{Batch, Ingest, RateLimit, Snapshot};
+use crate::ingest::{Ingest, RateLimit, RawBatch, Snapshot};
 use crate::store::Store;
 
 /// Reads per `recvmmsg` call (each one datagram, or with receive offload a batch of them).
@@ -41,6 +44,13 @@ const MAX_DATAGRAM: usize = 65536;
 const POLL: Duration = Duration::from_millis(100);
 /// How often the ingest thread publishes its counters for `/metrics`.
 const PUBLISH: Duration = Duration::from_millis(250);
+/// A commit that took `d` (rendering included) is followed by the next one no sooner than
+/// `STORE_SPACING * d` after it was handed over, unless a pending bound is reached: a commit
+/// rewrites every key its open buckets touched, so under a high-cardinality stream commits
+/// back to back would keep a core busy rewriting the same rows, while spaced ones cost the
+/// store thread at most about 1 / `STORE_SPACING` of a core. Quick commits stay at
+/// `commit_interval`.
+const STORE_SPACING: u32 = 8;
 
 /// `UDP_GRO` (linux/udp.h): receive offload on a UDP socket, Linux 5.0+. Per udp(7), the
 /// socket "may receive multiple datagrams worth of data as a single large buffer, together
@@ -159,12 +169,15 @@ pub fn run(
 
     // Set from hand-over until the store thread has committed the batch.
     let store_busy = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = sync_channel::<Batch>(1);
+    // How long the last commit took, microseconds.
+    let commit_us = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = sync_channel::<RawBatch>(1);
     let storer = {
         let (cfg, metrics, busy) = (cfg.clone(), metrics.clone(), store_busy.clone());
+        let took = commit_us.clone();
         std::thread::Builder::new()
             .name("store".into())
-            .spawn(move || store_loop(&cfg, store, &rx, &busy, &metrics))?
+            .spawn(move || store_loop(&cfg, store, &rx, (&busy, &took), &metrics))?
     };
     let stop = Arc::new(AtomicBool::new(false));
     // The ClickHouse sink stops after the store thread, so it sees the last commit.
@@ -188,13 +201,14 @@ pub fn run(
     let worker = {
         let (cfg, stop, metrics) = (cfg.clone(), stop.clone(), metrics.clone());
         let busy = store_busy.clone();
+        let took = commit_us.clone();
         for s in &sockets {
             s.set_nonblocking(true)?;
         }
         std::thread::Builder::new()
             .name("ingest".into())
             .spawn(move || {
-                ingest_loop(&cfg, ingest, &sockets, &tx, &busy, &stop, &metrics);
+                ingest_loop(&cfg, ingest, &sockets, &tx, (&busy, &took), &stop, &metrics);
             })?
     };
 
@@ -257,7 +271,7 @@ const FINAL_DRAIN: Duration = Duration::from_millis(500);
 
 /// The ingest thread's side of the hand-over to the store thread.
 struct Handover<'a> {
-    tx: &'a SyncSender<Batch>,
+    tx: &'a SyncSender<RawBatch>,
     store_busy: &'a AtomicBool,
     metrics: &'a Mutex<Snapshot>,
     counts: ReceiveCounts,
@@ -289,7 +303,7 @@ impl Handover<'_> {
         }
         // Counters first (per-label totals count up to this batch), so that `/metrics`
         // never shows more committed datagrams than received ones.
-        let batch = ingest.take_batch();
+        let batch = ingest.take_raw_batch();
         self.publish(ingest);
         // The store thread is idle, so the channel has room.
         let sent = self.tx.send(batch).is_ok();
@@ -305,8 +319,8 @@ fn ingest_loop(
     cfg: &Config,
     mut ingest: Ingest,
     sockets: &[StdUdpSocket],
-    tx: &SyncSender<Batch>,
-    store_busy: &AtomicBool,
+    tx: &SyncSender<RawBatch>,
+    (store_busy, commit_us): (&AtomicBool, &AtomicU64),
     stop: &AtomicBool,
     metrics: &Mutex<Snapshot>,
 ) {
@@ -351,8 +365,11 @@ fn ingest_loop(
         }
         // Hand the deltas over when due and the store thread is free; otherwise they keep
         // adding up here and go with the next batch.
-        let due = ingest.pending_datagrams() >= cfg.commit_datagrams.get()
-            || (ingest.pending_datagrams() > 0 && hand.last.elapsed() >= cfg.commit_interval);
+        let took = Duration::from_micros(commit_us.load(Ordering::Relaxed));
+        let spaced = hand.last.elapsed() >= took * STORE_SPACING;
+        let due = spaced
+            && (ingest.pending_datagrams() >= cfg.commit_datagrams.get()
+                || (ingest.pending_datagrams() > 0 && hand.last.elapsed() >= cfg.commit_interval));
         if due && !hand.hand_over(&mut ingest, false) {
             return;
         }
@@ -439,16 +456,19 @@ fn receive(
 fn store_loop(
     cfg: &Config,
     mut store: Store,
-    rx: &Receiver<Batch>,
-    busy: &AtomicBool,
+    rx: &Receiver<RawBatch>,
+    (busy, took): (&AtomicBool, &AtomicU64),
     metrics: &Mutex<Snapshot>,
 ) -> anyhow::Result<()> {
     let mut last_prune: Option<Instant> = None;
     let mut commits = (0u64, 0u64, 0u64);
+    let mut rollup = Rollup::new(&cfg.agg);
     loop {
         match rx.recv_timeout(POLL) {
-            Ok(batch) => {
+            Ok(raw) => {
                 let t = Instant::now();
+                // Rollups and key names here, off the receiving thread.
+                let batch = raw.render(&mut rollup);
                 match store.commit_batch(&batch, now_ms()) {
                     Ok(()) => {
                         commits.0 += 1;
@@ -469,7 +489,9 @@ fn store_loop(
                     m.commits = commits.0;
                     m.commit_errors = commits.1;
                     m.committed_datagrams = commits.2;
+                    m.rollup = rollup.stats;
                 }
+                took.store(t.elapsed().as_micros() as u64, Ordering::Relaxed);
                 busy.store(false, Ordering::Release);
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -486,6 +508,10 @@ fn store_loop(
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "prune failed"),
             }
+            rollup.forget_before(
+                now - (a.max_flow_duration_ms / 1000) as i64
+                    - *a.resolutions.last().unwrap_or(&60) as i64,
+            );
             last_prune = Some(Instant::now());
         }
     }

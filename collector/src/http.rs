@@ -323,6 +323,16 @@ fn store_counters(s: &Snapshot) -> Vec<(&'static str, &'static str, u64)> {
             s.aggregation.folded_keys,
         ),
         (
+            "labelflow_collector_rollup_folded_keys_total",
+            "Port, host and tunnel keys folded into other in a coarser resolution's bucket by the per-bucket bound.",
+            s.rollup.folded_keys,
+        ),
+        (
+            "labelflow_collector_rollup_forgotten_key_sets_total",
+            "Key-bound sets of coarse buckets forgotten to stay within max_tracked_keys / 8 per resolution.",
+            s.rollup.forgotten_key_sets,
+        ),
+        (
             "labelflow_collector_forgotten_key_sets_total",
             "Key-bound sets of old buckets forgotten to stay within max_tracked_keys.",
             s.aggregation.forgotten_key_sets,

@@ -9,7 +9,10 @@ use labelflow_proto::convert::{clean_text, ExporterContext};
 use labelflow_proto::plan::{sampling_of, FlowView};
 use labelflow_proto::FlowRecord;
 
-use crate::aggregate::{has_ports, AggStats, Aggregator, Delta, Flow, FxBuild, OTHER, UNLABELLED};
+use crate::aggregate::{
+    has_ports, AggStats, Aggregator, Delta, Flow, FxBuild, Rollup, RollupStats, Taken, OTHER,
+    UNLABELLED,
+};
 use crate::config::{rule_label, Config, LabelRule};
 use crate::net::IpNet;
 use crate::session::{
@@ -29,6 +32,30 @@ pub struct Batch {
     /// Expected sequence numbers after these datagrams, of the scopes whose numbers moved.
     pub sequences: Vec<SequenceState>,
     pub datagrams: usize,
+}
+
+/// A batch as the ingest hands it over: its counts taken but not yet rolled up nor named
+/// ([`RawBatch::render`] does that, on the store thread).
+#[derive(Debug)]
+pub struct RawBatch {
+    pub taken: Taken,
+    pub templates: Vec<ScopedTemplate>,
+    pub contexts: Vec<(ScopeKey, ExporterContext)>,
+    pub sequences: Vec<SequenceState>,
+    pub datagrams: usize,
+}
+
+impl RawBatch {
+    /// The batch the store commits, rolled up by `rollup`.
+    pub fn render(self, rollup: &mut Rollup) -> Batch {
+        Batch {
+            deltas: rollup.render(self.taken),
+            templates: self.templates,
+            contexts: self.contexts,
+            sequences: self.sequences,
+            datagrams: self.datagrams,
+        }
+    }
 }
 
 /// Counters for `/metrics`.
@@ -59,6 +86,8 @@ pub struct Snapshot {
     pub refused_sources: Vec<(String, u64)>,
     /// The ClickHouse sink, when configured.
     pub clickhouse: Option<crate::clickhouse::SinkStats>,
+    /// The coarse resolutions' key bound (kept by the store thread's rollup).
+    pub rollup: RollupStats,
 }
 
 #[derive(Debug)]
@@ -78,6 +107,8 @@ pub struct Ingest {
     /// under the unspecified address).
     refused: HashMap<IpAddr, u64>,
     max_sources: usize,
+    /// Rolls up what [`Ingest::take_batch`] returns.
+    rollup: Rollup,
 }
 
 /// Label resolution and the per-label totals of `/metrics`, beside the aggregator.
@@ -381,6 +412,7 @@ impl Ingest {
             allowed: cfg.allowed_exporters.clone(),
             refused: HashMap::new(),
             max_sources: cfg.max_exporters.get(),
+            rollup: Rollup::new(&cfg.agg),
         }
     }
 
@@ -469,9 +501,17 @@ impl Ingest {
         self.datagrams
     }
 
+    /// Take what the next commit writes, rendered.
     pub fn take_batch(&mut self) -> Batch {
-        let b = Batch {
-            deltas: self.labels.agg.take(),
+        let raw = self.take_raw_batch();
+        raw.render(&mut self.rollup)
+    }
+
+    /// Take what the next commit writes, leaving the rollups and key names to
+    /// [`RawBatch::render`]: what the receiving thread does between two reads.
+    pub fn take_raw_batch(&mut self) -> RawBatch {
+        let b = RawBatch {
+            taken: self.labels.agg.take_base(),
             templates: std::mem::take(&mut self.templates),
             contexts: self.sessions.take_changed_contexts(),
             sequences: self.sessions.take_changed_sequences(),

@@ -391,7 +391,11 @@ fn outage_and_cut_connections_neither_lose_nor_double_count() {
 
     // The server goes away mid-stream; the collector keeps receiving and committing.
     ch.kill();
-    feed(&c, &part3[..150], 201);
+    // In six feeds, each waiting for its own commit: more batches than max_backlog however
+    // the collector spaces its commits (a burst may otherwise go in one).
+    for (i, chunk) in part3[..150].chunks(25).enumerate() {
+        feed(&c, chunk, 201 + 25 * i as u64);
+    }
     let waiting = labelflow_collector::clickhouse::outbox::waiting(&c.db).unwrap();
     assert!(waiting > 0, "nothing queued while ClickHouse was down");
     // The sink keeps the backlog within max_backlog (3) by merging batches.

@@ -60,14 +60,17 @@ fn pending_bounds_ask_for_an_early_commit() {
     ing.take_batch();
     assert!(!ing.over_bound());
 
-    let mut ing = ingest("max_pending_cells = 4\n");
+    let mut ing = ingest("max_pending_cells = 7\n");
     ing.datagram(from, &ipfix_template(now_secs(), 0, 1))
         .unwrap();
     let t0 = u64::from(now_secs() - 600) * 1000;
     let flows: Vec<Flow> = (0..3).map(|i| flow("esp", 100, t0 + i * 60_000)).collect();
     ing.datagram(from, &ipfix_data(now_secs(), 0, 1, &flows))
         .unwrap();
-    assert!(!ing.over_bound(), "3 buckets × 1 key");
+    assert!(
+        !ing.over_bound(),
+        "3 buckets × 2 cells (label and protocol, port)"
+    );
     let flows: Vec<Flow> = (3..5).map(|i| flow("esp", 100, t0 + i * 60_000)).collect();
     ing.datagram(from, &ipfix_data(now_secs(), 3, 1, &flows))
         .unwrap();

@@ -90,6 +90,13 @@ impl Dim {
         matches!(self, Dim::Label | Dim::Protocol | Dim::Port)
     }
 
+    /// Whether a flow's addresses, ports or SPI make this dimension's keys, so that an
+    /// exporter (or random traffic) can make any number of them: the dimensions bounded by
+    /// `limits.max_flow_keys_per_bucket`.
+    pub fn is_flow_keyed(self) -> bool {
+        matches!(self, Dim::Tunnel | Dim::Host | Dim::Port)
+    }
+
     pub const ALL: [Dim; 6] = [
         Dim::Label,
         Dim::View,
@@ -358,6 +365,13 @@ pub struct Delta {
 #[inline]
 pub fn has_ports(protocol: u8) -> bool {
     matches!(protocol, 6 | 17 | 132 | 136)
+}
+
+/// Whether a key is a System Port (0-1023, RFC 6335 section 6): such ports keep their names
+/// past the per-bucket key bound, so that a flood of random ports cannot fold DNS or HTTPS
+/// into `other` (at most 1024 keys more per protocol and bucket).
+pub fn is_system_port(key: &Key) -> bool {
+    matches!(key, Key::Port(_, p) if *p < 1024)
 }
 
 /// The service side of a port pair: the lower non-zero port (servers listen low).

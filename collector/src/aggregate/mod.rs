@@ -10,26 +10,31 @@
 //! ```
 
 mod apportion;
+mod arith;
 mod bound;
 mod keys;
 mod named;
+mod render;
 mod time_rule;
 
 pub use apportion::apportion;
 pub(crate) use apportion::{apportion_small, apportion_with, split2, SMALL};
 pub use keys::{
-    conn_key_text, has_ports, parse_tunnel_key, protocol_name, service_port, Counters, Delta, Dim,
-    Flow, FxBuild, FxHasher, Key, Part, Slot, IKE_PORTS, OTHER, UNLABELLED,
+    conn_key_text, has_ports, is_system_port, parse_tunnel_key, protocol_name, service_port,
+    Counters, Delta, Dim, Flow, FxBuild, FxHasher, Key, Part, Slot, IKE_PORTS, OTHER, UNLABELLED,
 };
-pub use named::MAX_TUNNEL_NAMES;
+pub use named::{KeyNames, MAX_TUNNEL_NAMES};
+pub use render::{Rollup, RollupStats, Taken};
 pub use time_rule::TimeRule;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use labelflow_proto::FlowRecord;
 
 use crate::config::AggConfig;
+use arith::{Divisor, Sum};
 
 /// Statistics of the aggregator.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,76 +62,36 @@ pub struct AggStats {
 /// `applicationName`s can make us keep.
 pub const MAX_LABELS: usize = 4096;
 
-/// Counters of the dimensions without in/out split.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Sum {
-    bytes: u64,
-    packets: u64,
-    flows: u64,
-}
-
-impl Sum {
-    #[inline]
-    fn add(&mut self, o: Sum) {
-        self.bytes = self.bytes.saturating_add(o.bytes);
-        self.packets = self.packets.saturating_add(o.packets);
-        self.flows = self.flows.saturating_add(o.flows);
-    }
-
-    fn is_zero(&self) -> bool {
-        *self == Sum::default()
-    }
-
-    fn counters(self) -> Counters {
-        Counters {
-            bytes: self.bytes,
-            packets: self.packets,
-            flows: self.flows,
-            ..Counters::default()
-        }
-    }
-}
-
-/// Class of a share: what its label, protocol and port keys are, packed as
-/// `label << 32 | FOLDED_PORT? | protocol << 16 | port` (port 0 for protocols without).
+/// Class of a share: its label and protocol, packed as `label << 32 | protocol << 16`. Few
+/// per bucket (labels × protocols), so one lookup feeds the label and protocol dimensions.
 type Class = u64;
-/// Set in a class whose port was folded into [`Key::Other`] by the key bound.
-const FOLDED_PORT: Class = 1 << 24;
 
-fn class_of(label: u32, protocol: u8, port: u16) -> Class {
-    Class::from(label) << 32 | Class::from(protocol) << 16 | Class::from(port)
+fn class_of(label: u32, protocol: u8) -> Class {
+    Class::from(label) << 32 | Class::from(protocol) << 16
+}
+
+/// A share's port key: `protocol << 16 | port`, or [`FOLDED_PORT`] once the key bound folded
+/// the port into [`Key::Other`]. Kept apart from the class: with random ports each record
+/// would otherwise make a new (label, protocol, port) cell, labels times more cells than
+/// the port rows the commit writes.
+type PortKey = u32;
+/// The port key of ports folded into [`Key::Other`] by the key bound.
+const FOLDED_PORT: PortKey = 1 << 24;
+
+fn port_key(protocol: u8, port: u16) -> PortKey {
+    PortKey::from(protocol) << 16 | PortKey::from(port)
 }
 
 /// Base buckets per row of the pending deltas.
 const ROW: u64 = 8;
 type Row = [Sum; ROW as usize];
 
-/// Division of 32-bit numbers by a fixed 32-bit divisor as one multiplication:
-/// `n / d == (M * n) >> 64` with `M = floor((2^64 - 1) / d) + 1`, exact for every 32-bit `n`
-/// and `d` >= 2 (Lemire, Kaser and Kurz, "Faster remainder by direct computation",
-/// Software: Practice and Experience 49(6), 2019, section 4).
-#[derive(Debug, Clone, Copy)]
-struct Divisor(u64);
-
-impl Divisor {
-    fn new(d: u64) -> Option<Divisor> {
-        (2..=u64::from(u32::MAX))
-            .contains(&d)
-            .then(|| Divisor(u64::MAX / d + 1))
-    }
-
-    #[inline]
-    fn div(self, n: u32) -> u64 {
-        ((u128::from(self.0) * u128::from(n)) >> 64) as u64
-    }
-}
-
 /// The keys a record feeds in every bucket it spans (label and protocol aside).
 #[derive(Debug, Clone, Copy)]
 struct Targets {
     class: Class,
-    /// Service port, for port protocols.
-    port: Option<u16>,
+    /// Service port key, for port protocols.
+    port: Option<PortKey>,
     tunnel: Option<Key>,
     src_host: bool,
     dst_host: bool,
@@ -145,21 +110,25 @@ impl Targets {
 pub struct Aggregator {
     cfg: AggConfig,
     labels: HashMap<String, u32, FxBuild>,
-    label_names: Vec<String>,
+    /// Label, view and tunnel names, shared with the batches taken (copied on write when a
+    /// label or tunnel is named while a batch still holds them).
+    names: Arc<KeyNames>,
     /// For each label id, the view ids it belongs to.
     label_views: Vec<Vec<u32>>,
-    view_names: Vec<String>,
-    /// Tunnel names exporters sent, interned ([`Aggregator::tunnel_id`]).
+    /// Tunnel names exporters sent, interned ([`Aggregator::tunnel_id`]; the names are in
+    /// `names`).
     tunnel_ids: HashMap<String, u32, FxBuild>,
-    tunnel_names: Vec<String>,
     /// (bytes, packets) per tunnel id and [`Part`] since start, for `/metrics`.
     tunnel_totals: Vec<[(u64, u64); 6]>,
     /// Deltas since the last take, by (base bucket number / [`ROW`], class), one [`Sum`] per
-    /// bucket of the row: one lookup feeds the label, protocol and port dimensions (which
+    /// bucket of the row: one lookup feeds the label and protocol dimensions (which
     /// [`Aggregator::take`] splits) of both shares of a record that crosses one bucket
     /// boundary, unless the boundary is also a row's. A zero [`Sum`] is a (bucket, class)
     /// not yet seen since the last take: every share added is non-zero.
     pending: HashMap<(u64, Class), Row, FxBuild>,
+    /// The port dimension's deltas, by (base bucket number / [`ROW`], port key), as
+    /// `pending`.
+    ports: HashMap<(u64, PortKey), Row, FxBuild>,
     tunnels: HashMap<(i64, Key), Sum, FxBuild>,
     hosts: HashMap<(i64, Key), Counters, FxBuild>,
     /// The milliseconds [start, end) of the base bucket the last single-bucket record
@@ -172,6 +141,8 @@ pub struct Aggregator {
     base_ms: u64,
     divisor: Option<Divisor>,
     seen: bound::KeyBound,
+    /// Rolls up what [`Aggregator::take`] returns.
+    rollup: Rollup,
     /// Base-bucket cells (bucket, class) and tunnel and host entries pending since the last
     /// take: what the next commit writes at the base resolution.
     cells: usize,
@@ -188,18 +159,23 @@ pub struct Aggregator {
 
 impl Aggregator {
     pub fn new(cfg: AggConfig) -> Aggregator {
-        let view_names = cfg.views.keys().cloned().collect();
         let base_ms = cfg.resolutions[0].saturating_mul(1000);
+        let rollup = Rollup::new(&cfg);
+        let names = Arc::new(KeyNames {
+            cfg: Arc::new(cfg.clone()),
+            label_names: Vec::new(),
+            view_names: cfg.views.keys().cloned().collect(),
+            tunnel_names: Vec::new(),
+        });
         Aggregator {
             cfg,
             labels: HashMap::default(),
-            label_names: Vec::new(),
+            names,
             label_views: Vec::new(),
-            view_names,
             tunnel_ids: HashMap::default(),
-            tunnel_names: Vec::new(),
             tunnel_totals: Vec::new(),
             pending: HashMap::default(),
+            ports: HashMap::default(),
             tunnels: HashMap::default(),
             hosts: HashMap::default(),
             last_range: (0, 0),
@@ -207,6 +183,7 @@ impl Aggregator {
             base_ms,
             divisor: Divisor::new(base_ms),
             seen: bound::KeyBound::default(),
+            rollup,
             cells: 0,
             now_ms: None,
             totals: Vec::new(),
@@ -237,11 +214,11 @@ impl Aggregator {
             self.stats.truncated_labels += 1;
             return self.label_id(&label[..end]);
         }
-        if self.label_names.len() >= self.cfg.max_labels.max(2) - 1 && label != OTHER {
+        if self.names.label_names.len() >= self.cfg.max_labels.max(2) - 1 && label != OTHER {
             self.stats.folded_labels += 1;
             return self.label_id(OTHER);
         }
-        let id = self.label_names.len() as u32;
+        let id = self.names.label_names.len() as u32;
         let views = self
             .cfg
             .views
@@ -251,7 +228,9 @@ impl Aggregator {
             .map(|(i, _)| i as u32)
             .collect();
         self.labels.insert(label.to_string(), id);
-        self.label_names.push(label.to_string());
+        Arc::make_mut(&mut self.names)
+            .label_names
+            .push(label.to_string());
         self.label_views.push(views);
         id
     }
@@ -264,45 +243,16 @@ impl Aggregator {
 
     /// The name of a label id.
     pub fn label_name(&self, id: u32) -> &str {
-        &self.label_names[id as usize]
+        &self.names.label_names[id as usize]
     }
 
     /// Text of a key as stored and reported.
     pub fn key_text(&self, key: &Key) -> String {
-        match *key {
-            Key::Label(i) => self.label_names[i as usize].clone(),
-            Key::View(i) => self.view_names[i as usize].clone(),
-            Key::Sa {
-                protocol,
-                src,
-                dst,
-                spi,
-            } => {
-                let p = match protocol {
-                    51 => "ah",
-                    17 => "esp-in-udp",
-                    _ => "esp",
-                };
-                // A configured peer at either end names the tunnel the SA belongs to.
-                let tunnel = self
-                    .cfg
-                    .tunnels
-                    .iter()
-                    .find(|t| t.peers.iter().any(|n| n.contains(src) || n.contains(dst)));
-                match tunnel {
-                    Some(t) => format!("{}: {p} {src}>{dst} spi 0x{spi:08x}", t.name),
-                    None => format!("{p} {src}>{dst} spi 0x{spi:08x}"),
-                }
-            }
-            Key::Tunnel(i) => self.cfg.tunnels[i as usize].name.clone(),
-            Key::Conn { name, part, spi } => conn_key_text(self.tunnel_name(name), part, spi),
-            Key::Host(ip) => ip.to_string(),
-            Key::Protocol(p) => protocol_name(p),
-            Key::Port(p, port) => format!("{}/{port}", protocol_name(p)),
-            Key::Other => OTHER.to_string(),
-        }
+        self.names.key_text(key)
     }
+}
 
+impl Aggregator {
     fn in_networks(&self, ip: IpAddr) -> bool {
         self.cfg.networks.iter().any(|n| n.contains(ip))
     }
@@ -454,8 +404,9 @@ impl Aggregator {
     /// What a record feeds besides its label and protocol, worked out once per record.
     #[inline]
     fn targets(&mut self, f: &Flow) -> Targets {
-        let port = has_ports(f.protocol).then(|| service_port(f.src_port, f.dst_port));
-        let class = class_of(f.label, f.protocol, port.unwrap_or(0));
+        let port = has_ports(f.protocol)
+            .then(|| port_key(f.protocol, service_port(f.src_port, f.dst_port)));
+        let class = class_of(f.label, f.protocol);
         // ESP and AH, and ESP inside UDP (RFC 3948): a UDP record that carries an SPI (the
         // decoders read the reserved SPI 0 as none).
         let ipsec = matches!(f.protocol, 50 | 51) || (f.protocol == 17 && f.spi.is_some());
@@ -478,7 +429,13 @@ impl Aggregator {
     }
 
     /// [`Aggregator::targets`] where a tunnel or host may be fed.
-    fn targets_of(&mut self, f: &Flow, class: Class, port: Option<u16>, ipsec: bool) -> Targets {
+    fn targets_of(
+        &mut self,
+        f: &Flow,
+        class: Class,
+        port: Option<PortKey>,
+        ipsec: bool,
+    ) -> Targets {
         let tunnel = if let Some(name) = f.tunnel {
             let part = Part::of(f);
             let spi = if part.has_spi() {
@@ -533,49 +490,71 @@ impl Aggregator {
         let slot = (bucket % ROW) as usize;
         match self.pending.get_mut(&(bucket / ROW, t.class)) {
             Some(row) if !row[slot].is_zero() => row[slot].add(share),
-            _ => self.admit(f, t, bucket, share),
+            _ => self.admit(t.class, bucket, share),
+        }
+        if let Some(port) = t.port {
+            match self.ports.get_mut(&(bucket / ROW, port)) {
+                Some(row) if !row[slot].is_zero() => row[slot].add(share),
+                _ => self.admit_port(port, bucket, share),
+            }
         }
         if t.others() {
             self.add_others(f, t, bucket, share);
         }
     }
 
-    /// [`Aggregator::add_share`] of two shares in consecutive buckets: one lookup when both
-    /// buckets are in one row and already seen.
+    /// [`Aggregator::add_share`] of two shares in consecutive buckets: one lookup per map
+    /// when both buckets are in one row and already seen.
     #[inline]
     fn add_share2(&mut self, f: &Flow, t: &Targets, bucket: u64, s0: Sum, s1: Sum) {
         let slot = (bucket % ROW) as usize;
         if slot + 1 < ROW as usize {
-            if let Some(row) = self.pending.get_mut(&(bucket / ROW, t.class)) {
-                if !row[slot].is_zero() && !row[slot + 1].is_zero() {
-                    row[slot].add(s0);
-                    row[slot + 1].add(s1);
-                    if t.others() {
-                        self.add_others(f, t, bucket, s0);
-                        self.add_others(f, t, bucket + 1, s1);
-                    }
-                    return;
+            let row = bucket / ROW;
+            let both = |r: Option<&mut Row>| match r {
+                Some(r) if !r[slot].is_zero() && !r[slot + 1].is_zero() => {
+                    r[slot].add(s0);
+                    r[slot + 1].add(s1);
+                    true
                 }
+                _ => false,
+            };
+            if both(self.pending.get_mut(&(row, t.class))) {
+                let ported = match t.port {
+                    Some(p) => both(self.ports.get_mut(&(row, p))),
+                    None => true,
+                };
+                if !ported {
+                    let p = t.port.expect("a port");
+                    for (b, s) in [(bucket, s0), (bucket + 1, s1)] {
+                        self.add_port(p, b, s);
+                    }
+                }
+                if t.others() {
+                    self.add_others(f, t, bucket, s0);
+                    self.add_others(f, t, bucket + 1, s1);
+                }
+                return;
             }
         }
         self.add_share(f, t, bucket, s0);
         self.add_share(f, t, bucket + 1, s1);
     }
 
-    /// The first share of a (bucket, class) since the last take: the port's key bound
-    /// decides whether the port keeps its name in this bucket.
+    /// A share's port alone.
+    #[inline]
+    fn add_port(&mut self, port: PortKey, bucket: u64, share: Sum) {
+        let slot = (bucket % ROW) as usize;
+        match self.ports.get_mut(&(bucket / ROW, port)) {
+            Some(row) if !row[slot].is_zero() => row[slot].add(share),
+            _ => self.admit_port(port, bucket, share),
+        }
+    }
+
+    /// The first share of a (bucket, class) since the last take.
     #[cold]
-    fn admit(&mut self, f: &Flow, t: &Targets, bucket: u64, share: Sum) {
+    fn admit(&mut self, class: Class, bucket: u64, share: Sum) {
         if share.is_zero() {
             return;
-        }
-        let mut class = t.class;
-        if let Some(port) = t.port {
-            let key = Key::Port(f.protocol, port);
-            let secs = self.bucket_secs(bucket);
-            if self.bound(Dim::Port, secs, key) == Key::Other {
-                class = class_of(f.label, f.protocol, 0) | FOLDED_PORT;
-            }
         }
         let row = self
             .pending
@@ -586,9 +565,37 @@ impl Aggregator {
         cell.add(share);
     }
 
+    /// The first share of a (bucket, port) since the last take: the port's key bound
+    /// decides whether the port keeps its name in this bucket.
+    #[cold]
+    fn admit_port(&mut self, port: PortKey, bucket: u64, share: Sum) {
+        if share.is_zero() {
+            return;
+        }
+        let key = Key::Port((port >> 16) as u8, port as u16);
+        let secs = self.bucket_secs(bucket);
+        let port = if !is_system_port(&key) && self.bound(Dim::Port, secs, key) == Key::Other {
+            FOLDED_PORT
+        } else {
+            port
+        };
+        let row = self
+            .ports
+            .entry((bucket / ROW, port))
+            .or_insert([Sum::default(); ROW as usize]);
+        let cell = &mut row[(bucket % ROW) as usize];
+        self.cells += usize::from(cell.is_zero());
+        cell.add(share);
+    }
+
     /// The key bound ([`bound`](self::bound)) with the configured limits.
     fn bound(&mut self, dim: Dim, bucket: i64, key: Key) -> Key {
-        let (max, tracked) = (self.cfg.max_keys_per_bucket, self.cfg.max_tracked_keys);
+        let max = if dim.is_flow_keyed() {
+            self.cfg.max_flow_keys_per_bucket
+        } else {
+            self.cfg.max_keys_per_bucket
+        };
+        let tracked = self.cfg.max_tracked_keys;
         let k = self.seen.admit(max, tracked, dim, bucket, key);
         self.stats.folded_keys = self.seen.folded;
         self.stats.forgotten_key_sets = self.seen.forgotten;
@@ -658,6 +665,7 @@ impl Aggregator {
     /// Forget key-bound bookkeeping of buckets that started before `before` (seconds).
     pub fn forget_before(&mut self, before: i64) {
         self.seen.forget_before(before);
+        self.rollup.forget_before(before);
     }
 
     /// The base-resolution counters since the last take, keyed as stored: classes split
@@ -667,26 +675,29 @@ impl Aggregator {
         let mut labels: HashMap<(i64, u32), Sum, FxBuild> = HashMap::default();
         let mut protocols: HashMap<(i64, u8), Sum, FxBuild> = HashMap::default();
         let mut ports: HashMap<(i64, Key), Sum, FxBuild> = HashMap::default();
-        let rows = std::mem::take(&mut self.pending);
         self.cells = 0;
-        let cells = rows.into_iter().flat_map(|((row, class), sums)| {
-            (0..ROW).map(move |i| (row * ROW + i, class, sums[i as usize]))
-        });
-        for (bucket, class, s) in cells {
-            if s.is_zero() {
-                continue;
+        for ((row, class), sums) in std::mem::take(&mut self.pending) {
+            for (i, s) in sums.iter().enumerate() {
+                if s.is_zero() {
+                    continue;
+                }
+                let bucket = self.bucket_secs(row * ROW + i as u64);
+                let (label, protocol) = ((class >> 32) as u32, (class >> 16) as u8);
+                labels.entry((bucket, label)).or_default().add(*s);
+                protocols.entry((bucket, protocol)).or_default().add(*s);
             }
-            let bucket = self.bucket_secs(bucket);
-            let (label, protocol) = ((class >> 32) as u32, (class >> 16) as u8);
-            labels.entry((bucket, label)).or_default().add(s);
-            protocols.entry((bucket, protocol)).or_default().add(s);
-            if has_ports(protocol) {
-                let key = if class & FOLDED_PORT != 0 {
-                    Key::Other
-                } else {
-                    Key::Port(protocol, class as u16)
-                };
-                ports.entry((bucket, key)).or_default().add(s);
+        }
+        for ((row, port), sums) in std::mem::take(&mut self.ports) {
+            let key = if port == FOLDED_PORT {
+                Key::Other
+            } else {
+                Key::Port((port >> 16) as u8, port as u16)
+            };
+            for (i, s) in sums.iter().enumerate() {
+                if !s.is_zero() {
+                    let bucket = self.bucket_secs(row * ROW + i as u64);
+                    ports.entry((bucket, key)).or_default().add(*s);
+                }
             }
         }
         let mut out = Vec::new();
@@ -725,31 +736,17 @@ impl Aggregator {
     /// Take the accumulated deltas (base resolution and every rollup), rendered for the
     /// store.
     pub fn take(&mut self) -> Vec<Delta> {
-        let base = self.base_slots();
-        let mut all: HashMap<Slot, Counters, FxBuild> = HashMap::default();
-        all.reserve(base.len() * self.cfg.resolutions.len());
-        for (bucket, dim, key, c) in base {
-            for (res, r) in self.cfg.resolutions.iter().enumerate() {
-                let r = *r as i64;
-                all.entry(Slot {
-                    res: res as u8,
-                    bucket: bucket.div_euclid(r) * r,
-                    dim,
-                    key,
-                })
-                .or_default()
-                .add(&c);
-            }
+        let taken = self.take_base();
+        self.rollup.render(taken)
+    }
+
+    /// Take the accumulated base-resolution counters, keyed as stored but neither rolled up
+    /// nor named: a [`Rollup`] does that, on whichever thread has the time.
+    pub fn take_base(&mut self) -> Taken {
+        Taken {
+            base: self.base_slots(),
+            names: self.names.clone(),
         }
-        all.into_iter()
-            .map(|(s, c)| Delta {
-                resolution: self.cfg.resolutions[s.res as usize] as i64,
-                bucket: s.bucket,
-                dim: s.dim,
-                key: self.key_text(&s.key),
-                counters: c,
-            })
-            .collect()
     }
 }
 
