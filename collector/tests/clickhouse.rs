@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use common::*;
@@ -56,8 +56,7 @@ fn sink_config(url: &str, name: &str, cluster: Option<&str>) -> String {
 }
 
 fn sink_config_with(url: &str, name: &str, cluster: Option<&str>, backlog: usize) -> String {
-    let pw = std::env::temp_dir().join(format!("labelflow-ch-pw-{}", std::process::id()));
-    std::fs::write(&pw, USER.1).unwrap();
+    let pw = pw_file();
     let cluster = cluster.map_or(String::new(), |c| format!("cluster = \"{c}\"\n"));
     format!(
         "[hosts]\nnetworks = [\"192.168.0.0/16\"]\n\
@@ -65,8 +64,7 @@ fn sink_config_with(url: &str, name: &str, cluster: Option<&str>, backlog: usize
          [clickhouse]\nurl = \"{url}\"\nuser = \"{}\"\npassword_file = \"{}\"\n\
          collector_name = \"{name}\"\nmax_backlog = {backlog}\nmax_batches_per_insert = 4\n\
          timeout = \"5s\"\n{cluster}",
-        USER.0,
-        pw.display()
+        USER.0, pw
     )
 }
 
@@ -177,10 +175,16 @@ fn clickhouse(url: &str, by: &str) -> Cells {
     cells(&j, by)
 }
 
+/// The password file, written once per process: tests run in parallel, and rewriting it
+/// (truncate, then write) let another test's client read it empty.
 fn pw_file() -> String {
-    let pw = std::env::temp_dir().join(format!("labelflow-ch-pw-{}", std::process::id()));
-    std::fs::write(&pw, USER.1).unwrap();
-    pw.display().to_string()
+    static PW: OnceLock<String> = OnceLock::new();
+    PW.get_or_init(|| {
+        let pw = std::env::temp_dir().join(format!("labelflow-ch-pw-{}", std::process::id()));
+        std::fs::write(&pw, USER.1).unwrap();
+        pw.display().to_string()
+    })
+    .clone()
 }
 
 /// Every dimension, every minute bucket: ClickHouse equals the SQLite databases summed.
