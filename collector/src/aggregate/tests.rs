@@ -606,3 +606,33 @@ fn coarse_buckets_bound_flow_keys_and_keep_totals() {
     }
     assert_eq!(a.rollup.stats.folded_keys, 2, "5 in the hour and the day");
 }
+
+#[test]
+fn tunnel_names_render_on_another_thread_after_more_are_named() {
+    let mut a = Aggregator::new(AggConfig::default());
+    a.add(&named("hq", (4500, 4500), Some(1), 100, 1), "wan");
+    let taken = a.take_base();
+    // Named while the taken batch still shares the names.
+    a.add(&named("rw", (4500, 4500), Some(2), 50, 1), "wan");
+    let mut rollup = Rollup::new(a.config());
+    let d = std::thread::spawn(move || rollup.render(taken))
+        .join()
+        .unwrap();
+    let tunnel_keys = |d: &[Delta]| {
+        let mut k: Vec<(String, u64)> = d
+            .iter()
+            .filter(|x| x.resolution == 60 && x.dim == Dim::Tunnel)
+            .map(|x| (x.key.clone(), x.counters.bytes))
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        tunnel_keys(&d),
+        [("hq [esp-in-udp 0x00000001]".to_string(), 100)]
+    );
+    assert_eq!(
+        tunnel_keys(&a.take()),
+        [("rw [esp-in-udp 0x00000002]".to_string(), 50)]
+    );
+}
