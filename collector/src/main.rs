@@ -78,7 +78,7 @@ enum Command {
 struct QueryArgs {
     #[arg(long, default_value = "labelflow.db")]
     db: PathBuf,
-    /// label | view | tunnel | host | protocol | port
+    /// label | view | tunnel | host | protocol | port | nat
     #[arg(long, default_value = "label")]
     by: String,
     /// Output bucket width (humantime, e.g. 5m); default: the finest stored resolution.
@@ -96,7 +96,7 @@ struct QueryArgs {
     /// Keep the N keys with most bytes; the rest is reported as `other`.
     #[arg(long)]
     top: Option<usize>,
-    /// Only this key (exact name: a label, view, tunnel, host, protocol or port as the
+    /// Only this key (exact name: a label, view, tunnel, host, protocol, port or NAT pair as the
     /// report shows it); repeat for several.
     #[arg(long = "key", value_name = "KEY")]
     keys: Vec<String>,

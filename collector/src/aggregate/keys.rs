@@ -79,6 +79,8 @@ pub enum Dim {
     Host,
     Protocol,
     Port,
+    /// Address translation: inside host and the public (post-NAT) address it goes out as.
+    Nat,
 }
 
 impl Dim {
@@ -90,13 +92,14 @@ impl Dim {
         matches!(self, Dim::Label | Dim::Protocol | Dim::Port)
     }
 
-    pub const ALL: [Dim; 6] = [
+    pub const ALL: [Dim; 7] = [
         Dim::Label,
         Dim::View,
         Dim::Tunnel,
         Dim::Host,
         Dim::Protocol,
         Dim::Port,
+        Dim::Nat,
     ];
 
     pub fn name(self) -> &'static str {
@@ -107,6 +110,7 @@ impl Dim {
             Dim::Host => "host",
             Dim::Protocol => "protocol",
             Dim::Port => "port",
+            Dim::Nat => "nat",
         }
     }
 
@@ -162,6 +166,11 @@ pub enum Key {
     Host(IpAddr),
     Protocol(u8),
     Port(u8, u16),
+    /// A translated address pair: the inside host and its public (post-NAT) address.
+    Nat {
+        inside: IpAddr,
+        public: IpAddr,
+    },
     Other,
 }
 
@@ -318,6 +327,9 @@ pub struct Flow {
     pub sampling: u32,
     pub start_ms: u64,
     pub end_ms: u64,
+    /// The translation the record shows, (inside, public), from a connection-tracking
+    /// exporter's post-NAT elements ([`FlowRecord::nat_pair`]).
+    pub nat: Option<(IpAddr, IpAddr)>,
 }
 
 impl Flow {
@@ -339,6 +351,7 @@ impl Flow {
             sampling: rec.sampling_interval,
             start_ms: rec.start_ms,
             end_ms: rec.end_ms,
+            nat: rec.nat_pair(),
         }
     }
 }

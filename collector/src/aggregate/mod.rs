@@ -49,6 +49,9 @@ pub struct AggStats {
     /// Records whose tunnel name came after `max_tunnel_names` were named (counted under
     /// the tunnel `other`).
     pub folded_tunnels: u64,
+    /// Shares of NAT pairs counted under `other` past `max_nat_keys_per_bucket` (a biflow
+    /// folds twice, once per direction).
+    pub folded_nat_keys: u64,
 }
 
 /// Default of `limits.max_labels`: distinct labels the aggregator names; later ones are
@@ -130,13 +133,15 @@ struct Targets {
     tunnel: Option<Key>,
     src_host: bool,
     dst_host: bool,
+    /// The NAT pair, from a connection-tracking exporter.
+    nat: Option<Key>,
 }
 
 impl Targets {
-    /// Whether the record feeds a tunnel or a host.
+    /// Whether the record feeds a tunnel, a host or a NAT pair.
     #[inline]
     fn others(&self) -> bool {
-        self.tunnel.is_some() || self.src_host || self.dst_host
+        self.tunnel.is_some() || self.src_host || self.dst_host || self.nat.is_some()
     }
 }
 
@@ -162,6 +167,7 @@ pub struct Aggregator {
     pending: HashMap<(u64, Class), Row, FxBuild>,
     tunnels: HashMap<(i64, Key), Sum, FxBuild>,
     hosts: HashMap<(i64, Key), Counters, FxBuild>,
+    nats: HashMap<(i64, Key), Sum, FxBuild>,
     /// The milliseconds [start, end) of the base bucket the last single-bucket record
     /// fell in.
     last_range: (u64, u64),
@@ -202,6 +208,7 @@ impl Aggregator {
             pending: HashMap::default(),
             tunnels: HashMap::default(),
             hosts: HashMap::default(),
+            nats: HashMap::default(),
             last_range: (0, 0),
             anchor: (0, 0),
             base_ms,
@@ -299,6 +306,7 @@ impl Aggregator {
             Key::Host(ip) => ip.to_string(),
             Key::Protocol(p) => protocol_name(p),
             Key::Port(p, port) => format!("{}/{port}", protocol_name(p)),
+            Key::Nat { inside, public } => format!("{inside} > {public}"),
             Key::Other => OTHER.to_string(),
         }
     }
@@ -462,6 +470,7 @@ impl Aggregator {
 
         if !ipsec
             && f.tunnel.is_none()
+            && f.nat.is_none()
             && self.cfg.tunnels.is_empty()
             && self.cfg.networks.is_empty()
         {
@@ -472,6 +481,7 @@ impl Aggregator {
                 tunnel: None,
                 src_host: false,
                 dst_host: false,
+                nat: None,
             };
         }
         self.targets_of(f, class, port, ipsec)
@@ -523,6 +533,7 @@ impl Aggregator {
             tunnel,
             src_host,
             dst_host,
+            nat: f.nat.map(|(inside, public)| Key::Nat { inside, public }),
         }
     }
 
@@ -626,6 +637,9 @@ impl Aggregator {
                 s.add(share);
             }
         }
+        if let Some(key) = t.nat {
+            self.add_nat(bucket, key, share);
+        }
         for (on, ip, side) in [
             (t.src_host, f.src, Side::Out),
             (t.dst_host, f.dst, Side::In),
@@ -634,6 +648,26 @@ impl Aggregator {
                 self.add_host(bucket, Key::Host(ip), share, side);
             }
         }
+    }
+
+    /// Add a NAT pair's share, under `other` past `max_nat_keys_per_bucket` pairs in the
+    /// bucket.
+    fn add_nat(&mut self, bucket: i64, key: Key, share: Sum) {
+        if let Some(s) = self.nats.get_mut(&(bucket, key)) {
+            s.add(share);
+            return;
+        }
+        let max = self.cfg.max_nat_keys_per_bucket;
+        let k = self
+            .seen
+            .admit(max, self.cfg.max_tracked_keys, Dim::Nat, bucket, key);
+        self.stats.forgotten_key_sets = self.seen.forgotten;
+        if k == Key::Other {
+            self.stats.folded_nat_keys += 1;
+        }
+        let s = self.nats.entry((bucket, k)).or_default();
+        self.cells += usize::from(s.is_zero());
+        s.add(share);
     }
 
     /// Add a host's share: bytes towards the host count in, bytes from it out.
@@ -718,6 +752,9 @@ impl Aggregator {
         }
         for ((bucket, key), c) in std::mem::take(&mut self.hosts) {
             out.push((bucket, Dim::Host, key, c));
+        }
+        for ((bucket, key), s) in std::mem::take(&mut self.nats) {
+            out.push((bucket, Dim::Nat, key, s.counters()));
         }
         out
     }
