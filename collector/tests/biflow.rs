@@ -21,9 +21,14 @@ const EXPORTER: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
 /// The probe's conntrack export: all templates first, then data-only messages (so later
 /// messages take the compiled-template path when it is on).
 fn stream(records: &[FlowRecord]) -> Vec<Vec<u8>> {
+    stream_at(records, 1_700_000_000)
+}
+
+/// [`stream`] exported at `export` (seconds).
+fn stream_at(records: &[FlowRecord], export: u32) -> Vec<Vec<u8>> {
     let mut w = MessageWriter::new(1400);
     let mut seq = 0u32;
-    w.begin(1_700_000_000, seq, 1);
+    w.begin(export, seq, 1);
     assert!(template::write_templates(&mut w));
     assert!(template::write_conntrack_templates_with(
         &mut w,
@@ -32,7 +37,7 @@ fn stream(records: &[FlowRecord]) -> Vec<Vec<u8>> {
     let mut out = vec![w.finish().to_vec()];
     let mut i = 0;
     while i < records.len() {
-        w.begin(1_700_000_100, seq, 1);
+        w.begin(export + 100, seq, 1);
         while i < records.len() && template::write_flow(&mut w, &records[i]) {
             i += 1;
         }
@@ -251,12 +256,10 @@ proptest! {
     }
 }
 
-#[test]
-fn nat_pairs_past_the_limit_fold_into_other_and_are_counted() {
-    let mut cfg = config();
-    cfg.agg.max_nat_keys_per_bucket = 2;
-    let mut ingest = Ingest::new(&cfg);
-    let records: Vec<FlowRecord> = (1..=4)
+/// Four masqueraded hosts behind one public address, each one biflow (1000 octets out,
+/// 500 back) starting at `start_ms`.
+fn four_hosts(start_ms: u64) -> Vec<FlowRecord> {
+    (1..=4)
         .map(|h| {
             biflow(
                 false,
@@ -268,11 +271,19 @@ fn nat_pairs_past_the_limit_fold_into_other_and_are_counted() {
                 (1000, 2),
                 (500, 1),
                 0,
-                1_700_000_000_000,
+                start_ms,
                 1000,
             )
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn nat_pairs_past_the_limit_fold_into_other_and_are_counted() {
+    let mut cfg = config();
+    cfg.agg.max_nat_keys_per_bucket = 2;
+    let mut ingest = Ingest::new(&cfg);
+    let records = four_hosts(1_700_000_000_000);
     for d in stream(&records) {
         ingest.datagram(EXPORTER, &d).expect("datagram decodes");
     }
@@ -293,4 +304,75 @@ fn nat_pairs_past_the_limit_fold_into_other_and_are_counted() {
     assert_eq!(keys, want);
     // Counted per share folded: two connections, both directions.
     assert_eq!(ingest.aggregator().stats.folded_nat_keys, 4);
+}
+
+/// The collector binary: `--by nat` over the HTTP API and the CLI (JSON, CSV, table), the
+/// limit from `[limits]`, and the fold counted in `/metrics`.
+#[test]
+fn nat_report_over_http_and_cli_with_the_configured_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("nat.db");
+    let c = common::Collector::start(dir.path(), &db, "[limits]\nmax_nat_keys_per_bucket = 2\n");
+    let now = common::now_secs();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // Inside one base bucket (the previous whole minute): the bound is per bucket.
+    let minute = u64::from(now / 60 * 60 - 60);
+    let datagrams = stream_at(&four_hosts(minute * 1000), now);
+    for d in &datagrams {
+        c.send(&sock, d);
+    }
+    c.wait_committed(datagrams.len() as u64);
+    assert_eq!(c.metric("labelflow_collector_folded_nat_keys_total"), 4);
+    let want = [
+        ("10.1.0.1 > 203.0.113.1", 1500),
+        ("10.1.0.2 > 203.0.113.1", 1500),
+        ("other", 3000),
+    ];
+    let body = c
+        .try_get("/api/report?by=nat&from=0&to=4102444800&bucket=1d")
+        .expect("api report");
+    let j: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let mut got: Vec<(String, u64)> = j["totals"]
+        .as_array()
+        .expect("totals")
+        .iter()
+        .map(|t| {
+            (
+                t["nat"].as_str().unwrap().to_string(),
+                t["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    got.sort();
+    let want: Vec<(String, u64)> = want.iter().map(|(k, b)| (k.to_string(), *b)).collect();
+    assert_eq!(got, want, "HTTP /api/report?by=nat");
+    c.term();
+    let mut cli = common::all_time_bytes(&db, "nat", "nat");
+    cli.sort();
+    assert_eq!(cli, want, "report --by nat --format json");
+    for (format, needle) in [
+        ("csv", "10.1.0.2 > 203.0.113.1,"),
+        ("table", "10.1.0.1 > 203.0.113.1"),
+    ] {
+        let out = std::process::Command::new(common::BIN)
+            .args(["report", "--db"])
+            .arg(&db)
+            .args([
+                "--by",
+                "nat",
+                "--from",
+                "0",
+                "--to",
+                "4102444800",
+                "--format",
+                format,
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains(needle),
+            "{format}: {text}"
+        );
+    }
 }
