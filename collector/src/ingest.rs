@@ -314,6 +314,7 @@ impl FlowSink for ToAggregator<'_> {
                 start_ms: h.start_ms,
                 end_ms: h.end_ms,
                 nat: None,
+                reply: None,
             },
             None => {
                 let protocol = v.protocol();
@@ -339,6 +340,7 @@ impl FlowSink for ToAggregator<'_> {
                     start_ms,
                     end_ms,
                     nat: None,
+                    reply: None,
                 }
             }
         };

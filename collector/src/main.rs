@@ -78,7 +78,7 @@ enum Command {
 struct QueryArgs {
     #[arg(long, default_value = "labelflow.db")]
     db: PathBuf,
-    /// label | view | tunnel | host | protocol | port | nat
+    /// label | view | tunnel | host | protocol | port | nat | direction
     #[arg(long, default_value = "label")]
     by: String,
     /// Output bucket width (humantime, e.g. 5m); default: the finest stored resolution.

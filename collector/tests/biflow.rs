@@ -1,7 +1,8 @@
 //! Connection-tracking records: an RFC 5103 biflow stream and the same connections as two
 //! unidirectional records each give identical aggregates (every dimension, NAT pairs
 //! included), through the `netflow_parser` path and the compiled-template path alike; the
-//! per-label totals are both directions' counters; `nat` keys are the masquerade's pairs.
+//! per-label totals are both directions' counters, `direction` keys each direction's; `nat`
+//! keys are the masquerade's pairs.
 
 mod common;
 
@@ -233,6 +234,26 @@ proptest! {
         got.retain(|_, t| *t != (0, 0));
         prop_assert_eq!(got, want);
 
+        // Per label and connection direction: the forward and the reverse counters.
+        let mut want_dir: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for b in &biflows {
+            let (rb, rp) = b.conntrack.unwrap().reverse.unwrap();
+            let label = b.label.clone().unwrap();
+            for (dir, bytes, packets) in [("orig", b.bytes, b.packets), ("reply", rb, rp)] {
+                let t = want_dir.entry(format!("{label} {dir}")).or_default();
+                *t = (t.0 + bytes, t.1 + packets);
+            }
+        }
+        want_dir.retain(|_, t| *t != (0, 0));
+        let base = bi_slow.iter().map(|d| d.resolution).min().unwrap_or(60);
+        let mut got_dir: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for d in bi_slow.iter().filter(|d| d.dim == Dim::Direction && d.resolution == base) {
+            let t = got_dir.entry(d.key.clone()).or_default();
+            *t = (t.0 + d.counters.bytes, t.1 + d.counters.packets);
+        }
+        got_dir.retain(|_, t| *t != (0, 0));
+        prop_assert_eq!(got_dir, want_dir);
+
         // NAT pairs: every masqueraded connection's bytes, both directions, under
         // "inside > public"; nothing else.
         let mut want_nat: BTreeMap<String, u64> = BTreeMap::new();
@@ -246,7 +267,6 @@ proptest! {
             }
         }
         want_nat.retain(|_, v| *v != 0);
-        let base = bi_slow.iter().map(|d| d.resolution).min().unwrap_or(60);
         let mut got_nat: BTreeMap<String, u64> = BTreeMap::new();
         for d in bi_slow.iter().filter(|d| d.dim == Dim::Nat && d.resolution == base) {
             *got_nat.entry(d.key.clone()).or_default() += d.counters.bytes;

@@ -3,7 +3,8 @@
 //! RFC 5103 biflows, and their reports are checked against the scenario's ground truth.
 //!
 //! ```text
-//!  probe (gw) ──[[export]]──► collector "uni"  (uni.db)   report --by label | host | nat
+//!  probe (gw) ──[[export]]──► collector "uni"  (uni.db)   report --by label | direction
+//!                                                          | host | nat
 //!             ──[[export]] biflow = true──► collector "bi" (bi.db)
 //!  hosts.networks: the LAN host (original direction's source) and the uplink addresses
 //!  (the masquerade: the reply direction's destination), so `--by host` splits directions.
@@ -94,7 +95,8 @@ impl RealCollectors {
     }
 
     /// After the probe stopped: each collector's `report --by label` equals nftables per
-    /// label (both directions), `--by host` per direction (all labels: LAN host out is the
+    /// label (both directions), `--by direction` per label and direction, `--by host` per
+    /// direction (all labels: LAN host out is the
     /// original direction, the uplink addresses in the reply), and `--by nat` holds exactly
     /// the masquerade's pairs conntrack listed (`INSIDE > PUBLIC`), with every labelled
     /// packet and byte. Panics naming the collector and the report that differs.
@@ -119,6 +121,19 @@ impl RealCollectors {
         for (name, (daemon, _)) in [("uni.db", &mut self.uni), ("bi.db", &mut self.bi)] {
             let db = dir.join(name);
             settle(daemon, &db, name, &want);
+            let by_dir = report_totals(
+                &process::collector_report(&db, "direction").expect("direction report"),
+                "direction",
+            );
+            let want_dir: BTreeMap<String, Counter> = truth
+                .iter()
+                .filter(|(_, c)| **c != Counter::default())
+                .map(|((l, d), c)| (format!("{l} {d}"), *c))
+                .collect();
+            assert_eq!(
+                by_dir, want_dir,
+                "{name}: report --by direction vs nftables"
+            );
             let hosts = process::collector_report(&db, "host").expect("host report");
             let side = |addrs: [IpAddr; 2], field: &str| {
                 let mut c = Counter::default();
@@ -157,7 +172,7 @@ impl RealCollectors {
                 all += *c;
             }
             assert_eq!(all, both, "{name}: NAT pairs' packets and bytes");
-            eprintln!("{name}: per label {want:?}; orig {orig:?}, reply {reply:?}; nat {nat:?}");
+            eprintln!("{name}: per label {want:?}; per direction {by_dir:?}; nat {nat:?}");
         }
     }
 }

@@ -11,6 +11,7 @@
 
 mod apportion;
 mod bound;
+mod conn;
 mod keys;
 mod named;
 mod time_rule;
@@ -49,8 +50,7 @@ pub struct AggStats {
     /// Records whose tunnel name came after `max_tunnel_names` were named (counted under
     /// the tunnel `other`).
     pub folded_tunnels: u64,
-    /// Shares of NAT pairs counted under `other` past `max_nat_keys_per_bucket` (a biflow
-    /// folds twice, once per direction).
+    /// NAT-pair shares put under `other` past `max_nat_keys_per_bucket` (one per direction).
     pub folded_nat_keys: u64,
 }
 
@@ -135,13 +135,19 @@ struct Targets {
     dst_host: bool,
     /// The NAT pair, from a connection-tracking exporter.
     nat: Option<Key>,
+    /// The label in its connection direction (connection-tracking exporters).
+    dir: Option<Key>,
 }
 
 impl Targets {
     /// Whether the record feeds a tunnel, a host or a NAT pair.
     #[inline]
     fn others(&self) -> bool {
-        self.tunnel.is_some() || self.src_host || self.dst_host || self.nat.is_some()
+        self.tunnel.is_some()
+            || self.src_host
+            || self.dst_host
+            || self.nat.is_some()
+            || self.dir.is_some()
     }
 }
 
@@ -168,6 +174,7 @@ pub struct Aggregator {
     tunnels: HashMap<(i64, Key), Sum, FxBuild>,
     hosts: HashMap<(i64, Key), Counters, FxBuild>,
     nats: HashMap<(i64, Key), Sum, FxBuild>,
+    directions: HashMap<(i64, Key), Sum, FxBuild>,
     /// The milliseconds [start, end) of the base bucket the last single-bucket record
     /// fell in.
     last_range: (u64, u64),
@@ -209,6 +216,7 @@ impl Aggregator {
             tunnels: HashMap::default(),
             hosts: HashMap::default(),
             nats: HashMap::default(),
+            directions: HashMap::default(),
             last_range: (0, 0),
             anchor: (0, 0),
             base_ms,
@@ -306,7 +314,7 @@ impl Aggregator {
             Key::Host(ip) => ip.to_string(),
             Key::Protocol(p) => protocol_name(p),
             Key::Port(p, port) => format!("{}/{port}", protocol_name(p)),
-            Key::Nat { inside, public } => format!("{inside} > {public}"),
+            Key::Nat { .. } | Key::LabelDir { .. } => self.conn_key_text(key),
             Key::Other => OTHER.to_string(),
         }
     }
@@ -471,6 +479,7 @@ impl Aggregator {
         if !ipsec
             && f.tunnel.is_none()
             && f.nat.is_none()
+            && f.reply.is_none()
             && self.cfg.tunnels.is_empty()
             && self.cfg.networks.is_empty()
         {
@@ -482,6 +491,7 @@ impl Aggregator {
                 src_host: false,
                 dst_host: false,
                 nat: None,
+                dir: None,
             };
         }
         self.targets_of(f, class, port, ipsec)
@@ -534,6 +544,7 @@ impl Aggregator {
             src_host,
             dst_host,
             nat: f.nat.map(|(inside, public)| Key::Nat { inside, public }),
+            dir: f.reply.map(|reply| conn::direction_key(f.label, reply)),
         }
     }
 
@@ -640,6 +651,9 @@ impl Aggregator {
         if let Some(key) = t.nat {
             self.add_nat(bucket, key, share);
         }
+        if let Some(key) = t.dir {
+            self.add_direction(bucket, key, share);
+        }
         for (on, ip, side) in [
             (t.src_host, f.src, Side::Out),
             (t.dst_host, f.dst, Side::In),
@@ -648,26 +662,6 @@ impl Aggregator {
                 self.add_host(bucket, Key::Host(ip), share, side);
             }
         }
-    }
-
-    /// Add a NAT pair's share, under `other` past `max_nat_keys_per_bucket` pairs in the
-    /// bucket.
-    fn add_nat(&mut self, bucket: i64, key: Key, share: Sum) {
-        if let Some(s) = self.nats.get_mut(&(bucket, key)) {
-            s.add(share);
-            return;
-        }
-        let max = self.cfg.max_nat_keys_per_bucket;
-        let k = self
-            .seen
-            .admit(max, self.cfg.max_tracked_keys, Dim::Nat, bucket, key);
-        self.stats.forgotten_key_sets = self.seen.forgotten;
-        if k == Key::Other {
-            self.stats.folded_nat_keys += 1;
-        }
-        let s = self.nats.entry((bucket, k)).or_default();
-        self.cells += usize::from(s.is_zero());
-        s.add(share);
     }
 
     /// Add a host's share: bytes towards the host count in, bytes from it out.
@@ -753,8 +747,14 @@ impl Aggregator {
         for ((bucket, key), c) in std::mem::take(&mut self.hosts) {
             out.push((bucket, Dim::Host, key, c));
         }
-        for ((bucket, key), s) in std::mem::take(&mut self.nats) {
-            out.push((bucket, Dim::Nat, key, s.counters()));
+        let conn = [
+            (Dim::Nat, &mut self.nats),
+            (Dim::Direction, &mut self.directions),
+        ];
+        for (dim, map) in conn {
+            for ((bucket, key), s) in std::mem::take(map) {
+                out.push((bucket, dim, key, s.counters()));
+            }
         }
         out
     }
