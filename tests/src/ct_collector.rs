@@ -94,6 +94,16 @@ impl RealCollectors {
         [(self.uni.1, false), (self.bi.1, true)]
     }
 
+    /// After the probe stopped: each collector's `report --by label` equals `want` (waiting,
+    /// bounded, for its commits), then the collectors stop.
+    pub fn check_labels(&mut self, want: &BTreeMap<String, Counter>) {
+        let dir = self.dir.clone();
+        for (name, (daemon, _)) in [("uni.db", &mut self.uni), ("bi.db", &mut self.bi)] {
+            settle(daemon, &dir.join(name), name, want);
+            eprintln!("{name}: per label {want:?}");
+        }
+    }
+
     /// After the probe stopped: each collector's `report --by label` equals nftables per
     /// label (both directions), `--by direction` per label and direction, `--by host` per
     /// direction (all labels: LAN host out is the

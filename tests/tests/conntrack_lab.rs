@@ -516,7 +516,8 @@ fn conntrack_and_nflog_in_one_process_reconcile_on_the_same_traffic() {
     for g in &groups {
         flags.extend(["--group", g.as_str()]);
     }
-    let (mut probe, sinks, dir) = start_probe(&lab, "", &flags, &[]);
+    let mut collectors = RealCollectors::start(&lab).expect("collectors");
+    let (mut probe, sinks, dir) = start_probe(&lab, "", &flags, &collectors.targets());
     probe
         .wait_until("binding its NFLOG groups", Duration::from_secs(10), || {
             let bound = process::bound_nflog_groups(&lab)?;
@@ -625,5 +626,17 @@ fn conntrack_and_nflog_in_one_process_reconcile_on_the_same_traffic() {
         nflog_fwd, ct_total,
         "NFLOG (other, TCP/UDP/ICMP) vs conntrack labels"
     );
+    // labelflow-collector: both sources in one label report, each label its own counters.
+    let mut want: BTreeMap<String, Counter> = BTreeMap::new();
+    for (label, c) in &nflog_truth {
+        if *c != Counter::default() {
+            want.insert(label.clone(), *c);
+        }
+    }
+    for ((label, _), c) in &ct_truth {
+        *want.entry(label.clone()).or_default() += *c;
+    }
+    want.retain(|_, c| *c != Counter::default());
+    collectors.check_labels(&want);
     drop(dir);
 }
