@@ -95,6 +95,9 @@ pub struct RawLimits {
     /// (port, host, tunnel) before folding into `other`; coarser buckets name up to
     /// `max_keys_per_bucket` of them. Default 1000.
     pub max_flow_keys_per_bucket: Option<Spanned<usize>>,
+    /// NAT pairs (inside host, public address) per bucket before folding into `other`.
+    /// Default 4096.
+    pub max_nat_keys_per_bucket: Option<Spanned<usize>>,
     /// Distinct labels exported as Prometheus series. Default 64.
     pub max_metric_labels: Option<Spanned<usize>>,
     /// Cells (base bucket × key) pending between commits. Past it the ingest hands the
@@ -222,6 +225,10 @@ pub struct Config {
 }
 
 /// What aggregation needs; pure data.
+/// Default of `limits.max_nat_keys_per_bucket`: a gateway's inside hosts times its public
+/// addresses, generously.
+pub const MAX_NAT_KEYS_PER_BUCKET: usize = 4096;
+
 #[derive(Debug, Clone)]
 pub struct AggConfig {
     /// Resolutions in seconds, base first, each a multiple of the previous.
@@ -234,6 +241,8 @@ pub struct AggConfig {
     pub max_keys_per_bucket: usize,
     /// Keys per bucket of the port, host and tunnel dimensions.
     pub max_flow_keys_per_bucket: usize,
+    /// NAT pairs per bucket ([`Dim::Nat`](crate::aggregate::Dim::Nat)) before `other`.
+    pub max_nat_keys_per_bucket: usize,
     /// Keys the per-bucket key bound tracks over all buckets.
     pub max_tracked_keys: usize,
     pub max_labels: usize,
@@ -254,6 +263,7 @@ impl Default for AggConfig {
             max_future_ms: 600_000,
             max_keys_per_bucket: 10_000,
             max_flow_keys_per_bucket: 1000,
+            max_nat_keys_per_bucket: MAX_NAT_KEYS_PER_BUCKET,
             max_tracked_keys: 262_144,
             max_labels: crate::aggregate::MAX_LABELS,
             max_label_bytes: 128,
@@ -574,6 +584,13 @@ impl Source<'_> {
                 .get(),
             max_tracked_keys: self
                 .nz(&l.max_tracked_keys, "limits.max_tracked_keys", 262_144)?
+                .get(),
+            max_nat_keys_per_bucket: self
+                .nz(
+                    &l.max_nat_keys_per_bucket,
+                    "limits.max_nat_keys_per_bucket",
+                    MAX_NAT_KEYS_PER_BUCKET,
+                )?
                 .get(),
             max_labels: self
                 .nz(

@@ -333,6 +333,11 @@ fn store_counters(s: &Snapshot) -> Vec<(&'static str, &'static str, u64)> {
             s.rollup.forgotten_key_sets,
         ),
         (
+            "labelflow_collector_folded_nat_keys_total",
+            "NAT pairs folded into other past max_nat_keys_per_bucket (also in folded_keys).",
+            s.aggregation.folded_nat_keys,
+        ),
+        (
             "labelflow_collector_forgotten_key_sets_total",
             "Key-bound sets of old buckets forgotten to stay within max_tracked_keys.",
             s.aggregation.forgotten_key_sets,

@@ -312,6 +312,12 @@ struct ToAggregator<'a> {
 
 impl FlowSink for ToAggregator<'_> {
     fn view(&mut self, v: &FlowView<'_>, ctx: &ExporterContext) {
+        if v.has_conntrack() {
+            // One record per connection and interval, not per packet burst: a biflow's two
+            // directions and the NAT pair take the owned record's path.
+            self.record(v.to_record(ctx));
+            return;
+        }
         let l = &mut *self.labels;
         let mut name = v.label().and_then(|raw| l.by_octets(raw));
         if name.is_none() {
@@ -340,6 +346,8 @@ impl FlowSink for ToAggregator<'_> {
                 sampling,
                 start_ms: h.start_ms,
                 end_ms: h.end_ms,
+                nat: None,
+                reply: None,
             },
             None => {
                 let protocol = v.protocol();
@@ -364,6 +372,8 @@ impl FlowSink for ToAggregator<'_> {
                     sampling,
                     start_ms,
                     end_ms,
+                    nat: None,
+                    reply: None,
                 }
             }
         };
@@ -375,9 +385,13 @@ impl FlowSink for ToAggregator<'_> {
         let name = r.label.as_ref().and_then(|s| l.by_octets(s.as_bytes()));
         let label =
             name.unwrap_or_else(|| l.unnamed(r.group, self.exporter, [r.ingress_if, r.egress_if]));
-        let mut flow = Flow::from_record(&r, label);
-        flow.tunnel = r.tunnel.as_deref().map(|t| l.agg.tunnel_id(t));
-        l.add(&flow, self.exporter);
+        let tunnel = r.tunnel.as_deref().map(|t| l.agg.tunnel_id(t));
+        // An RFC 5103 biflow counts as its two directions, each with its own addresses.
+        for part in r.unidirectional().iter().flatten() {
+            let mut flow = Flow::from_record(part, label);
+            flow.tunnel = tunnel;
+            l.add(&flow, self.exporter);
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! labelflow-collector: receives NetFlow v5/v9 and IPFIX from any exporter, aggregates flows
-//! per label, view, tunnel, host, protocol and port into time buckets, and keeps them in an
-//! embedded SQLite store for reports, a JSON API, Prometheus metrics and graphs.
+//! per label, view, tunnel, host, protocol, port and NAT pair into time buckets, and keeps
+//! them in an embedded SQLite store for reports, a JSON API, Prometheus metrics and graphs.
 //!
 //! ```text
 //!  UDP ──► SessionTable (per exporter+domain, persisted templates)

@@ -91,7 +91,8 @@ struct QueryArgs {
     /// File holding the ClickHouse password.
     #[arg(long, requires = "clickhouse")]
     clickhouse_password_file: Option<PathBuf>,
-    /// label | view | tunnel | host | protocol | port, and with --clickhouse: collector
+    /// label | view | tunnel | host | protocol | port | nat | direction, and with
+    /// --clickhouse: collector
     #[arg(long, default_value = "label")]
     by: String,
     /// Output bucket width (humantime, e.g. 5m); default: the finest stored resolution.
@@ -109,7 +110,7 @@ struct QueryArgs {
     /// Keep the N keys with most bytes; the rest is reported as `other`.
     #[arg(long)]
     top: Option<usize>,
-    /// Only this key (exact name: a label, view, tunnel, host, protocol or port as the
+    /// Only this key (exact name: a label, view, tunnel, host, protocol, port or NAT pair as the
     /// report shows it); repeat for several.
     #[arg(long = "key", value_name = "KEY")]
     keys: Vec<String>,

@@ -20,9 +20,12 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::convert::{application_of, clean_text, ntp_ms, ApplicationKey, ExporterContext};
-use crate::ie::{iana, labelflow, netfilter, PEN_LABELFLOW, PEN_NETFILTER};
+use crate::ie::{iana, labelflow, netfilter, PEN_LABELFLOW, PEN_NETFILTER, PEN_REVERSE};
 use crate::ipfix::{varlen_at, Template};
-use crate::record::{Direction, EndReason, FlowRecord};
+use crate::record::{BiflowDirection, ConnInfo, Direction, EndReason, FlowRecord};
+
+/// `ctTcpState` of a record without TCP state (as the conntrack templates write it).
+const NO_TCP_STATE: u64 = 0xff;
 
 /// How a time element counts (IE 150–157); other elements are plain numbers or octets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +64,7 @@ struct Loc {
 }
 
 /// Number of [`Slot`]s.
-const SLOTS: usize = Slot::Tunnel as usize + 1;
+const SLOTS: usize = Slot::RevPackets as usize + 1;
 
 /// Variable-length fields a plan handles per record.
 const MAX_VARLEN: usize = 8;
@@ -81,6 +84,8 @@ pub struct FlowPlan {
     /// Where the common IPv4 flow fields sit, when the template has them in their usual
     /// sizes before any variable-length field (see [`FlowView::ipv4`]).
     ipv4: Option<Ipv4Offsets>,
+    /// Whether the template has connection-tracking elements.
+    conntrack: bool,
 }
 
 /// Fixed offsets of an IPv4 flow's fields, for [`FlowView::ipv4`].
@@ -344,7 +349,7 @@ impl<'a> FlowView<'a> {
         let (src_port, dst_port, icmp_type_code) = self.ports();
         let (ingress_if, egress_if) = self.interfaces();
         let (start_ms, end_ms) = self.times();
-        FlowRecord {
+        let mut rec = FlowRecord {
             observation_domain: self.domain,
             group: self.group(),
             label: self.label_text(ctx),
@@ -375,8 +380,48 @@ impl<'a> FlowView<'a> {
             nflog_prefix: self.raw(Slot::Prefix).map(clean_text),
             sampling_interval: sampling_of(ctx),
             tunnel: text(self.raw(Slot::Tunnel)),
-            conntrack: None,
+            conntrack: self.conntrack(),
+        };
+        rec.settle_conntrack();
+        rec
+    }
+
+    /// Whether the record carries connection-tracking elements (then it needs
+    /// [`FlowView::to_record`]: a biflow counts in two directions, NAT elements are keys).
+    #[inline]
+    pub fn has_conntrack(&self) -> bool {
+        self.plan.conntrack
+    }
+
+    /// The connection facts, by the rules of the conntrack templates' decoder (a record
+    /// with any of the elements has them; `ctTcpState` 0xff is "none").
+    fn conntrack(&self) -> Option<ConnInfo> {
+        if !self.plan.conntrack {
+            return None;
         }
+        let num = |s| self.num(s);
+        let addr = |slot| match self.raw(slot) {
+            Some(a) if a.len() == 4 => IpAddr::V4(Ipv4Addr::from(be(a) as u32)),
+            Some(a) => <[u8; 16]>::try_from(a)
+                .map(|a| IpAddr::V6(Ipv6Addr::from(a)))
+                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        };
+        let (rb, rp) = (num(Slot::RevBytes), num(Slot::RevPackets));
+        Some(ConnInfo {
+            post_nat_src: addr(Slot::NatSrc),
+            post_nat_dst: addr(Slot::NatDst),
+            post_napt_src_port: num(Slot::NatSrcPort).unwrap_or(0) as u16,
+            post_napt_dst_port: num(Slot::NatDstPort).unwrap_or(0) as u16,
+            direction: BiflowDirection::from_code(num(Slot::BiflowDirection).unwrap_or(0) as u8),
+            zone: num(Slot::CtZone).unwrap_or(0) as u16,
+            tcp_state: num(Slot::CtTcpState)
+                .map(|n| n as u8)
+                .filter(|n| u64::from(*n) != NO_TCP_STATE),
+            conn_id: num(Slot::FlowId).unwrap_or(0) as u32,
+            reverse: (rb.is_some() || rp.is_some()).then(|| (rb.unwrap_or(0), rp.unwrap_or(0))),
+            reply_icmp_type_code: 0,
+        })
     }
 }
 
@@ -455,6 +500,16 @@ impl FlowPlan {
                     155 | 157 => exact(Slot::End, len, 8)?.unit(Unit::Ntp),
                     iana::IPSEC_SPI => numeric(Slot::Spi, len)?,
                     iana::USER_NAME => any_len(Some(Slot::UserName), len),
+                    // One slot per side whatever the family: as in RecordBuilder, the
+                    // later field wins; the length tells the family.
+                    iana::POST_NAT_SOURCE_IPV4_ADDRESS => exact(Slot::NatSrc, len, 4)?,
+                    iana::POST_NAT_DESTINATION_IPV4_ADDRESS => exact(Slot::NatDst, len, 4)?,
+                    iana::POST_NAT_SOURCE_IPV6_ADDRESS => exact(Slot::NatSrc, len, 16)?,
+                    iana::POST_NAT_DESTINATION_IPV6_ADDRESS => exact(Slot::NatDst, len, 16)?,
+                    iana::POST_NAPT_SOURCE_TRANSPORT_PORT => numeric(Slot::NatSrcPort, len)?,
+                    iana::POST_NAPT_DESTINATION_TRANSPORT_PORT => numeric(Slot::NatDstPort, len)?,
+                    iana::BIFLOW_DIRECTION => numeric(Slot::BiflowDirection, len)?,
+                    iana::FLOW_ID => numeric(Slot::FlowId, len)?,
                     // Uptime-relative times and per-record sampling need RecordBuilder.
                     21 | 22 | 34 | 48 | 50 | 160 | 302 | 305 | 306 => return None,
                     _ => any_len(None, len),
@@ -466,6 +521,14 @@ impl FlowPlan {
                 },
                 PEN_LABELFLOW => match f.id {
                     labelflow::TUNNEL_NAME => any_len(Some(Slot::Tunnel), len),
+                    labelflow::CT_ZONE => numeric(Slot::CtZone, len)?,
+                    labelflow::CT_TCP_STATE => numeric(Slot::CtTcpState, len)?,
+                    _ => any_len(None, len),
+                },
+                // RFC 5103 reverse counters.
+                PEN_REVERSE => match f.id {
+                    iana::OCTET_DELTA_COUNT => numeric(Slot::RevBytes, len)?,
+                    iana::PACKET_DELTA_COUNT => numeric(Slot::RevPackets, len)?,
                     _ => any_len(None, len),
                 },
                 _ => any_len(None, len),
@@ -497,6 +560,7 @@ impl FlowPlan {
         }
         Some(FlowPlan {
             ipv4: ipv4_offsets(&slots),
+            conntrack: CONNTRACK_SLOTS.iter().any(|s| slots[*s as usize].is_some()),
             slots,
             varlen,
             fixed_total: fixed,
@@ -643,7 +707,32 @@ enum Slot {
     Mark,
     Prefix,
     Tunnel,
+    NatSrc,
+    NatDst,
+    NatSrcPort,
+    NatDstPort,
+    BiflowDirection,
+    FlowId,
+    CtZone,
+    CtTcpState,
+    RevBytes,
+    RevPackets,
 }
+
+/// The slots of connection-tracking elements: a record with any of them has a
+/// [`ConnInfo`].
+const CONNTRACK_SLOTS: [Slot; 10] = [
+    Slot::NatSrc,
+    Slot::NatDst,
+    Slot::NatSrcPort,
+    Slot::NatDstPort,
+    Slot::BiflowDirection,
+    Slot::FlowId,
+    Slot::CtZone,
+    Slot::CtTcpState,
+    Slot::RevBytes,
+    Slot::RevPackets,
+];
 
 /// Big-endian unsigned value of 1–8 octets (the plan guarantees the length).
 #[inline]

@@ -219,6 +219,39 @@ impl FlowRecord {
     }
 }
 
+impl FlowRecord {
+    /// Completes a decoded record's connection facts: a post-NAT address the exporter did
+    /// not send (unspecified) means the address was not translated, so it and its port are
+    /// the record's own. Exporters of RFC 5103 biflows without NAT elements (YAF, for one)
+    /// then split into directions with their own addresses swapped.
+    pub fn settle_conntrack(&mut self) {
+        let (src, dst, sport, dport) = (self.src_addr, self.dst_addr, self.src_port, self.dst_port);
+        if let Some(c) = self.conntrack.as_mut() {
+            if c.post_nat_src.is_unspecified() {
+                (c.post_nat_src, c.post_napt_src_port) = (src, sport);
+            }
+            if c.post_nat_dst.is_unspecified() {
+                (c.post_nat_dst, c.post_napt_dst_port) = (dst, dport);
+            }
+        }
+    }
+
+    /// The address translation this record shows, as (inside, public): a translated source
+    /// (SNAT, masquerade: the inside host sends) or a translated destination (the reply of
+    /// a masqueraded connection, or DNAT towards an inside server). `None` for records
+    /// without connection facts or without translation.
+    pub fn nat_pair(&self) -> Option<(IpAddr, IpAddr)> {
+        let c = self.conntrack.as_ref()?;
+        if !c.post_nat_src.is_unspecified() && c.post_nat_src != self.src_addr {
+            return Some((self.src_addr, c.post_nat_src));
+        }
+        if !c.post_nat_dst.is_unspecified() && c.post_nat_dst != self.dst_addr {
+            return Some((c.post_nat_dst, self.dst_addr));
+        }
+        None
+    }
+}
+
 impl Default for FlowRecord {
     fn default() -> Self {
         FlowRecord {

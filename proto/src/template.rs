@@ -134,7 +134,7 @@ macro_rules! flow_fields {
     };
 }
 
-mod nat;
+pub(crate) mod nat;
 pub use nat::{
     conntrack_templates, write_conntrack_templates_with, FLOW_BI_V4, FLOW_BI_V4_ID, FLOW_BI_V6,
     FLOW_BI_V6_ID, FLOW_CT_V4, FLOW_CT_V4_ID, FLOW_CT_V4_VARLEN_APP_ID, FLOW_CT_V6, FLOW_CT_V6_ID,

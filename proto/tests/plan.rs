@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use labelflow_proto::convert::{convert_ipfix_data_set, ApplicationKey, ExporterContext};
-use labelflow_proto::ie::{FieldSpec, PEN_NETFILTER, VARLEN};
+use labelflow_proto::ie::{FieldSpec, PEN_LABELFLOW, PEN_NETFILTER, PEN_REVERSE, VARLEN};
 use labelflow_proto::ipfix::Template;
 use labelflow_proto::plan::FlowPlan;
 use proptest::prelude::*;
@@ -52,6 +52,20 @@ const POOL: &[(u32, u16, &[u16])] = &[
     (PEN_NETFILTER, 3, &[VARLEN, 12]),
     (PEN_NETFILTER, 9, &[2]),
     (9, 1, &[4]),
+    // Connection tracking: post-NAT addresses and ports, biflowDirection, flowId, labelflow
+    // ctZone / ctTcpState, RFC 5103 reverse counters.
+    (0, 225, &[4, 4, 16]),
+    (0, 226, &[4]),
+    (0, 281, &[16, 4]),
+    (0, 282, &[16]),
+    (0, 227, &[2, 4]),
+    (0, 228, &[2]),
+    (0, 239, &[1]),
+    (0, 148, &[4, 8]),
+    (PEN_LABELFLOW, 2, &[2, 1]),
+    (PEN_LABELFLOW, 3, &[1]),
+    (PEN_REVERSE, 1, &[8, 4, 9]),
+    (PEN_REVERSE, 2, &[8]),
 ];
 
 fn spec(i: usize, pick: usize) -> FieldSpec {
@@ -150,9 +164,9 @@ fn assert_same(template: &Template, body: &[u8], ctx: &ExporterContext) -> bool 
 /// labelflow's own flow templates compile: its export takes the plan.
 #[test]
 fn labelflow_templates_compile() {
+    use labelflow_proto::template::*;
     for def in [
-        labelflow_proto::template::FLOW_V4,
-        labelflow_proto::template::FLOW_V6,
+        FLOW_V4, FLOW_V6, FLOW_CT_V4, FLOW_CT_V6, FLOW_BI_V4, FLOW_BI_V6,
     ] {
         let t = Template::new(def.id, 0, def.fields.to_vec()).unwrap();
         assert!(FlowPlan::compile(&t).is_some(), "template {}", def.id);

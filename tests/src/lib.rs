@@ -10,6 +10,7 @@
 //!   tunnel::run_ipsec_mix(..)  ── tunnel traffic paired with its ESP packets
 //!   ipfix::ExportLog  ── what the probe exported, decoded by netflow_parser
 //!   conntrack::load(&lab)  ── masquerade + ct mark labels, counters per mark and direction
+//!   ct_collector::RealCollectors  ── labelflow-collector on the conntrack export
 //! ```
 //!
 //! The same code drives the tests in `tests/`, and the `labelflow-lab` binary used by the
@@ -27,6 +28,7 @@
 //! ```
 
 pub mod conntrack;
+pub mod ct_collector;
 pub mod ipfix;
 pub mod ipsec_lab;
 pub mod lab;

@@ -243,6 +243,15 @@ pub fn start_probe(lab: &Lab, extra: &[String]) -> Result<Daemon, LabError> {
 /// store in `db`, and waits until its UDP socket is bound: what the probe sends from then on
 /// is queued for it.
 pub fn start_collector(lab: &Lab, db: &Path) -> Result<(Daemon, SocketAddr), LabError> {
+    start_collector_with(lab, db, None)
+}
+
+/// [`start_collector`] with a configuration file (`--listen` and `--db` override its own).
+pub fn start_collector_with(
+    lab: &Lab,
+    db: &Path,
+    config: Option<&Path>,
+) -> Result<(Daemon, SocketAddr), LabError> {
     let bin = find_binary("labelflow-collector")?;
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     let port = netns::udp_socket(&lab.gw(), any, None)?
@@ -250,12 +259,15 @@ pub fn start_collector(lab: &Lab, db: &Path) -> Result<(Daemon, SocketAddr), Lab
         .map_err(|e| io("local address", e))?
         .port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let args = [
+    let mut args = vec![
         "--listen".to_owned(),
         addr.to_string(),
         "--db".to_owned(),
         db.display().to_string(),
     ];
+    if let Some(c) = config {
+        args.extend(["--config".to_owned(), c.display().to_string()]);
+    }
     let mut d = Daemon::start(lab, Role::Gw, &bin, &args)?;
     let filter = format!("sport = :{port}");
     d.wait_until("binding its UDP socket", Duration::from_secs(10), || {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use labelflow_testkit::tools;
 use labelflow_tests::conntrack::{self, CtLine, OpenTcp, LABELS};
+use labelflow_tests::ct_collector::RealCollectors;
 use labelflow_tests::ipfix::{ExportLog, Flow};
 use labelflow_tests::lab::{addr, Lab, Role};
 use labelflow_tests::process::{self, Daemon};
@@ -18,13 +19,24 @@ use labelflow_tests::traffic;
 
 const ACTIVE: &str = "3s";
 
-fn config(collector: SocketAddr, biflow: SocketAddr, extra: &str) -> String {
+/// The probe's configuration: `collector` takes unidirectional records, `biflow` biflows,
+/// and each of `more` (address, biflow) one more target.
+fn config(
+    collector: SocketAddr,
+    biflow: SocketAddr,
+    extra: &str,
+    more: &[(SocketAddr, bool)],
+) -> String {
+    let more: String = more
+        .iter()
+        .map(|(a, bi)| format!("\n[[export]]\ntarget = \"ipfix://{a}\"\nbiflow = {bi}\n"))
+        .collect();
     let labels: Vec<String> = LABELS
         .iter()
         .map(|(m, l, _)| format!("{{ mark = \"{m:#x}\", label = \"{l}\" }}"))
         .collect();
     format!(
-        "[conntrack]\nenable = true\nset_sysctls = true\nlabels = [{}]\n{extra}\n[cache]\nactive_timeout = \"{ACTIVE}\"\n\n[[export]]\ntarget = \"ipfix://{collector}\"\n\n[[export]]\ntarget = \"ipfix://{biflow}\"\nbiflow = true\n",
+        "[conntrack]\nenable = true\nset_sysctls = true\nlabels = [{}]\n{extra}\n[cache]\nactive_timeout = \"{ACTIVE}\"\n\n[[export]]\ntarget = \"ipfix://{collector}\"\n\n[[export]]\ntarget = \"ipfix://{biflow}\"\nbiflow = true\n{more}",
         labels.join(", ")
     )
 }
@@ -61,14 +73,19 @@ struct Collectors {
 /// Starts the probe in the gateway with the conntrack labels (plus `extra` lines in
 /// `[conntrack]`), exporting to two collector sockets (the second takes biflows); returns
 /// once it listens to the events.
-fn start_probe(lab: &Lab, extra: &str, flags: &[&str]) -> (Daemon, Collectors, TempDir) {
+fn start_probe(
+    lab: &Lab,
+    extra: &str,
+    flags: &[&str],
+    more: &[(SocketAddr, bool)],
+) -> (Daemon, Collectors, TempDir) {
     let (sock, collector) = process::collector_socket(lab).expect("collector socket");
     let (bi, bi_addr) = process::collector_socket(lab).expect("collector socket");
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = TempDir(std::env::temp_dir().join(format!("lf-ct-{}-{n}", std::process::id())));
     std::fs::create_dir_all(&dir.0).expect("temp dir");
     let cfg = dir.0.join("probe.toml");
-    std::fs::write(&cfg, config(collector, bi_addr, extra)).expect("write config");
+    std::fs::write(&cfg, config(collector, bi_addr, extra, more)).expect("write config");
     let bin = process::find_binary("labelflow-probe").expect("probe binary");
     let mut args = vec![
         "--config".to_owned(),
@@ -147,7 +164,9 @@ fn conntrack_exports_equal_nft_counters_per_label_and_direction_with_nat() {
         ],
     )
     .expect("conntrack timeouts");
-    let (mut probe, sinks, dir) = start_probe(&lab, "", &[]);
+    // Two real collectors take the same export: unidirectional records and biflows.
+    let mut collectors = RealCollectors::start(&lab).expect("collectors");
+    let (mut probe, sinks, dir) = start_probe(&lab, "", &[], &collectors.targets());
     let sock = &sinks.uni;
     let lan: IpAddr = addr::LAN_V4.into();
     let inet = |port| SocketAddr::new(addr::INET_V4.into(), port);
@@ -381,6 +400,7 @@ fn conntrack_exports_equal_nft_counters_per_label_and_direction_with_nat() {
         stopped.stderr
     );
     long.close().expect("close the long connection");
+    collectors.check(&truth, &listed);
     drop(dir);
 }
 
@@ -392,7 +412,7 @@ fn conntrack_event_flood_past_a_small_buffer_is_counted_resynchronised_and_recon
     conntrack::load(&lab).expect("load the conntrack ruleset");
     conntrack::sink_udp(&lab, 20_000..20_000 + FLOWS).expect("udp sink");
     // The smallest receive buffer: a burst of events overruns it at once.
-    let (mut probe, sinks, dir) = start_probe(&lab, "rcvbuf = 4096", &[]);
+    let (mut probe, sinks, dir) = start_probe(&lab, "rcvbuf = 4096", &[], &[]);
     let sock = &sinks.uni;
     let sent = conntrack::udp_flood(
         &lab,
@@ -496,7 +516,8 @@ fn conntrack_and_nflog_in_one_process_reconcile_on_the_same_traffic() {
     for g in &groups {
         flags.extend(["--group", g.as_str()]);
     }
-    let (mut probe, sinks, dir) = start_probe(&lab, "", &flags);
+    let mut collectors = RealCollectors::start(&lab).expect("collectors");
+    let (mut probe, sinks, dir) = start_probe(&lab, "", &flags, &collectors.targets());
     probe
         .wait_until("binding its NFLOG groups", Duration::from_secs(10), || {
             let bound = process::bound_nflog_groups(&lab)?;
@@ -605,5 +626,17 @@ fn conntrack_and_nflog_in_one_process_reconcile_on_the_same_traffic() {
         nflog_fwd, ct_total,
         "NFLOG (other, TCP/UDP/ICMP) vs conntrack labels"
     );
+    // labelflow-collector: both sources in one label report, each label its own counters.
+    let mut want: BTreeMap<String, Counter> = BTreeMap::new();
+    for (label, c) in &nflog_truth {
+        if *c != Counter::default() {
+            want.insert(label.clone(), *c);
+        }
+    }
+    for ((label, _), c) in &ct_truth {
+        *want.entry(label.clone()).or_default() += *c;
+    }
+    want.retain(|_, c| *c != Counter::default());
+    collectors.check_labels(&want);
     drop(dir);
 }

@@ -5,7 +5,7 @@
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
-use labelflow_proto::FlowRecord;
+use labelflow_proto::{BiflowDirection, FlowRecord};
 
 /// The label of records that carry none and match no rule.
 pub const UNLABELLED: &str = "unlabelled";
@@ -79,6 +79,11 @@ pub enum Dim {
     Host,
     Protocol,
     Port,
+    /// Address translation: inside host and the public (post-NAT) address it goes out as.
+    Nat,
+    /// Label and connection direction (`orig`: the initiator's packets, `reply`: the
+    /// responder's), for records of a connection-tracking exporter.
+    Direction,
 }
 
 impl Dim {
@@ -87,7 +92,10 @@ impl Dim {
     /// its ESP are the same bytes twice, and a flow between two inside hosts counts for both:
     /// for those a sum would double-count.
     pub fn is_additive(self) -> bool {
-        matches!(self, Dim::Label | Dim::Protocol | Dim::Port)
+        matches!(
+            self,
+            Dim::Label | Dim::Protocol | Dim::Port | Dim::Direction
+        )
     }
 
     /// Whether a flow's addresses, ports or SPI make this dimension's keys, so that an
@@ -97,13 +105,15 @@ impl Dim {
         matches!(self, Dim::Tunnel | Dim::Host | Dim::Port)
     }
 
-    pub const ALL: [Dim; 6] = [
+    pub const ALL: [Dim; 8] = [
         Dim::Label,
         Dim::View,
         Dim::Tunnel,
         Dim::Host,
         Dim::Protocol,
         Dim::Port,
+        Dim::Nat,
+        Dim::Direction,
     ];
 
     pub fn name(self) -> &'static str {
@@ -114,6 +124,8 @@ impl Dim {
             Dim::Host => "host",
             Dim::Protocol => "protocol",
             Dim::Port => "port",
+            Dim::Nat => "nat",
+            Dim::Direction => "direction",
         }
     }
 
@@ -169,6 +181,16 @@ pub enum Key {
     Host(IpAddr),
     Protocol(u8),
     Port(u8, u16),
+    /// A translated address pair: the inside host and its public (post-NAT) address.
+    Nat {
+        inside: IpAddr,
+        public: IpAddr,
+    },
+    /// A label's traffic in one connection direction (`reply`: the responder's packets).
+    LabelDir {
+        label: u32,
+        reply: bool,
+    },
     Other,
 }
 
@@ -325,6 +347,13 @@ pub struct Flow {
     pub sampling: u32,
     pub start_ms: u64,
     pub end_ms: u64,
+    /// The translation the record shows, (inside, public), from a connection-tracking
+    /// exporter's post-NAT elements ([`FlowRecord::nat_pair`]).
+    pub nat: Option<(IpAddr, IpAddr)>,
+    /// The connection direction of a connection-tracking record: `Some(true)` for the
+    /// responder's packets (RFC 5103 `biflowDirection` 2), `Some(false)` for the
+    /// initiator's (1).
+    pub reply: Option<bool>,
 }
 
 impl Flow {
@@ -346,6 +375,12 @@ impl Flow {
             sampling: rec.sampling_interval,
             start_ms: rec.start_ms,
             end_ms: rec.end_ms,
+            nat: rec.nat_pair(),
+            reply: rec.conntrack.and_then(|c| match c.direction {
+                BiflowDirection::Initiator => Some(false),
+                BiflowDirection::ReverseInitiator => Some(true),
+                _ => None,
+            }),
         }
     }
 }

@@ -12,6 +12,7 @@
 mod apportion;
 mod arith;
 mod bound;
+mod conn;
 mod keys;
 mod named;
 mod render;
@@ -54,6 +55,8 @@ pub struct AggStats {
     /// Records whose tunnel name came after `max_tunnel_names` were named (counted under
     /// the tunnel `other`).
     pub folded_tunnels: u64,
+    /// NAT-pair shares put under `other` past `max_nat_keys_per_bucket` (one per direction).
+    pub folded_nat_keys: u64,
 }
 
 /// Default of `limits.max_labels`: distinct labels the aggregator names; later ones are
@@ -95,13 +98,21 @@ struct Targets {
     tunnel: Option<Key>,
     src_host: bool,
     dst_host: bool,
+    /// The NAT pair, from a connection-tracking exporter.
+    nat: Option<Key>,
+    /// The label in its connection direction (connection-tracking exporters).
+    dir: Option<Key>,
 }
 
 impl Targets {
-    /// Whether the record feeds a tunnel or a host.
+    /// Whether the record feeds a tunnel, a host or a NAT pair.
     #[inline]
     fn others(&self) -> bool {
-        self.tunnel.is_some() || self.src_host || self.dst_host
+        self.tunnel.is_some()
+            || self.src_host
+            || self.dst_host
+            || self.nat.is_some()
+            || self.dir.is_some()
     }
 }
 
@@ -131,6 +142,8 @@ pub struct Aggregator {
     ports: HashMap<(u64, PortKey), Row, FxBuild>,
     tunnels: HashMap<(i64, Key), Sum, FxBuild>,
     hosts: HashMap<(i64, Key), Counters, FxBuild>,
+    nats: HashMap<(i64, Key), Sum, FxBuild>,
+    directions: HashMap<(i64, Key), Sum, FxBuild>,
     /// The milliseconds [start, end) of the base bucket the last single-bucket record
     /// fell in.
     last_range: (u64, u64),
@@ -178,6 +191,8 @@ impl Aggregator {
             ports: HashMap::default(),
             tunnels: HashMap::default(),
             hosts: HashMap::default(),
+            nats: HashMap::default(),
+            directions: HashMap::default(),
             last_range: (0, 0),
             anchor: (0, 0),
             base_ms,
@@ -413,6 +428,8 @@ impl Aggregator {
 
         if !ipsec
             && f.tunnel.is_none()
+            && f.nat.is_none()
+            && f.reply.is_none()
             && self.cfg.tunnels.is_empty()
             && self.cfg.networks.is_empty()
         {
@@ -423,6 +440,8 @@ impl Aggregator {
                 tunnel: None,
                 src_host: false,
                 dst_host: false,
+                nat: None,
+                dir: None,
             };
         }
         self.targets_of(f, class, port, ipsec)
@@ -480,6 +499,8 @@ impl Aggregator {
             tunnel,
             src_host,
             dst_host,
+            nat: f.nat.map(|(inside, public)| Key::Nat { inside, public }),
+            dir: f.reply.map(|reply| conn::direction_key(f.label, reply)),
         }
     }
 
@@ -633,6 +654,12 @@ impl Aggregator {
                 s.add(share);
             }
         }
+        if let Some(key) = t.nat {
+            self.add_nat(bucket, key, share);
+        }
+        if let Some(key) = t.dir {
+            self.add_direction(bucket, key, share);
+        }
         for (on, ip, side) in [
             (t.src_host, f.src, Side::Out),
             (t.dst_host, f.dst, Side::In),
@@ -729,6 +756,15 @@ impl Aggregator {
         }
         for ((bucket, key), c) in std::mem::take(&mut self.hosts) {
             out.push((bucket, Dim::Host, key, c));
+        }
+        let conn = [
+            (Dim::Nat, &mut self.nats),
+            (Dim::Direction, &mut self.directions),
+        ];
+        for (dim, map) in conn {
+            for ((bucket, key), s) in std::mem::take(map) {
+                out.push((bucket, dim, key, s.counters()));
+            }
         }
         out
     }

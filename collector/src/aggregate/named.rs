@@ -111,6 +111,11 @@ impl KeyNames {
             Key::Host(ip) => ip.to_string(),
             Key::Protocol(p) => protocol_name(p),
             Key::Port(p, port) => format!("{}/{port}", protocol_name(p)),
+            Key::Nat { inside, public } => format!("{inside} > {public}"),
+            Key::LabelDir { label, reply } => {
+                let dir = if reply { "reply" } else { "orig" };
+                format!("{} {dir}", self.label_names[label as usize])
+            }
             Key::Other => OTHER.to_string(),
         }
     }

@@ -195,7 +195,7 @@ fn addr(v: &[u8]) -> Option<IpAddr> {
 
 /// Reads one conntrack element into `f` (any other element is ignored). `n` is `v` read as
 /// an unsigned integer.
-pub(super) fn decode_field(f: &mut FlowRecord, ie: Ie, v: &[u8], n: u64) {
+pub(crate) fn decode_field(f: &mut FlowRecord, ie: Ie, v: &[u8], n: u64) {
     match ie {
         Ie::PostNatSourceIpv4Address | Ie::PostNatSourceIpv6Address => {
             if let Some(a) = addr(v) {
