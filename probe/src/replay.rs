@@ -4,7 +4,7 @@
 //! the pipeline runs deterministically over a file.
 //!
 //! ```text
-//!  file ──► 1 MiB reads on a read-ahead thread, into a few reusable buffers ──► format::Cursor: pcap records or
+//!  file ──► 1 MiB reads into one reusable buffer ──► format::Cursor: pcap records or
 //!  pcapng blocks, as views (no copy per packet) ──► link layer of the record's interface
 //!     LINKTYPE_NFLOG (239)   nflog_hdr + TLVs: group, prefix, mark, uid, ifindex, payload
 //!     ETHERNET (1)           VLAN tags (802.1Q / 802.1ad / 0x9100) skipped
@@ -20,7 +20,6 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 
 use crate::nflog::wire;
 use crate::packet::{PacketMeta, L3};
@@ -85,140 +84,62 @@ enum Skip {
     Malformed,
 }
 
-/// The part of the file in memory: `buf[start..end]` holds the file from byte `base`.
-///
-/// A file is read by a read-ahead thread, in [`CHUNK`]s, into a few reusable buffers: the
-/// kernel's copy into one buffer runs on the other core while the packets of the previous
-/// one are walked here, so a replay takes about as long as reading the file. Each buffer
-/// keeps [`RESERVE`] bytes free in front of the bytes read; the unread tail of the buffer
-/// before it (a record cut by the read boundary) is copied there, so records stay
-/// contiguous and the chunk itself is never copied. Packets are lent straight from it.
+/// The part of the file in memory: `buf[..end]` holds the file from byte `base`. A file is
+/// read in large chunks into one reusable buffer; packets are lent straight from it.
 #[derive(Debug)]
 struct Window {
-    source: Option<ReadAhead>,
+    file: Option<File>,
     buf: Vec<u8>,
-    start: usize,
     end: usize,
     base: u64,
     eof: bool,
 }
 
-/// Room in front of each read buffer for the tail of the previous one: a whole record of
-/// the usual 256 KiB snaplen fits; a larger one is joined by copying.
-const RESERVE: usize = 256 << 10;
-
-/// Buffers in flight between the read-ahead thread and the packet walk.
-const BUFFERS: usize = 4;
-
-/// A read result: the buffer and how many bytes were read into it after [`RESERVE`]
-/// (0 at the end of the file).
-type Filled = io::Result<(Vec<u8>, usize)>;
-
-#[derive(Debug)]
-struct ReadAhead {
-    filled: mpsc::Receiver<Filled>,
-    spare: mpsc::Sender<Vec<u8>>,
-}
-
-impl ReadAhead {
-    fn spawn(file: File) -> io::Result<ReadAhead> {
-        let (filled_tx, filled) = mpsc::sync_channel(BUFFERS);
-        let (spare, spare_rx) = mpsc::channel();
-        for _ in 0..BUFFERS {
-            // Unbounded: sending never blocks, and the thread is not started yet.
-            let _ = spare.send(Vec::new());
-        }
-        std::thread::Builder::new()
-            .name("replay-read".into())
-            .spawn(move || read_ahead(file, &filled_tx, &spare_rx))?;
-        Ok(ReadAhead { filled, spare })
-    }
-}
-
-/// The read-ahead thread: fills spare buffers until the end of the file, an error, or the
-/// reader is dropped (a channel closes).
-fn read_ahead(mut file: File, filled: &mpsc::SyncSender<Filled>, spare: &mpsc::Receiver<Vec<u8>>) {
-    while let Ok(mut buf) = spare.recv() {
-        if buf.len() < RESERVE + CHUNK {
-            buf.resize(RESERVE + CHUNK, 0);
-        }
-        let mut n = 0;
-        let result = loop {
-            if n == CHUNK {
-                break Ok(n);
-            }
-            match file.read(&mut buf[RESERVE + n..RESERVE + CHUNK]) {
-                Ok(0) => break Ok(n),
-                Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
-            }
-        };
-        let last = !matches!(result, Ok(n) if n > 0);
-        if filled.send(result.map(|n| (buf, n))).is_err() || last {
-            return;
-        }
-    }
-}
-
 impl Window {
     fn bytes(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
+        &self.buf[..self.end]
     }
 
-    fn len(&self) -> usize {
-        self.end - self.start
-    }
-
-    /// Drops the bytes before `pos` (but the 4 before it) and takes read buffers until
-    /// `need` bytes from `pos` on are there or the file ends; returns how far the bytes
-    /// moved back, for the cursor to follow.
+    /// Moves the unread bytes (from `pos` on) to the front and reads until `need` of them
+    /// are there or the file ends; returns how far the bytes moved back. Reads fill the
+    /// whole buffer: one system call per [`CHUNK`], whatever the record sizes.
     fn fill(&mut self, pos: usize, need: usize) -> io::Result<usize> {
-        // Keeps the 4 bytes before `pos`: a pcapng block's trailing length is checked there.
-        let pos = pos.min(self.len());
-        let moved = pos.saturating_sub(4);
-        self.start += moved;
-        self.base += moved as u64;
-        let want = pos - moved + need;
-        let Some(source) = &self.source else {
+        let Some(file) = &mut self.file else {
             self.eof = true;
-            return Ok(moved);
+            return Ok(0);
         };
-        while self.len() < want && !self.eof {
-            let (mut next, n) = match source.filled.recv() {
-                Ok(filled) => filled?,
-                // The thread ended after the last buffer or an error it already sent.
-                Err(_) => (Vec::new(), 0),
-            };
-            if n == 0 {
-                self.eof = true;
-                break;
-            }
-            let keep = self.len();
-            if keep <= RESERVE {
-                next[RESERVE - keep..RESERVE].copy_from_slice(self.bytes());
-                let old = std::mem::replace(&mut self.buf, next);
-                let _ = source.spare.send(old);
-                self.start = RESERVE - keep;
-                self.end = RESERVE + n;
-            } else {
-                // A record larger than the room in front: joined by copying.
-                self.buf.copy_within(self.start..self.end, 0);
-                self.buf.truncate(keep);
-                self.buf.extend_from_slice(&next[RESERVE..RESERVE + n]);
-                let _ = source.spare.send(next);
-                self.start = 0;
-                self.end = keep + n;
+        // Keeps the 4 bytes before `pos`: a pcapng block's trailing length is checked there.
+        let pos = pos.min(self.end);
+        let moved = pos.saturating_sub(4);
+        if moved > 0 {
+            self.buf.copy_within(moved..self.end, 0);
+            self.end -= moved;
+            self.base += moved as u64;
+        }
+        // `need` counts from the cursor, which now sits `pos - moved` bytes in.
+        let want = pos - moved + need;
+        if self.buf.len() < want {
+            self.buf.resize(want.next_power_of_two(), 0);
+        }
+        while self.end < want {
+            match file.read(&mut self.buf[self.end..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(moved)
     }
 }
 
-/// Read size. Small enough to stay in the CPU's cache between the kernel's copy and the
-/// packet walk over it: measured on the 2M-packet replay, 1 MiB reads cost less CPU than
-/// a memory map of the file, whose page faults and cold cache lines cost more than the
-/// copy they save.
+/// Read size, and the buffer's size (it grows for a larger record). Small enough to stay in
+/// the CPU's cache between the kernel's copy and the packet walk over it: measured on the
+/// 2M-packet replay, 1 MiB reads cost less CPU than a memory map of the file, whose page
+/// faults and cold cache lines cost more than the copy they save.
 pub const CHUNK: usize = 1 << 20;
 
 /// A capture file being read. `next_packet` lends each packet straight from the read
@@ -241,14 +162,9 @@ impl CaptureReader {
             path: path.to_owned(),
             source,
         })?;
-        let source = ReadAhead::spawn(file).map_err(|source| ReplayError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
         let window = Window {
-            source: Some(source),
-            buf: Vec::new(),
-            start: 0,
+            file: Some(file),
+            buf: vec![0; CHUNK],
             end: 0,
             base: 0,
             eof: false,
@@ -263,8 +179,7 @@ impl CaptureReader {
         pseudo_group: u16,
     ) -> Result<Self, ReplayError> {
         let window = Window {
-            source: None,
-            start: 0,
+            file: None,
             end: bytes.len(),
             buf: bytes,
             base: 0,
@@ -323,7 +238,7 @@ impl CaptureReader {
             let w = &mut self.window;
             // A header read in full can ask for more than the header (the record's length).
             let need = self.cursor.need(w.bytes());
-            if w.eof || w.len() - self.cursor.offset().min(w.len()) >= need {
+            if w.eof || w.end - self.cursor.offset().min(w.end) >= need {
                 return Ok(());
             }
             let moved = w
