@@ -16,6 +16,8 @@ pub mod ie {
     pub const OCTET_DELTA_COUNT: u16 = 1;
     pub const PACKET_DELTA_COUNT: u16 = 2;
     pub const PROTOCOL_IDENTIFIER: u16 = 4;
+    pub const OCTET_TOTAL_COUNT: u16 = 85;
+    pub const PACKET_TOTAL_COUNT: u16 = 86;
     pub const APPLICATION_NAME: u16 = 96;
     pub const OBSERVATION_POINT_ID: u16 = 138;
     pub const IGNORED_PACKET_TOTAL_COUNT: u16 = 164;
@@ -210,6 +212,8 @@ fn iana_number(f: IANAIPFixField) -> Option<u16> {
         IANAIPFixField::OctetDeltaCount => ie::OCTET_DELTA_COUNT,
         IANAIPFixField::PacketDeltaCount => ie::PACKET_DELTA_COUNT,
         IANAIPFixField::ProtocolIdentifier => ie::PROTOCOL_IDENTIFIER,
+        IANAIPFixField::OctetTotalCount => ie::OCTET_TOTAL_COUNT,
+        IANAIPFixField::PacketTotalCount => ie::PACKET_TOTAL_COUNT,
         IANAIPFixField::ApplicationName => ie::APPLICATION_NAME,
         IANAIPFixField::ObservationPointId => ie::OBSERVATION_POINT_ID,
         IANAIPFixField::IgnoredPacketTotalCount => ie::IGNORED_PACKET_TOTAL_COUNT,
@@ -307,6 +311,11 @@ fn flow_of_numbered(pairs: &[(u16, &FieldValue)]) -> Flow {
         match *n {
             ie::OCTET_DELTA_COUNT => f.bytes = number(v).unwrap_or(0),
             ie::PACKET_DELTA_COUNT => f.packets = number(v).unwrap_or(0),
+            // Peers that export each connection once, at its end, send totals instead
+            // (ulogd2's IPFIX output: octetTotalCount and packetTotalCount, RFC 7012
+            // sections 5.10.6 and 5.10.7); the lab reads them as that record's counts.
+            ie::OCTET_TOTAL_COUNT => f.bytes = number(v).unwrap_or(0),
+            ie::PACKET_TOTAL_COUNT => f.packets = number(v).unwrap_or(0),
             ie::PROTOCOL_IDENTIFIER => f.protocol = number(v).map(|p| p as u8),
             ie::OBSERVATION_POINT_ID => f.group = number(v).map(|g| g as u32),
             ie::IPSEC_SPI => f.spi = number(v).map(|s| s as u32),
