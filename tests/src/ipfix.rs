@@ -348,3 +348,55 @@ pub fn number(v: &FieldValue) -> Option<u64> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One message in ulogd2's IPFIX shape (output/ipfix/ipfix.c: template 256 of ten
+    /// elements, totals of 4 bytes) with one record of 7 packets and 900 octets.
+    fn ulogd_message() -> Vec<u8> {
+        let elems: [(u16, u16); 10] = [
+            (8, 4),
+            (12, 4),
+            (86, 4),
+            (85, 4),
+            (150, 4),
+            (151, 4),
+            (7, 2),
+            (11, 2),
+            (4, 1),
+            (95, 4),
+        ];
+        let mut set = vec![0, 2, 0, 0, 1, 0, 0, 10];
+        for (id, len) in elems {
+            set.extend_from_slice(&id.to_be_bytes());
+            set.extend_from_slice(&len.to_be_bytes());
+        }
+        let n = set.len() as u16;
+        set[2..4].copy_from_slice(&n.to_be_bytes());
+        let mut data = vec![1, 0, 0, 0];
+        data.extend_from_slice(&[10, 0, 0, 2, 192, 0, 2, 1]);
+        data.extend_from_slice(&7u32.to_be_bytes());
+        data.extend_from_slice(&900u32.to_be_bytes());
+        data.extend_from_slice(&[0; 8]);
+        data.extend_from_slice(&[0xc3, 0x50, 0x14, 0x51, 17, 0, 0, 0, 0x20]);
+        let n = data.len() as u16;
+        data[2..4].copy_from_slice(&n.to_be_bytes());
+        let mut msg = vec![0, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1];
+        msg.extend_from_slice(&set);
+        msg.extend_from_slice(&data);
+        let n = msg.len() as u16;
+        msg[2..4].copy_from_slice(&n.to_be_bytes());
+        msg
+    }
+
+    #[test]
+    fn total_counts_are_read_as_the_records_counts() {
+        let mut log = ExportLog::new();
+        log.feed(&ulogd_message());
+        assert!(log.errors.is_empty(), "{:?}", log.errors);
+        assert_eq!(log.flows.len(), 1);
+        assert_eq!((log.flows[0].packets, log.flows[0].bytes), (7, 900));
+    }
+}
