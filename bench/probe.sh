@@ -379,7 +379,7 @@ table ip bench_ulogd {
 }
 NFT
     sink=$(start_sink "$GW_NS" 127.0.0.1:4739 "$WORK/d-ulogd.json")
-    ip netns exec "$GW_NS" ulogd -c "$conf" </dev/null >"$WORK/ulogd.out" 2>&1 &
+    ip netns exec "$GW_NS" ulogd -c "$conf" -p "$WORK/ulogd.pid" </dev/null >"$WORK/ulogd.out" 2>&1 &
     pid=$!; PIDS+=($!)
     # Ready once it has started its plugins (the IPFIX output logs its connect).
     timeout 10 sh -c "until grep -q 'connected to' '$WORK/ulogd.log' 2>/dev/null; do kill -0 $pid || exit 1; sleep 0.05; done" \
