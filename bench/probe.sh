@@ -352,7 +352,7 @@ ct_flood_step() {
 # ipfix_interp). Why its totals fall short: 2.0.8 sends a message only when the next record
 # does not fit in `mtu` (512) bytes. Its 1 s send timer is armed once at start and never again
 # (fixed upstream after 2.0.8, commit e318d35 "ipfix: re-arm send timer"), and ipfix_stop
-# frees the pending message unsent, so the last records (up to 14 of 33 bytes) are never
+# frees the pending message unsent, so the last records (1 to 14, of 33 bytes) are never
 # exported. The netlink buffer size must be below its maximum (setnlbufsiz: size < maxsize).
 ulogd_step() {
     local pid sink c0 cm c1 t0 tm counted next sent exported bytes records conf=$WORK/ulogd.conf
