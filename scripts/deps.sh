@@ -12,6 +12,7 @@ packages=(
   clickhouse-server clickhouse-client               # the ClickHouse sink's tests and benchmark (own server processes)
   systemd                                           # systemd-analyze verify for the example units
   iperf3                                            # bench/probe.sh (d): TCP through the gateway
+  ulogd2 conntrack                                  # bench/probe.sh (d): ulogd2 NFCT -> IPFIX, conntrack -F
 )
 
 missing=()

@@ -16,6 +16,8 @@ pub mod ie {
     pub const OCTET_DELTA_COUNT: u16 = 1;
     pub const PACKET_DELTA_COUNT: u16 = 2;
     pub const PROTOCOL_IDENTIFIER: u16 = 4;
+    pub const OCTET_TOTAL_COUNT: u16 = 85;
+    pub const PACKET_TOTAL_COUNT: u16 = 86;
     pub const APPLICATION_NAME: u16 = 96;
     pub const OBSERVATION_POINT_ID: u16 = 138;
     pub const IGNORED_PACKET_TOTAL_COUNT: u16 = 164;
@@ -210,6 +212,8 @@ fn iana_number(f: IANAIPFixField) -> Option<u16> {
         IANAIPFixField::OctetDeltaCount => ie::OCTET_DELTA_COUNT,
         IANAIPFixField::PacketDeltaCount => ie::PACKET_DELTA_COUNT,
         IANAIPFixField::ProtocolIdentifier => ie::PROTOCOL_IDENTIFIER,
+        IANAIPFixField::OctetTotalCount => ie::OCTET_TOTAL_COUNT,
+        IANAIPFixField::PacketTotalCount => ie::PACKET_TOTAL_COUNT,
         IANAIPFixField::ApplicationName => ie::APPLICATION_NAME,
         IANAIPFixField::ObservationPointId => ie::OBSERVATION_POINT_ID,
         IANAIPFixField::IgnoredPacketTotalCount => ie::IGNORED_PACKET_TOTAL_COUNT,
@@ -307,6 +311,11 @@ fn flow_of_numbered(pairs: &[(u16, &FieldValue)]) -> Flow {
         match *n {
             ie::OCTET_DELTA_COUNT => f.bytes = number(v).unwrap_or(0),
             ie::PACKET_DELTA_COUNT => f.packets = number(v).unwrap_or(0),
+            // Peers that export each connection once, at its end, send totals instead
+            // (ulogd2's IPFIX output: octetTotalCount and packetTotalCount, RFC 7012
+            // sections 5.10.6 and 5.10.7); the lab reads them as that record's counts.
+            ie::OCTET_TOTAL_COUNT => f.bytes = number(v).unwrap_or(0),
+            ie::PACKET_TOTAL_COUNT => f.packets = number(v).unwrap_or(0),
             ie::PROTOCOL_IDENTIFIER => f.protocol = number(v).map(|p| p as u8),
             ie::OBSERVATION_POINT_ID => f.group = number(v).map(|g| g as u32),
             ie::IPSEC_SPI => f.spi = number(v).map(|s| s as u32),
@@ -337,5 +346,57 @@ pub fn number(v: &FieldValue) -> Option<u64> {
         },
         FieldValue::ProtocolType(p) => Some(u64::from(u8::from(*p))),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One message in ulogd2's IPFIX shape (output/ipfix/ipfix.c: template 256 of ten
+    /// elements, totals of 4 bytes) with one record of 7 packets and 900 octets.
+    fn ulogd_message() -> Vec<u8> {
+        let elems: [(u16, u16); 10] = [
+            (8, 4),
+            (12, 4),
+            (86, 4),
+            (85, 4),
+            (150, 4),
+            (151, 4),
+            (7, 2),
+            (11, 2),
+            (4, 1),
+            (95, 4),
+        ];
+        let mut set = vec![0, 2, 0, 0, 1, 0, 0, 10];
+        for (id, len) in elems {
+            set.extend_from_slice(&id.to_be_bytes());
+            set.extend_from_slice(&len.to_be_bytes());
+        }
+        let n = set.len() as u16;
+        set[2..4].copy_from_slice(&n.to_be_bytes());
+        let mut data = vec![1, 0, 0, 0];
+        data.extend_from_slice(&[10, 0, 0, 2, 192, 0, 2, 1]);
+        data.extend_from_slice(&7u32.to_be_bytes());
+        data.extend_from_slice(&900u32.to_be_bytes());
+        data.extend_from_slice(&[0; 8]);
+        data.extend_from_slice(&[0xc3, 0x50, 0x14, 0x51, 17, 0, 0, 0, 0x20]);
+        let n = data.len() as u16;
+        data[2..4].copy_from_slice(&n.to_be_bytes());
+        let mut msg = vec![0, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1];
+        msg.extend_from_slice(&set);
+        msg.extend_from_slice(&data);
+        let n = msg.len() as u16;
+        msg[2..4].copy_from_slice(&n.to_be_bytes());
+        msg
+    }
+
+    #[test]
+    fn total_counts_are_read_as_the_records_counts() {
+        let mut log = ExportLog::new();
+        log.feed(&ulogd_message());
+        assert!(log.errors.is_empty(), "{:?}", log.errors);
+        assert_eq!(log.flows.len(), 1);
+        assert_eq!((log.flows[0].packets, log.flows[0].bytes), (7, 900));
     }
 }
