@@ -565,10 +565,11 @@ impl Reader {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn delta(key: &str, bytes: u64) -> Delta {
+    /// A label delta of `bytes` in the minute bucket at 120 s (one packet, one flow).
+    pub(crate) fn delta(key: &str, bytes: u64) -> Delta {
         Delta {
             resolution: 60,
             bucket: 120,

@@ -239,21 +239,7 @@ pub fn fold(conn: &mut Connection, max_batches: usize) -> rusqlite::Result<usize
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn delta(key: &str, bytes: u64) -> Delta {
-        Delta {
-            resolution: 60,
-            bucket: 120,
-            dim: Dim::Label,
-            key: key.into(),
-            counters: Counters {
-                bytes,
-                packets: 1,
-                flows: 1,
-                ..Counters::default()
-            },
-        }
-    }
+    use crate::store::tests::delta;
 
     #[test]
     fn commits_queue_cells_and_sends_read_absolute_totals() {
