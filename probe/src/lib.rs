@@ -21,5 +21,6 @@ pub mod ipsec;
 pub mod nflog;
 pub mod packet;
 pub mod pipeline;
+mod prefetch;
 pub mod replay;
 mod sockio;

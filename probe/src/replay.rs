@@ -4,13 +4,14 @@
 //! the pipeline runs deterministically over a file.
 //!
 //! ```text
-//!  file ──► 1 MiB reads into one reusable buffer ──► format::Cursor: pcap records or
+//!  file ──► mapped 32 MiB at a time, prefetched ahead of the walk (a pipe: 1 MiB reads
+//!           into one reusable buffer) ──► format::Cursor: pcap records or
 //!  pcapng blocks, as views (no copy per packet) ──► link layer of the record's interface
 //!     LINKTYPE_NFLOG (239)   nflog_hdr + TLVs: group, prefix, mark, uid, ifindex, payload
 //!     ETHERNET (1)           VLAN tags (802.1Q / 802.1ad / 0x9100) skipped
 //!     RAW (101, 12), IPV4 (228), IPV6 (229)
 //!     LINUX_SLL (113), LINUX_SLL2 (276)
-//!  ──► (PacketMeta, payload starting at the IP header), both borrowed from the buffer
+//!  ──► (PacketMeta, payload starting at the IP header), both borrowed from the window
 //! ```
 //!
 //! Non-IP records are skipped and counted; a record whose link header is malformed is
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use crate::nflog::wire;
 use crate::packet::{PacketMeta, L3};
+use crate::prefetch::prefetch;
 
 pub mod format;
 
@@ -84,63 +86,166 @@ enum Skip {
     Malformed,
 }
 
-/// The part of the file in memory: `buf[..end]` holds the file from byte `base`. A file is
-/// read in large chunks into one reusable buffer; packets are lent straight from it.
+/// Where a [`Window`]'s bytes come from.
+#[derive(Debug)]
+enum Source {
+    /// A regular file, mapped a window at a time.
+    Map { file: File, len: u64, window: usize },
+    /// Anything else that reads (a pipe, a device), or a file the kernel would not map:
+    /// read in [`CHUNK`]s into one reusable buffer.
+    Read(File),
+    /// All of it is in the buffer already.
+    Memory,
+}
+
+#[derive(Debug)]
+enum Buf {
+    Owned(Vec<u8>),
+    Mapped(memmap2::Mmap),
+}
+
+/// The part of the file in memory: `bytes()` holds the file from byte `base`. Packets are
+/// lent straight from it.
 #[derive(Debug)]
 struct Window {
-    file: Option<File>,
-    buf: Vec<u8>,
+    source: Source,
+    buf: Buf,
     end: usize,
     base: u64,
     eof: bool,
 }
 
 impl Window {
-    fn bytes(&self) -> &[u8] {
-        &self.buf[..self.end]
+    /// Over `file`: mapped `map_window` bytes at a time if it is a regular file (and
+    /// `map_window` is given), else read.
+    fn over(file: File, map_window: Option<usize>) -> Window {
+        let len = match file.metadata() {
+            // mmap(2) refuses an empty mapping; an empty file is a truncated header anyway.
+            Ok(m) if m.is_file() && m.len() > 0 => Some(m.len()),
+            _ => None,
+        };
+        let source = match (len, map_window) {
+            (Some(len), Some(window)) => Source::Map { file, len, window },
+            _ => Source::Read(file),
+        };
+        Window {
+            source,
+            buf: Buf::Owned(Vec::new()),
+            end: 0,
+            base: 0,
+            eof: false,
+        }
     }
 
-    /// Moves the unread bytes (from `pos` on) to the front and reads until `need` of them
-    /// are there or the file ends; returns how far the bytes moved back. Reads fill the
-    /// whole buffer: one system call per [`CHUNK`], whatever the record sizes.
+    fn bytes(&self) -> &[u8] {
+        match &self.buf {
+            Buf::Owned(v) => &v[..self.end],
+            Buf::Mapped(m) => m,
+        }
+    }
+
+    fn is_mapped(&self) -> bool {
+        matches!(self.buf, Buf::Mapped(_))
+    }
+
+    /// Makes `need` bytes from `pos` on available unless the file ends first, dropping what
+    /// is before `pos` (but the 4 bytes just before it: a pcapng block's trailing length is
+    /// checked there); returns how far the bytes moved back.
     fn fill(&mut self, pos: usize, need: usize) -> io::Result<usize> {
-        let Some(file) = &mut self.file else {
-            self.eof = true;
-            return Ok(0);
-        };
-        // Keeps the 4 bytes before `pos`: a pcapng block's trailing length is checked there.
         let pos = pos.min(self.end);
         let moved = pos.saturating_sub(4);
-        if moved > 0 {
-            self.buf.copy_within(moved..self.end, 0);
-            self.end -= moved;
-            self.base += moved as u64;
-        }
-        // `need` counts from the cursor, which now sits `pos - moved` bytes in.
+        // `need` counts from the cursor, which will sit `pos - moved` bytes in.
         let want = pos - moved + need;
-        if self.buf.len() < want {
-            self.buf.resize(want.next_power_of_two(), 0);
-        }
-        while self.end < want {
-            match file.read(&mut self.buf[self.end..]) {
-                Ok(0) => {
-                    self.eof = true;
-                    break;
+        match &mut self.source {
+            Source::Memory => {
+                self.eof = true;
+                Ok(0)
+            }
+            Source::Map { file, len, window } => {
+                let base = self.base + moved as u64;
+                let rest = *len - base;
+                let size = (want.max(*window) as u64).min(rest) as usize;
+                match map_window(file, base, size) {
+                    Ok(map) => {
+                        self.buf = Buf::Mapped(map);
+                        self.base = base;
+                        self.end = size;
+                        self.eof = size as u64 == rest;
+                        Ok(moved)
+                    }
+                    Err(_) if self.base == 0 && self.end == 0 => {
+                        // Some file systems cannot map: read the file instead.
+                        let file = file.try_clone()?;
+                        self.source = Source::Read(file);
+                        self.fill(pos, need)
+                    }
+                    Err(e) => Err(e),
                 }
-                Ok(n) => self.end += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+            }
+            Source::Read(file) => {
+                let Buf::Owned(buf) = &mut self.buf else {
+                    unreachable!("a read window owns its buffer")
+                };
+                if moved > 0 {
+                    buf.copy_within(moved..self.end, 0);
+                    self.end -= moved;
+                    self.base += moved as u64;
+                }
+                if buf.len() < want.max(CHUNK) {
+                    buf.resize(want.max(CHUNK).next_power_of_two(), 0);
+                }
+                // Reads fill the whole buffer: one system call per CHUNK, whatever the
+                // record sizes.
+                while self.end < want {
+                    match file.read(&mut buf[self.end..]) {
+                        Ok(0) => {
+                            self.eof = true;
+                            break;
+                        }
+                        Ok(n) => self.end += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(moved)
             }
         }
-        Ok(moved)
     }
 }
 
-/// Read size, and the buffer's size (it grows for a larger record). Small enough to stay in
-/// the CPU's cache between the kernel's copy and the packet walk over it: measured on the
-/// 2M-packet replay, 1 MiB reads cost less CPU than a memory map of the file, whose page
-/// faults and cold cache lines cost more than the copy they save.
+/// Maps `size` bytes of `file` from `offset`, read-only, for one front-to-back pass.
+fn map_window(file: &File, offset: u64, size: usize) -> io::Result<memmap2::Mmap> {
+    // SAFETY: a private read-only map of a regular file. If another process truncated or
+    // rewrote the file while it is replayed, the bytes could change under us or a read past
+    // the new end raise SIGBUS; every read of the map is bounds-checked against the length
+    // taken here and no invariant depends on the bytes staying the same: the standard
+    // contract of a read-only file map (ripgrep and git map files the same way).
+    let map = unsafe {
+        memmap2::MmapOptions::new()
+            .offset(offset)
+            .len(size)
+            .map(file)?
+    };
+    // Read once, front to back: the kernel may read ahead and drop behind.
+    let _ = map.advise(memmap2::Advice::Sequential);
+    Ok(map)
+}
+
+/// Read size of the read path, and its buffer's size (it grows for a larger record).
 pub const CHUNK: usize = 1 << 20;
+
+/// How much of a regular file is mapped at a time. The window moves on when a record
+/// crosses its end; its size bounds the resident pages the replay holds (a whole-file map
+/// would show the whole capture as resident memory).
+pub const MAP_WINDOW: usize = 32 << 20;
+
+/// How far ahead of the packet walk a mapped window is prefetched, one cache line at a time.
+/// The walk itself touches only each record's header and the packet's first bytes, at
+/// irregular strides the hardware prefetcher does not follow; without this the walk stalls on
+/// memory once or twice per packet. Measured on a 2M-packet capture: 0.53 s of user time
+/// without, 0.25 s with 2 KiB ahead (1 to 4 KiB measure alike; 32 KiB is slower again).
+const PREFETCH_AHEAD: usize = 2048;
+const CACHE_LINE: usize = 64;
 
 /// A capture file being read. `next_packet` lends each packet straight from the read
 /// buffer: nothing is copied per packet.
@@ -152,24 +257,33 @@ pub struct CaptureReader {
     linktype: Option<u16>,
     pseudo_group: u16,
     stats: ReplayStats,
+    /// Window offset up to which a mapped window has been prefetched.
+    prefetched: usize,
 }
 
 impl CaptureReader {
     /// Opens `path`. Captures without NFLOG metadata label every packet with `pseudo_group`.
     pub fn open(path: impl AsRef<Path>, pseudo_group: u16) -> Result<Self, ReplayError> {
         let path = path.as_ref();
+        CaptureReader::open_as(path, pseudo_group, Some(MAP_WINDOW))
+    }
+
+    /// [`open`](Self::open) with the mapped window's size, or `None` to read the file as a
+    /// pipe is read.
+    pub(crate) fn open_as(
+        path: &Path,
+        pseudo_group: u16,
+        map_window: Option<usize>,
+    ) -> Result<Self, ReplayError> {
         let file = File::open(path).map_err(|source| ReplayError::Io {
             path: path.to_owned(),
             source,
         })?;
-        let window = Window {
-            file: Some(file),
-            buf: vec![0; CHUNK],
-            end: 0,
-            base: 0,
-            eof: false,
-        };
-        CaptureReader::start(window, path.to_owned(), pseudo_group)
+        CaptureReader::start(
+            Window::over(file, map_window),
+            path.to_owned(),
+            pseudo_group,
+        )
     }
 
     /// Reads a capture held in memory. `path` names it in errors.
@@ -179,9 +293,9 @@ impl CaptureReader {
         pseudo_group: u16,
     ) -> Result<Self, ReplayError> {
         let window = Window {
-            file: None,
+            source: Source::Memory,
             end: bytes.len(),
-            buf: bytes,
+            buf: Buf::Owned(bytes),
             base: 0,
             eof: true,
         };
@@ -206,6 +320,7 @@ impl CaptureReader {
             linktype,
             pseudo_group,
             stats: ReplayStats::default(),
+            prefetched: 0,
         })
     }
 
@@ -248,7 +363,24 @@ impl CaptureReader {
                     source,
                 })?;
             self.cursor.rebase(moved);
+            self.prefetched = 0;
         }
+    }
+
+    /// Prefetches the mapped window up to [`PREFETCH_AHEAD`] past the cursor.
+    #[inline]
+    fn prefetch_ahead(&mut self) {
+        if !self.window.is_mapped() {
+            return;
+        }
+        let bytes = self.window.bytes();
+        let to = (self.cursor.offset() + PREFETCH_AHEAD).min(bytes.len());
+        let mut at = self.prefetched.max(self.cursor.offset());
+        while at < to {
+            prefetch(&bytes[at]);
+            at += CACHE_LINE;
+        }
+        self.prefetched = at;
     }
 
     /// The next IP packet, or `None` at the end of the file. Errors are final: the file is
@@ -289,6 +421,7 @@ impl CaptureReader {
     {
         loop {
             self.ensure()?;
+            self.prefetch_ahead();
             let rec = match self.cursor.next_unit(self.window.bytes()) {
                 Ok(Unit::Record(rec)) => rec,
                 Ok(Unit::Other) => continue,

@@ -366,52 +366,56 @@ fn records_larger_than_a_read_and_a_file_read_in_chunks() {
     odd.push((40_000, 0, V6.to_vec()));
     let odd_file = pcap(true, true, 101, &odd);
     assert!(odd_file.len() > 3 * CHUNK);
-    std::fs::write(&path, &odd_file).unwrap();
-    let mut from_file = Vec::new();
-    let mut r = CaptureReader::open(&path, 1).unwrap();
-    r.for_each_packet(|m, p| from_file.push((detach(m), p.to_vec())))
-        .unwrap();
-    // Cut inside the last record: the error names its offset in the file, not the buffer.
-    let last = odd_file.len() - 16 - V6.len();
-    std::fs::write(&path, &odd_file[..odd_file.len() - 3]).unwrap();
-    let mut r = CaptureReader::open(&path, 1).unwrap();
-    let err = r.for_each_packet(|_, _| {}).unwrap_err();
-    assert!(
-        matches!(err, ReplayError::Format { source: FormatError::Truncated { offset, what: "record", .. }, .. } if offset == last as u64),
-        "{err:?}"
-    );
-    assert_eq!(r.stats().packets, 40_000);
-    let (in_memory, stats) = read_all(odd_file, 1);
-    assert_eq!(stats.packets, 40_001);
-    assert_eq!(from_file.len(), in_memory.len());
-    for (a, b) in from_file.iter().zip(&in_memory) {
-        assert_eq!((&a.0, &a.1), (&b.0, &b.2));
-    }
-    std::fs::write(&path, &file).unwrap();
-    let mut r = CaptureReader::open(&path, 1).unwrap();
-    let mut n = 0;
-    while let Some(p) = r.next_packet() {
-        let (m, payload) = p.unwrap();
-        assert_eq!(
-            payload.len(),
-            if n == 50 {
-                big_rec.len()
-            } else if n == 51 {
-                48
-            } else {
-                28
-            }
+    // Read as a pipe is, mapped with a window small enough that records and headers
+    // straddle its moves, and mapped as shipped.
+    for window in [None, Some(64 << 10), Some(super::MAP_WINDOW)] {
+        std::fs::write(&path, &odd_file).unwrap();
+        let mut from_file = Vec::new();
+        let mut r = CaptureReader::open_as(&path, 1, window).unwrap();
+        r.for_each_packet(|m, p| from_file.push((detach(m), p.to_vec())))
+            .unwrap();
+        // Cut inside the last record: the error names its offset in the file, not the buffer.
+        let last = odd_file.len() - 16 - V6.len();
+        std::fs::write(&path, &odd_file[..odd_file.len() - 3]).unwrap();
+        let mut r = CaptureReader::open_as(&path, 1, window).unwrap();
+        let err = r.for_each_packet(|_, _| {}).unwrap_err();
+        assert!(
+            matches!(err, ReplayError::Format { source: FormatError::Truncated { offset, what: "record", .. }, .. } if offset == last as u64),
+            "{err:?}"
         );
-        assert!(m.timestamp_ms.is_some());
-        n += 1;
+        assert_eq!(r.stats().packets, 40_000);
+        let (in_memory, stats) = read_all(odd_file.clone(), 1);
+        assert_eq!(stats.packets, 40_001);
+        assert_eq!(from_file.len(), in_memory.len());
+        for (a, b) in from_file.iter().zip(&in_memory) {
+            assert_eq!((&a.0, &a.1), (&b.0, &b.2));
+        }
+        std::fs::write(&path, &file).unwrap();
+        let mut r = CaptureReader::open_as(&path, 1, window).unwrap();
+        let mut n = 0;
+        while let Some(p) = r.next_packet() {
+            let (m, payload) = p.unwrap();
+            assert_eq!(
+                payload.len(),
+                if n == 50 {
+                    big_rec.len()
+                } else if n == 51 {
+                    48
+                } else {
+                    28
+                }
+            );
+            assert!(m.timestamp_ms.is_some());
+            n += 1;
+        }
+        assert_eq!(n, 52);
+        std::fs::write(&path, b"").unwrap();
+        let err = CaptureReader::open_as(&path, 1, window).unwrap_err();
+        assert!(
+            err.to_string().contains("truncated at byte 0: file header"),
+            "{err}"
+        );
     }
-    assert_eq!(n, 52);
-    std::fs::write(&path, b"").unwrap();
-    let err = CaptureReader::open(&path, 1).unwrap_err();
-    assert!(
-        err.to_string().contains("truncated at byte 0: file header"),
-        "{err}"
-    );
     std::fs::remove_file(&path).unwrap();
     let (pkts, _) = read_all(file, 1);
     assert_eq!(pkts[50].2, big_rec);
