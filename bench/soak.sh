@@ -205,7 +205,7 @@ while :; do
   log "SIGKILL $kills: this life received ${recv:-?} records, counted ${lost:-?} missing"
   sleep "$DOWN_SECONDS"
   collector_start "$DB1"
-  log "restarted: pid $COLLECTOR_PID ($(grep -c 'restored persisted' "$WORK/collector.log") starts so far)"
+  log "restarted: pid $COLLECTOR_PID ($(grep -c 'recovered the committed state' "$WORK/collector.log") starts so far)"
 done
 while [ $SECONDS -lt $end ]; do sleep 0.5; done
 soak_traffic_stop
