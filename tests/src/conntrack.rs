@@ -11,10 +11,8 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
-
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::lab::{Lab, Role, GW_WAN_IF};
 use crate::netns::{self, io};
@@ -180,34 +178,14 @@ pub struct OpenTcp {
 impl OpenTcp {
     /// Connects `lan -> server` (a listener in the Internet peer's namespace).
     pub fn connect(lab: &Lab, client: IpAddr, server: SocketAddr) -> Result<OpenTcp, LabError> {
-        let listener: TcpListener = netns::in_netns(&lab.ns(Role::Inet), || {
-            let s = Socket::new(
-                Domain::for_address(server),
-                Type::STREAM,
-                Some(Protocol::TCP),
-            )
-            .map_err(|e| io("tcp socket", e))?;
-            s.set_reuse_address(true)
-                .map_err(|e| io("SO_REUSEADDR", e))?;
-            s.bind(&server.into()).map_err(|e| io("bind", e))?;
-            s.listen(1).map_err(|e| io("listen", e))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))
-                .map_err(|e| io("timeout", e))?;
-            Ok(s.into())
-        })?;
-        let stream: Socket = netns::in_netns(&lab.ns(Role::Lan), || {
-            let s = Socket::new(
-                Domain::for_address(server),
-                Type::STREAM,
-                Some(Protocol::TCP),
-            )
-            .map_err(|e| io("tcp socket", e))?;
-            s.bind(&SocketAddr::new(client, 0).into())
-                .map_err(|e| io("bind", e))?;
-            Ok(s)
-        })?;
+        let listener = crate::traffic::tcp_listener(&lab.ns(Role::Inet), server, None, 1)?;
+        let stream = crate::traffic::tcp_client(&lab.ns(Role::Lan), None, client, server, None)?;
         let server_thread = std::thread::spawn(move || -> Result<u64, LabError> {
             let (mut conn, _) = listener.accept().map_err(|e| io("accept", e))?;
+            // The connection stays open between sends, longer than the listener's accept
+            // timeout it inherits.
+            conn.set_read_timeout(Some(Duration::from_secs(5)))
+                .map_err(|e| io("timeout", e))?;
             let mut buf = vec![0u8; 64 << 10];
             let mut total = 0u64;
             loop {

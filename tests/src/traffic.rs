@@ -211,42 +211,8 @@ pub fn tcp_exchange(lab: &Lab, x: &TcpExchange) -> Result<(usize, usize), LabErr
         down,
         mss,
     } = *x;
-    let set_mss = |s: &Socket| -> Result<(), LabError> {
-        match mss {
-            Some(m) => s.set_tcp_mss(m).map_err(|e| io("TCP_MAXSEG", e)),
-            None => Ok(()),
-        }
-    };
-    let listener: TcpListener = netns::in_netns(&lab.ns(to), || {
-        let s = Socket::new(
-            Domain::for_address(server),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )
-        .map_err(|e| io("tcp socket", e))?;
-        s.set_reuse_address(true)
-            .map_err(|e| io("SO_REUSEADDR", e))?;
-        set_mss(&s)?;
-        s.bind(&server.into())
-            .map_err(|e| io(&format!("bind tcp {server}"), e))?;
-        s.listen(4).map_err(|e| io("listen", e))?;
-        // Bounds `accept` too (Linux applies SO_RCVTIMEO to it).
-        s.set_read_timeout(Some(RECV_TIMEOUT))
-            .map_err(|e| io("listen timeout", e))?;
-        Ok(s.into())
-    })?;
-    let stream: Socket = netns::in_netns_as(&lab.ns(from.role), from.egid, || {
-        let s = Socket::new(
-            Domain::for_address(server),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )
-        .map_err(|e| io("tcp socket", e))?;
-        set_mss(&s)?;
-        s.bind(&SocketAddr::new(client, 0).into())
-            .map_err(|e| io(&format!("bind tcp {client}"), e))?;
-        Ok(s)
-    })?;
+    let listener = tcp_listener(&lab.ns(to), server, mss, 4)?;
+    let stream = tcp_client(&lab.ns(from.role), from.egid, client, server, mss)?;
     std::thread::scope(|scope| {
         let server_side = scope.spawn(|| -> Result<usize, LabError> {
             let (mut conn, _) = loop {
@@ -283,6 +249,54 @@ pub fn tcp_exchange(lab: &Lab, x: &TcpExchange) -> Result<(usize, usize), LabErr
             .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
         Ok((got_up, got_down))
     })
+}
+
+/// A TCP listener on `server` in namespace `ns` (`SO_REUSEADDR`, `TCP_MAXSEG` when given),
+/// whose `accept` gives up after [`RECV_TIMEOUT`].
+pub(crate) fn tcp_listener(
+    ns: &str,
+    server: SocketAddr,
+    mss: Option<u32>,
+    backlog: i32,
+) -> Result<TcpListener, LabError> {
+    netns::in_netns(ns, || {
+        let s = tcp_socket(server, mss)?;
+        s.set_reuse_address(true)
+            .map_err(|e| io("SO_REUSEADDR", e))?;
+        s.bind(&server.into())
+            .map_err(|e| io(&format!("bind tcp {server}"), e))?;
+        s.listen(backlog).map_err(|e| io("listen", e))?;
+        // Bounds `accept` too (Linux applies SO_RCVTIMEO to it).
+        s.set_read_timeout(Some(RECV_TIMEOUT))
+            .map_err(|e| io("listen timeout", e))?;
+        Ok(s.into())
+    })
+}
+
+/// A TCP socket in namespace `ns` (as group `egid`, for owner-match rules) bound to
+/// `client`, ready to connect to `server`.
+pub(crate) fn tcp_client(
+    ns: &str,
+    egid: Option<u32>,
+    client: IpAddr,
+    server: SocketAddr,
+    mss: Option<u32>,
+) -> Result<Socket, LabError> {
+    netns::in_netns_as(ns, egid, || {
+        let s = tcp_socket(server, mss)?;
+        s.bind(&SocketAddr::new(client, 0).into())
+            .map_err(|e| io(&format!("bind tcp {client}"), e))?;
+        Ok(s)
+    })
+}
+
+fn tcp_socket(peer: SocketAddr, mss: Option<u32>) -> Result<Socket, LabError> {
+    let s = Socket::new(Domain::for_address(peer), Type::STREAM, Some(Protocol::TCP))
+        .map_err(|e| io("tcp socket", e))?;
+    if let Some(m) = mss {
+        s.set_tcp_mss(m).map_err(|e| io("TCP_MAXSEG", e))?;
+    }
+    Ok(s)
 }
 
 fn drain(conn: &mut TcpStream) -> Result<usize, LabError> {
