@@ -196,6 +196,7 @@ impl Store {
     /// (see [`crate::clickhouse::outbox`]). `now_us`: microseconds since the epoch.
     pub fn enable_clickhouse_outbox(&mut self, now_us: i64) -> Result<(), StoreError> {
         crate::clickhouse::outbox::create(&self.conn, now_us)?;
+        crate::clickhouse::raw::create(&self.conn, now_us)?;
         self.clickhouse_outbox = true;
         Ok(())
     }
@@ -207,7 +208,7 @@ impl Store {
         templates: &[ScopedTemplate],
         contexts: &[(ScopeKey, ExporterContext)],
     ) -> Result<(), StoreError> {
-        self.commit_with(deltas, templates, contexts, &[], None)
+        self.commit_with(deltas, templates, contexts, &[], None, None)
     }
 
     /// Commit one batch of the ingest atomically: its counts, templates and options state,
@@ -222,7 +223,7 @@ impl Store {
             &batch.contexts,
             &batch.sequences,
         );
-        self.commit_with(d, t, c, s, Some(progress))
+        self.commit_with(d, t, c, s, Some(progress), batch.raw.as_ref())
     }
 
     fn commit_with(
@@ -232,6 +233,7 @@ impl Store {
         contexts: &[(ScopeKey, ExporterContext)],
         sequences: &[SequenceState],
         progress: Option<(u64, u64)>,
+        raw: Option<&crate::clickhouse::raw::RawRecords>,
     ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
@@ -333,6 +335,9 @@ impl Store {
             }
             if self.clickhouse_outbox {
                 crate::clickhouse::outbox::record(&tx, deltas)?;
+                if let Some(raw) = raw {
+                    crate::clickhouse::raw::record(&tx, raw)?;
+                }
             }
         }
         tx.commit()?;

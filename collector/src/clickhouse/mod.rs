@@ -16,6 +16,7 @@
 pub mod client;
 pub mod config;
 pub mod outbox;
+pub mod raw;
 pub mod read;
 pub mod schema;
 pub mod sink;
