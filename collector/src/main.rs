@@ -72,6 +72,17 @@ enum Command {
         #[arg(long)]
         title: Option<String>,
     },
+    /// Queue every cell of the database for ClickHouse (`[clickhouse]` of the
+    /// configuration), as absolute totals: the running collector (or the next one started)
+    /// sends them. Safe to repeat. The first start with `[clickhouse]` does this by itself.
+    ClickhouseBackfill {
+        /// TOML configuration file (its `db` and `[clickhouse]`).
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        /// SQLite database; overrides `db`.
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -142,6 +153,7 @@ fn main() -> ExitCode {
             height,
             title,
         }) => graph_cmd(&q, &out, (width, height), title),
+        Some(Command::ClickhouseBackfill { config, db }) => backfill_cmd(&config, db),
         None => return run_cmd(cli.run),
     };
     match r {
@@ -195,6 +207,29 @@ fn run_cmd(args: RunArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn backfill_cmd(config: &std::path::Path, db: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut cfg = Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(db) = db {
+        cfg.db = db;
+    }
+    if cfg.clickhouse.is_none() {
+        anyhow::bail!("{}: no [clickhouse] section", config.display());
+    }
+    let mut store = labelflow_collector::store::Store::open(&cfg.db, 1)
+        .with_context(|| format!("opening {}", cfg.db.display()))?;
+    let now_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    let (cells, batches) = store
+        .clickhouse_backfill(now_us)
+        .with_context(|| format!("queuing the cells of {}", cfg.db.display()))?;
+    println!(
+        "queued {cells} cells in {batches} batches of {} for ClickHouse",
+        cfg.db.display()
+    );
+    Ok(())
 }
 
 async fn shutdown_signal() {
