@@ -103,7 +103,8 @@ struct QueryArgs {
     #[arg(long, requires = "clickhouse")]
     clickhouse_password_file: Option<PathBuf>,
     /// label | view | tunnel | host | protocol | port | nat | direction, and with
-    /// --clickhouse: collector
+    /// --clickhouse: collector, or flow (the raw records' flows with the most bytes, label
+    /// and 5-tuple, `--top` of them, default 10; `--key` keeps those labels)
     #[arg(long, default_value = "label")]
     by: String,
     /// Output bucket width (humantime, e.g. 5m); default: the finest stored resolution.
@@ -282,16 +283,8 @@ fn clickhouse_report(
     query: &report::Query,
     by_collector: bool,
 ) -> anyhow::Result<report::Report> {
-    use labelflow_collector::clickhouse::{read, Client};
-    let password = match &q.clickhouse_password_file {
-        Some(f) => std::fs::read_to_string(f)
-            .with_context(|| format!("reading {}", f.display()))?
-            .trim()
-            .to_string(),
-        None => String::new(),
-    };
-    let timeout = std::time::Duration::from_secs(300);
-    let client = Client::new(url, &q.clickhouse_user, &password, timeout)?;
+    use labelflow_collector::clickhouse::read;
+    let client = clickhouse_client(q, url)?;
     Ok(read::build(
         client,
         &q.clickhouse_database,
@@ -300,7 +293,66 @@ fn clickhouse_report(
     )?)
 }
 
+/// `report --clickhouse URL --by flow`: the top flows of the raw records.
+fn flows_cmd(q: &QueryArgs, format: Format) -> anyhow::Result<()> {
+    use labelflow_collector::clickhouse::flows;
+    let Some(url) = &q.clickhouse else {
+        anyhow::bail!("--by flow needs --clickhouse (raw records live in its flows table)");
+    };
+    let query = http::parse_query(
+        "label",
+        q.bucket.as_deref(),
+        q.last.as_deref(),
+        q.from.as_deref(),
+        q.to.as_deref(),
+        q.top,
+        now_secs(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let client = clickhouse_client(q, url)?;
+    let range = (query.from, query.to);
+    let rows = flows::top_flows(
+        &client,
+        &q.clickhouse_database,
+        range,
+        q.top.unwrap_or(10),
+        &q.keys,
+    )?;
+    match format {
+        Format::Table => print!("{}", flows::to_table(&rows)),
+        Format::Csv => print!("{}", flows::to_csv(&rows)),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&flows::to_json(&rows, range))?
+        ),
+    }
+    Ok(())
+}
+
+fn clickhouse_client(
+    q: &QueryArgs,
+    url: &str,
+) -> anyhow::Result<labelflow_collector::clickhouse::Client> {
+    let password = match &q.clickhouse_password_file {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading {}", f.display()))?
+            .trim()
+            .to_string(),
+        None => String::new(),
+    };
+    let timeout = std::time::Duration::from_secs(300);
+    Ok(labelflow_collector::clickhouse::Client::new(
+        url,
+        &q.clickhouse_user,
+        &password,
+        timeout,
+    )?)
+}
+
 fn report_cmd(q: &QueryArgs, format: Format) -> anyhow::Result<()> {
+    if q.by == "flow" {
+        return flows_cmd(q, format);
+    }
     let r = load_report(q)?;
     // `--by collector` reports label counts keyed by collector name: name the key so.
     let rename = |s: String| {

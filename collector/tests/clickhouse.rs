@@ -631,6 +631,40 @@ fn raw_records_exactly_once_across_faults_and_sigkill() {
         c.metric("labelflow_collector_clickhouse_raw_dropped_records_total"),
         0
     );
+
+    // `--by flow`: every flow of the raw records, summed per label, is SQLite's totals; the
+    // top 5 are the first five of them, largest first.
+    let by_flow = |top: &str| {
+        let j = report(&[
+            "--clickhouse",
+            &proxy.url(),
+            "--clickhouse-user",
+            USER.0,
+            "--clickhouse-password-file",
+            &pw_file(),
+            "--by",
+            "flow",
+            "--top",
+            top,
+        ]);
+        assert_eq!(j["by"], "flow");
+        j["rows"].as_array().unwrap().clone()
+    };
+    let every = by_flow("1000000");
+    let mut per_label: BTreeMap<String, [u64; 3]> = BTreeMap::new();
+    for r in &every {
+        let e = per_label
+            .entry(r["label"].as_str().unwrap().to_string())
+            .or_default();
+        for (i, f) in ["bytes", "packets", "flows"].iter().enumerate() {
+            e[i] += r[*f].as_u64().unwrap();
+        }
+    }
+    assert_eq!(per_label, want);
+    assert!(every
+        .windows(2)
+        .all(|w| w[0]["bytes"].as_u64() >= w[1]["bytes"].as_u64()));
+    assert_eq!(by_flow("5"), every[..5]);
     c.term();
 }
 

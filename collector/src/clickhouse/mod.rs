@@ -17,6 +17,7 @@
 
 pub mod client;
 pub mod config;
+pub mod flows;
 pub mod outbox;
 pub mod raw;
 pub mod read;
