@@ -13,7 +13,7 @@ use crate::aggregate::{
     has_ports, AggStats, Aggregator, Delta, Flow, FxBuild, Rollup, RollupStats, Taken, OTHER,
     UNLABELLED,
 };
-use crate::clickhouse::raw::{RawLog, RawRecords};
+use crate::clickhouse::raw::{RawLog, RawRecords, MAX_BATCH_BYTES};
 use crate::config::{rule_label, Config, LabelRule};
 use crate::net::IpNet;
 use crate::session::{
@@ -528,10 +528,16 @@ impl Ingest {
     }
 
     /// Whether what is pending reached a bound (`max_pending_cells`,
-    /// `max_pending_template_bytes`): the batch must go to the store now.
+    /// `max_pending_template_bytes`, raw records' [`MAX_BATCH_BYTES`]): the batch must go
+    /// to the store now.
     pub fn over_bound(&self) -> bool {
         self.labels.agg.pending_cells() >= self.max_pending_cells
             || self.template_bytes >= self.max_pending_template_bytes
+            || self
+                .labels
+                .raw
+                .as_ref()
+                .is_some_and(|r| r.bytes() >= MAX_BATCH_BYTES)
     }
 
     /// Datagrams handled since the last [`Ingest::take_batch`].

@@ -720,3 +720,57 @@ fn backfill_sends_what_was_stored_before_and_repeats_harmlessly() {
     assert_equal_to_sqlite(&ch.url(), &[&db]);
     c.term();
 }
+
+/// In process, no server: with `raw = true` each batch carries exactly the records its
+/// label counts came from (both decode paths); with `raw = false` it carries nothing.
+#[test]
+fn raw_records_of_a_batch_are_what_its_counts_came_from() {
+    use labelflow_collector::aggregate::Dim;
+    use labelflow_collector::clickhouse::raw;
+    use labelflow_collector::config::Config;
+    use labelflow_collector::ingest::Ingest;
+    let exporter = std::net::IpAddr::from([192, 0, 2, 7]);
+    let data = stream(41, &["esp", "vpn", "other"], 50);
+    for (on, fast) in [(true, true), (true, false), (false, true)] {
+        let text = format!("[clickhouse]\nurl = \"http://127.0.0.1:1\"\nraw = {on}\n");
+        let cfg = Config::parse(&text, "c.toml").unwrap();
+        let mut ingest = Ingest::new(&cfg);
+        ingest.set_fast_path(fast);
+        for d in &data {
+            ingest.datagram(exporter, d).unwrap();
+        }
+        let batch = ingest.take_batch();
+        let finest = *cfg.agg.resolutions.iter().min().unwrap() as i64;
+        let mut want: BTreeMap<String, [u64; 3]> = BTreeMap::new();
+        for d in batch
+            .deltas
+            .iter()
+            .filter(|d| d.dim == Dim::Label && d.resolution == finest)
+        {
+            let e = want.entry(d.key.clone()).or_default();
+            e[0] += d.counters.bytes;
+            e[1] += d.counters.packets;
+            e[2] += d.counters.flows;
+        }
+        assert_eq!(want.values().map(|v| v[2]).sum::<u64>(), 1000);
+        let Some(r) = batch.raw else {
+            assert!(!on, "raw = true gave no records");
+            continue;
+        };
+        assert!(on, "raw = false gave records");
+        assert_eq!(r.records, 1000);
+        let mut flows = Vec::new();
+        raw::decode(&r.blob, &mut flows).unwrap();
+        let mut got: BTreeMap<String, [u64; 3]> = BTreeMap::new();
+        for f in &flows {
+            assert_eq!((f.exporter, f.domain), (exporter, 1));
+            let e = got.entry(f.label.clone()).or_default();
+            e[0] += f.bytes;
+            e[1] += f.packets;
+            e[2] += 1;
+        }
+        assert_eq!(got, want, "fast path {fast}");
+        // Taken: the next batch starts empty.
+        assert!(ingest.take_batch().raw.is_none());
+    }
+}

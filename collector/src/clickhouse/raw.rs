@@ -34,6 +34,10 @@ pub struct RawRecords {
     pub records: u64,
 }
 
+/// Octets of raw records after which the ingest hands its batch to the store early
+/// (about 200,000 records): one outbox BLOB and one commit stay a few MiB.
+pub const MAX_BATCH_BYTES: usize = 16 << 20;
+
 /// Collects the records of the current batch in the ingest.
 #[derive(Debug, Default)]
 pub struct RawLog {
@@ -151,6 +155,11 @@ impl RawLog {
         if !self.labels.contains(&f.label) {
             self.labels.push(f.label);
         }
+    }
+
+    /// Octets buffered for the current batch.
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
     }
 
     /// Take the batch's records; `label` and `tunnel` name the ids.

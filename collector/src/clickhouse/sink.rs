@@ -206,11 +206,9 @@ impl Sink {
             self.stats.queue_batches = n;
             self.stats.lag_seconds = oldest.map_or(0.0, |o| (now_ms() - o).max(0) as f64 / 1000.0);
         }
-        if self.cfg.raw {
-            if let Ok((n, records, _)) = raw::backlog(&self.conn) {
-                self.stats.raw_queue_batches = n;
-                self.stats.raw_queue_records = records;
-            }
+        if let Ok((n, records, _)) = raw::backlog(&self.conn) {
+            self.stats.raw_queue_batches = n;
+            self.stats.raw_queue_records = records;
         }
         if let Ok(mut m) = metrics.lock() {
             m.clickhouse = Some(self.stats.clone());
@@ -254,15 +252,12 @@ impl Sink {
         Ok(true)
     }
 
-    /// One step: totals, then raw records when on. `Ok(true)` when something was sent.
+    /// One step: totals, then raw records. `Ok(true)` when something was sent.
     fn step(&mut self) -> Result<bool, anyhow::Error> {
         // Each goes on when the other fails; the first error drives the backoff.
+        // Raw batches committed while `raw` was on are sent after it is turned off too.
         let totals = self.step_totals();
-        let raw = if self.cfg.raw {
-            self.step_raw()
-        } else {
-            Ok(false)
-        };
+        let raw = self.step_raw();
         Ok(totals? | raw?)
     }
 
