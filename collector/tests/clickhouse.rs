@@ -490,10 +490,11 @@ fn two_shards_through_a_distributed_table() {
     let dir = tempfile::tempdir().unwrap();
     let shards = ClickHouse::cluster(dir.path(), 2);
     let (db_a, db_b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    // Shard a's collector also writes raw records.
     let a = Collector::start(
         dir.path(),
         &db_a,
-        &sink_config(&shards[0].url(), "shard-a", Some(CLUSTER)),
+        &(sink_config(&shards[0].url(), "shard-a", Some(CLUSTER)) + "raw = true\n"),
     );
     let b = Collector::start(
         dir.path(),
@@ -514,6 +515,17 @@ fn two_shards_through_a_distributed_table() {
     // ... and a report through either shard's Distributed table reads both.
     assert_equal_to_sqlite(&shards[0].url(), &[&db_a, &db_b]);
     assert_equal_to_sqlite(&shards[1].url(), &[&db_a, &db_b]);
+    // Its raw records, read through the other shard's `flows_all`, are its label totals.
+    wait_raw_sent(&a);
+    assert_eq!(
+        raw_per_label(&shards[1], "labelflow.flows_all FINAL"),
+        sqlite_per_label(&db_a)
+    );
+    assert_eq!(
+        count(&shards[1], "labelflow.flows"),
+        0,
+        "shard b holds no raw rows"
+    );
     a.term();
     b.term();
 }
@@ -547,6 +559,18 @@ fn raw_per_label(ch: &ClickHouse, from: &str) -> BTreeMap<String, [u64; 3]> {
             (f[0].to_string(), [n(1), n(2), n(3)])
         })
         .collect()
+}
+
+/// label -> (bytes, packets, flows) over every bucket of SQLite's label report.
+fn sqlite_per_label(db: &Path) -> BTreeMap<String, [u64; 3]> {
+    let mut want: BTreeMap<String, [u64; 3]> = BTreeMap::new();
+    for ((_, label), v) in sqlite(db, "label") {
+        let e = want.entry(label).or_default();
+        for i in 0..3 {
+            e[i] += v[i];
+        }
+    }
+    want
 }
 
 fn count(ch: &ClickHouse, from: &str) -> u64 {
@@ -609,13 +633,7 @@ fn raw_records_exactly_once_across_faults_and_sigkill() {
     wait_raw_sent(&c);
 
     // Per label, the raw records read with the dedup rule equal SQLite's totals exactly.
-    let mut want: BTreeMap<String, [u64; 3]> = BTreeMap::new();
-    for ((_, label), v) in sqlite(&db, "label") {
-        let e = want.entry(label).or_default();
-        for i in 0..3 {
-            e[i] += v[i];
-        }
-    }
+    let want = sqlite_per_label(&db);
     assert_eq!(want.len(), 3, "{want:?}");
     assert_eq!(raw_per_label(&ch, "labelflow.flows FINAL"), want);
     let flows: u64 = want.values().map(|v| v[2]).sum();
