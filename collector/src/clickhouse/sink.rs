@@ -46,6 +46,8 @@ pub struct SinkStats {
     /// Raw-record batches waiting in the outbox (`raw = true`).
     pub raw_queue_batches: u64,
     pub raw_queue_records: u64,
+    /// Age of the oldest waiting raw batch, seconds (0 when none waits).
+    pub raw_lag_seconds: f64,
     pub raw_sent_records: u64,
     /// Raw batches (and their records) dropped, oldest first, past `max_raw_backlog`.
     pub raw_dropped_batches: u64,
@@ -206,9 +208,11 @@ impl Sink {
             self.stats.queue_batches = n;
             self.stats.lag_seconds = oldest.map_or(0.0, |o| (now_ms() - o).max(0) as f64 / 1000.0);
         }
-        if let Ok((n, records, _)) = raw::backlog(&self.conn) {
+        if let Ok((n, records, oldest)) = raw::backlog(&self.conn) {
             self.stats.raw_queue_batches = n;
             self.stats.raw_queue_records = records;
+            self.stats.raw_lag_seconds =
+                oldest.map_or(0.0, |o| (now_ms() - o).max(0) as f64 / 1000.0);
         }
         if let Ok(mut m) = metrics.lock() {
             m.clickhouse = Some(self.stats.clone());
@@ -430,6 +434,11 @@ pub fn render_metrics(o: &mut String, s: &SinkStats) {
             "labelflow_collector_clickhouse_raw_queue_records",
             "Raw flow records waiting in the outbox for ClickHouse.",
             s.raw_queue_records as f64,
+        ),
+        (
+            "labelflow_collector_clickhouse_raw_lag_seconds",
+            "Age of the oldest raw-record batch waiting for ClickHouse (0: none waits).",
+            s.raw_lag_seconds,
         ),
         (
             "labelflow_collector_clickhouse_ack_lag_seconds",
