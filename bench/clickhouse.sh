@@ -11,7 +11,9 @@
 #    everything, the sink's lag (labelflow_collector_clickhouse_ack_lag_seconds, sampled
 #    every 0.25 s: commit-to-acknowledgment time of the oldest batch of the last insert) at
 #    its highest and on average, how long the outbox took to drain after the last datagram,
-#    and the collector's CPU time. Once per shape in SHAPES (live random).
+#    and the collector's CPU time. Once per shape in SHAPES (live random) and per RAWS value
+#    (false true: `[clickhouse] raw`, the raw flow records also go to the `flows` table;
+#    then also the raw records acknowledged and the rows of `flows` after deduplication).
 # 2. 30-day store: FILL_RECORDS records of the backlog shape (random addresses and ports,
 #    flow ends spread evenly over 30 days of flow time), in seeded files of
 #    FILL_RECORDS/FILL_PARTS records replayed at FILL_RATE records/s, more of them while the
@@ -20,7 +22,7 @@
 #    the 30 days (JSON), REPEAT times from SQLite and from ClickHouse, the same report both
 #    ways (checked equal), wall time of each run.
 #
-# Knobs: PHASES (1 2), SHAPES (live random), RATE (100000), DURATION (20), FILL_RECORDS
+# Knobs: PHASES (1 2), SHAPES (live random), RAWS (false true), RATE (100000), DURATION (20), FILL_RECORDS
 # (10000000), FILL_PARTS (5), FILL_RATE (40000), REPEAT (3), RCVBUF (33554432), BIN=DIR (prebuilt binaries).
 # Needs: cargo, clickhouse-server (Debian clickhouse-server), curl, ss.
 set -euo pipefail
@@ -28,6 +30,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${RATE:-100000}
 SHAPES=${SHAPES:-"live random"}
+RAWS=${RAWS:-"false true"}
 DURATION=${DURATION:-20}
 FILL_RECORDS=${FILL_RECORDS:-10000000}
 FILL_PARTS=${FILL_PARTS:-5}
@@ -128,21 +131,24 @@ TOML
 outbox_empty() {
   [ "$(python3 -c 'import sqlite3, sys
 c = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True, timeout=10)
-print(c.execute("SELECT COUNT(*) FROM clickhouse_outbox").fetchone()[0])' "$1")" = 0 ]
+print(c.execute("SELECT (SELECT COUNT(*) FROM clickhouse_outbox)"
+                " + (SELECT COUNT(*) FROM clickhouse_raw_outbox)").fetchone()[0])' "$1")" = 0 ]
 }
 
+for raw in $RAWS; do
 for shape in $SHAPES; do
   case " $PHASES " in *" 1 "*) ;; *) break ;; esac
   echo
-  echo "== 1. sustained $shape stream: $RATE records/s for ${DURATION}s =="
+  echo "== 1. sustained $shape stream, raw = $raw: $RATE records/s for ${DURATION}s =="
   records=$((RATE * DURATION))
   "$GEN" generate --records "$records" --shape "$shape" --seed 1 --out "$WORK/live.bin" >/dev/null
   start_collector "[clickhouse]
   url = \"$CH_URL\"
-  database = \"bench_$shape\"
+  database = \"bench_${shape}_$raw\"
+  raw = $raw
   collector_name = \"bench\"" "$WORK/live.db"
   until [ "$(metric labelflow_collector_clickhouse_errors_total "$CHTTP")" = 0 ] &&
-    curl -s "$CH_URL/" --data-binary "EXISTS TABLE bench_$shape.agg_60" | grep -q 1; do sleep 0.1; done
+    curl -s "$CH_URL/" --data-binary "EXISTS TABLE bench_${shape}_$raw.agg_60" | grep -q 1; do sleep 0.1; done
   t0=$(now)
   "$GEN" replay --file "$WORK/live.bin" --to "127.0.0.1:$CUDP" --rate "$RATE" >"$WORK/replay.out" &
   rp=$!
@@ -169,9 +175,13 @@ for shape in $SHAPES; do
       printf "sink lag while sending: max %.2f s, mean %.2f s (%d samples); drained %.2f s after the last datagram\n",
         max, (n ? sum / n : 0), n, td - ts }'
   echo "inserts $(metric labelflow_collector_clickhouse_inserts_total "$CHTTP"), rows $(metric labelflow_collector_clickhouse_sent_rows_total "$CHTTP"), errors $(metric labelflow_collector_clickhouse_errors_total "$CHTTP"), collector CPU $(cpu_s "$CPID") s"
+  if [ "$raw" = true ]; then
+    echo "raw records acknowledged $(metric labelflow_collector_clickhouse_raw_sent_records_total "$CHTTP"), dropped $(metric labelflow_collector_clickhouse_raw_dropped_records_total "$CHTTP"); flows rows (FINAL) $(curl -s "$CH_URL/" --data-binary "SELECT count() FROM bench_${shape}_$raw.flows FINAL"), SQLite $(du -h "$WORK/live.db" | cut -f1)"
+  fi
   kill -TERM "$CPID"
   wait "$CPID" || true
   rm -f "$WORK/live.bin" "$WORK"/live.db*
+done
 done
 
 case " $PHASES " in *" 2 "*) ;; *) exit 0 ;; esac

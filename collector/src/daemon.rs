@@ -123,9 +123,16 @@ pub fn bind(cfg: &Config) -> anyhow::Result<Bound> {
     let mut store = Store::open(&cfg.db, cfg.max_templates_per_exporter.get())
         .with_context(|| format!("opening {}", cfg.db.display()))?;
     if cfg.clickhouse.is_some() {
-        store
+        let (cells, batches) = store
             .enable_clickhouse_outbox((now_ms() * 1000) as i64)
             .context("creating the ClickHouse outbox")?;
+        if cells > 0 {
+            tracing::info!(
+                cells,
+                batches,
+                "clickhouse backfill: queued the cells committed before ClickHouse was configured"
+            );
+        }
     }
     Ok(Bound {
         sockets,

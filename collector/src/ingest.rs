@@ -13,6 +13,7 @@ use crate::aggregate::{
     has_ports, AggStats, Aggregator, Delta, Flow, FxBuild, Rollup, RollupStats, Taken, OTHER,
     UNLABELLED,
 };
+use crate::clickhouse::raw::{RawLog, RawRecords, MAX_BATCH_BYTES};
 use crate::config::{rule_label, Config, LabelRule};
 use crate::net::IpNet;
 use crate::session::{
@@ -32,6 +33,8 @@ pub struct Batch {
     /// Expected sequence numbers after these datagrams, of the scopes whose numbers moved.
     pub sequences: Vec<SequenceState>,
     pub datagrams: usize,
+    /// The raw records counted, when ClickHouse takes them (`[clickhouse] raw`).
+    pub raw: Option<RawRecords>,
 }
 
 /// A batch as the ingest hands it over: its counts taken but not yet rolled up nor named
@@ -43,6 +46,7 @@ pub struct RawBatch {
     pub contexts: Vec<(ScopeKey, ExporterContext)>,
     pub sequences: Vec<SequenceState>,
     pub datagrams: usize,
+    pub raw: Option<RawRecords>,
 }
 
 impl RawBatch {
@@ -54,6 +58,7 @@ impl RawBatch {
             contexts: self.contexts,
             sequences: self.sequences,
             datagrams: self.datagrams,
+            raw: self.raw,
         }
     }
 }
@@ -130,6 +135,9 @@ struct Labels {
     /// rest under the unspecified address, shown as `other`).
     time_rule: HashMap<IpAddr, [u64; 4], FxBuild>,
     max_exporters: usize,
+    /// The records counted, for ClickHouse's `flows` table; `None` (no cost) unless
+    /// `[clickhouse] raw` is set.
+    raw: Option<RawLog>,
 }
 
 /// Longest raw name kept as a key of the label cache.
@@ -139,6 +147,11 @@ impl Labels {
     /// Add a record after the time rule, counting what the rule did per exporter.
     fn add(&mut self, flow: &Flow, exporter: IpAddr) {
         let rule = self.agg.add_flow(flow);
+        if let Some(r) = &mut self.raw {
+            if !rule.refused() {
+                r.push(flow);
+            }
+        }
         if let Some(i) = rule.index() {
             let n = self.time_rule.len();
             let key = if n < self.max_exporters || self.time_rule.contains_key(&exporter) {
@@ -416,6 +429,11 @@ impl Ingest {
                 max_metric_labels: cfg.max_metric_labels,
                 time_rule: HashMap::default(),
                 max_exporters: cfg.max_exporters.get(),
+                raw: cfg
+                    .clickhouse
+                    .as_ref()
+                    .is_some_and(|c| c.raw)
+                    .then(RawLog::default),
             },
             found: Vec::new(),
             templates: Vec::new(),
@@ -478,6 +496,9 @@ impl Ingest {
     pub fn datagram(&mut self, exporter: IpAddr, bytes: &[u8]) -> Result<Ingested, DecodeError> {
         self.datagrams += 1;
         self.found.clear();
+        if let Some(r) = &mut self.labels.raw {
+            r.begin_datagram(exporter);
+        }
         let mut sink = ToAggregator {
             labels: &mut self.labels,
             exporter,
@@ -485,6 +506,9 @@ impl Ingest {
         let r = self
             .sessions
             .ingest(exporter, bytes, &mut sink, &mut self.found);
+        if let Some(raw) = &mut self.labels.raw {
+            raw.end_datagram(r.as_ref().ok().map(|i| i.scope.domain));
+        }
         if let Ok(i) = &r {
             for t in self.found.drain(..) {
                 self.template_bytes += t.bytes.len();
@@ -504,10 +528,16 @@ impl Ingest {
     }
 
     /// Whether what is pending reached a bound (`max_pending_cells`,
-    /// `max_pending_template_bytes`): the batch must go to the store now.
+    /// `max_pending_template_bytes`, raw records' [`MAX_BATCH_BYTES`]): the batch must go
+    /// to the store now.
     pub fn over_bound(&self) -> bool {
         self.labels.agg.pending_cells() >= self.max_pending_cells
             || self.template_bytes >= self.max_pending_template_bytes
+            || self
+                .labels
+                .raw
+                .as_ref()
+                .is_some_and(|r| r.bytes() >= MAX_BATCH_BYTES)
     }
 
     /// Datagrams handled since the last [`Ingest::take_batch`].
@@ -524,7 +554,13 @@ impl Ingest {
     /// Take what the next commit writes, leaving the rollups and key names to
     /// [`RawBatch::render`]: what the receiving thread does between two reads.
     pub fn take_raw_batch(&mut self) -> RawBatch {
+        let l = &mut self.labels;
+        let raw = match &mut l.raw {
+            Some(r) => r.take(|i| l.agg.label_name(i), |i| l.agg.tunnel_name(i)),
+            None => None,
+        };
         let b = RawBatch {
+            raw,
             taken: self.labels.agg.take_base(),
             templates: std::mem::take(&mut self.templates),
             contexts: self.sessions.take_changed_contexts(),

@@ -72,6 +72,17 @@ enum Command {
         #[arg(long)]
         title: Option<String>,
     },
+    /// Queue every cell of the database for ClickHouse (`[clickhouse]` of the
+    /// configuration), as absolute totals: the running collector (or the next one started)
+    /// sends them. Safe to repeat. The first start with `[clickhouse]` does this by itself.
+    ClickhouseBackfill {
+        /// TOML configuration file (its `db` and `[clickhouse]`).
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        /// SQLite database; overrides `db`.
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -92,7 +103,8 @@ struct QueryArgs {
     #[arg(long, requires = "clickhouse")]
     clickhouse_password_file: Option<PathBuf>,
     /// label | view | tunnel | host | protocol | port | nat | direction, and with
-    /// --clickhouse: collector
+    /// --clickhouse: collector, or flow (the raw records' flows with the most bytes, label
+    /// and 5-tuple, `--top` of them, default 10; `--key` keeps those labels)
     #[arg(long, default_value = "label")]
     by: String,
     /// Output bucket width (humantime, e.g. 5m); default: the finest stored resolution.
@@ -142,6 +154,7 @@ fn main() -> ExitCode {
             height,
             title,
         }) => graph_cmd(&q, &out, (width, height), title),
+        Some(Command::ClickhouseBackfill { config, db }) => backfill_cmd(&config, db),
         None => return run_cmd(cli.run),
     };
     match r {
@@ -197,6 +210,29 @@ fn run_cmd(args: RunArgs) -> ExitCode {
     }
 }
 
+fn backfill_cmd(config: &std::path::Path, db: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut cfg = Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(db) = db {
+        cfg.db = db;
+    }
+    if cfg.clickhouse.is_none() {
+        anyhow::bail!("{}: no [clickhouse] section", config.display());
+    }
+    let mut store = labelflow_collector::store::Store::open(&cfg.db, 1)
+        .with_context(|| format!("opening {}", cfg.db.display()))?;
+    let now_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    let (cells, batches) = store
+        .clickhouse_backfill(now_us)
+        .with_context(|| format!("queuing the cells of {}", cfg.db.display()))?;
+    println!(
+        "queued {cells} cells in {batches} batches of {} for ClickHouse",
+        cfg.db.display()
+    );
+    Ok(())
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -247,16 +283,8 @@ fn clickhouse_report(
     query: &report::Query,
     by_collector: bool,
 ) -> anyhow::Result<report::Report> {
-    use labelflow_collector::clickhouse::{read, Client};
-    let password = match &q.clickhouse_password_file {
-        Some(f) => std::fs::read_to_string(f)
-            .with_context(|| format!("reading {}", f.display()))?
-            .trim()
-            .to_string(),
-        None => String::new(),
-    };
-    let timeout = std::time::Duration::from_secs(300);
-    let client = Client::new(url, &q.clickhouse_user, &password, timeout)?;
+    use labelflow_collector::clickhouse::read;
+    let client = clickhouse_client(q, url)?;
     Ok(read::build(
         client,
         &q.clickhouse_database,
@@ -265,7 +293,66 @@ fn clickhouse_report(
     )?)
 }
 
+/// `report --clickhouse URL --by flow`: the top flows of the raw records.
+fn flows_cmd(q: &QueryArgs, format: Format) -> anyhow::Result<()> {
+    use labelflow_collector::clickhouse::flows;
+    let Some(url) = &q.clickhouse else {
+        anyhow::bail!("--by flow needs --clickhouse (raw records live in its flows table)");
+    };
+    let query = http::parse_query(
+        "label",
+        q.bucket.as_deref(),
+        q.last.as_deref(),
+        q.from.as_deref(),
+        q.to.as_deref(),
+        q.top,
+        now_secs(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let client = clickhouse_client(q, url)?;
+    let range = (query.from, query.to);
+    let rows = flows::top_flows(
+        &client,
+        &q.clickhouse_database,
+        range,
+        q.top.unwrap_or(10),
+        &q.keys,
+    )?;
+    match format {
+        Format::Table => print!("{}", flows::to_table(&rows)),
+        Format::Csv => print!("{}", flows::to_csv(&rows)),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&flows::to_json(&rows, range))?
+        ),
+    }
+    Ok(())
+}
+
+fn clickhouse_client(
+    q: &QueryArgs,
+    url: &str,
+) -> anyhow::Result<labelflow_collector::clickhouse::Client> {
+    let password = match &q.clickhouse_password_file {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading {}", f.display()))?
+            .trim()
+            .to_string(),
+        None => String::new(),
+    };
+    let timeout = std::time::Duration::from_secs(300);
+    Ok(labelflow_collector::clickhouse::Client::new(
+        url,
+        &q.clickhouse_user,
+        &password,
+        timeout,
+    )?)
+}
+
 fn report_cmd(q: &QueryArgs, format: Format) -> anyhow::Result<()> {
+    if q.by == "flow" {
+        return flows_cmd(q, format);
+    }
     let r = load_report(q)?;
     // `--by collector` reports label counts keyed by collector name: name the key so.
     let rename = |s: String| {

@@ -194,10 +194,51 @@ impl Store {
 
     /// From now on, queue every commit's cells for ClickHouse in the commit's transaction
     /// (see [`crate::clickhouse::outbox`]). `now_us`: microseconds since the epoch.
-    pub fn enable_clickhouse_outbox(&mut self, now_us: i64) -> Result<(), StoreError> {
-        crate::clickhouse::outbox::create(&self.conn, now_us)?;
+    ///
+    /// The first time (the outbox did not exist), every cell the store already holds is
+    /// queued too, in the same transaction ([`Store::clickhouse_backfill`]): data committed
+    /// before ClickHouse was configured reaches it, once. Returns the (cells, batches) so
+    /// queued.
+    pub fn enable_clickhouse_outbox(&mut self, now_us: i64) -> Result<(u64, u64), StoreError> {
+        use crate::clickhouse::{outbox, raw};
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let created = outbox::create(&tx, now_us)?;
+        raw::create(&tx, now_us)?;
+        let queued = if created {
+            outbox::backfill(&tx)?
+        } else {
+            (0, 0)
+        };
+        tx.commit()?;
         self.clickhouse_outbox = true;
-        Ok(())
+        Ok(queued)
+    }
+
+    /// Queue every cell the store holds for ClickHouse (`clickhouse-backfill`): the rows
+    /// carry absolute totals, so this is safe to repeat. One short transaction per batch,
+    /// so a collector committing meanwhile never waits long. Returns (cells, batches).
+    pub fn clickhouse_backfill(&mut self, now_us: i64) -> Result<(u64, u64), StoreError> {
+        use crate::clickhouse::outbox;
+        let first = self.enable_clickhouse_outbox(now_us)?;
+        if first.0 > 0 {
+            return Ok(first);
+        }
+        let (mut after, mut cells, mut batches) = (None, 0, 0);
+        loop {
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let (n, last) = outbox::backfill_page(&tx, &after, outbox::BACKFILL_CELLS)?;
+            tx.commit()?;
+            cells += n;
+            batches += u64::from(n > 0);
+            if last.is_none() {
+                return Ok((cells, batches));
+            }
+            after = last;
+        }
     }
 
     /// Commit one batch atomically.
@@ -207,7 +248,7 @@ impl Store {
         templates: &[ScopedTemplate],
         contexts: &[(ScopeKey, ExporterContext)],
     ) -> Result<(), StoreError> {
-        self.commit_with(deltas, templates, contexts, &[], None)
+        self.commit_with(deltas, templates, contexts, &[], None, None)
     }
 
     /// Commit one batch of the ingest atomically: its counts, templates and options state,
@@ -222,7 +263,7 @@ impl Store {
             &batch.contexts,
             &batch.sequences,
         );
-        self.commit_with(d, t, c, s, Some(progress))
+        self.commit_with(d, t, c, s, Some(progress), batch.raw.as_ref())
     }
 
     fn commit_with(
@@ -232,6 +273,7 @@ impl Store {
         contexts: &[(ScopeKey, ExporterContext)],
         sequences: &[SequenceState],
         progress: Option<(u64, u64)>,
+        raw: Option<&crate::clickhouse::raw::RawRecords>,
     ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
@@ -333,6 +375,9 @@ impl Store {
             }
             if self.clickhouse_outbox {
                 crate::clickhouse::outbox::record(&tx, deltas)?;
+                if let Some(raw) = raw {
+                    crate::clickhouse::raw::record(&tx, raw)?;
+                }
             }
         }
         tx.commit()?;

@@ -92,7 +92,8 @@ fn feed_in_commits(c: &Collector, datagrams: &[Vec<u8>], committed_before: u64, 
 fn wait_sent(c: &Collector) {
     let mut queue = u64::MAX;
     let ok = poll_until(SINK_TIMEOUT, || {
-        queue = labelflow_collector::clickhouse::outbox::waiting(&c.db).unwrap();
+        // An error (no outbox yet: the collector creates it after binding) is not empty.
+        queue = labelflow_collector::clickhouse::outbox::waiting(&c.db).unwrap_or(u64::MAX);
         queue == 0
     });
     assert!(
@@ -489,10 +490,11 @@ fn two_shards_through_a_distributed_table() {
     let dir = tempfile::tempdir().unwrap();
     let shards = ClickHouse::cluster(dir.path(), 2);
     let (db_a, db_b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    // Shard a's collector also writes raw records.
     let a = Collector::start(
         dir.path(),
         &db_a,
-        &sink_config(&shards[0].url(), "shard-a", Some(CLUSTER)),
+        &(sink_config(&shards[0].url(), "shard-a", Some(CLUSTER)) + "raw = true\n"),
     );
     let b = Collector::start(
         dir.path(),
@@ -513,6 +515,280 @@ fn two_shards_through_a_distributed_table() {
     // ... and a report through either shard's Distributed table reads both.
     assert_equal_to_sqlite(&shards[0].url(), &[&db_a, &db_b]);
     assert_equal_to_sqlite(&shards[1].url(), &[&db_a, &db_b]);
+    // Its raw records, read through the other shard's `flows_all`, are its label totals.
+    wait_raw_sent(&a);
+    assert_eq!(
+        raw_per_label(&shards[1], "labelflow.flows_all FINAL"),
+        sqlite_per_label(&db_a)
+    );
+    assert_eq!(
+        count(&shards[1], "labelflow.flows"),
+        0,
+        "shard b holds no raw rows"
+    );
     a.term();
     b.term();
+}
+
+/// Wait until the raw outbox is empty: ClickHouse acknowledged every raw batch so far.
+fn wait_raw_sent(c: &Collector) {
+    let mut queue = u64::MAX;
+    let ok = poll_until(SINK_TIMEOUT, || {
+        queue = labelflow_collector::clickhouse::raw::waiting(&c.db).unwrap_or(u64::MAX);
+        queue == 0
+    });
+    assert!(
+        ok,
+        "raw outbox still holds {queue} batches after {SINK_TIMEOUT:?}"
+    );
+}
+
+/// label -> (bytes, packets, flows) of the raw `flows` table read with `from` (the table,
+/// with or without the dedup rule `FINAL`).
+fn raw_per_label(ch: &ClickHouse, from: &str) -> BTreeMap<String, [u64; 3]> {
+    let text = ch
+        .query(&format!(
+            "SELECT label, sum(bytes), sum(packets), sum(flows) FROM {from} \
+             GROUP BY label ORDER BY label FORMAT TabSeparated"
+        ))
+        .unwrap();
+    text.lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            let n = |i: usize| f[i].parse::<u64>().unwrap();
+            (f[0].to_string(), [n(1), n(2), n(3)])
+        })
+        .collect()
+}
+
+/// label -> (bytes, packets, flows) over every bucket of SQLite's label report.
+fn sqlite_per_label(db: &Path) -> BTreeMap<String, [u64; 3]> {
+    let mut want: BTreeMap<String, [u64; 3]> = BTreeMap::new();
+    for ((_, label), v) in sqlite(db, "label") {
+        let e = want.entry(label).or_default();
+        for i in 0..3 {
+            e[i] += v[i];
+        }
+    }
+    want
+}
+
+fn count(ch: &ClickHouse, from: &str) -> u64 {
+    ch.query(&format!("SELECT count() FROM {from}"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn raw_records_exactly_once_across_faults_and_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ch = ClickHouse::start(dir.path());
+    let proxy = Proxy::start(ch.http);
+    let db = dir.path().join("r.db");
+    let config = sink_config_with(&proxy.url(), "site-r", None, 3) + "raw = true\n";
+    let c = Collector::start(dir.path(), &db, &config);
+    let data = stream(21, &["esp", "vpn", "other"], 400);
+    let (part1, rest) = data.split_at(101);
+    let (part2, rest) = rest.split_at(100);
+    let (part3, part4) = rest.split_at(100);
+    feed(&c, part1, 0);
+    wait_sent(&c);
+    wait_raw_sent(&c);
+
+    // The server goes away and comes back.
+    ch.kill();
+    feed(&c, &part2[..50], 101);
+    assert!(labelflow_collector::clickhouse::raw::waiting(&db).unwrap() > 0);
+    ch.restart();
+    feed(&c, &part2[50..], 151);
+    wait_sent(&c);
+    wait_raw_sent(&c);
+
+    // Duplicates stay apart from here on (the setting lasts until the server restarts):
+    // what reads see is the dedup rule's doing, not a merge that happened to run first.
+    ch.query("SYSTEM STOP MERGES labelflow.flows").unwrap();
+    // Answers lost after the server applied the insert, and inserts cut halfway.
+    proxy.drop_answers.store(3, Ordering::SeqCst);
+    proxy.cut_requests.store(3, Ordering::SeqCst);
+    feed(&c, part3, 201);
+    wait_sent(&c);
+    wait_raw_sent(&c);
+    assert_eq!(proxy.drop_answers.load(Ordering::SeqCst), 0);
+    assert_eq!(proxy.cut_requests.load(Ordering::SeqCst), 0);
+
+    // Killed with inserts applied but never acknowledged: every answer is lost until the
+    // collector is gone; its successor sends the same batches again.
+    proxy.drop_answers.store(usize::MAX / 2, Ordering::SeqCst);
+    let before = count(&ch, "labelflow.flows");
+    feed(&c, part4, 301);
+    let applied = poll_until(SINK_TIMEOUT, || count(&ch, "labelflow.flows") > before);
+    assert!(applied, "no raw insert reached the server");
+    assert!(labelflow_collector::clickhouse::raw::waiting(&db).unwrap() > 0);
+    c.kill9();
+    proxy.drop_answers.store(0, Ordering::SeqCst);
+    let c = Collector::start(dir.path(), &db, &config);
+    wait_sent(&c);
+    wait_raw_sent(&c);
+
+    // Per label, the raw records read with the dedup rule equal SQLite's totals exactly.
+    let want = sqlite_per_label(&db);
+    assert_eq!(want.len(), 3, "{want:?}");
+    assert_eq!(raw_per_label(&ch, "labelflow.flows FINAL"), want);
+    let flows: u64 = want.values().map(|v| v[2]).sum();
+    assert_eq!(count(&ch, "labelflow.flows FINAL"), flows);
+    // The faults did write records twice; only the dedup rule hides them.
+    let all = count(&ch, "labelflow.flows");
+    assert!(
+        all > flows,
+        "no duplicate rows: {all} rows, {flows} records"
+    );
+    assert_equal_to_sqlite(&proxy.url(), &[&db]);
+    assert_eq!(
+        c.metric("labelflow_collector_clickhouse_raw_dropped_records_total"),
+        0
+    );
+
+    // `--by flow`: every flow of the raw records, summed per label, is SQLite's totals; the
+    // top 5 are the first five of them, largest first.
+    let by_flow = |top: &str| {
+        let j = report(&[
+            "--clickhouse",
+            &proxy.url(),
+            "--clickhouse-user",
+            USER.0,
+            "--clickhouse-password-file",
+            &pw_file(),
+            "--by",
+            "flow",
+            "--top",
+            top,
+        ]);
+        assert_eq!(j["by"], "flow");
+        j["rows"].as_array().unwrap().clone()
+    };
+    let every = by_flow("1000000");
+    let mut per_label: BTreeMap<String, [u64; 3]> = BTreeMap::new();
+    for r in &every {
+        let e = per_label
+            .entry(r["label"].as_str().unwrap().to_string())
+            .or_default();
+        for (i, f) in ["bytes", "packets", "flows"].iter().enumerate() {
+            e[i] += r[*f].as_u64().unwrap();
+        }
+    }
+    assert_eq!(per_label, want);
+    assert!(every
+        .windows(2)
+        .all(|w| w[0]["bytes"].as_u64() >= w[1]["bytes"].as_u64()));
+    assert_eq!(by_flow("5"), every[..5]);
+    c.term();
+}
+
+/// `clickhouse-backfill` with `config`; the cells it says it queued.
+fn backfill(config: &Path) -> u64 {
+    let out = Command::new(BIN)
+        .args(["clickhouse-backfill", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "backfill failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    said.strip_prefix("queued ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("backfill said {said:?}"))
+}
+
+#[test]
+fn backfill_sends_what_was_stored_before_and_repeats_harmlessly() {
+    let dir = tempfile::tempdir().unwrap();
+    let ch = ClickHouse::start(dir.path());
+    let db = dir.path().join("old.db");
+    // A store that ran without ClickHouse.
+    let plain = "[hosts]\nnetworks = [\"192.168.0.0/16\"]\n\
+                 [store]\ncommit_interval = \"100ms\"\ncommit_datagrams = 40\n";
+    let c = Collector::start(dir.path(), &db, plain);
+    feed(&c, &stream(31, &["esp", "vpn"], 200), 0);
+    c.term();
+    let cells_before: u64 = ["label", "view", "tunnel", "host", "protocol", "port"]
+        .iter()
+        .map(|by| sqlite(&db, by).len() as u64)
+        .sum();
+
+    // Configured now: the first start queues what the store holds, and sends it.
+    let sink = sink_config(&ch.url(), "site-old", None);
+    let c = Collector::start(dir.path(), &db, &sink);
+    wait_sent(&c);
+    assert_equal_to_sqlite(&ch.url(), &[&db]);
+
+    // Asked for twice more while new data arrives: still equal, nothing counted twice.
+    let config = dir.path().join("backfill.toml");
+    std::fs::write(&config, format!("db = \"{}\"\n{sink}", db.display())).unwrap();
+    let queued = backfill(&config);
+    assert!(queued >= cells_before, "{queued} < {cells_before}");
+    feed(&c, &stream(32, &["esp", "voip"], 100), 0);
+    assert!(backfill(&config) > queued);
+    wait_sent(&c);
+    assert_equal_to_sqlite(&ch.url(), &[&db]);
+    c.term();
+}
+
+/// In process, no server: with `raw = true` each batch carries exactly the records its
+/// label counts came from (both decode paths); with `raw = false` it carries nothing.
+#[test]
+fn raw_records_of_a_batch_are_what_its_counts_came_from() {
+    use labelflow_collector::aggregate::Dim;
+    use labelflow_collector::clickhouse::raw;
+    use labelflow_collector::config::Config;
+    use labelflow_collector::ingest::Ingest;
+    let exporter = std::net::IpAddr::from([192, 0, 2, 7]);
+    let data = stream(41, &["esp", "vpn", "other"], 50);
+    for (on, fast) in [(true, true), (true, false), (false, true)] {
+        let text = format!("[clickhouse]\nurl = \"http://127.0.0.1:1\"\nraw = {on}\n");
+        let cfg = Config::parse(&text, "c.toml").unwrap();
+        let mut ingest = Ingest::new(&cfg);
+        ingest.set_fast_path(fast);
+        for d in &data {
+            ingest.datagram(exporter, d).unwrap();
+        }
+        let batch = ingest.take_batch();
+        let finest = *cfg.agg.resolutions.iter().min().unwrap() as i64;
+        let mut want: BTreeMap<String, [u64; 3]> = BTreeMap::new();
+        for d in batch
+            .deltas
+            .iter()
+            .filter(|d| d.dim == Dim::Label && d.resolution == finest)
+        {
+            let e = want.entry(d.key.clone()).or_default();
+            e[0] += d.counters.bytes;
+            e[1] += d.counters.packets;
+            e[2] += d.counters.flows;
+        }
+        assert_eq!(want.values().map(|v| v[2]).sum::<u64>(), 1000);
+        let Some(r) = batch.raw else {
+            assert!(!on, "raw = true gave no records");
+            continue;
+        };
+        assert!(on, "raw = false gave records");
+        assert_eq!(r.records, 1000);
+        let mut flows = Vec::new();
+        raw::decode(&r.blob, &mut flows).unwrap();
+        let mut got: BTreeMap<String, [u64; 3]> = BTreeMap::new();
+        for f in &flows {
+            assert_eq!((f.exporter, f.domain), (exporter, 1));
+            let e = got.entry(f.label.clone()).or_default();
+            e[0] += f.bytes;
+            e[1] += f.packets;
+            e[2] += 1;
+        }
+        assert_eq!(got, want, "fast path {fast}");
+        // Taken: the next batch starts empty.
+        assert!(ingest.take_batch().raw.is_none());
+    }
 }

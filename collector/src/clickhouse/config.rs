@@ -39,6 +39,14 @@ pub struct RawClickHouse {
     /// there, instead of this collector's database. Default false.
     #[serde(default)]
     pub serve_reports: bool,
+    /// Also write every flow record the store commits to the `flows` table. Default false.
+    #[serde(default)]
+    pub raw: bool,
+    /// Raw-record batches kept in the outbox while ClickHouse is behind; past it the oldest
+    /// are dropped (records cannot be merged like totals), counted in
+    /// `labelflow_collector_clickhouse_raw_dropped_*_total`. Totals are never dropped.
+    /// Default 10000.
+    pub max_raw_backlog: Option<Spanned<usize>>,
 }
 
 /// Validated `[clickhouse]`.
@@ -54,6 +62,8 @@ pub struct ClickHouseConfig {
     pub timeout: Duration,
     pub cluster: Option<String>,
     pub serve_reports: bool,
+    pub raw: bool,
+    pub max_raw_backlog: NonZeroUsize,
 }
 
 impl ClickHouseConfig {
@@ -139,6 +149,8 @@ pub(crate) fn validate(
         timeout: src.dur(&raw.timeout, "clickhouse.timeout", "30s")?,
         cluster,
         serve_reports: raw.serve_reports,
+        raw: raw.raw,
+        max_raw_backlog: src.nz(&raw.max_raw_backlog, "clickhouse.max_raw_backlog", 10000)?,
     })
 }
 
@@ -158,7 +170,8 @@ mod tests {
         );
         assert_eq!(c.collector_name, super::hostname());
         assert_eq!(c.max_backlog.get(), 1000);
-        assert!(c.cluster.is_none() && !c.serve_reports);
+        assert!(c.cluster.is_none() && !c.serve_reports && !c.raw);
+        assert_eq!(c.max_raw_backlog.get(), 10000);
         assert!(Config::parse("", "c.toml").unwrap().clickhouse.is_none());
         let err = |text: &str| Config::parse(text, "c.toml").unwrap_err().to_string();
         let e = err("[clickhouse]\nurl = \"https://x\"\n");
@@ -172,7 +185,9 @@ mod tests {
             e.contains("clickhouse.password_file: /nonexistent/pw"),
             "{e}"
         );
-        let e = err("[clickhouse]\nurl = \"http://x\"\nraw = true\n");
+        let e = err("[clickhouse]\nurl = \"http://x\"\nmax_raw_backlog = 0\n");
+        assert!(e.contains("clickhouse.max_raw_backlog: must be > 0"), "{e}");
+        let e = err("[clickhouse]\nurl = \"http://x\"\nrows = true\n");
         assert!(e.contains("unknown field"), "{e}");
     }
 }

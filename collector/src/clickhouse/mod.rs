@@ -7,6 +7,8 @@
 //!  ClickHouse: agg_<res> ReplacingMergeTree(version), one row per (collector, dim, bucket,
 //!              key) after merges; agg_<res>_all Distributed over shards
 //!  report --clickhouse ──► FINAL (highest version per cell), sum over collectors ──► report::assemble
+//!  raw = true: Store::commit ──► raw outbox (one BLOB of records per batch) ──► flows,
+//!              ReplacingMergeTree by (collector, batch, index), read with FINAL (see [`raw`])
 //! ```
 //!
 //! Exactly once without server-side deduplication tokens (18.16 has none for
@@ -15,7 +17,9 @@
 
 pub mod client;
 pub mod config;
+pub mod flows;
 pub mod outbox;
+pub mod raw;
 pub mod read;
 pub mod schema;
 pub mod sink;

@@ -30,8 +30,15 @@ pub struct Cell {
     pub key: String,
 }
 
-/// Create the outbox if needed and seed its batch ids (see the module docs).
-pub fn create(conn: &Connection, now_us: i64) -> rusqlite::Result<()> {
+/// Create the outbox if needed and seed its batch ids (see the module docs). Returns
+/// whether it was created now (it did not exist before).
+pub fn create(conn: &Connection, now_us: i64) -> rusqlite::Result<bool> {
+    let existed: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table'
+                        AND name = 'clickhouse_outbox')",
+        [],
+        |r| r.get(0),
+    )?;
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS clickhouse_outbox (
              batch INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -44,7 +51,7 @@ pub fn create(conn: &Connection, now_us: i64) -> rusqlite::Result<()> {
          WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'clickhouse_outbox')",
         params![now_us],
     )?;
-    Ok(())
+    Ok(!existed)
 }
 
 /// Queue the cells `deltas` touch, inside the commit's transaction `tx`.
@@ -102,6 +109,67 @@ fn decode(mut b: &[u8], out: &mut HashSet<Cell>) -> bool {
         }
     }
     true
+}
+
+/// Cells per batch that [`backfill`] queues: a sink insert takes up to
+/// `max_batches_per_insert` batches, so this bounds what one insert holds.
+pub const BACKFILL_CELLS: usize = 10_000;
+
+/// Where a [`backfill_page`] stopped: the last (res, dim, bucket, key) it queued.
+pub type After = Option<(i64, String, i64, String)>;
+
+/// Queue up to `per_batch` cells of the store (`agg`) after `after`, in key order, as one
+/// batch inside `tx`. Returns the cells queued and where it stopped (`None`: at the end).
+pub fn backfill_page(
+    tx: &Transaction<'_>,
+    after: &After,
+    per_batch: usize,
+) -> rusqlite::Result<(u64, After)> {
+    let mut st = tx.prepare_cached(
+        "SELECT res, dim, bucket, key FROM agg
+         WHERE ?1 IS NULL OR (res, dim, bucket, key) > (?1, ?2, ?3, ?4)
+         ORDER BY res, dim, bucket, key LIMIT ?5",
+    )?;
+    let (r0, d0, b0, k0) = match after {
+        Some((r, d, b, k)) => (Some(*r), Some(d.as_str()), Some(*b), Some(k.as_str())),
+        None => (None, None, None, None),
+    };
+    let mut rows = st.query(params![r0, d0, b0, k0, per_batch.max(1) as i64])?;
+    let (mut blob, mut n, mut last) = (Vec::new(), 0u64, None);
+    while let Some(r) = rows.next()? {
+        let (res, dim_name, bucket, key): (i64, String, i64, String) =
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+        // A dimension this collector does not know (a newer one wrote it) is left out.
+        if let Some(dim) = Dim::ALL.iter().find(|d| d.name() == dim_name) {
+            encode(&mut blob, res, *dim, bucket, &key);
+            n += 1;
+        }
+        last = Some((res, dim_name, bucket, key));
+    }
+    if !blob.is_empty() {
+        tx.prepare_cached(
+            "INSERT INTO clickhouse_outbox (created_ms, cells)
+             VALUES (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER), ?1)",
+        )?
+        .execute(params![blob])?;
+    }
+    Ok((n, last))
+}
+
+/// Queue every cell the store holds, [`BACKFILL_CELLS`] to a batch, inside `tx`. Returns
+/// (cells, batches) queued. Idempotent in effect: rows carry the cells' absolute totals as
+/// of their send, so queuing a cell again only writes the same fact under a higher version.
+pub fn backfill(tx: &Transaction<'_>) -> rusqlite::Result<(u64, u64)> {
+    let (mut after, mut cells, mut batches) = (None, 0, 0);
+    loop {
+        let (n, last) = backfill_page(tx, &after, BACKFILL_CELLS)?;
+        cells += n;
+        batches += u64::from(n > 0);
+        if last.is_none() {
+            return Ok((cells, batches));
+        }
+        after = last;
+    }
 }
 
 /// What is due for ClickHouse: the current totals of the cells of the oldest pending
@@ -285,6 +353,45 @@ mod tests {
         store.enable_clickhouse_outbox(5).unwrap();
         store.commit(&[delta("a", 1)], &[], &[]).unwrap();
         assert_eq!(take(&mut conn, 1).unwrap().unwrap().upto, 1_000_008);
+    }
+
+    #[test]
+    fn backfill_queues_every_stored_cell_once_per_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        let mut store = crate::store::Store::open(&path, 8).unwrap();
+        // Committed before ClickHouse was configured: no outbox yet.
+        for k in ["a", "b", "c"] {
+            store.commit(&[delta(k, 10)], &[], &[]).unwrap();
+        }
+        let mut conn = Connection::open(&path).unwrap();
+        let cells: u64 = conn
+            .query_row("SELECT COUNT(*) FROM agg", [], |r| r.get(0))
+            .unwrap();
+        assert!(cells >= 3);
+        // Configured: the first start queues them all, in one batch here.
+        assert_eq!(store.enable_clickhouse_outbox(7).unwrap(), (cells, 1));
+        assert_eq!(store.enable_clickhouse_outbox(7).unwrap(), (0, 0), "once");
+        let p = take(&mut conn, 100).unwrap().unwrap();
+        assert_eq!(p.rows.len() as u64, cells);
+        assert_eq!(p.rows.iter().map(|r| r.1.bytes).max(), Some(10));
+        acknowledge(&conn, p.upto).unwrap();
+        // Asked again: the same cells again.
+        assert_eq!(store.clickhouse_backfill(7).unwrap(), (cells, 1));
+        assert_eq!(take(&mut conn, 100).unwrap().unwrap().rows, p.rows);
+        // Page by page, two cells a batch: every cell once, then the end.
+        let tx = conn.transaction().unwrap();
+        let (mut after, mut seen) = (None, 0);
+        loop {
+            let (n, last) = backfill_page(&tx, &after, 2).unwrap();
+            assert!(n <= 2);
+            seen += n;
+            if last.is_none() {
+                break;
+            }
+            after = last;
+        }
+        assert_eq!(seen, cells);
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //!    PARTITION BY day (res < 1h), month (res < 1d) or year
 //!    ORDER BY (dim, bucket, collector_name, key)     -- the report's filter, then the cell
 //!  agg_<res>_all  ENGINE Distributed(cluster, db, agg_<res>)   (with `cluster`)
+//!  flows(collector_name, batch, idx, exporter, ..., label, addresses, ports, bytes, ...)
+//!    ENGINE ReplacingMergeTree  PARTITION BY day of time_end
+//!    ORDER BY (collector_name, batch, idx)            -- the record's identity
 //! ```
 //!
 //! A row holds a cell's absolute totals as of batch `version`; the highest version of a
@@ -27,11 +30,65 @@ struct Migration {
 }
 
 /// The migrations, oldest first. 1: the per-resolution tables (created for every configured
-/// resolution at each start as well, see [`ensure`]).
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    what: "per-resolution ReplacingMergeTree tables",
-}];
+/// resolution at each start as well, see [`ensure`]); 2: the raw `flows` table (created at
+/// each start as well, empty unless a collector writes `raw`).
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        what: "per-resolution ReplacingMergeTree tables",
+    },
+    Migration {
+        version: 2,
+        what: "raw flows table, ReplacingMergeTree by (collector_name, batch, idx)",
+    },
+];
+
+/// The raw records' table.
+pub const FLOWS: &str = "flows";
+
+/// The raw records' table: one row per record the store committed, identified by
+/// (collector_name, batch, idx), which is also the sorting key: `ReplacingMergeTree` keeps
+/// one row per identity (rows of one identity are equal, retries included) and reads
+/// collapse the rows not merged yet with `FINAL`. Partitioned by the record's end day, so
+/// retention drops whole partitions as for the aggregates; equal rows share a partition.
+fn create_flows(db: &str, ttl_secs: Option<u64>) -> String {
+    let ttl = ttl_secs.map_or(String::new(), |s| {
+        format!(" TTL time_end + INTERVAL {s} SECOND")
+    });
+    format!(
+        "CREATE TABLE IF NOT EXISTS {db}.{FLOWS} (
+           collector_name String, batch UInt64, idx UInt32,
+           exporter String, domain UInt32,
+           time_start DateTime, time_end DateTime, start_msec UInt16, end_msec UInt16,
+           label String, tunnel String,
+           src_addr String, dst_addr String, protocol UInt8, src_port UInt16, dst_port UInt16,
+           ipsec_spi UInt32, bytes UInt64, packets UInt64, flows UInt64, sampling UInt32,
+           nat_inside String, nat_public String, direction UInt8)
+         ENGINE = ReplacingMergeTree()
+         PARTITION BY toYYYYMMDD(time_end)
+         ORDER BY (collector_name, batch, idx){ttl}"
+    )
+}
+
+/// Create the raw `flows` table (and with `cluster` its `flows_all`), keeping records
+/// `retention` seconds.
+pub fn ensure_flows(
+    c: &Client,
+    db: &str,
+    retention: u64,
+    cluster: Option<&str>,
+) -> Result<(), ChError> {
+    let (major, minor) = server_version(c)?;
+    let has_ttl = (major, minor) >= (19, 6);
+    c.text(&create_flows(db, has_ttl.then_some(retention)))?;
+    if let Some(cl) = cluster {
+        c.text(&format!(
+            "CREATE TABLE IF NOT EXISTS {db}.{FLOWS}_all AS {db}.{FLOWS}
+             ENGINE = Distributed({cl}, {db}, {FLOWS})"
+        ))?;
+    }
+    Ok(())
+}
 
 /// `(major, minor)` of the server.
 pub fn server_version(c: &Client) -> Result<(u32, u32), ChError> {
@@ -107,6 +164,9 @@ pub fn ensure(
             ))?;
         }
     }
+    // Raw records are kept as long as the finest resolution's buckets.
+    let finest = resolutions.iter().zip(retention).min_by_key(|(r, _)| **r);
+    ensure_flows(c, db, finest.map_or(0, |(_, k)| *k), cluster)?;
     for m in MIGRATIONS.iter().filter(|m| m.version > done) {
         c.text(&format!(
             "INSERT INTO {db}.schema_migrations (version, what) VALUES ({}, {})",
@@ -125,19 +185,30 @@ pub fn ensure(
 /// Drop the partitions of `res` whose newest bucket is older than `now - keep`. Returns the
 /// number dropped.
 pub fn drop_expired(c: &Client, db: &str, res: i64, keep: u64, now: i64) -> Result<usize, ChError> {
+    drop_expired_in(c, db, &table(res), keep, now)
+}
+
+/// Drop the partitions of `table` whose newest row is older than `now - keep`.
+pub fn drop_expired_in(
+    c: &Client,
+    db: &str,
+    table: &str,
+    keep: u64,
+    now: i64,
+) -> Result<usize, ChError> {
     let cutoff = (now - keep as i64).max(0);
     let ids = c.text(&format!(
         "SELECT partition_id FROM system.parts
          WHERE database = {} AND table = {} AND active
          GROUP BY partition_id HAVING max(max_time) < toDateTime({cutoff})",
         quote(db),
-        quote(&table(res))
+        quote(table)
     ))?;
     let mut n = 0;
     for id in ids.lines().map(str::trim).filter(|l| !l.is_empty()) {
         c.text(&format!(
             "ALTER TABLE {db}.{} DROP PARTITION ID {}",
-            table(res),
+            table,
             quote(id)
         ))?;
         n += 1;

@@ -18,6 +18,7 @@ use rusqlite::Connection;
 use super::client::{ChError, Client};
 use super::config::ClickHouseConfig;
 use super::outbox::{self, Pending};
+use super::raw::{self, PendingRaw};
 use super::schema;
 use crate::config::AggConfig;
 use crate::ingest::Snapshot;
@@ -42,6 +43,17 @@ pub struct SinkStats {
     /// Outbox entries that could not be read (skipped).
     pub malformed: u64,
     pub partitions_dropped: u64,
+    /// Raw-record batches waiting in the outbox (`raw = true`).
+    pub raw_queue_batches: u64,
+    pub raw_queue_records: u64,
+    /// Age of the oldest waiting raw batch, seconds (0 when none waits).
+    pub raw_lag_seconds: f64,
+    pub raw_sent_records: u64,
+    /// Raw batches (and their records) dropped, oldest first, past `max_raw_backlog`.
+    pub raw_dropped_batches: u64,
+    pub raw_dropped_records: u64,
+    /// Raw batches that could not be read whole (their readable records were sent).
+    pub raw_malformed: u64,
 }
 
 /// First and longest wait after a failed request.
@@ -57,21 +69,70 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A RowBinary `String`: LEB128 length, then the octets.
+fn string(o: &mut Vec<u8>, s: &[u8]) {
+    let mut n = s.len() as u64;
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            o.push(b);
+            break;
+        }
+        o.push(b | 0x80);
+    }
+    o.extend_from_slice(s);
+}
+
+/// Records sent in one raw insert at most (whole batches; at least one).
+const RAW_PER_INSERT: u64 = 200_000;
+
+/// RowBinary of raw records, in the column order of [`schema::FLOWS`]'s insert.
+fn encode_raw(p: &PendingRaw, name: &str) -> Vec<u8> {
+    use std::fmt::Write as _;
+    let mut o = Vec::new();
+    let mut text = String::new();
+    let mut addr = |o: &mut Vec<u8>, a: Option<std::net::IpAddr>| {
+        text.clear();
+        if let Some(a) = a {
+            let _ = write!(text, "{a}");
+        }
+        string(o, text.as_bytes());
+    };
+    for (batch, flows) in &p.batches {
+        for (idx, f) in flows.iter().enumerate() {
+            string(&mut o, name.as_bytes());
+            o.extend_from_slice(&(*batch as u64).to_le_bytes());
+            o.extend_from_slice(&(idx as u32).to_le_bytes());
+            addr(&mut o, Some(f.exporter));
+            o.extend_from_slice(&f.domain.to_le_bytes());
+            let secs = |ms: u64| (ms / 1000).min(u64::from(u32::MAX)) as u32;
+            o.extend_from_slice(&secs(f.start_ms).to_le_bytes());
+            o.extend_from_slice(&secs(f.end_ms).to_le_bytes());
+            o.extend_from_slice(&((f.start_ms % 1000) as u16).to_le_bytes());
+            o.extend_from_slice(&((f.end_ms % 1000) as u16).to_le_bytes());
+            string(&mut o, f.label.as_bytes());
+            string(&mut o, f.tunnel.as_bytes());
+            addr(&mut o, Some(f.src));
+            addr(&mut o, Some(f.dst));
+            o.push(f.protocol);
+            o.extend_from_slice(&f.src_port.to_le_bytes());
+            o.extend_from_slice(&f.dst_port.to_le_bytes());
+            o.extend_from_slice(&f.spi.to_le_bytes());
+            for x in [f.bytes, f.packets, 1] {
+                o.extend_from_slice(&x.to_le_bytes());
+            }
+            o.extend_from_slice(&f.sampling.to_le_bytes());
+            addr(&mut o, f.nat.map(|n| n.0));
+            addr(&mut o, f.nat.map(|n| n.1));
+            o.push(f.direction);
+        }
+    }
+    o
+}
+
 /// RowBinary of one resolution's rows.
 fn encode(p: &Pending, res: i64, name: &str) -> (Vec<u8>, usize) {
-    fn string(o: &mut Vec<u8>, s: &[u8]) {
-        let mut n = s.len() as u64;
-        loop {
-            let b = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                o.push(b);
-                break;
-            }
-            o.push(b | 0x80);
-        }
-        o.extend_from_slice(s);
-    }
     let mut o = Vec::new();
     let mut n = 0;
     for (c, v) in p.rows.iter().filter(|(c, _)| c.resolution == res) {
@@ -147,13 +208,65 @@ impl Sink {
             self.stats.queue_batches = n;
             self.stats.lag_seconds = oldest.map_or(0.0, |o| (now_ms() - o).max(0) as f64 / 1000.0);
         }
+        if let Ok((n, records, oldest)) = raw::backlog(&self.conn) {
+            self.stats.raw_queue_batches = n;
+            self.stats.raw_queue_records = records;
+            self.stats.raw_lag_seconds =
+                oldest.map_or(0.0, |o| (now_ms() - o).max(0) as f64 / 1000.0);
+        }
         if let Ok(mut m) = metrics.lock() {
             m.clickhouse = Some(self.stats.clone());
         }
     }
 
-    /// One step: fold, take, send, acknowledge. `Ok(true)` when something was sent.
+    /// Raw records: bound the backlog, take, send, acknowledge. `Ok(true)` when something
+    /// was sent.
+    fn step_raw(&mut self) -> Result<bool, anyhow::Error> {
+        let (batches, records) = raw::bound(&mut self.conn, self.cfg.max_raw_backlog.get())?;
+        if batches > 0 {
+            tracing::warn!(
+                batches,
+                records,
+                max_raw_backlog = self.cfg.max_raw_backlog.get(),
+                "clickhouse raw backlog full: dropped the oldest raw batches (totals are kept)"
+            );
+            self.stats.raw_dropped_batches += batches;
+            self.stats.raw_dropped_records += records;
+        }
+        let Some(p) = raw::take(&self.conn, RAW_PER_INSERT)? else {
+            return Ok(false);
+        };
+        self.stats.raw_malformed += p.malformed as u64;
+        let body = encode_raw(&p, &self.cfg.collector_name);
+        self.client.execute(
+            &format!(
+                "INSERT INTO {}.{} (collector_name, batch, idx, exporter, domain, time_start, \
+                 time_end, start_msec, end_msec, label, tunnel, src_addr, dst_addr, protocol, \
+                 src_port, dst_port, ipsec_spi, bytes, packets, flows, sampling, nat_inside, \
+                 nat_public, direction) FORMAT RowBinary",
+                self.cfg.database,
+                schema::FLOWS
+            ),
+            &body,
+        )?;
+        let upto = p.batches.last().map_or(0, |b| b.0);
+        raw::acknowledge(&self.conn, upto)?;
+        self.stats.inserts += 1;
+        self.stats.raw_sent_records += p.batches.iter().map(|b| b.1.len() as u64).sum::<u64>();
+        Ok(true)
+    }
+
+    /// One step: totals, then raw records. `Ok(true)` when something was sent.
     fn step(&mut self) -> Result<bool, anyhow::Error> {
+        // Each goes on when the other fails; the first error drives the backoff.
+        // Raw batches committed while `raw` was on are sent after it is turned off too.
+        let totals = self.step_totals();
+        let raw = self.step_raw();
+        Ok(totals? | raw?)
+    }
+
+    /// Totals: fold, take, send, acknowledge. `Ok(true)` when something was sent.
+    fn step_totals(&mut self) -> Result<bool, anyhow::Error> {
         self.stats.folded_batches +=
             outbox::fold(&mut self.conn, self.cfg.max_backlog.get())? as u64;
         let Some(p) = outbox::take(&mut self.conn, self.cfg.max_batches_per_insert.get())? else {
@@ -182,6 +295,12 @@ impl Sink {
         for (res, keep) in self.agg.resolutions.iter().zip(&self.agg.retention) {
             let n =
                 schema::drop_expired(&self.client, &self.cfg.database, *res as i64, *keep, now)?;
+            self.stats.partitions_dropped += n as u64;
+        }
+        let finest = self.agg.resolutions.iter().zip(&self.agg.retention).min();
+        if let (true, Some((_, keep))) = (self.cfg.raw, finest) {
+            let db = &self.cfg.database;
+            let n = schema::drop_expired_in(&self.client, db, schema::FLOWS, *keep, now)?;
             self.stats.partitions_dropped += n as u64;
         }
         Ok(())
@@ -307,6 +426,21 @@ pub fn render_metrics(o: &mut String, s: &SinkStats) {
             s.lag_seconds,
         ),
         (
+            "labelflow_collector_clickhouse_raw_queue_batches",
+            "Raw-record batches waiting in the outbox for ClickHouse.",
+            s.raw_queue_batches as f64,
+        ),
+        (
+            "labelflow_collector_clickhouse_raw_queue_records",
+            "Raw flow records waiting in the outbox for ClickHouse.",
+            s.raw_queue_records as f64,
+        ),
+        (
+            "labelflow_collector_clickhouse_raw_lag_seconds",
+            "Age of the oldest raw-record batch waiting for ClickHouse (0: none waits).",
+            s.raw_lag_seconds,
+        ),
+        (
             "labelflow_collector_clickhouse_ack_lag_seconds",
             "Commit-to-acknowledgment time of the oldest batch in the last acknowledged insert.",
             s.ack_lag_seconds,
@@ -350,6 +484,26 @@ pub fn render_metrics(o: &mut String, s: &SinkStats) {
             "labelflow_collector_clickhouse_partitions_dropped_total",
             "Expired ClickHouse partitions dropped.",
             s.partitions_dropped,
+        ),
+        (
+            "labelflow_collector_clickhouse_raw_sent_records_total",
+            "Raw flow records acknowledged by ClickHouse.",
+            s.raw_sent_records,
+        ),
+        (
+            "labelflow_collector_clickhouse_raw_dropped_batches_total",
+            "Raw-record batches dropped, oldest first, to stay within max_raw_backlog.",
+            s.raw_dropped_batches,
+        ),
+        (
+            "labelflow_collector_clickhouse_raw_dropped_records_total",
+            "Raw flow records dropped with their batches (max_raw_backlog); totals are kept.",
+            s.raw_dropped_records,
+        ),
+        (
+            "labelflow_collector_clickhouse_raw_malformed_total",
+            "Raw-record batches that could not be read whole.",
+            s.raw_malformed,
         ),
     ];
     for (name, help, v) in counters {

@@ -1,0 +1,563 @@
+//! Raw flow records for ClickHouse (`[clickhouse] raw = true`): what the aggregator counted,
+//! record by record, carried through the SQLite outbox to the `flows` table.
+//!
+//! ```text
+//!  ingest: Labels::add ──► RawLog (one compact buffer per batch; label/tunnel as ids)
+//!  take_raw_batch ──► RawRecords (blob: names of the ids used, then per datagram
+//!                     [exporter, domain, count] and its records)
+//!  Store::commit ──► clickhouse_raw_outbox(batch, created_ms, records, blob), same
+//!                    transaction as the counts
+//!  sink ──► flows(collector_name, batch, idx, ...) ReplacingMergeTree, ORDER BY
+//!           (collector_name, batch, idx); reads use FINAL
+//! ```
+//!
+//! Exactly once as far as reads can tell: a record's identity is (collector, outbox batch
+//! id, index in the batch), fixed when the batch is committed. A retried insert writes the
+//! same rows with the same identities; merges keep one of them and `FINAL` collapses the
+//! ones not merged yet. Batch ids come from an AUTOINCREMENT sequence seeded with the
+//! outbox's creation time in microseconds, so a recreated database does not reuse them.
+//!
+//! Nothing here runs when `raw` is off: the ingest holds no [`RawLog`] and pays one branch
+//! per record.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use rusqlite::{params, Connection, Transaction};
+
+use crate::aggregate::Flow;
+
+/// A batch's raw records, encoded (see the module docs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawRecords {
+    pub blob: Vec<u8>,
+    pub records: u64,
+}
+
+/// Octets of raw records after which the ingest hands its batch to the store early
+/// (about 200,000 records): one outbox BLOB and one commit stay a few MiB.
+pub const MAX_BATCH_BYTES: usize = 16 << 20;
+
+/// Collects the records of the current batch in the ingest.
+#[derive(Debug, Default)]
+pub struct RawLog {
+    buf: Vec<u8>,
+    /// Offset of the current datagram's header, and its record count so far.
+    group: Option<(usize, u32)>,
+    records: u64,
+    labels: Vec<u32>,
+    tunnels: Vec<u32>,
+}
+
+const NO_SPI: u8 = 1;
+const NO_TUNNEL: u8 = 2;
+const HAS_NAT: u8 = 4;
+const HAS_DIRECTION: u8 = 8;
+const REPLY: u8 = 16;
+
+fn put_addr(o: &mut Vec<u8>, a: IpAddr) {
+    match a {
+        IpAddr::V4(v) => {
+            o.push(4);
+            o.extend_from_slice(&v.octets());
+        }
+        IpAddr::V6(v) => {
+            o.push(6);
+            o.extend_from_slice(&v.octets());
+        }
+    }
+}
+
+fn put_name(o: &mut Vec<u8>, id: u32, name: &str) {
+    o.extend_from_slice(&id.to_le_bytes());
+    o.extend_from_slice(&(name.len() as u32).to_le_bytes());
+    o.extend_from_slice(name.as_bytes());
+}
+
+impl RawLog {
+    /// A datagram from `exporter` begins; its domain is set by [`RawLog::end_datagram`].
+    pub fn begin_datagram(&mut self, exporter: IpAddr) {
+        let at = self.buf.len();
+        put_addr(&mut self.buf, exporter);
+        self.buf.extend_from_slice(&[0; 8]);
+        self.group = Some((at, 0));
+    }
+
+    /// The datagram ended: its observation domain (`None`: nothing was decoded).
+    pub fn end_datagram(&mut self, domain: Option<u32>) {
+        let Some((at, n)) = self.group.take() else {
+            return;
+        };
+        match domain {
+            Some(d) if n > 0 => {
+                let h = at + if self.buf[at] == 4 { 5 } else { 17 };
+                self.buf[h..h + 4].copy_from_slice(&d.to_le_bytes());
+                self.buf[h + 4..h + 8].copy_from_slice(&n.to_le_bytes());
+            }
+            _ => {
+                // A datagram delivers records only when it decodes (`Ok`), so none are
+                // lost here; the header alone goes.
+                debug_assert!(n == 0 || domain.is_some());
+                self.buf.truncate(at);
+            }
+        }
+    }
+
+    /// One record as the aggregator counted it (bytes and packets scaled by its sampling).
+    pub fn push(&mut self, f: &Flow) {
+        let Some((_, n)) = &mut self.group else {
+            return;
+        };
+        *n += 1;
+        self.records += 1;
+        let o = &mut self.buf;
+        o.extend_from_slice(&f.label.to_le_bytes());
+        let mut flags = 0;
+        if f.spi.is_none() {
+            flags |= NO_SPI;
+        }
+        if f.tunnel.is_none() {
+            flags |= NO_TUNNEL;
+        }
+        if f.nat.is_some() {
+            flags |= HAS_NAT;
+        }
+        match f.reply {
+            Some(true) => flags |= HAS_DIRECTION | REPLY,
+            Some(false) => flags |= HAS_DIRECTION,
+            None => {}
+        }
+        o.push(flags);
+        put_addr(o, f.src);
+        put_addr(o, f.dst);
+        o.push(f.protocol);
+        o.extend_from_slice(&f.src_port.to_le_bytes());
+        o.extend_from_slice(&f.dst_port.to_le_bytes());
+        if let Some(s) = f.spi {
+            o.extend_from_slice(&s.to_le_bytes());
+        }
+        if let Some(t) = f.tunnel {
+            o.extend_from_slice(&t.to_le_bytes());
+            if !self.tunnels.contains(&t) {
+                self.tunnels.push(t);
+            }
+        }
+        let scale = u64::from(f.sampling.max(1));
+        o.extend_from_slice(&f.bytes.saturating_mul(scale).to_le_bytes());
+        o.extend_from_slice(&f.packets.saturating_mul(scale).to_le_bytes());
+        o.extend_from_slice(&f.sampling.to_le_bytes());
+        o.extend_from_slice(&f.start_ms.to_le_bytes());
+        o.extend_from_slice(&f.end_ms.to_le_bytes());
+        if let Some((inside, public)) = f.nat {
+            put_addr(o, inside);
+            put_addr(o, public);
+        }
+        if !self.labels.contains(&f.label) {
+            self.labels.push(f.label);
+        }
+    }
+
+    /// Octets buffered for the current batch.
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Take the batch's records; `label` and `tunnel` name the ids.
+    pub fn take<'a>(
+        &mut self,
+        label: impl Fn(u32) -> &'a str,
+        tunnel: impl Fn(u32) -> &'a str,
+    ) -> Option<RawRecords> {
+        if self.records == 0 {
+            self.buf.clear();
+            self.labels.clear();
+            self.tunnels.clear();
+            return None;
+        }
+        let mut blob = Vec::with_capacity(self.buf.len() + 64);
+        blob.extend_from_slice(&(self.labels.len() as u32).to_le_bytes());
+        for id in self.labels.drain(..) {
+            put_name(&mut blob, id, label(id));
+        }
+        blob.extend_from_slice(&(self.tunnels.len() as u32).to_le_bytes());
+        for id in self.tunnels.drain(..) {
+            put_name(&mut blob, id, tunnel(id));
+        }
+        blob.extend_from_slice(&self.buf);
+        self.buf.clear();
+        Some(RawRecords {
+            blob,
+            records: std::mem::take(&mut self.records),
+        })
+    }
+}
+
+/// One decoded raw record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawFlow {
+    pub exporter: IpAddr,
+    pub domain: u32,
+    pub label: String,
+    /// Empty when the exporter named none.
+    pub tunnel: String,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub protocol: u8,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// 0 when none.
+    pub spi: u32,
+    pub bytes: u64,
+    pub packets: u64,
+    pub sampling: u32,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    /// (inside, public) of a NAT pair.
+    pub nat: Option<(IpAddr, IpAddr)>,
+    /// 0 unknown, 1 initiator's packets, 2 responder's (RFC 5103 biflowDirection).
+    pub direction: u8,
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (h, t) = (self.0.get(..n)?, self.0.get(n..)?);
+        self.0 = t;
+        Some(h)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn addr(&mut self) -> Option<IpAddr> {
+        match self.u8()? {
+            4 => Some(IpAddr::V4(Ipv4Addr::from(
+                <[u8; 4]>::try_from(self.take(4)?).ok()?,
+            ))),
+            6 => Some(IpAddr::V6(Ipv6Addr::from(
+                <[u8; 16]>::try_from(self.take(16)?).ok()?,
+            ))),
+            _ => None,
+        }
+    }
+    fn names(&mut self) -> Option<HashMap<u32, String>> {
+        let n = self.u32()?;
+        let mut m = HashMap::new();
+        for _ in 0..n {
+            let id = self.u32()?;
+            let len = self.u32()? as usize;
+            m.insert(id, String::from_utf8(self.take(len)?.to_vec()).ok()?);
+        }
+        Some(m)
+    }
+}
+
+/// The records of a blob, in order. `Err(n)`: the blob is malformed after `n` records
+/// (a blob this collector did not write); those before are returned in `out`.
+pub fn decode(blob: &[u8], out: &mut Vec<RawFlow>) -> Result<(), usize> {
+    let start = out.len();
+    let mut r = Reader(blob);
+    let bad = |out: &Vec<RawFlow>| out.len() - start;
+    let (Some(labels), Some(tunnels)) = (r.names(), r.names()) else {
+        return Err(0);
+    };
+    while !r.0.is_empty() {
+        let group = (|| Some((r.addr()?, r.u32()?, r.u32()?)))();
+        let Some((exporter, domain, n)) = group else {
+            return Err(bad(out));
+        };
+        for _ in 0..n {
+            let Some(f) = decode_one(&mut r, exporter, domain, &labels, &tunnels) else {
+                return Err(bad(out));
+            };
+            out.push(f);
+        }
+    }
+    Ok(())
+}
+
+fn decode_one(
+    r: &mut Reader<'_>,
+    exporter: IpAddr,
+    domain: u32,
+    labels: &HashMap<u32, String>,
+    tunnels: &HashMap<u32, String>,
+) -> Option<RawFlow> {
+    let label = labels.get(&r.u32()?)?.clone();
+    let flags = r.u8()?;
+    let (src, dst, protocol) = (r.addr()?, r.addr()?, r.u8()?);
+    let (src_port, dst_port) = (r.u16()?, r.u16()?);
+    let spi = if flags & NO_SPI == 0 { r.u32()? } else { 0 };
+    let tunnel = if flags & NO_TUNNEL == 0 {
+        tunnels.get(&r.u32()?)?.clone()
+    } else {
+        String::new()
+    };
+    let (bytes, packets, sampling) = (r.u64()?, r.u64()?, r.u32()?);
+    let (start_ms, end_ms) = (r.u64()?, r.u64()?);
+    let nat = if flags & HAS_NAT != 0 {
+        Some((r.addr()?, r.addr()?))
+    } else {
+        None
+    };
+    let direction = match (flags & HAS_DIRECTION != 0, flags & REPLY != 0) {
+        (false, _) => 0,
+        (true, false) => 1,
+        (true, true) => 2,
+    };
+    Some(RawFlow {
+        exporter,
+        domain,
+        label,
+        tunnel,
+        src,
+        dst,
+        protocol,
+        src_port,
+        dst_port,
+        spi,
+        bytes,
+        packets,
+        sampling,
+        start_ms,
+        end_ms,
+        nat,
+        direction,
+    })
+}
+
+/// Create the raw outbox if needed, its batch ids seeded like the totals' outbox.
+pub fn create(conn: &Connection, now_us: i64) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS clickhouse_raw_outbox (
+             batch INTEGER PRIMARY KEY AUTOINCREMENT,
+             created_ms INTEGER NOT NULL,
+             records INTEGER NOT NULL,
+             blob BLOB NOT NULL)",
+    )?;
+    conn.execute(
+        "INSERT INTO sqlite_sequence (name, seq)
+         SELECT 'clickhouse_raw_outbox', ?1
+         WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'clickhouse_raw_outbox')",
+        params![now_us],
+    )?;
+    Ok(())
+}
+
+/// Queue a batch's records inside the commit's transaction `tx`.
+pub fn record(tx: &Transaction<'_>, raw: &RawRecords) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO clickhouse_raw_outbox (created_ms, records, blob)
+         VALUES (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER), ?1, ?2)",
+    )?
+    .execute(params![raw.records as i64, raw.blob])?;
+    Ok(())
+}
+
+/// Raw batches and records waiting, and the oldest one's creation time (ms).
+pub fn backlog(conn: &Connection) -> rusqlite::Result<(u64, u64, Option<i64>)> {
+    conn.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(records), 0), MIN(created_ms) FROM clickhouse_raw_outbox",
+        [],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, i64>(1)? as u64,
+                r.get(2)?,
+            ))
+        },
+    )
+}
+
+/// Raw batches waiting in the database at `path` (for tools and tests).
+pub fn waiting(path: &std::path::Path) -> rusqlite::Result<u64> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(backlog(&conn)?.0)
+}
+
+/// Keep at most `max_batches` raw batches: drop the oldest. Returns (batches, records)
+/// dropped.
+pub fn bound(conn: &mut Connection, max_batches: usize) -> rusqlite::Result<(u64, u64)> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let count: i64 = tx.query_row("SELECT COUNT(*) FROM clickhouse_raw_outbox", [], |r| {
+        r.get(0)
+    })?;
+    let excess = count - max_batches as i64;
+    if excess <= 0 {
+        return Ok((0, 0));
+    }
+    let (last, records): (i64, i64) = tx.query_row(
+        "SELECT MAX(batch), SUM(records) FROM
+           (SELECT batch, records FROM clickhouse_raw_outbox ORDER BY batch LIMIT ?1)",
+        params![excess],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    tx.execute(
+        "DELETE FROM clickhouse_raw_outbox WHERE batch <= ?1",
+        params![last],
+    )?;
+    tx.commit()?;
+    Ok((excess as u64, records as u64))
+}
+
+/// Raw batches due: the oldest ones, at least one, up to about `max_records` records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRaw {
+    /// (batch id, records) of each batch, oldest first.
+    pub batches: Vec<(i64, Vec<RawFlow>)>,
+    pub oldest_ms: i64,
+    /// Batches that could not be read whole (their readable records are sent).
+    pub malformed: usize,
+}
+
+pub fn take(conn: &Connection, max_records: u64) -> rusqlite::Result<Option<PendingRaw>> {
+    let mut st = conn.prepare_cached(
+        "SELECT batch, created_ms, records, blob FROM clickhouse_raw_outbox ORDER BY batch",
+    )?;
+    let mut rows = st.query([])?;
+    let (mut batches, mut oldest_ms, mut malformed, mut n) = (Vec::new(), i64::MAX, 0, 0u64);
+    while let Some(r) = rows.next()? {
+        let records = r.get::<_, i64>(2)? as u64;
+        if !batches.is_empty() && n + records > max_records {
+            break;
+        }
+        n += records;
+        oldest_ms = oldest_ms.min(r.get(1)?);
+        let mut flows = Vec::with_capacity(records as usize);
+        if decode(r.get_ref(3)?.as_blob()?, &mut flows).is_err() {
+            malformed += 1;
+        }
+        batches.push((r.get(0)?, flows));
+    }
+    Ok((!batches.is_empty()).then_some(PendingRaw {
+        batches,
+        oldest_ms,
+        malformed,
+    }))
+}
+
+/// ClickHouse acknowledged the raw batches up to `upto`.
+pub fn acknowledge(conn: &Connection, upto: i64) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM clickhouse_raw_outbox WHERE batch <= ?1",
+        params![upto],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(label: u32, tunnel: Option<u32>, v6: bool) -> Flow {
+        let a = if v6 {
+            "2001:db8::1".parse().unwrap()
+        } else {
+            "10.0.0.1".parse().unwrap()
+        };
+        Flow {
+            label,
+            src: a,
+            dst: "192.0.2.9".parse().unwrap(),
+            protocol: 50,
+            src_port: 0,
+            dst_port: 0,
+            spi: Some(0x1234),
+            tunnel,
+            bytes: 1000,
+            packets: 3,
+            sampling: 2,
+            start_ms: 1_700_000_000_123,
+            end_ms: 1_700_000_001_456,
+            nat: v6.then(|| ("10.0.0.1".parse().unwrap(), "203.0.113.1".parse().unwrap())),
+            reply: v6.then_some(true),
+        }
+    }
+
+    #[test]
+    fn records_roundtrip_per_datagram_and_stop_at_garbage() {
+        let names = ["esp", "other"];
+        let mut log = RawLog::default();
+        assert!(log.take(|i| names[i as usize], |_| "t").is_none());
+        let e1: IpAddr = "127.0.0.1".parse().unwrap();
+        log.begin_datagram(e1);
+        log.push(&flow(0, None, false));
+        log.push(&flow(1, Some(0), true));
+        log.end_datagram(Some(7));
+        // A datagram that decoded nothing leaves nothing behind.
+        log.begin_datagram("::1".parse().unwrap());
+        log.end_datagram(None);
+        log.begin_datagram("::1".parse().unwrap());
+        log.push(&flow(0, None, false));
+        log.end_datagram(Some(9));
+        let raw = log.take(|i| names[i as usize], |_| "tun-a").unwrap();
+        assert_eq!(raw.records, 3);
+        let mut out = Vec::new();
+        decode(&raw.blob, &mut out).unwrap();
+        assert_eq!(out.len(), 3);
+        assert_eq!((out[0].exporter, out[0].domain), (e1, 7));
+        assert_eq!(
+            (out[0].label.as_str(), out[0].tunnel.as_str(), out[0].spi),
+            ("esp", "", 0x1234)
+        );
+        assert_eq!(
+            (out[0].bytes, out[0].packets, out[0].sampling),
+            (2000, 6, 2)
+        );
+        assert_eq!((out[0].nat, out[0].direction), (None, 0));
+        assert_eq!(
+            (out[1].label.as_str(), out[1].tunnel.as_str()),
+            ("other", "tun-a")
+        );
+        assert_eq!(out[1].src, "2001:db8::1".parse::<IpAddr>().unwrap());
+        assert_eq!(out[1].direction, 2);
+        assert!(out[1].nat.is_some());
+        assert_eq!((out[2].domain, out[2].end_ms), (9, 1_700_000_001_456));
+        // Cut short: the records before the damage come back.
+        let mut out = Vec::new();
+        assert_eq!(decode(&raw.blob[..raw.blob.len() - 3], &mut out), Err(2));
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn outbox_bounds_backlog_by_dropping_the_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("r.db")).unwrap();
+        create(&conn, 5_000_000).unwrap();
+        let names = ["a"];
+        for i in 0..5 {
+            let mut log = RawLog::default();
+            log.begin_datagram("127.0.0.1".parse().unwrap());
+            for _ in 0..=i {
+                log.push(&flow(0, None, false));
+            }
+            log.end_datagram(Some(1));
+            let raw = log.take(|i| names[i as usize], |_| "").unwrap();
+            let tx = conn.transaction().unwrap();
+            record(&tx, &raw).unwrap();
+            tx.commit().unwrap();
+        }
+        assert_eq!(backlog(&conn).unwrap().0, 5);
+        // The two oldest (1 + 2 records) go.
+        assert_eq!(bound(&mut conn, 3).unwrap(), (2, 3));
+        assert_eq!(bound(&mut conn, 3).unwrap(), (0, 0));
+        // At least one batch, then whole batches up to the record budget.
+        let p = take(&conn, 6).unwrap().unwrap();
+        let ids: Vec<i64> = p.batches.iter().map(|b| b.0).collect();
+        assert_eq!(ids, [5_000_003]);
+        let p = take(&conn, 8).unwrap().unwrap();
+        assert_eq!(p.batches.len(), 2);
+        assert_eq!(p.batches[1].1.len(), 4);
+        acknowledge(&conn, p.batches[1].0).unwrap();
+        assert_eq!(backlog(&conn).unwrap(), (1, 5, backlog(&conn).unwrap().2));
+    }
+}
