@@ -299,29 +299,7 @@ fn run(cli: Cli) -> Result<()> {
             lab,
             rules: fw,
             addr: extra,
-        } => {
-            let lab = match lab {
-                Some(p) => Lab::up_named(&p)?,
-                // Not the automatic `lf<pid>n<k>` form: `down --stale` would take it for an
-                // orphan once this command exits.
-                None => Lab::up_named(&format!("lab{}", std::process::id()))?,
-            };
-            for a in &extra {
-                let (role, cidr) = a
-                    .split_once('=')
-                    .with_context(|| format!("--addr {a:?}: expected ROLE=IP/LEN"))?;
-                lab.add_addr(parse_role(role)?, cidr)
-                    .with_context(|| format!("--addr {a}"))?;
-            }
-            if let Some(fw) = fw {
-                rules::load(&lab, fw.into())?;
-            }
-            println!("LAB={}", lab.prefix());
-            println!("INET_NS={}", lab.inet());
-            println!("GW_NS={}", lab.gw());
-            println!("LAN_NS={}", lab.lan());
-            lab.keep();
-        }
+        } => up_cmd(lab, fw, &extra)?,
         Cmd::Rules {
             lab,
             firewall,
@@ -332,20 +310,7 @@ fn run(cli: Cli) -> Result<()> {
             lab,
             groups,
             timeout,
-        } => {
-            let lab = Lab::attach(&lab)?;
-            let deadline = Instant::now() + Duration::from_secs(timeout);
-            loop {
-                let bound = process::bound_nflog_groups(&lab)?;
-                if groups.iter().all(|g| bound.contains(g)) {
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    bail!("groups {groups:?} not bound within {timeout}s (bound: {bound:?})");
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        } => ready_cmd(&lab, &groups, timeout)?,
         Cmd::Drained {
             lab,
             groups,
@@ -414,6 +379,47 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+fn up_cmd(lab: Option<String>, fw: Option<Fw>, extra: &[String]) -> Result<()> {
+    let lab = match lab {
+        Some(p) => Lab::up_named(&p)?,
+        // Not the automatic `lf<pid>n<k>` form: `down --stale` would take it for an
+        // orphan once this command exits.
+        None => Lab::up_named(&format!("lab{}", std::process::id()))?,
+    };
+    for a in extra {
+        let (role, cidr) = a
+            .split_once('=')
+            .with_context(|| format!("--addr {a:?}: expected ROLE=IP/LEN"))?;
+        lab.add_addr(parse_role(role)?, cidr)
+            .with_context(|| format!("--addr {a}"))?;
+    }
+    if let Some(fw) = fw {
+        rules::load(&lab, fw.into())?;
+    }
+    println!("LAB={}", lab.prefix());
+    println!("INET_NS={}", lab.inet());
+    println!("GW_NS={}", lab.gw());
+    println!("LAN_NS={}", lab.lan());
+    lab.keep();
+    Ok(())
+}
+
+fn ready_cmd(lab: &str, groups: &[u16], timeout: u64) -> Result<()> {
+    let lab = Lab::attach(lab)?;
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    loop {
+        let bound = process::bound_nflog_groups(&lab)?;
+        if groups.iter().all(|g| bound.contains(g)) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!("groups {groups:?} not bound within {timeout}s (bound: {bound:?})");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
 }
