@@ -248,13 +248,10 @@ fn now_secs() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-fn load_report(q: &QueryArgs) -> anyhow::Result<report::Report> {
-    let by_collector = q.by == "collector";
-    if by_collector && q.clickhouse.is_none() {
-        anyhow::bail!("--by collector needs --clickhouse (one database holds one collector)");
-    }
-    let query = http::parse_query(
-        if by_collector { "label" } else { &q.by },
+/// The report query the command line asks for, by dimension `by`.
+fn parse_query(q: &QueryArgs, by: &str) -> anyhow::Result<report::Query> {
+    http::parse_query(
+        by,
         q.bucket.as_deref(),
         q.last.as_deref(),
         q.from.as_deref(),
@@ -262,7 +259,15 @@ fn load_report(q: &QueryArgs) -> anyhow::Result<report::Report> {
         q.top,
         now_secs(),
     )
-    .map_err(anyhow::Error::msg)?;
+    .map_err(anyhow::Error::msg)
+}
+
+fn load_report(q: &QueryArgs) -> anyhow::Result<report::Report> {
+    let by_collector = q.by == "collector";
+    if by_collector && q.clickhouse.is_none() {
+        anyhow::bail!("--by collector needs --clickhouse (one database holds one collector)");
+    }
+    let query = parse_query(q, if by_collector { "label" } else { &q.by })?;
     let query = report::Query {
         keys: q.keys.clone(),
         ..query
@@ -299,16 +304,7 @@ fn flows_cmd(q: &QueryArgs, format: Format) -> anyhow::Result<()> {
     let Some(url) = &q.clickhouse else {
         anyhow::bail!("--by flow needs --clickhouse (raw records live in its flows table)");
     };
-    let query = http::parse_query(
-        "label",
-        q.bucket.as_deref(),
-        q.last.as_deref(),
-        q.from.as_deref(),
-        q.to.as_deref(),
-        q.top,
-        now_secs(),
-    )
-    .map_err(anyhow::Error::msg)?;
+    let query = parse_query(q, "label")?;
     let client = clickhouse_client(q, url)?;
     let range = (query.from, query.to);
     let rows = flows::top_flows(
