@@ -25,6 +25,7 @@ use crate::export::{ExportConfig, ExportMeta, GroupMeta, InterfaceMeta, TargetSt
 use crate::ipsec::ViciWatcher;
 use crate::nflog::{GroupConfig, NflogConfig, NflogSocket, SourceStats};
 use crate::pipeline::{Pipeline, PipelineStats};
+use crate::replay::ahead::{Ahead, PREFETCH_AHEAD};
 use crate::replay::{CaptureReader, ReplayStats};
 
 /// Wall-clock milliseconds, from one anchor taken at start and the monotonic clock since.
@@ -553,7 +554,7 @@ fn log_conntrack(c: &ConntrackSummary) {
 /// metadata belong to `label` (pseudo group 0).
 pub fn run_replay(cfg: &Config, path: &Path, label: Option<&str>) -> anyhow::Result<RunSummary> {
     const PSEUDO_GROUP: u16 = 0;
-    let mut reader = CaptureReader::open(path, PSEUDO_GROUP)
+    let reader = CaptureReader::open(path, PSEUDO_GROUP)
         .with_context(|| format!("cannot replay {}", path.display()))?;
     let mut labels: Vec<(u16, String)> =
         cfg.groups.iter().map(|g| (g.id, g.label.clone())).collect();
@@ -583,28 +584,38 @@ pub fn run_replay(cfg: &Config, path: &Path, label: Option<&str>) -> anyhow::Res
     exporters.set_meta(&export_meta(&meta_cfg, None));
     let mut pipeline = Pipeline::new(cache_config(cfg, labels));
     let mut decode_log = RateLimit::new(Duration::from_secs(10));
+    let ahead = Ahead::start(reader, pipeline.decoder(), pipeline.keyer(), move |e| {
+        if let Some(held) = decode_log.allow() {
+            tracing::warn!(error = %e, similar_held_back = held, "packet skipped");
+        }
+    })
+    .context("cannot start the replay's reader thread")?;
     let mut last = 0u64;
     let mut next_deadline: Option<u64> = None;
-
-    let result = reader.for_each_packet(|meta, payload| {
-        let ts = meta.timestamp_ms.unwrap_or(last).max(last);
-        last = ts;
-        if let Err(e) = pipeline.handle(meta, payload, ts) {
-            if let Some(held) = decode_log.allow() {
-                tracing::warn!(error = %e, similar_held_back = held, "packet skipped");
+    while let Some(batch) = ahead.next_batch() {
+        for i in 0..batch.len() {
+            if let Some(p) = batch.prepared(i + PREFETCH_AHEAD) {
+                pipeline.prefetch(p);
+            }
+            let (meta, pkt, prepared) = batch.get(i);
+            let ts = meta.timestamp_ms.unwrap_or(last).max(last);
+            last = ts;
+            pipeline.observe_prepared(&meta, pkt, prepared, ts);
+            if next_deadline.is_none_or(|d| ts >= d) {
+                pipeline.expire(ts, &mut |rec| exporters.push(&rec, ts));
+                exporters.tick(ts);
+                next_deadline = [pipeline.next_deadline(), exporters.next_deadline()]
+                    .into_iter()
+                    .flatten()
+                    .min();
             }
         }
-        if next_deadline.is_none_or(|d| ts >= d) {
-            pipeline.expire(ts, &mut |rec| exporters.push(&rec, ts));
-            exporters.tick(ts);
-            next_deadline = [pipeline.next_deadline(), exporters.next_deadline()]
-                .into_iter()
-                .flatten()
-                .min();
-        }
-    });
+        ahead.recycle(batch);
+    }
+    let (result, decoded) = ahead.finish();
+    pipeline.add_decoded(&decoded);
     let replay = match result {
-        Ok(stats) => stats.clone(),
+        Ok(stats) => stats,
         Err(e) => {
             // What came before the damage is counted and exported; the error is still an error.
             pipeline.flush(last, &mut |rec| exporters.push(&rec, last));

@@ -28,8 +28,8 @@
 
 use labelflow_proto::FlowRecord;
 
-use crate::cache::{CacheConfig, CacheStats, FlowCache};
-use crate::decode::{decode_with, DecodeError, DecodeErrorKind, IpsecPorts, Partial};
+use crate::cache::{CacheConfig, CacheStats, FlowCache, Keyer, Prepared};
+use crate::decode::{decode_with, DecodeError, DecodeErrorKind, Decoded, IpsecPorts, Partial};
 use crate::packet::PacketMeta;
 
 /// Decode outcomes since the pipeline was created.
@@ -68,20 +68,61 @@ pub struct PipelineStats {
     pub cache: CacheStats,
 }
 
+/// Packet decode with per-reason counters: the first half of a [`Pipeline`], which a
+/// replay runs on a thread of its own.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    ports: IpsecPorts,
+    stats: DecodeStats,
+}
+
+impl Decoder {
+    pub fn new(ports: IpsecPorts) -> Self {
+        Decoder {
+            ports,
+            stats: DecodeStats::default(),
+        }
+    }
+
+    /// Decodes one packet, counting the outcome.
+    #[inline]
+    pub fn decode(
+        &mut self,
+        meta: &PacketMeta<'_>,
+        payload: &[u8],
+    ) -> Result<Decoded, DecodeError> {
+        match decode_with(meta.l3, payload, &self.ports) {
+            Ok(pkt) => {
+                self.stats.decoded += 1;
+                if let Some(p) = pkt.partial {
+                    self.stats.partial[p.index()] += 1;
+                }
+                Ok(pkt)
+            }
+            Err(e) => {
+                self.stats.errors[e.kind().index()] += 1;
+                Err(e)
+            }
+        }
+    }
+
+    pub fn stats(&self) -> &DecodeStats {
+        &self.stats
+    }
+}
+
 /// Packet decode feeding a [`FlowCache`], with per-reason decode counters.
 #[derive(Debug)]
 pub struct Pipeline {
     cache: FlowCache,
-    decode: DecodeStats,
-    ipsec_ports: IpsecPorts,
+    decoder: Decoder,
 }
 
 impl Pipeline {
     pub fn new(config: CacheConfig) -> Self {
         Pipeline {
-            ipsec_ports: config.ipsec_ports,
+            decoder: Decoder::new(config.ipsec_ports),
             cache: FlowCache::new(config),
-            decode: DecodeStats::default(),
         }
     }
 
@@ -93,19 +134,50 @@ impl Pipeline {
         payload: &[u8],
         now_ms: u64,
     ) -> Result<(), DecodeError> {
-        match decode_with(meta.l3, payload, &self.ipsec_ports) {
-            Ok(pkt) => {
-                self.decode.decoded += 1;
-                if let Some(p) = pkt.partial {
-                    self.decode.partial[p.index()] += 1;
-                }
-                self.cache.observe(meta, &pkt, now_ms);
-                Ok(())
-            }
-            Err(e) => {
-                self.decode.errors[e.kind().index()] += 1;
-                Err(e)
-            }
+        let pkt = self.decoder.decode(meta, payload)?;
+        self.cache.observe(meta, &pkt, now_ms);
+        Ok(())
+    }
+
+    /// A decoder like this pipeline's, with its own counters (see
+    /// [`add_decoded`](Self::add_decoded)).
+    pub fn decoder(&self) -> Decoder {
+        Decoder::new(self.decoder.ports)
+    }
+
+    /// See [`FlowCache::keyer`].
+    pub fn keyer(&self) -> Keyer {
+        self.cache.keyer()
+    }
+
+    /// See [`FlowCache::prefetch`].
+    #[inline]
+    pub fn prefetch(&self, prepared: &Prepared) {
+        self.cache.prefetch(prepared);
+    }
+
+    /// Counts a packet decoded by a [`decoder`](Self::decoder) and prepared by a
+    /// [`keyer`](Self::keyer) into its flow.
+    #[inline]
+    pub fn observe_prepared(
+        &mut self,
+        meta: &PacketMeta<'_>,
+        pkt: &Decoded,
+        prepared: Prepared,
+        now_ms: u64,
+    ) {
+        self.cache.observe_prepared(meta, pkt, prepared, now_ms);
+    }
+
+    /// Adds the counters of a [`decoder`](Self::decoder) that fed this pipeline.
+    pub fn add_decoded(&mut self, other: &DecodeStats) {
+        let d = &mut self.decoder.stats;
+        d.decoded += other.decoded;
+        for (a, b) in d.errors.iter_mut().zip(&other.errors) {
+            *a += b;
+        }
+        for (a, b) in d.partial.iter_mut().zip(&other.partial) {
+            *a += b;
         }
     }
 
@@ -126,7 +198,7 @@ impl Pipeline {
 
     pub fn stats(&self) -> PipelineStats {
         PipelineStats {
-            decode: self.decode,
+            decode: self.decoder.stats,
             cache: self.cache.stats(),
         }
     }

@@ -26,6 +26,7 @@ use crate::nflog::wire;
 use crate::packet::{PacketMeta, L3};
 use crate::prefetch::prefetch;
 
+pub mod ahead;
 pub mod format;
 
 use format::{Cursor, FormatError, Record, Unit};

@@ -127,6 +127,30 @@ pub struct CacheStats {
     pub pending: u64,
 }
 
+/// A packet's flow key and its hash, from [`Keyer::prepare`].
+#[derive(Debug, Clone, Copy)]
+pub struct Prepared {
+    key: FlowKey,
+    hash: u64,
+}
+
+/// Computes a [`FlowCache`]'s keys and hashes, on any thread.
+#[derive(Debug, Clone)]
+pub struct Keyer {
+    hasher: foldhash::fast::RandomState,
+}
+
+impl Keyer {
+    #[inline]
+    pub fn prepare(&self, meta: &PacketMeta<'_>, pkt: &Decoded) -> Prepared {
+        let key = FlowKey::new(meta, pkt);
+        Prepared {
+            key,
+            hash: self.hasher.hash_one(key),
+        }
+    }
+}
+
 /// One flow: 92 bytes.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
@@ -243,11 +267,45 @@ impl FlowCache {
 
     /// Counts one decoded packet into its flow.
     pub fn observe(&mut self, meta: &PacketMeta<'_>, pkt: &Decoded, now_ms: u64) {
+        let key = FlowKey::new(meta, pkt);
+        let hash = self.hasher.hash_one(key);
+        self.observe_prepared(meta, pkt, Prepared { key, hash }, now_ms);
+    }
+
+    /// What computes this cache's flow keys and hashes: another thread can
+    /// [`prepare`](Keyer::prepare) packets for it.
+    pub fn keyer(&self) -> Keyer {
+        Keyer {
+            hasher: self.hasher.clone(),
+        }
+    }
+
+    /// Prefetches the slots a lookup of `prepared` may compare: a caller that knows the
+    /// next few packets finds their slots in cache when it observes them. A hint only.
+    #[inline]
+    pub fn prefetch(&self, prepared: &Prepared) {
+        for &id in self.index.iter_hash(prepared.hash) {
+            if let Some(slot) = self.slots.get(id as usize) {
+                // 92 bytes over at most two cache lines: the key's and the counters'.
+                crate::prefetch::prefetch(slot);
+                crate::prefetch::prefetch(&slot.links);
+            }
+        }
+    }
+
+    /// [`observe`](Self::observe) of a packet whose key and hash a [`Keyer`] of this cache
+    /// computed.
+    pub fn observe_prepared(
+        &mut self,
+        meta: &PacketMeta<'_>,
+        pkt: &Decoded,
+        prepared: Prepared,
+        now_ms: u64,
+    ) {
+        let Prepared { key, hash } = prepared;
         let now = self.tick(now_ms);
         self.stats.packets += 1;
         self.stats.bytes += u64::from(pkt.length);
-        let key = FlowKey::new(meta, pkt);
-        let hash = self.hasher.hash_one(key);
         let slots = &self.slots;
         let found = self
             .index
