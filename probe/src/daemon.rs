@@ -25,7 +25,7 @@ use crate::export::{ExportConfig, ExportMeta, GroupMeta, InterfaceMeta, TargetSt
 use crate::ipsec::ViciWatcher;
 use crate::nflog::{GroupConfig, NflogConfig, NflogSocket, SourceStats};
 use crate::pipeline::{Pipeline, PipelineStats};
-use crate::replay::ahead::{Ahead, PREFETCH_AHEAD};
+use crate::replay::ahead::Ahead;
 use crate::replay::{CaptureReader, ReplayStats};
 
 /// Wall-clock milliseconds, from one anchor taken at start and the monotonic clock since.
@@ -584,36 +584,23 @@ pub fn run_replay(cfg: &Config, path: &Path, label: Option<&str>) -> anyhow::Res
     exporters.set_meta(&export_meta(&meta_cfg, None));
     let mut pipeline = Pipeline::new(cache_config(cfg, labels));
     let mut decode_log = RateLimit::new(Duration::from_secs(10));
-    let ahead = Ahead::start(reader, pipeline.decoder(), pipeline.keyer(), move |e| {
+    let ahead = Ahead::start(reader, pipeline.decoder(), move |e| {
         if let Some(held) = decode_log.allow() {
             tracing::warn!(error = %e, similar_held_back = held, "packet skipped");
         }
     })
     .context("cannot start the replay's reader thread")?;
-    let mut last = 0u64;
     let mut next_deadline: Option<u64> = None;
-    while let Some(batch) = ahead.next_batch() {
-        for i in 0..batch.len() {
-            if let Some(p) = batch.prepared(i + PREFETCH_AHEAD) {
-                pipeline.prefetch(p);
-            }
-            let (meta, pkt, prepared) = batch.get(i);
-            let ts = meta.timestamp_ms.unwrap_or(last).max(last);
-            last = ts;
-            pipeline.observe_prepared(&meta, pkt, prepared, ts);
-            if next_deadline.is_none_or(|d| ts >= d) {
-                pipeline.expire(ts, &mut |rec| exporters.push(&rec, ts));
-                exporters.tick(ts);
-                next_deadline = [pipeline.next_deadline(), exporters.next_deadline()]
-                    .into_iter()
-                    .flatten()
-                    .min();
-            }
+    let (result, last) = ahead.drive(&mut pipeline, |pipeline, ts| {
+        if next_deadline.is_none_or(|d| ts >= d) {
+            pipeline.expire(ts, &mut |rec| exporters.push(&rec, ts));
+            exporters.tick(ts);
+            next_deadline = [pipeline.next_deadline(), exporters.next_deadline()]
+                .into_iter()
+                .flatten()
+                .min();
         }
-        ahead.recycle(batch);
-    }
-    let (result, decoded) = ahead.finish();
-    pipeline.add_decoded(&decoded);
+    });
     let replay = match result {
         Ok(stats) => stats,
         Err(e) => {

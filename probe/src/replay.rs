@@ -21,6 +21,7 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::nflog::wire;
 use crate::packet::{PacketMeta, L3};
@@ -102,7 +103,9 @@ enum Source {
 #[derive(Debug)]
 enum Buf {
     Owned(Vec<u8>),
-    Mapped(memmap2::Mmap),
+    /// Shared so that a consumer on another thread can hold the pages it still reads
+    /// (and unmap them there) after the window moved on.
+    Mapped(Arc<memmap2::Mmap>),
 }
 
 /// The part of the file in memory: `bytes()` holds the file from byte `base`. Packets are
@@ -145,6 +148,13 @@ impl Window {
         }
     }
 
+    fn mapped(&self) -> Option<&Arc<memmap2::Mmap>> {
+        match &self.buf {
+            Buf::Mapped(m) => Some(m),
+            Buf::Owned(_) => None,
+        }
+    }
+
     fn is_mapped(&self) -> bool {
         matches!(self.buf, Buf::Mapped(_))
     }
@@ -168,7 +178,7 @@ impl Window {
                 let size = (want.max(*window) as u64).min(rest) as usize;
                 match map_window(file, base, size) {
                     Ok(map) => {
-                        self.buf = Buf::Mapped(map);
+                        self.buf = Buf::Mapped(Arc::new(map));
                         self.base = base;
                         self.end = size;
                         self.eof = size as u64 == rest;
@@ -420,6 +430,15 @@ impl CaptureReader {
     where
         F: FnMut(&PacketMeta<'_>, &[u8]),
     {
+        self.for_each_packet_in(|meta, payload, _| on_packet(meta, payload))
+    }
+
+    /// [`for_each_packet`](Self::for_each_packet), also naming the mapped window each packet
+    /// is lent from (holding it keeps its pages mapped after the reader moved on).
+    pub fn for_each_packet_in<F>(&mut self, mut on_packet: F) -> Result<&ReplayStats, ReplayError>
+    where
+        F: FnMut(&PacketMeta<'_>, &[u8], Option<&Arc<memmap2::Mmap>>),
+    {
         loop {
             self.ensure()?;
             self.prefetch_ahead();
@@ -433,7 +452,7 @@ impl CaptureReader {
             match locate(&rec, self.pseudo_group) {
                 Ok((meta, payload)) => {
                     self.stats.packets += 1;
-                    on_packet(&meta, payload);
+                    on_packet(&meta, payload, self.window.mapped());
                 }
                 Err(Skip::NonIp) => self.stats.non_ip += 1,
                 Err(Skip::Malformed) => self.stats.malformed += 1,
