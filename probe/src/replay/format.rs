@@ -761,4 +761,4 @@ impl<'a> Iterator for Records<'a> {
 
 #[cfg(test)]
 #[path = "format_tests.rs"]
-mod tests;
+pub(crate) mod tests;

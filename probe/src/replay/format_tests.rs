@@ -10,13 +10,13 @@ const FRAME: [u8; 42] = [
 ];
 
 /// A pcapng file built block by block in one byte order.
-struct Ng {
+pub(crate) struct Ng {
     big: bool,
-    out: Vec<u8>,
+    pub(crate) out: Vec<u8>,
 }
 
 impl Ng {
-    fn new(big: bool) -> Self {
+    pub(crate) fn new(big: bool) -> Self {
         let mut ng = Ng {
             big,
             out: Vec::new(),
@@ -58,7 +58,12 @@ impl Ng {
         self.block(PCAPNG_SHB, &b)
     }
     /// Interface with options `(code, value)`.
-    fn idb(&mut self, linktype: u16, snaplen: u32, options: &[(u16, Vec<u8>)]) -> &mut Self {
+    pub(crate) fn idb(
+        &mut self,
+        linktype: u16,
+        snaplen: u32,
+        options: &[(u16, Vec<u8>)],
+    ) -> &mut Self {
         let mut b = self.u16(linktype).to_vec();
         b.extend([0, 0]);
         b.extend(self.u32(snaplen));
@@ -73,7 +78,7 @@ impl Ng {
         }
         self.block(BLOCK_IDB, &b)
     }
-    fn epb(&mut self, iface: u32, ts: u64, data: &[u8]) -> &mut Self {
+    pub(crate) fn epb(&mut self, iface: u32, ts: u64, data: &[u8]) -> &mut Self {
         let mut b = self.u32(iface).to_vec();
         b.extend(self.u32((ts >> 32) as u32));
         b.extend(self.u32(ts as u32));

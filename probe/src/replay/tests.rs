@@ -416,6 +416,29 @@ fn records_larger_than_a_read_and_a_file_read_in_chunks() {
             "{err}"
         );
     }
+    // pcapng (blocks keep the 4 bytes before the cursor for their trailing length) of
+    // packets of every size, big-endian, over the same windows.
+    let mut ng = super::format::tests::Ng::new(true);
+    ng.idb(101, 0, &[]);
+    for i in 0..20_000u32 {
+        let mut v = V4.to_vec();
+        v.resize(28 + (i % 300) as usize, i as u8);
+        ng.epb(0, u64::from(i), &v);
+    }
+    let ng_file = ng.out.clone();
+    let (in_memory, _) = read_all(ng_file.clone(), 1);
+    assert_eq!(in_memory.len(), 20_000);
+    std::fs::write(&path, &ng_file).unwrap();
+    for window in [None, Some(64 << 10), Some(super::MAP_WINDOW)] {
+        let mut from_file = Vec::new();
+        let mut r = CaptureReader::open_as(&path, 1, window).unwrap();
+        r.for_each_packet(|m, p| from_file.push((detach(m), p.to_vec())))
+            .unwrap();
+        assert_eq!(from_file.len(), in_memory.len(), "{window:?}");
+        for (a, b) in from_file.iter().zip(&in_memory) {
+            assert_eq!((&a.0, &a.1), (&b.0, &b.2));
+        }
+    }
     std::fs::remove_file(&path).unwrap();
     let (pkts, _) = read_all(file, 1);
     assert_eq!(pkts[50].2, big_rec);
