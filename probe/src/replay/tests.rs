@@ -416,8 +416,7 @@ fn records_larger_than_a_read_and_a_file_read_in_chunks() {
             "{err}"
         );
     }
-    // pcapng (blocks keep the 4 bytes before the cursor for their trailing length) of
-    // packets of every size, big-endian, over the same windows.
+    // pcapng packets of many sizes, big-endian, over the same windows.
     let mut ng = super::format::tests::Ng::new(true);
     ng.idb(101, 0, &[]);
     for i in 0..20_000u32 {
