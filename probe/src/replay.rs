@@ -4,7 +4,7 @@
 //! the pipeline runs deterministically over a file.
 //!
 //! ```text
-//!  file ──► mapped 32 MiB at a time, prefetched ahead of the walk (a pipe: 1 MiB reads
+//!  file ──► mapped 8 MiB at a time, prefetched ahead of the walk (a pipe: 1 MiB reads
 //!           into one reusable buffer) ──► format::Cursor: pcap records or
 //!  pcapng blocks, as views (no copy per packet) ──► link layer of the record's interface
 //!     LINKTYPE_NFLOG (239)   nflog_hdr + TLVs: group, prefix, mark, uid, ifindex, payload
@@ -248,7 +248,7 @@ pub const CHUNK: usize = 1 << 20;
 /// How much of a regular file is mapped at a time. The window moves on when a record
 /// crosses its end; its size bounds the resident pages the replay holds (a whole-file map
 /// would show the whole capture as resident memory).
-pub const MAP_WINDOW: usize = 32 << 20;
+pub const MAP_WINDOW: usize = 8 << 20;
 
 /// How far ahead of the packet walk a mapped window is prefetched, one cache line at a time.
 /// The walk itself touches only each record's header and the packet's first bytes, at
