@@ -124,8 +124,9 @@ const UPSERT_AGG_TAIL: &str = "
 
 /// Deltas per upsert statement. One statement of many rows runs the statement's setup,
 /// binding and reset once per `UPSERT_ROWS` rows: measured with `labelflow-ingest-cpu`
-/// on the bench's backlog stream, the store's CPU time per record fell by about a fifth
-/// (2.8 to 2.2 µs; 256 rows a statement measured no better than 64). SQLite
+/// (thread CPU time, median of four runs on a shared 2-core VM), the store's CPU time per
+/// record fell by about a seventh: 2.57 to 2.18 µs on the bench's backlog stream, 692 to
+/// 606 ns on the random one (256 rows a statement measured no better than 64). SQLite
 /// applies an upsert's rows in order, each as its own INSERT or UPDATE
 /// (<https://sqlite.org/lang_upsert.html>), so a multi-row statement adds exactly what
 /// single-row ones would. 64 rows of 9 parameters stay far below SQLite's parameter
