@@ -45,6 +45,10 @@
 # net.core.rmem_max for nfcapd, so the collector gets the same cap), EXPORTERS (16), SEED (1),
 # BIN=DIR (prebuilt binaries), GEN=PATH (the stream tool).
 #
+# Without sockets: labelflow-ingest-cpu --file STREAM.bin prints the collector's thread CPU
+# time per record of ingest, rendering and store commits on one stream file (steadier than
+# loss rates on a shared machine; for comparing builds).
+#
 # Needs: cargo, nfcapd + nfdump (Debian nfdump), softflowd, editcap (Debian tshark), curl, bc,
 # ss (iproute2).
 set -euo pipefail

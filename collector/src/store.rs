@@ -106,9 +106,10 @@ pub struct ScopedTemplate {
 /// Add a delta to a row. Counters are SQLite integers (63 bits and a sign) and saturate at
 /// the largest, as the aggregator's do: an exporter may claim any count, and an overflowing
 /// `+` in SQLite would turn the column into a floating-point value.
-const UPSERT_AGG: &str =
-    "INSERT INTO agg (res, dim, bucket, key, bytes, packets, flows, bytes_in, bytes_out)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+const UPSERT_AGG_HEAD: &str =
+    "INSERT INTO agg (res, dim, bucket, key, bytes, packets, flows, bytes_in, bytes_out) VALUES ";
+const UPSERT_AGG_ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?)";
+const UPSERT_AGG_TAIL: &str = "
      ON CONFLICT (res, dim, bucket, key) DO UPDATE SET
                  bytes = CASE WHEN bytes > 9223372036854775807 - excluded.bytes THEN 9223372036854775807
                      ELSE bytes + excluded.bytes END,
@@ -120,6 +121,50 @@ const UPSERT_AGG: &str =
                      ELSE bytes_in + excluded.bytes_in END,
                  bytes_out = CASE WHEN bytes_out > 9223372036854775807 - excluded.bytes_out THEN 9223372036854775807
                      ELSE bytes_out + excluded.bytes_out END";
+
+/// Deltas per upsert statement. One statement of many rows runs the statement's setup,
+/// binding and reset once per `UPSERT_ROWS` rows: measured with `labelflow-ingest-cpu`
+/// (thread CPU time, median of four runs on a shared 2-core VM), the store's CPU time per
+/// record fell by about a seventh: 2.57 to 2.18 µs on the bench's backlog stream, 692 to
+/// 606 ns on the random one (256 rows a statement measured no better than 64). SQLite
+/// applies an upsert's rows in order, each as its own INSERT or UPDATE
+/// (<https://sqlite.org/lang_upsert.html>), so a multi-row statement adds exactly what
+/// single-row ones would. 64 rows of 9 parameters stay far below SQLite's parameter
+/// limit (32,766 since 3.32).
+const UPSERT_ROWS: usize = 64;
+
+/// The upsert of `rows` deltas.
+fn upsert_agg_sql(rows: usize) -> String {
+    let mut sql = String::from(UPSERT_AGG_HEAD);
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(UPSERT_AGG_ROW);
+    }
+    sql.push_str(UPSERT_AGG_TAIL);
+    sql
+}
+
+/// Bind `deltas` to an upsert of as many rows, in order, and run it.
+fn upsert_agg(st: &mut rusqlite::CachedStatement<'_>, deltas: &[&Delta]) -> rusqlite::Result<()> {
+    let mut at = 1;
+    for d in deltas {
+        let c = &d.counters;
+        st.raw_bind_parameter(at, d.resolution)?;
+        st.raw_bind_parameter(at + 1, d.dim.name())?;
+        st.raw_bind_parameter(at + 2, d.bucket)?;
+        st.raw_bind_parameter(at + 3, d.key.as_str())?;
+        st.raw_bind_parameter(at + 4, stored(c.bytes))?;
+        st.raw_bind_parameter(at + 5, stored(c.packets))?;
+        st.raw_bind_parameter(at + 6, stored(c.flows))?;
+        st.raw_bind_parameter(at + 7, stored(c.bytes_in))?;
+        st.raw_bind_parameter(at + 8, stored(c.bytes_out))?;
+        at += 9;
+    }
+    st.raw_execute()?;
+    Ok(())
+}
 
 /// A counter as stored: saturated to SQLite's largest integer.
 fn stored(v: u64) -> i64 {
@@ -304,7 +349,6 @@ impl Store {
                     serde_json::to_string(&StoredContext::from(c)).expect("a context serializes");
                 ctx.execute(params![scope.exporter.to_string(), scope.domain, text])?;
             }
-            let mut up = tx.prepare_cached(UPSERT_AGG)?;
             // In key order: consecutive upserts land on the same or the next B-tree page.
             let mut order: Vec<&Delta> = deltas.iter().collect();
             order.sort_unstable_by(|a, b| {
@@ -315,19 +359,19 @@ impl Store {
                     &b.key,
                 ))
             });
-            for d in order {
-                let c = &d.counters;
-                up.execute(params![
-                    d.resolution,
-                    d.dim.name(),
-                    d.bucket,
-                    d.key,
-                    stored(c.bytes),
-                    stored(c.packets),
-                    stored(c.flows),
-                    stored(c.bytes_in),
-                    stored(c.bytes_out)
-                ])?;
+            let mut chunks = order.chunks_exact(UPSERT_ROWS);
+            if chunks.len() > 0 {
+                let mut up = tx.prepare_cached(&upsert_agg_sql(UPSERT_ROWS))?;
+                for chunk in &mut chunks {
+                    upsert_agg(&mut up, chunk)?;
+                }
+            }
+            let rest = chunks.remainder();
+            if !rest.is_empty() {
+                let mut up = tx.prepare_cached(&upsert_agg_sql(1))?;
+                for d in rest {
+                    upsert_agg(&mut up, std::slice::from_ref(d))?;
+                }
             }
             let mut put = tx.prepare_cached(
                 "INSERT INTO templates (exporter, domain, template_id, version, set_id, record, seq)
@@ -684,6 +728,51 @@ pub(crate) mod tests {
             ("a", 15, 2)
         );
         assert_eq!(r.resolutions().unwrap(), vec![60]);
+    }
+
+    /// Commits of more deltas than one upsert statement takes, a key repeated within a
+    /// statement, across statements and in the single-row rest, add up exactly.
+    #[test]
+    fn multi_row_upserts_add_up_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let mut s = Store::open(&path, 2).unwrap();
+        let mut want: std::collections::BTreeMap<(i64, String), Counters> = Default::default();
+        for round in 0..2u64 {
+            let n = 3 * UPSERT_ROWS as u64 + 7 + round;
+            let deltas: Vec<Delta> = (0..n)
+                .map(|i| {
+                    let key = format!("k{}", (i * 7) % (n / 2));
+                    let counters = Counters {
+                        bytes: 1000 * i + round,
+                        packets: i + 1,
+                        flows: i % 3,
+                        bytes_in: 2 * i,
+                        bytes_out: 3 * i + round,
+                    };
+                    let bucket = 60 * (i % 5) as i64;
+                    want.entry((bucket, key.clone()))
+                        .or_default()
+                        .add(&counters);
+                    Delta {
+                        resolution: 60,
+                        bucket,
+                        dim: Dim::Port,
+                        key,
+                        counters,
+                    }
+                })
+                .collect();
+            s.commit(&deltas, &[], &[]).unwrap();
+        }
+        let r = Reader::open(&path).unwrap();
+        let got: std::collections::BTreeMap<(i64, String), Counters> = r
+            .rows(60, Dim::Port, 0, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|row| ((row.bucket, row.key), row.counters))
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]
