@@ -335,7 +335,7 @@ fn decode_one(
     })
 }
 
-/// Create the raw outbox if needed, its batch ids seeded like the totals' outbox.
+/// Create the raw outbox if needed; its batch ids are raised like the totals' outbox's.
 pub fn create(conn: &Connection, now_us: i64) -> rusqlite::Result<()> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS clickhouse_raw_outbox (
@@ -344,13 +344,7 @@ pub fn create(conn: &Connection, now_us: i64) -> rusqlite::Result<()> {
              records INTEGER NOT NULL,
              blob BLOB NOT NULL)",
     )?;
-    conn.execute(
-        "INSERT INTO sqlite_sequence (name, seq)
-         SELECT 'clickhouse_raw_outbox', ?1
-         WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'clickhouse_raw_outbox')",
-        params![now_us],
-    )?;
-    Ok(())
+    super::outbox::raise_sequence(conn, "clickhouse_raw_outbox", now_us)
 }
 
 /// Queue a batch's records inside the commit's transaction `tx`.
