@@ -17,9 +17,10 @@ use rusqlite::Connection;
 
 use super::client::{ChError, Client};
 use super::config::ClickHouseConfig;
-use super::outbox::{self, Pending};
+use super::outbox::{self, Cell, Pending};
 use super::raw::{self, PendingRaw};
 use super::schema;
+use crate::aggregate::Counters;
 use crate::config::AggConfig;
 use crate::ingest::Snapshot;
 
@@ -42,6 +43,9 @@ pub struct SinkStats {
     pub folded_batches: u64,
     /// Outbox entries that could not be read (skipped).
     pub malformed: u64,
+    /// Rows of resolutions no longer configured (ClickHouse has no table for them), left
+    /// out of the inserts.
+    pub unconfigured_rows: u64,
     pub partitions_dropped: u64,
     /// Raw-record batches waiting in the outbox (`raw = true`).
     pub raw_queue_batches: u64,
@@ -131,11 +135,10 @@ fn encode_raw(p: &PendingRaw, name: &str) -> Vec<u8> {
     o
 }
 
-/// RowBinary of one resolution's rows.
-fn encode(p: &Pending, res: i64, name: &str) -> (Vec<u8>, usize) {
+/// RowBinary of totals rows (one resolution's).
+fn encode(rows: &[(Cell, Counters)], version: i64, name: &str) -> Vec<u8> {
     let mut o = Vec::new();
-    let mut n = 0;
-    for (c, v) in p.rows.iter().filter(|(c, _)| c.resolution == res) {
+    for (c, v) in rows {
         string(&mut o, name.as_bytes());
         string(&mut o, c.dim.name().as_bytes());
         o.extend_from_slice(&(c.bucket.clamp(0, u32::MAX as i64) as u32).to_le_bytes());
@@ -143,33 +146,57 @@ fn encode(p: &Pending, res: i64, name: &str) -> (Vec<u8>, usize) {
         for x in [v.bytes, v.packets, v.flows, v.bytes_in, v.bytes_out] {
             o.extend_from_slice(&x.to_le_bytes());
         }
-        o.extend_from_slice(&(p.version as u64).to_le_bytes());
-        n += 1;
+        o.extend_from_slice(&(version as u64).to_le_bytes());
     }
-    (o, n)
+    o
 }
 
-/// Insert one pending set: one insert per resolution present.
-fn send(c: &Client, cfg: &ClickHouseConfig, p: &Pending) -> Result<usize, ChError> {
-    let mut resolutions: Vec<i64> = p.rows.iter().map(|(c, _)| c.resolution).collect();
-    resolutions.dedup();
-    resolutions.sort_unstable();
-    resolutions.dedup();
-    let mut inserts = 0;
-    for res in resolutions {
-        let (body, _) = encode(p, res, &cfg.collector_name);
+/// Rows of totals per INSERT at most: a backlog folded into one batch, or a backfill,
+/// can name millions of cells, and one insert of them all could outlast the timeout on
+/// every retry. Smaller inserts of the same rows (same version) change nothing in what
+/// ClickHouse keeps.
+pub const ROWS_PER_INSERT: usize = 50_000;
+
+/// One insert: a resolution and its rows.
+type Insert<'a> = (i64, &'a [(Cell, Counters)]);
+
+/// The inserts of one pending set: (resolution, rows) in runs of at most `per_insert`
+/// rows, for the configured `resolutions` only (ClickHouse has no table for others), and
+/// the number of rows left out for that reason. `p.rows` is sorted, so each resolution's
+/// rows are one run.
+fn inserts<'a>(p: &'a Pending, resolutions: &[u64], per_insert: usize) -> (Vec<Insert<'a>>, usize) {
+    let (mut out, mut skipped) = (Vec::new(), 0);
+    for run in p.rows.chunk_by(|a, b| a.0.resolution == b.0.resolution) {
+        let res = run[0].0.resolution;
+        if !resolutions.iter().any(|r| *r as i64 == res) {
+            skipped += run.len();
+            continue;
+        }
+        out.extend(run.chunks(per_insert.max(1)).map(|c| (res, c)));
+    }
+    (out, skipped)
+}
+
+/// Insert one pending set (see [`inserts`]). Returns (inserts, rows skipped).
+fn send(
+    c: &Client,
+    cfg: &ClickHouseConfig,
+    resolutions: &[u64],
+    p: &Pending,
+) -> Result<(usize, usize), ChError> {
+    let (runs, skipped) = inserts(p, resolutions, ROWS_PER_INSERT);
+    for (res, rows) in &runs {
         c.execute(
             &format!(
                 "INSERT INTO {}.{} (collector_name, dim, bucket, key, bytes, packets, flows, \
                  bytes_in, bytes_out, version) FORMAT RowBinary",
                 cfg.database,
-                schema::table(res)
+                schema::table(*res)
             ),
-            &body,
+            &encode(rows, p.version, &cfg.collector_name),
         )?;
-        inserts += 1;
     }
-    Ok(inserts)
+    Ok((runs.len(), skipped))
 }
 
 /// The sink: runs until `stop` is set, then keeps sending for at most [`DRAIN`].
@@ -273,7 +300,14 @@ impl Sink {
             return Ok(false);
         };
         self.stats.malformed += p.malformed as u64;
-        let inserts = send(&self.client, &self.cfg, &p)?;
+        let (inserts, skipped) = send(&self.client, &self.cfg, &self.agg.resolutions, &p)?;
+        if skipped > 0 {
+            tracing::warn!(
+                skipped,
+                "clickhouse: left out rows of resolutions no longer configured (no table)"
+            );
+            self.stats.unconfigured_rows += skipped as u64;
+        }
         outbox::acknowledge(&self.conn, p.upto)?;
         tracing::debug!(
             batches = p.batches,
@@ -481,6 +515,11 @@ pub fn render_metrics(o: &mut String, s: &SinkStats) {
             s.malformed,
         ),
         (
+            "labelflow_collector_clickhouse_unconfigured_rows_total",
+            "Queued rows of resolutions no longer configured (no table), left out.",
+            s.unconfigured_rows,
+        ),
+        (
             "labelflow_collector_clickhouse_partitions_dropped_total",
             "Expired ClickHouse partitions dropped.",
             s.partitions_dropped,
@@ -511,5 +550,44 @@ pub fn render_metrics(o: &mut String, s: &SinkStats) {
             o,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Dim;
+
+    fn row(resolution: i64, key: &str) -> (Cell, Counters) {
+        let cell = Cell {
+            resolution,
+            dim: Dim::Label,
+            bucket: 0,
+            key: key.into(),
+        };
+        (cell, Counters::default())
+    }
+
+    #[test]
+    fn inserts_leave_out_unconfigured_resolutions_and_stay_small() {
+        let mut rows: Vec<_> = (0..5).map(|i| row(60, &format!("k{i}"))).collect();
+        rows.push(row(300, "gone"));
+        rows.push(row(3600, "h"));
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let p = Pending {
+            upto: 1,
+            version: 1,
+            batches: 1,
+            oldest_ms: 0,
+            rows,
+            malformed: 0,
+        };
+        let (runs, skipped) = inserts(&p, &[60, 3600], 2);
+        assert_eq!(skipped, 1, "300 s has no table");
+        let shape: Vec<(i64, usize)> = runs.iter().map(|(r, rows)| (*r, rows.len())).collect();
+        assert_eq!(shape, [(60, 2), (60, 2), (60, 1), (3600, 1)]);
+        assert!(runs
+            .iter()
+            .all(|(r, rows)| rows.iter().all(|x| x.0.resolution == *r)));
     }
 }
