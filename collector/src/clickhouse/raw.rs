@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use rusqlite::{params, Connection, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::aggregate::Flow;
 
@@ -34,8 +34,9 @@ pub struct RawRecords {
     pub records: u64,
 }
 
-/// Octets of raw records after which the ingest hands its batch to the store early
-/// (about 200,000 records): one outbox BLOB and one commit stay a few MiB.
+/// Octets of raw records after which the ingest hands its batch to the store early (about
+/// 300,000 records at 56 octets for an IPv4 record without NAT): one outbox BLOB holds at
+/// most this plus one record.
 pub const MAX_BATCH_BYTES: usize = 16 << 20;
 
 /// Collects the records of the current batch in the ingest.
@@ -379,21 +380,39 @@ pub fn waiting(path: &std::path::Path) -> rusqlite::Result<u64> {
     Ok(backlog(&conn)?.0)
 }
 
-/// Keep at most `max_batches` raw batches: drop the oldest. Returns (batches, records)
-/// dropped.
-pub fn bound(conn: &mut Connection, max_batches: usize) -> rusqlite::Result<(u64, u64)> {
+/// Keep at most `max_batches` raw batches and `max_bytes` octets of them (the newest
+/// ones): drop the oldest. Returns (batches, records) dropped.
+///
+/// The octet bound is what bounds the SQLite file: a batch holds up to
+/// [`MAX_BATCH_BYTES`] (plus the last record), so a count alone would allow 10,000 × 16 MiB.
+pub fn bound(
+    conn: &mut Connection,
+    max_batches: usize,
+    max_bytes: usize,
+) -> rusqlite::Result<(u64, u64)> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let count: i64 = tx.query_row("SELECT COUNT(*) FROM clickhouse_raw_outbox", [], |r| {
-        r.get(0)
-    })?;
-    let excess = count - max_batches as i64;
-    if excess <= 0 {
+    // The newest batch past either bound, counting from the newest; it and every older
+    // batch go. `length()` of a BLOB reads its size, not its content.
+    let last: Option<i64> = tx
+        .query_row(
+            "SELECT batch FROM (
+               SELECT batch,
+                      SUM(length(blob)) OVER (ORDER BY batch DESC) AS kept_bytes,
+                      ROW_NUMBER() OVER (ORDER BY batch DESC) AS kept
+               FROM clickhouse_raw_outbox)
+             WHERE kept > ?1 OR kept_bytes > ?2
+             ORDER BY batch DESC LIMIT 1",
+            params![clamp(max_batches), clamp(max_bytes)],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(last) = last else {
         return Ok((0, 0));
-    }
-    let (last, records): (i64, i64) = tx.query_row(
-        "SELECT MAX(batch), SUM(records) FROM
-           (SELECT batch, records FROM clickhouse_raw_outbox ORDER BY batch LIMIT ?1)",
-        params![excess],
+    };
+    let (batches, records): (i64, i64) = tx.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(records), 0) FROM clickhouse_raw_outbox
+         WHERE batch <= ?1",
+        params![last],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     tx.execute(
@@ -401,7 +420,12 @@ pub fn bound(conn: &mut Connection, max_batches: usize) -> rusqlite::Result<(u64
         params![last],
     )?;
     tx.commit()?;
-    Ok((excess as u64, records as u64))
+    Ok((batches as u64, records as u64))
+}
+
+/// A bound as SQLite's integer (`usize::MAX`: none).
+fn clamp(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Raw batches due: the oldest ones, at least one, up to about `max_records` records.
@@ -542,8 +566,24 @@ mod tests {
         }
         assert_eq!(backlog(&conn).unwrap().0, 5);
         // The two oldest (1 + 2 records) go.
-        assert_eq!(bound(&mut conn, 3).unwrap(), (2, 3));
-        assert_eq!(bound(&mut conn, 3).unwrap(), (0, 0));
+        assert_eq!(bound(&mut conn, 3, usize::MAX).unwrap(), (2, 3));
+        assert_eq!(bound(&mut conn, 3, usize::MAX).unwrap(), (0, 0));
+        // By octets: the newest batches that fit stay (3, 4 and 5 records here); one
+        // octet less than all three and the oldest of them goes too.
+        let sizes: Vec<i64> = conn
+            .prepare("SELECT length(blob) FROM clickhouse_raw_outbox ORDER BY batch")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let all = sizes.iter().sum::<i64>() as usize;
+        assert_eq!(bound(&mut conn, 3, all).unwrap(), (0, 0));
+        std::fs::copy(dir.path().join("r.db"), dir.path().join("copy.db")).unwrap();
+        let mut copy = Connection::open(dir.path().join("copy.db")).unwrap();
+        assert_eq!(bound(&mut copy, 3, all - 1).unwrap(), (1, 3));
+        assert_eq!(bound(&mut copy, 3, sizes[2] as usize).unwrap(), (1, 4));
+        assert_eq!(backlog(&copy).unwrap().0, 1);
         // At least one batch, then whole batches up to the record budget.
         let p = take(&conn, 6).unwrap().unwrap();
         let ids: Vec<i64> = p.batches.iter().map(|b| b.0).collect();

@@ -53,7 +53,9 @@ pub struct SinkStats {
     /// Age of the oldest waiting raw batch, seconds (0 when none waits).
     pub raw_lag_seconds: f64,
     pub raw_sent_records: u64,
-    /// Raw batches (and their records) dropped, oldest first, past `max_raw_backlog`.
+    /// Raw batches (and their records) dropped, oldest first, past `max_raw_backlog` or
+    /// `max_raw_backlog_bytes`. A dropped batch counts in full even when an insert of it
+    /// whose outcome was unknown (a timeout) had in fact written some or all of its rows.
     pub raw_dropped_batches: u64,
     pub raw_dropped_records: u64,
     /// Raw batches that could not be read whole (their readable records were sent).
@@ -249,12 +251,17 @@ impl Sink {
     /// Raw records: bound the backlog, take, send, acknowledge. `Ok(true)` when something
     /// was sent.
     fn step_raw(&mut self) -> Result<bool, anyhow::Error> {
-        let (batches, records) = raw::bound(&mut self.conn, self.cfg.max_raw_backlog.get())?;
+        let (batches, records) = raw::bound(
+            &mut self.conn,
+            self.cfg.max_raw_backlog.get(),
+            self.cfg.max_raw_backlog_bytes,
+        )?;
         if batches > 0 {
             tracing::warn!(
                 batches,
                 records,
                 max_raw_backlog = self.cfg.max_raw_backlog.get(),
+                max_raw_backlog_bytes = self.cfg.max_raw_backlog_bytes,
                 "clickhouse raw backlog full: dropped the oldest raw batches (totals are kept)"
             );
             self.stats.raw_dropped_batches += batches;
@@ -531,12 +538,12 @@ pub fn render_metrics(o: &mut String, s: &SinkStats) {
         ),
         (
             "labelflow_collector_clickhouse_raw_dropped_batches_total",
-            "Raw-record batches dropped, oldest first, to stay within max_raw_backlog.",
+            "Raw-record batches dropped, oldest first, to stay within max_raw_backlog(_bytes).",
             s.raw_dropped_batches,
         ),
         (
             "labelflow_collector_clickhouse_raw_dropped_records_total",
-            "Raw flow records dropped with their batches (max_raw_backlog); totals are kept.",
+            "Raw flow records dropped with their batches (max_raw_backlog(_bytes)), in full even if an insert of unknown outcome wrote some; totals are kept.",
             s.raw_dropped_records,
         ),
         (
