@@ -46,8 +46,46 @@ pub struct RawLog {
     /// Offset of the current datagram's header, and its record count so far.
     group: Option<(usize, u32)>,
     records: u64,
-    labels: Vec<u32>,
-    tunnels: Vec<u32>,
+    labels: IdSet,
+    tunnels: IdSet,
+}
+
+/// The label or tunnel ids a batch used: their list (for the names) and a bitset indexed
+/// by id, so a record costs one bit test whatever the number of ids. Ids are the
+/// collector's own, dense from 0 and below the configured maximum (labels, tunnels), so
+/// the set is a few hundred octets; it is cleared from the list, not scanned.
+#[derive(Debug, Default)]
+struct IdSet {
+    ids: Vec<u32>,
+    bits: Vec<u64>,
+}
+
+impl IdSet {
+    fn insert(&mut self, id: u32) {
+        let (w, b) = ((id / 64) as usize, 1u64 << (id % 64));
+        if w >= self.bits.len() {
+            self.bits.resize(w + 1, 0);
+        }
+        if self.bits[w] & b == 0 {
+            self.bits[w] |= b;
+            self.ids.push(id);
+        }
+    }
+
+    /// Write the count, then each id and its name; the set is empty after.
+    fn drain_into<'a>(&mut self, o: &mut Vec<u8>, name: impl Fn(u32) -> &'a str) {
+        o.extend_from_slice(&(self.ids.len() as u32).to_le_bytes());
+        for id in self.ids.drain(..) {
+            self.bits[(id / 64) as usize] = 0;
+            put_name(o, id, name(id));
+        }
+    }
+
+    fn clear(&mut self) {
+        for id in self.ids.drain(..) {
+            self.bits[(id / 64) as usize] = 0;
+        }
+    }
 }
 
 const NO_SPI: u8 = 1;
@@ -139,9 +177,7 @@ impl RawLog {
         }
         if let Some(t) = f.tunnel {
             o.extend_from_slice(&t.to_le_bytes());
-            if !self.tunnels.contains(&t) {
-                self.tunnels.push(t);
-            }
+            self.tunnels.insert(t);
         }
         let scale = u64::from(f.sampling.max(1));
         o.extend_from_slice(&f.bytes.saturating_mul(scale).to_le_bytes());
@@ -153,9 +189,7 @@ impl RawLog {
             put_addr(o, inside);
             put_addr(o, public);
         }
-        if !self.labels.contains(&f.label) {
-            self.labels.push(f.label);
-        }
+        self.labels.insert(f.label);
     }
 
     /// Octets buffered for the current batch.
@@ -176,14 +210,8 @@ impl RawLog {
             return None;
         }
         let mut blob = Vec::with_capacity(self.buf.len() + 64);
-        blob.extend_from_slice(&(self.labels.len() as u32).to_le_bytes());
-        for id in self.labels.drain(..) {
-            put_name(&mut blob, id, label(id));
-        }
-        blob.extend_from_slice(&(self.tunnels.len() as u32).to_le_bytes());
-        for id in self.tunnels.drain(..) {
-            put_name(&mut blob, id, tunnel(id));
-        }
+        self.labels.drain_into(&mut blob, label);
+        self.tunnels.drain_into(&mut blob, tunnel);
         blob.extend_from_slice(&self.buf);
         self.buf.clear();
         Some(RawRecords {
@@ -544,6 +572,39 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(decode(&raw.blob[..raw.blob.len() - 3], &mut out), Err(2));
         assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn each_batch_names_the_ids_it_used_once() {
+        let names: Vec<String> = (0..200).map(|i| format!("l{i}")).collect();
+        let mut log = RawLog::default();
+        log.begin_datagram("127.0.0.1".parse().unwrap());
+        for id in [0, 63, 64, 150, 63, 0, 150] {
+            log.push(&flow(id, Some(id), false));
+        }
+        log.end_datagram(Some(1));
+        let raw = log
+            .take(|i| &names[i as usize], |i| &names[i as usize])
+            .unwrap();
+        // Four labels and four tunnels named, once each.
+        assert_eq!(raw.blob[..4], 4u32.to_le_bytes());
+        let mut out = Vec::new();
+        decode(&raw.blob, &mut out).unwrap();
+        let got: Vec<&str> = out.iter().map(|f| f.label.as_str()).collect();
+        assert_eq!(got, ["l0", "l63", "l64", "l150", "l63", "l0", "l150"]);
+        // The next batch starts empty: the ids it uses are named in it again.
+        log.begin_datagram("127.0.0.1".parse().unwrap());
+        log.push(&flow(64, Some(63), false));
+        log.end_datagram(Some(1));
+        let raw = log
+            .take(|i| &names[i as usize], |i| &names[i as usize])
+            .unwrap();
+        let mut out = Vec::new();
+        decode(&raw.blob, &mut out).unwrap();
+        assert_eq!(
+            (out[0].label.as_str(), out[0].tunnel.as_str()),
+            ("l64", "l63")
+        );
     }
 
     #[test]
