@@ -339,7 +339,9 @@ impl Sink {
             self.stats.partitions_dropped += n as u64;
         }
         let finest = self.agg.resolutions.iter().zip(&self.agg.retention).min();
-        if let (true, Some((_, keep))) = (self.cfg.raw, finest) {
+        // `flows` exists whatever `raw` says (it was on once, or may be again): its expired
+        // records go too.
+        if let Some((_, keep)) = finest {
             let db = &self.cfg.database;
             let n = schema::drop_expired_in(&self.client, db, schema::FLOWS, *keep, now)?;
             self.stats.partitions_dropped += n as u64;
