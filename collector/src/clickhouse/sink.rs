@@ -290,15 +290,6 @@ impl Sink {
         Ok(true)
     }
 
-    /// One step: totals, then raw records. `Ok(true)` when something was sent.
-    fn step(&mut self) -> Result<bool, anyhow::Error> {
-        // Each goes on when the other fails; the first error drives the backoff.
-        // Raw batches committed while `raw` was on are sent after it is turned off too.
-        let totals = self.step_totals();
-        let raw = self.step_raw();
-        Ok(totals? | raw?)
-    }
-
     /// Totals: fold, take, send, acknowledge. `Ok(true)` when something was sent.
     fn step_totals(&mut self) -> Result<bool, anyhow::Error> {
         self.stats.folded_batches +=
@@ -349,71 +340,100 @@ impl Sink {
         Ok(())
     }
 
+    /// A request failed: count and log it (rate-limited), start `retry`'s backoff. The
+    /// server refused a statement: its tables may have been dropped or the server
+    /// replaced, so the schema is ensured again before the next attempt.
+    fn failed(&mut self, e: &anyhow::Error, what: &str, retry: &mut Retry, st: &mut RunState) {
+        self.stats.errors += 1;
+        if e.downcast_ref::<ChError>().is_some_and(ChError::answered) {
+            st.schema_ready = false;
+        }
+        let wait = retry.fail(Instant::now());
+        if st
+            .last_log
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
+            tracing::warn!(error = %e, retry_in = ?wait, "clickhouse sink ({what}): will retry");
+            st.last_log = Some(Instant::now());
+        }
+    }
+
+    fn ensure_schema(&mut self) -> Result<(), ChError> {
+        let a = &self.agg;
+        schema::ensure(
+            &self.client,
+            &self.cfg.database,
+            &a.resolutions,
+            &a.retention,
+            self.cfg.cluster.as_deref(),
+        )?;
+        tracing::info!(url = %self.cfg.url, db = %self.cfg.database, "clickhouse schema ready");
+        Ok(())
+    }
+
     /// Run until `stop`, then drain for at most [`DRAIN`].
+    ///
+    /// Totals and raw records back off apart: a raw insert the server keeps refusing (or
+    /// timing out on) does not slow the totals, nor the other way round. Raw batches
+    /// committed while `raw` was on are sent after it is turned off too.
     pub fn run(mut self, stop: &AtomicBool, metrics: &Mutex<Snapshot>) {
-        let mut schema_ready = false;
-        let mut backoff = BACKOFF.0;
+        let mut st = RunState::default();
+        let (mut totals, mut raw, mut schema) = (Retry::new(), Retry::new(), Retry::new());
         let mut last_prune: Option<Instant> = None;
         let mut drain_until: Option<Instant> = None;
-        let mut last_log: Option<Instant> = None;
         loop {
             if stop.load(Ordering::Acquire) && drain_until.is_none() {
                 drain_until = Some(Instant::now() + DRAIN);
             }
-            let r = if !schema_ready {
-                let a = &self.agg;
-                schema::ensure(
-                    &self.client,
-                    &self.cfg.database,
-                    &a.resolutions,
-                    &a.retention,
-                    self.cfg.cluster.as_deref(),
-                )
-                .map(|()| {
-                    schema_ready = true;
-                    tracing::info!(url = %self.cfg.url, db = %self.cfg.database, "clickhouse schema ready");
-                    true
-                })
-                .map_err(anyhow::Error::from)
-            } else {
-                self.step()
-            };
+            let now = Instant::now();
+            let mut sent = false;
+            if !st.schema_ready && schema.due(now) {
+                match self.ensure_schema() {
+                    Ok(()) => {
+                        st.schema_ready = true;
+                        schema.ok();
+                    }
+                    Err(e) => self.failed(&e.into(), "schema", &mut schema, &mut st),
+                }
+            }
+            if st.schema_ready && totals.due(now) {
+                match self.step_totals() {
+                    Ok(s) => {
+                        sent |= s;
+                        totals.ok();
+                    }
+                    Err(e) => self.failed(&e, "totals", &mut totals, &mut st),
+                }
+            }
+            if st.schema_ready && raw.due(now) {
+                match self.step_raw() {
+                    Ok(s) => {
+                        sent |= s;
+                        raw.ok();
+                    }
+                    Err(e) => self.failed(&e, "raw", &mut raw, &mut st),
+                }
+            }
             self.publish(metrics);
-            let idle = match r {
-                Ok(sent) => {
-                    backoff = BACKOFF.0;
-                    !sent
-                }
-                Err(e) => {
-                    self.stats.errors += 1;
-                    // The server refused a statement: its tables may have been dropped or
-                    // the server replaced; create what is missing before the next attempt.
-                    if e.downcast_ref::<ChError>().is_some_and(ChError::answered) {
-                        schema_ready = false;
-                    }
-                    if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                        tracing::warn!(error = %e, retry_in = ?backoff, "clickhouse sink: will retry");
-                        last_log = Some(Instant::now());
-                    }
-                    let wait = backoff;
-                    backoff = (backoff * 2).min(BACKOFF.1);
-                    if !pause(wait, stop, drain_until) {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            if schema_ready && last_prune.is_none_or(|p| p.elapsed() >= self.prune_interval) {
+            if st.schema_ready && last_prune.is_none_or(|p| p.elapsed() >= self.prune_interval) {
                 if let Err(e) = self.drop_expired() {
                     tracing::warn!(error = %e, "clickhouse retention: dropping partitions failed");
                 }
                 last_prune = Some(Instant::now());
             }
-            if idle {
-                if drain_until.is_some() {
+            if !sent {
+                // Nothing sent: wait for the next poll, or the earliest retry if sooner.
+                let retry = [schema.next, totals.next, raw.next]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                if drain_until.is_some() && retry.is_none() && st.schema_ready {
                     break;
                 }
-                pause(POLL, stop, None);
+                let d = retry.map_or(POLL, |r| r.saturating_duration_since(Instant::now()));
+                if !pause(d.min(POLL), stop, drain_until) {
+                    break;
+                }
             }
             if drain_until.is_some_and(|d| Instant::now() >= d) {
                 break;
@@ -424,6 +444,47 @@ impl Sink {
             waiting = self.stats.queue_batches,
             "clickhouse sink stopped; waiting batches are sent at the next start"
         );
+    }
+}
+
+/// What the run loop's steps share.
+#[derive(Debug, Default)]
+struct RunState {
+    schema_ready: bool,
+    last_log: Option<Instant>,
+}
+
+/// One kind of request's backoff: doubling from [`BACKOFF`]`.0` to `.1` after each
+/// failure, back to the start after a success.
+#[derive(Debug, Clone, PartialEq)]
+struct Retry {
+    wait: Duration,
+    /// When the next attempt is due (`None`: now).
+    next: Option<Instant>,
+}
+
+impl Retry {
+    fn new() -> Retry {
+        Retry {
+            wait: BACKOFF.0,
+            next: None,
+        }
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        self.next.is_none_or(|n| now >= n)
+    }
+
+    fn ok(&mut self) {
+        *self = Retry::new();
+    }
+
+    /// A failure at `now`: the wait before the next attempt.
+    fn fail(&mut self, now: Instant) -> Duration {
+        let w = self.wait;
+        self.next = Some(now + w);
+        self.wait = (w * 2).min(BACKOFF.1);
+        w
     }
 }
 
@@ -598,5 +659,21 @@ mod tests {
         assert!(runs
             .iter()
             .all(|(r, rows)| rows.iter().all(|x| x.0.resolution == *r)));
+    }
+
+    #[test]
+    fn backoffs_are_apart_and_double_up_to_the_cap() {
+        let t0 = Instant::now();
+        let (mut totals, mut raw) = (Retry::new(), Retry::new());
+        let waits: Vec<Duration> = (0..9).map(|_| raw.fail(t0)).collect();
+        assert_eq!(waits[..3], [BACKOFF.0, BACKOFF.0 * 2, BACKOFF.0 * 4]);
+        assert_eq!(waits[8], BACKOFF.1);
+        assert!(!raw.due(t0) && raw.due(t0 + BACKOFF.1));
+        // The failing raw inserts leave the totals due at once.
+        assert!(totals.due(t0));
+        assert_eq!(totals.fail(t0), BACKOFF.0);
+        totals.ok();
+        assert!(totals.due(t0) && !raw.due(t0));
+        assert_eq!(totals, Retry::new());
     }
 }
