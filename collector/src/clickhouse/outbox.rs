@@ -302,45 +302,86 @@ pub fn acknowledge(conn: &Connection, upto: i64) -> rusqlite::Result<usize> {
     )
 }
 
-/// Keep at most `max_batches` pending batches: merge the oldest into one (the union of
-/// their cells, under the newest id among them). Nothing is lost: rows carry absolute
-/// totals read at send time. Returns the number of batches merged away.
+/// Cells a folded batch holds at most: a backlog folded into one batch of millions of cells
+/// would have to be read, and sent, whole.
+pub const FOLD_MAX_CELLS: usize = 200_000;
+
+/// Keep at most `max_batches` pending batches: merge the oldest into few (the union of
+/// their cells, each under the newest id among its batches), each of at most
+/// [`FOLD_MAX_CELLS`] cells. Nothing is lost: rows carry absolute totals read at send
+/// time. Returns the number of batches merged away.
 pub fn fold(conn: &mut Connection, max_batches: usize) -> rusqlite::Result<usize> {
+    fold_capped(conn, max_batches, FOLD_MAX_CELLS)
+}
+
+/// A run of consecutive batches being merged.
+#[derive(Default)]
+struct Run {
+    first: i64,
+    last: i64,
+    oldest: i64,
+    batches: usize,
+    cells: HashSet<Cell>,
+}
+
+/// [`fold`], with at most `cap` cells in a merged batch.
+fn fold_capped(conn: &mut Connection, max_batches: usize, cap: usize) -> rusqlite::Result<usize> {
     let max_batches = max_batches.max(2);
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let count: i64 = tx.query_row("SELECT COUNT(*) FROM clickhouse_outbox", [], |r| r.get(0))?;
     if count as usize <= max_batches {
         return Ok(0);
     }
-    // Merge the oldest half, so folding runs rarely while the backlog stays bounded.
+    // Merge the oldest half, so folding runs rarely while the backlog stays bounded; a
+    // run closes where its next batch would take it past `cap` cells.
     let merge = (count as usize - max_batches / 2).max(2);
-    let mut cells = HashSet::new();
-    let (mut last, mut oldest) = (0i64, i64::MAX);
+    let mut merged = 0;
+    let mut run = Run::default();
     {
         let mut st = tx.prepare(
             "SELECT batch, created_ms, cells FROM clickhouse_outbox ORDER BY batch LIMIT ?1",
         )?;
         let mut rows = st.query(params![merge as i64])?;
         while let Some(r) = rows.next()? {
-            last = r.get(0)?;
-            oldest = oldest.min(r.get(1)?);
+            let (batch, created): (i64, i64) = (r.get(0)?, r.get(1)?);
+            let mut cells = HashSet::new();
             decode(r.get_ref(2)?.as_blob()?, &mut cells);
+            let new = cells.iter().filter(|c| !run.cells.contains(*c)).count();
+            if run.batches > 0 && run.cells.len() + new > cap {
+                merged += close(&tx, std::mem::take(&mut run))?;
+            }
+            if run.batches == 0 {
+                (run.first, run.oldest) = (batch, created);
+            }
+            run.last = batch;
+            run.oldest = run.oldest.min(created);
+            run.batches += 1;
+            run.cells.extend(cells);
         }
     }
+    merged += close(&tx, run)?;
+    tx.commit()?;
+    Ok(merged)
+}
+
+/// Write a run as one batch under its newest id; the batches merged away.
+fn close(tx: &Transaction<'_>, run: Run) -> rusqlite::Result<usize> {
+    if run.batches < 2 {
+        return Ok(0);
+    }
     let mut blob = Vec::new();
-    for c in &cells {
+    for c in &run.cells {
         encode(&mut blob, c.resolution, c.dim, c.bucket, &c.key);
     }
     tx.execute(
-        "DELETE FROM clickhouse_outbox WHERE batch < ?1",
-        params![last],
+        "DELETE FROM clickhouse_outbox WHERE batch >= ?1 AND batch < ?2",
+        params![run.first, run.last],
     )?;
     tx.execute(
         "UPDATE clickhouse_outbox SET created_ms = ?2, cells = ?3 WHERE batch = ?1",
-        params![last, oldest, blob],
+        params![run.last, run.oldest, blob],
     )?;
-    tx.commit()?;
-    Ok(merge - 1)
+    Ok(run.batches - 1)
 }
 
 #[cfg(test)]
@@ -380,11 +421,35 @@ mod tests {
                 .unwrap();
         }
         // Six pending, at most two kept: the oldest five become one.
+        let copy = dir.path().join("capped.db");
+        conn.execute("VACUUM INTO ?1", params![copy.to_str().unwrap()])
+            .unwrap();
         assert_eq!(fold(&mut conn, 2).unwrap(), 4);
         assert_eq!(waiting(&path).unwrap(), 2);
         let p = take(&mut conn, 100).unwrap().unwrap();
         assert_eq!((p.batches, p.rows.len(), p.upto), (2, 7, 1_000_007));
         acknowledge(&conn, p.upto).unwrap();
+        // At most three cells a folded batch: the five oldest ("a" and "b" share the first)
+        // become two runs of three cells, each under its newest id.
+        let mut capped = Connection::open(&copy).unwrap();
+        assert_eq!(fold_capped(&mut capped, 2, 3).unwrap(), 3);
+        let sizes: Vec<(i64, usize)> = {
+            let mut st = capped
+                .prepare("SELECT batch, cells FROM clickhouse_outbox ORDER BY batch")
+                .unwrap();
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get::<_, Vec<u8>>(1)?)));
+            rows.unwrap()
+                .map(Result::unwrap)
+                .map(|(b, blob)| {
+                    let mut cells = HashSet::new();
+                    assert!(decode(&blob, &mut cells));
+                    (b, cells.len())
+                })
+                .collect()
+        };
+        assert_eq!(sizes, [(1_000_003, 3), (1_000_006, 3), (1_000_007, 1)]);
+        let p = take(&mut capped, 100).unwrap().unwrap();
+        assert_eq!((p.rows.len(), p.upto), (7, 1_000_007));
         assert!(take(&mut conn, 100).unwrap().is_none());
         // A reopened outbox keeps counting from where it was.
         drop(store);
