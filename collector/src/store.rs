@@ -240,25 +240,7 @@ impl Store {
         if !outbox::exists(&self.conn)? {
             return Err(StoreError::NoClickHouseOutbox);
         }
-        let (mut cells, mut batches) = (0, 0);
-        for &res in resolutions {
-            let mut after = None;
-            loop {
-                let tx = self
-                    .conn
-                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                let (n, last) =
-                    outbox::backfill_page(&tx, res as i64, &after, outbox::BACKFILL_CELLS)?;
-                tx.commit()?;
-                cells += n;
-                batches += u64::from(n > 0);
-                if last.is_none() {
-                    break;
-                }
-                after = last;
-            }
-        }
-        Ok((cells, batches))
+        Ok(outbox::backfill_in_steps(&mut self.conn, resolutions)?)
     }
 
     /// Commit one batch atomically.

@@ -211,6 +211,30 @@ pub fn backfill(tx: &Transaction<'_>, resolutions: &[u64]) -> rusqlite::Result<(
     Ok((cells, batches))
 }
 
+/// [`backfill`] in one short IMMEDIATE transaction per batch, so a collector committing to
+/// the same database meanwhile never waits long. Returns (cells, batches) queued.
+pub fn backfill_in_steps(
+    conn: &mut Connection,
+    resolutions: &[u64],
+) -> rusqlite::Result<(u64, u64)> {
+    let (mut cells, mut batches) = (0, 0);
+    for &res in resolutions {
+        let mut after = None;
+        loop {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let (n, last) = backfill_page(&tx, res as i64, &after, BACKFILL_CELLS)?;
+            tx.commit()?;
+            cells += n;
+            batches += u64::from(n > 0);
+            if last.is_none() {
+                break;
+            }
+            after = last;
+        }
+    }
+    Ok((cells, batches))
+}
+
 /// What is due for ClickHouse: the current totals of the cells of the oldest pending
 /// batches, read in one snapshot of the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
