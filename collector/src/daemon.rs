@@ -124,7 +124,7 @@ pub fn bind(cfg: &Config) -> anyhow::Result<Bound> {
         .with_context(|| format!("opening {}", cfg.db.display()))?;
     if cfg.clickhouse.is_some() {
         let (cells, batches) = store
-            .enable_clickhouse_outbox((now_ms() * 1000) as i64)
+            .enable_clickhouse_outbox((now_ms() * 1000) as i64, &cfg.agg.resolutions)
             .context("creating the ClickHouse outbox")?;
         if cells > 0 {
             tracing::info!(

@@ -218,13 +218,18 @@ fn backfill_cmd(config: &std::path::Path, db: Option<PathBuf>) -> anyhow::Result
     if cfg.clickhouse.is_none() {
         anyhow::bail!("{}: no [clickhouse] section", config.display());
     }
-    let mut store = labelflow_collector::store::Store::open(&cfg.db, 1)
-        .with_context(|| format!("opening {}", cfg.db.display()))?;
-    let now_us = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64);
+    // Open an existing database only: a wrong path must not leave an empty one behind.
+    if !cfg.db.is_file() {
+        anyhow::bail!(
+            "{}: no such database (the collector's `db`; pass --db to name another)",
+            cfg.db.display()
+        );
+    }
+    let mut store =
+        labelflow_collector::store::Store::open(&cfg.db, cfg.max_templates_per_exporter.get())
+            .with_context(|| format!("opening {}", cfg.db.display()))?;
     let (cells, batches) = store
-        .clickhouse_backfill(now_us)
+        .clickhouse_backfill(&cfg.agg.resolutions)
         .with_context(|| format!("queuing the cells of {}", cfg.db.display()))?;
     println!(
         "queued {cells} cells in {batches} batches of {} for ClickHouse",

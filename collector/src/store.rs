@@ -36,6 +36,11 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("database schema version {found} is newer than this collector ({SCHEMA_VERSION})")]
     SchemaTooNew { found: i64 },
+    #[error(
+        "the database has no ClickHouse outbox yet: start the collector with [clickhouse] \
+         (its first start queues every stored cell by itself)"
+    )]
+    NoClickHouseOutbox,
 }
 
 /// Read-write handle used by the ingest loop.
@@ -238,13 +243,18 @@ impl Store {
     }
 
     /// From now on, queue every commit's cells for ClickHouse in the commit's transaction
-    /// (see [`crate::clickhouse::outbox`]). `now_us`: microseconds since the epoch.
+    /// (see [`crate::clickhouse::outbox`]). `now_us`: microseconds since the epoch; both
+    /// outboxes' batch ids are raised to at least it.
     ///
-    /// The first time (the outbox did not exist), every cell the store already holds is
-    /// queued too, in the same transaction ([`Store::clickhouse_backfill`]): data committed
-    /// before ClickHouse was configured reaches it, once. Returns the (cells, batches) so
-    /// queued.
-    pub fn enable_clickhouse_outbox(&mut self, now_us: i64) -> Result<(u64, u64), StoreError> {
+    /// The first time (the outbox did not exist), every cell of the configured
+    /// `resolutions` the store already holds is queued too, in the same transaction
+    /// ([`Store::clickhouse_backfill`]): data committed before ClickHouse was configured
+    /// reaches it, once. Returns the (cells, batches) so queued.
+    pub fn enable_clickhouse_outbox(
+        &mut self,
+        now_us: i64,
+        resolutions: &[u64],
+    ) -> Result<(u64, u64), StoreError> {
         use crate::clickhouse::{outbox, raw};
         let tx = self
             .conn
@@ -252,7 +262,7 @@ impl Store {
         let created = outbox::create(&tx, now_us)?;
         raw::create(&tx, now_us)?;
         let queued = if created {
-            outbox::backfill(&tx)?
+            outbox::backfill(&tx, resolutions)?
         } else {
             (0, 0)
         };
@@ -261,29 +271,21 @@ impl Store {
         Ok(queued)
     }
 
-    /// Queue every cell the store holds for ClickHouse (`clickhouse-backfill`): the rows
-    /// carry absolute totals, so this is safe to repeat. One short transaction per batch,
-    /// so a collector committing meanwhile never waits long. Returns (cells, batches).
-    pub fn clickhouse_backfill(&mut self, now_us: i64) -> Result<(u64, u64), StoreError> {
+    /// Queue every cell of the configured `resolutions` for ClickHouse
+    /// (`clickhouse-backfill`): the rows carry absolute totals, so this is safe to repeat.
+    /// One short transaction per batch, so a collector committing meanwhile never waits
+    /// long. Returns (cells, batches).
+    ///
+    /// Refuses ([`StoreError::NoClickHouseOutbox`]) when no collector with `[clickhouse]`
+    /// ever started on the database: a collector running without it would not queue its
+    /// commits into an outbox created behind its back, and its next start with
+    /// `[clickhouse]` would skip the automatic backfill, leaving a gap.
+    pub fn clickhouse_backfill(&mut self, resolutions: &[u64]) -> Result<(u64, u64), StoreError> {
         use crate::clickhouse::outbox;
-        let first = self.enable_clickhouse_outbox(now_us)?;
-        if first.0 > 0 {
-            return Ok(first);
+        if !outbox::exists(&self.conn)? {
+            return Err(StoreError::NoClickHouseOutbox);
         }
-        let (mut after, mut cells, mut batches) = (None, 0, 0);
-        loop {
-            let tx = self
-                .conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let (n, last) = outbox::backfill_page(&tx, &after, outbox::BACKFILL_CELLS)?;
-            tx.commit()?;
-            cells += n;
-            batches += u64::from(n > 0);
-            if last.is_none() {
-                return Ok((cells, batches));
-            }
-            after = last;
-        }
+        Ok(outbox::backfill_in_steps(&mut self.conn, resolutions)?)
     }
 
     /// Commit one batch atomically.

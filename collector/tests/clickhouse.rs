@@ -723,12 +723,34 @@ fn backfill_sends_what_was_stored_before_and_repeats_harmlessly() {
 
     // Configured now: the first start queues what the store holds, and sends it.
     let sink = sink_config(&ch.url(), "site-old", None);
+    // Before that start, the command refuses (a collector running without [clickhouse]
+    // would not queue its commits, and the first start would skip its own backfill), and a
+    // wrong path is refused without creating a database there.
+    let config = dir.path().join("backfill.toml");
+    let refused = |db: &Path| {
+        std::fs::write(&config, format!("db = \"{}\"\n{sink}", db.display())).unwrap();
+        let out = Command::new(BIN)
+            .args(["clickhouse-backfill", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = refused(&db);
+    assert!(
+        e.contains("no ClickHouse outbox yet: start the collector with [clickhouse]"),
+        "{e}"
+    );
+    let typo = dir.path().join("typo.db");
+    let e = refused(&typo);
+    assert!(e.contains("typo.db: no such database"), "{e}");
+    assert!(!typo.exists());
     let c = Collector::start(dir.path(), &db, &sink);
     wait_sent(&c);
     assert_equal_to_sqlite(&ch.url(), &[&db]);
 
     // Asked for twice more while new data arrives: still equal, nothing counted twice.
-    let config = dir.path().join("backfill.toml");
     std::fs::write(&config, format!("db = \"{}\"\n{sink}", db.display())).unwrap();
     let queued = backfill(&config);
     assert!(queued >= cells_before, "{queued} < {cells_before}");

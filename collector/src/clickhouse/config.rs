@@ -47,6 +47,10 @@ pub struct RawClickHouse {
     /// `labelflow_collector_clickhouse_raw_dropped_*_total`. Totals are never dropped.
     /// Default 10000.
     pub max_raw_backlog: Option<Spanned<usize>>,
+    /// Octets of raw-record batches kept in the outbox while ClickHouse is behind; past it
+    /// the oldest are dropped, as for `max_raw_backlog` (whichever bound is reached first).
+    /// At least 16777216 (one batch). Default 1073741824 (1 GiB).
+    pub max_raw_backlog_bytes: Option<Spanned<usize>>,
 }
 
 /// Validated `[clickhouse]`.
@@ -64,6 +68,7 @@ pub struct ClickHouseConfig {
     pub serve_reports: bool,
     pub raw: bool,
     pub max_raw_backlog: NonZeroUsize,
+    pub max_raw_backlog_bytes: usize,
 }
 
 impl ClickHouseConfig {
@@ -134,6 +139,18 @@ pub(crate) fn validate(
     if user.contains(['\r', '\n']) {
         return Err(src.bad(Some(&raw.url), "clickhouse.user", "must be one line"));
     }
+    let max_raw_backlog_bytes = raw
+        .max_raw_backlog_bytes
+        .as_ref()
+        .map_or(1 << 30, |v| *v.get_ref());
+    if max_raw_backlog_bytes < super::raw::MAX_BATCH_BYTES {
+        let at = raw.max_raw_backlog_bytes.as_ref();
+        let why = format!(
+            "must be at least {} (one raw batch)",
+            super::raw::MAX_BATCH_BYTES
+        );
+        return Err(src.bad(at, "clickhouse.max_raw_backlog_bytes", why));
+    }
     Ok(ClickHouseConfig {
         url,
         database,
@@ -151,6 +168,7 @@ pub(crate) fn validate(
         serve_reports: raw.serve_reports,
         raw: raw.raw,
         max_raw_backlog: src.nz(&raw.max_raw_backlog, "clickhouse.max_raw_backlog", 10000)?,
+        max_raw_backlog_bytes,
     })
 }
 
@@ -172,6 +190,7 @@ mod tests {
         assert_eq!(c.max_backlog.get(), 1000);
         assert!(c.cluster.is_none() && !c.serve_reports && !c.raw);
         assert_eq!(c.max_raw_backlog.get(), 10000);
+        assert_eq!(c.max_raw_backlog_bytes, 1 << 30);
         assert!(Config::parse("", "c.toml").unwrap().clickhouse.is_none());
         let err = |text: &str| Config::parse(text, "c.toml").unwrap_err().to_string();
         let e = err("[clickhouse]\nurl = \"https://x\"\n");
@@ -187,6 +206,11 @@ mod tests {
         );
         let e = err("[clickhouse]\nurl = \"http://x\"\nmax_raw_backlog = 0\n");
         assert!(e.contains("clickhouse.max_raw_backlog: must be > 0"), "{e}");
+        let e = err("[clickhouse]\nurl = \"http://x\"\nmax_raw_backlog_bytes = 1000\n");
+        assert!(
+            e.starts_with("c.toml:3:25: clickhouse.max_raw_backlog_bytes: must be at least"),
+            "{e}"
+        );
         let e = err("[clickhouse]\nurl = \"http://x\"\nrows = true\n");
         assert!(e.contains("unknown field"), "{e}");
     }

@@ -33,25 +33,43 @@ pub struct Cell {
 /// Create the outbox if needed and seed its batch ids (see the module docs). Returns
 /// whether it was created now (it did not exist before).
 pub fn create(conn: &Connection, now_us: i64) -> rusqlite::Result<bool> {
-    let existed: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table'
-                        AND name = 'clickhouse_outbox')",
-        [],
-        |r| r.get(0),
-    )?;
+    let existed = exists(conn)?;
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS clickhouse_outbox (
              batch INTEGER PRIMARY KEY AUTOINCREMENT,
              created_ms INTEGER NOT NULL,
              cells BLOB NOT NULL)",
     )?;
+    raise_sequence(conn, "clickhouse_outbox", now_us)?;
+    Ok(!existed)
+}
+
+/// Raise the AUTOINCREMENT sequence of `table` to at least `now_us`, at every start: a
+/// database restored from a backup, or a clock that was behind when ids were handed out,
+/// would otherwise hand out ids already used, and rows that share an id collapse in
+/// ClickHouse (a higher id must be a later fact).
+pub fn raise_sequence(conn: &Connection, table: &str, now_us: i64) -> rusqlite::Result<()> {
     conn.execute(
         "INSERT INTO sqlite_sequence (name, seq)
-         SELECT 'clickhouse_outbox', ?1
-         WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'clickhouse_outbox')",
-        params![now_us],
+         SELECT ?1, ?2 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = ?1)",
+        params![table, now_us],
     )?;
-    Ok(!existed)
+    conn.execute(
+        "UPDATE sqlite_sequence SET seq = MAX(seq, ?2) WHERE name = ?1",
+        params![table, now_us],
+    )?;
+    Ok(())
+}
+
+/// Whether the database behind `conn` has the outbox (a collector with `[clickhouse]`
+/// started on it at least once).
+pub fn exists(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table'
+                        AND name = 'clickhouse_outbox')",
+        [],
+        |r| r.get(0),
+    )
 }
 
 /// Queue the cells `deltas` touch, inside the commit's transaction `tx`.
@@ -115,36 +133,44 @@ fn decode(mut b: &[u8], out: &mut HashSet<Cell>) -> bool {
 /// `max_batches_per_insert` batches, so this bounds what one insert holds.
 pub const BACKFILL_CELLS: usize = 10_000;
 
-/// Where a [`backfill_page`] stopped: the last (res, dim, bucket, key) it queued.
-pub type After = Option<(i64, String, i64, String)>;
+/// Where a [`backfill_page`] stopped within its resolution: the last (dim, bucket, key)
+/// it queued.
+pub type After = Option<(String, i64, String)>;
 
-/// Queue up to `per_batch` cells of the store (`agg`) after `after`, in key order, as one
-/// batch inside `tx`. Returns the cells queued and where it stopped (`None`: at the end).
+/// Queue up to `per_batch` cells of resolution `res` of the store (`agg`) after `after`, in
+/// key order, as one batch inside `tx`. Returns the cells queued and where it stopped
+/// (`None`: at the end of the resolution).
+///
+/// Two statements, so each page is a range search of the primary key: `?1 IS NULL OR
+/// (...) > (...)` in one statement would hide the range from the planner and make every
+/// page scan from the start (quadratic in the store's size).
 pub fn backfill_page(
     tx: &Transaction<'_>,
+    res: i64,
     after: &After,
     per_batch: usize,
 ) -> rusqlite::Result<(u64, After)> {
-    let mut st = tx.prepare_cached(
-        "SELECT res, dim, bucket, key FROM agg
-         WHERE ?1 IS NULL OR (res, dim, bucket, key) > (?1, ?2, ?3, ?4)
-         ORDER BY res, dim, bucket, key LIMIT ?5",
-    )?;
-    let (r0, d0, b0, k0) = match after {
-        Some((r, d, b, k)) => (Some(*r), Some(d.as_str()), Some(*b), Some(k.as_str())),
-        None => (None, None, None, None),
+    let limit = per_batch.max(1) as i64;
+    let mut st;
+    let mut rows = match after {
+        None => {
+            st = tx.prepare_cached(FIRST_PAGE)?;
+            st.query(params![res, limit])?
+        }
+        Some((d, b, k)) => {
+            st = tx.prepare_cached(NEXT_PAGE)?;
+            st.query(params![res, d, b, k, limit])?
+        }
     };
-    let mut rows = st.query(params![r0, d0, b0, k0, per_batch.max(1) as i64])?;
     let (mut blob, mut n, mut last) = (Vec::new(), 0u64, None);
     while let Some(r) = rows.next()? {
-        let (res, dim_name, bucket, key): (i64, String, i64, String) =
-            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+        let (dim_name, bucket, key): (String, i64, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
         // A dimension this collector does not know (a newer one wrote it) is left out.
         if let Some(dim) = Dim::ALL.iter().find(|d| d.name() == dim_name) {
             encode(&mut blob, res, *dim, bucket, &key);
             n += 1;
         }
-        last = Some((res, dim_name, bucket, key));
+        last = Some((dim_name, bucket, key));
     }
     if !blob.is_empty() {
         tx.prepare_cached(
@@ -156,20 +182,57 @@ pub fn backfill_page(
     Ok((n, last))
 }
 
-/// Queue every cell the store holds, [`BACKFILL_CELLS`] to a batch, inside `tx`. Returns
-/// (cells, batches) queued. Idempotent in effect: rows carry the cells' absolute totals as
-/// of their send, so queuing a cell again only writes the same fact under a higher version.
-pub fn backfill(tx: &Transaction<'_>) -> rusqlite::Result<(u64, u64)> {
-    let (mut after, mut cells, mut batches) = (None, 0, 0);
-    loop {
-        let (n, last) = backfill_page(tx, &after, BACKFILL_CELLS)?;
-        cells += n;
-        batches += u64::from(n > 0);
-        if last.is_none() {
-            return Ok((cells, batches));
+/// The first page of a resolution.
+const FIRST_PAGE: &str = "SELECT dim, bucket, key FROM agg WHERE res = ?1
+                          ORDER BY res, dim, bucket, key LIMIT ?2";
+/// The pages after (dim, bucket, key) = (?2, ?3, ?4).
+const NEXT_PAGE: &str = "SELECT dim, bucket, key FROM agg
+                         WHERE res = ?1 AND (dim, bucket, key) > (?2, ?3, ?4)
+                         ORDER BY res, dim, bucket, key LIMIT ?5";
+
+/// Queue every cell of the resolutions `resolutions` (the configured ones: ClickHouse has
+/// tables for those only), [`BACKFILL_CELLS`] to a batch, inside `tx`. Returns (cells,
+/// batches) queued. Idempotent in effect: rows carry the cells' absolute totals as of
+/// their send, so queuing a cell again only writes the same fact under a higher version.
+pub fn backfill(tx: &Transaction<'_>, resolutions: &[u64]) -> rusqlite::Result<(u64, u64)> {
+    let (mut cells, mut batches) = (0, 0);
+    for &res in resolutions {
+        let mut after = None;
+        loop {
+            let (n, last) = backfill_page(tx, res as i64, &after, BACKFILL_CELLS)?;
+            cells += n;
+            batches += u64::from(n > 0);
+            if last.is_none() {
+                break;
+            }
+            after = last;
         }
-        after = last;
     }
+    Ok((cells, batches))
+}
+
+/// [`backfill`] in one short IMMEDIATE transaction per batch, so a collector committing to
+/// the same database meanwhile never waits long. Returns (cells, batches) queued.
+pub fn backfill_in_steps(
+    conn: &mut Connection,
+    resolutions: &[u64],
+) -> rusqlite::Result<(u64, u64)> {
+    let (mut cells, mut batches) = (0, 0);
+    for &res in resolutions {
+        let mut after = None;
+        loop {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let (n, last) = backfill_page(&tx, res as i64, &after, BACKFILL_CELLS)?;
+            tx.commit()?;
+            cells += n;
+            batches += u64::from(n > 0);
+            if last.is_none() {
+                break;
+            }
+            after = last;
+        }
+    }
+    Ok((cells, batches))
 }
 
 /// What is due for ClickHouse: the current totals of the cells of the oldest pending
@@ -263,45 +326,86 @@ pub fn acknowledge(conn: &Connection, upto: i64) -> rusqlite::Result<usize> {
     )
 }
 
-/// Keep at most `max_batches` pending batches: merge the oldest into one (the union of
-/// their cells, under the newest id among them). Nothing is lost: rows carry absolute
-/// totals read at send time. Returns the number of batches merged away.
+/// Cells a folded batch holds at most: a backlog folded into one batch of millions of cells
+/// would have to be read, and sent, whole.
+pub const FOLD_MAX_CELLS: usize = 200_000;
+
+/// Keep at most `max_batches` pending batches: merge the oldest into few (the union of
+/// their cells, each under the newest id among its batches), each of at most
+/// [`FOLD_MAX_CELLS`] cells. Nothing is lost: rows carry absolute totals read at send
+/// time. Returns the number of batches merged away.
 pub fn fold(conn: &mut Connection, max_batches: usize) -> rusqlite::Result<usize> {
+    fold_capped(conn, max_batches, FOLD_MAX_CELLS)
+}
+
+/// A run of consecutive batches being merged.
+#[derive(Default)]
+struct Run {
+    first: i64,
+    last: i64,
+    oldest: i64,
+    batches: usize,
+    cells: HashSet<Cell>,
+}
+
+/// [`fold`], with at most `cap` cells in a merged batch.
+fn fold_capped(conn: &mut Connection, max_batches: usize, cap: usize) -> rusqlite::Result<usize> {
     let max_batches = max_batches.max(2);
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let count: i64 = tx.query_row("SELECT COUNT(*) FROM clickhouse_outbox", [], |r| r.get(0))?;
     if count as usize <= max_batches {
         return Ok(0);
     }
-    // Merge the oldest half, so folding runs rarely while the backlog stays bounded.
+    // Merge the oldest half, so folding runs rarely while the backlog stays bounded; a
+    // run closes where its next batch would take it past `cap` cells.
     let merge = (count as usize - max_batches / 2).max(2);
-    let mut cells = HashSet::new();
-    let (mut last, mut oldest) = (0i64, i64::MAX);
+    let mut merged = 0;
+    let mut run = Run::default();
     {
         let mut st = tx.prepare(
             "SELECT batch, created_ms, cells FROM clickhouse_outbox ORDER BY batch LIMIT ?1",
         )?;
         let mut rows = st.query(params![merge as i64])?;
         while let Some(r) = rows.next()? {
-            last = r.get(0)?;
-            oldest = oldest.min(r.get(1)?);
+            let (batch, created): (i64, i64) = (r.get(0)?, r.get(1)?);
+            let mut cells = HashSet::new();
             decode(r.get_ref(2)?.as_blob()?, &mut cells);
+            let new = cells.iter().filter(|c| !run.cells.contains(*c)).count();
+            if run.batches > 0 && run.cells.len() + new > cap {
+                merged += close(&tx, std::mem::take(&mut run))?;
+            }
+            if run.batches == 0 {
+                (run.first, run.oldest) = (batch, created);
+            }
+            run.last = batch;
+            run.oldest = run.oldest.min(created);
+            run.batches += 1;
+            run.cells.extend(cells);
         }
     }
+    merged += close(&tx, run)?;
+    tx.commit()?;
+    Ok(merged)
+}
+
+/// Write a run as one batch under its newest id; the batches merged away.
+fn close(tx: &Transaction<'_>, run: Run) -> rusqlite::Result<usize> {
+    if run.batches < 2 {
+        return Ok(0);
+    }
     let mut blob = Vec::new();
-    for c in &cells {
+    for c in &run.cells {
         encode(&mut blob, c.resolution, c.dim, c.bucket, &c.key);
     }
     tx.execute(
-        "DELETE FROM clickhouse_outbox WHERE batch < ?1",
-        params![last],
+        "DELETE FROM clickhouse_outbox WHERE batch >= ?1 AND batch < ?2",
+        params![run.first, run.last],
     )?;
     tx.execute(
         "UPDATE clickhouse_outbox SET created_ms = ?2, cells = ?3 WHERE batch = ?1",
-        params![last, oldest, blob],
+        params![run.last, run.oldest, blob],
     )?;
-    tx.commit()?;
-    Ok(merge - 1)
+    Ok(run.batches - 1)
 }
 
 #[cfg(test)]
@@ -314,7 +418,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("o.db");
         let mut store = crate::store::Store::open(&path, 8).unwrap();
-        store.enable_clickhouse_outbox(1_000_000).unwrap();
+        store.enable_clickhouse_outbox(1_000_000, &[60]).unwrap();
         store.commit(&[delta("a", 10)], &[], &[]).unwrap();
         store
             .commit(&[delta("a", 5), delta("b", 7)], &[], &[])
@@ -341,18 +445,58 @@ mod tests {
                 .unwrap();
         }
         // Six pending, at most two kept: the oldest five become one.
+        let copy = dir.path().join("capped.db");
+        conn.execute("VACUUM INTO ?1", params![copy.to_str().unwrap()])
+            .unwrap();
         assert_eq!(fold(&mut conn, 2).unwrap(), 4);
         assert_eq!(waiting(&path).unwrap(), 2);
         let p = take(&mut conn, 100).unwrap().unwrap();
         assert_eq!((p.batches, p.rows.len(), p.upto), (2, 7, 1_000_007));
         acknowledge(&conn, p.upto).unwrap();
+        // At most three cells a folded batch: the five oldest ("a" and "b" share the first)
+        // become two runs of three cells, each under its newest id.
+        let mut capped = Connection::open(&copy).unwrap();
+        assert_eq!(fold_capped(&mut capped, 2, 3).unwrap(), 3);
+        let sizes: Vec<(i64, usize)> = {
+            let mut st = capped
+                .prepare("SELECT batch, cells FROM clickhouse_outbox ORDER BY batch")
+                .unwrap();
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get::<_, Vec<u8>>(1)?)));
+            rows.unwrap()
+                .map(Result::unwrap)
+                .map(|(b, blob)| {
+                    let mut cells = HashSet::new();
+                    assert!(decode(&blob, &mut cells));
+                    (b, cells.len())
+                })
+                .collect()
+        };
+        assert_eq!(sizes, [(1_000_003, 3), (1_000_006, 3), (1_000_007, 1)]);
+        let p = take(&mut capped, 100).unwrap().unwrap();
+        assert_eq!((p.rows.len(), p.upto), (7, 1_000_007));
         assert!(take(&mut conn, 100).unwrap().is_none());
         // A reopened outbox keeps counting from where it was.
         drop(store);
         let mut store = crate::store::Store::open(&path, 8).unwrap();
-        store.enable_clickhouse_outbox(5).unwrap();
+        store.enable_clickhouse_outbox(5, &[60]).unwrap();
         store.commit(&[delta("a", 1)], &[], &[]).unwrap();
         assert_eq!(take(&mut conn, 1).unwrap().unwrap().upto, 1_000_008);
+        acknowledge(&conn, 1_000_008).unwrap();
+        // A clock now ahead of the ids (a restored backup, a clock that was behind): both
+        // outboxes go on above it, so a later fact never carries an older id.
+        drop(store);
+        let mut store = crate::store::Store::open(&path, 8).unwrap();
+        store.enable_clickhouse_outbox(9_000_000, &[60]).unwrap();
+        store.commit(&[delta("a", 1)], &[], &[]).unwrap();
+        assert_eq!(take(&mut conn, 1).unwrap().unwrap().upto, 9_000_001);
+        let raw_seq: i64 = conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'clickhouse_raw_outbox'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(raw_seq, 9_000_000);
     }
 
     #[test]
@@ -369,21 +513,40 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM agg", [], |r| r.get(0))
             .unwrap();
         assert!(cells >= 3);
+        // A resolution no longer configured, still in the store (prune keeps it): ClickHouse
+        // has no table for it, so it is not queued.
+        let mut old = delta("old", 1);
+        old.resolution = 300;
+        store.commit(&[old], &[], &[]).unwrap();
+        // Asked before any start with [clickhouse]: refused, nothing created.
+        assert!(matches!(
+            store.clickhouse_backfill(&[60]),
+            Err(crate::store::StoreError::NoClickHouseOutbox)
+        ));
+        assert!(!exists(&conn).unwrap());
         // Configured: the first start queues them all, in one batch here.
-        assert_eq!(store.enable_clickhouse_outbox(7).unwrap(), (cells, 1));
-        assert_eq!(store.enable_clickhouse_outbox(7).unwrap(), (0, 0), "once");
+        assert_eq!(
+            store.enable_clickhouse_outbox(7, &[60]).unwrap(),
+            (cells, 1)
+        );
+        assert_eq!(
+            store.enable_clickhouse_outbox(7, &[60]).unwrap(),
+            (0, 0),
+            "once"
+        );
         let p = take(&mut conn, 100).unwrap().unwrap();
         assert_eq!(p.rows.len() as u64, cells);
+        assert!(p.rows.iter().all(|r| r.0.resolution == 60));
         assert_eq!(p.rows.iter().map(|r| r.1.bytes).max(), Some(10));
         acknowledge(&conn, p.upto).unwrap();
         // Asked again: the same cells again.
-        assert_eq!(store.clickhouse_backfill(7).unwrap(), (cells, 1));
+        assert_eq!(store.clickhouse_backfill(&[60]).unwrap(), (cells, 1));
         assert_eq!(take(&mut conn, 100).unwrap().unwrap().rows, p.rows);
         // Page by page, two cells a batch: every cell once, then the end.
         let tx = conn.transaction().unwrap();
         let (mut after, mut seen) = (None, 0);
         loop {
-            let (n, last) = backfill_page(&tx, &after, 2).unwrap();
+            let (n, last) = backfill_page(&tx, 60, &after, 2).unwrap();
             assert!(n <= 2);
             seen += n;
             if last.is_none() {
@@ -392,6 +555,33 @@ mod tests {
             after = last;
         }
         assert_eq!(seen, cells);
+    }
+
+    /// Every backfill page is a range search of `agg`'s primary key, not a scan.
+    #[test]
+    fn backfill_pages_search_the_primary_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        drop(crate::store::Store::open(&path, 8).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        for q in [FIRST_PAGE, NEXT_PAGE] {
+            let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {q}")).unwrap();
+            let plan: Vec<String> = st
+                .query_map(
+                    params![60, "label", 0, "k", 10][..q.matches('?').count()].as_ref(),
+                    |r| r.get::<_, String>(3),
+                )
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let plan = plan.join("; ");
+            assert!(
+                plan.contains("SEARCH agg USING PRIMARY KEY")
+                    && (q == FIRST_PAGE || plan.contains("(dim,bucket,key)>"))
+                    && !plan.contains("TEMP B-TREE"),
+                "{q}: {plan}"
+            );
+        }
     }
 
     #[test]

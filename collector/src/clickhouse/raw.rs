@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use rusqlite::{params, Connection, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::aggregate::Flow;
 
@@ -34,8 +34,9 @@ pub struct RawRecords {
     pub records: u64,
 }
 
-/// Octets of raw records after which the ingest hands its batch to the store early
-/// (about 200,000 records): one outbox BLOB and one commit stay a few MiB.
+/// Octets of raw records after which the ingest hands its batch to the store early (about
+/// 300,000 records at 56 octets for an IPv4 record without NAT): one outbox BLOB holds at
+/// most this plus one record.
 pub const MAX_BATCH_BYTES: usize = 16 << 20;
 
 /// Collects the records of the current batch in the ingest.
@@ -45,8 +46,46 @@ pub struct RawLog {
     /// Offset of the current datagram's header, and its record count so far.
     group: Option<(usize, u32)>,
     records: u64,
-    labels: Vec<u32>,
-    tunnels: Vec<u32>,
+    labels: IdSet,
+    tunnels: IdSet,
+}
+
+/// The label or tunnel ids a batch used: their list (for the names) and a bitset indexed
+/// by id, so a record costs one bit test whatever the number of ids. Ids are the
+/// collector's own, dense from 0 and below the configured maximum (labels, tunnels), so
+/// the set is a few hundred octets; it is cleared from the list, not scanned.
+#[derive(Debug, Default)]
+struct IdSet {
+    ids: Vec<u32>,
+    bits: Vec<u64>,
+}
+
+impl IdSet {
+    fn insert(&mut self, id: u32) {
+        let (w, b) = ((id / 64) as usize, 1u64 << (id % 64));
+        if w >= self.bits.len() {
+            self.bits.resize(w + 1, 0);
+        }
+        if self.bits[w] & b == 0 {
+            self.bits[w] |= b;
+            self.ids.push(id);
+        }
+    }
+
+    /// Write the count, then each id and its name; the set is empty after.
+    fn drain_into<'a>(&mut self, o: &mut Vec<u8>, name: impl Fn(u32) -> &'a str) {
+        o.extend_from_slice(&(self.ids.len() as u32).to_le_bytes());
+        for id in self.ids.drain(..) {
+            self.bits[(id / 64) as usize] = 0;
+            put_name(o, id, name(id));
+        }
+    }
+
+    fn clear(&mut self) {
+        for id in self.ids.drain(..) {
+            self.bits[(id / 64) as usize] = 0;
+        }
+    }
 }
 
 const NO_SPI: u8 = 1;
@@ -138,9 +177,7 @@ impl RawLog {
         }
         if let Some(t) = f.tunnel {
             o.extend_from_slice(&t.to_le_bytes());
-            if !self.tunnels.contains(&t) {
-                self.tunnels.push(t);
-            }
+            self.tunnels.insert(t);
         }
         let scale = u64::from(f.sampling.max(1));
         o.extend_from_slice(&f.bytes.saturating_mul(scale).to_le_bytes());
@@ -152,9 +189,7 @@ impl RawLog {
             put_addr(o, inside);
             put_addr(o, public);
         }
-        if !self.labels.contains(&f.label) {
-            self.labels.push(f.label);
-        }
+        self.labels.insert(f.label);
     }
 
     /// Octets buffered for the current batch.
@@ -175,14 +210,8 @@ impl RawLog {
             return None;
         }
         let mut blob = Vec::with_capacity(self.buf.len() + 64);
-        blob.extend_from_slice(&(self.labels.len() as u32).to_le_bytes());
-        for id in self.labels.drain(..) {
-            put_name(&mut blob, id, label(id));
-        }
-        blob.extend_from_slice(&(self.tunnels.len() as u32).to_le_bytes());
-        for id in self.tunnels.drain(..) {
-            put_name(&mut blob, id, tunnel(id));
-        }
+        self.labels.drain_into(&mut blob, label);
+        self.tunnels.drain_into(&mut blob, tunnel);
         blob.extend_from_slice(&self.buf);
         self.buf.clear();
         Some(RawRecords {
@@ -335,7 +364,7 @@ fn decode_one(
     })
 }
 
-/// Create the raw outbox if needed, its batch ids seeded like the totals' outbox.
+/// Create the raw outbox if needed; its batch ids are raised like the totals' outbox's.
 pub fn create(conn: &Connection, now_us: i64) -> rusqlite::Result<()> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS clickhouse_raw_outbox (
@@ -344,13 +373,7 @@ pub fn create(conn: &Connection, now_us: i64) -> rusqlite::Result<()> {
              records INTEGER NOT NULL,
              blob BLOB NOT NULL)",
     )?;
-    conn.execute(
-        "INSERT INTO sqlite_sequence (name, seq)
-         SELECT 'clickhouse_raw_outbox', ?1
-         WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'clickhouse_raw_outbox')",
-        params![now_us],
-    )?;
-    Ok(())
+    super::outbox::raise_sequence(conn, "clickhouse_raw_outbox", now_us)
 }
 
 /// Queue a batch's records inside the commit's transaction `tx`.
@@ -385,21 +408,39 @@ pub fn waiting(path: &std::path::Path) -> rusqlite::Result<u64> {
     Ok(backlog(&conn)?.0)
 }
 
-/// Keep at most `max_batches` raw batches: drop the oldest. Returns (batches, records)
-/// dropped.
-pub fn bound(conn: &mut Connection, max_batches: usize) -> rusqlite::Result<(u64, u64)> {
+/// Keep at most `max_batches` raw batches and `max_bytes` octets of them (the newest
+/// ones): drop the oldest. Returns (batches, records) dropped.
+///
+/// The octet bound is what bounds the SQLite file: a batch holds up to
+/// [`MAX_BATCH_BYTES`] (plus the last record), so a count alone would allow 10,000 × 16 MiB.
+pub fn bound(
+    conn: &mut Connection,
+    max_batches: usize,
+    max_bytes: usize,
+) -> rusqlite::Result<(u64, u64)> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let count: i64 = tx.query_row("SELECT COUNT(*) FROM clickhouse_raw_outbox", [], |r| {
-        r.get(0)
-    })?;
-    let excess = count - max_batches as i64;
-    if excess <= 0 {
+    // The newest batch past either bound, counting from the newest; it and every older
+    // batch go. `length()` of a BLOB reads its size, not its content.
+    let last: Option<i64> = tx
+        .query_row(
+            "SELECT batch FROM (
+               SELECT batch,
+                      SUM(length(blob)) OVER (ORDER BY batch DESC) AS kept_bytes,
+                      ROW_NUMBER() OVER (ORDER BY batch DESC) AS kept
+               FROM clickhouse_raw_outbox)
+             WHERE kept > ?1 OR kept_bytes > ?2
+             ORDER BY batch DESC LIMIT 1",
+            params![clamp(max_batches), clamp(max_bytes)],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(last) = last else {
         return Ok((0, 0));
-    }
-    let (last, records): (i64, i64) = tx.query_row(
-        "SELECT MAX(batch), SUM(records) FROM
-           (SELECT batch, records FROM clickhouse_raw_outbox ORDER BY batch LIMIT ?1)",
-        params![excess],
+    };
+    let (batches, records): (i64, i64) = tx.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(records), 0) FROM clickhouse_raw_outbox
+         WHERE batch <= ?1",
+        params![last],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     tx.execute(
@@ -407,7 +448,12 @@ pub fn bound(conn: &mut Connection, max_batches: usize) -> rusqlite::Result<(u64
         params![last],
     )?;
     tx.commit()?;
-    Ok((excess as u64, records as u64))
+    Ok((batches as u64, records as u64))
+}
+
+/// A bound as SQLite's integer (`usize::MAX`: none).
+fn clamp(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Raw batches due: the oldest ones, at least one, up to about `max_records` records.
@@ -529,6 +575,39 @@ mod tests {
     }
 
     #[test]
+    fn each_batch_names_the_ids_it_used_once() {
+        let names: Vec<String> = (0..200).map(|i| format!("l{i}")).collect();
+        let mut log = RawLog::default();
+        log.begin_datagram("127.0.0.1".parse().unwrap());
+        for id in [0, 63, 64, 150, 63, 0, 150] {
+            log.push(&flow(id, Some(id), false));
+        }
+        log.end_datagram(Some(1));
+        let raw = log
+            .take(|i| &names[i as usize], |i| &names[i as usize])
+            .unwrap();
+        // Four labels and four tunnels named, once each.
+        assert_eq!(raw.blob[..4], 4u32.to_le_bytes());
+        let mut out = Vec::new();
+        decode(&raw.blob, &mut out).unwrap();
+        let got: Vec<&str> = out.iter().map(|f| f.label.as_str()).collect();
+        assert_eq!(got, ["l0", "l63", "l64", "l150", "l63", "l0", "l150"]);
+        // The next batch starts empty: the ids it uses are named in it again.
+        log.begin_datagram("127.0.0.1".parse().unwrap());
+        log.push(&flow(64, Some(63), false));
+        log.end_datagram(Some(1));
+        let raw = log
+            .take(|i| &names[i as usize], |i| &names[i as usize])
+            .unwrap();
+        let mut out = Vec::new();
+        decode(&raw.blob, &mut out).unwrap();
+        assert_eq!(
+            (out[0].label.as_str(), out[0].tunnel.as_str()),
+            ("l64", "l63")
+        );
+    }
+
+    #[test]
     fn outbox_bounds_backlog_by_dropping_the_oldest() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = Connection::open(dir.path().join("r.db")).unwrap();
@@ -548,8 +627,24 @@ mod tests {
         }
         assert_eq!(backlog(&conn).unwrap().0, 5);
         // The two oldest (1 + 2 records) go.
-        assert_eq!(bound(&mut conn, 3).unwrap(), (2, 3));
-        assert_eq!(bound(&mut conn, 3).unwrap(), (0, 0));
+        assert_eq!(bound(&mut conn, 3, usize::MAX).unwrap(), (2, 3));
+        assert_eq!(bound(&mut conn, 3, usize::MAX).unwrap(), (0, 0));
+        // By octets: the newest batches that fit stay (3, 4 and 5 records here); one
+        // octet less than all three and the oldest of them goes too.
+        let sizes: Vec<i64> = conn
+            .prepare("SELECT length(blob) FROM clickhouse_raw_outbox ORDER BY batch")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let all = sizes.iter().sum::<i64>() as usize;
+        assert_eq!(bound(&mut conn, 3, all).unwrap(), (0, 0));
+        std::fs::copy(dir.path().join("r.db"), dir.path().join("copy.db")).unwrap();
+        let mut copy = Connection::open(dir.path().join("copy.db")).unwrap();
+        assert_eq!(bound(&mut copy, 3, all - 1).unwrap(), (1, 3));
+        assert_eq!(bound(&mut copy, 3, sizes[2] as usize).unwrap(), (1, 4));
+        assert_eq!(backlog(&copy).unwrap().0, 1);
         // At least one batch, then whole batches up to the record budget.
         let p = take(&conn, 6).unwrap().unwrap();
         let ids: Vec<i64> = p.batches.iter().map(|b| b.0).collect();

@@ -49,9 +49,10 @@ pub const FLOWS: &str = "flows";
 /// The raw records' table: one row per record the store committed, identified by
 /// (collector_name, batch, idx), which is also the sorting key: `ReplacingMergeTree` keeps
 /// one row per identity (rows of one identity are equal, retries included) and reads
-/// collapse the rows not merged yet with `FINAL`. Partitioned by the record's end day, so
-/// retention drops whole partitions as for the aggregates; equal rows share a partition.
-fn create_flows(db: &str, ttl_secs: Option<u64>) -> String {
+/// collapse the rows not merged yet with `FINAL`. Partitioned by the record's end time
+/// ([`flows_partition`]), so retention drops whole partitions as for the aggregates; equal
+/// rows share a partition.
+fn create_flows(db: &str, retention: u64, ttl_secs: Option<u64>) -> String {
     let ttl = ttl_secs.map_or(String::new(), |s| {
         format!(" TTL time_end + INTERVAL {s} SECOND")
     });
@@ -65,9 +66,24 @@ fn create_flows(db: &str, ttl_secs: Option<u64>) -> String {
            ipsec_spi UInt32, bytes UInt64, packets UInt64, flows UInt64, sampling UInt32,
            nat_inside String, nat_public String, direction UInt8)
          ENGINE = ReplacingMergeTree()
-         PARTITION BY toYYYYMMDD(time_end)
-         ORDER BY (collector_name, batch, idx){ttl}"
+         PARTITION BY {p}
+         ORDER BY (collector_name, batch, idx){ttl}",
+        p = flows_partition(retention)
     )
+}
+
+/// The `flows` partition for records kept `retention` seconds. One insert may write to at
+/// most `max_partitions_per_insert_block` partitions (100 by default on newer servers), and
+/// the time rule lets an insert hold record ends from the whole retention (plus a backlog's
+/// spread): days while that is at most 31 days (the partition drop on 18.16, which has no
+/// TTL, then keeps at most a day past the retention), months beyond (at most a month past
+/// it; a year of retention spans 13 partitions).
+fn flows_partition(retention: u64) -> &'static str {
+    if retention <= 31 * 86400 {
+        "toYYYYMMDD(time_end)"
+    } else {
+        "toYYYYMM(time_end)"
+    }
 }
 
 /// Create the raw `flows` table (and with `cluster` its `flows_all`), keeping records
@@ -80,7 +96,7 @@ pub fn ensure_flows(
 ) -> Result<(), ChError> {
     let (major, minor) = server_version(c)?;
     let has_ttl = (major, minor) >= (19, 6);
-    c.text(&create_flows(db, has_ttl.then_some(retention)))?;
+    c.text(&create_flows(db, retention, has_ttl.then_some(retention)))?;
     if let Some(cl) = cluster {
         c.text(&format!(
             "CREATE TABLE IF NOT EXISTS {db}.{FLOWS}_all AS {db}.{FLOWS}
@@ -214,4 +230,22 @@ pub fn drop_expired_in(
         n += 1;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flows_partitions_stay_few_per_insert() {
+        // The default 7 days: by day (8 partitions at most from the time rule).
+        assert!(create_flows("db", 7 * 86400, None).contains("PARTITION BY toYYYYMMDD(time_end)"));
+        // A year: by month, 13 partitions, below max_partitions_per_insert_block (100).
+        let sql = create_flows("db", 365 * 86400, Some(365 * 86400));
+        assert!(sql.contains("PARTITION BY toYYYYMM(time_end)"), "{sql}");
+        assert!(
+            sql.contains("TTL time_end + INTERVAL 31536000 SECOND"),
+            "{sql}"
+        );
+    }
 }

@@ -17,9 +17,10 @@ use rusqlite::Connection;
 
 use super::client::{ChError, Client};
 use super::config::ClickHouseConfig;
-use super::outbox::{self, Pending};
+use super::outbox::{self, Cell, Pending};
 use super::raw::{self, PendingRaw};
 use super::schema;
+use crate::aggregate::Counters;
 use crate::config::AggConfig;
 use crate::ingest::Snapshot;
 
@@ -42,6 +43,9 @@ pub struct SinkStats {
     pub folded_batches: u64,
     /// Outbox entries that could not be read (skipped).
     pub malformed: u64,
+    /// Rows of resolutions no longer configured (ClickHouse has no table for them), left
+    /// out of the inserts.
+    pub unconfigured_rows: u64,
     pub partitions_dropped: u64,
     /// Raw-record batches waiting in the outbox (`raw = true`).
     pub raw_queue_batches: u64,
@@ -49,7 +53,9 @@ pub struct SinkStats {
     /// Age of the oldest waiting raw batch, seconds (0 when none waits).
     pub raw_lag_seconds: f64,
     pub raw_sent_records: u64,
-    /// Raw batches (and their records) dropped, oldest first, past `max_raw_backlog`.
+    /// Raw batches (and their records) dropped, oldest first, past `max_raw_backlog` or
+    /// `max_raw_backlog_bytes`. A dropped batch counts in full even when an insert of it
+    /// whose outcome was unknown (a timeout) had in fact written some or all of its rows.
     pub raw_dropped_batches: u64,
     pub raw_dropped_records: u64,
     /// Raw batches that could not be read whole (their readable records were sent).
@@ -131,11 +137,10 @@ fn encode_raw(p: &PendingRaw, name: &str) -> Vec<u8> {
     o
 }
 
-/// RowBinary of one resolution's rows.
-fn encode(p: &Pending, res: i64, name: &str) -> (Vec<u8>, usize) {
+/// RowBinary of totals rows (one resolution's).
+fn encode(rows: &[(Cell, Counters)], version: i64, name: &str) -> Vec<u8> {
     let mut o = Vec::new();
-    let mut n = 0;
-    for (c, v) in p.rows.iter().filter(|(c, _)| c.resolution == res) {
+    for (c, v) in rows {
         string(&mut o, name.as_bytes());
         string(&mut o, c.dim.name().as_bytes());
         o.extend_from_slice(&(c.bucket.clamp(0, u32::MAX as i64) as u32).to_le_bytes());
@@ -143,33 +148,57 @@ fn encode(p: &Pending, res: i64, name: &str) -> (Vec<u8>, usize) {
         for x in [v.bytes, v.packets, v.flows, v.bytes_in, v.bytes_out] {
             o.extend_from_slice(&x.to_le_bytes());
         }
-        o.extend_from_slice(&(p.version as u64).to_le_bytes());
-        n += 1;
+        o.extend_from_slice(&(version as u64).to_le_bytes());
     }
-    (o, n)
+    o
 }
 
-/// Insert one pending set: one insert per resolution present.
-fn send(c: &Client, cfg: &ClickHouseConfig, p: &Pending) -> Result<usize, ChError> {
-    let mut resolutions: Vec<i64> = p.rows.iter().map(|(c, _)| c.resolution).collect();
-    resolutions.dedup();
-    resolutions.sort_unstable();
-    resolutions.dedup();
-    let mut inserts = 0;
-    for res in resolutions {
-        let (body, _) = encode(p, res, &cfg.collector_name);
+/// Rows of totals per INSERT at most: a backlog folded into one batch, or a backfill,
+/// can name millions of cells, and one insert of them all could outlast the timeout on
+/// every retry. Smaller inserts of the same rows (same version) change nothing in what
+/// ClickHouse keeps.
+pub const ROWS_PER_INSERT: usize = 50_000;
+
+/// One insert: a resolution and its rows.
+type Insert<'a> = (i64, &'a [(Cell, Counters)]);
+
+/// The inserts of one pending set: (resolution, rows) in runs of at most `per_insert`
+/// rows, for the configured `resolutions` only (ClickHouse has no table for others), and
+/// the number of rows left out for that reason. `p.rows` is sorted, so each resolution's
+/// rows are one run.
+fn inserts<'a>(p: &'a Pending, resolutions: &[u64], per_insert: usize) -> (Vec<Insert<'a>>, usize) {
+    let (mut out, mut skipped) = (Vec::new(), 0);
+    for run in p.rows.chunk_by(|a, b| a.0.resolution == b.0.resolution) {
+        let res = run[0].0.resolution;
+        if !resolutions.iter().any(|r| *r as i64 == res) {
+            skipped += run.len();
+            continue;
+        }
+        out.extend(run.chunks(per_insert.max(1)).map(|c| (res, c)));
+    }
+    (out, skipped)
+}
+
+/// Insert one pending set (see [`inserts`]). Returns (inserts, rows skipped).
+fn send(
+    c: &Client,
+    cfg: &ClickHouseConfig,
+    resolutions: &[u64],
+    p: &Pending,
+) -> Result<(usize, usize), ChError> {
+    let (runs, skipped) = inserts(p, resolutions, ROWS_PER_INSERT);
+    for (res, rows) in &runs {
         c.execute(
             &format!(
                 "INSERT INTO {}.{} (collector_name, dim, bucket, key, bytes, packets, flows, \
                  bytes_in, bytes_out, version) FORMAT RowBinary",
                 cfg.database,
-                schema::table(res)
+                schema::table(*res)
             ),
-            &body,
+            &encode(rows, p.version, &cfg.collector_name),
         )?;
-        inserts += 1;
     }
-    Ok(inserts)
+    Ok((runs.len(), skipped))
 }
 
 /// The sink: runs until `stop` is set, then keeps sending for at most [`DRAIN`].
@@ -222,12 +251,17 @@ impl Sink {
     /// Raw records: bound the backlog, take, send, acknowledge. `Ok(true)` when something
     /// was sent.
     fn step_raw(&mut self) -> Result<bool, anyhow::Error> {
-        let (batches, records) = raw::bound(&mut self.conn, self.cfg.max_raw_backlog.get())?;
+        let (batches, records) = raw::bound(
+            &mut self.conn,
+            self.cfg.max_raw_backlog.get(),
+            self.cfg.max_raw_backlog_bytes,
+        )?;
         if batches > 0 {
             tracing::warn!(
                 batches,
                 records,
                 max_raw_backlog = self.cfg.max_raw_backlog.get(),
+                max_raw_backlog_bytes = self.cfg.max_raw_backlog_bytes,
                 "clickhouse raw backlog full: dropped the oldest raw batches (totals are kept)"
             );
             self.stats.raw_dropped_batches += batches;
@@ -256,15 +290,6 @@ impl Sink {
         Ok(true)
     }
 
-    /// One step: totals, then raw records. `Ok(true)` when something was sent.
-    fn step(&mut self) -> Result<bool, anyhow::Error> {
-        // Each goes on when the other fails; the first error drives the backoff.
-        // Raw batches committed while `raw` was on are sent after it is turned off too.
-        let totals = self.step_totals();
-        let raw = self.step_raw();
-        Ok(totals? | raw?)
-    }
-
     /// Totals: fold, take, send, acknowledge. `Ok(true)` when something was sent.
     fn step_totals(&mut self) -> Result<bool, anyhow::Error> {
         self.stats.folded_batches +=
@@ -273,7 +298,14 @@ impl Sink {
             return Ok(false);
         };
         self.stats.malformed += p.malformed as u64;
-        let inserts = send(&self.client, &self.cfg, &p)?;
+        let (inserts, skipped) = send(&self.client, &self.cfg, &self.agg.resolutions, &p)?;
+        if skipped > 0 {
+            tracing::warn!(
+                skipped,
+                "clickhouse: left out rows of resolutions no longer configured (no table)"
+            );
+            self.stats.unconfigured_rows += skipped as u64;
+        }
         outbox::acknowledge(&self.conn, p.upto)?;
         tracing::debug!(
             batches = p.batches,
@@ -298,7 +330,9 @@ impl Sink {
             self.stats.partitions_dropped += n as u64;
         }
         let finest = self.agg.resolutions.iter().zip(&self.agg.retention).min();
-        if let (true, Some((_, keep))) = (self.cfg.raw, finest) {
+        // `flows` exists whatever `raw` says (it was on once, or may be again): its expired
+        // records go too.
+        if let Some((_, keep)) = finest {
             let db = &self.cfg.database;
             let n = schema::drop_expired_in(&self.client, db, schema::FLOWS, *keep, now)?;
             self.stats.partitions_dropped += n as u64;
@@ -306,71 +340,100 @@ impl Sink {
         Ok(())
     }
 
+    /// A request failed: count and log it (rate-limited), start `retry`'s backoff. The
+    /// server refused a statement: its tables may have been dropped or the server
+    /// replaced, so the schema is ensured again before the next attempt.
+    fn failed(&mut self, e: &anyhow::Error, what: &str, retry: &mut Retry, st: &mut RunState) {
+        self.stats.errors += 1;
+        if e.downcast_ref::<ChError>().is_some_and(ChError::answered) {
+            st.schema_ready = false;
+        }
+        let wait = retry.fail(Instant::now());
+        if st
+            .last_log
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
+            tracing::warn!(error = %e, retry_in = ?wait, "clickhouse sink ({what}): will retry");
+            st.last_log = Some(Instant::now());
+        }
+    }
+
+    fn ensure_schema(&mut self) -> Result<(), ChError> {
+        let a = &self.agg;
+        schema::ensure(
+            &self.client,
+            &self.cfg.database,
+            &a.resolutions,
+            &a.retention,
+            self.cfg.cluster.as_deref(),
+        )?;
+        tracing::info!(url = %self.cfg.url, db = %self.cfg.database, "clickhouse schema ready");
+        Ok(())
+    }
+
     /// Run until `stop`, then drain for at most [`DRAIN`].
+    ///
+    /// Totals and raw records back off apart: a raw insert the server keeps refusing (or
+    /// timing out on) does not slow the totals, nor the other way round. Raw batches
+    /// committed while `raw` was on are sent after it is turned off too.
     pub fn run(mut self, stop: &AtomicBool, metrics: &Mutex<Snapshot>) {
-        let mut schema_ready = false;
-        let mut backoff = BACKOFF.0;
+        let mut st = RunState::default();
+        let (mut totals, mut raw, mut schema) = (Retry::new(), Retry::new(), Retry::new());
         let mut last_prune: Option<Instant> = None;
         let mut drain_until: Option<Instant> = None;
-        let mut last_log: Option<Instant> = None;
         loop {
             if stop.load(Ordering::Acquire) && drain_until.is_none() {
                 drain_until = Some(Instant::now() + DRAIN);
             }
-            let r = if !schema_ready {
-                let a = &self.agg;
-                schema::ensure(
-                    &self.client,
-                    &self.cfg.database,
-                    &a.resolutions,
-                    &a.retention,
-                    self.cfg.cluster.as_deref(),
-                )
-                .map(|()| {
-                    schema_ready = true;
-                    tracing::info!(url = %self.cfg.url, db = %self.cfg.database, "clickhouse schema ready");
-                    true
-                })
-                .map_err(anyhow::Error::from)
-            } else {
-                self.step()
-            };
+            let now = Instant::now();
+            let mut sent = false;
+            if !st.schema_ready && schema.due(now) {
+                match self.ensure_schema() {
+                    Ok(()) => {
+                        st.schema_ready = true;
+                        schema.ok();
+                    }
+                    Err(e) => self.failed(&e.into(), "schema", &mut schema, &mut st),
+                }
+            }
+            if st.schema_ready && totals.due(now) {
+                match self.step_totals() {
+                    Ok(s) => {
+                        sent |= s;
+                        totals.ok();
+                    }
+                    Err(e) => self.failed(&e, "totals", &mut totals, &mut st),
+                }
+            }
+            if st.schema_ready && raw.due(now) {
+                match self.step_raw() {
+                    Ok(s) => {
+                        sent |= s;
+                        raw.ok();
+                    }
+                    Err(e) => self.failed(&e, "raw", &mut raw, &mut st),
+                }
+            }
             self.publish(metrics);
-            let idle = match r {
-                Ok(sent) => {
-                    backoff = BACKOFF.0;
-                    !sent
-                }
-                Err(e) => {
-                    self.stats.errors += 1;
-                    // The server refused a statement: its tables may have been dropped or
-                    // the server replaced; create what is missing before the next attempt.
-                    if e.downcast_ref::<ChError>().is_some_and(ChError::answered) {
-                        schema_ready = false;
-                    }
-                    if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                        tracing::warn!(error = %e, retry_in = ?backoff, "clickhouse sink: will retry");
-                        last_log = Some(Instant::now());
-                    }
-                    let wait = backoff;
-                    backoff = (backoff * 2).min(BACKOFF.1);
-                    if !pause(wait, stop, drain_until) {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            if schema_ready && last_prune.is_none_or(|p| p.elapsed() >= self.prune_interval) {
+            if st.schema_ready && last_prune.is_none_or(|p| p.elapsed() >= self.prune_interval) {
                 if let Err(e) = self.drop_expired() {
                     tracing::warn!(error = %e, "clickhouse retention: dropping partitions failed");
                 }
                 last_prune = Some(Instant::now());
             }
-            if idle {
-                if drain_until.is_some() {
+            if !sent {
+                // Nothing sent: wait for the next poll, or the earliest retry if sooner.
+                let retry = [schema.next, totals.next, raw.next]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                if drain_until.is_some() && retry.is_none() && st.schema_ready {
                     break;
                 }
-                pause(POLL, stop, None);
+                let d = retry.map_or(POLL, |r| r.saturating_duration_since(Instant::now()));
+                if !pause(d.min(POLL), stop, drain_until) {
+                    break;
+                }
             }
             if drain_until.is_some_and(|d| Instant::now() >= d) {
                 break;
@@ -381,6 +444,47 @@ impl Sink {
             waiting = self.stats.queue_batches,
             "clickhouse sink stopped; waiting batches are sent at the next start"
         );
+    }
+}
+
+/// What the run loop's steps share.
+#[derive(Debug, Default)]
+struct RunState {
+    schema_ready: bool,
+    last_log: Option<Instant>,
+}
+
+/// One kind of request's backoff: doubling from [`BACKOFF`]`.0` to `.1` after each
+/// failure, back to the start after a success.
+#[derive(Debug, Clone, PartialEq)]
+struct Retry {
+    wait: Duration,
+    /// When the next attempt is due (`None`: now).
+    next: Option<Instant>,
+}
+
+impl Retry {
+    fn new() -> Retry {
+        Retry {
+            wait: BACKOFF.0,
+            next: None,
+        }
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        self.next.is_none_or(|n| now >= n)
+    }
+
+    fn ok(&mut self) {
+        *self = Retry::new();
+    }
+
+    /// A failure at `now`: the wait before the next attempt.
+    fn fail(&mut self, now: Instant) -> Duration {
+        let w = self.wait;
+        self.next = Some(now + w);
+        self.wait = (w * 2).min(BACKOFF.1);
+        w
     }
 }
 
@@ -481,6 +585,11 @@ pub fn render_metrics(o: &mut String, s: &SinkStats) {
             s.malformed,
         ),
         (
+            "labelflow_collector_clickhouse_unconfigured_rows_total",
+            "Queued rows of resolutions no longer configured (no table), left out.",
+            s.unconfigured_rows,
+        ),
+        (
             "labelflow_collector_clickhouse_partitions_dropped_total",
             "Expired ClickHouse partitions dropped.",
             s.partitions_dropped,
@@ -492,12 +601,12 @@ pub fn render_metrics(o: &mut String, s: &SinkStats) {
         ),
         (
             "labelflow_collector_clickhouse_raw_dropped_batches_total",
-            "Raw-record batches dropped, oldest first, to stay within max_raw_backlog.",
+            "Raw-record batches dropped, oldest first, to stay within max_raw_backlog(_bytes).",
             s.raw_dropped_batches,
         ),
         (
             "labelflow_collector_clickhouse_raw_dropped_records_total",
-            "Raw flow records dropped with their batches (max_raw_backlog); totals are kept.",
+            "Raw flow records dropped with their batches (max_raw_backlog(_bytes)), in full even if an insert of unknown outcome wrote some; totals are kept.",
             s.raw_dropped_records,
         ),
         (
@@ -511,5 +620,60 @@ pub fn render_metrics(o: &mut String, s: &SinkStats) {
             o,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Dim;
+
+    fn row(resolution: i64, key: &str) -> (Cell, Counters) {
+        let cell = Cell {
+            resolution,
+            dim: Dim::Label,
+            bucket: 0,
+            key: key.into(),
+        };
+        (cell, Counters::default())
+    }
+
+    #[test]
+    fn inserts_leave_out_unconfigured_resolutions_and_stay_small() {
+        let mut rows: Vec<_> = (0..5).map(|i| row(60, &format!("k{i}"))).collect();
+        rows.push(row(300, "gone"));
+        rows.push(row(3600, "h"));
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let p = Pending {
+            upto: 1,
+            version: 1,
+            batches: 1,
+            oldest_ms: 0,
+            rows,
+            malformed: 0,
+        };
+        let (runs, skipped) = inserts(&p, &[60, 3600], 2);
+        assert_eq!(skipped, 1, "300 s has no table");
+        let shape: Vec<(i64, usize)> = runs.iter().map(|(r, rows)| (*r, rows.len())).collect();
+        assert_eq!(shape, [(60, 2), (60, 2), (60, 1), (3600, 1)]);
+        assert!(runs
+            .iter()
+            .all(|(r, rows)| rows.iter().all(|x| x.0.resolution == *r)));
+    }
+
+    #[test]
+    fn backoffs_are_apart_and_double_up_to_the_cap() {
+        let t0 = Instant::now();
+        let (mut totals, mut raw) = (Retry::new(), Retry::new());
+        let waits: Vec<Duration> = (0..9).map(|_| raw.fail(t0)).collect();
+        assert_eq!(waits[..3], [BACKOFF.0, BACKOFF.0 * 2, BACKOFF.0 * 4]);
+        assert_eq!(waits[8], BACKOFF.1);
+        assert!(!raw.due(t0) && raw.due(t0 + BACKOFF.1));
+        // The failing raw inserts leave the totals due at once.
+        assert!(totals.due(t0));
+        assert_eq!(totals.fail(t0), BACKOFF.0);
+        totals.ok();
+        assert!(totals.due(t0) && !raw.due(t0));
+        assert_eq!(totals, Retry::new());
     }
 }
