@@ -195,20 +195,9 @@ const NEXT_PAGE: &str = "SELECT dim, bucket, key FROM agg
 /// batches) queued. Idempotent in effect: rows carry the cells' absolute totals as of
 /// their send, so queuing a cell again only writes the same fact under a higher version.
 pub fn backfill(tx: &Transaction<'_>, resolutions: &[u64]) -> rusqlite::Result<(u64, u64)> {
-    let (mut cells, mut batches) = (0, 0);
-    for &res in resolutions {
-        let mut after = None;
-        loop {
-            let (n, last) = backfill_page(tx, res as i64, &after, BACKFILL_CELLS)?;
-            cells += n;
-            batches += u64::from(n > 0);
-            if last.is_none() {
-                break;
-            }
-            after = last;
-        }
-    }
-    Ok((cells, batches))
+    page_through(resolutions, |res, after| {
+        backfill_page(tx, res, after, BACKFILL_CELLS)
+    })
 }
 
 /// [`backfill`] in one short IMMEDIATE transaction per batch, so a collector committing to
@@ -217,13 +206,24 @@ pub fn backfill_in_steps(
     conn: &mut Connection,
     resolutions: &[u64],
 ) -> rusqlite::Result<(u64, u64)> {
+    page_through(resolutions, |res, after| {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let page = backfill_page(&tx, res, after, BACKFILL_CELLS)?;
+        tx.commit()?;
+        Ok(page)
+    })
+}
+
+/// Runs `page` over every resolution until it reports no next page; sums (cells, batches).
+fn page_through(
+    resolutions: &[u64],
+    mut page: impl FnMut(i64, &After) -> rusqlite::Result<(u64, After)>,
+) -> rusqlite::Result<(u64, u64)> {
     let (mut cells, mut batches) = (0, 0);
     for &res in resolutions {
         let mut after = None;
         loop {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let (n, last) = backfill_page(&tx, res as i64, &after, BACKFILL_CELLS)?;
-            tx.commit()?;
+            let (n, last) = page(res as i64, &after)?;
             cells += n;
             batches += u64::from(n > 0);
             if last.is_none() {
