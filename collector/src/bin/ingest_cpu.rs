@@ -13,6 +13,9 @@
 //! labelflow-ingest-cpu --file random.bin --repeat 8
 //! ```
 
+#[path = "shared/stream.rs"]
+mod stream;
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -67,24 +70,6 @@ fn peak_rss_kb() -> u64 {
         .unwrap_or(0)
 }
 
-/// Splits a stream file into its datagrams.
-fn datagrams(data: &[u8]) -> anyhow::Result<Vec<&[u8]>> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < data.len() {
-        let head = data
-            .get(at..at + 2)
-            .with_context(|| format!("truncated stream at octet {at}: partial length prefix"))?;
-        let n = usize::from(u16::from_be_bytes([head[0], head[1]]));
-        let d = data
-            .get(at + 2..at + 2 + n)
-            .with_context(|| format!("truncated stream at octet {at}: partial datagram"))?;
-        out.push(d);
-        at += 2 + n;
-    }
-    Ok(out)
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let cfg = match &cli.config {
@@ -95,7 +80,7 @@ fn main() -> anyhow::Result<()> {
         None => Config::defaults(),
     };
     let data = std::fs::read(&cli.file).with_context(|| cli.file.display().to_string())?;
-    let dgrams = datagrams(&data)?;
+    let dgrams = stream::datagrams(&data)?;
     let (first, rest) = dgrams
         .split_first()
         .with_context(|| format!("{}: no datagrams", cli.file.display()))?;

@@ -31,6 +31,9 @@
 //! labelflow-ipfix-gen record --listen 127.0.0.1:9995 --out softflowd.bin --idle 2s
 //! ```
 
+#[path = "shared/stream.rs"]
+mod stream;
+
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{SocketAddr, UdpSocket};
@@ -406,24 +409,6 @@ const UDP_SEGMENT: libc::c_int = 103;
 const GSO_SEGMENTS: usize = 64;
 /// ... and at most this many payload bytes (an IPv4 datagram's 65,535 less IP and UDP headers).
 const GSO_BYTES: usize = 65_507;
-/// Splits a stream file into its datagrams (each prefixed by its u16 big-endian length).
-fn datagrams(data: &[u8]) -> anyhow::Result<Vec<&[u8]>> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < data.len() {
-        let head = data
-            .get(at..at + 2)
-            .context("truncated stream: partial length prefix")?;
-        let n = usize::from(u16::from_be_bytes([head[0], head[1]]));
-        let d = data
-            .get(at + 2..at + 2 + n)
-            .context("truncated stream: partial datagram")?;
-        out.push(d);
-        at += 2 + n;
-    }
-    Ok(out)
-}
-
 /// Field lengths of a template, `None` for a variable-length field (RFC 7011 §7), and whether
 /// it is an options template.
 type Layout = (Vec<Option<u16>>, bool);
@@ -647,7 +632,7 @@ fn replay(
     exporters: u8,
 ) -> anyhow::Result<()> {
     let data = std::fs::read(file).with_context(|| file.display().to_string())?;
-    let dgrams = datagrams(&data)?;
+    let dgrams = stream::datagrams(&data)?;
     let mut templates = HashMap::new();
     let counts = dgrams
         .iter()
@@ -772,7 +757,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Count { file } => {
             let data = std::fs::read(&file).with_context(|| file.display().to_string())?;
             let mut templates = HashMap::new();
-            let dgrams = datagrams(&data)?;
+            let dgrams = stream::datagrams(&data)?;
             let mut records = 0;
             for d in &dgrams {
                 records += data_records(d, &mut templates)?;
