@@ -43,7 +43,9 @@
 #
 # Other knobs: RCVBUF (UDP receive buffer, bytes, before the kernel doubles it; capped by
 # net.core.rmem_max for nfcapd, so the collector gets the same cap), EXPORTERS (16), SEED (1),
-# BIN=DIR (prebuilt binaries), GEN=PATH (the stream tool).
+# BIN=DIR (prebuilt binaries), GEN=PATH (the stream tool), MERGE_WAIT (300: seconds a
+# lossless probe waits for the collector's journal merge to catch up before its CPU time is
+# read; "commit-lagging" marks a probe where it did not).
 #
 # Without sockets: labelflow-ingest-cpu --file STREAM.bin prints the collector's thread CPU
 # time per record of ingest, rendering and store commits on one stream file (steadier than
@@ -66,6 +68,7 @@ STEPS=${STEPS:-6}
 RCVBUF=${RCVBUF:-8388608}
 EXPORTERS=${EXPORTERS:-16}
 SEED=${SEED:-1}
+MERGE_WAIT=${MERGE_WAIT:-300}
 TICK=$(getconf CLK_TCK)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 for tool in nfcapd nfdump softflowd editcap curl bc ss; do
@@ -191,19 +194,20 @@ collector_run() {
     prev=$got
     sleep 0.02; waited=$((waited + 1))
   done
-  # CPU time once what was received is committed (commit_interval, 1 s by default, or up to
-  # eight times the last commit's duration when commits are slow), so the
-  # store's share is counted as nfcapd's file writing is; bounded in case a commit lags, and
-  # only for a lossless probe (the only one whose CPU time is reported).
-  local n=0
+  # CPU time once what was received is merged into the aggregates (journaled at once, merged
+  # as fast as the store goes), so the whole of the collector's work is counted, as nfcapd's
+  # file writing is; bounded at MERGE_WAIT seconds, and only for a lossless probe (the only
+  # one whose CPU time is reported). merge_s: how long after the send the merge caught up.
+  local n=0 sent_at; sent_at=$(date +%s.%N)
   if [ "${got:-0}" -ge "$total" ]; then
-    until [ "$(committed $http)" = 1 ] || [ $n -ge 50 ]; do sleep 0.2; n=$((n + 1)); done
+    until [ "$(committed $http)" = 1 ] || [ $n -ge $((MERGE_WAIT * 5)) ]; do sleep 0.2; n=$((n + 1)); done
   fi
+  local merge_s; merge_s=$(echo "$(date +%s.%N) - $sent_at" | bc)
   local cpu hwm; cpu=$(($(cpu_ticks $pid) - cpu0)); hwm=$(hwm_kb $pid)
   local note=""
   [ "$(committed $http)" = 1 ] || note=" commit-lagging"
   stop_collector $pid
-  echo "$out got=$got hwm_kb=$hwm rcvbuf=$rb cpu_ticks=$cpu$note"
+  echo "$out got=$got hwm_kb=$hwm rcvbuf=$rb cpu_ticks=$cpu merge_s=${merge_s%.*}$note"
 }
 
 nfcapd_run() {

@@ -100,11 +100,14 @@ pub struct RawLimits {
     pub max_nat_keys_per_bucket: Option<Spanned<usize>>,
     /// Distinct labels exported as Prometheus series. Default 64.
     pub max_metric_labels: Option<Spanned<usize>>,
-    /// Cells (base bucket × key) pending between commits. Past it the ingest hands the
-    /// batch to the store at once and, if the store is still busy with the previous one,
-    /// waits for it (backpressure: the socket buffer holds what arrives meanwhile) rather
-    /// than grow. Default 32768.
+    /// Cells (base bucket × key) the journal's merge aggregates before it commits them:
+    /// bounds the merge's memory and the rows of one merge commit. Default 32768.
     pub max_pending_cells: Option<Spanned<usize>>,
+    /// Octets of received records journaled and not merged into the aggregates yet
+    /// (SQLite file space); past it the store merges before it journals more, and the
+    /// socket buffer holds or drops what arrives meanwhile (counted as sequence gaps).
+    /// Default 1073741824 (1 GiB).
+    pub max_journal_bytes: Option<Spanned<usize>>,
     /// Keys of the per-bucket key bound tracked over all buckets; past it the oldest
     /// buckets' bookkeeping is forgotten. Default 262144.
     pub max_tracked_keys: Option<Spanned<usize>>,
@@ -212,6 +215,7 @@ pub struct Config {
     pub max_templates_per_exporter: NonZeroUsize,
     pub max_metric_labels: usize,
     pub max_pending_cells: NonZeroUsize,
+    pub max_journal_bytes: NonZeroUsize,
     pub max_domains_per_exporter: NonZeroUsize,
     pub max_application_names: usize,
     pub max_pending_template_bytes: NonZeroUsize,
@@ -389,6 +393,7 @@ impl Config {
             )?,
             max_metric_labels: l.max_metric_labels.as_ref().map_or(64, |v| *v.get_ref()),
             max_pending_cells: src.nz(&l.max_pending_cells, "limits.max_pending_cells", 32_768)?,
+            max_journal_bytes: src.nz(&l.max_journal_bytes, "limits.max_journal_bytes", 1 << 30)?,
             max_domains_per_exporter: src.nz(
                 &l.max_domains_per_exporter,
                 "limits.max_domains_per_exporter",

@@ -2,27 +2,31 @@
 //! (tokio), and the drain on shutdown.
 //!
 //! ```text
-//!  UDP sockets ──poll + recvmmsg──► ingest thread ──(one batch of deltas at a time)──► store
-//!                 (many datagrams    decode, label,   handed over only when the store   thread:
-//!                  per system call;  aggregate        thread is idle; meanwhile deltas  SQLite
-//!                  with UDP_GRO                       keep adding up in the aggregator  commit
-//!                  several per read)
+//!  UDP sockets ──poll + recvmmsg──► ingest thread ──(one journal batch at a time)──► store
+//!                 (many datagrams    decode, label,  handed over when the store thread   thread
+//!                  per system call;  time rule,      is free; meanwhile records keep
+//!                  with UDP_GRO      journal         adding up in the batch
+//!                  several per read) encoding
+//!  store thread: journal batch ──► one SQLite transaction (journal row, sequence numbers,
+//!                templates, options state), then back to the ingest thread at once;
+//!                no batch waiting ──► merge a slice of the journal (aggregation, rollups,
+//!                key names) ──► commit the deltas with the journal rows' deletion
 //!  tokio: HTTP (axum), shutdown signal
 //! ```
 //!
-//! Decoding and aggregating cost about a microsecond per full datagram, so one thread
+//! Decoding and journaling cost about a tenth of a microsecond per record, so one thread
 //! receives and ingests: no hand-off per datagram, one wake-up per burst, and the socket's
-//! receive buffer absorbs bursts as it does for nfcapd. What can stall (an SQLite commit or
-//! checkpoint) runs on its own thread and never holds up receiving; while it runs, deltas
-//! accumulate in the aggregator and go over as one larger batch. The hand-over itself is a
-//! swap of the aggregator's pending maps: rolling the base buckets up into the coarser
-//! resolutions and naming the keys happen on the store thread.
+//! receive buffer absorbs bursts as it does for nfcapd. What can stall (aggregating a
+//! high-cardinality or backlog stream, an SQLite commit or checkpoint) runs on the store
+//! thread and never holds up receiving: the journal takes records as fast as they come
+//! (bounded by `limits.max_journal_bytes`), and the merge catches up behind it
+//! ([`crate::journal`]).
 
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -31,9 +35,9 @@ use anyhow::Context as _;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
-use crate::aggregate::Rollup;
 use crate::config::Config;
-use crate::ingest::{Ingest, RateLimit, RawBatch, Snapshot};
+use crate::ingest::{Ingest, RateLimit, Snapshot};
+use crate::journal::{JournalBatch, Merger};
 use crate::store::Store;
 
 /// Reads per `recvmmsg` call (each one datagram, or with receive offload a batch of them).
@@ -44,13 +48,6 @@ const MAX_DATAGRAM: usize = 65536;
 const POLL: Duration = Duration::from_millis(100);
 /// How often the ingest thread publishes its counters for `/metrics`.
 const PUBLISH: Duration = Duration::from_millis(250);
-/// A commit that took `d` (rendering included) is followed by the next one no sooner than
-/// `STORE_SPACING * d` after it was handed over, unless a pending bound is reached: a commit
-/// rewrites every key its open buckets touched, so under a high-cardinality stream commits
-/// back to back would keep a core busy rewriting the same rows, while spaced ones cost the
-/// store thread at most about 1 / `STORE_SPACING` of a core. Quick commits stay at
-/// `commit_interval`.
-const STORE_SPACING: u32 = 8;
 
 /// `UDP_GRO` (linux/udp.h): receive offload on a UDP socket, Linux 5.0+. Per udp(7), the
 /// socket "may receive multiple datagrams worth of data as a single large buffer, together
@@ -163,6 +160,13 @@ pub fn run(
     let (templates, contexts, sequences) = ingest
         .restore(&store)
         .context("loading persisted templates, options and sequence state")?;
+    let segment = crate::journal::recover(store.connection(), &cfg.db)
+        .context("removing journal segments no row refers to")?;
+    let writer = crate::journal::Writer::create(&cfg.db, segment).with_context(|| {
+        let file = crate::journal::segment_path(&cfg.db, segment);
+        format!("creating the journal segment {}", file.display())
+    })?;
+    ingest.set_writer(writer);
     let (committed, last_ms) = store.progress()?.unwrap_or((0, 0));
     tracing::info!(
         templates,
@@ -175,16 +179,13 @@ pub fn run(
     );
 
     // Set from hand-over until the store thread has committed the batch.
-    let store_busy = Arc::new(AtomicBool::new(false));
-    // How long the last commit took, microseconds.
-    let commit_us = Arc::new(AtomicU64::new(0));
-    let (tx, rx) = sync_channel::<RawBatch>(1);
+    let queued = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = sync_channel::<JournalBatch>(JOURNAL_QUEUE);
     let storer = {
-        let (cfg, metrics, busy) = (cfg.clone(), metrics.clone(), store_busy.clone());
-        let took = commit_us.clone();
+        let (cfg, metrics, busy) = (cfg.clone(), metrics.clone(), queued.clone());
         std::thread::Builder::new()
             .name("store".into())
-            .spawn(move || store_loop(&cfg, store, &rx, (&busy, &took), &metrics))?
+            .spawn(move || store_loop(&cfg, store, segment, &rx, &busy, &metrics))?
     };
     let stop = Arc::new(AtomicBool::new(false));
     // The ClickHouse sink stops after the store thread, so it sees the last commit.
@@ -207,15 +208,14 @@ pub fn run(
     };
     let worker = {
         let (cfg, stop, metrics) = (cfg.clone(), stop.clone(), metrics.clone());
-        let busy = store_busy.clone();
-        let took = commit_us.clone();
+        let busy = queued.clone();
         for s in &sockets {
             s.set_nonblocking(true)?;
         }
         std::thread::Builder::new()
             .name("ingest".into())
             .spawn(move || {
-                ingest_loop(&cfg, ingest, &sockets, &tx, (&busy, &took), &stop, &metrics);
+                ingest_loop(&cfg, ingest, &sockets, &tx, &busy, &stop, &metrics);
             })?
     };
 
@@ -278,8 +278,9 @@ const FINAL_DRAIN: Duration = Duration::from_millis(500);
 
 /// The ingest thread's side of the hand-over to the store thread.
 struct Handover<'a> {
-    tx: &'a SyncSender<RawBatch>,
-    store_busy: &'a AtomicBool,
+    tx: &'a SyncSender<JournalBatch>,
+    /// Batches handed over and not yet journaled by the store thread.
+    queued: &'a AtomicUsize,
     metrics: &'a Mutex<Snapshot>,
     counts: ReceiveCounts,
     last: Instant,
@@ -297,22 +298,20 @@ impl Handover<'_> {
         self.last_publish = Instant::now();
     }
 
-    /// Hand the pending batch to the store thread if it is idle; `false` only when the
-    /// store thread has gone. With `wait`, wait for it to finish the previous batch first: backpressure when a
-    /// pending bound is reached, so memory stays bounded and the socket buffer holds what
-    /// arrives meanwhile.
+    /// Write the pending batch's records to the journal and hand the batch to the store
+    /// thread, unless [`JOURNAL_QUEUE`] batches already wait there; `false` only when the
+    /// store thread has gone. With `wait` (a pending bound was reached), wait for room
+    /// rather than keep the batch: backpressure, so memory stays bounded and the socket
+    /// buffer holds what arrives meanwhile.
     fn hand_over(&mut self, ingest: &mut Ingest, wait: bool) -> bool {
-        while self.store_busy.swap(true, Ordering::AcqRel) {
-            if !wait {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(1));
+        if !wait && self.queued.load(Ordering::Acquire) >= JOURNAL_QUEUE {
+            return true;
         }
-        // Counters first (per-label totals count up to this batch), so that `/metrics`
-        // never shows more committed datagrams than received ones.
-        let batch = ingest.take_raw_batch();
+        // Counters first, so that `/metrics` never shows more committed datagrams than
+        // received ones.
+        let batch = ingest.take_journal();
         self.publish(ingest);
-        // The store thread is idle, so the channel has room.
+        self.queued.fetch_add(1, Ordering::AcqRel);
         let sent = self.tx.send(batch).is_ok();
         self.last = Instant::now();
         sent
@@ -326,8 +325,8 @@ fn ingest_loop(
     cfg: &Config,
     mut ingest: Ingest,
     sockets: &[StdUdpSocket],
-    tx: &SyncSender<RawBatch>,
-    (store_busy, commit_us): (&AtomicBool, &AtomicU64),
+    tx: &SyncSender<JournalBatch>,
+    queued: &AtomicUsize,
     stop: &AtomicBool,
     metrics: &Mutex<Snapshot>,
 ) {
@@ -335,13 +334,12 @@ fn ingest_loop(
     let mut limiter = RateLimit::default();
     let mut hand = Handover {
         tx,
-        store_busy,
+        queued,
         metrics,
         counts: ReceiveCounts::default(),
         last: Instant::now(),
         last_publish: Instant::now(),
     };
-    let mut last_forget = Instant::now();
     let mut fds: Vec<libc::pollfd> = sockets
         .iter()
         .map(|s| libc::pollfd {
@@ -372,25 +370,13 @@ fn ingest_loop(
         }
         // Hand the deltas over when due and the store thread is free; otherwise they keep
         // adding up here and go with the next batch.
-        let took = Duration::from_micros(commit_us.load(Ordering::Relaxed));
-        let spaced = hand.last.elapsed() >= took * STORE_SPACING;
-        let due = spaced
-            && (ingest.pending_datagrams() >= cfg.commit_datagrams.get()
-                || (ingest.pending_datagrams() > 0 && hand.last.elapsed() >= cfg.commit_interval));
+        let due = ingest.pending_datagrams() >= cfg.commit_datagrams.get()
+            || (ingest.pending_datagrams() > 0 && hand.last.elapsed() >= cfg.commit_interval);
         if due && !hand.hand_over(&mut ingest, false) {
             return;
         }
         if hand.last_publish.elapsed() >= PUBLISH {
             hand.publish(&ingest);
-        }
-        if last_forget.elapsed() >= cfg.prune_interval {
-            let a = &cfg.agg;
-            ingest.forget_before(
-                (now_ms() / 1000) as i64
-                    - (a.max_flow_duration_ms / 1000) as i64
-                    - *a.resolutions.last().unwrap_or(&60) as i64,
-            );
-            last_forget = Instant::now();
         }
         if got == 0 {
             // Nothing queued: sleep until a socket is readable or it is time to look at
@@ -458,52 +444,123 @@ fn receive(
     got
 }
 
-/// Commit batches as they come and prune expired buckets; returns when the ingest thread
-/// has gone and its last batch is committed.
+/// Journal batches the receiving thread may hand over before the store thread has
+/// committed them: it writes their records itself, so a queued batch holds only session
+/// state (sequence numbers, templates), and a merge commit on the store thread, however
+/// long, does not make it wait.
+const JOURNAL_QUEUE: usize = 64;
+
+/// Nice value of the store thread (journal commits and the merge): about a tenth of a
+/// core's share against a busy receiving thread, all of an idle core otherwise.
+const STORE_NICE: i32 = 10;
+
+/// Records merged between two looks at the channel: a slice of the merge (tens of
+/// milliseconds on a high-cardinality stream) never holds up a journal commit for long.
+const MERGE_SLICE: u64 = 4096;
+/// Longest the store thread keeps merging after the receiving thread has stopped: the rest
+/// of the journal is merged at the next start (SIGTERM must end the process promptly).
+const FINAL_MERGE: Duration = Duration::from_secs(3);
+
+/// Journal batches as they come, merge the journal whenever no batch waits, prune expired
+/// buckets; returns when the ingest thread has gone, its last batch is journaled and the
+/// merge has caught up (or [`FINAL_MERGE`] has passed).
 fn store_loop(
     cfg: &Config,
     mut store: Store,
-    rx: &Receiver<RawBatch>,
-    (busy, took): (&AtomicBool, &AtomicU64),
+    segment: u64,
+    rx: &Receiver<JournalBatch>,
+    queued: &AtomicUsize,
     metrics: &Mutex<Snapshot>,
 ) -> anyhow::Result<()> {
+    // The merge runs behind the receiver by design: when the cores are busy, the receiving
+    // thread comes first (setpriority on a thread id sets that thread's nice value,
+    // setpriority(2)).
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), STORE_NICE)
+    {
+        tracing::debug!(error = %e, "could not lower the store thread's priority");
+    }
+    let keep_raw = cfg.clickhouse.as_ref().is_some_and(|c| c.raw);
+    let mut merge = Merge {
+        merger: Merger::new(&cfg.agg, keep_raw),
+        fed: 0,
+        first_own: crate::journal::last_id(store.connection())?.unwrap_or(0),
+        segment,
+        backlog: (0, 0),
+        commits: (0, 0, 0),
+    };
+    let (rows, records, bytes) = crate::journal::backlog(store.connection())?;
+    merge.backlog = (records, bytes);
+    if rows > 0 {
+        tracing::info!(
+            rows,
+            records,
+            bytes,
+            "journal rows received before the last stop and not merged yet: merging them"
+        );
+    }
     let mut last_prune: Option<Instant> = None;
-    let mut commits = (0u64, 0u64, 0u64);
-    let mut rollup = Rollup::new(&cfg.agg);
+    let mut stopping: Option<Instant> = None;
     loop {
-        match rx.recv_timeout(POLL) {
-            Ok(raw) => {
+        let idle = merge.backlog.0 == 0 && !merge.merger.busy() && merge.merger.is_empty();
+        let wait = if stopping.is_some() || !idle {
+            Duration::ZERO
+        } else {
+            POLL
+        };
+        match rx.recv_timeout(wait) {
+            Ok(b) => {
                 let t = Instant::now();
-                // Rollups and key names here, off the receiving thread.
-                let batch = raw.render(&mut rollup);
-                match store.commit_batch(&batch, now_ms()) {
+                // The journal's bound: past it, merge before taking more (the receiving
+                // thread waits, and its socket buffer holds or drops what arrives).
+                while merge.backlog.1 > cfg.max_journal_bytes.get() as u64
+                    && merge.step(cfg, &mut store, metrics)?
+                {}
+                let (records, octets) = b.written.map_or((0, 0), |(e, n)| (n, e.len));
+                if let Some((e, _)) = b.written {
+                    merge.segment = merge.segment.max(e.segment);
+                }
+                match store.commit_journal(&b, now_ms()) {
                     Ok(()) => {
-                        commits.0 += 1;
-                        commits.2 += batch.datagrams as u64;
                         tracing::debug!(
-                            rows = batch.deltas.len(),
-                            datagrams = batch.datagrams,
+                            records,
+                            octets,
                             ms = t.elapsed().as_millis() as u64,
-                            "committed"
+                            "journaled"
                         );
+                        merge.commits.0 += 1;
+                        merge.backlog.0 += records;
+                        merge.backlog.1 += octets;
                     }
                     Err(e) => {
-                        commits.1 += 1;
-                        tracing::error!(error = %e, datagrams = batch.datagrams, "commit failed; batch lost");
+                        merge.commits.1 += 1;
+                        tracing::error!(error = %e, datagrams = b.datagrams, "journal commit failed; batch lost");
                     }
                 }
-                if let Ok(mut m) = metrics.lock() {
-                    m.commits = commits.0;
-                    m.commit_errors = commits.1;
-                    m.committed_datagrams = commits.2;
-                    m.rollup = rollup.stats;
-                }
-                took.store(t.elapsed().as_micros() as u64, Ordering::Relaxed);
-                busy.store(false, Ordering::Release);
+                merge.publish(cfg, metrics);
+                queued.fetch_sub(1, Ordering::AcqRel);
+                continue;
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                tracing::info!(commits = commits.0, "ingest drained");
+                if stopping.is_none() {
+                    stopping = Some(Instant::now());
+                }
+            }
+        }
+        let more = merge.step(cfg, &mut store, metrics)?;
+        if let Some(since) = stopping {
+            if !more || since.elapsed() >= FINAL_MERGE {
+                merge.flush(cfg, &mut store, metrics)?;
+                tracing::info!(
+                    commits = merge.commits.0,
+                    unmerged_records = merge.backlog.0,
+                    "ingest drained{}",
+                    if merge.backlog.0 > 0 {
+                        "; the rest of the journal is merged at the next start"
+                    } else {
+                        ""
+                    }
+                );
                 return Ok(());
             }
         }
@@ -515,11 +572,125 @@ fn store_loop(
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "prune failed"),
             }
-            rollup.forget_before(
+            merge.merger.forget_before(
                 now - (a.max_flow_duration_ms / 1000) as i64
                     - *a.resolutions.last().unwrap_or(&60) as i64,
             );
             last_prune = Some(Instant::now());
+        }
+    }
+}
+
+/// The store thread's merge of the journal.
+struct Merge {
+    merger: Merger,
+    /// The newest journal row started.
+    fed: i64,
+    /// The newest journal row written before this process started: its datagrams were
+    /// received by an earlier one, so merging them does not count as this one's commits.
+    first_own: i64,
+    /// The newest segment file journal batches came from: the writer may still be writing
+    /// it, so it is kept even when merged.
+    segment: u64,
+    /// Records and octets in the journal not merged yet.
+    backlog: (u64, u64),
+    /// (journal commits, failed commits, datagrams merged).
+    commits: (u64, u64, u64),
+}
+
+impl Merge {
+    /// Merge one slice: start the next journal row if none is part-way, feed up to
+    /// [`MERGE_SLICE`] records, commit when the pending cells reach their bound or the
+    /// journal is read to its end. Returns whether more is left to merge.
+    fn step(
+        &mut self,
+        cfg: &Config,
+        store: &mut Store,
+        metrics: &Mutex<Snapshot>,
+    ) -> anyhow::Result<bool> {
+        if !self.merger.busy() {
+            match crate::journal::read(store.connection(), store.path(), self.fed, 1)?.pop() {
+                Some(mut row) => {
+                    self.fed = row.id;
+                    if row.id <= self.first_own {
+                        row.datagrams = 0;
+                    }
+                    self.merger.start(row);
+                }
+                None => {
+                    self.flush(cfg, store, metrics)?;
+                    return Ok(false);
+                }
+            }
+        }
+        self.merger.step(MERGE_SLICE);
+        if self.merger.pending_cells() >= cfg.max_pending_cells.get() {
+            self.flush(cfg, store, metrics)?;
+        }
+        Ok(true)
+    }
+
+    /// Commit what was merged since the last commit, if anything.
+    fn flush(
+        &mut self,
+        cfg: &Config,
+        store: &mut Store,
+        metrics: &Mutex<Snapshot>,
+    ) -> anyhow::Result<()> {
+        if self.merger.is_empty() && !self.merger.busy() {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let m = self.merger.take();
+        match store.commit_merged(&m) {
+            Ok(()) => {
+                self.commits.2 += m.datagrams;
+                self.backlog.0 = self.backlog.0.saturating_sub(m.records);
+                if m.upto.is_some() {
+                    match crate::journal::remove_merged(
+                        store.connection(),
+                        store.path(),
+                        self.segment,
+                    ) {
+                        Ok(n) if n > 0 => {
+                            tracing::debug!(files = n, "journal segments merged, removed")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "removing merged journal segments"),
+                    }
+                }
+                if m.upto.is_some() && !self.merger.busy() {
+                    // Every row read is merged; the journal's size is read back now and
+                    // then, so the octet count cannot drift.
+                    self.backlog = crate::journal::backlog(store.connection())
+                        .map(|(_, r, b)| (r, b))
+                        .unwrap_or(self.backlog);
+                }
+                tracing::debug!(
+                    rows = m.deltas.len(),
+                    records = m.records,
+                    ms = t.elapsed().as_millis() as u64,
+                    "merged"
+                );
+            }
+            Err(e) => {
+                self.commits.1 += 1;
+                tracing::error!(error = %e, records = m.records, "merge commit failed; its deltas lost");
+            }
+        }
+        self.publish(cfg, metrics);
+        Ok(())
+    }
+
+    fn publish(&self, cfg: &Config, metrics: &Mutex<Snapshot>) {
+        if let Ok(mut m) = metrics.lock() {
+            m.commits = self.commits.0;
+            m.commit_errors = self.commits.1;
+            m.committed_datagrams = self.commits.2;
+            m.journal_records = self.backlog.0;
+            m.journal_bytes = self.backlog.1;
+            m.journal_malformed = self.merger.malformed;
+            self.merger.fill(&mut m, cfg.max_metric_labels);
         }
     }
 }

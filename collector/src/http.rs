@@ -224,6 +224,15 @@ pub fn render_metrics(s: &Snapshot) -> String {
          # TYPE labelflow_collector_exporters gauge\nlabelflow_collector_exporters {}\n",
         s.scopes
     );
+    let _ = write!(
+        o,
+        "# HELP labelflow_collector_journal_records Records received and journaled, not merged \
+         into the aggregates yet (reports count them once merged).\n\
+         # TYPE labelflow_collector_journal_records gauge\nlabelflow_collector_journal_records {}\n\
+         # HELP labelflow_collector_journal_bytes Octets of the journal not merged yet.\n\
+         # TYPE labelflow_collector_journal_bytes gauge\nlabelflow_collector_journal_bytes {}\n",
+        s.journal_records, s.journal_bytes
+    );
     render_series(&mut o, s);
     render_tunnels(&mut o, s);
     if let Some(c) = &s.clickhouse {
@@ -304,8 +313,19 @@ fn store_counters(s: &Snapshot) -> Vec<(&'static str, &'static str, u64)> {
         ),
         (
             "labelflow_collector_committed_datagrams_total",
-            "Datagrams whose effect is committed.",
+            "Datagrams received by this process whose records are merged into the \
+             aggregates (journaled before: labelflow_collector_journal_records).",
             s.committed_datagrams,
+        ),
+        (
+            "labelflow_collector_journal_lost_records_total",
+            "Records lost because their journal write failed (a full disk, say).",
+            s.journal_lost,
+        ),
+        (
+            "labelflow_collector_journal_malformed_total",
+            "Journal rows that could not be read whole (the rest of the row skipped).",
+            s.journal_malformed,
         ),
         (
             "labelflow_collector_receive_errors_total",

@@ -1,6 +1,7 @@
-//! The ingest state machine: datagram → session decode → label → aggregation, plus what the
-//! next commit must write. No sockets, no clock: the daemon drives it, tests and benches call
-//! it directly.
+//! The ingest state machine: datagram → session decode → label → time rule → journal, plus
+//! what the next journal commit must write ([`crate::journal`]). No sockets, no clock: the
+//! daemon drives it, tests and benches call it directly ([`Ingest::take_batch`] runs the
+//! journal's merge in place, for a batch as the store commits it).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -10,11 +11,11 @@ use labelflow_proto::plan::{sampling_of, FlowView};
 use labelflow_proto::FlowRecord;
 
 use crate::aggregate::{
-    has_ports, AggStats, Aggregator, Delta, Flow, FxBuild, Rollup, RollupStats, Taken, OTHER,
-    UNLABELLED,
+    has_ports, AggStats, Aggregator, Delta, Flow, FxBuild, RollupStats, OTHER, UNLABELLED,
 };
 use crate::clickhouse::raw::{RawLog, RawRecords, MAX_BATCH_BYTES};
 use crate::config::{rule_label, Config, LabelRule};
+use crate::journal::{JournalBatch, Merger, Writer};
 use crate::net::IpNet;
 use crate::session::{
     DecodeError, FlowSink, Ingested, ScopeKey, ScopeLimits, SequenceState, SessionStats,
@@ -37,32 +38,6 @@ pub struct Batch {
     pub raw: Option<RawRecords>,
 }
 
-/// A batch as the ingest hands it over: its counts taken but not yet rolled up nor named
-/// ([`RawBatch::render`] does that, on the store thread).
-#[derive(Debug)]
-pub struct RawBatch {
-    pub taken: Taken,
-    pub templates: Vec<ScopedTemplate>,
-    pub contexts: Vec<(ScopeKey, ExporterContext)>,
-    pub sequences: Vec<SequenceState>,
-    pub datagrams: usize,
-    pub raw: Option<RawRecords>,
-}
-
-impl RawBatch {
-    /// The batch the store commits, rolled up by `rollup`.
-    pub fn render(self, rollup: &mut Rollup) -> Batch {
-        Batch {
-            deltas: rollup.render(self.taken),
-            templates: self.templates,
-            contexts: self.contexts,
-            sequences: self.sequences,
-            datagrams: self.datagrams,
-            raw: self.raw,
-        }
-    }
-}
-
 /// Counters for `/metrics`.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -76,7 +51,15 @@ pub struct Snapshot {
     pub tunnels: Vec<(String, [(u64, u64); 6])>,
     pub commits: u64,
     pub commit_errors: u64,
+    /// Datagrams received by this process whose records are merged.
     pub committed_datagrams: u64,
+    /// Records and octets journaled, not merged yet.
+    pub journal_records: u64,
+    pub journal_bytes: u64,
+    /// Journal rows that could not be read whole.
+    pub journal_malformed: u64,
+    /// Records lost to failed journal writes.
+    pub journal_lost: u64,
     pub receive_errors: u64,
     /// Reads that carried several datagrams (UDP receive offload).
     pub gro_reads: u64,
@@ -104,7 +87,6 @@ pub struct Ingest {
     /// Octets of `templates`.
     template_bytes: usize,
     datagrams: usize,
-    max_pending_cells: usize,
     max_pending_template_bytes: usize,
     /// `None`: every source is accepted.
     allowed: Option<Vec<IpNet>>,
@@ -112,13 +94,20 @@ pub struct Ingest {
     /// under the unspecified address).
     refused: HashMap<IpAddr, u64>,
     max_sources: usize,
-    /// Rolls up what [`Ingest::take_batch`] returns.
-    rollup: Rollup,
+    /// Merges what [`Ingest::take_batch`] returns (the daemon merges on its store thread).
+    merger: Merger,
+    /// Where [`Ingest::take_journal`] writes the records (`None`: they stay in memory).
+    writer: Option<Writer>,
+    /// A failed write, once logged (the next success says so).
+    write_failed: bool,
+    /// Records lost to failed journal writes.
+    journal_lost: u64,
 }
 
-/// Label resolution and the per-label totals of `/metrics`, beside the aggregator.
+/// Label resolution, the time rule and the journal of the current batch.
 #[derive(Debug)]
 struct Labels {
+    /// Names labels and tunnels and applies the time rule (its counts are the merger's).
     agg: Aggregator,
     rules: Vec<LabelRule>,
     /// Raw `applicationName` octets → label id (`None`: the name cleans to nothing).
@@ -135,21 +124,26 @@ struct Labels {
     /// rest under the unspecified address, shown as `other`).
     time_rule: HashMap<IpAddr, [u64; 4], FxBuild>,
     max_exporters: usize,
-    /// The records counted, for ClickHouse's `flows` table; `None` (no cost) unless
-    /// `[clickhouse] raw` is set.
-    raw: Option<RawLog>,
+    /// The records of the current batch, as the journal stores them.
+    log: RawLog,
 }
 
 /// Longest raw name kept as a key of the label cache.
 const CACHED_NAME: usize = 256;
 
 impl Labels {
-    /// Add a record after the time rule, counting what the rule did per exporter.
+    /// Journal a record after the time rule, counting what the rule did per exporter.
     fn add(&mut self, flow: &Flow, exporter: IpAddr) {
-        let rule = self.agg.add_flow(flow);
-        if let Some(r) = &mut self.raw {
-            if !rule.refused() {
-                r.push(flow);
+        let (rule, span) = self.agg.time_rule(flow);
+        if let Some((start_ms, end_ms)) = span {
+            if (start_ms, end_ms) == (flow.start_ms, flow.end_ms) {
+                self.log.push(flow);
+            } else {
+                self.log.push(&Flow {
+                    start_ms,
+                    end_ms,
+                    ..*flow
+                });
             }
         }
         if let Some(i) = rule.index() {
@@ -270,54 +264,57 @@ impl Labels {
         let label = rule_label(&self.rules, exporter, ifs).unwrap_or(UNLABELLED);
         self.agg.label_id(label)
     }
-
-    /// Per-tunnel (bytes, packets) per part for `/metrics`: the first `max_metric_labels`
-    /// names, the rest under [`OTHER`].
-    fn metric_tunnels(&self) -> Vec<(String, [(u64, u64); 6])> {
-        let mut out: Vec<(String, [(u64, u64); 6])> = Vec::new();
-        for (id, parts) in self.agg.tunnel_totals().iter().enumerate() {
-            let name = if out.len() < self.max_metric_labels {
-                self.agg.tunnel_name(id as u32)
-            } else {
-                OTHER
-            };
-            let slot = match out.iter().position(|t| t.0 == name) {
-                Some(p) => p,
-                None => {
-                    out.push((name.to_string(), [(0, 0); 6]));
-                    out.len() - 1
-                }
-            };
-            for (a, b) in out[slot].1.iter_mut().zip(parts) {
-                *a = (a.0.saturating_add(b.0), a.1.saturating_add(b.1));
-            }
-        }
-        out
-    }
-
-    /// Per-label (bytes, packets) for `/metrics`: the first `max_metric_labels` labels by
-    /// name, the rest under [`OTHER`].
-    fn metric_totals(&self) -> Vec<(String, u64, u64)> {
-        let mut out: Vec<(String, u64, u64)> = Vec::new();
-        for (id, (bytes, packets)) in self.agg.label_totals().iter().enumerate() {
-            let name = if out.len() < self.max_metric_labels {
-                self.agg.label_name(id as u32)
-            } else {
-                OTHER
-            };
-            match out.iter_mut().find(|l| l.0 == name) {
-                Some(l) => {
-                    l.1 = l.1.saturating_add(*bytes);
-                    l.2 = l.2.saturating_add(*packets);
-                }
-                None => out.push((name.to_string(), *bytes, *packets)),
-            }
-        }
-        out
-    }
 }
 
-/// Hands one datagram's records to the aggregator.
+/// Per-tunnel (bytes, packets) per part for `/metrics`: the first `max_metric_labels`
+/// names, the rest under [`OTHER`].
+pub fn metric_tunnels(
+    agg: &Aggregator,
+    max_metric_labels: usize,
+) -> Vec<(String, [(u64, u64); 6])> {
+    let mut out: Vec<(String, [(u64, u64); 6])> = Vec::new();
+    for (id, parts) in agg.tunnel_totals().iter().enumerate() {
+        let name = if out.len() < max_metric_labels {
+            agg.tunnel_name(id as u32)
+        } else {
+            OTHER
+        };
+        let slot = match out.iter().position(|t| t.0 == name) {
+            Some(p) => p,
+            None => {
+                out.push((name.to_string(), [(0, 0); 6]));
+                out.len() - 1
+            }
+        };
+        for (a, b) in out[slot].1.iter_mut().zip(parts) {
+            *a = (a.0.saturating_add(b.0), a.1.saturating_add(b.1));
+        }
+    }
+    out
+}
+
+/// Per-label (bytes, packets) for `/metrics`: the first `max_metric_labels` labels by
+/// name, the rest under [`OTHER`].
+pub fn metric_totals(agg: &Aggregator, max_metric_labels: usize) -> Vec<(String, u64, u64)> {
+    let mut out: Vec<(String, u64, u64)> = Vec::new();
+    for (id, (bytes, packets)) in agg.label_totals().iter().enumerate() {
+        let name = if out.len() < max_metric_labels {
+            agg.label_name(id as u32)
+        } else {
+            OTHER
+        };
+        match out.iter_mut().find(|l| l.0 == name) {
+            Some(l) => {
+                l.1 = l.1.saturating_add(*bytes);
+                l.2 = l.2.saturating_add(*packets);
+            }
+            None => out.push((name.to_string(), *bytes, *packets)),
+        }
+    }
+    out
+}
+
+/// Hands one datagram's records to the journal.
 struct ToAggregator<'a> {
     labels: &'a mut Labels,
     exporter: IpAddr,
@@ -429,22 +426,20 @@ impl Ingest {
                 max_metric_labels: cfg.max_metric_labels,
                 time_rule: HashMap::default(),
                 max_exporters: cfg.max_exporters.get(),
-                raw: cfg
-                    .clickhouse
-                    .as_ref()
-                    .is_some_and(|c| c.raw)
-                    .then(RawLog::default),
+                log: RawLog::default(),
             },
             found: Vec::new(),
             templates: Vec::new(),
             template_bytes: 0,
             datagrams: 0,
-            max_pending_cells: cfg.max_pending_cells.get(),
             max_pending_template_bytes: cfg.max_pending_template_bytes.get(),
             allowed: cfg.allowed_exporters.clone(),
             refused: HashMap::new(),
             max_sources: cfg.max_exporters.get(),
-            rollup: Rollup::new(&cfg.agg),
+            merger: Merger::new(&cfg.agg, cfg.clickhouse.as_ref().is_some_and(|c| c.raw)),
+            writer: None,
+            write_failed: false,
+            journal_lost: 0,
         }
     }
 
@@ -496,9 +491,7 @@ impl Ingest {
     pub fn datagram(&mut self, exporter: IpAddr, bytes: &[u8]) -> Result<Ingested, DecodeError> {
         self.datagrams += 1;
         self.found.clear();
-        if let Some(r) = &mut self.labels.raw {
-            r.begin_datagram(exporter);
-        }
+        self.labels.log.begin_datagram(exporter);
         let mut sink = ToAggregator {
             labels: &mut self.labels,
             exporter,
@@ -506,9 +499,9 @@ impl Ingest {
         let r = self
             .sessions
             .ingest(exporter, bytes, &mut sink, &mut self.found);
-        if let Some(raw) = &mut self.labels.raw {
-            raw.end_datagram(r.as_ref().ok().map(|i| i.scope.domain));
-        }
+        self.labels
+            .log
+            .end_datagram(r.as_ref().ok().map(|i| i.scope.domain));
         if let Ok(i) = &r {
             for t in self.found.drain(..) {
                 self.template_bytes += t.bytes.len();
@@ -527,17 +520,11 @@ impl Ingest {
         self.labels.agg.set_clock(now_ms);
     }
 
-    /// Whether what is pending reached a bound (`max_pending_cells`,
-    /// `max_pending_template_bytes`, raw records' [`MAX_BATCH_BYTES`]): the batch must go
-    /// to the store now.
+    /// Whether what is pending reached a bound (`max_pending_template_bytes`, the
+    /// journal's [`MAX_BATCH_BYTES`]): the batch must go to the store now.
     pub fn over_bound(&self) -> bool {
-        self.labels.agg.pending_cells() >= self.max_pending_cells
-            || self.template_bytes >= self.max_pending_template_bytes
-            || self
-                .labels
-                .raw
-                .as_ref()
-                .is_some_and(|r| r.bytes() >= MAX_BATCH_BYTES)
+        self.template_bytes >= self.max_pending_template_bytes
+            || self.labels.log.bytes() >= MAX_BATCH_BYTES
     }
 
     /// Datagrams handled since the last [`Ingest::take_batch`].
@@ -545,23 +532,58 @@ impl Ingest {
         self.datagrams
     }
 
-    /// Take what the next commit writes, rendered.
+    /// Take what the next commit writes, merged in place: the journal's two steps in one
+    /// (offline use and tests).
     pub fn take_batch(&mut self) -> Batch {
-        let raw = self.take_raw_batch();
-        raw.render(&mut self.rollup)
+        let b = self.take_journal();
+        self.merger.take_batch(b)
     }
 
-    /// Take what the next commit writes, leaving the rollups and key names to
-    /// [`RawBatch::render`]: what the receiving thread does between two reads.
-    pub fn take_raw_batch(&mut self) -> RawBatch {
+    /// Write the records of [`Ingest::take_journal`]'s batches to segment files with
+    /// `writer` (the daemon), instead of keeping them in memory.
+    pub fn set_writer(&mut self, writer: Writer) {
+        self.writer = Some(writer);
+    }
+
+    /// Take what the next journal commit writes: what the receiving thread hands the store
+    /// thread. With a writer, the records are written to its segment file first; the
+    /// records of a batch whose write fails (a full disk) are lost and counted
+    /// (`labelflow_collector_journal_lost_records_total`), its session state still goes.
+    pub fn take_journal(&mut self) -> JournalBatch {
         let l = &mut self.labels;
-        let raw = match &mut l.raw {
-            Some(r) => r.take(|i| l.agg.label_name(i), |i| l.agg.tunnel_name(i)),
-            None => None,
-        };
-        let b = RawBatch {
-            raw,
-            taken: self.labels.agg.take_base(),
+        let (mut records, mut written) = (None, None);
+        match &mut self.writer {
+            None => {
+                records = l
+                    .log
+                    .take(|i| l.agg.label_name(i), |i| l.agg.tunnel_name(i));
+            }
+            Some(w) => {
+                let done = l.log.take_with(
+                    |i| l.agg.label_name(i),
+                    |i| l.agg.tunnel_name(i),
+                    |names, recs| w.append(&[names, recs]),
+                );
+                match done {
+                    Some((Ok(extent), n)) => {
+                        written = Some((extent, n));
+                        if std::mem::take(&mut self.write_failed) {
+                            tracing::info!("journal writes succeed again");
+                        }
+                    }
+                    Some((Err(e), n)) => {
+                        if !std::mem::replace(&mut self.write_failed, true) {
+                            tracing::error!(error = %e, records = n, "journal write failed; the batch's records are lost");
+                        }
+                        self.journal_lost = self.journal_lost.saturating_add(n);
+                    }
+                    None => {}
+                }
+            }
+        }
+        let b = JournalBatch {
+            records,
+            written,
             templates: std::mem::take(&mut self.templates),
             contexts: self.sessions.take_changed_contexts(),
             sequences: self.sessions.take_changed_sequences(),
@@ -572,21 +594,29 @@ impl Ingest {
         b
     }
 
-    /// Forget per-bucket key bookkeeping older than `before` (seconds).
-    pub fn forget_before(&mut self, before: i64) {
-        self.labels.agg.forget_before(before);
+    /// The merge of [`Ingest::take_batch`].
+    pub fn merger(&self) -> &Merger {
+        &self.merger
     }
 
+    /// The aggregator of [`Ingest::take_batch`]'s merges.
     pub fn aggregator(&self) -> &Aggregator {
-        &self.labels.agg
+        self.merger.aggregator()
     }
 
     pub fn fill(&self, s: &mut Snapshot) {
         s.sessions = self.sessions.stats.clone();
-        s.aggregation = self.labels.agg.stats.clone();
+        // The receiving side's part of the aggregation counters: the time rule and the
+        // naming of labels and tunnels; the merge's part is filled by the store thread.
+        let a = &self.labels.agg.stats;
+        s.aggregation.records = a.records;
+        s.aggregation.clamped_durations = a.clamped_durations;
+        s.aggregation.folded_labels = a.folded_labels;
+        s.aggregation.truncated_labels = a.truncated_labels;
+        s.aggregation.time_rule = a.time_rule;
+        s.aggregation.folded_tunnels = a.folded_tunnels;
         s.scopes = self.sessions.scopes();
-        s.labels = self.labels.metric_totals();
-        s.tunnels = self.labels.metric_tunnels();
+        s.journal_lost = self.journal_lost;
         s.time_rule = self.labels.metric_time_rule();
         let mut refused: Vec<(IpAddr, u64)> = self.refused.iter().map(|(a, n)| (*a, *n)).collect();
         refused.sort();

@@ -7,10 +7,12 @@
 //!      │     ├─ IPFIX data sets of known templates: FlowPlan ──► FlowView (zero-copy)
 //!      │     └─ everything else: netflow_parser ──► convert ──► FlowRecord
 //!      ──► FlowSink: label id (name, options, group, exporter rules) ──► Flow
-//!      ──► Aggregator (pro-rated buckets per label, protocol, port, tunnel, host;
-//!                      views summed from their labels)
-//!      ──► Store::commit (one SQLite transaction per batch; with [clickhouse] the batch's
-//!          cells queued in the same transaction for the ClickHouse sink thread)
+//!      ──► time rule ──► journal row (one SQLite transaction per batch, with the
+//!          sequence numbers and templates of the same datagrams)
+//!  journal ──► Merger: Aggregator (pro-rated buckets per label, protocol, port, tunnel,
+//!                      host; views summed from their labels)
+//!      ──► Store::commit_merged (one transaction: the deltas, the journal rows' deletion,
+//!          with [clickhouse] the cells queued for the ClickHouse sink thread)
 //!  Reader ──► report::build ──► table / CSV / JSON, HTTP, graph (SVG/PNG)
 //! ```
 //!
@@ -43,6 +45,7 @@ pub mod graph;
 #[cfg(feature = "server")]
 pub mod http;
 pub mod ingest;
+pub mod journal;
 pub mod net;
 pub mod report;
 pub mod session;

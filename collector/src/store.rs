@@ -6,12 +6,14 @@
 //!  contexts(exporter, domain) -> context (JSON: application names, sampling)
 //!  sequences(exporter, domain, stream) -> next expected sequence number
 //!  progress(id = 1) -> datagrams committed in total, time of the last commit
+//!  journal(id) -> datagrams, records, blob: received records not merged yet
 //! ```
 //!
-//! A batch (aggregate deltas + template records + options state of the same datagrams) is
-//! committed in one
-//! transaction with `synchronous = FULL`, so a datagram's effect is either entirely in the
-//! database or not at all, and a committed batch survives the process being killed.
+//! A batch (journal row + template records + options state + sequence numbers of the same
+//! datagrams) is committed in one transaction with `synchronous = FULL`, so a datagram's
+//! effect is either entirely in the database or not at all, and a committed batch survives
+//! the process being killed. A merge ([`crate::journal`]) commits aggregate deltas and
+//! deletes the journal rows they came from in one transaction.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -22,13 +24,15 @@ use labelflow_proto::convert::{ApplicationKey, ExporterContext};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Counters, Delta, Dim};
+use crate::clickhouse::raw::RawRecords;
 use crate::ingest::Batch;
+use crate::journal::{JournalBatch, Merged};
 use crate::session::{ScopeKey, SequenceState};
 use crate::templates::TemplateRecord;
 
 /// Schema version kept in `PRAGMA user_version`.
-/// Version 2 added `contexts`; version 3 `sequences` and `progress`.
-pub const SCHEMA_VERSION: i64 = 3;
+/// Version 2 added `contexts`; version 3 `sequences` and `progress`; version 4 `journal`.
+pub const SCHEMA_VERSION: i64 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -36,6 +40,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("database schema version {found} is newer than this collector ({SCHEMA_VERSION})")]
     SchemaTooNew { found: i64 },
+    #[error("journal: {0}")]
+    Journal(String),
     #[error(
         "the database has no ClickHouse outbox yet: start the collector with [clickhouse] \
          (its first start queues every stored cell by itself)"
@@ -50,6 +56,11 @@ pub struct Store {
     template_cap: usize,
     /// Queue each commit's cells for ClickHouse in the same transaction.
     clickhouse_outbox: bool,
+    /// Whether `synchronous` is FULL ([`Store::set_full_sync`]).
+    full_sync: bool,
+    /// The database file, next to which the journal's segment files are.
+    path: std::path::PathBuf,
+    syncer: crate::journal::Syncer,
 }
 
 /// [`ExporterContext`] as stored: maps as lists (JSON object keys are strings only).
@@ -99,6 +110,28 @@ impl From<StoredContext> for ExporterContext {
             system_init_ms: s.system_init_ms,
         }
     }
+}
+
+/// The session state a commit writes: template records, options state, the sequence
+/// numbers exporters are expected to continue from, and the progress record (datagrams,
+/// milliseconds since the epoch).
+#[derive(Debug, Default, Clone, Copy)]
+struct Session<'a> {
+    templates: &'a [ScopedTemplate],
+    contexts: &'a [(ScopeKey, ExporterContext)],
+    sequences: &'a [SequenceState],
+    progress: Option<(u64, u64)>,
+}
+
+/// What a commit does to the journal.
+#[derive(Debug, Clone, Copy)]
+enum Journal<'a> {
+    None,
+    /// Append the batch's row.
+    Append(&'a JournalBatch),
+    /// Delete the rows up to this id (merged whole), and note how far the other one was
+    /// merged.
+    Merged(Option<i64>, Option<(i64, (usize, u32))>),
 }
 
 /// A template record to persist, with its scope.
@@ -171,6 +204,12 @@ fn upsert_agg(st: &mut rusqlite::CachedStatement<'_>, deltas: &[&Delta]) -> rusq
     Ok(())
 }
 
+/// A segment file's error, naming the file.
+fn segment_error(db: &Path, segment: u64, e: std::io::Error) -> String {
+    let file = crate::journal::segment_path(db, segment);
+    format!("{}: {e}", file.display())
+}
+
 /// A counter as stored: saturated to SQLite's largest integer.
 fn stored(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -235,10 +274,19 @@ impl Store {
                  COMMIT;",
             )?;
         }
+        if version < 4 {
+            let tx = conn.unchecked_transaction()?;
+            crate::journal::create(&tx)?;
+            tx.pragma_update(None, "user_version", 4)?;
+            tx.commit()?;
+        }
         Ok(Store {
             conn,
             template_cap: template_cap.max(1),
             clickhouse_outbox: false,
+            full_sync: true,
+            path: path.to_path_buf(),
+            syncer: crate::journal::Syncer::default(),
         })
     }
 
@@ -295,7 +343,45 @@ impl Store {
         templates: &[ScopedTemplate],
         contexts: &[(ScopeKey, ExporterContext)],
     ) -> Result<(), StoreError> {
-        self.commit_with(deltas, templates, contexts, &[], None, None)
+        self.commit_with(
+            deltas,
+            &Session {
+                templates,
+                contexts,
+                ..Session::default()
+            },
+            &[],
+            Journal::None,
+        )
+    }
+
+    /// Commit one batch of the receiving thread: its journal row, templates, options state,
+    /// the sequence numbers its exporters expect next and the progress record (`now_ms`:
+    /// when), in one transaction. A restart after SIGKILL resumes from exactly this point.
+    pub fn commit_journal(&mut self, b: &JournalBatch, now_ms: u64) -> Result<(), StoreError> {
+        if let Some((e, _)) = &b.written {
+            self.syncer
+                .sync(&self.path, e.segment)
+                .map_err(|err| StoreError::Journal(segment_error(&self.path, e.segment, err)))?;
+        }
+        let progress = (b.datagrams as u64, now_ms);
+        let (t, c, s) = (&b.templates, &b.contexts, &b.sequences);
+        self.set_full_sync(true)?;
+        let session = Session {
+            templates: t,
+            contexts: c,
+            sequences: s,
+            progress: Some(progress),
+        };
+        self.commit_with(&[], &session, &[], Journal::Append(b))
+    }
+
+    /// Commit a merge: its deltas, the ClickHouse outboxes' share of it and the deletion of
+    /// the journal rows it merged, in one transaction.
+    pub fn commit_merged(&mut self, m: &Merged) -> Result<(), StoreError> {
+        let journal = Journal::Merged(m.upto, m.partial);
+        self.set_full_sync(false)?;
+        self.commit_with(&m.deltas, &Session::default(), &m.raw, journal)
     }
 
     /// Commit one batch of the ingest atomically: its counts, templates and options state,
@@ -310,20 +396,51 @@ impl Store {
             &batch.contexts,
             &batch.sequences,
         );
-        self.commit_with(d, t, c, s, Some(progress), batch.raw.as_ref())
+        let raw = batch.raw.as_slice();
+        let session = Session {
+            templates: t,
+            contexts: c,
+            sequences: s,
+            progress: Some(progress),
+        };
+        self.commit_with(d, &session, raw, Journal::None)
+    }
+
+    /// `synchronous = FULL` (every commit synced to disk before it returns) or `NORMAL` (in
+    /// WAL mode: synced at checkpoints and by the next FULL commit). A merge commit may be
+    /// NORMAL: if a power loss takes it back, the journal rows it deleted come back with
+    /// it, in the same WAL transaction as its deltas, and are merged again. What was
+    /// received is journaled FULL. A process kill loses neither (the WAL is in the page
+    /// cache).
+    fn set_full_sync(&mut self, full: bool) -> rusqlite::Result<()> {
+        if self.full_sync != full {
+            let mode = if full { "FULL" } else { "NORMAL" };
+            self.conn.pragma_update(None, "synchronous", mode)?;
+            self.full_sync = full;
+        }
+        Ok(())
     }
 
     fn commit_with(
         &mut self,
         deltas: &[Delta],
-        templates: &[ScopedTemplate],
-        contexts: &[(ScopeKey, ExporterContext)],
-        sequences: &[SequenceState],
-        progress: Option<(u64, u64)>,
-        raw: Option<&crate::clickhouse::raw::RawRecords>,
+        session: &Session<'_>,
+        raw: &[RawRecords],
+        journal: Journal<'_>,
     ) -> Result<(), StoreError> {
+        let Session {
+            templates,
+            contexts,
+            sequences,
+            progress,
+        } = *session;
         let tx = self.conn.transaction()?;
         {
+            match journal {
+                Journal::None => {}
+                Journal::Append(b) => crate::journal::append(&tx, b)?,
+                Journal::Merged(upto, partial) => crate::journal::merged(&tx, upto, partial)?,
+            }
             let mut seq = tx.prepare_cached(
                 "INSERT INTO sequences (exporter, domain, stream, next) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (exporter, domain, stream) DO UPDATE SET next = excluded.next",
@@ -420,9 +537,11 @@ impl Store {
                 ])?;
             }
             if self.clickhouse_outbox {
-                crate::clickhouse::outbox::record(&tx, deltas)?;
-                if let Some(raw) = raw {
-                    crate::clickhouse::raw::record(&tx, raw)?;
+                if !deltas.is_empty() {
+                    crate::clickhouse::outbox::record(&tx, deltas)?;
+                }
+                for r in raw {
+                    crate::clickhouse::raw::record(&tx, r)?;
                 }
             }
         }
@@ -555,6 +674,11 @@ impl Store {
 
     pub fn connection(&self) -> &Connection {
         &self.conn
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 

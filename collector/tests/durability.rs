@@ -157,7 +157,12 @@ fn sigkill_then_restart_accounts_for_every_record() {
         c.send(&sock, &datagram(i, t0_ms));
     }
     c.kill9();
-    let (_, _, committed_flows) = all_time_totals(&db, "label");
+    // Committed: merged into the aggregates, or journaled and merged after the restart.
+    let (_, _, merged_flows) = all_time_totals(&db, "label");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let (_, journaled, _) = labelflow_collector::journal::backlog(&conn).unwrap();
+    drop(conn);
+    let committed_flows = merged_flows + journaled;
 
     let c = Collector::start(dir.path(), &db, extra);
     c.send(&sock, &datagram(sent, t0_ms));

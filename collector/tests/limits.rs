@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use common::*;
 use labelflow_collector::config::Config;
 use labelflow_collector::ingest::{Ingest, Snapshot};
+use labelflow_collector::journal::{self, Merger};
 
 fn ingest(limits: &str) -> Ingest {
     let cfg = Config::parse(&format!("[limits]\n{limits}"), "limits.toml").unwrap();
@@ -37,7 +38,7 @@ fn application_names_per_scope_are_bounded() {
     let labels: Vec<(&str, u64)> = s.labels.iter().map(|l| (l.0.as_str(), l.1)).collect();
     assert!(labels.is_empty(), "totals count at take: {labels:?}");
     ing.take_batch();
-    ing.fill(&mut s);
+    ing.merger().fill(&mut s, 64);
     let mut labels: Vec<(String, u64)> = s.labels.iter().map(|l| (l.0.clone(), l.1)).collect();
     labels.sort();
     assert_eq!(
@@ -60,23 +61,38 @@ fn pending_bounds_ask_for_an_early_commit() {
     ing.take_batch();
     assert!(!ing.over_bound());
 
-    let mut ing = ingest("max_pending_cells = 7\n");
+    // The journal's merge counts the cells it holds, which bound its commits.
+    let mut ing = ingest("");
     ing.datagram(from, &ipfix_template(now_secs(), 0, 1))
         .unwrap();
     let t0 = u64::from(now_secs() - 600) * 1000;
     let flows: Vec<Flow> = (0..3).map(|i| flow("esp", 100, t0 + i * 60_000)).collect();
     ing.datagram(from, &ipfix_data(now_secs(), 0, 1, &flows))
         .unwrap();
-    assert!(
-        !ing.over_bound(),
+    let b = ing.take_journal();
+    assert_eq!(b.datagrams, 2);
+    let mut m = Merger::new(&Config::defaults().agg, false);
+    m.start(journal::Row {
+        id: 1,
+        datagrams: 2,
+        records: b.records.expect("records"),
+        merged: (0, 0),
+    });
+    assert_eq!(m.step(2), 2);
+    assert!(m.busy(), "one record left");
+    assert_eq!(m.step(10), 1);
+    assert!(!m.busy());
+    assert_eq!(
+        m.pending_cells(),
+        6,
         "3 buckets × 2 cells (label and protocol, port)"
     );
-    let flows: Vec<Flow> = (3..5).map(|i| flow("esp", 100, t0 + i * 60_000)).collect();
-    ing.datagram(from, &ipfix_data(now_secs(), 3, 1, &flows))
-        .unwrap();
-    assert!(ing.over_bound());
-    assert_eq!(ing.take_batch().datagrams, 3);
-    assert!(!ing.over_bound());
+    let merged = m.take();
+    assert_eq!(
+        (merged.upto, merged.datagrams, merged.records),
+        (Some(1), 2, 3)
+    );
+    assert_eq!(m.pending_cells(), 0);
 }
 
 #[test]

@@ -310,6 +310,17 @@ impl Aggregator {
     /// Add one record after the time rule ([`time_rule`](self::time_rule)); returns what
     /// the rule did.
     pub fn add_flow(&mut self, f: &Flow) -> TimeRule {
+        let (rule, span) = self.time_rule(f);
+        if let Some((start, end)) = span {
+            self.add_span(f, start, end);
+        }
+        rule
+    }
+
+    /// The time rule's verdict on a record, counted in [`AggStats`]: what it did and the
+    /// times to spread the record over (`None`: refused). The receiving thread applies it
+    /// before a record goes to the journal, against its receive clock.
+    pub fn time_rule(&mut self, f: &Flow) -> (TimeRule, Option<(u64, u64)>) {
         self.stats.records += 1;
         let (rule, span) = time_rule::apply(f.start_ms, f.end_ms, self.now_ms, &self.cfg);
         if let Some(i) = rule.index() {
@@ -318,10 +329,13 @@ impl Aggregator {
         if rule == TimeRule::TooLong {
             self.stats.clamped_durations += 1;
         }
-        if let Some((start, end)) = span {
-            self.add_span(f, start, end);
-        }
-        rule
+        (rule, span)
+    }
+
+    /// Add a record the time rule already passed, over `[start_ms, end_ms]` as it stands:
+    /// what the journal's merge does ([`crate::journal`]).
+    pub fn add_counted(&mut self, f: &Flow) {
+        self.add_span(f, f.start_ms, f.end_ms.max(f.start_ms));
     }
 
     /// Spread a record over the base buckets of `[start, end]`, which the time rule bounded.

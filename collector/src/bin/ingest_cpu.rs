@@ -1,9 +1,10 @@
 //! CPU time per record of the collector's own work, without sockets: feeds a stream file
 //! (as `labelflow-ipfix-gen generate` or `record` writes it) through the ingest path
-//! (decode, aggregation, hand-over of a batch when a commit is due or a pending bound is
-//! reached, as the receiving thread does), renders each batch (rollups and key names, as
-//! the store thread does) and commits it to a store in a scratch directory. Prints the
-//! thread CPU time of each stage per record, the rows committed and the peak RSS.
+//! (decode, label, time rule and journal encoding, with a hand-over when a commit is due or
+//! a pending bound is reached, as the receiving thread does), commits each batch to the
+//! journal of a store in a scratch directory and merges the journal (aggregation, rollups,
+//! key names and the merge commits, as the store thread does). Prints the thread CPU time
+//! of each stage per record, the rows committed and the peak RSS.
 //!
 //! On a machine shared with other work, UDP loss rates move with the load; thread CPU
 //! time per record moves far less, so two builds can be compared here first.
@@ -22,9 +23,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::Parser;
-use labelflow_collector::aggregate::Rollup;
 use labelflow_collector::config::Config;
 use labelflow_collector::ingest::Ingest;
+use labelflow_collector::journal::{self, Merger};
 use labelflow_collector::store::Store;
 
 #[derive(Debug, Parser)]
@@ -98,27 +99,44 @@ fn run(
     rest: &[&[u8]],
     dir: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let mut store = Store::open(&dir.join("c.db"), cfg.max_templates_per_exporter.get())?;
+    let db = dir.join("c.db");
+    let mut store = Store::open(&db, cfg.max_templates_per_exporter.get())?;
     let mut ingest = Ingest::new(cfg);
-    let mut rollup = Rollup::new(&cfg.agg);
+    ingest.set_writer(journal::Writer::create(&db, 1)?);
+    let mut merger = Merger::new(&cfg.agg, false);
     let from: IpAddr = "127.0.0.1".parse().expect("an address");
-    let (mut t_ingest, mut t_render, mut t_store) = (0u64, 0u64, 0u64);
-    let (mut batches, mut early, mut rows, mut records) = (0u64, 0u64, 0usize, 0u64);
+    let mut t = Times::default();
+    let (mut batches, mut early, mut rows, mut records, mut fed) = (0u64, 0u64, 0usize, 0u64, 0i64);
     ingest.set_clock(now_ms());
     let _ = ingest.datagram(from, first);
-    let mut commit = |ingest: &mut Ingest, t_ingest: &mut u64| -> anyhow::Result<()> {
+    // The receiving thread's hand-over and the store thread's journal commit, then the
+    // merge of what the journal holds (as the store thread does when no batch waits).
+    let mut commit = |ingest: &mut Ingest, t: &mut Times| -> anyhow::Result<()> {
         let t0 = thread_cpu_ns();
-        let raw = ingest.take_raw_batch();
+        let b = ingest.take_journal();
         let t1 = thread_cpu_ns();
-        let batch = raw.render(&mut rollup);
+        store.commit_journal(&b, now_ms())?;
         let t2 = thread_cpu_ns();
-        store.commit_batch(&batch, now_ms())?;
-        let t3 = thread_cpu_ns();
-        *t_ingest += t1 - t0;
-        t_render += t2 - t1;
-        t_store += t3 - t2;
-        rows += batch.deltas.len();
+        t.ingest += t1 - t0;
+        t.journal += t2 - t1;
         batches += 1;
+        loop {
+            let t0 = thread_cpu_ns();
+            if !merger.busy() {
+                let Some(row) = journal::read(store.connection(), &db, fed, 1)?.pop() else {
+                    break;
+                };
+                fed = row.id;
+                merger.start(row);
+            }
+            merger.step(8192);
+            let full = merger.pending_cells() >= cfg.max_pending_cells.get();
+            t.merge += thread_cpu_ns() - t0;
+            if full {
+                rows += merge_commit(&mut merger, &mut store, t)?;
+            }
+        }
+        rows += merge_commit(&mut merger, &mut store, t)?;
         Ok(())
     };
     for _ in 0..cli.repeat {
@@ -131,30 +149,56 @@ fn run(
                 }
                 if ingest.over_bound() {
                     // A pending bound reached: the batch goes at once, as in the daemon.
-                    t_ingest += thread_cpu_ns() - t0;
+                    t.ingest += thread_cpu_ns() - t0;
                     early += 1;
-                    commit(&mut ingest, &mut t_ingest)?;
+                    commit(&mut ingest, &mut t)?;
                     t0 = thread_cpu_ns();
                 }
             }
-            t_ingest += thread_cpu_ns() - t0;
+            t.ingest += thread_cpu_ns() - t0;
             if ingest.pending_datagrams() >= cli.batch {
-                commit(&mut ingest, &mut t_ingest)?;
+                commit(&mut ingest, &mut t)?;
             }
         }
     }
     if ingest.pending_datagrams() > 0 {
-        commit(&mut ingest, &mut t_ingest)?;
+        commit(&mut ingest, &mut t)?;
     }
     let per = |t: u64| t as f64 / records.max(1) as f64;
     println!(
         "records={records} batches={batches} early={early} rows={rows} ingest_ns={:.0} \
-         render_ns={:.0} store_ns={:.0} total_ns={:.0} peak_rss_kb={}",
-        per(t_ingest),
-        per(t_render),
-        per(t_store),
-        per(t_ingest + t_render + t_store),
+         journal_ns={:.0} merge_ns={:.0} store_ns={:.0} total_ns={:.0} peak_rss_kb={}",
+        per(t.ingest),
+        per(t.journal),
+        per(t.merge),
+        per(t.store),
+        per(t.ingest + t.journal + t.merge + t.store),
         peak_rss_kb()
     );
     Ok(())
+}
+
+/// Thread CPU time per stage, nanoseconds.
+#[derive(Debug, Default)]
+struct Times {
+    /// Receiving: decode, label, time rule, journal encoding.
+    ingest: u64,
+    /// The journal commit.
+    journal: u64,
+    /// The merge's aggregation.
+    merge: u64,
+    /// Rollups, key names and the merge commit.
+    store: u64,
+}
+
+/// Commit what `merger` holds; the rows written.
+fn merge_commit(merger: &mut Merger, store: &mut Store, t: &mut Times) -> anyhow::Result<usize> {
+    if merger.is_empty() && !merger.busy() {
+        return Ok(0);
+    }
+    let t0 = thread_cpu_ns();
+    let m = merger.take();
+    store.commit_merged(&m)?;
+    t.store += thread_cpu_ns() - t0;
+    Ok(m.deltas.len())
 }

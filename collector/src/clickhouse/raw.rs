@@ -34,10 +34,10 @@ pub struct RawRecords {
     pub records: u64,
 }
 
-/// Octets of raw records after which the ingest hands its batch to the store early (about
-/// 300,000 records at 56 octets for an IPv4 record without NAT): one outbox BLOB holds at
-/// most this plus one record.
-pub const MAX_BATCH_BYTES: usize = 16 << 20;
+/// Octets of records after which the ingest hands its batch to the store early (about
+/// 150,000 records at 56 octets for an IPv4 record without NAT): one journal row, and one
+/// raw outbox BLOB, holds at most this plus one datagram's records.
+pub const MAX_BATCH_BYTES: usize = 8 << 20;
 
 /// Collects the records of the current batch in the ingest.
 #[derive(Debug, Default)]
@@ -197,6 +197,30 @@ impl RawLog {
         self.buf.len()
     }
 
+    /// Hand the batch's records, as a blob in two parts (the names of the ids used, then
+    /// the records), to `write`, without copying them; `label` and `tunnel` name the ids.
+    /// `None` (and `write` not called) when the batch holds no record. Returns `write`'s
+    /// result and the records.
+    pub fn take_with<'a, T>(
+        &mut self,
+        label: impl Fn(u32) -> &'a str,
+        tunnel: impl Fn(u32) -> &'a str,
+        write: impl FnOnce(&[u8], &[u8]) -> T,
+    ) -> Option<(T, u64)> {
+        if self.records == 0 {
+            self.buf.clear();
+            self.labels.clear();
+            self.tunnels.clear();
+            return None;
+        }
+        let mut names = Vec::new();
+        self.labels.drain_into(&mut names, label);
+        self.tunnels.drain_into(&mut names, tunnel);
+        let t = write(&names, &self.buf);
+        self.buf.clear();
+        Some((t, std::mem::take(&mut self.records)))
+    }
+
     /// Take the batch's records; `label` and `tunnel` name the ids.
     pub fn take<'a>(
         &mut self,
@@ -288,6 +312,162 @@ impl<'a> Reader<'a> {
         }
         Some(m)
     }
+}
+
+/// Largest label or tunnel id a blob may name: ids are dense from 0 and bounded by
+/// `max_labels` and `max_tunnel_names`; a larger one marks a blob this collector did not
+/// write.
+const MAX_ID: u32 = 1 << 20;
+
+/// Names of a blob's ids, mapped once to the caller's ids (`u32::MAX`: not named).
+fn mapped(names: HashMap<u32, String>, mut map: impl FnMut(&str) -> u32) -> Option<Vec<u32>> {
+    let mut out = Vec::new();
+    for (id, name) in names {
+        if id >= MAX_ID {
+            return None;
+        }
+        if out.len() <= id as usize {
+            out.resize(id as usize + 1, u32::MAX);
+        }
+        out[id as usize] = map(&name);
+    }
+    Some(out)
+}
+
+/// What [`for_each_flow`] hands a blob's names and records to.
+pub trait FlowVisitor {
+    /// The caller's id of a label name.
+    fn label(&mut self, name: &str) -> u32;
+    /// The caller's id of a tunnel name.
+    fn tunnel(&mut self, name: &str) -> u32;
+    fn flow(&mut self, f: &Flow);
+}
+
+/// A position in a blob's records, for visiting them a slice at a time: the blob's names
+/// mapped to the visitor's ids once, then records from where the last slice ended.
+#[derive(Debug, Default)]
+pub struct FlowCursor {
+    labels: Vec<u32>,
+    tunnels: Vec<u32>,
+    /// Octet offset of the next record or datagram header.
+    pos: usize,
+    /// Records left in the current datagram.
+    left: u32,
+}
+
+impl FlowCursor {
+    /// A cursor at a blob's first record, its names mapped by `to`; `None`: the blob's
+    /// names are malformed.
+    pub fn new(blob: &[u8], to: &mut impl FlowVisitor) -> Option<FlowCursor> {
+        let mut r = Reader(blob);
+        let (labels, tunnels) = (r.names()?, r.names()?);
+        let labels = mapped(labels, |n| to.label(n))?;
+        let tunnels = mapped(tunnels, |n| to.tunnel(n))?;
+        Some(FlowCursor {
+            labels,
+            tunnels,
+            pos: blob.len() - r.0.len(),
+            left: 0,
+        })
+    }
+
+    /// Where the cursor stands: (octet offset, records left in the current datagram), to
+    /// be stored and given back to [`FlowCursor::resume`].
+    pub fn position(&self) -> (usize, u32) {
+        (self.pos, self.left)
+    }
+
+    /// Move to a position [`FlowCursor::position`] gave (one of the same blob); a position
+    /// before the first record leaves the cursor where it is.
+    pub fn resume(&mut self, (pos, left): (usize, u32)) {
+        if pos > self.pos {
+            (self.pos, self.left) = (pos, left);
+        }
+    }
+
+    /// Visit up to `max` records from the cursor on, as the aggregator counts them (label
+    /// and tunnel ids mapped, bytes and packets with sampling applied so `sampling` is 1,
+    /// times as the time rule left them). Returns the records visited and whether the blob
+    /// is done; `Err(n)`: the blob is malformed after `n` more records.
+    pub fn visit(
+        &mut self,
+        blob: &[u8],
+        max: u64,
+        to: &mut impl FlowVisitor,
+    ) -> Result<(u64, bool), u64> {
+        let mut r = Reader(blob.get(self.pos..).unwrap_or_default());
+        let mut n = 0u64;
+        let id = |ids: &[u32], i: u32| ids.get(i as usize).copied().filter(|v| *v != u32::MAX);
+        while n < max {
+            if self.left == 0 {
+                if r.0.is_empty() {
+                    self.pos = blob.len();
+                    return Ok((n, true));
+                }
+                let Some((_, _, count)) = (|| Some((r.addr()?, r.u32()?, r.u32()?)))() else {
+                    return Err(n);
+                };
+                self.left = count;
+                continue;
+            }
+            let f = (|| {
+                let label = id(&self.labels, r.u32()?)?;
+                let flags = r.u8()?;
+                let (src, dst, protocol) = (r.addr()?, r.addr()?, r.u8()?);
+                let (src_port, dst_port) = (r.u16()?, r.u16()?);
+                let spi = if flags & NO_SPI == 0 {
+                    Some(r.u32()?)
+                } else {
+                    None
+                };
+                let tunnel = if flags & NO_TUNNEL == 0 {
+                    Some(id(&self.tunnels, r.u32()?)?)
+                } else {
+                    None
+                };
+                let (bytes, packets, _sampling) = (r.u64()?, r.u64()?, r.u32()?);
+                let (start_ms, end_ms) = (r.u64()?, r.u64()?);
+                let nat = if flags & HAS_NAT != 0 {
+                    Some((r.addr()?, r.addr()?))
+                } else {
+                    None
+                };
+                let reply = (flags & HAS_DIRECTION != 0).then_some(flags & REPLY != 0);
+                Some(Flow {
+                    label,
+                    src,
+                    dst,
+                    protocol,
+                    src_port,
+                    dst_port,
+                    spi,
+                    tunnel,
+                    bytes,
+                    packets,
+                    sampling: 1,
+                    start_ms,
+                    end_ms,
+                    nat,
+                    reply,
+                })
+            })();
+            let Some(f) = f else {
+                return Err(n);
+            };
+            to.flow(&f);
+            self.left -= 1;
+            n += 1;
+        }
+        self.pos = blob.len() - r.0.len();
+        Ok((n, self.left == 0 && r.0.is_empty()))
+    }
+}
+
+/// Visit every record of a blob, in order (see [`FlowCursor::visit`]). Returns the records
+/// visited; `Err(n)`: the blob is malformed after `n` records.
+pub fn for_each_flow(blob: &[u8], to: &mut impl FlowVisitor) -> Result<u64, u64> {
+    let mut c = FlowCursor::new(blob, to).ok_or(0u64)?;
+    c.visit(blob, u64::MAX, to).map(|(n, _)| n)
 }
 
 /// The records of a blob, in order. `Err(n)`: the blob is malformed after `n` records
