@@ -166,7 +166,7 @@ pub fn run(
         let file = crate::journal::segment_path(&cfg.db, segment);
         format!("creating the journal segment {}", file.display())
     })?;
-    ingest.set_writer(writer);
+
     let (committed, last_ms) = store.progress()?.unwrap_or((0, 0));
     tracing::info!(
         templates,
@@ -180,7 +180,17 @@ pub fn run(
 
     // Set from hand-over until the store thread has committed the batch.
     let queued = Arc::new(AtomicUsize::new(0));
-    let (tx, rx) = sync_channel::<JournalBatch>(JOURNAL_QUEUE);
+    // ingest thread ──(records, session state)──► writer thread ──(extent)──► store thread;
+    // emptied record buffers go back to the ingest thread.
+    let (tx, to_writer) = sync_channel::<JournalBatch>(JOURNAL_QUEUE);
+    let (written, rx) = sync_channel::<JournalBatch>(JOURNAL_QUEUE);
+    let (give_back, returned) = std::sync::mpsc::channel::<Vec<u8>>();
+    let writer = {
+        let (db, metrics) = (cfg.db.clone(), metrics.clone());
+        std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || writer_loop(&db, writer, &to_writer, &written, &give_back, &metrics))?
+    };
     let storer = {
         let (cfg, metrics, busy) = (cfg.clone(), metrics.clone(), queued.clone());
         std::thread::Builder::new()
@@ -215,7 +225,8 @@ pub fn run(
         std::thread::Builder::new()
             .name("ingest".into())
             .spawn(move || {
-                ingest_loop(&cfg, ingest, &sockets, &tx, &busy, &stop, &metrics);
+                let hand = (&tx, &returned, &*busy);
+                ingest_loop(&cfg, ingest, &sockets, hand, &stop, &metrics);
             })?
     };
 
@@ -256,6 +267,9 @@ pub fn run(
     worker
         .join()
         .map_err(|_| anyhow::anyhow!("ingest thread panicked"))?;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("journal writer thread panicked"))?;
     let stored = storer
         .join()
         .map_err(|_| anyhow::anyhow!("store thread panicked"));
@@ -279,6 +293,10 @@ const FINAL_DRAIN: Duration = Duration::from_millis(500);
 /// The ingest thread's side of the hand-over to the store thread.
 struct Handover<'a> {
     tx: &'a SyncSender<JournalBatch>,
+    /// Record buffers the writer thread is done with.
+    returned: &'a Receiver<Vec<u8>>,
+    /// Record buffers handed over and not yet returned.
+    out: usize,
     /// Batches handed over and not yet journaled by the store thread.
     queued: &'a AtomicUsize,
     metrics: &'a Mutex<Snapshot>,
@@ -307,9 +325,27 @@ impl Handover<'_> {
         if !wait && self.queued.load(Ordering::Acquire) >= JOURNAL_QUEUE {
             return true;
         }
+        while let Ok(buf) = self.returned.try_recv() {
+            self.out -= 1;
+            ingest.recycle(buf);
+        }
+        if self.out >= RECORD_BUFFERS - 1 {
+            // Every buffer but the one filling is on its way to the segment file.
+            if !wait {
+                return true;
+            }
+            match self.returned.recv() {
+                Ok(buf) => {
+                    self.out -= 1;
+                    ingest.recycle(buf);
+                }
+                Err(_) => return false,
+            }
+        }
         // Counters first, so that `/metrics` never shows more committed datagrams than
         // received ones.
         let batch = ingest.take_journal();
+        self.out += usize::from(batch.parts.is_some());
         self.publish(ingest);
         self.queued.fetch_add(1, Ordering::AcqRel);
         let sent = self.tx.send(batch).is_ok();
@@ -325,8 +361,7 @@ fn ingest_loop(
     cfg: &Config,
     mut ingest: Ingest,
     sockets: &[StdUdpSocket],
-    tx: &SyncSender<JournalBatch>,
-    queued: &AtomicUsize,
+    (tx, returned, queued): (&SyncSender<JournalBatch>, &Receiver<Vec<u8>>, &AtomicUsize),
     stop: &AtomicBool,
     metrics: &Mutex<Snapshot>,
 ) {
@@ -334,6 +369,8 @@ fn ingest_loop(
     let mut limiter = RateLimit::default();
     let mut hand = Handover {
         tx,
+        returned,
+        out: 0,
         queued,
         metrics,
         counts: ReceiveCounts::default(),
@@ -449,6 +486,55 @@ fn receive(
 /// state (sequence numbers, templates), and a merge commit on the store thread, however
 /// long, does not make it wait.
 const JOURNAL_QUEUE: usize = 64;
+
+/// Record buffers of at most [`MAX_BATCH_BYTES`](crate::clickhouse::raw::MAX_BATCH_BYTES)
+/// (plus a datagram) in use at once: one filling on the ingest thread, the others being
+/// written. Past it a batch waits for a buffer: what bounds the records in memory.
+const RECORD_BUFFERS: usize = 3;
+
+/// Write each batch's records to the current segment file and sync it, then pass the batch
+/// on to the store thread, which names the extent in its transaction. A failed write (a
+/// full disk) loses that batch's records, counted
+/// (`labelflow_collector_journal_lost_records_total`); its session state still goes on.
+fn writer_loop(
+    db: &std::path::Path,
+    mut writer: crate::journal::Writer,
+    rx: &Receiver<JournalBatch>,
+    tx: &SyncSender<JournalBatch>,
+    give_back: &std::sync::mpsc::Sender<Vec<u8>>,
+    metrics: &Mutex<Snapshot>,
+) {
+    let mut syncer = crate::journal::Syncer::default();
+    let mut failed = false;
+    for mut b in rx {
+        if let Some(p) = b.parts.take() {
+            let done = writer.append(&[&p.names, &p.records]).and_then(|e| {
+                syncer.sync(db, e.segment)?;
+                Ok(e)
+            });
+            match done {
+                Ok(e) => {
+                    b.written = Some((e, p.count));
+                    if std::mem::take(&mut failed) {
+                        tracing::info!("journal writes succeed again");
+                    }
+                }
+                Err(e) => {
+                    if !std::mem::replace(&mut failed, true) {
+                        tracing::error!(error = %e, records = p.count, "journal write failed; the batch's records are lost");
+                    }
+                    if let Ok(mut m) = metrics.lock() {
+                        m.journal_lost = m.journal_lost.saturating_add(p.count);
+                    }
+                }
+            }
+            let _ = give_back.send(p.records);
+        }
+        if tx.send(b).is_err() {
+            return;
+        }
+    }
+}
 
 /// Nice value of the store thread (journal commits and the merge): about a tenth of a
 /// core's share against a busy receiving thread, all of an idle core otherwise.

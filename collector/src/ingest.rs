@@ -15,7 +15,7 @@ use crate::aggregate::{
 };
 use crate::clickhouse::raw::{RawLog, RawRecords, MAX_BATCH_BYTES};
 use crate::config::{rule_label, Config, LabelRule};
-use crate::journal::{JournalBatch, Merger, Writer};
+use crate::journal::{JournalBatch, Merger};
 use crate::net::IpNet;
 use crate::session::{
     DecodeError, FlowSink, Ingested, ScopeKey, ScopeLimits, SequenceState, SessionStats,
@@ -96,12 +96,8 @@ pub struct Ingest {
     max_sources: usize,
     /// Merges what [`Ingest::take_batch`] returns (the daemon merges on its store thread).
     merger: Merger,
-    /// Where [`Ingest::take_journal`] writes the records (`None`: they stay in memory).
-    writer: Option<Writer>,
-    /// A failed write, once logged (the next success says so).
-    write_failed: bool,
-    /// Records lost to failed journal writes.
-    journal_lost: u64,
+    /// Emptied record buffers handed back ([`Ingest::recycle`]).
+    spare: Vec<Vec<u8>>,
 }
 
 /// Label resolution, the time rule and the journal of the current batch.
@@ -437,9 +433,7 @@ impl Ingest {
             refused: HashMap::new(),
             max_sources: cfg.max_exporters.get(),
             merger: Merger::new(&cfg.agg, cfg.clickhouse.as_ref().is_some_and(|c| c.raw)),
-            writer: None,
-            write_failed: false,
-            journal_lost: 0,
+            spare: Vec::new(),
         }
     }
 
@@ -539,51 +533,24 @@ impl Ingest {
         self.merger.take_batch(b)
     }
 
-    /// Write the records of [`Ingest::take_journal`]'s batches to segment files with
-    /// `writer` (the daemon), instead of keeping them in memory.
-    pub fn set_writer(&mut self, writer: Writer) {
-        self.writer = Some(writer);
+    /// Give back a record buffer of a batch taken earlier, once written: the next batch
+    /// reuses it.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        if self.spare.len() < 2 {
+            self.spare.push(buf);
+        }
     }
 
-    /// Take what the next journal commit writes: what the receiving thread hands the store
-    /// thread. With a writer, the records are written to its segment file first; the
-    /// records of a batch whose write fails (a full disk) are lost and counted
-    /// (`labelflow_collector_journal_lost_records_total`), its session state still goes.
+    /// Take what the next journal commit writes: what the receiving thread hands over.
     pub fn take_journal(&mut self) -> JournalBatch {
         let l = &mut self.labels;
-        let (mut records, mut written) = (None, None);
-        match &mut self.writer {
-            None => {
-                records = l
-                    .log
-                    .take(|i| l.agg.label_name(i), |i| l.agg.tunnel_name(i));
-            }
-            Some(w) => {
-                let done = l.log.take_with(
-                    |i| l.agg.label_name(i),
-                    |i| l.agg.tunnel_name(i),
-                    |names, recs| w.append(&[names, recs]),
-                );
-                match done {
-                    Some((Ok(extent), n)) => {
-                        written = Some((extent, n));
-                        if std::mem::take(&mut self.write_failed) {
-                            tracing::info!("journal writes succeed again");
-                        }
-                    }
-                    Some((Err(e), n)) => {
-                        if !std::mem::replace(&mut self.write_failed, true) {
-                            tracing::error!(error = %e, records = n, "journal write failed; the batch's records are lost");
-                        }
-                        self.journal_lost = self.journal_lost.saturating_add(n);
-                    }
-                    None => {}
-                }
-            }
-        }
+        let fresh = self.spare.pop().unwrap_or_default();
+        let parts = l
+            .log
+            .take_parts(|i| l.agg.label_name(i), |i| l.agg.tunnel_name(i), fresh);
         let b = JournalBatch {
-            records,
-            written,
+            parts,
+            written: None,
             templates: std::mem::take(&mut self.templates),
             contexts: self.sessions.take_changed_contexts(),
             sequences: self.sessions.take_changed_sequences(),
@@ -616,7 +583,6 @@ impl Ingest {
         s.aggregation.time_rule = a.time_rule;
         s.aggregation.folded_tunnels = a.folded_tunnels;
         s.scopes = self.sessions.scopes();
-        s.journal_lost = self.journal_lost;
         s.time_rule = self.labels.metric_time_rule();
         let mut refused: Vec<(IpAddr, u64)> = self.refused.iter().map(|(a, n)| (*a, *n)).collect();
         refused.sort();

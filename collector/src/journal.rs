@@ -43,7 +43,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::aggregate::Flow;
 use crate::aggregate::{Aggregator, Delta, Rollup};
-use crate::clickhouse::raw::{FlowCursor, FlowVisitor, RawRecords};
+use crate::clickhouse::raw::{FlowCursor, FlowVisitor, Parts, RawRecords};
 use crate::config::AggConfig;
 use crate::ingest::{metric_totals, metric_tunnels, Batch, Snapshot};
 use crate::session::{ScopeKey, SequenceState};
@@ -54,10 +54,10 @@ use labelflow_proto::convert::ExporterContext;
 /// state of the same datagrams.
 #[derive(Debug, Default)]
 pub struct JournalBatch {
-    /// The records, in memory (`Ingest` without a [`Writer`]: merged in place).
-    pub records: Option<RawRecords>,
-    /// The records as written to a segment file, and how many (`Ingest` with a
-    /// [`Writer`]).
+    /// The records as the ingest took them (`None`: the datagrams carried none).
+    pub parts: Option<Parts>,
+    /// The records as a [`Writer`] wrote them to a segment file, and how many (the daemon's
+    /// writer thread sets it, and takes `parts`).
     pub written: Option<(Extent, u64)>,
     pub templates: Vec<ScopedTemplate>,
     pub contexts: Vec<(ScopeKey, ExporterContext)>,
@@ -519,7 +519,7 @@ impl Merger {
     /// of `b` (offline use and tests: the two steps in one).
     pub fn take_batch(&mut self, b: JournalBatch) -> Batch {
         let datagrams = b.datagrams;
-        if let Some(records) = b.records {
+        if let Some(records) = b.parts.as_ref().map(Parts::joined) {
             let cursor = FlowCursor::new(&records.blob, &mut self.agg);
             self.current = Some(Current {
                 id: None,
@@ -584,4 +584,40 @@ impl FlowVisitor for Aggregator {
     fn flow(&mut self, f: &Flow) {
         self.add_counted(f);
     }
+}
+
+/// Merge every journal row of `store` now, committing whenever `max_pending_cells` cells
+/// are pending and at the end; returns the records merged and the deltas committed. For tools and tests, on a
+/// database no collector is writing (the daemon merges a slice at a time between journal
+/// commits).
+pub fn merge_all(
+    store: &mut crate::store::Store,
+    merger: &mut Merger,
+    max_pending_cells: usize,
+) -> Result<(u64, usize), crate::store::StoreError> {
+    let mut fed = 0;
+    let (mut records, mut deltas) = (0, 0);
+    loop {
+        if !merger.busy() {
+            let Some(row) = read(store.connection(), store.path(), fed, 1)?.pop() else {
+                break;
+            };
+            fed = row.id;
+            merger.start(row);
+        }
+        merger.step(8192);
+        if merger.pending_cells() >= max_pending_cells {
+            let m = merger.take();
+            records += m.records;
+            deltas += m.deltas.len();
+            store.commit_merged(&m)?;
+        }
+    }
+    if !merger.is_empty() {
+        let m = merger.take();
+        records += m.records;
+        deltas += m.deltas.len();
+        store.commit_merged(&m)?;
+    }
+    Ok((records, deltas))
 }

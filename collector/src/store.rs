@@ -40,8 +40,6 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("database schema version {found} is newer than this collector ({SCHEMA_VERSION})")]
     SchemaTooNew { found: i64 },
-    #[error("journal: {0}")]
-    Journal(String),
     #[error(
         "the database has no ClickHouse outbox yet: start the collector with [clickhouse] \
          (its first start queues every stored cell by itself)"
@@ -60,7 +58,6 @@ pub struct Store {
     full_sync: bool,
     /// The database file, next to which the journal's segment files are.
     path: std::path::PathBuf,
-    syncer: crate::journal::Syncer,
 }
 
 /// [`ExporterContext`] as stored: maps as lists (JSON object keys are strings only).
@@ -204,12 +201,6 @@ fn upsert_agg(st: &mut rusqlite::CachedStatement<'_>, deltas: &[&Delta]) -> rusq
     Ok(())
 }
 
-/// A segment file's error, naming the file.
-fn segment_error(db: &Path, segment: u64, e: std::io::Error) -> String {
-    let file = crate::journal::segment_path(db, segment);
-    format!("{}: {e}", file.display())
-}
-
 /// A counter as stored: saturated to SQLite's largest integer.
 fn stored(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -286,7 +277,6 @@ impl Store {
             clickhouse_outbox: false,
             full_sync: true,
             path: path.to_path_buf(),
-            syncer: crate::journal::Syncer::default(),
         })
     }
 
@@ -355,15 +345,11 @@ impl Store {
         )
     }
 
-    /// Commit one batch of the receiving thread: its journal row, templates, options state,
+    /// Commit one batch of the receiving thread, its records written and synced to a
+    /// segment file ([`JournalBatch::written`]): its journal row, templates, options state,
     /// the sequence numbers its exporters expect next and the progress record (`now_ms`:
     /// when), in one transaction. A restart after SIGKILL resumes from exactly this point.
     pub fn commit_journal(&mut self, b: &JournalBatch, now_ms: u64) -> Result<(), StoreError> {
-        if let Some((e, _)) = &b.written {
-            self.syncer
-                .sync(&self.path, e.segment)
-                .map_err(|err| StoreError::Journal(segment_error(&self.path, e.segment, err)))?;
-        }
         let progress = (b.datagrams as u64, now_ms);
         let (t, c, s) = (&b.templates, &b.contexts, &b.sequences);
         self.set_full_sync(true)?;

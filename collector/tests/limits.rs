@@ -75,7 +75,7 @@ fn pending_bounds_ask_for_an_early_commit() {
     m.start(journal::Row {
         id: 1,
         datagrams: 2,
-        records: b.records.expect("records"),
+        records: b.parts.expect("records").joined(),
         merged: (0, 0),
     });
     assert_eq!(m.step(2), 2);

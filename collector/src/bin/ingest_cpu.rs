@@ -102,41 +102,40 @@ fn run(
     let db = dir.join("c.db");
     let mut store = Store::open(&db, cfg.max_templates_per_exporter.get())?;
     let mut ingest = Ingest::new(cfg);
-    ingest.set_writer(journal::Writer::create(&db, 1)?);
+    let mut writer = journal::Writer::create(&db, 1)?;
+    let mut syncer = journal::Syncer::default();
     let mut merger = Merger::new(&cfg.agg, false);
     let from: IpAddr = "127.0.0.1".parse().expect("an address");
     let mut t = Times::default();
-    let (mut batches, mut early, mut rows, mut records, mut fed) = (0u64, 0u64, 0usize, 0u64, 0i64);
+    let (mut batches, mut early, mut rows, mut records) = (0u64, 0u64, 0usize, 0u64);
     ingest.set_clock(now_ms());
     let _ = ingest.datagram(from, first);
     // The receiving thread's hand-over and the store thread's journal commit, then the
     // merge of what the journal holds (as the store thread does when no batch waits).
     let mut commit = |ingest: &mut Ingest, t: &mut Times| -> anyhow::Result<()> {
         let t0 = thread_cpu_ns();
-        let b = ingest.take_journal();
+        let mut b = ingest.take_journal();
         let t1 = thread_cpu_ns();
-        store.commit_journal(&b, now_ms())?;
-        let t2 = thread_cpu_ns();
-        t.ingest += t1 - t0;
-        t.journal += t2 - t1;
-        batches += 1;
-        loop {
-            let t0 = thread_cpu_ns();
-            if !merger.busy() {
-                let Some(row) = journal::read(store.connection(), &db, fed, 1)?.pop() else {
-                    break;
-                };
-                fed = row.id;
-                merger.start(row);
-            }
-            merger.step(8192);
-            let full = merger.pending_cells() >= cfg.max_pending_cells.get();
-            t.merge += thread_cpu_ns() - t0;
-            if full {
-                rows += merge_commit(&mut merger, &mut store, t)?;
-            }
+        // The writer thread's part.
+        if let Some(p) = b.parts.take() {
+            let e = writer.append(&[&p.names, &p.records])?;
+            syncer.sync(&db, e.segment)?;
+            b.written = Some((e, p.count));
+            ingest.recycle(p.records);
         }
-        rows += merge_commit(&mut merger, &mut store, t)?;
+        let t2 = thread_cpu_ns();
+        store.commit_journal(&b, now_ms())?;
+        let t3 = thread_cpu_ns();
+        t.ingest += t1 - t0;
+        t.write += t2 - t1;
+        t.journal += t3 - t2;
+        batches += 1;
+        // The store thread's merge, timed as a whole (aggregation, rollups, key names
+        // and the merge commits).
+        let t0 = thread_cpu_ns();
+        let (_, deltas) = journal::merge_all(&mut store, &mut merger, cfg.max_pending_cells.get())?;
+        t.merge += thread_cpu_ns() - t0;
+        rows += deltas;
         Ok(())
     };
     for _ in 0..cli.repeat {
@@ -167,12 +166,13 @@ fn run(
     let per = |t: u64| t as f64 / records.max(1) as f64;
     println!(
         "records={records} batches={batches} early={early} rows={rows} ingest_ns={:.0} \
-         journal_ns={:.0} merge_ns={:.0} store_ns={:.0} total_ns={:.0} peak_rss_kb={}",
+         write_ns={:.0} journal_ns={:.0} merge_ns={:.0} total_ns={:.0} \
+         peak_rss_kb={}",
         per(t.ingest),
+        per(t.write),
         per(t.journal),
         per(t.merge),
-        per(t.store),
-        per(t.ingest + t.journal + t.merge + t.store),
+        per(t.ingest + t.write + t.journal + t.merge),
         peak_rss_kb()
     );
     Ok(())
@@ -183,22 +183,10 @@ fn run(
 struct Times {
     /// Receiving: decode, label, time rule, journal encoding.
     ingest: u64,
+    /// Writing and syncing the records to the segment file (the writer thread).
+    write: u64,
     /// The journal commit.
     journal: u64,
-    /// The merge's aggregation.
+    /// The merge: aggregation, rollups, key names and the merge commits.
     merge: u64,
-    /// Rollups, key names and the merge commit.
-    store: u64,
-}
-
-/// Commit what `merger` holds; the rows written.
-fn merge_commit(merger: &mut Merger, store: &mut Store, t: &mut Times) -> anyhow::Result<usize> {
-    if merger.is_empty() && !merger.busy() {
-        return Ok(0);
-    }
-    let t0 = thread_cpu_ns();
-    let m = merger.take();
-    store.commit_merged(&m)?;
-    t.store += thread_cpu_ns() - t0;
-    Ok(m.deltas.len())
 }

@@ -27,6 +27,28 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::aggregate::Flow;
 
+/// A batch's records as taken from the ingest: the blob's two parts, not yet joined.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Parts {
+    /// The names of the label and tunnel ids the records use.
+    pub names: Vec<u8>,
+    pub records: Vec<u8>,
+    pub count: u64,
+}
+
+impl Parts {
+    /// The records as one blob.
+    pub fn joined(&self) -> RawRecords {
+        let mut blob = Vec::with_capacity(self.names.len() + self.records.len());
+        blob.extend_from_slice(&self.names);
+        blob.extend_from_slice(&self.records);
+        RawRecords {
+            blob,
+            records: self.count,
+        }
+    }
+}
+
 /// A batch's raw records, encoded (see the module docs).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RawRecords {
@@ -35,9 +57,9 @@ pub struct RawRecords {
 }
 
 /// Octets of records after which the ingest hands its batch to the store early (about
-/// 150,000 records at 56 octets for an IPv4 record without NAT): one journal row, and one
+/// 75,000 records at 56 octets for an IPv4 record without NAT): one journal row, and one
 /// raw outbox BLOB, holds at most this plus one datagram's records.
-pub const MAX_BATCH_BYTES: usize = 8 << 20;
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
 
 /// Collects the records of the current batch in the ingest.
 #[derive(Debug, Default)]
@@ -197,16 +219,16 @@ impl RawLog {
         self.buf.len()
     }
 
-    /// Hand the batch's records, as a blob in two parts (the names of the ids used, then
-    /// the records), to `write`, without copying them; `label` and `tunnel` name the ids.
-    /// `None` (and `write` not called) when the batch holds no record. Returns `write`'s
-    /// result and the records.
-    pub fn take_with<'a, T>(
+    /// Take the batch's records as the two parts of their blob (the names of the ids
+    /// used, then the records) without copying them: the records' buffer is handed out and
+    /// `fresh` (an emptied buffer handed out earlier, or a new one) takes its place.
+    /// `None` (and `fresh` dropped) when the batch holds no record.
+    pub fn take_parts<'a>(
         &mut self,
         label: impl Fn(u32) -> &'a str,
         tunnel: impl Fn(u32) -> &'a str,
-        write: impl FnOnce(&[u8], &[u8]) -> T,
-    ) -> Option<(T, u64)> {
+        mut fresh: Vec<u8>,
+    ) -> Option<Parts> {
         if self.records == 0 {
             self.buf.clear();
             self.labels.clear();
@@ -216,9 +238,15 @@ impl RawLog {
         let mut names = Vec::new();
         self.labels.drain_into(&mut names, label);
         self.tunnels.drain_into(&mut names, tunnel);
-        let t = write(&names, &self.buf);
-        self.buf.clear();
-        Some((t, std::mem::take(&mut self.records)))
+        fresh.clear();
+        // A batch ends past MAX_BATCH_BYTES by at most one datagram's records: reserved
+        // once, the buffer never doubles.
+        fresh.reserve_exact(MAX_BATCH_BYTES + (256 << 10));
+        Some(Parts {
+            names,
+            records: std::mem::replace(&mut self.buf, fresh),
+            count: std::mem::take(&mut self.records),
+        })
     }
 
     /// Take the batch's records; `label` and `tunnel` name the ids.
