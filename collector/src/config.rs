@@ -101,7 +101,7 @@ pub struct RawLimits {
     /// Distinct labels exported as Prometheus series. Default 64.
     pub max_metric_labels: Option<Spanned<usize>>,
     /// Cells (base bucket × key) the journal's merge aggregates before it commits them:
-    /// bounds the merge's memory and the rows of one merge commit. Default 32768.
+    /// bounds the merge's memory and the rows of one merge commit. Default 16384.
     pub max_pending_cells: Option<Spanned<usize>>,
     /// Octets of received records journaled and not merged into the aggregates yet
     /// (SQLite file space); past it the store merges before it journals more, and the
@@ -109,7 +109,7 @@ pub struct RawLimits {
     /// Default 1073741824 (1 GiB).
     pub max_journal_bytes: Option<Spanned<usize>>,
     /// Keys of the per-bucket key bound tracked over all buckets; past it the oldest
-    /// buckets' bookkeeping is forgotten. Default 262144.
+    /// buckets' bookkeeping is forgotten. Default 65536.
     pub max_tracked_keys: Option<Spanned<usize>>,
     /// Distinct label names; later ones are counted under `other`. Default 4096.
     pub max_labels: Option<Spanned<usize>>,
@@ -136,12 +136,10 @@ pub struct RawLimits {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
-    /// Longest time between commits. Default `1s`.
+    /// Longest time between journal commits. Default `1s`.
     pub commit_interval: Option<Spanned<String>>,
-    /// Commit after this many datagrams at the latest. Default 200000: a commit rewrites
-    /// every key its open buckets touched, so under a high-cardinality stream more
-    /// frequent commits cost store time without writing fewer rows; memory between commits
-    /// is bounded by `limits.max_pending_cells` either way.
+    /// Journal commit after this many datagrams at the latest (a batch also goes when its
+    /// records fill a buffer). Default 200000.
     pub commit_datagrams: Option<Spanned<usize>>,
     /// How often expired buckets are deleted. Default `5m`.
     pub prune_interval: Option<Spanned<String>>,
@@ -268,7 +266,7 @@ impl Default for AggConfig {
             max_keys_per_bucket: 10_000,
             max_flow_keys_per_bucket: 1000,
             max_nat_keys_per_bucket: MAX_NAT_KEYS_PER_BUCKET,
-            max_tracked_keys: 262_144,
+            max_tracked_keys: 65_536,
             max_labels: crate::aggregate::MAX_LABELS,
             max_label_bytes: 128,
             max_tunnel_names: crate::aggregate::MAX_TUNNEL_NAMES,
@@ -392,7 +390,7 @@ impl Config {
                 512,
             )?,
             max_metric_labels: l.max_metric_labels.as_ref().map_or(64, |v| *v.get_ref()),
-            max_pending_cells: src.nz(&l.max_pending_cells, "limits.max_pending_cells", 32_768)?,
+            max_pending_cells: src.nz(&l.max_pending_cells, "limits.max_pending_cells", 16_384)?,
             max_journal_bytes: src.nz(&l.max_journal_bytes, "limits.max_journal_bytes", 1 << 30)?,
             max_domains_per_exporter: src.nz(
                 &l.max_domains_per_exporter,
@@ -588,7 +586,7 @@ impl Source<'_> {
                 )?
                 .get(),
             max_tracked_keys: self
-                .nz(&l.max_tracked_keys, "limits.max_tracked_keys", 262_144)?
+                .nz(&l.max_tracked_keys, "limits.max_tracked_keys", 65_536)?
                 .get(),
             max_nat_keys_per_bucket: self
                 .nz(

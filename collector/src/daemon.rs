@@ -569,6 +569,7 @@ fn store_loop(
     let mut merge = Merge {
         merger: Merger::new(&cfg.agg, keep_raw),
         fed: 0,
+        merged: 0,
         first_own: crate::journal::last_id(store.connection())?.unwrap_or(0),
         segment,
         backlog: (0, 0),
@@ -599,7 +600,7 @@ fn store_loop(
                 // The journal's bound: past it, merge before taking more (the receiving
                 // thread waits, and its socket buffer holds or drops what arrives).
                 while merge.backlog.1 > cfg.max_journal_bytes.get() as u64
-                    && merge.step(cfg, &mut store, metrics)?
+                    && merge.step_or_wait(cfg, &mut store, metrics)
                 {}
                 let (records, octets) = b.written.map_or((0, 0), |(e, n)| (n, e.len));
                 if let Some((e, _)) = b.written {
@@ -633,10 +634,12 @@ fn store_loop(
                 }
             }
         }
-        let more = merge.step(cfg, &mut store, metrics)?;
+        let more = merge.step_or_wait(cfg, &mut store, metrics);
         if let Some(since) = stopping {
             if !more || since.elapsed() >= FINAL_MERGE {
-                merge.flush(cfg, &mut store, metrics)?;
+                if let Err(e) = merge.flush(cfg, &mut store, metrics) {
+                    tracing::error!(error = %e, "last merge commit failed; the journal rows stay for the next start");
+                }
                 tracing::info!(
                     commits = merge.commits.0,
                     unmerged_records = merge.backlog.0,
@@ -672,6 +675,8 @@ struct Merge {
     merger: Merger,
     /// The newest journal row started.
     fed: i64,
+    /// The newest journal row whose merge committed.
+    merged: i64,
     /// The newest journal row written before this process started: its datagrams were
     /// received by an earlier one, so merging them does not count as this one's commits.
     first_own: i64,
@@ -685,6 +690,19 @@ struct Merge {
 }
 
 impl Merge {
+    /// [`Merge::step`], an error logged and waited out (a second; the rows stay in the
+    /// journal, merged once the store works again): whether more is left to merge.
+    fn step_or_wait(&mut self, cfg: &Config, store: &mut Store, metrics: &Mutex<Snapshot>) -> bool {
+        match self.step(cfg, store, metrics) {
+            Ok(more) => more,
+            Err(e) => {
+                tracing::error!(error = %e, "journal merge failed; retrying in a second");
+                std::thread::sleep(Duration::from_secs(1));
+                false
+            }
+        }
+    }
+
     /// Merge one slice: start the next journal row if none is part-way, feed up to
     /// [`MERGE_SLICE`] records, commit when the pending cells reach their bound or the
     /// journal is read to its end. Returns whether more is left to merge.
@@ -731,6 +749,9 @@ impl Merge {
         match store.commit_merged(&m) {
             Ok(()) => {
                 self.commits.2 += m.datagrams;
+                if let Some(upto) = m.upto {
+                    self.merged = upto;
+                }
                 self.backlog.0 = self.backlog.0.saturating_sub(m.records);
                 if m.upto.is_some() {
                     match crate::journal::remove_merged(
@@ -761,7 +782,11 @@ impl Merge {
             }
             Err(e) => {
                 self.commits.1 += 1;
-                tracing::error!(error = %e, records = m.records, "merge commit failed; its deltas lost");
+                // Nothing of it was written: read its rows again from where the last
+                // commit left them.
+                self.merger.abandon();
+                self.fed = self.merged;
+                tracing::error!(error = %e, records = m.records, "merge commit failed; its journal rows are merged again");
             }
         }
         self.publish(cfg, metrics);

@@ -483,6 +483,17 @@ impl Merger {
         n
     }
 
+    /// Forget the row part-way through and what was fed since the last take, after a
+    /// failed commit of what was taken: the rows are read again from the journal.
+    pub fn abandon(&mut self) {
+        self.current = None;
+        self.raw.clear();
+        self.upto = None;
+        self.datagrams = 0;
+        self.records = 0;
+        let _ = self.agg.take_base();
+    }
+
     /// Base-bucket cells pending: what bounds the merge's memory and its commit's rows.
     pub fn pending_cells(&self) -> usize {
         self.agg.pending_cells()

@@ -57,9 +57,9 @@ pub struct RawRecords {
 }
 
 /// Octets of records after which the ingest hands its batch to the store early (about
-/// 75,000 records at 56 octets for an IPv4 record without NAT): one journal row, and one
+/// 37,000 records at 56 octets for an IPv4 record without NAT): one journal row, and one
 /// raw outbox BLOB, holds at most this plus one datagram's records.
-pub const MAX_BATCH_BYTES: usize = 4 << 20;
+pub const MAX_BATCH_BYTES: usize = 2 << 20;
 
 /// Collects the records of the current batch in the ingest.
 #[derive(Debug, Default)]
