@@ -109,7 +109,7 @@ pub struct RawLimits {
     /// Default 1073741824 (1 GiB).
     pub max_journal_bytes: Option<Spanned<usize>>,
     /// Keys of the per-bucket key bound tracked over all buckets; past it the oldest
-    /// buckets' bookkeeping is forgotten. Default 65536.
+    /// buckets' bookkeeping is forgotten. Default 262144.
     pub max_tracked_keys: Option<Spanned<usize>>,
     /// Distinct label names; later ones are counted under `other`. Default 4096.
     pub max_labels: Option<Spanned<usize>>,
@@ -266,7 +266,7 @@ impl Default for AggConfig {
             max_keys_per_bucket: 10_000,
             max_flow_keys_per_bucket: 1000,
             max_nat_keys_per_bucket: MAX_NAT_KEYS_PER_BUCKET,
-            max_tracked_keys: 65_536,
+            max_tracked_keys: 262_144,
             max_labels: crate::aggregate::MAX_LABELS,
             max_label_bytes: 128,
             max_tunnel_names: crate::aggregate::MAX_TUNNEL_NAMES,
@@ -586,7 +586,7 @@ impl Source<'_> {
                 )?
                 .get(),
             max_tracked_keys: self
-                .nz(&l.max_tracked_keys, "limits.max_tracked_keys", 65_536)?
+                .nz(&l.max_tracked_keys, "limits.max_tracked_keys", 262_144)?
                 .get(),
             max_nat_keys_per_bucket: self
                 .nz(
