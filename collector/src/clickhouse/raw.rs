@@ -249,27 +249,14 @@ impl RawLog {
         })
     }
 
-    /// Take the batch's records; `label` and `tunnel` name the ids.
+    /// Take the batch's records as one blob; `label` and `tunnel` name the ids.
     pub fn take<'a>(
         &mut self,
         label: impl Fn(u32) -> &'a str,
         tunnel: impl Fn(u32) -> &'a str,
     ) -> Option<RawRecords> {
-        if self.records == 0 {
-            self.buf.clear();
-            self.labels.clear();
-            self.tunnels.clear();
-            return None;
-        }
-        let mut blob = Vec::with_capacity(self.buf.len() + 64);
-        self.labels.drain_into(&mut blob, label);
-        self.tunnels.drain_into(&mut blob, tunnel);
-        blob.extend_from_slice(&self.buf);
-        self.buf.clear();
-        Some(RawRecords {
-            blob,
-            records: std::mem::take(&mut self.records),
-        })
+        self.take_parts(label, tunnel, Vec::new())
+            .map(|p| p.joined())
     }
 }
 
@@ -438,47 +425,15 @@ impl FlowCursor {
                 self.left = count;
                 continue;
             }
-            let f = (|| {
-                let label = id(&self.labels, r.u32()?)?;
-                let flags = r.u8()?;
-                let (src, dst, protocol) = (r.addr()?, r.addr()?, r.u8()?);
-                let (src_port, dst_port) = (r.u16()?, r.u16()?);
-                let spi = if flags & NO_SPI == 0 {
-                    Some(r.u32()?)
-                } else {
-                    None
+            let f = read_record(&mut r).and_then(|(mut f, _sampling)| {
+                f.label = id(&self.labels, f.label)?;
+                f.tunnel = match f.tunnel {
+                    Some(t) => Some(id(&self.tunnels, t)?),
+                    None => None,
                 };
-                let tunnel = if flags & NO_TUNNEL == 0 {
-                    Some(id(&self.tunnels, r.u32()?)?)
-                } else {
-                    None
-                };
-                let (bytes, packets, _sampling) = (r.u64()?, r.u64()?, r.u32()?);
-                let (start_ms, end_ms) = (r.u64()?, r.u64()?);
-                let nat = if flags & HAS_NAT != 0 {
-                    Some((r.addr()?, r.addr()?))
-                } else {
-                    None
-                };
-                let reply = (flags & HAS_DIRECTION != 0).then_some(flags & REPLY != 0);
-                Some(Flow {
-                    label,
-                    src,
-                    dst,
-                    protocol,
-                    src_port,
-                    dst_port,
-                    spi,
-                    tunnel,
-                    bytes,
-                    packets,
-                    sampling: 1,
-                    start_ms,
-                    end_ms,
-                    nat,
-                    reply,
-                })
-            })();
+                f.sampling = 1;
+                Some(f)
+            });
             let Some(f) = f else {
                 return Err(n);
             };
@@ -529,15 +484,52 @@ fn decode_one(
     labels: &HashMap<u32, String>,
     tunnels: &HashMap<u32, String>,
 ) -> Option<RawFlow> {
-    let label = labels.get(&r.u32()?)?.clone();
+    let (f, sampling) = read_record(r)?;
+    let tunnel = match f.tunnel {
+        Some(t) => tunnels.get(&t)?.clone(),
+        None => String::new(),
+    };
+    Some(RawFlow {
+        exporter,
+        domain,
+        label: labels.get(&f.label)?.clone(),
+        tunnel,
+        src: f.src,
+        dst: f.dst,
+        protocol: f.protocol,
+        src_port: f.src_port,
+        dst_port: f.dst_port,
+        spi: f.spi.unwrap_or(0),
+        bytes: f.bytes,
+        packets: f.packets,
+        sampling,
+        start_ms: f.start_ms,
+        end_ms: f.end_ms,
+        nat: f.nat,
+        direction: match f.reply {
+            None => 0,
+            Some(false) => 1,
+            Some(true) => 2,
+        },
+    })
+}
+
+/// One record as [`RawLog::push`] wrote it: a flow whose `label` and `tunnel` are the
+/// blob's ids, bytes and packets with sampling applied, and the sampling.
+fn read_record(r: &mut Reader<'_>) -> Option<(Flow, u32)> {
+    let label = r.u32()?;
     let flags = r.u8()?;
     let (src, dst, protocol) = (r.addr()?, r.addr()?, r.u8()?);
     let (src_port, dst_port) = (r.u16()?, r.u16()?);
-    let spi = if flags & NO_SPI == 0 { r.u32()? } else { 0 };
-    let tunnel = if flags & NO_TUNNEL == 0 {
-        tunnels.get(&r.u32()?)?.clone()
+    let spi = if flags & NO_SPI == 0 {
+        Some(r.u32()?)
     } else {
-        String::new()
+        None
+    };
+    let tunnel = if flags & NO_TUNNEL == 0 {
+        Some(r.u32()?)
+    } else {
+        None
     };
     let (bytes, packets, sampling) = (r.u64()?, r.u64()?, r.u32()?);
     let (start_ms, end_ms) = (r.u64()?, r.u64()?);
@@ -546,30 +538,25 @@ fn decode_one(
     } else {
         None
     };
-    let direction = match (flags & HAS_DIRECTION != 0, flags & REPLY != 0) {
-        (false, _) => 0,
-        (true, false) => 1,
-        (true, true) => 2,
-    };
-    Some(RawFlow {
-        exporter,
-        domain,
+    let reply = (flags & HAS_DIRECTION != 0).then_some(flags & REPLY != 0);
+    let f = Flow {
         label,
-        tunnel,
         src,
         dst,
         protocol,
         src_port,
         dst_port,
         spi,
+        tunnel,
         bytes,
         packets,
         sampling,
         start_ms,
         end_ms,
         nat,
-        direction,
-    })
+        reply,
+    };
+    Some((f, sampling))
 }
 
 /// Create the raw outbox if needed; its batch ids are raised like the totals' outbox's.
