@@ -25,6 +25,25 @@
 
 use crate::config::AggConfig;
 
+use super::{Aggregator, Flow};
+
+impl Aggregator {
+    /// The time rule's verdict on a record, counted in [`AggStats`]: what it did and the
+    /// times to spread the record over (`None`: refused). The receiving thread applies it
+    /// before a record goes to the journal, against its receive clock.
+    pub fn time_rule(&mut self, f: &Flow) -> (TimeRule, Option<(u64, u64)>) {
+        self.stats.records += 1;
+        let (rule, span) = apply(f.start_ms, f.end_ms, self.now_ms, &self.cfg);
+        if let Some(i) = rule.index() {
+            self.stats.time_rule[i] += 1;
+        }
+        if rule == TimeRule::TooLong {
+            self.stats.clamped_durations += 1;
+        }
+        (rule, span)
+    }
+}
+
 /// What the time rule did with a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TimeRule {
