@@ -26,7 +26,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -191,11 +191,14 @@ pub fn run(
             .name("journal".into())
             .spawn(move || writer_loop(&db, writer, &to_writer, &written, &give_back, &metrics))?
     };
+    // The store thread's id, for its priority at shutdown.
+    let store_tid = Arc::new(AtomicI32::new(0));
     let storer = {
         let (cfg, metrics, busy) = (cfg.clone(), metrics.clone(), queued.clone());
+        let tid = store_tid.clone();
         std::thread::Builder::new()
             .name("store".into())
-            .spawn(move || store_loop(&cfg, store, segment, &rx, &busy, &metrics))?
+            .spawn(move || store_loop(&cfg, store, segment, &rx, (&busy, &tid), &metrics))?
     };
     let stop = Arc::new(AtomicBool::new(false));
     // The ClickHouse sink stops after the store thread, so it sees the last commit.
@@ -264,6 +267,15 @@ pub fn run(
     // The ingest thread drains what the kernel holds, hands over its last batch and ends;
     // the store thread then sees the channel close, commits and ends.
     stop.store(true, Ordering::Release);
+    // The store thread runs at a lower priority so that receiving comes first; what is left
+    // to journal and merge now goes at the default one, so that SIGTERM ends promptly when
+    // the cores are busy. setpriority(2) lets only a privileged process (CAP_SYS_NICE, or
+    // an RLIMIT_NICE that allows it) raise a priority: otherwise the thread keeps its share.
+    if let Some(tid) = rustix::process::Pid::from_raw(store_tid.load(Ordering::Acquire)) {
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), 0) {
+            tracing::debug!(error = %e, "could not restore the store thread's priority");
+        }
+    }
     worker
         .join()
         .map_err(|_| anyhow::anyhow!("ingest thread panicked"))?;

@@ -1,7 +1,7 @@
 //! The daemon's journal writer and store threads: records written to segment files, their
 //! journal rows committed, the journal merged into the aggregates behind the receiver.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -65,7 +65,7 @@ const STORE_NICE: i32 = 10;
 const MERGE_SLICE: u64 = 4096;
 /// Longest the store thread keeps merging after the receiving thread has stopped: the rest
 /// of the journal is merged at the next start (SIGTERM must end the process promptly).
-const FINAL_MERGE: Duration = Duration::from_secs(3);
+const FINAL_MERGE: Duration = Duration::from_secs(1);
 
 /// Journal batches as they come, merge the journal whenever no batch waits, prune expired
 /// buckets; returns when the ingest thread has gone, its last batch is journaled and the
@@ -75,9 +75,13 @@ pub(super) fn store_loop(
     mut store: Store,
     segment: u64,
     rx: &Receiver<JournalBatch>,
-    queued: &AtomicUsize,
+    (queued, tid): (&AtomicUsize, &AtomicI32),
     metrics: &Mutex<Snapshot>,
 ) -> anyhow::Result<()> {
+    tid.store(
+        rustix::process::Pid::as_raw(Some(rustix::thread::gettid())),
+        Ordering::Release,
+    );
     // The merge runs behind the receiver by design: when the cores are busy, the receiving
     // thread comes first (setpriority on a thread id sets that thread's nice value,
     // setpriority(2)).
