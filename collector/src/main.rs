@@ -284,6 +284,13 @@ fn load_report(q: &QueryArgs) -> anyhow::Result<report::Report> {
         anyhow::bail!("{}: no such database", q.db.display());
     }
     let reader = Reader::open(&q.db).with_context(|| format!("opening {}", q.db.display()))?;
+    if let Some(n) = reader.unmerged_records().filter(|n| *n > 0) {
+        eprintln!(
+            "{}: {n} received records are journaled but not merged into the aggregates yet, \
+             so not in this report (the collector merges them while it runs)",
+            q.db.display()
+        );
+    }
     Ok(report::build(&reader, &query)?)
 }
 

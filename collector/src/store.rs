@@ -753,6 +753,14 @@ impl Reader {
         Ok(rows)
     }
 
+    /// Records received and journaled but not merged into the aggregates yet (`None`: a
+    /// database from before the journal).
+    pub fn unmerged_records(&self) -> Option<u64> {
+        crate::journal::backlog(&self.conn)
+            .ok()
+            .map(|(_, records, _)| records)
+    }
+
     /// Latest bucket start stored (any dimension), if any.
     pub fn latest_bucket(&self) -> Result<Option<i64>, StoreError> {
         Ok(self
