@@ -131,16 +131,8 @@ impl Labels {
     /// Journal a record after the time rule, counting what the rule did per exporter.
     fn add(&mut self, flow: &Flow, exporter: IpAddr) {
         let (rule, span) = self.agg.time_rule(flow);
-        if let Some((start_ms, end_ms)) = span {
-            if (start_ms, end_ms) == (flow.start_ms, flow.end_ms) {
-                self.log.push(flow);
-            } else {
-                self.log.push(&Flow {
-                    start_ms,
-                    end_ms,
-                    ..*flow
-                });
-            }
+        if let Some(span) = span {
+            self.log.push(flow, span);
         }
         if let Some(i) = rule.index() {
             let n = self.time_rule.len();

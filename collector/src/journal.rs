@@ -494,6 +494,31 @@ impl Merger {
         let _ = self.agg.take_base();
     }
 
+    /// Feed the next slice of the journal of `store`: start the row after `*fed` when none
+    /// is part-way (its datagrams not counted when its id is at most `not_ours`: an earlier
+    /// process received them), then aggregate up to `slice` of its records. Returns `false`
+    /// when the journal is read to its end.
+    pub fn feed_from(
+        &mut self,
+        store: &crate::store::Store,
+        fed: &mut i64,
+        not_ours: i64,
+        slice: u64,
+    ) -> rusqlite::Result<bool> {
+        if !self.busy() {
+            let Some(mut row) = read(store.connection(), store.path(), *fed, 1)?.pop() else {
+                return Ok(false);
+            };
+            *fed = row.id;
+            if row.id <= not_ours {
+                row.datagrams = 0;
+            }
+            self.start(row);
+        }
+        self.step(slice);
+        Ok(true)
+    }
+
     /// Base-bucket cells pending: what bounds the merge's memory and its commit's rows.
     pub fn pending_cells(&self) -> usize {
         self.agg.pending_cells()
@@ -502,12 +527,6 @@ impl Merger {
     /// Whether anything was fed since the last take.
     pub fn is_empty(&self) -> bool {
         self.upto.is_none() && self.datagrams == 0 && self.records == 0
-    }
-
-    /// Journal rows, datagrams and records fed since the last take (for a row part-way
-    /// through, its records so far).
-    pub fn fed(&self) -> (u64, u64) {
-        (self.datagrams, self.records)
     }
 
     /// Take what the next merge commit writes, rolled up and named.
@@ -543,19 +562,16 @@ impl Merger {
             }
         }
         let m = self.take();
-        let raw = m.raw.into_iter().reduce(|mut a, b| {
-            // One batch fed: at most one record set.
-            a.blob.extend_from_slice(&b.blob);
-            a.records += b.records;
-            a
-        });
+        // One batch fed: at most one record set.
+        let mut raw = m.raw;
+        debug_assert!(raw.len() <= 1);
         Batch {
             deltas: m.deltas,
             templates: b.templates,
             contexts: b.contexts,
             sequences: b.sequences,
             datagrams,
-            raw,
+            raw: raw.pop(),
         }
     }
 
@@ -608,15 +624,7 @@ pub fn merge_all(
 ) -> Result<(u64, usize), crate::store::StoreError> {
     let mut fed = 0;
     let (mut records, mut deltas) = (0, 0);
-    loop {
-        if !merger.busy() {
-            let Some(row) = read(store.connection(), store.path(), fed, 1)?.pop() else {
-                break;
-            };
-            fed = row.id;
-            merger.start(row);
-        }
-        merger.step(8192);
+    while merger.feed_from(store, &mut fed, 0, 8192)? {
         if merger.pending_cells() >= max_pending_cells {
             let m = merger.take();
             records += m.records;

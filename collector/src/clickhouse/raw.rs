@@ -164,8 +164,9 @@ impl RawLog {
         }
     }
 
-    /// One record as the aggregator counted it (bytes and packets scaled by its sampling).
-    pub fn push(&mut self, f: &Flow) {
+    /// One record as the aggregator counts it: bytes and packets scaled by its sampling,
+    /// over `[start_ms, end_ms]` as the time rule left them.
+    pub fn push(&mut self, f: &Flow, (start_ms, end_ms): (u64, u64)) {
         let Some((_, n)) = &mut self.group else {
             return;
         };
@@ -205,8 +206,8 @@ impl RawLog {
         o.extend_from_slice(&f.bytes.saturating_mul(scale).to_le_bytes());
         o.extend_from_slice(&f.packets.saturating_mul(scale).to_le_bytes());
         o.extend_from_slice(&f.sampling.to_le_bytes());
-        o.extend_from_slice(&f.start_ms.to_le_bytes());
-        o.extend_from_slice(&f.end_ms.to_le_bytes());
+        o.extend_from_slice(&start_ms.to_le_bytes());
+        o.extend_from_slice(&end_ms.to_le_bytes());
         if let Some((inside, public)) = f.nat {
             put_addr(o, inside);
             put_addr(o, public);
@@ -349,7 +350,7 @@ fn mapped(names: HashMap<u32, String>, mut map: impl FnMut(&str) -> u32) -> Opti
     Some(out)
 }
 
-/// What [`for_each_flow`] hands a blob's names and records to.
+/// What a [`FlowCursor`] hands a blob's names and records to.
 pub trait FlowVisitor {
     /// The caller's id of a label name.
     fn label(&mut self, name: &str) -> u32;
@@ -444,13 +445,6 @@ impl FlowCursor {
         self.pos = blob.len() - r.0.len();
         Ok((n, self.left == 0 && r.0.is_empty()))
     }
-}
-
-/// Visit every record of a blob, in order (see [`FlowCursor::visit`]). Returns the records
-/// visited; `Err(n)`: the blob is malformed after `n` records.
-pub fn for_each_flow(blob: &[u8], to: &mut impl FlowVisitor) -> Result<u64, u64> {
-    let mut c = FlowCursor::new(blob, to).ok_or(0u64)?;
-    c.visit(blob, u64::MAX, to).map(|(n, _)| n)
 }
 
 /// The records of a blob, in order. `Err(n)`: the blob is malformed after `n` records

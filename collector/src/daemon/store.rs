@@ -236,22 +236,14 @@ impl Merge {
         store: &mut Store,
         metrics: &Mutex<Snapshot>,
     ) -> anyhow::Result<bool> {
-        if !self.merger.busy() {
-            match crate::journal::read(store.connection(), store.path(), self.fed, 1)?.pop() {
-                Some(mut row) => {
-                    self.fed = row.id;
-                    if row.id <= self.first_own {
-                        row.datagrams = 0;
-                    }
-                    self.merger.start(row);
-                }
-                None => {
-                    self.flush(cfg, store, metrics)?;
-                    return Ok(false);
-                }
-            }
+        let fed = &mut self.fed;
+        if !self
+            .merger
+            .feed_from(store, fed, self.first_own, MERGE_SLICE)?
+        {
+            self.flush(cfg, store, metrics)?;
+            return Ok(false);
         }
-        self.merger.step(MERGE_SLICE);
         if self.merger.pending_cells() >= cfg.max_pending_cells.get() {
             self.flush(cfg, store, metrics)?;
         }

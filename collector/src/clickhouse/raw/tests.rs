@@ -1,5 +1,10 @@
 use super::*;
 
+/// A record over its own times.
+fn push(log: &mut RawLog, f: &Flow) {
+    log.push(f, (f.start_ms, f.end_ms));
+}
+
 fn flow(label: u32, tunnel: Option<u32>, v6: bool) -> Flow {
     let a = if v6 {
         "2001:db8::1".parse().unwrap()
@@ -32,14 +37,14 @@ fn records_roundtrip_per_datagram_and_stop_at_garbage() {
     assert!(log.take(|i| names[i as usize], |_| "t").is_none());
     let e1: IpAddr = "127.0.0.1".parse().unwrap();
     log.begin_datagram(e1);
-    log.push(&flow(0, None, false));
-    log.push(&flow(1, Some(0), true));
+    push(&mut log, &flow(0, None, false));
+    push(&mut log, &flow(1, Some(0), true));
     log.end_datagram(Some(7));
     // A datagram that decoded nothing leaves nothing behind.
     log.begin_datagram("::1".parse().unwrap());
     log.end_datagram(None);
     log.begin_datagram("::1".parse().unwrap());
-    log.push(&flow(0, None, false));
+    push(&mut log, &flow(0, None, false));
     log.end_datagram(Some(9));
     let raw = log.take(|i| names[i as usize], |_| "tun-a").unwrap();
     assert_eq!(raw.records, 3);
@@ -76,7 +81,7 @@ fn each_batch_names_the_ids_it_used_once() {
     let mut log = RawLog::default();
     log.begin_datagram("127.0.0.1".parse().unwrap());
     for id in [0, 63, 64, 150, 63, 0, 150] {
-        log.push(&flow(id, Some(id), false));
+        push(&mut log, &flow(id, Some(id), false));
     }
     log.end_datagram(Some(1));
     let raw = log
@@ -90,7 +95,7 @@ fn each_batch_names_the_ids_it_used_once() {
     assert_eq!(got, ["l0", "l63", "l64", "l150", "l63", "l0", "l150"]);
     // The next batch starts empty: the ids it uses are named in it again.
     log.begin_datagram("127.0.0.1".parse().unwrap());
-    log.push(&flow(64, Some(63), false));
+    push(&mut log, &flow(64, Some(63), false));
     log.end_datagram(Some(1));
     let raw = log
         .take(|i| &names[i as usize], |i| &names[i as usize])
@@ -113,7 +118,7 @@ fn outbox_bounds_backlog_by_dropping_the_oldest() {
         let mut log = RawLog::default();
         log.begin_datagram("127.0.0.1".parse().unwrap());
         for _ in 0..=i {
-            log.push(&flow(0, None, false));
+            push(&mut log, &flow(0, None, false));
         }
         log.end_datagram(Some(1));
         let raw = log.take(|i| names[i as usize], |_| "").unwrap();
