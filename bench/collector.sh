@@ -41,6 +41,14 @@
 # HI for STEPS probes; each probe offers ~RUN_SECONDS seconds of the stream (whole passes, sequence numbers
 # restarting each pass) and is lossless when the receiver counted every flow record sent.
 #
+# CPU_QUOTA=N (percent of one CPU, unset by default): each receiver process, all its threads,
+# runs in a cgroup of its own limited to N% of one CPU (CFS quota in 10 ms periods; cgroup v2
+# cpu.max, else v1 cpu.cfs_quota_us). Both receivers then work within the same CPU budget at
+# rates the loopback sender can offer: the highest lossless rate measures how much each
+# receives per CPU second. labelflow-collector's journal merge takes its share of the budget
+# at nice 10 and may lag behind the receiving ("commit-lagging"); nfcapd writes its files
+# within the same budget.
+#
 # Other knobs: RCVBUF (UDP receive buffer, bytes, before the kernel doubles it; capped by
 # net.core.rmem_max for nfcapd, so the collector gets the same cap), EXPORTERS (16), SEED (1),
 # BIN=DIR (prebuilt binaries), GEN=PATH (the stream tool), MERGE_WAIT (300: seconds a
@@ -91,9 +99,43 @@ COLLECTOR_RCVBUF=$((RCVBUF < RMEM_MAX ? RCVBUF : RMEM_MAX))
   echo "RCVBUF $RCVBUF > net.core.rmem_max $RMEM_MAX: both receivers get $RMEM_MAX" >&2
 
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+CGROUP=""
+cleanup() {
+  rm -rf "$WORK"
+  [ -z "$CGROUP" ] || rmdir "$CGROUP" 2>/dev/null || true
+}
+trap cleanup EXIT
 trap 'exit 130' INT TERM
 touch "$WORK/summary"
+
+# The CPU_QUOTA cgroup: a directory whose cgroup.procs a receiver joins before it starts.
+if [ -n "${CPU_QUOTA:-}" ]; then
+  quota_us=$((CPU_QUOTA * 100))
+  if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+    grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control ||
+      echo +cpu >/sys/fs/cgroup/cgroup.subtree_control
+    CGROUP=/sys/fs/cgroup/labelflow-bench.$$
+    mkdir "$CGROUP"
+    echo "$quota_us 10000" >"$CGROUP/cpu.max"
+  elif [ -d /sys/fs/cgroup/cpu ]; then
+    CGROUP=/sys/fs/cgroup/cpu/labelflow-bench.$$
+    mkdir "$CGROUP"
+    echo 10000 >"$CGROUP/cpu.cfs_period_us"
+    echo "$quota_us" >"$CGROUP/cpu.cfs_quota_us"
+  else
+    echo "bench/collector.sh: CPU_QUOTA needs the cgroup cpu controller" >&2
+    exit 1
+  fi
+  echo "each receiver limited to $CPU_QUOTA% of one CPU (cgroup $CGROUP)"
+fi
+# Runs a receiver, in the CPU_QUOTA cgroup when there is one (exec: same pid).
+receiver() {
+  if [ -n "$CGROUP" ]; then
+    sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$CGROUP" "$@"
+  else
+    "$@"
+  fi
+}
 
 metric() { curl -s "http://127.0.0.1:$2/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 # 1 once every datagram the collector received is committed to its store.
@@ -172,7 +214,7 @@ collector_run() {
   local stream=$1 rate=$2 sender=$3 gro=$4 udp=47390 http=47391
   rm -f "$WORK"/c.db*
   printf 'recv_buffer = %s\nudp_gro = %s\n' "$COLLECTOR_RCVBUF" "$gro" >"$WORK/c.toml"
-  "$BIN/labelflow-collector" --config "$WORK/c.toml" --listen 127.0.0.1:$udp --http 127.0.0.1:$http \
+  receiver "$BIN/labelflow-collector" --config "$WORK/c.toml" --listen 127.0.0.1:$udp --http 127.0.0.1:$http \
     --db "$WORK/c.db" 2>"$WORK/c.log" &
   local pid=$!
   until curl -s "http://127.0.0.1:$http/metrics" >/dev/null; do sleep 0.05; done
@@ -213,7 +255,7 @@ collector_run() {
 nfcapd_run() {
   local stream=$1 rate=$2 sender=$3 udp=47392
   rm -rf "$WORK/nf"; mkdir "$WORK/nf"
-  nfcapd -w "$WORK/nf" -b 127.0.0.1 -p $udp -t 3600 -B "$RCVBUF" >/dev/null 2>&1 &
+  receiver nfcapd -w "$WORK/nf" -b 127.0.0.1 -p $udp -t 3600 -B "$RCVBUF" >/dev/null 2>&1 &
   local pid=$!
   until [ -n "$(rcvbuf $udp)" ]; do sleep 0.05; done
   local rb cpu0; rb=$(rcvbuf $udp); cpu0=$(cpu_ticks $pid)

@@ -101,7 +101,7 @@ pub struct RawLimits {
     /// Distinct labels exported as Prometheus series. Default 64.
     pub max_metric_labels: Option<Spanned<usize>>,
     /// Cells (base bucket × key) the journal's merge aggregates before it commits them:
-    /// bounds the merge's memory and the rows of one merge commit. Default 16384.
+    /// bounds the merge's memory and the rows of one merge commit. Default 8192.
     pub max_pending_cells: Option<Spanned<usize>>,
     /// Octets of received records journaled and not merged into the aggregates yet
     /// (SQLite file space); past it the store merges before it journals more, and the
@@ -390,7 +390,7 @@ impl Config {
                 512,
             )?,
             max_metric_labels: l.max_metric_labels.as_ref().map_or(64, |v| *v.get_ref()),
-            max_pending_cells: src.nz(&l.max_pending_cells, "limits.max_pending_cells", 16_384)?,
+            max_pending_cells: src.nz(&l.max_pending_cells, "limits.max_pending_cells", 8_192)?,
             max_journal_bytes: src.nz(&l.max_journal_bytes, "limits.max_journal_bytes", 1 << 30)?,
             max_domains_per_exporter: src.nz(
                 &l.max_domains_per_exporter,
@@ -632,12 +632,14 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 /// Is `addr` one the exporter rules match? Helper for callers that hold an address.
 pub fn rule_label(rules: &[LabelRule], exporter: IpAddr, ifs: [u32; 2]) -> Option<&str> {
-    rules
-        .iter()
-        .find(|r| {
-            r.exporter.contains(exporter) && r.interface.is_none_or(|i| i == ifs[0] || i == ifs[1])
-        })
-        .map(|r| r.label.as_str())
+    rule_index(rules, exporter, ifs).map(|i| rules[i].label.as_str())
+}
+
+/// The position of the first rule that matches, as [`rule_label`] picks it.
+pub fn rule_index(rules: &[LabelRule], exporter: IpAddr, ifs: [u32; 2]) -> Option<usize> {
+    rules.iter().position(|r| {
+        r.exporter.contains(exporter) && r.interface.is_none_or(|i| i == ifs[0] || i == ifs[1])
+    })
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use crate::aggregate::{
     has_ports, AggStats, Aggregator, Delta, Flow, FxBuild, RollupStats, OTHER, UNLABELLED,
 };
 use crate::clickhouse::raw::{RawLog, RawRecords, MAX_BATCH_BYTES};
-use crate::config::{rule_label, Config, LabelRule};
+use crate::config::{rule_index, Config, LabelRule};
 use crate::journal::{JournalBatch, Merger};
 use crate::net::IpNet;
 use crate::session::{
@@ -115,6 +115,8 @@ struct Labels {
     tunnels_by_octets: HashMap<Box<[u8]>, Option<u32>, FxBuild>,
     /// NFLOG group → id of its `groupN` label, for records without a name.
     by_group: HashMap<u32, u32, FxBuild>,
+    /// Label id per label rule, and last that of `unlabelled`, once looked up.
+    by_rule: Vec<Option<u32>>,
     max_metric_labels: usize,
     /// Time-rule counters per exporter address, at most `max_exporters` addresses (the
     /// rest under the unspecified address, shown as `other`).
@@ -249,8 +251,15 @@ impl Labels {
             }
             return id;
         }
-        let label = rule_label(&self.rules, exporter, ifs).unwrap_or(UNLABELLED);
-        self.agg.label_id(label)
+        let rule = rule_index(&self.rules, exporter, ifs);
+        let slot = rule.unwrap_or(self.rules.len());
+        if let Some(id) = self.by_rule[slot] {
+            return id;
+        }
+        let label = rule.map_or(UNLABELLED, |i| self.rules[i].label.as_str());
+        let id = self.agg.label_id(label);
+        self.by_rule[slot] = Some(id);
+        id
     }
 }
 
@@ -411,6 +420,7 @@ impl Ingest {
                 tunnels_by_octets: HashMap::default(),
                 short: Vec::new(),
                 by_group: HashMap::default(),
+                by_rule: vec![None; cfg.label_rules.len() + 1],
                 max_metric_labels: cfg.max_metric_labels,
                 time_rule: HashMap::default(),
                 max_exporters: cfg.max_exporters.get(),

@@ -213,7 +213,8 @@ impl Session {
             };
             match &t.plan {
                 Some(plan) => {
-                    plan.decode(set.body, domain, export, |v| sink.view(v, &self.ctx));
+                    let ctx = &self.ctx;
+                    plan.decode(set.body, domain, export, ctx, |v| sink.view(v, ctx));
                 }
                 None => {
                     self.scratch.clear();

@@ -150,6 +150,21 @@ fn uptime_to_unix(export_ms: u64, sys_uptime_ms: u32, at_uptime_ms: u32) -> u64 
     (export_ms as i64).saturating_sub(ago).max(0) as u64
 }
 
+/// Wall-clock milliseconds of an IPFIX sysUpTime-relative instant (IE 21/22: unsigned32
+/// milliseconds since the exporter's `systemInitTimeMilliseconds`, IE 160).
+///
+/// Some exporters (softflowd replaying a capture) report instants before `init` as wrapped
+/// values; a result more than a day after the export time is read as such a negative offset.
+pub fn ipfix_uptime_ms(init_ms: u64, up: u64, export_ms: u64) -> u64 {
+    let t = init_ms.saturating_add(up);
+    if t > export_ms.saturating_add(86_400_000) {
+        let back = i64::from(up as u32 as i32);
+        (init_ms as i64).saturating_add(back).max(0) as u64
+    } else {
+        t
+    }
+}
+
 fn convert_v5(v5: &V5, ctx: &mut ExporterContext, out: &mut Vec<FlowRecord>) -> PacketSummary {
     let h = &v5.header;
     let export_ms = u64::from(h.unix_secs) * 1000 + u64::from(h.unix_nsecs) / 1_000_000;
@@ -642,31 +657,22 @@ impl RecordBuilder {
         }
 
         let init = self.system_init_ms.or(ctx.system_init_ms);
-        let uptime_abs = |up: u64| -> u64 {
+        // An uptime-relative instant has an anchor when the header carries the uptime
+        // (v9) or the exporter announced its system init time (IPFIX IE 160).
+        let anchored = clock.sys_uptime_ms.is_some() || init.is_some();
+        let uptime_abs = |up: u64| -> Option<u64> {
             match (clock.sys_uptime_ms, init) {
-                (Some(sys), _) => uptime_to_unix(clock.export_ms, sys, up as u32),
-                (None, Some(init)) => {
-                    // sysUpTime fields are unsigned32 milliseconds since `init`. Some
-                    // exporters (softflowd replaying a capture) report instants before
-                    // `init` as wrapped values; a result far after the export time is read
-                    // as such a negative offset.
-                    let t = init.saturating_add(up);
-                    if t > clock.export_ms.saturating_add(86_400_000) {
-                        let back = i64::from(up as u32 as i32);
-                        (init as i64).saturating_add(back).max(0) as u64
-                    } else {
-                        t
-                    }
-                }
-                (None, None) => clock.export_ms,
+                (Some(sys), _) => Some(uptime_to_unix(clock.export_ms, sys, up as u32)),
+                (None, Some(init)) => Some(ipfix_uptime_ms(init, up, clock.export_ms)),
+                (None, None) => None,
             }
         };
         let mut end = self
             .end_abs
-            .or(self.end_uptime.map(uptime_abs))
+            .or(self.end_uptime.and_then(uptime_abs))
             .unwrap_or(clock.export_ms);
-        let mut start = self.start_abs.or(self.start_uptime.map(uptime_abs));
-        if start.is_none() && init.is_none() && clock.sys_uptime_ms.is_none() {
+        let mut start = self.start_abs.or(self.start_uptime.and_then(uptime_abs));
+        if start.is_none() && !anchored {
             // IPFIX sysUpTime without systemInitTime: keep the duration, anchor at export.
             if let (Some(s), Some(e)) = (self.start_uptime, self.end_uptime) {
                 start = Some(end.saturating_sub(e.saturating_sub(s)));

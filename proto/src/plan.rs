@@ -12,14 +12,17 @@
 //!
 //! A plan covers the elements whose meaning does not depend on other records or on exporter
 //! state beyond what [`FlowView::to_record`] applies (applicationId names and the
-//! exporter-wide sampling interval). Templates with sysUpTime-relative times (IE 21/22),
-//! per-record sampling elements (IE 34, 48, 50, 160, 302, 305, 306) or odd field lengths are
+//! exporter-wide sampling interval, and the exporter's `systemInitTimeMilliseconds` that
+//! anchors sysUpTime-relative times, IE 21/22). Templates with per-record sampling elements
+//! or their own system init time (IE 34, 48, 50, 160, 302, 305, 306) or odd field lengths are
 //! left to [`RecordBuilder`](crate::convert::RecordBuilder), which stays the reference: the
 //! plan's rules are tested against it record by record.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::convert::{application_of, clean_text, ntp_ms, ApplicationKey, ExporterContext};
+use crate::convert::{
+    application_of, clean_text, ipfix_uptime_ms, ntp_ms, ApplicationKey, ExporterContext,
+};
 use crate::ie::{iana, labelflow, netfilter, PEN_LABELFLOW, PEN_NETFILTER, PEN_REVERSE};
 use crate::ipfix::{varlen_at, Template};
 use crate::record::{BiflowDirection, ConnInfo, Direction, EndReason, FlowRecord};
@@ -96,11 +99,28 @@ struct Ipv4Offsets {
     protocol: u16,
     src_port: u16,
     dst_port: u16,
-    bytes: u16,
-    packets: u16,
-    start: u16,
-    end: u16,
+    bytes: Counter,
+    packets: Counter,
+    times: Times,
     spi: Option<u16>,
+}
+
+/// Where a delta counter sits: eight octets (labelflow, nfdump, pmacct) or four (softflowd,
+/// many routers: RFC 7011 section 6.2 reduced-size encoding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counter {
+    Wide(u16),
+    Narrow(u16),
+}
+
+/// Where the flow's times sit, and how they count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Times {
+    /// flowStartMilliseconds / flowEndMilliseconds, eight octets each.
+    Millis { start: u16, end: u16 },
+    /// flowStartSysUpTime / flowEndSysUpTime, four octets each, with no absolute time in
+    /// the template (which would win over them).
+    Uptime { start: u16, end: u16 },
 }
 
 /// The fields of an IPv4 flow record that aggregation reads, as [`FlowView`]'s accessors
@@ -135,8 +155,8 @@ struct Layout {
 pub struct Malformed;
 
 /// One data record of a compiled template, read lazily: each accessor reads its field from
-/// the message when asked, by the rules `RecordBuilder` applies (without uptime clocks and
-/// per-record sampling, which a plan never has). Meanings as in [`FlowRecord`]; strings are
+/// the message when asked, by the rules `RecordBuilder` applies (without per-record
+/// sampling, which a plan never has). Meanings as in [`FlowRecord`]; strings are
 /// the raw octets, cleaned by [`FlowView::to_record`].
 #[derive(Debug, Clone, Copy)]
 pub struct FlowView<'a> {
@@ -145,6 +165,8 @@ pub struct FlowView<'a> {
     lay: Layout,
     domain: u32,
     export_ms: u64,
+    /// The exporter's `systemInitTimeMilliseconds`, when announced.
+    init_ms: Option<u64>,
 }
 
 impl<'a> FlowView<'a> {
@@ -204,15 +226,25 @@ impl<'a> FlowView<'a> {
         let u16_at = |at| b(at, 2).map(|v| u16::from_be_bytes([v[0], v[1]]));
         let u32_at = |at| b(at, 4).map(|v| u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
         let u64_at = |at| b(at, 8).map(|v| u64::from_be_bytes(v.try_into().unwrap_or([0; 8])));
-        let (start, end) = (u64_at(o.start)?, u64_at(o.end)?);
+        let counter = |c| match c {
+            Counter::Wide(at) => u64_at(at),
+            Counter::Narrow(at) => u32_at(at).map(u64::from),
+        };
+        let (start, end) = match o.times {
+            Times::Millis { start, end } => (u64_at(start)?, u64_at(end)?),
+            Times::Uptime { start, end } => {
+                let (s, e) = (u64::from(u32_at(start)?), u64::from(u32_at(end)?));
+                uptime_times(self.init_ms, s, e, self.export_ms)
+            }
+        };
         Some(Ipv4Flow {
             src: Ipv4Addr::from(u32_at(o.src)?),
             dst: Ipv4Addr::from(u32_at(o.dst)?),
             protocol: *rec.get(usize::from(o.protocol))?,
             src_port: u16_at(o.src_port)?,
             dst_port: u16_at(o.dst_port)?,
-            bytes: u64_at(o.bytes)?,
-            packets: u64_at(o.packets)?,
+            bytes: counter(o.bytes)?,
+            packets: counter(o.packets)?,
             start_ms: start.min(end),
             end_ms: start.max(end),
             // SPI 0 is reserved (RFC 4303 section 2.1): "none" from a one-template exporter.
@@ -322,12 +354,27 @@ impl<'a> FlowView<'a> {
             .unwrap_or(0)
     }
 
-    /// (start, end) in milliseconds since the UNIX epoch: a missing end is the export
-    /// time, a missing start the end; swapped when reversed.
+    /// (start, end) in milliseconds since the UNIX epoch: absolute times first, then
+    /// sysUpTime-relative ones placed by the exporter's system init time; a missing end is
+    /// the export time, a missing start the end; swapped when reversed. Without a system
+    /// init time, uptime-relative times keep their duration, ending at the end.
     #[inline]
     pub fn times(&self) -> (u64, u64) {
-        let end = self.time(Slot::End).unwrap_or(self.export_ms);
-        let start = self.time(Slot::Start).unwrap_or(end);
+        let (export, init) = (self.export_ms, self.init_ms);
+        let (start, end) = (self.time(Slot::Start), self.time(Slot::End));
+        let (start_up, end_up) = (self.num(Slot::StartUp), self.num(Slot::EndUp));
+        if let (None, None, Some(s), Some(e)) = (start, end, start_up, end_up) {
+            return uptime_times(init, s, e, export);
+        }
+        let up = |u: Option<u64>| Some(ipfix_uptime_ms(init?, u?, export));
+        let end = end.or_else(|| up(end_up)).unwrap_or(export);
+        let mut start = start.or_else(|| up(start_up));
+        if start.is_none() && init.is_none() {
+            if let (Some(s), Some(e)) = (start_up, end_up) {
+                start = Some(end.saturating_sub(e.saturating_sub(s)));
+            }
+        }
+        let start = start.unwrap_or(end);
         (start.min(end), start.max(end))
     }
 
@@ -510,8 +557,13 @@ impl FlowPlan {
                     iana::POST_NAPT_DESTINATION_TRANSPORT_PORT => numeric(Slot::NatDstPort, len)?,
                     iana::BIFLOW_DIRECTION => numeric(Slot::BiflowDirection, len)?,
                     iana::FLOW_ID => numeric(Slot::FlowId, len)?,
-                    // Uptime-relative times and per-record sampling need RecordBuilder.
-                    21 | 22 | 34 | 48 | 50 | 160 | 302 | 305 | 306 => return None,
+                    // flowEndSysUpTime / flowStartSysUpTime: kept apart from the absolute
+                    // times, which win over them whatever the order.
+                    21 => numeric(Slot::EndUp, len)?,
+                    22 => numeric(Slot::StartUp, len)?,
+                    // Per-record sampling and a record's own system init time need
+                    // RecordBuilder.
+                    34 | 48 | 50 | 160 | 302 | 305 | 306 => return None,
                     _ => any_len(None, len),
                 },
                 PEN_NETFILTER => match f.id {
@@ -619,13 +671,16 @@ impl FlowPlan {
     }
 
     /// Decode the records of a body [`FlowPlan::check`] accepted, calling `each` per record.
+    /// `ctx` is the exporter's state the records' times depend on (its system init time).
     pub fn decode<'a>(
         &'a self,
         body: &'a [u8],
         domain: u32,
         export_secs: u32,
+        ctx: &ExporterContext,
         mut each: impl FnMut(&FlowView<'a>),
     ) {
+        let init_ms = ctx.system_init_ms;
         let export_ms = u64::from(export_secs) * 1000;
         let mut at = 0;
         while body.len() - at >= self.min_len {
@@ -642,6 +697,7 @@ impl FlowPlan {
                 lay,
                 domain,
                 export_ms,
+                init_ms,
             });
         }
     }
@@ -656,16 +712,33 @@ fn ipv4_offsets(slots: &[Option<Loc>; SLOTS]) -> Option<Ipv4Offsets> {
         let loc = slots[slot as usize]?;
         (loc.var == 0 && loc.len == Some(len) && loc.unit == Unit::Plain).then_some(loc.fixed)
     };
+    // Delta counts only: a total count (IE 85/86) is read when the delta is missing.
+    let counter = |slot: Slot| {
+        at(slot, 8)
+            .map(Counter::Wide)
+            .or_else(|| at(slot, 4).map(Counter::Narrow))
+    };
+    let has = |slot: Slot| slots[slot as usize].is_some();
+    let times = if has(Slot::Start) || has(Slot::End) {
+        Times::Millis {
+            start: at(Slot::Start, 8)?,
+            end: at(Slot::End, 8)?,
+        }
+    } else {
+        Times::Uptime {
+            start: at(Slot::StartUp, 4)?,
+            end: at(Slot::EndUp, 4)?,
+        }
+    };
     Some(Ipv4Offsets {
         src: at(Slot::Src4, 4)?,
         dst: at(Slot::Dst4, 4)?,
         protocol: at(Slot::Protocol, 1)?,
         src_port: at(Slot::SrcPort, 2)?,
         dst_port: at(Slot::DstPort, 2)?,
-        bytes: at(Slot::DeltaBytes, 8)?,
-        packets: at(Slot::DeltaPackets, 8)?,
-        start: at(Slot::Start, 8)?,
-        end: at(Slot::End, 8)?,
+        bytes: counter(Slot::DeltaBytes)?,
+        packets: counter(Slot::DeltaPackets)?,
+        times,
         spi: match slots[Slot::Spi as usize] {
             None => None,
             Some(_) => Some(at(Slot::Spi, 4)?),
@@ -702,6 +775,8 @@ enum Slot {
     Group,
     Start,
     End,
+    StartUp,
+    EndUp,
     Spi,
     UserName,
     Mark,
@@ -733,6 +808,23 @@ const CONNTRACK_SLOTS: [Slot; 10] = [
     Slot::RevBytes,
     Slot::RevPackets,
 ];
+
+/// (start, end) of a record with only sysUpTime-relative times: placed by the exporter's
+/// system init time, else kept as a duration that ends at the export time.
+#[inline]
+fn uptime_times(init_ms: Option<u64>, start: u64, end: u64, export_ms: u64) -> (u64, u64) {
+    let (s, e) = match init_ms {
+        Some(i) => (
+            ipfix_uptime_ms(i, start, export_ms),
+            ipfix_uptime_ms(i, end, export_ms),
+        ),
+        None => (
+            export_ms.saturating_sub(end.saturating_sub(start)),
+            export_ms,
+        ),
+    };
+    (s.min(e), s.max(e))
+}
 
 /// Big-endian unsigned value of 1–8 octets (the plan guarantees the length).
 #[inline]

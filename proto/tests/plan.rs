@@ -46,7 +46,9 @@ const POOL: &[(u32, u16, &[u16])] = &[
     (0, 295, &[4]),
     (0, 371, &[VARLEN, 16]),
     (0, 210, &[3, VARLEN]),
-    (0, 22, &[4]),
+    // sysUpTime-relative times, placed by the context's system init time when it has one.
+    (0, 22, &[4, 4, 8]),
+    (0, 21, &[4, 2]),
     (0, 305, &[4]),
     (PEN_NETFILTER, 4, &[4]),
     (PEN_NETFILTER, 3, &[VARLEN, 12]),
@@ -78,8 +80,9 @@ fn spec(i: usize, pick: usize) -> FieldSpec {
     }
 }
 
-/// Octets of one field: a value of its length, or a length-prefixed value for VARLEN.
-fn field_bytes(f: &FieldSpec, seed: &[u8], long: bool) -> Vec<u8> {
+/// Octets of one field: a value of its length, or a length-prefixed value for VARLEN. The
+/// value starts `skip` octets into the seed, so that fields of one length differ.
+fn field_bytes(f: &FieldSpec, seed: &[u8], skip: usize, long: bool) -> Vec<u8> {
     let mut out = Vec::new();
     let value: Vec<u8> = if f.length == VARLEN {
         let n = if long { 260 } else { seed.len() % 12 };
@@ -94,6 +97,7 @@ fn field_bytes(f: &FieldSpec, seed: &[u8], long: bool) -> Vec<u8> {
     } else {
         seed.iter()
             .cycle()
+            .skip(skip)
             .take(f.length as usize)
             .copied()
             .collect()
@@ -102,7 +106,7 @@ fn field_bytes(f: &FieldSpec, seed: &[u8], long: bool) -> Vec<u8> {
     out
 }
 
-fn context(names: bool, sampling: Option<u32>) -> ExporterContext {
+fn context(names: bool, sampling: Option<u32>, init: Option<u64>) -> ExporterContext {
     let mut applications = HashMap::new();
     if names {
         for selector in 0..4u64 {
@@ -118,6 +122,7 @@ fn context(names: bool, sampling: Option<u32>) -> ExporterContext {
     ExporterContext {
         applications,
         sampling_interval: sampling,
+        system_init_ms: init,
         ..ExporterContext::default()
     }
 }
@@ -132,7 +137,7 @@ fn assert_same(template: &Template, body: &[u8], ctx: &ExporterContext) -> bool 
         Ok(n) => {
             assert_eq!(reference.ok(), Some(n as u32), "record count");
             let mut got = Vec::new();
-            plan.decode(body, 7, 1_700_000_000, |v| {
+            plan.decode(body, 7, 1_700_000_000, ctx, |v| {
                 let r = v.to_record(ctx);
                 // The one-read IPv4 fields agree with the record.
                 if let Some(h) = v.ipv4() {
@@ -172,7 +177,14 @@ fn labelflow_templates_compile() {
         assert!(FlowPlan::compile(&t).is_some(), "template {}", def.id);
     }
     let uptime = Template::new(300, 0, vec![FieldSpec::iana(22, 4)]).unwrap();
-    assert!(FlowPlan::compile(&uptime).is_none());
+    assert!(FlowPlan::compile(&uptime).is_some());
+    // A record's own system init time is for RecordBuilder.
+    let init = Template::new(
+        301,
+        0,
+        vec![FieldSpec::iana(22, 4), FieldSpec::iana(160, 8)],
+    );
+    assert!(FlowPlan::compile(&init.unwrap()).is_none());
 }
 
 proptest! {
@@ -186,6 +198,12 @@ proptest! {
         cut in 0usize..40,
         names in any::<bool>(),
         sampling in proptest::option::of(0u32..5),
+        // Near the export time, far before it, or so late that offsets wrap back.
+        init in proptest::option::of(prop_oneof![
+            Just(1_699_990_000_000u64),
+            0u64..4_000_000_000_000,
+            Just(u64::MAX - 5),
+        ]),
     ) {
         let specs: Vec<FieldSpec> = fields.iter().map(|(i, p)| spec(*i, *p)).collect();
         let Ok(template) = Template::new(400, 0, specs.clone()) else {
@@ -193,15 +211,39 @@ proptest! {
         };
         let mut body = Vec::new();
         for (k, seed) in records.iter().enumerate() {
-            for f in &specs {
-                body.extend(field_bytes(f, seed, long && k == 0));
+            for (j, f) in specs.iter().enumerate() {
+                body.extend(field_bytes(f, seed, j, long && k == 0));
             }
         }
         body.extend(&trailer);
-        let ctx = context(names, sampling);
+        let ctx = context(names, sampling, init);
         assert_same(&template, &body, &ctx);
         // And every truncation of it: the plan must refuse what the reference refuses.
         let short = body.len().saturating_sub(cut);
         assert_same(&template, &body[..short], &ctx);
+    }
+}
+
+/// sysUpTime-relative times: placed by the system init time, or without one kept as a
+/// duration ending at the export time.
+#[test]
+fn uptime_times() {
+    let t = Template::new(300, 0, vec![FieldSpec::iana(22, 4), FieldSpec::iana(21, 4)]).unwrap();
+    let mut body = 1_000u32.to_be_bytes().to_vec();
+    body.extend(5_000u32.to_be_bytes());
+    let export_ms = 1_700_000_000_000u64;
+    for (init, want) in [
+        (None, (export_ms - 4_000, export_ms)),
+        (
+            Some(export_ms - 60_000),
+            (export_ms - 59_000, export_ms - 55_000),
+        ),
+    ] {
+        let ctx = context(false, None, init);
+        assert!(assert_same(&t, &body, &ctx));
+        let plan = FlowPlan::compile(&t).unwrap();
+        let mut got = Vec::new();
+        plan.decode(&body, 7, 1_700_000_000, &ctx, |v| got.push(v.times()));
+        assert_eq!(got, vec![want], "init {init:?}");
     }
 }
