@@ -23,6 +23,7 @@
 #              RECORDS packets of mixed TCP/UDP/ICMP/ESP, IPv4 and IPv6, one flow record per
 #              packet, its times moved to the last quarter hour (editcap -t); recorded once
 #              from the wire (labelflow-ipfix-gen record) and replayed at each rate
+#   softflowd-v9  the same capture exported by softflowd as NetFlow v9 (-v 9)
 #
 # Modes (MODES, RECEIVER/SENDER):
 #   receivers  labelflow         labelflow-collector as configured by default (udp_gro =
@@ -68,7 +69,7 @@ field() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
 cd "$(dirname "$0")/.."
 RECORDS=${RECORDS:-250000}
 RUN_SECONDS=${RUN_SECONDS:-2}
-STREAMS=${STREAMS:-"live random backlog exporters softflowd"}
+STREAMS=${STREAMS:-"live random backlog exporters softflowd softflowd-v9"}
 MODES=${MODES:-"labelflow/gso labelflow/dgram labelflow-no-gro/dgram nfcapd/dgram"}
 LO=${LO:-100000}
 HI=${HI:-16000000}
@@ -128,12 +129,13 @@ if [ -n "${CPU_QUOTA:-}" ]; then
   fi
   echo "each receiver limited to $CPU_QUOTA% of one CPU (cgroup $CGROUP)"
 fi
-# Runs a receiver, in the CPU_QUOTA cgroup when there is one (exec: same pid).
+# Runs a receiver, in the CPU_QUOTA cgroup when there is one. Called with `&` only: the
+# background subshell execs the receiver, so $! is the receiver's pid.
 receiver() {
   if [ -n "$CGROUP" ]; then
-    sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$CGROUP" "$@"
+    exec sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$CGROUP" "$@"
   else
-    "$@"
+    exec "$@"
   fi
 }
 
@@ -166,7 +168,9 @@ make_stream() {
       "$GEN" generate --records "$(((RECORDS + EXPORTERS - 1) / EXPORTERS))" --shape random \
         --seed "$((SEED + 1))" --out "$file"
       echo "--exporters $EXPORTERS" >"$WORK/$name.args" ;;
-    softflowd)
+    softflowd | softflowd-v9)
+      local version=10
+      [ "$name" = softflowd ] || version=9
       # One flow per packet, so one record per packet; softflowd's flow table (8192) fills
       # and expires the oldest flows as new ones come.
       "$BIN/labelflow-gen-capture" --packets "$RECORDS" --flows "$RECORDS" --seconds 600 \
@@ -176,7 +180,7 @@ make_stream() {
       "$GEN" record --listen 127.0.0.1:47399 --out "$file" --idle 3s >"$WORK/record.out" &
       local rec=$!
       until [ -n "$(rcvbuf 47399)" ]; do sleep 0.05; done
-      softflowd -r "$WORK/cap.pcap" -n 127.0.0.1:47399 -v 10 -6 -d -p "$WORK/softflowd.pid" \
+      softflowd -r "$WORK/cap.pcap" -n 127.0.0.1:47399 -v "$version" -6 -d -p "$WORK/softflowd.pid" \
         >"$WORK/softflowd.log" 2>&1
       wait $rec
       rm -f "$WORK/cap.pcap" ;;

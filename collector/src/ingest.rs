@@ -460,7 +460,7 @@ impl Ingest {
         Ok((n, m, k))
     }
 
-    /// Turn the zero-copy IPFIX path on (the default) or off; the result is the same.
+    /// Turn the zero-copy IPFIX and v9 paths on (the default) or off; the result is the same.
     pub fn set_fast_path(&mut self, on: bool) {
         self.sessions.set_fast_path(on);
     }

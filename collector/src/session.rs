@@ -16,6 +16,9 @@
 //! elements allow it are also compiled into a [`FlowPlan`], which hands records on as
 //! borrowed [`FlowView`]s: no allocation per record.
 //!
+//! NetFlow v9 messages made only of data flowsets take the same compiled path when their
+//! templates compile (v9 field types are IPFIX element ids, RFC 3954 section 8 and RFC 7012;
+//! times are placed by the header's sysUpTime); anything else goes to `netflow_parser`.
 //! [`RecordBuilder`]: labelflow_proto::convert::RecordBuilder
 
 use std::collections::HashMap;
@@ -25,8 +28,9 @@ use std::num::NonZeroUsize;
 use labelflow_proto::convert::{
     convert_ipfix_data_set, convert_packet, ApplicationKey, ExporterContext, PacketSummary,
 };
+use labelflow_proto::ie::{FieldSpec, VARLEN};
 use labelflow_proto::ipfix::{Message, Template};
-use labelflow_proto::plan::{FlowPlan, FlowView};
+use labelflow_proto::plan::{ExportClock, FlowPlan, FlowView};
 use labelflow_proto::FlowRecord;
 use lru::LruCache;
 use netflow_parser::{NetflowError, NetflowParser};
@@ -105,7 +109,7 @@ pub struct SessionStats {
     /// Sequence numbers that went backwards (reordering or exporter restart).
     pub sequence_resets: u64,
     pub evicted_scopes: u64,
-    /// Datagrams decoded by the zero-copy IPFIX path (a subset of `datagrams`).
+    /// Datagrams decoded by the zero-copy IPFIX or v9 path (a subset of `datagrams`).
     pub fast_datagrams: u64,
     /// Application names (options records) not kept: the scope had
     /// `max_application_names`.
@@ -146,6 +150,9 @@ struct Session {
     /// template it cannot use). Ids are the exporter's own, so a fast unkeyed hash risks
     /// nothing beyond its own scope.
     fast: HashMap<u16, Option<FastTemplate>, FxBuild>,
+    /// NetFlow v9 templates compiled for the zero-copy path (`None`: the parser decodes
+    /// that id), learned as `fast` is.
+    fast_v9: HashMap<u16, Option<FlowPlan>, FxBuild>,
     /// Records of templates without a plan, between checking and handing on.
     scratch: Vec<FlowRecord>,
 }
@@ -155,6 +162,10 @@ impl Session {
     /// parser reported an error, or the sets cannot be walked, nothing from this message is
     /// trusted: the ids it names (or all ids) go back to the parser.
     fn learn_templates(&mut self, message: &[u8], parser_failed: bool, max: usize) {
+        if message.get(..2) == Some(&[0, 9]) {
+            self.learn_v9_templates(message, parser_failed, max);
+            return;
+        }
         let Ok(msg) = Message::new_checked(message) else {
             return;
         };
@@ -187,6 +198,82 @@ impl Session {
         }
     }
 
+    /// The NetFlow v9 counterpart of [`Session::learn_templates`]: when the message cannot be
+    /// walked whole, nothing v9 is decoded by the fast path until templates come again.
+    fn learn_v9_templates(&mut self, message: &[u8], parser_failed: bool, max: usize) {
+        let Some(found) = templates::v9_templates(message) else {
+            self.fast_v9.clear();
+            return;
+        };
+        for t in found {
+            if self.fast_v9.len() >= max && !self.fast_v9.contains_key(&t.template_id) {
+                continue;
+            }
+            let plan = if parser_failed || t.set_id != 0 {
+                None
+            } else {
+                v9_plan(&t.bytes)
+            };
+            self.fast_v9.insert(t.template_id, plan);
+        }
+    }
+
+    /// Decode a NetFlow v9 message made only of data flowsets whose templates compiled, as
+    /// [`Session::decode_fast`] does for IPFIX.
+    fn decode_fast_v9(
+        &mut self,
+        message: &[u8],
+        sink: &mut impl FlowSink,
+    ) -> Option<PacketSummary> {
+        let be32 = |at: usize| {
+            let b = message.get(at..at + 4)?;
+            Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let (sys_uptime, unix_secs) = (be32(4)?, be32(8)?);
+        let (sequence, source_id) = (be32(12)?, be32(16)?);
+        let mut produced = 0u32;
+        let mut values = 0usize;
+        let mut at = 20;
+        while at < message.len() {
+            let (id, body) = v9_flowset(message, at)?;
+            if !self.parser.has_v9_template(id) {
+                return None;
+            }
+            let plan = self.fast_v9.get(&id)?.as_ref()?;
+            let n = plan.check(body).ok()?;
+            // Within what the parser decodes of a flowset and a message (its
+            // max_records_per_flowset and decoded-values budget); past them it decides.
+            values += n * plan.fields();
+            if n > V9_MAX_RECORDS_PER_FLOWSET || values > V9_MAX_VALUES_PER_MESSAGE {
+                return None;
+            }
+            produced += n as u32;
+            at += 4 + body.len();
+        }
+        if at == 20 {
+            return None;
+        }
+        let clock = ExportClock {
+            export_secs: unix_secs,
+            sys_uptime_ms: Some(sys_uptime),
+        };
+        let ctx = &self.ctx;
+        let mut at = 20;
+        while let Some((id, body)) = v9_flowset(message, at) {
+            at += 4 + body.len();
+            if let Some(Some(plan)) = self.fast_v9.get(&id) {
+                plan.decode(body, source_id, clock, ctx, |v| sink.view(v, ctx));
+            }
+        }
+        Some(PacketSummary {
+            version: 9,
+            observation_domain: source_id,
+            sequence,
+            flow_records: produced,
+            ..PacketSummary::default()
+        })
+    }
+
     /// Decode a message made only of data sets with known plain templates, handing its
     /// records to `sink`; `None` (and nothing handed on) when the message needs the parser.
     /// Every set is checked before the first record goes out, so a message is taken either
@@ -214,7 +301,11 @@ impl Session {
             match &t.plan {
                 Some(plan) => {
                     let ctx = &self.ctx;
-                    plan.decode(set.body, domain, export, ctx, |v| sink.view(v, ctx));
+                    let clock = ExportClock {
+                        export_secs: export,
+                        sys_uptime_ms: None,
+                    };
+                    plan.decode(set.body, domain, clock, ctx, |v| sink.view(v, ctx));
                 }
                 None => {
                     self.scratch.clear();
@@ -289,6 +380,44 @@ impl FastTemplate {
     }
 }
 
+/// `netflow_parser`'s own bounds on a v9 data flowset's records and on the field values
+/// it decodes from one message (its `DEFAULT_MAX_RECORDS_PER_FLOWSET` and
+/// `DEFAULT_MAX_DECODED_FIELD_VALUES_PER_MESSAGE`): a message past them goes to the parser,
+/// which decides what to do with it.
+const V9_MAX_RECORDS_PER_FLOWSET: usize = 1024;
+const V9_MAX_VALUES_PER_MESSAGE: usize = 65_536;
+
+/// The flowset at `at` of a v9 message: its id and body; `None` when no whole flowset
+/// starts there.
+fn v9_flowset(message: &[u8], at: usize) -> Option<(u16, &[u8])> {
+    let head = message.get(at..at + 4)?;
+    let id = u16::from_be_bytes([head[0], head[1]]);
+    let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+    let body = message.get(at + 4..at.checked_add(len)?)?;
+    (len >= 4).then_some((id, body))
+}
+
+/// The plan of a v9 template record (id, field count, then type and length per field), when
+/// the parser's decoding of every field is the plan's: no zero or variable lengths (v9 has
+/// none; the parser refuses the latter), no type above 32767 (which an IPFIX template
+/// would read as an enterprise element), records of at most 65535 octets.
+fn v9_plan(record: &[u8]) -> Option<FlowPlan> {
+    let mut fields = Vec::new();
+    for pair in record.get(4..)?.chunks_exact(4) {
+        let id = u16::from_be_bytes([pair[0], pair[1]]);
+        let len = u16::from_be_bytes([pair[2], pair[3]]);
+        if len == 0 || len == VARLEN || id >= 0x8000 {
+            return None;
+        }
+        fields.push(FieldSpec::iana(id, len));
+    }
+    if fields.iter().map(|f| usize::from(f.length)).sum::<usize>() > usize::from(u16::MAX) {
+        return None;
+    }
+    let id = u16::from_be_bytes([*record.first()?, *record.get(1)?]);
+    FlowPlan::compile(&Template::new(id, 0, fields).ok()?)
+}
+
 /// Bounds on what one exporter can make a [`SessionTable`] keep beyond its templates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScopeLimits {
@@ -356,7 +485,7 @@ impl SessionTable {
         }
     }
 
-    /// Turn the zero-copy IPFIX path on (the default) or off (every datagram through
+    /// Turn the zero-copy IPFIX and v9 paths on (the default) or off (every datagram through
     /// `netflow_parser`); the output is the same either way.
     pub fn set_fast_path(&mut self, on: bool) {
         self.fast_path = on;
@@ -396,6 +525,7 @@ impl SessionTable {
                 next_sequence: [None; 3],
                 restored: [false; 3],
                 fast: HashMap::default(),
+                fast_v9: HashMap::default(),
                 scratch: Vec::new(),
             };
             if let Some((gone, _)) = self.sessions.push(scope, s) {
@@ -508,10 +638,10 @@ impl SessionTable {
         let Some(session) = self.session_checked(scope) else {
             return Err(DecodeError::DomainLimit);
         };
-        let fast = if fast_path && datagram[..2] == [0, 10] {
-            session.decode_fast(message, sink)
-        } else {
-            None
+        let fast = match (fast_path, &datagram[..2]) {
+            (true, [0, 10]) => session.decode_fast(message, sink),
+            (true, [0, 9]) => session.decode_fast_v9(message, sink),
+            _ => None,
         };
         let fast_hit = fast.is_some();
         let mut options = false;
@@ -553,7 +683,7 @@ impl SessionTable {
                     let apps = &mut session.ctx.applications;
                     refused_names = bound_names(apps, known, max_names, max_name_bytes);
                 }
-                if summary.version == 10 || result.packets.is_empty() {
+                if matches!(summary.version, 9 | 10) || result.packets.is_empty() {
                     session.learn_templates(message, error.is_some(), max);
                 }
                 if result.packets.is_empty() {

@@ -39,9 +39,18 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
 pub fn extract(datagram: &[u8], out: &mut Vec<TemplateRecord>) {
     match be16(datagram, 0) {
         Some(10) => extract_ipfix(datagram, out),
-        Some(9) => walk_v9_sets(datagram, out),
+        Some(9) => {
+            walk_v9_sets(datagram, out);
+        }
         _ => {}
     }
+}
+
+/// The template records of a NetFlow v9 datagram, `None` unless every flowset and every
+/// template record in it was accounted for (then no template can have gone unseen).
+pub fn v9_templates(datagram: &[u8]) -> Option<Vec<TemplateRecord>> {
+    let mut out = Vec::new();
+    walk_v9_sets(datagram, &mut out).then_some(out)
 }
 
 /// IPFIX, through proto's views: a set that does not hold together ends the walk, a record
@@ -66,33 +75,39 @@ fn extract_ipfix(datagram: &[u8], out: &mut Vec<TemplateRecord>) {
 }
 
 /// NetFlow v9 (RFC 3954 section 5): flowsets 0 (templates) and 1 (options templates).
-fn walk_v9_sets(d: &[u8], out: &mut Vec<TemplateRecord>) {
+/// Whether the walk accounted for every octet (flowsets to the end, records to their
+/// padding).
+fn walk_v9_sets(d: &[u8], out: &mut Vec<TemplateRecord>) -> bool {
     let mut at = 20;
     while at + 4 <= d.len() {
         let (Some(set_id), Some(len)) = (be16(d, at), be16(d, at + 2)) else {
-            return;
+            return false;
         };
         let len = usize::from(len);
         if len < 4 || at + len > d.len() {
-            return;
+            return false;
         }
-        if set_id <= 1 {
-            walk_v9_records(&d[at + 4..at + len], set_id, out);
+        if set_id <= 1 && !walk_v9_records(&d[at + 4..at + len], set_id, out) {
+            return false;
         }
         at += len;
     }
+    at == d.len()
 }
 
-fn walk_v9_records(set: &[u8], set_id: u16, out: &mut Vec<TemplateRecord>) {
+/// The records of one template flowset; whether all of it was records and padding.
+fn walk_v9_records(set: &[u8], set_id: u16, out: &mut Vec<TemplateRecord>) -> bool {
     let mut at = 0;
     // Anything shorter than a minimal record is padding.
     while at + 4 <= set.len() {
-        let Some(id) = be16(set, at) else { return };
+        let Some(id) = be16(set, at) else {
+            return false;
+        };
         let Some(len) = v9_record_len(&set[at..], set_id == 1) else {
-            return;
+            return false;
         };
         if id < 256 {
-            return;
+            return false;
         }
         out.push(TemplateRecord {
             version: 9,
@@ -102,6 +117,7 @@ fn walk_v9_records(set: &[u8], set_id: u16, out: &mut Vec<TemplateRecord>) {
         });
         at += len;
     }
+    true
 }
 
 /// Length of the v9 template record at the start of `r`, if it fits.

@@ -143,7 +143,7 @@ pub fn convert_packet(
 /// Wall-clock milliseconds of a sysUpTime-relative instant, given the export's wall clock
 /// and the exporter's uptime at export (RFC 3954 section 5.1: `SysUptime` is milliseconds
 /// since the device booted; `First`/`Last` switched use the same clock).
-fn uptime_to_unix(export_ms: u64, sys_uptime_ms: u32, at_uptime_ms: u32) -> u64 {
+pub fn uptime_to_unix(export_ms: u64, sys_uptime_ms: u32, at_uptime_ms: u32) -> u64 {
     // The uptime counter rolls over after ~49.7 days: take the wrapped difference as signed,
     // so an instant slightly after the header's uptime (exporter clock skew) stays near it.
     let ago = i64::from(sys_uptime_ms.wrapping_sub(at_uptime_ms) as i32);

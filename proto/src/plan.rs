@@ -21,7 +21,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::convert::{
-    application_of, clean_text, ipfix_uptime_ms, ntp_ms, ApplicationKey, ExporterContext,
+    application_of, clean_text, ipfix_uptime_ms, ntp_ms, uptime_to_unix, ApplicationKey,
+    ExporterContext,
 };
 use crate::ie::{iana, labelflow, netfilter, PEN_LABELFLOW, PEN_NETFILTER, PEN_REVERSE};
 use crate::ipfix::{varlen_at, Template};
@@ -89,6 +90,8 @@ pub struct FlowPlan {
     ipv4: Option<Ipv4Offsets>,
     /// Whether the template has connection-tracking elements.
     conntrack: bool,
+    /// Fields in the template.
+    fields: usize,
 }
 
 /// Fixed offsets of an IPv4 flow's fields, for [`FlowView::ipv4`].
@@ -165,8 +168,37 @@ pub struct FlowView<'a> {
     lay: Layout,
     domain: u32,
     export_ms: u64,
-    /// The exporter's `systemInitTimeMilliseconds`, when announced.
-    init_ms: Option<u64>,
+    /// What places sysUpTime-relative times.
+    anchor: Anchor,
+}
+
+/// The clock of the message a data set came in: its export time, and for NetFlow v9 the
+/// exporter's uptime at export (RFC 3954 section 5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportClock {
+    pub export_secs: u32,
+    pub sys_uptime_ms: Option<u32>,
+}
+
+/// What places a sysUpTime-relative time: the v9 header's uptime, else the exporter's
+/// announced `systemInitTimeMilliseconds` (IPFIX IE 160), else nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Anchor {
+    Header(u32),
+    Init(u64),
+    None,
+}
+
+impl Anchor {
+    /// Wall-clock milliseconds of uptime `up`, as `RecordBuilder` places it.
+    #[inline]
+    fn place(self, up: u64, export_ms: u64) -> Option<u64> {
+        match self {
+            Anchor::Header(sys) => Some(uptime_to_unix(export_ms, sys, up as u32)),
+            Anchor::Init(init) => Some(ipfix_uptime_ms(init, up, export_ms)),
+            Anchor::None => None,
+        }
+    }
 }
 
 impl<'a> FlowView<'a> {
@@ -234,7 +266,7 @@ impl<'a> FlowView<'a> {
             Times::Millis { start, end } => (u64_at(start)?, u64_at(end)?),
             Times::Uptime { start, end } => {
                 let (s, e) = (u64::from(u32_at(start)?), u64::from(u32_at(end)?));
-                uptime_times(self.init_ms, s, e, self.export_ms)
+                uptime_times(self.anchor, s, e, self.export_ms)
             }
         };
         Some(Ipv4Flow {
@@ -360,16 +392,16 @@ impl<'a> FlowView<'a> {
     /// init time, uptime-relative times keep their duration, ending at the end.
     #[inline]
     pub fn times(&self) -> (u64, u64) {
-        let (export, init) = (self.export_ms, self.init_ms);
+        let (export, anchor) = (self.export_ms, self.anchor);
         let (start, end) = (self.time(Slot::Start), self.time(Slot::End));
         let (start_up, end_up) = (self.num(Slot::StartUp), self.num(Slot::EndUp));
         if let (None, None, Some(s), Some(e)) = (start, end, start_up, end_up) {
-            return uptime_times(init, s, e, export);
+            return uptime_times(anchor, s, e, export);
         }
-        let up = |u: Option<u64>| Some(ipfix_uptime_ms(init?, u?, export));
+        let up = |u: Option<u64>| anchor.place(u?, export);
         let end = end.or_else(|| up(end_up)).unwrap_or(export);
         let mut start = start.or_else(|| up(start_up));
-        if start.is_none() && init.is_none() {
+        if start.is_none() && anchor == Anchor::None {
             if let (Some(s), Some(e)) = (start_up, end_up) {
                 start = Some(end.saturating_sub(e.saturating_sub(s)));
             }
@@ -614,10 +646,16 @@ impl FlowPlan {
             ipv4: ipv4_offsets(&slots),
             conntrack: CONNTRACK_SLOTS.iter().any(|s| slots[*s as usize].is_some()),
             slots,
+            fields: ops.len(),
             varlen,
             fixed_total: fixed,
             min_len,
         })
+    }
+
+    /// Fields of the template (each a decoded value to a template-driven parser).
+    pub fn fields(&self) -> usize {
+        self.fields
     }
 
     /// Length and layout of the record at the start of `rest` (not checked against
@@ -671,17 +709,22 @@ impl FlowPlan {
     }
 
     /// Decode the records of a body [`FlowPlan::check`] accepted, calling `each` per record.
-    /// `ctx` is the exporter's state the records' times depend on (its system init time).
+    /// `ctx` is the exporter's state the records' times may depend on (its system init
+    /// time, when the message's clock has no uptime).
     pub fn decode<'a>(
         &'a self,
         body: &'a [u8],
         domain: u32,
-        export_secs: u32,
+        clock: ExportClock,
         ctx: &ExporterContext,
         mut each: impl FnMut(&FlowView<'a>),
     ) {
-        let init_ms = ctx.system_init_ms;
-        let export_ms = u64::from(export_secs) * 1000;
+        let anchor = match (clock.sys_uptime_ms, ctx.system_init_ms) {
+            (Some(sys), _) => Anchor::Header(sys),
+            (None, Some(init)) => Anchor::Init(init),
+            (None, None) => Anchor::None,
+        };
+        let export_ms = u64::from(clock.export_secs) * 1000;
         let mut at = 0;
         while body.len() - at >= self.min_len {
             let Ok((len, lay)) = self.layout(&body[at..]) else {
@@ -697,7 +740,7 @@ impl FlowPlan {
                 lay,
                 domain,
                 export_ms,
-                init_ms,
+                anchor,
             });
         }
     }
@@ -809,16 +852,13 @@ const CONNTRACK_SLOTS: [Slot; 10] = [
     Slot::RevPackets,
 ];
 
-/// (start, end) of a record with only sysUpTime-relative times: placed by the exporter's
-/// system init time, else kept as a duration that ends at the export time.
+/// (start, end) of a record with only sysUpTime-relative times: placed by the anchor, else
+/// kept as a duration that ends at the export time.
 #[inline]
-fn uptime_times(init_ms: Option<u64>, start: u64, end: u64, export_ms: u64) -> (u64, u64) {
-    let (s, e) = match init_ms {
-        Some(i) => (
-            ipfix_uptime_ms(i, start, export_ms),
-            ipfix_uptime_ms(i, end, export_ms),
-        ),
-        None => (
+fn uptime_times(anchor: Anchor, start: u64, end: u64, export_ms: u64) -> (u64, u64) {
+    let (s, e) = match (anchor.place(start, export_ms), anchor.place(end, export_ms)) {
+        (Some(s), Some(e)) => (s, e),
+        _ => (
             export_ms.saturating_sub(end.saturating_sub(start)),
             export_ms,
         ),

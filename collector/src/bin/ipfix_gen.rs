@@ -413,7 +413,8 @@ const GSO_BYTES: usize = 65_507;
 /// it is an options template.
 type Layout = (Vec<Option<u16>>, bool);
 
-/// Number of flow data records in one IPFIX message, learning templates from it on the way.
+/// Number of flow data records in one IPFIX or NetFlow v9 message, learning templates from it
+/// on the way.
 ///
 /// The offered rate is only meaningful if it counts what was really sent, and the last datagram
 /// of a stream usually holds fewer records than the others, so the sets are walked rather than
@@ -424,31 +425,47 @@ fn data_records(msg: &[u8], templates: &mut HashMap<u16, Layout>) -> anyhow::Res
         let s = b.get(at..at + 2).context("truncated IPFIX message")?;
         Ok(u16::from_be_bytes([s[0], s[1]]))
     };
-    anyhow::ensure!(be16(msg, 0)? == 10, "not an IPFIX message");
-    let end = usize::from(be16(msg, 2)?).min(msg.len());
+    // v9 (RFC 3954 section 5): a 20-octet header without a length, flowset 0 for templates
+    // and 1 for options templates (scope and option lengths in octets, no enterprise bit).
+    let v9 = match be16(msg, 0)? {
+        10 => false,
+        9 => true,
+        _ => anyhow::bail!("not an IPFIX or NetFlow v9 message"),
+    };
+    let (end, mut at) = if v9 {
+        (msg.len(), 20)
+    } else {
+        (usize::from(be16(msg, 2)?).min(msg.len()), 16)
+    };
+    let (template_set, options_set) = if v9 { (0, 1) } else { (2, 3) };
     let mut records = 0u64;
-    let mut at = 16;
     while at + 4 <= end {
         let (id, len) = (be16(msg, at)?, usize::from(be16(msg, at + 2)?));
         anyhow::ensure!(len >= 4 && at + len <= end, "bad set length");
         let set = &msg[at + 4..at + len];
         match id {
-            // Template set (2) and options template set (3): only the field lengths matter.
-            2 | 3 => {
+            // Template and options template sets: only the field lengths matter.
+            _ if id == template_set || id == options_set => {
+                let options = id == options_set;
                 let mut p = 0;
                 while p + 4 <= set.len() {
                     let tid = be16(set, p)?;
-                    let count = usize::from(be16(set, p + 2)?);
-                    p += if id == 3 { 6 } else { 4 };
+                    let count = if v9 && options {
+                        // Scope length + option length, octets, 4 per field specifier.
+                        (usize::from(be16(set, p + 2)?) + usize::from(be16(set, p + 4)?)) / 4
+                    } else {
+                        usize::from(be16(set, p + 2)?)
+                    };
+                    p += if options { 6 } else { 4 };
                     let mut layout = Vec::with_capacity(count);
                     for _ in 0..count {
                         let ie = be16(set, p)?;
                         let flen = be16(set, p + 2)?;
-                        // The enterprise bit adds a 4-byte enterprise number.
-                        p += if ie & 0x8000 != 0 { 8 } else { 4 };
-                        layout.push((flen != 0xffff).then_some(flen));
+                        // The enterprise bit adds a 4-byte enterprise number (IPFIX only).
+                        p += if !v9 && ie & 0x8000 != 0 { 8 } else { 4 };
+                        layout.push((v9 || flen != 0xffff).then_some(flen));
                     }
-                    templates.insert(tid, (layout, id == 3));
+                    templates.insert(tid, (layout, options));
                 }
             }
             256.. => {
