@@ -153,6 +153,11 @@ struct Session {
     /// NetFlow v9 templates compiled for the zero-copy path (`None`: the parser decodes
     /// that id), learned as `fast` is.
     fast_v9: HashMap<u16, Option<FlowPlan>, FxBuild>,
+    /// Set for good once the parser's template caches hold half of
+    /// `max_templates_per_exporter` (the cache size, so before it evicts anything):
+    /// the parser then decodes all of the scope's data, so that use, not only arrival, keeps
+    /// its least-recently-used order (a data set taken by the fast path does not touch it).
+    crowded: bool,
     /// Records of templates without a plan, between checking and handing on.
     scratch: Vec<FlowRecord>,
 }
@@ -162,6 +167,14 @@ impl Session {
     /// parser reported an error, or the sets cannot be walked, nothing from this message is
     /// trusted: the ids it names (or all ids) go back to the parser.
     fn learn_templates(&mut self, message: &[u8], parser_failed: bool, max: usize) {
+        let cached =
+            self.parser.v9_cache_info().current_size + self.parser.ipfix_cache_info().current_size;
+        if self.crowded || cached >= max.div_ceil(2) {
+            self.crowded = true;
+            self.fast.clear();
+            self.fast_v9.clear();
+            return;
+        }
         if message.get(..2) == Some(&[0, 9]) {
             self.learn_v9_templates(message, parser_failed, max);
             return;
@@ -411,7 +424,11 @@ fn v9_plan(record: &[u8]) -> Option<FlowPlan> {
         }
         fields.push(FieldSpec::iana(id, len));
     }
-    if fields.iter().map(|f| usize::from(f.length)).sum::<usize>() > usize::from(u16::MAX) {
+    // netflow_parser refuses templates of more fields than its max_field_count (10,000),
+    // keeping the id's former definition.
+    if fields.len() > 10_000
+        || fields.iter().map(|f| usize::from(f.length)).sum::<usize>() > usize::from(u16::MAX)
+    {
         return None;
     }
     let id = u16::from_be_bytes([*record.first()?, *record.get(1)?]);
@@ -526,6 +543,7 @@ impl SessionTable {
                 restored: [false; 3],
                 fast: HashMap::default(),
                 fast_v9: HashMap::default(),
+                crowded: false,
                 scratch: Vec::new(),
             };
             if let Some((gone, _)) = self.sessions.push(scope, s) {

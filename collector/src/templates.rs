@@ -127,7 +127,9 @@ fn v9_record_len(r: &[u8], options: bool) -> Option<usize> {
         let scope = usize::from(be16(r, 2)?);
         let opt = usize::from(be16(r, 4)?);
         let len = 6 + scope + opt;
-        return (len <= r.len() && (scope + opt) % 4 == 0).then_some(len);
+        // netflow_parser reads scope / 4 and opt / 4 specifiers, so unaligned lengths frame
+        // the following records differently: refused, the walk ends there.
+        return (len <= r.len() && scope % 4 == 0 && opt % 4 == 0).then_some(len);
     }
     let n = usize::from(be16(r, 2)?);
     let len = 4 + 4 * n;

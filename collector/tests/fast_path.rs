@@ -365,6 +365,49 @@ fn v9_message(
     m
 }
 
+/// A scope whose templates fill half the parser's cache (16 here) leaves the fast path for
+/// good: data decoded by the fast path does not refresh the parser's least-recently-used
+/// order, so once the cache evicts, the two paths would drop different templates.
+#[test]
+fn many_v9_templates_leave_the_fast_path() {
+    let from: IpAddr = "192.0.2.10".parse().unwrap();
+    let fields: [(u16, u16); 4] = [(8, 4), (12, 4), (1, 4), (2, 4)];
+    let template = |ids: std::ops::Range<u16>| {
+        let mut body = Vec::new();
+        for id in ids {
+            body.extend_from_slice(&id.to_be_bytes());
+            body.extend_from_slice(&(fields.len() as u16).to_be_bytes());
+            for (t, l) in fields {
+                body.extend_from_slice(&t.to_be_bytes());
+                body.extend_from_slice(&l.to_be_bytes());
+            }
+        }
+        (0u16, body)
+    };
+    let data = |id: u16, k: u8| (id, vec![10, 0, 0, k, 10, 0, 1, k, 0, 0, 1, 0, 0, 0, 0, 2]);
+    let mut d = Vec::new();
+    let mut seq = 0;
+    let mut push = |sets: &[(u16, Vec<u8>)]| {
+        d.push((from, v9_message(seq, 5_000, 1_700_000_000, 1, sets)));
+        seq += 1;
+    };
+    // Two templates: data takes the fast path.
+    push(&[template(256..258)]);
+    for k in 0..4 {
+        push(&[data(256, k)]);
+    }
+    // The cache fills (16 ids), 256 stays in use, then more ids come and the cache evicts.
+    push(&[template(258..272)]);
+    for k in 0..4 {
+        push(&[data(256, k)]);
+    }
+    push(&[template(272..276)]);
+    for k in 0..4 {
+        push(&[data(256, k), data(271, k)]);
+    }
+    assert_eq!(assert_same(&d), 4, "fast only before the cache filled");
+}
+
 proptest! {
     /// Random v9 templates (one or two, one maybe redefined midway) and records of random
     /// octets, padded or not, with random header counts and clocks: the fast path gives what
