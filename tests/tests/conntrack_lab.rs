@@ -448,11 +448,12 @@ fn conntrack_event_flood_past_a_small_buffer_is_counted_resynchronised_and_recon
     }
     // Sweeps leave alone what they do not export: the probe's own export datagrams (an
     // unlabelled connection) keep every packet counted since the start.
-    let collector_port = sock.local_addr().expect("collector address").port();
+    // By address and port: a flood connection's destination port may equal the collector's.
+    let collector = sock.local_addr().expect("collector address");
     let export_conn = conntrack::table(&lab)
         .expect("conntrack table")
         .into_iter()
-        .find(|c| c.protocol == 17 && c.orig.3 == collector_port)
+        .find(|c| c.protocol == 17 && c.orig.1 == collector.ip() && c.orig.3 == collector.port())
         .expect("the export connection");
     assert!(
         export_conn.orig_packets >= log.datagrams,
