@@ -33,7 +33,11 @@ use labelflow_proto::ipfix::{Message, Template};
 use labelflow_proto::plan::{ExportClock, FlowPlan, FlowView};
 use labelflow_proto::FlowRecord;
 use lru::LruCache;
-use netflow_parser::{NetflowError, NetflowParser};
+use netflow_parser::variable_versions::MAX_FIELD_COUNT;
+use netflow_parser::{
+    NetflowError, NetflowParser, DEFAULT_MAX_DECODED_FIELD_VALUES_PER_MESSAGE,
+    DEFAULT_MAX_RECORDS_PER_FLOWSET,
+};
 
 use crate::aggregate::FxBuild;
 use crate::templates::{self, TemplateRecord};
@@ -167,9 +171,12 @@ impl Session {
     /// parser reported an error, or the sets cannot be walked, nothing from this message is
     /// trusted: the ids it names (or all ids) go back to the parser.
     fn learn_templates(&mut self, message: &[u8], parser_failed: bool, max: usize) {
+        if self.crowded {
+            return;
+        }
         let cached =
             self.parser.v9_cache_info().current_size + self.parser.ipfix_cache_info().current_size;
-        if self.crowded || cached >= max.div_ceil(2) {
+        if cached >= max.div_ceil(2) {
             self.crowded = true;
             self.fast.clear();
             self.fast_v9.clear();
@@ -254,10 +261,12 @@ impl Session {
             }
             let plan = self.fast_v9.get(&id)?.as_ref()?;
             let n = plan.check(body).ok()?;
-            // Within what the parser decodes of a flowset and a message (its
-            // max_records_per_flowset and decoded-values budget); past them it decides.
+            // Within what the parser decodes of a flowset and a message (its default
+            // bounds, which the session's parsers keep); past them it decides.
             values += n * plan.fields();
-            if n > V9_MAX_RECORDS_PER_FLOWSET || values > V9_MAX_VALUES_PER_MESSAGE {
+            if n > DEFAULT_MAX_RECORDS_PER_FLOWSET
+                || values > DEFAULT_MAX_DECODED_FIELD_VALUES_PER_MESSAGE
+            {
                 return None;
             }
             produced += n as u32;
@@ -393,13 +402,6 @@ impl FastTemplate {
     }
 }
 
-/// `netflow_parser`'s own bounds on a v9 data flowset's records and on the field values
-/// it decodes from one message (its `DEFAULT_MAX_RECORDS_PER_FLOWSET` and
-/// `DEFAULT_MAX_DECODED_FIELD_VALUES_PER_MESSAGE`): a message past them goes to the parser,
-/// which decides what to do with it.
-const V9_MAX_RECORDS_PER_FLOWSET: usize = 1024;
-const V9_MAX_VALUES_PER_MESSAGE: usize = 65_536;
-
 /// The flowset at `at` of a v9 message: its id and body; `None` when no whole flowset
 /// starts there.
 fn v9_flowset(message: &[u8], at: usize) -> Option<(u16, &[u8])> {
@@ -424,9 +426,9 @@ fn v9_plan(record: &[u8]) -> Option<FlowPlan> {
         }
         fields.push(FieldSpec::iana(id, len));
     }
-    // netflow_parser refuses templates of more fields than its max_field_count (10,000),
-    // keeping the id's former definition.
-    if fields.len() > 10_000
+    // netflow_parser refuses templates of more fields than its max_field_count, keeping the
+    // id's former definition.
+    if fields.len() > MAX_FIELD_COUNT
         || fields.iter().map(|f| usize::from(f.length)).sum::<usize>() > usize::from(u16::MAX)
     {
         return None;

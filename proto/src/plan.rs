@@ -265,8 +265,13 @@ impl<'a> FlowView<'a> {
         let (start, end) = match o.times {
             Times::Millis { start, end } => (u64_at(start)?, u64_at(end)?),
             Times::Uptime { start, end } => {
-                let (s, e) = (u64::from(u32_at(start)?), u64::from(u32_at(end)?));
-                uptime_times(self.anchor, s, e, self.export_ms)
+                let up = (u64::from(u32_at(start)?), u64::from(u32_at(end)?));
+                resolve_times(
+                    self.anchor,
+                    self.export_ms,
+                    (None, None),
+                    (Some(up.0), Some(up.1)),
+                )
             }
         };
         Some(Ipv4Flow {
@@ -392,22 +397,12 @@ impl<'a> FlowView<'a> {
     /// init time, uptime-relative times keep their duration, ending at the end.
     #[inline]
     pub fn times(&self) -> (u64, u64) {
-        let (export, anchor) = (self.export_ms, self.anchor);
-        let (start, end) = (self.time(Slot::Start), self.time(Slot::End));
-        let (start_up, end_up) = (self.num(Slot::StartUp), self.num(Slot::EndUp));
-        if let (None, None, Some(s), Some(e)) = (start, end, start_up, end_up) {
-            return uptime_times(anchor, s, e, export);
-        }
-        let up = |u: Option<u64>| anchor.place(u?, export);
-        let end = end.or_else(|| up(end_up)).unwrap_or(export);
-        let mut start = start.or_else(|| up(start_up));
-        if start.is_none() && anchor == Anchor::None {
-            if let (Some(s), Some(e)) = (start_up, end_up) {
-                start = Some(end.saturating_sub(e.saturating_sub(s)));
-            }
-        }
-        let start = start.unwrap_or(end);
-        (start.min(end), start.max(end))
+        resolve_times(
+            self.anchor,
+            self.export_ms,
+            (self.time(Slot::Start), self.time(Slot::End)),
+            (self.num(Slot::StartUp), self.num(Slot::EndUp)),
+        )
     }
 
     /// The label this record carries itself (`applicationName`, cleaned, non-empty), else
@@ -852,18 +847,27 @@ const CONNTRACK_SLOTS: [Slot; 10] = [
     Slot::RevPackets,
 ];
 
-/// (start, end) of a record with only sysUpTime-relative times: placed by the anchor, else
-/// kept as a duration that ends at the export time.
+/// (start, end) of a record from its absolute (start, end) and sysUpTime-relative
+/// (start, end) times, by `RecordBuilder`'s rule: absolute times first, then uptimes placed
+/// by the anchor; a missing end is the export time, a missing start the end; without an
+/// anchor, two uptimes keep their duration, ending at the end; swapped when reversed.
 #[inline]
-fn uptime_times(anchor: Anchor, start: u64, end: u64, export_ms: u64) -> (u64, u64) {
-    let (s, e) = match (anchor.place(start, export_ms), anchor.place(end, export_ms)) {
-        (Some(s), Some(e)) => (s, e),
-        _ => (
-            export_ms.saturating_sub(end.saturating_sub(start)),
-            export_ms,
-        ),
-    };
-    (s.min(e), s.max(e))
+fn resolve_times(
+    anchor: Anchor,
+    export_ms: u64,
+    (start, end): (Option<u64>, Option<u64>),
+    (start_up, end_up): (Option<u64>, Option<u64>),
+) -> (u64, u64) {
+    let up = |u: Option<u64>| anchor.place(u?, export_ms);
+    let end = end.or_else(|| up(end_up)).unwrap_or(export_ms);
+    let mut start = start.or_else(|| up(start_up));
+    if start.is_none() && anchor == Anchor::None {
+        if let (Some(s), Some(e)) = (start_up, end_up) {
+            start = Some(end.saturating_sub(e.saturating_sub(s)));
+        }
+    }
+    let start = start.unwrap_or(end);
+    (start.min(end), start.max(end))
 }
 
 /// Big-endian unsigned value of 1–8 octets (the plan guarantees the length).
