@@ -140,12 +140,14 @@ receiver() {
 }
 
 metric() { curl -s "http://127.0.0.1:$2/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
-# 1 once every datagram the collector received is committed to its store.
+# 1 once every datagram the collector received is committed to its store or counted as
+# dropped by its spool.
 committed() {
   curl -s "http://127.0.0.1:$1/metrics" | awk '
     $1 == "labelflow_collector_datagrams_total" { d = $2 }
     $1 == "labelflow_collector_committed_datagrams_total" { c = $2 }
-    END { print (d != "" && c == d) }'
+    $1 == "labelflow_collector_spool_dropped_datagrams_total" { x = $2 }
+    END { print (d != "" && c + x == d) }'
 }
 hwm_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 # utime + stime of all the process's threads (/proc/PID/stat fields 14 and 15), clock ticks.
@@ -217,6 +219,8 @@ stop_collector() {
 collector_run() {
   local stream=$1 rate=$2 sender=$3 gro=$4 udp=47390 http=47391
   rm -f "$WORK"/c.db*
+  # Every probe starts with no dirty pages left by the one before (the receivers' files).
+  sync
   printf 'recv_buffer = %s\nudp_gro = %s\n' "$COLLECTOR_RCVBUF" "$gro" >"$WORK/c.toml"
   receiver "$BIN/labelflow-collector" --config "$WORK/c.toml" --listen 127.0.0.1:$udp --http 127.0.0.1:$http \
     --db "$WORK/c.db" 2>"$WORK/c.log" &
@@ -229,13 +233,18 @@ collector_run() {
   # Records counted once the replay is over (the counters are published every 250 ms), until
   # all are in or the count stops moving. Polled only then: a scrape costs the collector
   # ~0.3 ms of CPU, which at 50/s would add a few per cent to its CPU time per record.
-  # A count that stands still while datagrams wait in the socket is not final (the ingest
-  # thread may be busy taking a large batch); bounded at 10 s.
+  # A count that stands still while datagrams wait in the socket or in the collector's spool
+  # is not final (decoding runs behind receiving); bounded at 60 s.
   local got prev=-1 still=0 waited=0
-  while [ $waited -lt 500 ]; do
+  while [ $waited -lt 3000 ]; do
     got=$(metric labelflow_collector_flow_records_total $http)
     [ "${got:-0}" -ge "$total" ] && break
-    if [ "$got" = "$prev" ] && [ "$(recvq $udp)" = 0 ]; then still=$((still + 1)); else still=0; fi
+    if [ "$got" = "$prev" ] && [ "$(recvq $udp)" = 0 ] &&
+      [ "$(metric labelflow_collector_spool_datagrams $http)" = 0 ]; then
+      still=$((still + 1))
+    else
+      still=0
+    fi
     [ $still -ge 50 ] && break
     prev=$got
     sleep 0.02; waited=$((waited + 1))
@@ -259,6 +268,7 @@ collector_run() {
 nfcapd_run() {
   local stream=$1 rate=$2 sender=$3 udp=47392
   rm -rf "$WORK/nf"; mkdir "$WORK/nf"
+  sync
   receiver nfcapd -w "$WORK/nf" -b 127.0.0.1 -p $udp -t 3600 -B "$RCVBUF" >/dev/null 2>&1 &
   local pid=$!
   until [ -n "$(rcvbuf $udp)" ]; do sleep 0.05; done

@@ -108,6 +108,9 @@ pub struct RawLimits {
     /// socket buffer holds or drops what arrives meanwhile (counted as sequence gaps).
     /// Default 1073741824 (1 GiB).
     pub max_journal_bytes: Option<Spanned<usize>>,
+    /// Octets of received datagrams the spool file holds while decoding is behind; past
+    /// it datagrams are dropped and counted. Default 1073741824 (1 GiB).
+    pub max_spool_bytes: Option<Spanned<usize>>,
     /// Keys of the per-bucket key bound tracked over all buckets; past it the oldest
     /// buckets' bookkeeping is forgotten. Default 262144.
     pub max_tracked_keys: Option<Spanned<usize>>,
@@ -214,6 +217,7 @@ pub struct Config {
     pub max_metric_labels: usize,
     pub max_pending_cells: NonZeroUsize,
     pub max_journal_bytes: NonZeroUsize,
+    pub max_spool_bytes: NonZeroUsize,
     pub max_domains_per_exporter: NonZeroUsize,
     pub max_application_names: usize,
     pub max_pending_template_bytes: NonZeroUsize,
@@ -392,6 +396,7 @@ impl Config {
             max_metric_labels: l.max_metric_labels.as_ref().map_or(64, |v| *v.get_ref()),
             max_pending_cells: src.nz(&l.max_pending_cells, "limits.max_pending_cells", 8_192)?,
             max_journal_bytes: src.nz(&l.max_journal_bytes, "limits.max_journal_bytes", 1 << 30)?,
+            max_spool_bytes: src.nz(&l.max_spool_bytes, "limits.max_spool_bytes", 1 << 30)?,
             max_domains_per_exporter: src.nz(
                 &l.max_domains_per_exporter,
                 "limits.max_domains_per_exporter",

@@ -1,12 +1,12 @@
-//! The daemon around [`Ingest`]: UDP sockets, the ingest thread, the store thread, HTTP
-//! (tokio), and the drain on shutdown.
+//! The daemon around [`Ingest`]: UDP sockets, the receiving, decoding, journal writer and
+//! store threads, HTTP (tokio), and the drain on shutdown.
 //!
 //! ```text
-//!  UDP sockets ──poll + recvmmsg──► ingest thread ──(one journal batch at a time)──► store
-//!                 (many datagrams    decode, label,  handed over when the store thread   thread
-//!                  per system call;  time rule,      is free; meanwhile records keep
-//!                  with UDP_GRO      journal         adding up in the batch
-//!                  several per read) encoding
+//!  UDP sockets ──poll + recvmmsg──► receive thread ──chunks──► ingest thread ──► journal
+//!                 (many datagrams    allowlist, copy   (spool:    decode, label,  writer
+//!                  per system call;  into a chunk      memory,    time rule,      thread
+//!                  with UDP_GRO                        then a     journal         ──► store
+//!                  several per read)                   file)      encoding            thread
 //!  store thread: journal batch ──► one SQLite transaction (journal row, sequence numbers,
 //!                templates, options state), then back to the ingest thread at once;
 //!                no batch waiting ──► merge a slice of the journal (aggregation, rollups,
@@ -14,13 +14,15 @@
 //!  tokio: HTTP (axum), shutdown signal
 //! ```
 //!
-//! Decoding and journaling cost about a tenth of a microsecond per record, so one thread
-//! receives and ingests: no hand-off per datagram, one wake-up per burst, and the socket's
-//! receive buffer absorbs bursts as it does for nfcapd. What can stall (aggregating a
-//! high-cardinality or backlog stream, an SQLite commit or checkpoint) runs on the store
-//! thread and never holds up receiving: the journal takes records as fast as they come
-//! (bounded by `limits.max_journal_bytes`), and the merge catches up behind it
-//! ([`crate::journal`]).
+//! Receiving comes first. The receive thread only reads, checks the allowlist and copies
+//! datagrams into chunks for the ingest thread ([`crate::spool`]): a few tens of
+//! nanoseconds a record, most of it the kernel's. Everything else runs behind it at a lower
+//! priority, and steps aside while a socket's queue fills ([`crate::spool::Pressure`]):
+//! when the cores are busy, a burst is spooled to disk as fast as it arrives and decoded,
+//! journaled and merged as the cores allow, in order. What can stall for longer
+//! (aggregating a high-cardinality or backlog stream, an SQLite commit or checkpoint) runs
+//! on the store thread: the journal takes records as fast as they are decoded (bounded by
+//! `limits.max_journal_bytes`), and the merge catches up behind it ([`crate::journal`]).
 
 use std::future::Future;
 use std::io;
@@ -46,6 +48,15 @@ const SLOTS: usize = 64;
 const MAX_DATAGRAM: usize = 65536;
 /// How often a waiting ingest thread looks at the stop flag and the clock.
 const POLL: Duration = Duration::from_millis(100);
+/// Longest a read waits in the receiving thread's chunk before the decoder gets it, when
+/// datagrams come slower than a chunk fills.
+const FLUSH: Duration = Duration::from_millis(2);
+/// How long the receiving thread waits when its sockets run dry in the middle of a stream,
+/// before it reads again (not waking up per datagram), and the least receive buffer
+/// (`recv_buffer`) for which it does: 1 ms of 300,000 datagrams a second is about 700 KiB
+/// of the buffer's accounting (a loopback datagram of 1,400 octets takes about 2.3 KiB).
+const NAP: Duration = Duration::from_millis(1);
+const NAP_BUFFER: usize = 4 << 20;
 /// How often the ingest thread publishes its counters for `/metrics`.
 const PUBLISH: Duration = Duration::from_millis(250);
 
@@ -185,20 +196,42 @@ pub fn run(
     let (tx, to_writer) = sync_channel::<JournalBatch>(JOURNAL_QUEUE);
     let (written, rx) = sync_channel::<JournalBatch>(JOURNAL_QUEUE);
     let (give_back, returned) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (spool_tx, spool_rx, spool_stats, left) =
+        crate::spool::open(&cfg.db, cfg.max_spool_bytes.get() as u64).with_context(|| {
+            let file = crate::spool::spool_path(&cfg.db);
+            format!("creating the spool file {}", file.display())
+        })?;
+    if left > 0 {
+        tracing::warn!(
+            octets = left,
+            "the spool held datagrams received before the last stop and never decoded: \
+             discarded (they show as sequence gaps as exporters resume)"
+        );
+    }
+    if let Ok(mut m) = metrics.lock() {
+        m.spool = Some(spool_stats.clone());
+    }
+    // Threads behind the receiving one (ids), whose priority goes back up at shutdown.
+    let behind = Arc::new(Mutex::new(Vec::<i32>::new()));
     let writer = {
-        let (db, metrics) = (cfg.db.clone(), metrics.clone());
+        let (db, metrics, behind) = (cfg.db.clone(), metrics.clone(), behind.clone());
+        let spool = spool_stats.clone();
         std::thread::Builder::new()
             .name("journal".into())
-            .spawn(move || writer_loop(&db, writer, &to_writer, &written, &give_back, &metrics))?
+            .spawn(move || {
+                lower_priority(&behind);
+                let to = (&written, &give_back);
+                writer_loop(&db, writer, &to_writer, to, &metrics, &spool)
+            })?
     };
     // The store thread's id, for its priority at shutdown.
     let store_tid = Arc::new(AtomicI32::new(0));
     let storer = {
         let (cfg, metrics, busy) = (cfg.clone(), metrics.clone(), queued.clone());
-        let tid = store_tid.clone();
+        let (tid, spool) = (store_tid.clone(), spool_stats.clone());
         std::thread::Builder::new()
             .name("store".into())
-            .spawn(move || store_loop(&cfg, store, segment, &rx, (&busy, &tid), &metrics))?
+            .spawn(move || store_loop(&cfg, store, segment, &rx, (&busy, &tid), &metrics, &spool))?
     };
     let stop = Arc::new(AtomicBool::new(false));
     // The ClickHouse sink stops after the store thread, so it sees the last commit.
@@ -220,17 +253,25 @@ pub fn run(
         None => None,
     };
     let worker = {
-        let (cfg, stop, metrics) = (cfg.clone(), stop.clone(), metrics.clone());
+        let (cfg, metrics, behind) = (cfg.clone(), metrics.clone(), behind.clone());
         let busy = queued.clone();
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("ingest".into())
+            .spawn(move || {
+                lower_priority(&behind);
+                let hand = (&tx, &returned, &*busy);
+                decode_loop(&cfg, ingest, spool_rx, hand, &stop, &metrics);
+            })?
+    };
+    let receiver = {
+        let (cfg, stop, metrics) = (cfg.clone(), stop.clone(), metrics.clone());
         for s in &sockets {
             s.set_nonblocking(true)?;
         }
         std::thread::Builder::new()
-            .name("ingest".into())
-            .spawn(move || {
-                let hand = (&tx, &returned, &*busy);
-                ingest_loop(&cfg, ingest, &sockets, hand, &stop, &metrics);
-            })?
+            .name("receive".into())
+            .spawn(move || receive_loop(&cfg, &sockets, spool_tx, &stop, &metrics))?
     };
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -267,15 +308,24 @@ pub fn run(
     // The ingest thread drains what the kernel holds, hands over its last batch and ends;
     // the store thread then sees the channel close, commits and ends.
     stop.store(true, Ordering::Release);
-    // The store thread runs at a lower priority so that receiving comes first; what is left
-    // to journal and merge now goes at the default one, so that SIGTERM ends promptly when
-    // the cores are busy. setpriority(2) lets only a privileged process (CAP_SYS_NICE, or
-    // an RLIMIT_NICE that allows it) raise a priority: otherwise the thread keeps its share.
-    if let Some(tid) = rustix::process::Pid::from_raw(store_tid.load(Ordering::Acquire)) {
-        if let Err(e) = rustix::process::setpriority_process(Some(tid), 0) {
-            tracing::debug!(error = %e, "could not restore the store thread's priority");
+    spool_stats.pressure.release();
+    // The threads behind the receiving one run at a lower priority so that receiving comes
+    // first; what is left to decode, journal and merge now goes at the default one, so
+    // that SIGTERM ends promptly when the cores are busy. setpriority(2) lets only a
+    // privileged process (CAP_SYS_NICE, or an RLIMIT_NICE that allows it) raise a
+    // priority: otherwise the threads keep their share.
+    let mut tids = behind.lock().map(|v| v.clone()).unwrap_or_default();
+    tids.push(store_tid.load(Ordering::Acquire));
+    for tid in tids {
+        if let Some(tid) = rustix::process::Pid::from_raw(tid) {
+            if let Err(e) = rustix::process::setpriority_process(Some(tid), 0) {
+                tracing::debug!(error = %e, "could not restore a thread's priority");
+            }
         }
     }
+    receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("receive thread panicked"))?;
     worker
         .join()
         .map_err(|_| anyhow::anyhow!("ingest thread panicked"))?;
@@ -301,6 +351,9 @@ const READS_PER_PASS: usize = 16;
 /// Longest the final drain on shutdown reads for: under a flood the queue never empties,
 /// and what arrives after SIGTERM need not be taken.
 const FINAL_DRAIN: Duration = Duration::from_millis(500);
+/// Longest the decoder goes on decoding the spool after SIGTERM (a spool of a full
+/// `limits.max_spool_bytes` takes longer); what is left is dropped and counted.
+const FINAL_DECODE: Duration = Duration::from_secs(2);
 
 /// The ingest thread's side of the hand-over to the store thread.
 struct Handover<'a> {
@@ -312,7 +365,8 @@ struct Handover<'a> {
     /// Batches handed over and not yet journaled by the store thread.
     queued: &'a AtomicUsize,
     metrics: &'a Mutex<Snapshot>,
-    counts: ReceiveCounts,
+    /// Batches handed over early because a pending bound was reached.
+    early_commits: u64,
     last: Instant,
     last_publish: Instant,
 }
@@ -321,9 +375,7 @@ impl Handover<'_> {
     fn publish(&mut self, ingest: &Ingest) {
         if let Ok(mut m) = self.metrics.lock() {
             ingest.fill(&mut m);
-            m.receive_errors = self.counts.errors;
-            m.gro_reads = self.counts.gro_reads;
-            m.early_commits = self.counts.early_commits;
+            m.early_commits = self.early_commits;
         }
         self.last_publish = Instant::now();
     }
@@ -366,29 +418,48 @@ impl Handover<'_> {
     }
 }
 
-/// Receive from every socket and ingest, until `stop`; then drain the sockets (for at most
-/// [`FINAL_DRAIN`]), hand over the last batch and return (dropping `tx` tells the store
-/// thread to finish).
-fn ingest_loop(
+/// Nice value of the threads behind the receiving one (decoding, the journal writer, the
+/// store): about a tenth of a core's share each against a busy receiving thread, all of an
+/// idle core otherwise (setpriority on a thread id sets that thread's nice value,
+/// setpriority(2)).
+const BEHIND_NICE: i32 = 10;
+
+/// Run the calling thread at [`BEHIND_NICE`] and note its id in `behind`.
+fn lower_priority(behind: &Mutex<Vec<i32>>) {
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), BEHIND_NICE) {
+        tracing::debug!(error = %e, "could not lower a thread's priority");
+    }
+    if let Ok(mut v) = behind.lock() {
+        v.push(rustix::process::Pid::as_raw(Some(tid)));
+    }
+}
+
+/// Receive from every socket into the spool, until `stop`; then drain the sockets (for at
+/// most [`FINAL_DRAIN`]), hand over the last chunk and return (dropping the spool's sending
+/// side tells the decoder to finish). Only the allowlist is looked at here: a datagram
+/// costs a share of a `recvmmsg(2)` and a copy, and behind a busy decoder a share of a
+/// `write(2)` ([`crate::spool`]).
+fn receive_loop(
     cfg: &Config,
-    mut ingest: Ingest,
     sockets: &[StdUdpSocket],
-    (tx, returned, queued): (&SyncSender<JournalBatch>, &Receiver<Vec<u8>>, &AtomicUsize),
+    mut spool: crate::spool::SpoolTx,
     stop: &AtomicBool,
     metrics: &Mutex<Snapshot>,
 ) {
     let mut ring = MultiRecv::new();
-    let mut limiter = RateLimit::default();
-    let mut hand = Handover {
-        tx,
-        returned,
-        out: 0,
-        queued,
-        metrics,
+    let mut admission = crate::ingest::Admission::new(cfg);
+    let mut r = Receiving {
+        chunk: spool.chunk(),
+        in_chunk: 0,
         counts: ReceiveCounts::default(),
-        last: Instant::now(),
-        last_publish: Instant::now(),
+        refused: 0,
+        spool,
+        open: true,
+        since: None,
     };
+    let mut published = (ReceiveCounts::default(), 0);
+    let mut last_publish = Instant::now();
     let mut fds: Vec<libc::pollfd> = sockets
         .iter()
         .map(|s| libc::pollfd {
@@ -398,99 +469,250 @@ fn ingest_loop(
         })
         .collect();
     let mut drain_until: Option<Instant> = None;
-    loop {
+    // Whether the receive buffer holds what arrives in a NAP at a few hundred thousand
+    // datagrams a second, and whether the last pass read anything.
+    let napping = cfg.recv_buffer >= NAP_BUFFER;
+    let mut busy = false;
+    let publish = |r: &Receiving, admission: &crate::ingest::Admission| {
+        if let Ok(mut m) = metrics.lock() {
+            m.receive_errors = r.counts.errors;
+            m.gro_reads = r.counts.gro_reads;
+            admission.fill(&mut m);
+        }
+    };
+    while r.open {
         if drain_until.is_none() && stop.load(Ordering::Acquire) {
             drain_until = Some(Instant::now() + FINAL_DRAIN);
         }
-        ingest.set_clock(now_ms());
+        let now = now_ms();
         let mut got = 0;
         for s in sockets {
-            got += receive(s, &mut ring, &mut ingest, &mut hand, &mut limiter);
+            got += r.receive(s, &mut ring, &mut admission, now);
         }
         if let Some(until) = drain_until {
             if got == 0 || Instant::now() >= until {
-                if ingest.pending_datagrams() > 0 {
-                    hand.hand_over(&mut ingest, true);
-                }
-                hand.publish(&ingest);
-                return;
+                break;
             }
             continue;
+        }
+        if got == 0 && napping && busy {
+            // The queue ran dry in the middle of a stream: let a few datagrams gather
+            // rather than wake up for each (a wake-up costs a few microseconds, as much as
+            // receiving a dozen datagrams); the receive buffer holds them meanwhile.
+            busy = false;
+            std::thread::sleep(NAP);
+            continue;
+        }
+        busy = got > 0;
+        if got == 0 {
+            // Nothing queued: what was read goes to the decoder once it is FLUSH old (one
+            // hand-over per few datagrams at low rates), then sleep until a socket is
+            // readable, the chunk is due or it is time to look at the stop flag.
+            let mut wait = POLL;
+            if let Some(since) = r.since {
+                match FLUSH.checked_sub(since.elapsed()) {
+                    Some(left) if !left.is_zero() => wait = left,
+                    _ => r.flush(),
+                }
+            }
+            if (r.counts, r.refused) != published || last_publish.elapsed() >= PUBLISH {
+                publish(&r, &admission);
+                published = (r.counts, r.refused);
+                last_publish = Instant::now();
+            }
+            // SAFETY: `fds` is a valid array of pollfd of the given length.
+            unsafe {
+                libc::poll(
+                    fds.as_mut_ptr(),
+                    fds.len() as libc::nfds_t,
+                    wait.as_millis().max(1) as libc::c_int,
+                )
+            };
+        } else if last_publish.elapsed() >= PUBLISH {
+            publish(&r, &admission);
+            published = (r.counts, r.refused);
+            last_publish = Instant::now();
+        }
+    }
+    r.flush();
+    publish(&r, &admission);
+}
+
+/// The receiving thread's state: the chunk being filled and its counters.
+struct Receiving {
+    spool: crate::spool::SpoolTx,
+    chunk: Vec<u8>,
+    /// Datagrams in `chunk` (a read with receive offload may carry several).
+    in_chunk: u64,
+    counts: ReceiveCounts,
+    refused: u64,
+    /// Whether the decoder is still there.
+    open: bool,
+    /// When the first read of `chunk` came.
+    since: Option<Instant>,
+}
+
+impl Receiving {
+    /// Hand the chunk being filled to the decoder.
+    fn flush(&mut self) {
+        if self.in_chunk == 0 {
+            return;
+        }
+        self.since = None;
+        let chunk = std::mem::take(&mut self.chunk);
+        let (open, next) = self.spool.send(chunk, std::mem::take(&mut self.in_chunk));
+        self.chunk = next;
+        self.open &= open;
+    }
+
+    /// Read up to [`READS_PER_PASS`] reads queued on one socket into the spool; the reads
+    /// taken.
+    fn receive(
+        &mut self,
+        s: &StdUdpSocket,
+        ring: &mut MultiRecv,
+        admission: &mut crate::ingest::Admission,
+        now_ms: u64,
+    ) -> usize {
+        let mut got = 0;
+        for _ in 0..READS_PER_PASS {
+            let n = match ring.recv(s) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    break
+                }
+                Err(e) => {
+                    self.counts.errors += 1;
+                    tracing::debug!(error = %e, "recv");
+                    break;
+                }
+            };
+            got += n;
+            if n == SLOTS && queue_filling(s) {
+                self.spool.stats().pressure.press(now_ms);
+            }
+            for i in 0..n {
+                let (from, d, seg) = ring.datagram(i);
+                let datagrams = segments(d, seg).count() as u64;
+                self.counts.gro_reads += u64::from(datagrams > 1);
+                if !admission.admit(from) {
+                    self.refused += datagrams;
+                    continue;
+                }
+                let e = crate::spool::Entry {
+                    from,
+                    received_ms: now_ms,
+                    segment: if datagrams > 1 { seg } else { 0 },
+                    bytes: d,
+                };
+                if !crate::spool::push(&mut self.chunk, &e) {
+                    self.flush();
+                    crate::spool::push(&mut self.chunk, &e);
+                }
+                self.since.get_or_insert_with(Instant::now);
+                self.in_chunk += datagrams;
+            }
+            if n < SLOTS {
+                break;
+            }
+        }
+        got
+    }
+}
+
+/// Decode what the receiving thread spooled, label it and hand journal batches to the
+/// writer and store threads, until the receiving thread has gone and the spool is empty;
+/// then hand over the last batch and return (dropping `tx` tells the writer and store
+/// threads to finish). After `stop`, the spool is decoded for at most [`FINAL_DECODE`];
+/// what is left then is dropped and counted.
+fn decode_loop(
+    cfg: &Config,
+    mut ingest: Ingest,
+    mut spool: crate::spool::SpoolRx,
+    (tx, returned, queued): (&SyncSender<JournalBatch>, &Receiver<Vec<u8>>, &AtomicUsize),
+    stop: &AtomicBool,
+    metrics: &Mutex<Snapshot>,
+) {
+    let mut limiter = RateLimit::default();
+    let mut hand = Handover {
+        tx,
+        returned,
+        out: 0,
+        queued,
+        metrics,
+        early_commits: 0,
+        last: Instant::now(),
+        last_publish: Instant::now(),
+    };
+    let mut clock = 0;
+    let stats = spool.stats().clone();
+    let mut give_up: Option<Instant> = None;
+    let mut abandoned = 0u64;
+    let mut open = true;
+    loop {
+        if give_up.is_none() && stop.load(Ordering::Acquire) {
+            give_up = Some(Instant::now() + FINAL_DECODE);
+        }
+        let late = give_up.is_some_and(|t| Instant::now() >= t);
+        if give_up.is_none() && stats.receiving_first(now_ms()) {
+            stats.pressure.yield_once();
+            continue;
+        }
+        let wait = POLL.min(cfg.commit_interval);
+        let got = spool.recv(wait, |e| {
+            if late {
+                abandoned += segments(e.bytes, e.segment).count() as u64;
+                return;
+            }
+            if e.received_ms != clock {
+                clock = e.received_ms;
+                ingest.set_clock(clock);
+            }
+            for d in segments(e.bytes, e.segment) {
+                match ingest.datagram(e.from, d) {
+                    Ok(r) => {
+                        if let Some(err) = r.error {
+                            log_decode(&mut limiter, e.from, err);
+                        }
+                    }
+                    Err(err) => log_decode(&mut limiter, e.from, err),
+                }
+                if open && ingest.over_bound() {
+                    hand.early_commits += 1;
+                    open = hand.hand_over(&mut ingest, true);
+                }
+            }
+        });
+        if got == crate::spool::Received::Closed || !open {
+            if ingest.pending_datagrams() > 0 && open {
+                hand.hand_over(&mut ingest, true);
+            }
+            if abandoned > 0 {
+                spool.drop_counted(abandoned);
+                tracing::warn!(
+                    datagrams = abandoned,
+                    "shutdown: datagrams received and still undecoded after the drain were dropped"
+                );
+            }
+            hand.publish(&ingest);
+            return;
         }
         // Hand the deltas over when due and the store thread is free; otherwise they keep
         // adding up here and go with the next batch.
         let due = ingest.pending_datagrams() >= cfg.commit_datagrams.get()
             || (ingest.pending_datagrams() > 0 && hand.last.elapsed() >= cfg.commit_interval);
         if due && !hand.hand_over(&mut ingest, false) {
-            return;
+            open = false;
         }
         if hand.last_publish.elapsed() >= PUBLISH {
             hand.publish(&ingest);
         }
-        if got == 0 {
-            // Nothing queued: sleep until a socket is readable or it is time to look at
-            // the stop flag and the commit clock.
-            let wait = POLL.min(cfg.commit_interval).as_millis() as libc::c_int;
-            // SAFETY: `fds` is a valid array of pollfd of the given length.
-            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait) };
-        }
     }
-}
-
-/// Read and ingest up to [`READS_PER_PASS`] reads queued on one socket; the datagrams
-/// taken. A pending bound reached mid-read hands the batch over at once.
-fn receive(
-    s: &StdUdpSocket,
-    ring: &mut MultiRecv,
-    ingest: &mut Ingest,
-    hand: &mut Handover<'_>,
-    limiter: &mut RateLimit,
-) -> usize {
-    let mut got = 0;
-    for _ in 0..READS_PER_PASS {
-        let n = match ring.recv(s) {
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                break
-            }
-            Err(e) => {
-                hand.counts.errors += 1;
-                tracing::debug!(error = %e, "recv");
-                break;
-            }
-        };
-        got += n;
-        for i in 0..n {
-            let (from, d, seg) = ring.datagram(i);
-            hand.counts.gro_reads += u64::from(seg != 0 && d.len() > seg);
-            for d in segments(d, seg) {
-                if !ingest.admit(from) {
-                    continue;
-                }
-                match ingest.datagram(from, d) {
-                    Ok(r) => {
-                        if let Some(e) = r.error {
-                            log_decode(limiter, from, e);
-                        }
-                    }
-                    Err(e) => log_decode(limiter, from, e),
-                }
-                if ingest.over_bound() {
-                    hand.counts.early_commits += 1;
-                    hand.hand_over(ingest, true);
-                }
-            }
-        }
-        if n < SLOTS {
-            break;
-        }
-    }
-    got
 }
 
 mod store;
@@ -518,13 +740,11 @@ fn segments(d: &[u8], seg: usize) -> impl Iterator<Item = &[u8]> {
 }
 
 /// Receive-side counters for `/metrics`.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct ReceiveCounts {
     errors: u64,
     /// Reads that carried several datagrams (UDP receive offload).
     gro_reads: u64,
-    /// Batches handed over early because a pending bound was reached.
-    early_commits: u64,
 }
 
 /// Control buffer per message: room for the `UDP_GRO` segment size (`CMSG_SPACE(4)`, 24
@@ -618,6 +838,37 @@ impl MultiRecv {
     }
 }
 
+/// `SO_MEMINFO` (asm-generic/socket.h, Linux 4.6+): the socket's memory counters, of which
+/// `SK_MEMINFO_RMEM_ALLOC` (what its receive queue holds) and `SK_MEMINFO_RCVBUF` (its
+/// bound, as the kernel doubled it), per sock_diag(7).
+const SO_MEMINFO: libc::c_int = 55;
+/// `SK_MEMINFO_VARS`: the counters `SO_MEMINFO` returns.
+const SK_MEMINFO_VARS: usize = 9;
+
+/// Whether a socket's receive queue holds a sixteenth of its buffer or more: the receiving
+/// thread is not keeping up, and what is behind it steps aside ([`crate::spool::Pressure`])
+/// while most of the buffer is still free to hold what comes meanwhile.
+fn queue_filling(s: &StdUdpSocket) -> bool {
+    let mut info = [0u32; SK_MEMINFO_VARS];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: valid socket fd; the buffer and its length describe `info`, which outlives the
+    // call; the kernel writes at most `len` octets.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    let (held, bound) = (
+        info[libc::SK_MEMINFO_RMEM_ALLOC as usize],
+        info[libc::SK_MEMINFO_RCVBUF as usize],
+    );
+    r == 0 && bound > 0 && u64::from(held) * 16 >= u64::from(bound)
+}
+
 /// The `UDP_GRO` segment size among a received message's control messages, else 0.
 fn gro_segment(h: &libc::msghdr) -> usize {
     let mut seg = 0;
@@ -646,6 +897,27 @@ fn log_decode(limiter: &mut RateLimit, from: IpAddr, e: crate::session::DecodeEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pressure signal reads the kernel's own accounting of a socket's queue.
+    #[test]
+    fn queue_filling_follows_the_receive_queue() {
+        let s = bind_udp("127.0.0.1:0".parse().unwrap(), 256 * 1024, false).unwrap();
+        let to = s.local_addr().unwrap();
+        let tx = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(!queue_filling(&s), "an empty queue");
+        let payload = [0u8; 1400];
+        let mut sent = 0;
+        while !queue_filling(&s) {
+            tx.send_to(&payload, to).unwrap();
+            sent += 1;
+            assert!(sent < 10_000, "the queue never counted as filling");
+        }
+        // A sixteenth of the (doubled) buffer: some datagrams, far from all it holds.
+        assert!(sent > 2, "{sent}");
+        let mut ring = MultiRecv::new();
+        while ring.recv(&s).is_ok() {}
+        assert!(!queue_filling(&s), "drained");
+    }
 
     #[test]
     fn segments_cut_where_the_sender_did() {

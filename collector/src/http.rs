@@ -14,6 +14,7 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -209,7 +210,13 @@ async fn metrics(State(st): State<AppState>) -> Response {
 /// Prometheus text exposition of a snapshot.
 pub fn render_metrics(s: &Snapshot) -> String {
     let mut o = String::new();
-    for (name, help, v) in session_counters(&s.sessions)
+    // Datagrams count as received when the receiving thread takes them, before they are
+    // decoded (the spool between the two may hold some).
+    let mut sessions = s.sessions.clone();
+    if let Some(sp) = &s.spool {
+        sessions.datagrams = sp.received_datagrams.load(Ordering::Relaxed);
+    }
+    for (name, help, v) in session_counters(&sessions)
         .into_iter()
         .chain(store_counters(s))
     {
@@ -233,6 +240,30 @@ pub fn render_metrics(s: &Snapshot) -> String {
          # TYPE labelflow_collector_journal_bytes gauge\nlabelflow_collector_journal_bytes {}\n",
         s.journal_records, s.journal_bytes
     );
+    if let Some(sp) = &s.spool {
+        let _ = write!(
+            o,
+            "# HELP labelflow_collector_spool_datagrams Datagrams received and not decoded yet \
+             (in memory or in the spool file).\n\
+             # TYPE labelflow_collector_spool_datagrams gauge\nlabelflow_collector_spool_datagrams {}\n\
+             # HELP labelflow_collector_spool_bytes Octets of the spool file not decoded yet.\n\
+             # TYPE labelflow_collector_spool_bytes gauge\nlabelflow_collector_spool_bytes {}\n\
+             # HELP labelflow_collector_spool_dropped_datagrams_total Datagrams received and \
+             dropped: the spool file had reached limits.max_spool_bytes, or could not be \
+             written, or was still undecoded when the shutdown's drain ended.\n\
+             # TYPE labelflow_collector_spool_dropped_datagrams_total counter\n\
+             labelflow_collector_spool_dropped_datagrams_total {}\n\
+             # HELP labelflow_collector_receiving_first_ms_total Milliseconds that decoding \
+             and merging stepped aside because a socket's receive queue was filling \
+             (summed over the threads).\n\
+             # TYPE labelflow_collector_receiving_first_ms_total counter\n\
+             labelflow_collector_receiving_first_ms_total {}\n",
+            sp.pending_datagrams.load(Ordering::Relaxed),
+            sp.file_bytes.load(Ordering::Relaxed),
+            sp.dropped_datagrams.load(Ordering::Relaxed),
+            sp.pressure.yielded_ms.load(Ordering::Relaxed),
+        );
+    }
     render_series(&mut o, s);
     render_tunnels(&mut o, s);
     if let Some(c) = &s.clickhouse {

@@ -76,6 +76,8 @@ pub struct Snapshot {
     pub clickhouse: Option<crate::clickhouse::SinkStats>,
     /// The coarse resolutions' key bound (kept by the store thread's rollup).
     pub rollup: RollupStats,
+    /// The daemon's spool between receiving and decoding (live counters).
+    pub spool: Option<std::sync::Arc<crate::spool::SpoolStats>>,
 }
 
 #[derive(Debug)]
@@ -88,12 +90,6 @@ pub struct Ingest {
     template_bytes: usize,
     datagrams: usize,
     max_pending_template_bytes: usize,
-    /// `None`: every source is accepted.
-    allowed: Option<Vec<IpNet>>,
-    /// Datagrams refused per source address (at most `max_exporters` sources; the rest
-    /// under the unspecified address).
-    refused: HashMap<IpAddr, u64>,
-    max_sources: usize,
     /// Merges what [`Ingest::take_batch`] returns (the daemon merges on its store thread).
     merger: Merger,
     /// Emptied record buffers handed back ([`Ingest::recycle`]).
@@ -431,9 +427,6 @@ impl Ingest {
             template_bytes: 0,
             datagrams: 0,
             max_pending_template_bytes: cfg.max_pending_template_bytes.get(),
-            allowed: cfg.allowed_exporters.clone(),
-            refused: HashMap::new(),
-            max_sources: cfg.max_exporters.get(),
             merger: Merger::new(&cfg.agg, cfg.clickhouse.as_ref().is_some_and(|c| c.raw)),
             spare: Vec::new(),
         }
@@ -463,24 +456,6 @@ impl Ingest {
     /// Turn the zero-copy IPFIX and v9 paths on (the default) or off; the result is the same.
     pub fn set_fast_path(&mut self, on: bool) {
         self.sessions.set_fast_path(on);
-    }
-
-    /// Whether datagrams from `source` are accepted (`allowed_exporters`); a refused one is
-    /// counted per source and must not be decoded.
-    pub fn admit(&mut self, source: IpAddr) -> bool {
-        let Some(allowed) = &self.allowed else {
-            return true;
-        };
-        if allowed.iter().any(|n| n.contains(source)) {
-            return true;
-        }
-        let key = if self.refused.len() < self.max_sources || self.refused.contains_key(&source) {
-            source
-        } else {
-            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
-        };
-        *self.refused.entry(key).or_default() += 1;
-        false
     }
 
     /// Handle one datagram.
@@ -586,11 +561,58 @@ impl Ingest {
         s.aggregation.folded_tunnels = a.folded_tunnels;
         s.scopes = self.sessions.scopes();
         s.time_rule = self.labels.metric_time_rule();
+    }
+}
+
+/// `allowed_exporters`: whose datagrams are taken at all. The receiving thread asks before
+/// it hands a datagram on, so that a refused source costs no decoding, no spool and no
+/// journal.
+#[derive(Debug)]
+pub struct Admission {
+    /// `None`: every source is accepted.
+    allowed: Option<Vec<IpNet>>,
+    /// Datagrams refused per source address (at most `max_exporters` sources; the rest
+    /// under the unspecified address).
+    refused: HashMap<IpAddr, u64>,
+    max_sources: usize,
+    max_metric_labels: usize,
+}
+
+impl Admission {
+    pub fn new(cfg: &Config) -> Admission {
+        Admission {
+            allowed: cfg.allowed_exporters.clone(),
+            refused: HashMap::new(),
+            max_sources: cfg.max_exporters.get(),
+            max_metric_labels: cfg.max_metric_labels,
+        }
+    }
+
+    /// Whether datagrams from `source` are accepted; a refused one is counted per source
+    /// and must not be decoded.
+    pub fn admit(&mut self, source: IpAddr) -> bool {
+        let Some(allowed) = &self.allowed else {
+            return true;
+        };
+        if allowed.iter().any(|n| n.contains(source)) {
+            return true;
+        }
+        let key = if self.refused.len() < self.max_sources || self.refused.contains_key(&source) {
+            source
+        } else {
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+        };
+        *self.refused.entry(key).or_default() += 1;
+        false
+    }
+
+    /// The refused counts for `/metrics`, at most `max_metric_labels` sources by name.
+    pub fn fill(&self, s: &mut Snapshot) {
         let mut refused: Vec<(IpAddr, u64)> = self.refused.iter().map(|(a, n)| (*a, *n)).collect();
         refused.sort();
         s.refused_sources.clear();
         for (i, (addr, n)) in refused.into_iter().enumerate() {
-            let name = if i < self.labels.max_metric_labels && !addr.is_unspecified() {
+            let name = if i < self.max_metric_labels && !addr.is_unspecified() {
                 addr.to_string()
             } else {
                 OTHER.to_string()

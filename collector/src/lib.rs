@@ -3,7 +3,8 @@
 //! them in an embedded SQLite store for reports, a JSON API, Prometheus metrics and graphs.
 //!
 //! ```text
-//!  UDP ──► SessionTable (per exporter+domain, persisted templates)
+//!  UDP ──► spool (datagrams in arrival order; memory, then a file behind a busy decoder)
+//!      ──► SessionTable (per exporter+domain, persisted templates)
 //!      │     ├─ IPFIX data sets of known templates: FlowPlan ──► FlowView (zero-copy)
 //!      │     └─ everything else: netflow_parser ──► convert ──► FlowRecord
 //!      ──► FlowSink: label id (name, options, group, exporter rules) ──► Flow
@@ -49,6 +50,7 @@ pub mod journal;
 pub mod net;
 pub mod report;
 pub mod session;
+pub mod spool;
 pub mod store;
 pub mod templates;
 pub mod tunnel_report;

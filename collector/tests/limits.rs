@@ -98,14 +98,17 @@ fn pending_bounds_ask_for_an_early_commit() {
 #[test]
 fn allowlist_refuses_before_decoding() {
     let cfg = Config::parse("allowed_exporters = [\"192.0.2.0/24\"]\n", "a.toml").unwrap();
-    let mut ing = Ingest::new(&cfg);
-    assert!(ing.admit(EXPORTER.parse().unwrap()));
+    let mut adm = labelflow_collector::ingest::Admission::new(&cfg);
+    assert!(adm.admit(EXPORTER.parse().unwrap()));
     for _ in 0..3 {
-        assert!(!ing.admit("198.51.100.7".parse().unwrap()));
+        assert!(!adm.admit("198.51.100.7".parse().unwrap()));
     }
     let mut s = Snapshot::default();
-    ing.fill(&mut s);
+    adm.fill(&mut s);
     assert_eq!(s.refused_sources, vec![("198.51.100.7".to_string(), 3)]);
+    // Nothing reached the decoder.
+    let ing = Ingest::new(&cfg);
+    ing.fill(&mut s);
     assert_eq!(s.sessions.datagrams, 0);
 }
 

@@ -20,13 +20,18 @@ pub(super) fn writer_loop(
     db: &std::path::Path,
     mut writer: crate::journal::Writer,
     rx: &Receiver<JournalBatch>,
-    tx: &SyncSender<JournalBatch>,
-    give_back: &std::sync::mpsc::Sender<Vec<u8>>,
+    (tx, give_back): (&SyncSender<JournalBatch>, &std::sync::mpsc::Sender<Vec<u8>>),
     metrics: &Mutex<Snapshot>,
+    spool: &crate::spool::SpoolStats,
 ) {
     let mut syncer = crate::journal::Syncer::default();
     let mut failed = false;
     for mut b in rx {
+        // Receiving first (crate::spool::Pressure): the batches wait in their bounded
+        // queue, and the decoder with them.
+        while spool.receiving_first(now_ms()) {
+            spool.pressure.yield_once();
+        }
         if let Some(p) = b.parts.take() {
             let done = writer.append(&[&p.names, &p.records]).and_then(|e| {
                 syncer.sync(db, e.segment)?;
@@ -56,10 +61,6 @@ pub(super) fn writer_loop(
     }
 }
 
-/// Nice value of the store thread (journal commits and the merge): about a tenth of a
-/// core's share against a busy receiving thread, all of an idle core otherwise.
-const STORE_NICE: i32 = 10;
-
 /// Records merged between two looks at the channel: a slice of the merge (tens of
 /// milliseconds on a high-cardinality stream) never holds up a journal commit for long.
 const MERGE_SLICE: u64 = 4096;
@@ -77,6 +78,7 @@ pub(super) fn store_loop(
     rx: &Receiver<JournalBatch>,
     (queued, tid): (&AtomicUsize, &AtomicI32),
     metrics: &Mutex<Snapshot>,
+    spool: &crate::spool::SpoolStats,
 ) -> anyhow::Result<()> {
     tid.store(
         rustix::process::Pid::as_raw(Some(rustix::thread::gettid())),
@@ -85,7 +87,8 @@ pub(super) fn store_loop(
     // The merge runs behind the receiver by design: when the cores are busy, the receiving
     // thread comes first (setpriority on a thread id sets that thread's nice value,
     // setpriority(2)).
-    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), STORE_NICE)
+    if let Err(e) =
+        rustix::process::setpriority_process(Some(rustix::thread::gettid()), super::BEHIND_NICE)
     {
         tracing::debug!(error = %e, "could not lower the store thread's priority");
     }
@@ -113,7 +116,15 @@ pub(super) fn store_loop(
     let mut stopping: Option<Instant> = None;
     loop {
         let idle = merge.backlog.0 == 0 && !merge.merger.busy() && merge.merger.is_empty();
-        let wait = if stopping.is_some() || !idle {
+        // Receiving first (crate::spool::Pressure): the merge waits while the receiving
+        // thread is pressed and the journal has room; journal batches are still taken.
+        let yielding = !idle
+            && stopping.is_none()
+            && spool.receiving_first(now_ms())
+            && merge.backlog.1 < cfg.max_journal_bytes.get() as u64 / 2;
+        let wait = if yielding {
+            Duration::from_millis(1)
+        } else if stopping.is_some() || !idle {
             Duration::ZERO
         } else {
             POLL
@@ -149,6 +160,10 @@ pub(super) fn store_loop(
                 }
                 merge.publish(cfg, metrics);
                 queued.fetch_sub(1, Ordering::AcqRel);
+                continue;
+            }
+            Err(RecvTimeoutError::Timeout) if yielding => {
+                spool.pressure.yielded_ms.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             Err(RecvTimeoutError::Timeout) => {}
