@@ -148,13 +148,15 @@ soak_traffic_stop() {
   TRAFFIC_PID=""
 }
 
-# Waits until the collector has committed every datagram it received and nothing more has
-# arrived for 2 s (the probe is stopped by then); bounded.
+# Waits until the collector has committed every datagram it received (or counted it as
+# dropped by its spool) and nothing more has arrived for 2 s (the probe is stopped by then);
+# bounded.
 collector_settle() {
-  local n=0 last="" same=0 d c
+  local n=0 last="" same=0 d c x
   while [ $n -lt 300 ]; do
     d=$(metric datagrams_total); c=$(metric committed_datagrams_total)
-    if [ -n "$d" ] && [ "$d" = "$c" ] && [ "$d" = "$last" ]; then
+    x=$(metric spool_dropped_datagrams_total)
+    if [ -n "$d" ] && [ "$d" = "$((c + ${x:-0}))" ] && [ "$d" = "$last" ]; then
       same=$((same + 1))
       [ $same -ge 10 ] && return 0
     else

@@ -660,7 +660,7 @@ fn decode_loop(
         }
         let late = give_up.is_some_and(|t| Instant::now() >= t);
         if give_up.is_none() && stats.receiving_first(now_ms()) {
-            stats.pressure.yield_once();
+            stats.pressure.yield_now(now_ms());
             continue;
         }
         let wait = POLL.min(cfg.commit_interval);

@@ -167,10 +167,25 @@ impl Pressure {
         self.released.store(true, Ordering::Relaxed);
     }
 
-    /// Step aside for a millisecond (counted).
-    pub fn yield_once(&self) {
-        std::thread::sleep(Duration::from_millis(1));
-        self.yielded_ms.fetch_add(1, Ordering::Relaxed);
+    /// How long to step aside from `now_ms`: until the pressure lapses (it may be renewed
+    /// meanwhile), at least a millisecond.
+    pub fn remaining(&self, now_ms: u64) -> Duration {
+        let until = self.until_ms.load(Ordering::Relaxed);
+        Duration::from_millis(until.saturating_sub(now_ms).clamp(1, PRESSURE_HOLD_MS))
+    }
+
+    /// Step aside until the pressure lapses (counted): one wake-up per hold, not one per
+    /// millisecond, so that waiting costs the threads behind next to nothing.
+    pub fn yield_now(&self, now_ms: u64) {
+        let d = self.remaining(now_ms);
+        std::thread::sleep(d);
+        self.yielded(d);
+    }
+
+    /// Count `d` of stepping aside.
+    pub fn yielded(&self, d: Duration) {
+        self.yielded_ms
+            .fetch_add(d.as_millis() as u64, Ordering::Relaxed);
     }
 }
 
@@ -532,6 +547,17 @@ mod tests {
         assert!(stats.receiving_first(1_000));
         assert!(stats.receiving_first(1_000 + PRESSURE_HOLD_MS - 1));
         assert!(!stats.receiving_first(1_000 + PRESSURE_HOLD_MS));
+        let ms = Duration::from_millis;
+        assert_eq!(stats.pressure.remaining(1_000), ms(PRESSURE_HOLD_MS));
+        assert_eq!(
+            stats.pressure.remaining(1_000 + PRESSURE_HOLD_MS - 1),
+            ms(1)
+        );
+        assert_eq!(
+            stats.pressure.remaining(9_000),
+            ms(1),
+            "lapsed: the least wait"
+        );
         // A spool half full: decoding goes on, pressed or not.
         stats.pressure.press(2_000);
         stats.file_bytes.store(2 * CHUNK as u64, Ordering::Relaxed);

@@ -30,7 +30,7 @@ pub(super) fn writer_loop(
         // Receiving first (crate::spool::Pressure): the batches wait in their bounded
         // queue, and the decoder with them.
         while spool.receiving_first(now_ms()) {
-            spool.pressure.yield_once();
+            spool.pressure.yield_now(now_ms());
         }
         if let Some(p) = b.parts.take() {
             let done = writer.append(&[&p.names, &p.records]).and_then(|e| {
@@ -123,7 +123,7 @@ pub(super) fn store_loop(
             && spool.receiving_first(now_ms())
             && merge.backlog.1 < cfg.max_journal_bytes.get() as u64 / 2;
         let wait = if yielding {
-            Duration::from_millis(1)
+            spool.pressure.remaining(now_ms())
         } else if stopping.is_some() || !idle {
             Duration::ZERO
         } else {
@@ -163,7 +163,7 @@ pub(super) fn store_loop(
                 continue;
             }
             Err(RecvTimeoutError::Timeout) if yielding => {
-                spool.pressure.yielded_ms.fetch_add(1, Ordering::Relaxed);
+                spool.pressure.yielded(wait);
                 continue;
             }
             Err(RecvTimeoutError::Timeout) => {}
