@@ -30,7 +30,7 @@ use std::time::Duration;
 pub const CHUNK: usize = 256 * 1024;
 /// Chunks held in memory at once on their way to the decoder; past them, chunks go to the
 /// spool file.
-pub const MEMORY_CHUNKS: usize = 8;
+pub const MEMORY_CHUNKS: usize = 4;
 
 /// Octets before each datagram in a chunk: length (u32), receive-offload segment size
 /// (u32, 0 for one datagram), receive time (u64, milliseconds since the epoch), sender
