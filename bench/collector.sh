@@ -46,9 +46,11 @@
 # runs in a cgroup of its own limited to N% of one CPU (CFS quota in 10 ms periods; cgroup v2
 # cpu.max, else v1 cpu.cfs_quota_us). Both receivers then work within the same CPU budget at
 # rates the loopback sender can offer: the highest lossless rate measures how much each
-# receives per CPU second. labelflow-collector's journal merge takes its share of the budget
-# at nice 10 and may lag behind the receiving ("commit-lagging"); nfcapd writes its files
-# within the same budget.
+# receives per CPU second. labelflow-collector's decoding, journal and merge take their
+# share of the budget behind its receive thread (at nice 10, and stepping aside while the
+# socket's queue fills: a burst is spooled, then decoded and merged) and may lag behind the
+# receiving ("commit-lagging"); nfcapd writes its files within the same budget. Every probe
+# starts after `sync`, so that neither receiver pays for the previous probe's writeback.
 #
 # Other knobs: RCVBUF (UDP receive buffer, bytes, before the kernel doubles it; capped by
 # net.core.rmem_max for nfcapd, so the collector gets the same cap), EXPORTERS (16), SEED (1),
