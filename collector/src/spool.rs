@@ -273,12 +273,17 @@ impl SpoolTx {
         &self.stats
     }
 
-    /// An empty chunk to fill.
-    pub fn chunk(&mut self) -> Vec<u8> {
+    /// Take back the chunks the decoder is done with.
+    fn reclaim(&mut self) {
         while let Ok(b) = self.back.try_recv() {
             self.in_memory -= 1;
             self.spare.push(b);
         }
+    }
+
+    /// An empty chunk to fill.
+    pub fn chunk(&mut self) -> Vec<u8> {
+        self.reclaim();
         self.spare
             .pop()
             .unwrap_or_else(|| Vec::with_capacity(CHUNK + HEADER))
@@ -294,10 +299,7 @@ impl SpoolTx {
         self.stats
             .received_datagrams
             .fetch_add(datagrams, Ordering::Relaxed);
-        while let Ok(b) = self.back.try_recv() {
-            self.in_memory -= 1;
-            self.spare.push(b);
-        }
+        self.reclaim();
         let consumed = self.consumed.load(Ordering::Acquire);
         if consumed == self.written && self.written > self.base {
             // Everything written was decoded: start the file over.
@@ -308,10 +310,7 @@ impl SpoolTx {
         let piece = if self.in_memory < MEMORY_CHUNKS && self.written == consumed {
             // Nothing waits in the file (order): straight through memory.
             self.in_memory += 1;
-            let next = self
-                .spare
-                .pop()
-                .unwrap_or_else(|| Vec::with_capacity(CHUNK + HEADER));
+            let next = self.chunk();
             Piece::Memory(std::mem::replace(&mut chunk, next))
         } else {
             let at = self.written - self.base;
